@@ -71,14 +71,21 @@ def build_tiny_tokenizer():  # -> transformers.CLIPTokenizer
     )
 
 
-def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):  # -> StableDiffusionPipeline
+def build_tiny_pipeline(
+    seed: int = 0, dtype: torch.dtype = torch.float32
+):  # -> StableDiffusionPipeline
     """Build a tiny random SD pipeline; the same seed gives the same weights.
 
     The safety checker is None (as in the server's production configuration, where the
     model card's checker is not shipped) and `requires_safety_checker` is off so diffusers
     does not warn.
     """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -139,6 +146,8 @@ def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):  # -
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    if dtype != torch.float32:  # modules are built in fp32; casting a no-op only adds a warning
+    if (
+        dtype != torch.float32
+    ):  # modules are built in fp32; casting a no-op only adds a warning
         pipe = pipe.to(dtype=dtype)
     return pipe
