@@ -1,0 +1,41 @@
+"""Physical names and discovery tags derived from config alone.
+
+The Kubernetes manifests in dist/manifests/ must be plain YAML (no CloudFormation tokens),
+so anything a chart refers to on the AWS side (node role, repository, bucket, subnet and
+security-group tags) has a name computed here from config, used by both the stack that
+creates it and the chart that references it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from stacks.config import AppConfig
+
+# Karpenter discovers subnets and security groups by this tag (value: cluster name).
+DISCOVERY_TAG_KEY: Final = "karpenter.sh/discovery"
+# Where a subnet is: "region" for regional subnets, the zone name for a Local Zone subnet.
+LOCATION_TAG_KEY: Final = "edge-diffusion.aws/location"
+# Subnet tier: "public" or "private"; regional nodes go to private subnets.
+TIER_TAG_KEY: Final = "edge-diffusion.aws/tier"
+REGION_LOCATION: Final = "region"
+
+
+def karpenter_node_role_name(config: AppConfig) -> str:
+    return f"{config.cluster_name}-karpenter-node"
+
+
+def image_repository_name(config: AppConfig) -> str:
+    return f"{config.cluster_name}/stable-diffusion"
+
+
+def image_repository_uri(config: AppConfig) -> str:
+    return f"{config.account}.dkr.ecr.{config.region}.amazonaws.com/{image_repository_name(config)}"
+
+
+def model_bucket_name(config: AppConfig) -> str:
+    return f"{config.cluster_name}-models-{config.account}-{config.region}"
+
+
+def interruption_queue_name(config: AppConfig) -> str:
+    return f"{config.cluster_name}-karpenter-interruption"
