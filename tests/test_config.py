@@ -1,0 +1,117 @@
+"""Config parsing and validation, unit level (the CLI path is in test_config_cli.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stacks.config import AppConfig, ConfigError, LocalZoneConfig, context_keys, load_config
+from tests.conftest import cdk_json_context
+
+
+def load(**overrides: object) -> AppConfig:
+    return load_config({**cdk_json_context(), **overrides})
+
+
+def test_cdk_json_gives_the_runnable_example() -> None:
+    config = load()
+    assert config.account == "111111111111"
+    assert config.region == "us-west-2"
+    assert config.local_zones == (LocalZoneConfig("us-west-2-lax-1a", ("g5",)),)
+    assert config.accelerators == ("nvidia", "neuron", "cpu")
+    assert not config.allow_public_node_ports
+
+
+def test_cdk_feature_flags_are_not_config_keys() -> None:
+    config = load(**{"@aws-cdk/core:newStyleStackSynthesis": True, "aws:cdk:enable-path-metadata": True})
+    assert config.region == "us-west-2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("us-west-2-lax-1a", (LocalZoneConfig("us-west-2-lax-1a", ("g5",)),)),
+        (
+            "us-west-2-lax-1a:g5+g6,us-west-2-phx-2a",
+            (
+                LocalZoneConfig("us-west-2-lax-1a", ("g5", "g6")),
+                LocalZoneConfig("us-west-2-phx-2a", ("g5",)),
+            ),
+        ),
+        (
+            '[{"name": "us-west-2-den-1a", "instanceFamilies": ["g4dn", "c5"]}]',
+            (LocalZoneConfig("us-west-2-den-1a", ("g4dn", "c5")),),
+        ),
+        ("", ()),
+    ],
+)
+def test_local_zones_accept_command_line_and_json_forms(raw: str, expected: tuple[LocalZoneConfig, ...]) -> None:
+    assert load(localZones=raw).local_zones == expected
+
+
+def test_command_line_strings_become_typed_values() -> None:
+    config = load(
+        clientCidrs="198.51.100.0/24, 2001:db8::/32",
+        allowPublicNodePorts="false",
+        accelerators="nvidia",
+        serving='{"maxReplicas": "8", "imageVersion": "2.0.0"}',
+        ingressWeights='{"nvidia": 3}',
+    )
+    assert config.client_cidrs == ("198.51.100.0/24", "2001:db8::/32")
+    assert config.accelerators == ("nvidia",)
+    assert config.serving.max_replicas == 8
+    assert config.serving.image_version == "2.0.0"
+    assert config.ingress_weights == {"nvidia": 3}
+
+
+def test_public_node_ports_need_the_explicit_opt_in() -> None:
+    with pytest.raises(ConfigError, match="allowPublicNodePorts=true"):
+        load(clientCidrs="0.0.0.0/0")
+    assert load(clientCidrs="0.0.0.0/0", allowPublicNodePorts="true").client_cidrs == ("0.0.0.0/0",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "value"),
+    [
+        ({"localZones": "us-east-1-bos-1a"}, "localZones", "us-east-1-bos-1a"),
+        ({"localZones": "us-west-2a"}, "localZones", "us-west-2a"),
+        ({"localZones": "us-west-2-lax-1a:G5"}, "localZones[us-west-2-lax-1a].instanceFamilies", "G5"),
+        ({"localZones": "us-west-2-lax-1a,us-west-2-lax-1a"}, "localZones", "us-west-2-lax-1a,us-west-2-lax-1a"),
+        ({"clientCidrs": "10.0.0.1/8"}, "clientCidrs", "10.0.0.1/8"),
+        ({"clientCidrs": "not-a-cidr"}, "clientCidrs", "not-a-cidr"),
+        ({"clientCidrs": "::/0"}, "clientCidrs", "::/0"),
+        ({"accelerators": "nvidia,tpu"}, "accelerators", "tpu"),
+        ({"accelerators": ""}, "accelerators", ""),
+        ({"availabilityZones": ""}, "availabilityZones", ""),
+        ({"availabilityZones": "us-east-1a"}, "availabilityZones", "us-east-1a"),
+        ({"availabilityZones": "us-west-2-lax-1a"}, "availabilityZones", "us-west-2-lax-1a"),
+        ({"region": "uswest2"}, "region", "uswest2"),
+        ({"account": "12345"}, "account", "12345"),
+        ({"vpcCidr": "10.0.0.0/8"}, "vpcCidr", "10.0.0.0/8"),
+        ({"endpointAccess": "public"}, "endpointAccess", "public"),
+        ({"endpointAccess": "public_and_private"}, "publicAccessCidrs", ""),
+        ({"adminPrincipalArns": "admin"}, "adminPrincipalArns", "admin"),
+        ({"allowPublicNodePorts": "yes"}, "allowPublicNodePorts", "yes"),
+        ({"serving": '{"maxBatch": 0}'}, "serving.maxBatch", 0),
+        ({"serving": '{"height": 500}'}, "serving.height", 500),
+        ({"serving": '{"minReplicas": 5, "maxReplicas": 2}'}, "serving.minReplicas", 5),
+        ({"serving": '{"replicas": 2}'}, "serving.replicas", 2),
+        ({"ingressWeights": '{"tpu": 1}'}, "ingressWeights", "tpu"),
+        ({"localZone": "us-west-2-lax-1a"}, "localZone", "us-west-2-lax-1a"),
+        ({"clusterName": "1cluster"}, "clusterName", "1cluster"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(
+    overrides: dict[str, object], key: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(**overrides)
+    assert (err.value.key, err.value.value) == (key, value)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid config {key}=")
+    assert "allowed" in message and err.value.allowed
+
+
+def test_every_context_key_in_cdk_json_is_known() -> None:
+    ours = {k for k in cdk_json_context() if not k.startswith("@")}
+    assert ours <= set(context_keys())
