@@ -66,7 +66,7 @@ NEURON_DEVICE_PLUGIN_IMAGE: Final = "public.ecr.aws/neuron/neuron-device-plugin:
 # Karpenter resolves the AL2023 standard, NVIDIA and Neuron variants of this release per
 # instance type. Pinned (not @latest) as Karpenter recommends: AMI rollouts are a change
 # reviewed in a pull request, not a surprise.
-AL2023_AMI_ALIAS: Final = "al2023@v20261101"
+AL2023_AMI_ALIAS: Final = "al2023@v20260903"
 
 # --- Container base images (ci_build/Dockerfile build args) ----------------------------------
 # AWS Deep Learning Containers; the registry account is per Region (763104351884 in most).
