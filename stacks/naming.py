@@ -39,3 +39,8 @@ def model_bucket_name(config: AppConfig) -> str:
 
 def interruption_queue_name(config: AppConfig) -> str:
     return f"{config.cluster_name}-karpenter-interruption"
+
+
+def inventory_table_name(config: AppConfig) -> str:
+    """DynamoDB table of serving endpoints: written by the in-cluster publisher, read by devices."""
+    return f"{config.cluster_name}-endpoints"
