@@ -82,3 +82,18 @@ PROM_IN_FLIGHT: Final = "edge_diffusion_in_flight"
 PROM_IMAGES_GENERATED: Final = "edge_diffusion_images_generated"  # counter: exposed with _total
 PROM_REJECTIONS: Final = "edge_diffusion_rejections"  # counter by reason: exposed with _total
 PROM_READY: Final = "edge_diffusion_ready"
+
+# --- Endpoint inventory (runtime/inventory.py publishes, runtime/client.py reads) ------------
+# The charts label each device-facing serving Service so the in-cluster publisher finds it, and
+# say which accelerator and model serve behind it (model ids contain "/": an annotation).
+LABEL_INVENTORY: Final = "edge-diffusion.aws/inventory"  # "true" on Services to publish
+LABEL_ACCELERATOR: Final = "edge-diffusion.aws/accelerator"  # nvidia | neuron | cpu
+ANNOTATION_MODEL: Final = "edge-diffusion.aws/model"  # model id served; default ENV_MODEL_ID
+INVENTORY_MODULE: Final = "runtime.inventory"  # python -m runtime.inventory (the publisher)
+ENV_INVENTORY_TABLE: Final = "EDGE_DIFFUSION_INVENTORY_TABLE"
+ENV_INVENTORY_CLUSTER: Final = "EDGE_DIFFUSION_INVENTORY_CLUSTER"  # cluster name, part of endpoint ids
+ENV_INVENTORY_NAMESPACE: Final = "EDGE_DIFFUSION_INVENTORY_NAMESPACE"  # namespace of the serving Services
+ENV_INVENTORY_INTERVAL_S: Final = "EDGE_DIFFUSION_INVENTORY_INTERVAL_S"  # heartbeat period
+ENV_INVENTORY_TTL_S: Final = "EDGE_DIFFUSION_INVENTORY_TTL_S"  # entry lifetime without a heartbeat
+ENV_INVENTORY_COST_WEIGHTS: Final = "EDGE_DIFFUSION_INVENTORY_COST_WEIGHTS"  # JSON {"nvidia": 50, ...}
+ENV_INVENTORY_ADDRESS_TYPES: Final = "EDGE_DIFFUSION_INVENTORY_ADDRESS_TYPES"  # node address types, in order
