@@ -27,6 +27,16 @@ ENDPOINT_ACCESS_MODES: Final = ("private", "public_and_private")
 # How devices authenticate to the endpoint inventory's read API: SigV4 with IAM credentials
 # they already have, or credentials from a Cognito identity pool (signed-in users only).
 INVENTORY_AUTH_MODES: Final = ("iam", "cognito")
+# Where the image and deploy pipelines get the source: a GitHub repository through an AWS
+# CodeConnections connection, or a zip in an S3 bucket the image pipeline stack creates (air-gapped).
+PIPELINE_SOURCES: Final = ("s3", "codeconnections")
+CONNECTION_ARN_PATTERN: Final = re.compile(
+    r"^arn:aws[a-z-]*:(codeconnections|codestar-connections):[a-z0-9-]+:\d{12}:connection/[0-9a-f-]{36}$"
+)
+GITHUB_REPOSITORY_PATTERN: Final = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+S3_KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9!_.*'()/-]{1,1024}$")
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS: Final = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557)
 
 
 class ConfigError(ValueError):
@@ -62,6 +72,19 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """Source and logging of the image pipeline, the deploy pipeline and the PR diff builds."""
+
+    source: str = "s3"  # one of PIPELINE_SOURCES; S3 needs nothing else to synthesize
+    connection_arn: str = ""  # codeconnections: the connection to GitHub
+    repository: str = ""  # codeconnections: owner/name on GitHub
+    branch: str = "main"
+    source_object_key: str = "source/edge-diffusion.zip"  # s3: the zip of this repository
+    log_retention_days: int = 90
+    pr_diffs: bool = True  # codeconnections only: cdk diff on pull requests
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything a deployment of the app can vary. Defaults: a runnable example."""
 
@@ -84,6 +107,7 @@ class AppConfig:
     ingress_weights: Mapping[str, int] = field(default_factory=dict)  # accelerator -> weight
     inventory_auth: str = "iam"  # one of INVENTORY_AUTH_MODES
     serving: ServingConfig = field(default_factory=ServingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     @property
     def env_name(self) -> str:
@@ -110,6 +134,16 @@ _KEYS: Final = {
     "ingressWeights": "ingress_weights",
     "inventoryAuth": "inventory_auth",
     "serving": "serving",
+    "pipeline": "pipeline",
+}
+_PIPELINE_KEYS: Final = {
+    "source": "source",
+    "connectionArn": "connection_arn",
+    "repository": "repository",
+    "branch": "branch",
+    "sourceObjectKey": "source_object_key",
+    "logRetentionDays": "log_retention_days",
+    "prDiffs": "pr_diffs",
 }
 _SERVING_KEYS: Final = {
     "imageVersion": "image_version",
@@ -213,6 +247,8 @@ def _parse_value(key: str, raw: object) -> object:
             return {str(k): _as_int(f"{key}.{k}", v, 0, 999) for k, v in weights.items()}
         case "serving":
             return _parse_serving(_as_mapping(key, raw))
+        case "pipeline":
+            return _parse_pipeline(_as_mapping(key, raw))
         case _:
             return _as_str(key, raw)
 
@@ -243,6 +279,21 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingConfig:
     return replace(ServingConfig(), **changes)
 
 
+def _parse_pipeline(raw: Mapping[str, Any]) -> PipelineConfig:
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = _PIPELINE_KEYS.get(key)
+        if attr is None:
+            raise ConfigError(f"pipeline.{key}", value, f"one of {', '.join(_PIPELINE_KEYS)}")
+        if attr == "log_retention_days":
+            changes[attr] = _as_int(f"pipeline.{key}", value, 1, max(LOG_RETENTION_DAYS))
+        elif attr == "pr_diffs":
+            changes[attr] = _as_bool(f"pipeline.{key}", value)
+        else:
+            changes[attr] = _as_str(f"pipeline.{key}", value)
+    return replace(PipelineConfig(), **changes)
+
+
 def load_config(context: Mapping[str, object]) -> AppConfig:
     """Build and validate the config from CDK context (all of it: cdk.json plus -c)."""
     changes: dict[str, Any] = {}
@@ -266,6 +317,7 @@ def validate(config: AppConfig) -> None:
         raise ConfigError("clusterName", config.cluster_name, "1-63 letters, digits or '-', starting with a letter")
     _validate_network(config)
     _validate_workloads(config)
+    _validate_pipeline(config.pipeline)
 
 
 def _validate_network(config: AppConfig) -> None:
@@ -336,6 +388,29 @@ def _validate_workloads(config: AppConfig) -> None:
             raise ConfigError(f"serving.{key}", size, "a multiple of 8")
 
 
+def _validate_pipeline(pipeline: PipelineConfig) -> None:
+    if pipeline.source not in PIPELINE_SOURCES:
+        raise ConfigError("pipeline.source", pipeline.source, " or ".join(PIPELINE_SOURCES))
+    if pipeline.log_retention_days not in LOG_RETENTION_DAYS:
+        allowed = ", ".join(map(str, LOG_RETENTION_DAYS))
+        raise ConfigError("pipeline.logRetentionDays", pipeline.log_retention_days, f"one of {allowed}")
+    if not re.fullmatch(r"[\w./-]{1,255}", pipeline.branch) or ".." in pipeline.branch:
+        raise ConfigError("pipeline.branch", pipeline.branch, "a Git branch name such as main")
+    if pipeline.source == "s3":
+        if not S3_KEY_PATTERN.match(pipeline.source_object_key) or pipeline.source_object_key.startswith("/"):
+            raise ConfigError("pipeline.sourceObjectKey", pipeline.source_object_key, "an S3 key like source/app.zip")
+        return
+    if not CONNECTION_ARN_PATTERN.match(pipeline.connection_arn):
+        raise ConfigError(
+            "pipeline.connectionArn",
+            pipeline.connection_arn,
+            "a CodeConnections ARN like arn:aws:codeconnections:us-west-2:123456789012:connection/<uuid> "
+            "when pipeline.source=codeconnections",
+        )
+    if not GITHUB_REPOSITORY_PATTERN.match(pipeline.repository):
+        raise ConfigError("pipeline.repository", pipeline.repository, "a GitHub repository as owner/name")
+
+
 def context_keys() -> tuple[str, ...]:
     """The context keys users may set (README table, error messages)."""
     return tuple(_KEYS)
@@ -350,6 +425,7 @@ __all__ = [
     "AppConfig",
     "ConfigError",
     "LocalZoneConfig",
+    "PipelineConfig",
     "ServingConfig",
     "config_from_node",
     "context_keys",
