@@ -69,12 +69,28 @@ NEURON_DEVICE_PLUGIN_IMAGE: Final = "public.ecr.aws/neuron/neuron-device-plugin:
 AL2023_AMI_ALIAS: Final = "al2023@v20260903"
 
 # --- Container base images (ci_build/Dockerfile build args) ----------------------------------
-# AWS Deep Learning Containers; the registry account is per Region (763104351884 in most).
+# AWS Deep Learning Containers; the registry account is per Region (763104351884 in most), so
+# the account and Region are build args of the Dockerfile, not part of these pins.
 DLC_REGISTRY_ACCOUNT: Final = "763104351884"
+DLC_PYTORCH_INFERENCE_GPU_REPOSITORY: Final = "pytorch-inference"
+DLC_PYTORCH_INFERENCE_NEURONX_REPOSITORY: Final = "pytorch-inference-neuronx"
+# The newest EC2 PyTorch inference GPU DLC published (PyTorch 2.6, CUDA 12.4, Python 3.12).
 DLC_PYTORCH_INFERENCE_GPU_TAG: Final = "2.6.0-gpu-py312-cu124-ubuntu22.04-ec2"
-DLC_PYTORCH_INFERENCE_NEURONX_TAG: Final = "2.7.0-neuronx-py310-sdk2.24.1-ubuntu22.04"
-# Graviton/CPU variant: the official Python image is multi-arch (amd64 + arm64).
-CPU_BASE_IMAGE: Final = "public.ecr.aws/docker/library/python:3.11-slim-bookworm"
+# Neuron SDK 2.26.1 with torch-neuronx 2.8 (Python 3.11): the SDK that optimum-neuron 0.4.5
+# (runtime/requirements-neuron.txt) is built against (it pins torch-neuronx 2.8.0.2.10), and
+# one that still supports inf2/trn1 (Neuron 2.33 DLCs target Trn2/Trn3 only). The previous pin,
+# 2.7.0-...-sdk2.24.1, was never published for pytorch-inference-neuronx (2.7.0 shipped with 2.25.0).
+DLC_PYTORCH_INFERENCE_NEURONX_TAG: Final = "2.8.0-neuronx-py311-sdk2.26.1-ubuntu22.04"
+# Graviton/CPU variant: the official Python image is multi-arch (amd64 + arm64). Pinned to a
+# patch release on Debian 13 so a rebuild does not silently move the interpreter.
+CPU_BASE_IMAGE: Final = "public.ecr.aws/docker/library/python:3.11.15-slim-trixie"
+
+# --- Image and deploy pipelines (stacks/image_pipeline.py, stacks/deploy_pipeline.py) ---------
+# CodeBuild curated images: Amazon Linux 2023 with Docker and buildx, x86_64 and Graviton.
+CODEBUILD_X86_IMAGE: Final = "aws/codebuild/amazonlinux-x86_64-standard:6.0"
+CODEBUILD_ARM_IMAGE: Final = "aws/codebuild/amazonlinux-aarch64-standard:4.0"
+# BuildKit daemon for `docker buildx` (docker-container driver: registry cache export needs it).
+BUILDKIT_IMAGE: Final = "moby/buildkit:v0.29.0"
 
 
 def dlc_image(region: str, repository: str, tag: str) -> str:
