@@ -64,10 +64,15 @@ serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost 
 bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model (prints a table)
 	$(PY) -m runtime.bench
 
+# One import of all CRDs together: cdk8s writes one module per API group, so importing the
+# CRDs of a group (keda.sh: ScaledObject, TriggerAuthentication, ...) one file at a time
+# would leave only the last kind in the module.
 imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in ../shared/crds
 	rm -rf charts/imports && mkdir -p charts/imports
 	for crd in $(CRDS)/karpenter/*.yaml $(CRDS)/keda/*.yaml $(CRDS)/volcano/*.yaml; do \
-	  $(CDK8S) import "$$crd" --language python --output charts/imports; done
+	  sed '/^---$$/d' "$$crd"; echo '---'; done > charts/imports/crds.yaml
+	$(CDK8S) import --no-check-upgrade charts/imports/crds.yaml --language python --output charts/imports
+	rm charts/imports/crds.yaml
 
 clean: ## remove generated output (keeps .venv and node_modules)
 	rm -rf cdk.out dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
