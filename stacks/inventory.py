@@ -1,0 +1,331 @@
+"""InventoryStack: the table of serving endpoints devices pull, and its read API.
+
+The seeds publish "each available endpoint to an inference endpoints inventory that is pulled
+by the user device"; here that inventory is a DynamoDB table kept equal to what is serving by
+the in-cluster publisher (``runtime/inventory.py``, wired by ``charts/inventory.py``), and read
+by devices through an API Gateway REST API whose only method signs with SigV4 (IAM auth): the
+caller's credentials are either IAM credentials it already has (``inventoryAuth=iam``) or ones
+a Cognito identity pool hands to signed-in users (``inventoryAuth=cognito``). No anonymous access.
+
+The table's physical name comes from ``stacks/naming.py``: the publisher's Pod Identity role and
+the chart refer to it by name, so no CloudFormation export couples the stacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aws_cdk as cdk
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cognito as cognito
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from runtime import inventory_api as layout
+from stacks import naming
+from stacks.config import AppConfig
+
+RUNTIME_DIR: Final = Path(__file__).resolve().parents[1] / "runtime"
+HANDLER_FILE: Final = "inventory_api.py"
+# What a publisher may do: write and remove entries. No reads: it reconciles from the cluster's
+# state, and entries it forgot across a restart expire by TTL.
+PUBLISH_ACTIONS: Final = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+ENDPOINTS_RESOURCE: Final = "endpoints"
+
+
+@dataclass(frozen=True)
+class InventoryProps:
+    """Knobs of the inventory; defaults in one place."""
+
+    stage_name: str = "v1"
+    throttle_rate_per_s: float = 50.0  # devices pull once per session, not per image
+    throttle_burst: int = 100
+    log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS
+    handler_memory_mib: int = 256
+    handler_timeout_s: int = 10
+
+
+def table_arn(config: AppConfig) -> str:
+    """The table's ARN from config alone (no token): for roles defined in other stacks."""
+    return f"arn:aws:dynamodb:{config.region}:{config.account}:table/{naming.inventory_table_name(config)}"
+
+
+def publisher_statements(config: AppConfig) -> list[iam.PolicyStatement]:
+    """The publisher's whole permission: write items of this one table."""
+    return [iam.PolicyStatement(actions=list(PUBLISH_ACTIONS), resources=[table_arn(config)])]
+
+
+class EndpointTable(Construct):
+    """The DynamoDB table of endpoints (layout in ``runtime/inventory_api.py``)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.table = dynamodb.Table(
+            self,
+            "Table",
+            table_name=naming.inventory_table_name(config),
+            partition_key=dynamodb.Attribute(name=layout.ATTR_MODEL, type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name=layout.ATTR_SORT_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            # AWS-owned keys are not auditable; the AWS managed key (aws/dynamodb) is, and needs no
+            # key policy or grants for the publisher and the API.
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            time_to_live_attribute=layout.ATTR_EXPIRES_AT,
+            # Derived state: the publisher rewrites every live entry within one heartbeat.
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+
+
+class InventoryReadApi(Construct):
+    """GET /endpoints: a Lambda behind an IAM-authorized, throttled, logged and traced REST API."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        table: dynamodb.ITable,
+        props: InventoryProps,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        handler_logs = logs.LogGroup(self, "HandlerLogs", retention=props.log_retention)
+        role = iam.Role(
+            self,
+            "HandlerRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Inventory read API: query the endpoint table, write its own logs and traces",
+        )
+        # Own log group instead of AWSLambdaBasicExecutionRole (which allows every log group);
+        # the group's Arn attribute already ends in ":*", which covers its streams.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[handler_logs.log_group_arn],
+            )
+        )
+        table.grant(role, "dynamodb:Query")
+        self.function = lambda_.Function(
+            self,
+            "Handler",
+            runtime=lambda_.Runtime.PYTHON_3_13,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=f"{Path(HANDLER_FILE).stem}.handler",
+            # Only the handler file: it depends on boto3 alone, which the runtime provides.
+            code=lambda_.Code.from_asset(str(RUNTIME_DIR), exclude=["*", f"!{HANDLER_FILE}"]),
+            role=role,
+            memory_size=props.handler_memory_mib,
+            timeout=cdk.Duration.seconds(props.handler_timeout_s),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=handler_logs,
+            environment={
+                layout.ENV_TABLE: table.table_name,
+                layout.ENV_DEFAULT_MODEL: config.model_id,
+            },
+            description="Returns the live serving endpoints of the endpoint inventory as JSON",
+        )
+        cdk.Validations.of(self.function).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-L1",
+                reason="Pinned to Python 3.13, a supported runtime the handler is tested on; a runtime "
+                "upgrade is a reviewed change, not something synth should pick up silently.",
+            )
+        )
+        cdk.Validations.of(role).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level permissions.",
+            ),
+        )
+
+        access_logs = logs.LogGroup(self, "AccessLogs", retention=props.log_retention)
+        self.api = apigw.RestApi(
+            self,
+            "Api",
+            rest_api_name=f"{config.cluster_name}-inventory",
+            description="Edge Diffusion endpoint inventory: the live serving endpoints for devices",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            cloud_watch_role=True,  # execution logs need the account's API Gateway logging role
+            cloud_watch_role_removal_policy=cdk.RemovalPolicy.DESTROY,
+            deploy_options=apigw.StageOptions(
+                stage_name=props.stage_name,
+                throttling_rate_limit=props.throttle_rate_per_s,
+                throttling_burst_limit=props.throttle_burst,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=True,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=True,
+                ),
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,  # request data could include credentials' context
+                metrics_enabled=True,
+                tracing_enabled=True,
+            ),
+            default_method_options=apigw.MethodOptions(authorization_type=apigw.AuthorizationType.IAM),
+            disable_execute_api_endpoint=False,
+        )
+        validator = self.api.add_request_validator(
+            "RequestValidator",
+            request_validator_name="inventory-requests",
+            validate_request_parameters=True,
+            validate_request_body=True,
+        )
+        resource = self.api.root.add_resource(ENDPOINTS_RESOURCE)
+        resource.add_method(
+            "GET",
+            apigw.LambdaIntegration(self.function),
+            authorization_type=apigw.AuthorizationType.IAM,
+            request_validator=validator,
+            request_parameters={f"method.request.querystring.{name}": False for name in layout.QUERY_PARAMS},
+        )
+        self.endpoints_url = self.api.url_for_path(f"/{ENDPOINTS_RESOURCE}")
+        self.get_endpoints_arn = self.api.arn_for_execute_api("GET", f"/{ENDPOINTS_RESOURCE}", props.stage_name)
+        cdk.Validations.of(self.api).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-APIG3",
+                reason="Every method requires SigV4 (IAM auth) and the stage is throttled; a WAF web ACL "
+                "adds cost without a rule that IAM auth does not already enforce for this read-only API.",
+            ),
+            cdk.Acknowledgment(
+                id="AwsSolutions-COG4",
+                reason="The API authorizes with IAM (SigV4); Cognito users reach it through identity-pool "
+                "credentials (inventoryAuth=cognito), not a user-pool authorizer.",
+            ),
+            cdk.Acknowledgment(
+                id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonAPIGatewayPushToCloudWatchLogs]",
+                reason="API Gateway's account-level logging role; this AWS managed policy is the documented "
+                "way to let API Gateway write execution logs.",
+            ),
+        )
+
+
+class DeviceIdentityPool(Construct):
+    """Cognito user pool and identity pool: signed-in app users get credentials that may call GET /endpoints."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig, invoke_arn: str) -> None:
+        super().__init__(scope, construct_id)
+        self.user_pool = cognito.UserPool(
+            self,
+            "Users",
+            user_pool_name=f"{config.cluster_name}-devices",
+            self_sign_up_enabled=False,  # the app's operators invite users
+            sign_in_aliases=cognito.SignInAliases(email=True),
+            password_policy=cognito.PasswordPolicy(
+                min_length=12, require_digits=True, require_lowercase=True, require_uppercase=True, require_symbols=True
+            ),
+            mfa=cognito.Mfa.REQUIRED,
+            mfa_second_factor=cognito.MfaSecondFactor(otp=True, sms=False),
+            feature_plan=cognito.FeaturePlan.PLUS,
+            standard_threat_protection_mode=cognito.StandardThreatProtectionMode.FULL_FUNCTION,
+            account_recovery=cognito.AccountRecovery.EMAIL_ONLY,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        self.client = self.user_pool.add_client(
+            "DeviceApp",
+            generate_secret=False,  # a device cannot keep a secret
+            auth_flows=cognito.AuthFlow(user_srp=True),
+        )
+        self.identity_pool = cognito.CfnIdentityPool(
+            self,
+            "Identities",
+            allow_unauthenticated_identities=False,
+            cognito_identity_providers=[
+                cognito.CfnIdentityPool.CognitoIdentityProviderProperty(
+                    client_id=self.client.user_pool_client_id,
+                    provider_name=self.user_pool.user_pool_provider_name,
+                    server_side_token_check=True,
+                )
+            ],
+        )
+        self.authenticated_role = iam.Role(
+            self,
+            "AuthenticatedRole",
+            description="Signed-in device users: read the endpoint inventory, nothing else",
+            assumed_by=iam.FederatedPrincipal(
+                "cognito-identity.amazonaws.com",
+                conditions={
+                    "StringEquals": {"cognito-identity.amazonaws.com:aud": self.identity_pool.ref},
+                    "ForAnyValue:StringLike": {"cognito-identity.amazonaws.com:amr": "authenticated"},
+                },
+                assume_role_action="sts:AssumeRoleWithWebIdentity",
+            ),
+        )
+        self.authenticated_role.add_to_policy(
+            iam.PolicyStatement(actions=["execute-api:Invoke"], resources=[invoke_arn])
+        )
+        cognito.CfnIdentityPoolRoleAttachment(
+            self,
+            "Roles",
+            identity_pool_id=self.identity_pool.ref,
+            roles={"authenticated": self.authenticated_role.role_arn},
+        )
+
+
+class InventoryStack(cdk.Stack):
+    """Endpoint table, its device read API, and the reader policy devices' roles attach."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        props: InventoryProps | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        props = props or InventoryProps()
+        self.config = config
+        self.table = EndpointTable(self, "EndpointTable", config=config).table
+        self.read_api = InventoryReadApi(self, "InventoryReadApi", config=config, table=self.table, props=props)
+        # Attach to the IAM roles or users of devices and app backends (inventoryAuth=iam).
+        self.reader_policy = iam.ManagedPolicy(
+            self,
+            "ReaderPolicy",
+            description="Call GET /endpoints of the Edge Diffusion endpoint inventory",
+            statements=[
+                iam.PolicyStatement(actions=["execute-api:Invoke"], resources=[self.read_api.get_endpoints_arn])
+            ],
+        )
+        self.identity_pool: DeviceIdentityPool | None = None
+        if config.inventory_auth == "cognito":
+            self.identity_pool = DeviceIdentityPool(
+                self, "DeviceIdentityPool", config=config, invoke_arn=self.read_api.get_endpoints_arn
+            )
+            cdk.CfnOutput(self, "IdentityPoolId", value=self.identity_pool.identity_pool.ref)
+            cdk.CfnOutput(self, "UserPoolClientId", value=self.identity_pool.client.user_pool_client_id)
+        cdk.CfnOutput(
+            self,
+            "InventoryUrl",
+            value=self.read_api.endpoints_url,
+            description="python -m runtime.client --inventory-url",
+        )
+        cdk.CfnOutput(self, "ReaderPolicyArn", value=self.reader_policy.managed_policy_arn)
+
+    @property
+    def table_name(self) -> str:
+        return naming.inventory_table_name(self.config)
+
+    def publisher_statements(self) -> list[iam.PolicyStatement]:
+        """For the publisher's Pod Identity role, wherever it is defined (see module docstring)."""
+        return publisher_statements(self.config)
+
+    def grant_publish(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Grant write access to this table only (PutItem, UpdateItem, DeleteItem)."""
+        return self.table.grant(grantee, *PUBLISH_ACTIONS)
