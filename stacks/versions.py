@@ -96,3 +96,15 @@ BUILDKIT_IMAGE: Final = "moby/buildkit:v0.29.0"
 def dlc_image(region: str, repository: str, tag: str) -> str:
     """Full image URI of a Deep Learning Container in ``region``."""
     return f"{DLC_REGISTRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repository}:{tag}"
+
+
+# --- Cluster stack (stacks/cluster.py) -------------------------------------------------------
+# Controller version the AWS Load Balancer Controller chart above ships; its IAM policy is
+# vendored as stacks/policies/aws-load-balancer-controller-<this>.json (upstream
+# docs/install/iam_policy.json at that tag, as aws-cdk-lib also ships it).
+AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION: Final = "v2.17.1"
+# Managed node group of the controllers (Karpenter, KEDA, Volcano, ALB controller, CoreDNS):
+# Graviton, EKS-optimized AL2023; EKS picks the latest AMI release of the cluster version.
+CONTROLLER_NODE_AMI_TYPE: Final = "AL2023_ARM_64_STANDARD"
+# EKS add-ons are not pinned: EKS installs each add-on's default version for the cluster's
+# Kubernetes version (KUBERNETES_VERSION above), which moves only with a cluster upgrade.

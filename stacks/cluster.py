@@ -1,0 +1,447 @@
+"""ClusterStack: the EKS cluster, its add-ons, the controllers' node group and the controllers.
+
+The control plane, the kubectl handler and the controllers' managed node group live in
+the regional private subnets only; Local Zone subnets never belong to the cluster's VPC
+config (Karpenter launches serving nodes there from the charts' EC2NodeClasses). Compute
+is a managed node group plus Karpenter, not EKS Auto Mode: Auto Mode cannot launch into
+Local Zones and cannot run next to a self-managed Karpenter.
+
+Every in-cluster AWS caller gets its own EKS Pod Identity role (:meth:`add_pod_identity_role`);
+the node roles carry only what nodes need. The Helm releases are installed one after the
+other in :data:`CONTROLLER_ORDER`, and every cdk8s chart applied with :meth:`apply_charts`
+waits for all of them, so CRDs and admission webhooks exist before anything uses them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+import aws_cdk as cdk
+import cdk8s
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
+from constructs import Construct
+
+from stacks import nag, versions
+from stacks.config import AppConfig
+from stacks.karpenter import KarpenterInfrastructure
+from stacks.network import NetworkStack
+from stacks.pod_identity import PodIdentityRole
+from stacks.registry import RegistryStack
+
+NODEGROUP_LABEL: Final = "eks.amazonaws.com/nodegroup"  # set by EKS on managed node group nodes
+CLUSTER_ADMIN_POLICY: Final = "AmazonEKSClusterAdminPolicy"
+ALB_POLICY_FILE: Final = (
+    Path(__file__).parent
+    / "policies"
+    / f"aws-load-balancer-controller-{versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION}.json"
+)
+ALB_SERVICE_ACCOUNT: Final = "aws-load-balancer-controller"
+KEDA_OPERATOR_SERVICE_ACCOUNT: Final = "keda-operator"
+CLOUDWATCH_NAMESPACE: Final = "amazon-cloudwatch"
+CLOUDWATCH_SERVICE_ACCOUNT: Final = "cloudwatch-agent"
+# What KEDA's aws-cloudwatch scaler calls. CloudWatch metric reads have no resource-level
+# permissions, so these are granted on "*" (and only to the keda-operator service account).
+KEDA_CLOUDWATCH_READ_ACTIONS: Final = (
+    "cloudwatch:GetMetricData",
+    "cloudwatch:GetMetricStatistics",
+    "cloudwatch:ListMetrics",
+)
+
+# Add-ons the nodes need to join and run pods: installed before the node group.
+ADDONS_BEFORE_NODES: Final = ("vpc-cni", "kube-proxy")
+# Add-ons whose pods need nodes to become ACTIVE: installed after the node group.
+ADDONS_AFTER_NODES: Final = ("coredns", "amazon-cloudwatch-observability")
+
+# Install order of the controller Helm releases, each waiting for the previous one:
+# Karpenter first (its CRDs back every NodePool; it launches the nodes everything else may
+# need); then the AWS Load Balancer Controller, whose webhooks mutate every Service and Pod
+# created after it, including those of the later releases; then KEDA and Volcano, whose
+# CRDs and webhooks the charts (ScaledObjects, Volcano Jobs) use.
+CONTROLLER_ORDER: Final = (
+    versions.KARPENTER,
+    versions.AWS_LOAD_BALANCER_CONTROLLER,
+    versions.KEDA,
+    versions.VOLCANO,
+)
+
+
+@dataclass(frozen=True)
+class ControllerNodeGroupProps:
+    """The managed node group that runs the controllers (not the serving workloads)."""
+
+    instance_type: str = "m7g.large"  # Graviton: the controllers are multi-arch
+    min_size: int = 2  # two replicas of each controller, on two nodes
+    desired_size: int = 2
+    max_size: int = 3
+    root_volume_gib: int = 30
+
+
+ALL_CONTROL_PLANE_LOGS: Final = (
+    eks.ClusterLoggingTypes.API,
+    eks.ClusterLoggingTypes.AUDIT,
+    eks.ClusterLoggingTypes.AUTHENTICATOR,
+    eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+    eks.ClusterLoggingTypes.SCHEDULER,
+)
+
+
+class ClusterStack(cdk.Stack):
+    """EKS 1.35 cluster on the regional private subnets, with Karpenter, KEDA, Volcano and the ALB controller."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        network: NetworkStack,
+        registry: RegistryStack,
+        node_group: ControllerNodeGroupProps | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config
+        self.network = network
+        self.registry = registry
+        node_group = node_group or ControllerNodeGroupProps()
+        private_subnets = list(network.regional_private_subnets)
+
+        secrets_key = kms.Key(
+            self,
+            "SecretsKey",
+            description=f"Envelope encryption of Kubernetes Secrets of {config.cluster_name}",
+            enable_key_rotation=True,
+        )
+        self.cluster = eks.Cluster(
+            self,
+            "Cluster",
+            cluster_name=config.cluster_name,
+            version=eks.KubernetesVersion.of(versions.KUBERNETES_VERSION),
+            vpc=network.vpc,
+            vpc_subnets=[ec2.SubnetSelection(subnets=private_subnets)],
+            endpoint_access=self._endpoint_access(config),
+            cluster_logging=list(ALL_CONTROL_PLANE_LOGS),
+            secrets_encryption_key=secrets_key,
+            default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
+            default_capacity=0,
+            # The add-ons below are EKS-managed; the self-managed copies would conflict.
+            bootstrap_self_managed_addons=False,
+            kubectl_provider_options=eks.KubectlProviderOptions(
+                kubectl_layer=KubectlV35Layer(self, "KubectlLayer"),
+                private_subnets=private_subnets,
+            ),
+        )
+        for index, arn in enumerate(config.admin_principal_arns):
+            self.cluster.grant_access(
+                f"Admin{index}",
+                arn,
+                [
+                    eks.AccessPolicy.from_access_policy_name(
+                        CLUSTER_ADMIN_POLICY, access_scope_type=eks.AccessScopeType.CLUSTER
+                    )
+                ],
+            )
+
+        pod_identity_agent = self.cluster.eks_pod_identity_agent
+        assert pod_identity_agent is not None
+        addons_before = [self._addon(name) for name in ADDONS_BEFORE_NODES]
+        self.controller_nodegroup = self._add_controller_nodegroup(node_group, private_subnets)
+        for addon in (*addons_before, pod_identity_agent):
+            self.controller_nodegroup.node.add_dependency(addon)
+        self.controller_node_selector = {NODEGROUP_LABEL: self.controller_nodegroup.nodegroup_name}
+
+        # Container Insights: the agent's credentials via Pod Identity, so only the agent's
+        # service account gets CloudWatchAgentServerPolicy, not every pod on every node.
+        cloudwatch_identity = self._pod_identity(
+            "CloudWatchAgent",
+            namespace=CLOUDWATCH_NAMESPACE,
+            service_account=CLOUDWATCH_SERVICE_ACCOUNT,
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("CloudWatchAgentServerPolicy")],
+        )
+        self.cloudwatch_agent_role = cloudwatch_identity.role
+        for name in ADDONS_AFTER_NODES:
+            self._addon(name).node.add_dependency(self.controller_nodegroup, cloudwatch_identity)
+
+        self.karpenter = KarpenterInfrastructure(self, "Karpenter", config=config, cluster=self.cluster)
+        self.karpenter_node_role = self.karpenter.node_role
+        karpenter_identity = self._pod_identity(
+            "KarpenterController",
+            namespace=versions.KARPENTER.namespace,
+            service_account="karpenter",
+            managed_policies=self.karpenter.controller_policies,
+        )
+        alb_identity = self._pod_identity(
+            "AwsLoadBalancerController",
+            namespace=versions.AWS_LOAD_BALANCER_CONTROLLER.namespace,
+            service_account=ALB_SERVICE_ACCOUNT,
+            statements=[
+                iam.PolicyStatement.from_json(statement)
+                for statement in json.loads(ALB_POLICY_FILE.read_text())["Statement"]
+            ],
+        )
+        keda_identity = self._pod_identity(
+            "KedaOperator",
+            namespace=versions.KEDA.namespace,
+            service_account=KEDA_OPERATOR_SERVICE_ACCOUNT,
+            statements=[iam.PolicyStatement(actions=list(KEDA_CLOUDWATCH_READ_ACTIONS), resources=["*"])],
+        )
+
+        values = self._release_values()
+        identities: dict[versions.HelmChart, PodIdentityRole] = {
+            versions.KARPENTER: karpenter_identity,
+            versions.AWS_LOAD_BALANCER_CONTROLLER: alb_identity,
+            versions.KEDA: keda_identity,
+        }
+        self.controller_releases: list[eks.HelmChart] = []
+        for chart in CONTROLLER_ORDER:
+            release = self.cluster.add_helm_chart(
+                chart.release,
+                chart=chart.chart,
+                repository=chart.repository,
+                version=chart.version,
+                release=chart.release,
+                namespace=chart.namespace,
+                create_namespace=True,
+                values=values[chart],
+                wait=True,
+                timeout=cdk.Duration.minutes(10),
+            )
+            release.node.add_dependency(self.controller_nodegroup, pod_identity_agent)
+            if chart in identities:  # credentials exist before the first pod asks for them
+                release.node.add_dependency(identities[chart])
+            if self.controller_releases:
+                release.node.add_dependency(self.controller_releases[-1])
+            self.controller_releases.append(release)
+
+        self._acknowledge_findings(alb_identity=alb_identity, keda_identity=keda_identity)
+
+    # --- API for the other stacks and the charts -------------------------------------------
+
+    def add_pod_identity_role(
+        self,
+        construct_id: str,
+        *,
+        namespace: str,
+        service_account: str,
+        statements: Sequence[iam.PolicyStatement] = (),
+        managed_policies: Sequence[iam.IManagedPolicy] = (),
+    ) -> iam.Role:
+        """A role only ``namespace/service_account`` can assume, through EKS Pod Identity."""
+        return self._pod_identity(
+            construct_id,
+            namespace=namespace,
+            service_account=service_account,
+            statements=statements,
+            managed_policies=managed_policies,
+        ).role
+
+    def apply_charts(self, charts: Sequence[cdk8s.Chart]) -> list[eks.KubernetesManifest]:
+        """Apply cdk8s charts to the cluster after every controller release is installed."""
+        manifests = []
+        for chart in charts:
+            manifest = self.cluster.add_cdk8s_chart(f"Chart{chart.node.id}", chart)
+            for release in self.controller_releases:
+                manifest.node.add_dependency(release)
+            manifests.append(manifest)
+        return manifests
+
+    # --- cdk-nag ----------------------------------------------------------------------------------
+
+    def _acknowledge_findings(self, *, alb_identity: PodIdentityRole, keda_identity: PodIdentityRole) -> None:
+        """Acknowledge the findings this stack accepts, each with its reason."""
+        nag.acknowledge(
+            self.cluster.role,
+            nag.aws_managed_policy_finding("AmazonEKSClusterPolicy"),
+            "The EKS service role policy EKS documents for every cluster role; AWS maintains it with EKS.",
+        )
+        self._acknowledge_kubectl_provider()
+        for policy in ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"):
+            nag.acknowledge(
+                self.controller_nodegroup.role,
+                nag.aws_managed_policy_finding(policy),
+                f"{policy}: EKS's documented managed node group role policy (join the cluster, VPC CNI, pull "
+                "images); pods on these nodes cannot use it (IMDS hop limit 1), they use Pod Identity.",
+            )
+        nag.acknowledge(
+            self.cloudwatch_agent_role,
+            nag.aws_managed_policy_finding("CloudWatchAgentServerPolicy"),
+            "The policy the CloudWatch Observability add-on documents for its agent, kept in step with the "
+            "agent by AWS; granted through Pod Identity to the agent's service account only.",
+        )
+        alb_statements = json.loads(ALB_POLICY_FILE.read_text())["Statement"]
+        alb_resources = [r for st in alb_statements for r in _as_list(st["Resource"])]
+        for resource in nag.wildcard_resources(alb_resources):
+            nag.acknowledge(
+                alb_identity.role,
+                nag.wildcard_resource_finding(resource),
+                f"Upstream AWS Load Balancer Controller {versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION} policy "
+                "(docs/install/iam_policy.json), unchanged: Describe* calls have no resource-level permissions, "
+                "and the load balancers, target groups, listeners and security groups it manages are created at "
+                "runtime with generated names; upstream scopes every change to them by the elbv2.k8s.aws/cluster "
+                "tag conditions kept here.",
+            )
+        nag.acknowledge(
+            keda_identity.role,
+            nag.wildcard_resource_finding("*"),
+            "CloudWatch GetMetricData, GetMetricStatistics and ListMetrics have no resource-level permissions; "
+            "the role may only read metrics, and only KEDA's operator service account can assume it.",
+        )
+
+    def _acknowledge_kubectl_provider(self) -> None:
+        """The kubectl/helm handler and its custom resource provider are aws-cdk-lib's own."""
+        provider = self.cluster.kubectl_provider
+        assert provider is not None
+        handler = provider.node.find_child("Handler")
+        handler_resource = handler.node.default_child
+        assert isinstance(handler_resource, cdk.CfnResource)
+        for policy in (
+            "service-role/AWSLambdaBasicExecutionRole",
+            "service-role/AWSLambdaVPCAccessExecutionRole",
+            "AmazonEC2ContainerRegistryReadOnly",
+        ):
+            nag.acknowledge(
+                provider,
+                nag.aws_managed_policy_finding(policy),
+                f"{policy} on aws-cdk-lib's kubectl provider Lambda functions (logs, VPC network interfaces in "
+                "the private subnets, pulling the kubectl layer's images); defined by aws-cdk-lib, not here.",
+            )
+        ecr_public_condition = handler.node.find_child("HasEcrPublic")
+        assert isinstance(ecr_public_condition, cdk.CfnCondition)
+        ecr_public_policy = {
+            "Fn::If": [
+                self.get_logical_id(ecr_public_condition),
+                {
+                    "Fn::Join": [
+                        "",
+                        [
+                            "arn:",
+                            {"Ref": "AWS::Partition"},
+                            ":iam::aws:policy/AmazonElasticContainerRegistryPublicReadOnly",
+                        ],
+                    ]
+                },
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
+        nag.acknowledge(
+            provider,
+            f"AwsSolutions-IAM4[Policy::{json.dumps(ecr_public_policy, separators=(',', ':'))}]",
+            "aws-cdk-lib's kubectl handler may pull public ECR images (Helm OCI charts such as Karpenter's); "
+            "read-only, added by aws-cdk-lib in the aws partition only.",
+        )
+        nag.acknowledge(
+            provider,
+            nag.wildcard_resource_finding(f"<{self.get_logical_id(handler_resource)}.Arn>:*"),
+            "The custom resource framework may invoke any version of the kubectl handler function, and only it.",
+        )
+        nag.acknowledge(
+            provider,
+            "AwsSolutions-L1",
+            "The kubectl handler's runtime is chosen by aws-cdk-lib together with its handler code and the "
+            "kubectl layer; it moves with aws-cdk-lib upgrades (versions catalog), not here.",
+        )
+
+    # --- pieces ------------------------------------------------------------------------------
+
+    def _pod_identity(
+        self,
+        construct_id: str,
+        *,
+        namespace: str,
+        service_account: str,
+        statements: Sequence[iam.PolicyStatement] = (),
+        managed_policies: Sequence[iam.IManagedPolicy] = (),
+    ) -> PodIdentityRole:
+        return PodIdentityRole(
+            self,
+            f"PodIdentity{construct_id}",
+            cluster_name=self.cluster.cluster_name,
+            namespace=namespace,
+            service_account=service_account,
+            statements=statements,
+            managed_policies=managed_policies,
+        )
+
+    @staticmethod
+    def _endpoint_access(config: AppConfig) -> eks.EndpointAccess:
+        if config.endpoint_access == "public_and_private":
+            return eks.EndpointAccess.PUBLIC_AND_PRIVATE.only_from(*config.public_access_cidrs)
+        return eks.EndpointAccess.PRIVATE
+
+    def _addon(self, name: str) -> eks.Addon:
+        cluster = cast(eks.ICluster, self.cluster)  # jsii's ICluster Protocol misses kubectl_provider_options
+        return eks.Addon(self, f"Addon-{name}", cluster=cluster, addon_name=name)
+
+    def _add_controller_nodegroup(
+        self, props: ControllerNodeGroupProps, subnets: Sequence[ec2.ISubnet]
+    ) -> eks.Nodegroup:
+        """Graviton AL2023 nodes with IMDSv2 only (hop limit 1: pods use Pod Identity, not
+        the node role) and an encrypted gp3 root volume."""
+        launch_template = ec2.LaunchTemplate(
+            self,
+            "ControllerLaunchTemplate",
+            require_imdsv2=True,
+            http_put_response_hop_limit=1,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        props.root_volume_gib,
+                        encrypted=True,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                )
+            ],
+        )
+        assert launch_template.launch_template_id is not None
+        return self.cluster.add_nodegroup_capacity(
+            "Controllers",
+            nodegroup_name=f"{self.config.cluster_name}-controllers",
+            ami_type=eks.NodegroupAmiType[versions.CONTROLLER_NODE_AMI_TYPE],
+            instance_types=[ec2.InstanceType(props.instance_type)],
+            min_size=props.min_size,
+            desired_size=props.desired_size,
+            max_size=props.max_size,
+            subnets=ec2.SubnetSelection(subnets=list(subnets)),
+            launch_template_spec=eks.LaunchTemplateSpec(
+                id=launch_template.launch_template_id, version=launch_template.latest_version_number
+            ),
+            labels={"edge-diffusion.aws/role": "controllers"},
+        )
+
+    def _release_values(self) -> Mapping[versions.HelmChart, dict[str, Any]]:
+        """Helm values per release: every controller on the controller node group. Pod
+        Identity needs no service account annotation; the associations name the accounts."""
+        on_controllers = {"nodeSelector": dict(self.controller_node_selector)}
+        return {
+            versions.KARPENTER: self.karpenter.helm_values(
+                config=self.config, node_selector=self.controller_node_selector
+            ),
+            versions.AWS_LOAD_BALANCER_CONTROLLER: {
+                "clusterName": self.cluster.cluster_name,
+                # Given explicitly: with IMDS hop limit 1 the controller cannot look them up.
+                "region": self.region,
+                "vpcId": self.network.vpc.vpc_id,
+                "serviceAccount": {"create": True, "name": ALB_SERVICE_ACCOUNT},
+                **on_controllers,
+            },
+            versions.KEDA: {
+                "serviceAccount": {"operator": {"create": True, "name": KEDA_OPERATOR_SERVICE_ACCOUNT}},
+                **on_controllers,
+            },
+            # Volcano's chart takes one node selector for all its components.
+            versions.VOLCANO: {"custom": {"default_ns": dict(self.controller_node_selector)}},
+        }
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
