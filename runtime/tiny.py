@@ -13,7 +13,7 @@ import json
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import torch
 
@@ -26,9 +26,7 @@ TINY_MAX_TOKENS: Final = 77  # same context length as SD's CLIP text encoder
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable unicode map (the alphabet of its BPE)."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0
@@ -71,9 +69,7 @@ def build_tiny_tokenizer():  # -> transformers.CLIPTokenizer
     )
 
 
-def build_tiny_pipeline(
-    seed: int = 0, dtype: torch.dtype = torch.float32
-):  # -> StableDiffusionPipeline
+def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):  # -> StableDiffusionPipeline
     """Build a tiny random SD pipeline; the same seed gives the same weights.
 
     The safety checker is None (as in the server's production configuration, where the
@@ -134,8 +130,9 @@ def build_tiny_pipeline(
         beta_schedule="scaled_linear",
         num_train_timesteps=1000,
         timestep_spacing="trailing",
+        steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=build_tiny_tokenizer(),
@@ -146,8 +143,6 @@ def build_tiny_pipeline(
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    if (
-        dtype != torch.float32
-    ):  # modules are built in fp32; casting a no-op only adds a warning
+    if dtype != torch.float32:  # modules are built in fp32; casting a no-op only adds a warning
         pipe = pipe.to(dtype=dtype)
     return pipe
