@@ -42,6 +42,7 @@ class RegistryStack(cdk.Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        self.config = config
         retention = retention or RetentionProps()
 
         self.repository = ecr.Repository(
