@@ -1,0 +1,48 @@
+"""All charts of the app, built from the config alone.
+
+Used by ``python -m charts.render`` (dist/manifests) and by the cluster stack, which applies
+the same charts, so the YAML files and the cluster template carry the same objects. Every
+name comes from ``stacks.naming`` and the config: no CloudFormation token reaches a manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cdk8s
+
+from charts.autoscaling import AutoscalingChart
+from charts.device_plugins import DevicePluginsChart
+from charts.karpenter import KarpenterChart
+from charts.model_builds import ModelBuildsChart
+from charts.serving import ServingChart
+from stacks.config import AppConfig
+
+
+@dataclass(frozen=True)
+class AppCharts:
+    """The app's charts; ``all`` in the order they apply (dependencies first)."""
+
+    karpenter: KarpenterChart
+    device_plugins: DevicePluginsChart
+    serving: ServingChart
+    autoscaling: AutoscalingChart
+    model_builds: ModelBuildsChart
+
+    @property
+    def all(self) -> tuple[cdk8s.Chart, ...]:
+        return (self.karpenter, self.device_plugins, self.serving, self.autoscaling, self.model_builds)
+
+
+def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
+    """Add every chart to ``app``. Chart dependencies (``chart.node.dependencies``) say which
+    chart must be applied first: the namespace lives in the serving chart."""
+    karpenter = KarpenterChart(app, "karpenter", config=config)
+    device_plugins = DevicePluginsChart(app, "device-plugins", config=config)
+    serving = ServingChart(app, "serving", config=config)
+    serving.add_dependency(karpenter)  # pods select NodePools by name
+    autoscaling = AutoscalingChart(app, "autoscaling", config=config)
+    autoscaling.add_dependency(serving)
+    model_builds = ModelBuildsChart(app, "model-builds", config=config)
+    model_builds.add_dependency(serving, karpenter)
+    return AppCharts(karpenter, device_plugins, serving, autoscaling, model_builds)

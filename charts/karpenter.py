@@ -1,0 +1,235 @@
+"""Karpenter v1 capacity: EC2NodeClasses per location and a NodePool per accelerator placement.
+
+The Region gets one EC2NodeClass (private subnets) and every Local Zone its own (the zone's
+public subnet, gp2 root volumes); each placement of :func:`charts.topology.placements` gets
+a NodePool restricted to its instance families and, in a Local Zone, to the zone and to
+on-demand capacity. Serving pods select their pool by name (``karpenter.sh/nodepool``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import cdk8s
+from constructs import Construct
+
+from charts import topology
+from charts.imports.aws.k8s import karpenter as ec2nc
+from charts.imports.sh import karpenter as kpool
+from charts.topology import Location, Placement
+from stacks import naming, versions
+from stacks.accelerators import Accelerator, Taint
+from stacks.config import AppConfig
+
+# EKS tags the cluster security group it creates with this key (value: cluster name). Nodes
+# need that group to reach the control plane and the other nodes.
+EKS_CLUSTER_SG_TAG_KEY: Final = "aws:eks:cluster-name"
+PRIVATE_TIER: Final = "private"
+NODE_CLASS_GROUP: Final = "karpenter.k8s.aws"
+NODE_CLASS_KIND: Final = "EC2NodeClass"
+ROOT_DEVICE: Final = "/dev/xvda"  # AL2023 root volume
+# Compile jobs run on the regional pools next to serving (one build per accelerator at a time).
+BUILD_PODS_PER_POOL: Final = 1
+_TAINT_EFFECTS: Final = {
+    "NoSchedule": kpool.NodePoolSpecTemplateSpecTaintsEffect.NO_SCHEDULE,
+    "PreferNoSchedule": kpool.NodePoolSpecTemplateSpecTaintsEffect.PREFER_NO_SCHEDULE,
+    "NoExecute": kpool.NodePoolSpecTemplateSpecTaintsEffect.NO_EXECUTE,
+}
+
+
+@dataclass(frozen=True)
+class RootVolume:
+    """The node's root EBS volume: it holds container images (20+ GB serving images, unpacked)."""
+
+    size: str = "200Gi"
+    volume_type: ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbsVolumeType = (
+        ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbsVolumeType.GP3
+    )
+    iops: int | None = 6000  # gp3 only: faster image pulls and unpacking
+    throughput: int | None = 500  # MiB/s, gp3 only
+
+
+REGIONAL_ROOT_VOLUME: Final = RootVolume()
+# gp3 is not offered in every Local Zone; gp2 is, and has no iops/throughput settings.
+LOCAL_ZONE_ROOT_VOLUME: Final = RootVolume(
+    volume_type=ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbsVolumeType.GP2, iops=None, throughput=None
+)
+
+
+@dataclass(frozen=True)
+class DisruptionSettings:
+    """How eagerly Karpenter replaces nodes. Accelerator nodes take minutes to become useful
+    (image pull, model download and load), so they are consolidated slowly, one at a time."""
+
+    consolidate_after: str = "10m"
+    budget_nodes: str = "1"
+    # No drift replacement (AMI or config change) during business hours (UTC): a replaced
+    # accelerator node means minutes of lost capacity.
+    drift_freeze_schedule: str = "0 8 * * mon-fri"
+    drift_freeze_duration: str = "10h"
+    expire_after: str = "720h"
+    termination_grace_period: str = "30m"  # longer than a serving pod's drain
+
+
+@dataclass(frozen=True)
+class NodePoolSettings:
+    """Defaults of every NodePool, in one place."""
+
+    regional_capacity_types: tuple[str, ...] = ("on-demand",)  # serving: no Spot interruptions
+    local_zone_capacity_types: tuple[str, ...] = ("on-demand",)  # Local Zones have no Spot for G/Inf
+    disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
+    # The largest device count of one node of the pool's families (p4d/p5: 8 GPUs, trn1.32xlarge:
+    # 16 Neuron devices): limits below this would forbid those instances outright.
+    max_devices_per_node: int = 16
+    vcpus_per_cpu_pod: int = 16  # CPU pools: vCPUs of the node one CPU pod gets (c7g.4xlarge)
+
+
+class KarpenterChart(cdk8s.Chart):
+    """EC2NodeClasses (Region + each Local Zone) and one NodePool per placement."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: NodePoolSettings | None = None
+    ) -> None:
+        super().__init__(scope, construct_id, disable_resource_name_hashes=True)
+        self.settings = settings or NodePoolSettings()
+        self.node_classes = {location: self._node_class(config, location) for location in topology.locations(config)}
+        self.node_pools = {
+            placement.node_pool_name: self._node_pool(config, placement) for placement in topology.placements(config)
+        }
+
+    def _node_class(self, config: AppConfig, location: Location) -> ec2nc.Ec2NodeClass:
+        if location.is_local_zone:
+            subnet_tags = {naming.DISCOVERY_TAG_KEY: config.cluster_name, naming.LOCATION_TAG_KEY: location.tag_value}
+            volume = LOCAL_ZONE_ROOT_VOLUME
+        else:
+            subnet_tags = {
+                naming.DISCOVERY_TAG_KEY: config.cluster_name,
+                naming.LOCATION_TAG_KEY: location.tag_value,
+                naming.TIER_TAG_KEY: PRIVATE_TIER,
+            }
+            volume = REGIONAL_ROOT_VOLUME
+        return ec2nc.Ec2NodeClass(
+            self,
+            f"NodeClass-{location.node_class_name}",
+            metadata=cdk8s.ApiObjectMetadata(name=location.node_class_name),
+            spec=ec2nc.Ec2NodeClassSpec(
+                role=naming.karpenter_node_role_name(config),
+                # The alias resolves the AL2023 standard, NVIDIA or Neuron AMI per instance type.
+                ami_selector_terms=[ec2nc.Ec2NodeClassSpecAmiSelectorTerms(alias=versions.AL2023_AMI_ALIAS)],
+                subnet_selector_terms=[ec2nc.Ec2NodeClassSpecSubnetSelectorTerms(tags=subnet_tags)],
+                security_group_selector_terms=[
+                    # The cluster security group (control plane <-> nodes) ...
+                    ec2nc.Ec2NodeClassSpecSecurityGroupSelectorTerms(
+                        tags={EKS_CLUSTER_SG_TAG_KEY: config.cluster_name}
+                    ),
+                    # ... and the NodePort group, which admits only the configured client CIDRs.
+                    ec2nc.Ec2NodeClassSpecSecurityGroupSelectorTerms(
+                        tags={naming.DISCOVERY_TAG_KEY: config.cluster_name}
+                    ),
+                ],
+                # IMDSv2 only, and one hop: pods (one hop further, in their own network namespace)
+                # cannot read the node role's credentials. They get theirs from EKS Pod Identity
+                # (the agent listens on the host network, not IMDS) and their Region from AWS_REGION.
+                metadata_options=ec2nc.Ec2NodeClassSpecMetadataOptions(
+                    http_endpoint=ec2nc.Ec2NodeClassSpecMetadataOptionsHttpEndpoint.ENABLED,
+                    http_protocol_i_pv6=ec2nc.Ec2NodeClassSpecMetadataOptionsHttpProtocolIPv6.DISABLED,
+                    http_put_response_hop_limit=1,
+                    http_tokens=ec2nc.Ec2NodeClassSpecMetadataOptionsHttpTokens.REQUIRED,
+                ),
+                block_device_mappings=[
+                    ec2nc.Ec2NodeClassSpecBlockDeviceMappings(
+                        device_name=ROOT_DEVICE,
+                        root_volume=True,
+                        ebs=ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbs(
+                            volume_size=volume.size,
+                            volume_type=volume.volume_type,
+                            iops=volume.iops,
+                            throughput=volume.throughput,
+                            encrypted=True,
+                            delete_on_termination=True,
+                        ),
+                    )
+                ],
+                tags={naming.LOCATION_TAG_KEY: location.tag_value},
+            ),
+        )
+
+    def _node_pool(self, config: AppConfig, placement: Placement) -> kpool.NodePool:
+        accelerator, location = placement.accelerator, placement.location
+        settings = self.settings
+        capacity_types = (
+            settings.local_zone_capacity_types if location.is_local_zone else settings.regional_capacity_types
+        )
+        requirements = [
+            _requirement(topology.INSTANCE_FAMILY_LABEL, placement.instance_families),
+            _requirement(topology.ARCH_LABEL, (accelerator.arch,)),
+            _requirement(topology.OS_LABEL, ("linux",)),
+            _requirement(topology.CAPACITY_TYPE_LABEL, capacity_types),
+            # The node class only selects subnets of this location; the zone requirement also
+            # makes Karpenter's scheduling simulation (and the pods' nodeSelector) agree with it.
+            _requirement(topology.ZONE_LABEL, location.zones(config)),
+        ]
+        disruption = settings.disruption
+        return kpool.NodePool(
+            self,
+            f"NodePool-{placement.node_pool_name}",
+            metadata=cdk8s.ApiObjectMetadata(name=placement.node_pool_name),
+            spec=kpool.NodePoolSpec(
+                # Higher weight = preferred: cheaper accelerators first when a pod fits several pools.
+                weight=accelerator.cost_weight,
+                limits=pool_limits(accelerator, config, settings),
+                disruption=kpool.NodePoolSpecDisruption(
+                    consolidation_policy=kpool.NodePoolSpecDisruptionConsolidationPolicy.WHEN_EMPTY_OR_UNDERUTILIZED,
+                    consolidate_after=disruption.consolidate_after,
+                    budgets=[
+                        kpool.NodePoolSpecDisruptionBudgets(nodes=disruption.budget_nodes),
+                        kpool.NodePoolSpecDisruptionBudgets(
+                            nodes="0",
+                            reasons=[kpool.NodePoolSpecDisruptionBudgetsReasons.DRIFTED],
+                            schedule=disruption.drift_freeze_schedule,
+                            duration=disruption.drift_freeze_duration,
+                        ),
+                    ],
+                ),
+                template=kpool.NodePoolSpecTemplate(
+                    metadata=kpool.NodePoolSpecTemplateMetadata(
+                        labels={
+                            topology.NODE_LABEL_ACCELERATOR: accelerator.name,
+                            topology.NODE_LABEL_LOCATION: location.tag_value,
+                        }
+                    ),
+                    spec=kpool.NodePoolSpecTemplateSpec(
+                        node_class_ref=kpool.NodePoolSpecTemplateSpecNodeClassRef(
+                            group=NODE_CLASS_GROUP, kind=NODE_CLASS_KIND, name=location.node_class_name
+                        ),
+                        requirements=requirements,
+                        taints=[_taint(accelerator.taint)] if accelerator.taint else None,
+                        expire_after=disruption.expire_after,
+                        termination_grace_period=disruption.termination_grace_period,
+                    ),
+                ),
+            ),
+        )
+
+
+def pool_limits(
+    accelerator: Accelerator, config: AppConfig, settings: NodePoolSettings
+) -> dict[str, kpool.NodePoolSpecLimits]:
+    """Cap what a pool may launch at what its pods can use: the serving maximum plus one
+    build, counted in the resource that costs (devices; vCPUs for CPU pools)."""
+    pods = config.serving.max_replicas + BUILD_PODS_PER_POOL
+    if accelerator.device_resource:
+        devices = max(pods * accelerator.devices_per_pod, settings.max_devices_per_node)
+        return {accelerator.device_resource: kpool.NodePoolSpecLimits.from_number(devices)}
+    return {"cpu": kpool.NodePoolSpecLimits.from_number(pods * settings.vcpus_per_cpu_pod)}
+
+
+def _requirement(key: str, values: tuple[str, ...]) -> kpool.NodePoolSpecTemplateSpecRequirements:
+    return kpool.NodePoolSpecTemplateSpecRequirements(
+        key=key, operator=kpool.NodePoolSpecTemplateSpecRequirementsOperator.IN, values=list(values)
+    )
+
+
+def _taint(taint: Taint) -> kpool.NodePoolSpecTemplateSpecTaints:
+    return kpool.NodePoolSpecTemplateSpecTaints(key=taint.key, effect=_TAINT_EFFECTS[taint.effect], value=taint.value)

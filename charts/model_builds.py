@@ -1,0 +1,159 @@
+"""Volcano: a queue for model builds and, per enabled accelerator, a job that compiles the
+model on a node of that accelerator and publishes the artifact to the model bucket.
+
+Each job runs ``python -m runtime.compile`` from the accelerator's serving image on the
+accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>/<revision>/
+<chip>/``, the ENV_MODEL_SOURCE the serving Deployments load. The job name carries a hash of
+what it builds: a Volcano Job's spec is immutable, so a new model, revision, shape or image
+version is a new Job, and re-applying an unchanged one changes nothing (the compile step
+itself also skips an artifact that is already published).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Final
+
+import cdk8s
+from cdk8s_plus_35 import k8s
+from constructs import Construct
+
+from charts import pods, topology
+from charts.imports.sh.volcano import batch, scheduling
+from charts.topology import Placement
+from runtime import contract
+from stacks.accelerators import Accelerator
+from stacks.config import AppConfig
+
+QUEUE_NAME: Final = "model-builds"
+SERVICE_ACCOUNT: Final = "model-compiler"
+SCHEDULER_NAME: Final = "volcano"
+TASK_NAME: Final = "compile"
+
+
+@dataclass(frozen=True)
+class ModelBuildSettings:
+    """Defaults of every compile job, in one place."""
+
+    resources: pods.PodResources = field(default_factory=lambda: pods.PodResources(scratch_size="100Gi"))
+    max_retry: int = 2
+    deadline_s: int = 4 * 3600  # a Neuron compile of SD 2.1 takes tens of minutes; a hung one is stopped
+    concurrent_builds_per_accelerator: int = 1
+
+
+class ModelBuildsChart(cdk8s.Chart):
+    """The build queue, the compile jobs' ServiceAccount and one Volcano Job per accelerator."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: ModelBuildSettings | None = None
+    ) -> None:
+        super().__init__(scope, construct_id, disable_resource_name_hashes=True)
+        self.config = config
+        self.settings = settings or ModelBuildSettings()
+        # Builds run on each accelerator's regional pool (Local Zone capacity is for serving).
+        builds = [p for p in topology.placements(config) if not p.location.is_local_zone]
+        self.queue = self._queue(builds)
+        k8s.KubeServiceAccount(
+            self,
+            "ServiceAccount",
+            metadata=k8s.ObjectMeta(name=SERVICE_ACCOUNT, namespace=topology.NAMESPACE, labels=self._labels()),
+            automount_service_account_token=False,
+        )
+        self.jobs = {build.accelerator.name: self._job(build) for build in builds}
+
+    @staticmethod
+    def _labels(accelerator: Accelerator | None = None) -> dict[str, str]:
+        labels = {"app.kubernetes.io/name": "model-compiler", "app.kubernetes.io/part-of": topology.PART_OF}
+        if accelerator:
+            labels[contract.LABEL_ACCELERATOR] = accelerator.name
+        return labels
+
+    def _queue(self, builds: list[Placement]) -> scheduling.Queue:
+        """At most ``concurrent_builds_per_accelerator`` builds' worth of devices at a time."""
+        capability: dict[str, int] = {}
+        per = self.settings.concurrent_builds_per_accelerator
+        for build in builds:
+            accelerator = build.accelerator
+            if accelerator.device_resource:
+                capability[accelerator.device_resource] = per * accelerator.devices_per_pod
+        return scheduling.Queue(
+            self,
+            "Queue",
+            metadata=cdk8s.ApiObjectMetadata(name=QUEUE_NAME, labels=self._labels()),
+            spec=scheduling.QueueSpec(
+                weight=1,
+                reclaimable=False,  # a half-done compile is wasted work
+                capability={k: scheduling.QueueSpecCapability.from_number(v) for k, v in capability.items()} or None,
+            ),
+        )
+
+    def build_args(self, accelerator: Accelerator) -> list[str]:
+        config, serving = self.config, self.config.serving
+        return [
+            "--model", config.model_id,
+            "--revision", config.model_revision,
+            "--accelerator", accelerator.runtime_device,
+            "--height", str(serving.height),
+            "--width", str(serving.width),
+            # Neuron graphs have a static batch size: the server's largest batch (it pads short ones).
+            "--batch-size", str(serving.max_batch),
+            "--out", topology.models_base_uri(config),
+        ]  # fmt: skip
+
+    def _job(self, build: Placement) -> batch.Job:
+        accelerator, config = build.accelerator, self.config
+        args = self.build_args(accelerator)
+        image = topology.image_uri(config, accelerator)
+        digest = hashlib.sha256(json.dumps([image, *args]).encode()).hexdigest()[:8]
+        name = f"compile-{accelerator.name}-{digest}"
+        labels = self._labels(accelerator)
+        volumes, mounts = pods.scratch_volumes(self.settings.resources)
+        pod_spec = k8s.PodSpec(
+            service_account_name=SERVICE_ACCOUNT,
+            automount_service_account_token=False,
+            restart_policy="Never",  # Volcano restarts the job (maxRetry), not the kubelet
+            active_deadline_seconds=self.settings.deadline_s,
+            node_selector=build.node_selector,
+            tolerations=pods.tolerations(accelerator) or None,
+            security_context=pods.pod_security_context(),
+            containers=[
+                k8s.Container(
+                    name=TASK_NAME,
+                    image=image,
+                    image_pull_policy="IfNotPresent",
+                    command=["python", "-m", contract.COMPILE_MODULE],
+                    args=args,
+                    # The serving image is built for offline serving; a build downloads from the Hub.
+                    env=pods.env_vars({**pods.model_env(config, accelerator), "HF_HUB_OFFLINE": "0"}),
+                    resources=pods.resources(accelerator, self.settings.resources),
+                    security_context=pods.container_security_context(),
+                    volume_mounts=mounts,
+                )
+            ],
+            volumes=volumes,
+        )
+        # Volcano's task template is a core PodTemplateSpec: inline the same typed k8s.PodSpec
+        # the serving charts build instead of re-typing it in Volcano's generated classes.
+        template = k8s.KubePod.manifest(metadata=k8s.ObjectMeta(labels=labels), spec=pod_spec)
+        job = batch.Job(
+            self,
+            f"Job-{accelerator.name}",
+            metadata=cdk8s.ApiObjectMetadata(name=name, namespace=topology.NAMESPACE, labels=labels),
+            spec=batch.JobSpec(
+                scheduler_name=SCHEDULER_NAME,
+                queue=QUEUE_NAME,
+                min_available=1,
+                max_retry=self.settings.max_retry,
+                policies=[
+                    batch.JobSpecPolicies(event=batch.JobSpecPoliciesEvent.POD_EVICTED, action="RestartJob"),
+                    batch.JobSpecPolicies(event=batch.JobSpecPoliciesEvent.POD_FAILED, action="RestartJob"),
+                ],
+                tasks=[batch.JobSpecTasks(name=TASK_NAME, replicas=1)],
+            ),
+        )
+        job.add_json_patch(
+            cdk8s.JsonPatch.add("/spec/tasks/0/template", {"metadata": template["metadata"], "spec": template["spec"]})
+        )
+        return job

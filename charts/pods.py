@@ -1,0 +1,107 @@
+"""The pod pieces every workload of the app shares: scheduling on an accelerator's nodes,
+resources including the device, and the restricted security context.
+
+Serving Deployments and compile jobs run the same image on the same nodes, so they build
+their pod specs from these functions instead of repeating them per accelerator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from cdk8s_plus_35 import k8s
+
+from runtime import contract
+from stacks.accelerators import Accelerator
+from stacks.config import AppConfig
+
+# The app user of ci_build/Dockerfile (numeric, so runAsNonRoot can verify it).
+APP_UID: Final = 10001
+# The image keeps HF_HOME and the model cache under /tmp (ci_build/Dockerfile): with a
+# read-only root filesystem, /tmp is the one writable place and must hold a model download.
+SCRATCH_MOUNT: Final = "/tmp"  # noqa: S108 - an emptyDir volume, not the node's /tmp
+
+
+@dataclass(frozen=True)
+class PodResources:
+    """What a pod asks for besides the accelerator row's CPU and memory."""
+
+    scratch_size: str = "40Gi"  # model artifacts (SD 2.1 ~5 GB; Neuron graphs more) and HF cache
+    shm_size: str = "2Gi"  # torch shared memory; the container runtime default is 64 MiB
+
+
+def tolerations(accelerator: Accelerator) -> list[k8s.Toleration]:
+    """Tolerate exactly the accelerator's node taint (none for CPU nodes)."""
+    taint = accelerator.taint
+    if taint is None:
+        return []
+    return [k8s.Toleration(key=taint.key, operator="Exists", effect=taint.effect)]
+
+
+def resources(accelerator: Accelerator, props: PodResources) -> k8s.ResourceRequirements:
+    """Requests from the accelerator row; limits on memory and the device (no CPU limit:
+    throttling a model server only adds latency, and the node is dedicated anyway)."""
+    requests = {
+        "cpu": k8s.Quantity.from_string(accelerator.cpu_request),
+        "memory": k8s.Quantity.from_string(accelerator.memory_request),
+        "ephemeral-storage": k8s.Quantity.from_string(props.scratch_size),
+    }
+    limits = {"memory": k8s.Quantity.from_string(accelerator.memory_request)}
+    if accelerator.device_resource:
+        devices = k8s.Quantity.from_number(accelerator.devices_per_pod)
+        requests[accelerator.device_resource] = devices
+        limits[accelerator.device_resource] = devices
+    return k8s.ResourceRequirements(requests=requests, limits=limits)
+
+
+def pod_security_context() -> k8s.PodSecurityContext:
+    return k8s.PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=APP_UID,
+        run_as_group=APP_UID,
+        fs_group=APP_UID,
+        seccomp_profile=k8s.SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security_context() -> k8s.SecurityContext:
+    return k8s.SecurityContext(
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        capabilities=k8s.Capabilities(drop=["ALL"]),
+    )
+
+
+def scratch_volumes(props: PodResources) -> tuple[list[k8s.Volume], list[k8s.VolumeMount]]:
+    """Writable scratch (/tmp) and shared memory for an otherwise read-only container."""
+    volumes = [
+        k8s.Volume(
+            name="scratch", empty_dir=k8s.EmptyDirVolumeSource(size_limit=k8s.Quantity.from_string(props.scratch_size))
+        ),
+        k8s.Volume(
+            name="shm",
+            empty_dir=k8s.EmptyDirVolumeSource(medium="Memory", size_limit=k8s.Quantity.from_string(props.shm_size)),
+        ),
+    ]
+    mounts = [
+        k8s.VolumeMount(name="scratch", mount_path=SCRATCH_MOUNT),
+        k8s.VolumeMount(name="shm", mount_path="/dev/shm"),  # noqa: S108 - a memory-backed emptyDir
+    ]
+    return volumes, mounts
+
+
+def model_env(config: AppConfig, accelerator: Accelerator) -> dict[str, str]:
+    """Environment every workload of the app shares: model, device and Region."""
+    return {
+        contract.ENV_MODEL_ID: config.model_id,
+        contract.ENV_MODEL_REVISION: config.model_revision,
+        contract.ENV_ACCELERATOR: accelerator.runtime_device,
+        contract.ENV_AWS_REGION: config.region,  # IMDS is not reachable from pods (hop limit 1)
+    }
+
+
+def env_vars(values: Mapping[str, str]) -> list[k8s.EnvVar]:
+    return [k8s.EnvVar(name=name, value=value) for name, value in values.items()]

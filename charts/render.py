@@ -1,0 +1,54 @@
+"""Write every chart as plain YAML, one file per chart: ``python -m charts.render --out dist/manifests``.
+
+For ``kubectl apply`` and GitOps users; the config comes from cdk.json's context plus
+``-c key=value`` overrides, exactly as for ``cdk synth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import cdk8s
+
+from charts.build import add_charts
+from stacks.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def render(config_context: dict[str, object], out: Path) -> list[Path]:
+    """Synthesize into ``out`` (replaced) and return the files written, in apply order."""
+    config = load_config(config_context)
+    if out.exists():
+        shutil.rmtree(out)
+    app = cdk8s.App(
+        outdir=str(out), output_file_extension=".yaml", yaml_output_type=cdk8s.YamlOutputType.FILE_PER_CHART
+    )
+    add_charts(app, config)
+    app.synth()  # cdk8s orders the files by chart dependency: 0000-... applies first
+    return sorted(out.glob("*.yaml"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app import cli_context  # cdk.json context + -c overrides, as app.py reads them
+
+    parser = argparse.ArgumentParser(prog="python -m charts.render", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "dist" / "manifests")
+    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        context = cli_context([arg for pair in args.context for arg in ("-c", pair)])
+        files = render(context, args.out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in files:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

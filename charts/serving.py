@@ -1,0 +1,284 @@
+"""Serving: per placement a Deployment of the runtime server, its ServiceAccount, a NodePort
+Service and a PodDisruptionBudget; in the Region one ALB Ingress weighted across accelerators.
+
+Deployments are low-level ``KubeDeployment`` objects: cdk8s-plus cannot request extended
+resources (``nvidia.com/gpu``, ``aws.amazon.com/neuron``), and its defaults (a 512 MiB memory
+limit, probes and a read-only root without scratch space) would break a 20+ GB model image.
+No replica count is set: KEDA's ScaledObject owns it, and a count in the manifest would reset
+the Deployment on every apply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Final
+
+import cdk8s
+from cdk8s_plus_35 import k8s
+from constructs import Construct
+
+from charts import pods, topology
+from charts.topology import Placement
+from runtime import contract
+from runtime.artifacts import artifact_uri
+from stacks.config import AppConfig, ConfigError
+
+PORT_NAME: Final = "http"
+INGRESS_NAME: Final = "stable-diffusion"
+# The ALB controller reads the forward action of a backend named "use-annotation" from
+# the annotation alb.ingress.kubernetes.io/actions.<this name>.
+WEIGHTED_ACTION: Final = "weighted-serving"
+ALB_ANNOTATION_PREFIX: Final = "alb.ingress.kubernetes.io"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Probe timing. Loading a model (S3 download, weights onto the device, warm-up) takes
+    minutes, so the startup probe waits on readiness for up to ``startup_budget_s`` before
+    the kubelet restarts the container; liveness only checks that the process answers."""
+
+    period_s: int = 10
+    startup_budget_s: int = 1800
+    readiness_period_s: int = 5
+    readiness_failures: int = 2
+    liveness_period_s: int = 15
+    liveness_failures: int = 4
+    timeout_s: int = 5
+
+    @property
+    def startup_failures(self) -> int:
+        return self.startup_budget_s // self.period_s
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Defaults of every serving Deployment, in one place."""
+
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
+    resources: pods.PodResources = field(default_factory=pods.PodResources)
+    # SIGTERM: readiness turns 503 and the server finishes queued work for up to drain_s.
+    drain_s: int = 120
+    # Before SIGTERM: time for the ALB and kube-proxy to stop sending new requests.
+    pre_stop_sleep_s: int = 15
+    metrics_sink: str = "cloudwatch"  # PutMetricData per interval: KEDA reads it directly
+    alb_idle_timeout_s: int = 180  # a batch of large images can take minutes
+
+    @property
+    def termination_grace_s(self) -> int:
+        return self.pre_stop_sleep_s + self.drain_s + 15
+
+
+class ServingChart(cdk8s.Chart):
+    """The app namespace and, for each placement, the objects that serve the model there."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: ServingSettings | None = None
+    ) -> None:
+        super().__init__(scope, construct_id, disable_resource_name_hashes=True)
+        self.config = config
+        self.settings = settings or ServingSettings()
+        self.namespace_object = k8s.KubeNamespace(
+            self,
+            "Namespace",
+            metadata=k8s.ObjectMeta(
+                name=topology.NAMESPACE,
+                # Pod Security admission enforces what the pod specs below already do.
+                labels={
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            ),
+        )
+        self.deployments: dict[str, k8s.KubeDeployment] = {}
+        self.services: dict[str, k8s.KubeService] = {}
+        for placement in topology.placements(config):
+            self._serve(placement)
+        self.ingress = self._ingress()
+
+    def _serve(self, placement: Placement) -> None:
+        name, labels = placement.name, placement.labels
+        k8s.KubeServiceAccount(
+            self,
+            f"{name}-sa",
+            metadata=k8s.ObjectMeta(name=name, namespace=topology.NAMESPACE, labels=labels),
+            # The server never calls the Kubernetes API; Pod Identity does not need this token.
+            automount_service_account_token=False,
+        )
+        self.deployments[name] = k8s.KubeDeployment(
+            self,
+            name,
+            metadata=k8s.ObjectMeta(name=name, namespace=topology.NAMESPACE, labels=labels),
+            spec=k8s.DeploymentSpec(
+                selector=k8s.LabelSelector(match_labels=placement.selector_labels),
+                # Never fewer ready pods during a rollout: a new pod needs minutes to load.
+                strategy=k8s.DeploymentStrategy(
+                    type="RollingUpdate",
+                    rolling_update=k8s.RollingUpdateDeployment(
+                        max_surge=k8s.IntOrString.from_number(1), max_unavailable=k8s.IntOrString.from_number(0)
+                    ),
+                ),
+                progress_deadline_seconds=self.settings.probes.startup_budget_s + 600,
+                revision_history_limit=5,
+                template=k8s.PodTemplateSpec(metadata=k8s.ObjectMeta(labels=labels), spec=self._pod_spec(placement)),
+            ),
+        )
+        annotations = {contract.ANNOTATION_MODEL: self.config.model_id}
+        service_labels = dict(labels)
+        if placement.location.is_local_zone:  # devices reach Local Zone nodes' NodePorts directly
+            service_labels[contract.LABEL_INVENTORY] = "true"
+        self.services[name] = k8s.KubeService(
+            self,
+            f"{name}-svc",
+            metadata=k8s.ObjectMeta(
+                name=name, namespace=topology.NAMESPACE, labels=service_labels, annotations=annotations
+            ),
+            spec=k8s.ServiceSpec(
+                type="NodePort",
+                # Only nodes running a serving pod answer on the NodePort: no extra hop to another
+                # node (or zone), and the pod sees the device's address.
+                external_traffic_policy="Local",
+                selector=placement.selector_labels,
+                ports=[
+                    k8s.ServicePort(
+                        name=PORT_NAME,
+                        port=contract.PORT,
+                        target_port=k8s.IntOrString.from_string(PORT_NAME),
+                        protocol="TCP",
+                    )
+                ],
+            ),
+        )
+        k8s.KubePodDisruptionBudget(
+            self,
+            f"{name}-pdb",
+            metadata=k8s.ObjectMeta(name=name, namespace=topology.NAMESPACE, labels=labels),
+            # maxUnavailable, not minAvailable: with one replica, minAvailable 1 would block
+            # every node drain and Karpenter consolidation forever.
+            spec=k8s.PodDisruptionBudgetSpec(
+                selector=k8s.LabelSelector(match_labels=placement.selector_labels),
+                max_unavailable=k8s.IntOrString.from_number(1),
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+            ),
+        )
+
+    def _pod_spec(self, placement: Placement) -> k8s.PodSpec:
+        config, settings, probes = self.config, self.settings, self.settings.probes
+        accelerator = placement.accelerator
+        volumes, mounts = pods.scratch_volumes(settings.resources)
+        serving = config.serving
+        env = {
+            **pods.model_env(config, accelerator),
+            contract.ENV_MODEL_SOURCE: artifact_uri(
+                topology.models_base_uri(config), config.model_id, config.model_revision, accelerator.runtime_device
+            ),
+            contract.ENV_DEPLOYMENT: placement.name,
+            contract.ENV_LOCATION: placement.location.metric_value(config),
+            contract.ENV_MAX_BATCH: str(serving.max_batch),
+            contract.ENV_MAX_WAIT_MS: str(serving.max_wait_ms),
+            contract.ENV_METRICS_SINK: settings.metrics_sink,
+            contract.ENV_DRAIN_TIMEOUT_S: str(settings.drain_s),
+            contract.ENV_HOST: "0.0.0.0",  # noqa: S104 - the pod's own network namespace
+            contract.ENV_PORT: str(contract.PORT),
+        }
+
+        def http_probe(path: str, period: int, failures: int) -> k8s.Probe:
+            return k8s.Probe(
+                http_get=k8s.HttpGetAction(path=path, port=k8s.IntOrString.from_string(PORT_NAME)),
+                period_seconds=period,
+                failure_threshold=failures,
+                timeout_seconds=probes.timeout_s,
+            )
+
+        return k8s.PodSpec(
+            service_account_name=placement.name,
+            automount_service_account_token=False,
+            node_selector=placement.node_selector,
+            tolerations=pods.tolerations(accelerator) or None,
+            security_context=pods.pod_security_context(),
+            termination_grace_period_seconds=settings.termination_grace_s,
+            containers=[
+                k8s.Container(
+                    name="server",
+                    image=topology.image_uri(config, accelerator),
+                    image_pull_policy="IfNotPresent",
+                    ports=[k8s.ContainerPort(name=PORT_NAME, container_port=contract.PORT, protocol="TCP")],
+                    env=pods.env_vars(env),
+                    resources=pods.resources(accelerator, settings.resources),
+                    security_context=pods.container_security_context(),
+                    volume_mounts=mounts,
+                    startup_probe=http_probe(contract.READY_PATH, probes.period_s, probes.startup_failures),
+                    readiness_probe=http_probe(
+                        contract.READY_PATH, probes.readiness_period_s, probes.readiness_failures
+                    ),
+                    liveness_probe=http_probe(contract.HEALTH_PATH, probes.liveness_period_s, probes.liveness_failures),
+                    lifecycle=k8s.Lifecycle(
+                        pre_stop=k8s.LifecycleHandler(sleep=k8s.SleepAction(seconds=settings.pre_stop_sleep_s))
+                    ),
+                )
+            ],
+            volumes=volumes,
+        )
+
+    def _ingress(self) -> k8s.KubeIngress:
+        """One internet-facing ALB in the Region, admitting only the client CIDRs, that splits
+        requests across the accelerators' regional Services by weight (cost mode)."""
+        weights = topology.ingress_weights(self.config)
+        target_groups = [
+            {"serviceName": p.name, "servicePort": str(contract.PORT), "weight": weights[p.accelerator.name]}
+            for p in topology.placements(self.config)
+            if not p.location.is_local_zone and weights[p.accelerator.name] > 0
+        ]
+        if not target_groups:
+            raise ConfigError("ingressWeights", dict(weights), "at least one enabled accelerator with a weight above 0")
+        action = {
+            "type": "forward",
+            "forwardConfig": {"targetGroups": target_groups, "targetGroupStickinessConfig": {"enabled": False}},
+        }
+        prefix = ALB_ANNOTATION_PREFIX
+        annotations = {
+            f"{prefix}/scheme": "internet-facing",
+            f"{prefix}/target-type": "ip",
+            f"{prefix}/inbound-cidrs": ",".join(self.config.client_cidrs),
+            f"{prefix}/listen-ports": json.dumps([{"HTTP": 80}]),
+            f"{prefix}/healthcheck-path": contract.READY_PATH,
+            f"{prefix}/healthcheck-port": "traffic-port",
+            f"{prefix}/success-codes": "200",
+            f"{prefix}/target-group-attributes": f"deregistration_delay.timeout_seconds={self.settings.drain_s}",
+            f"{prefix}/load-balancer-attributes": (
+                f"idle_timeout.timeout_seconds={self.settings.alb_idle_timeout_s},"
+                "routing.http.drop_invalid_header_fields.enabled=true"
+            ),
+            f"{prefix}/actions.{WEIGHTED_ACTION}": json.dumps(action, separators=(",", ":")),
+        }
+        return k8s.KubeIngress(
+            self,
+            "Ingress",
+            metadata=k8s.ObjectMeta(
+                name=INGRESS_NAME,
+                namespace=topology.NAMESPACE,
+                labels={"app.kubernetes.io/name": topology.APP_NAME, "app.kubernetes.io/part-of": topology.PART_OF},
+                annotations=annotations,
+            ),
+            spec=k8s.IngressSpec(
+                ingress_class_name="alb",
+                rules=[
+                    k8s.IngressRule(
+                        http=k8s.HttpIngressRuleValue(
+                            paths=[
+                                k8s.HttpIngressPath(
+                                    path="/",
+                                    path_type="Prefix",
+                                    backend=k8s.IngressBackend(
+                                        service=k8s.IngressServiceBackend(
+                                            name=WEIGHTED_ACTION,
+                                            port=k8s.ServiceBackendPort(name="use-annotation"),
+                                        )
+                                    ),
+                                )
+                            ]
+                        )
+                    )
+                ],
+            ),
+        )
