@@ -13,6 +13,7 @@ import cdk8s
 
 from charts.autoscaling import AutoscalingChart
 from charts.device_plugins import DevicePluginsChart
+from charts.inventory import InventoryChart
 from charts.karpenter import KarpenterChart
 from charts.model_builds import ModelBuildsChart
 from charts.serving import ServingChart
@@ -28,10 +29,11 @@ class AppCharts:
     serving: ServingChart
     autoscaling: AutoscalingChart
     model_builds: ModelBuildsChart
+    inventory: InventoryChart
 
     @property
     def all(self) -> tuple[cdk8s.Chart, ...]:
-        return (self.karpenter, self.device_plugins, self.serving, self.autoscaling, self.model_builds)
+        return (self.karpenter, self.device_plugins, self.serving, self.autoscaling, self.model_builds, self.inventory)
 
 
 def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
@@ -45,4 +47,6 @@ def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
     autoscaling.add_dependency(serving)
     model_builds = ModelBuildsChart(app, "model-builds", config=config)
     model_builds.add_dependency(serving, karpenter)
-    return AppCharts(karpenter, device_plugins, serving, autoscaling, model_builds)
+    inventory = InventoryChart(app, "inventory", config=config)
+    inventory.add_dependency(serving)  # the namespace lives in the serving chart
+    return AppCharts(karpenter, device_plugins, serving, autoscaling, model_builds, inventory)

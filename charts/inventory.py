@@ -1,0 +1,163 @@
+"""The endpoint inventory publisher: one Deployment of ``python -m runtime.inventory`` with
+read-only RBAC, writing the inventory table through its EKS Pod Identity role.
+
+Why an in-cluster watcher and not self-registering pods: see ``runtime/inventory.py``. The
+publisher reads Services and EndpointSlices in the app namespace only (a Role) and Nodes (the
+one cluster-scoped read it needs: their ExternalIP and zone); it never writes to the cluster.
+Its AWS permission (write items of the inventory table, nothing else) is the Pod Identity role
+``ClusterStack.add_pod_identity_role`` creates for :data:`SERVICE_ACCOUNT` in the composition.
+
+It runs on the controller node group (Graviton, on-demand, always present), not on accelerator
+nodes that Karpenter may scale to zero, with the CPU variant of the app image (multi-arch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+import cdk8s
+from cdk8s_plus_35 import k8s
+from constructs import Construct
+
+from charts import pods, topology
+from runtime import contract
+from stacks import naming
+from stacks.accelerators import ACCELERATORS
+from stacks.config import AppConfig
+
+NAME: Final = "endpoint-inventory"
+SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it
+NAMESPACE: Final = topology.NAMESPACE
+# Set on the controller node group's nodes by ClusterStack (stacks/cluster.py).
+CONTROLLER_NODE_LABELS: Final = {"edge-diffusion.aws/role": "controllers"}
+IMAGE_VARIANT: Final = "cpu"  # the publisher needs Python, httpx and boto3: the runtime image has them
+READ_VERBS: Final = ("get", "list", "watch")
+
+
+@dataclass(frozen=True)
+class PublisherProps:
+    """Publisher knobs; defaults in one place."""
+
+    interval_s: int = 15
+    ttl_s: int = 60  # four heartbeats
+    cpu_request: str = "50m"
+    memory: str = "256Mi"
+    address_types: tuple[str, ...] = ("ExternalIP",)
+
+
+class InventoryChart(cdk8s.Chart):
+    """ServiceAccount, read-only Role/ClusterRole and bindings, and the publisher Deployment."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, props: PublisherProps | None = None
+    ) -> None:
+        super().__init__(scope, construct_id, disable_resource_name_hashes=True)
+        props = props or PublisherProps()
+        labels = {
+            "app.kubernetes.io/name": NAME,
+            "app.kubernetes.io/component": "inventory-publisher",
+            "app.kubernetes.io/part-of": topology.PART_OF,
+        }
+        meta = k8s.ObjectMeta(name=NAME, namespace=NAMESPACE, labels=labels)
+        subject = k8s.Subject(kind="ServiceAccount", name=SERVICE_ACCOUNT, namespace=NAMESPACE)
+        k8s.KubeServiceAccount(self, "ServiceAccount", metadata=meta)
+        k8s.KubeRole(
+            self,
+            "Role",
+            metadata=meta,
+            rules=[
+                k8s.PolicyRule(api_groups=[""], resources=["services"], verbs=list(READ_VERBS)),
+                k8s.PolicyRule(api_groups=["discovery.k8s.io"], resources=["endpointslices"], verbs=list(READ_VERBS)),
+            ],
+        )
+        k8s.KubeRoleBinding(
+            self,
+            "RoleBinding",
+            metadata=meta,
+            role_ref=k8s.RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=NAME),
+            subjects=[subject],
+        )
+        cluster_meta = k8s.ObjectMeta(name=NAME, labels=labels)
+        k8s.KubeClusterRole(
+            self,
+            "ClusterRole",
+            metadata=cluster_meta,
+            rules=[k8s.PolicyRule(api_groups=[""], resources=["nodes"], verbs=list(READ_VERBS))],
+        )
+        k8s.KubeClusterRoleBinding(
+            self,
+            "ClusterRoleBinding",
+            metadata=cluster_meta,
+            role_ref=k8s.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=NAME),
+            subjects=[subject],
+        )
+        self.deployment = k8s.KubeDeployment(
+            self,
+            "Deployment",
+            metadata=meta,
+            spec=k8s.DeploymentSpec(
+                replicas=1,  # one writer; TTL covers the gap while it is rescheduled
+                selector=k8s.LabelSelector(match_labels={"app.kubernetes.io/name": NAME}),
+                strategy=k8s.DeploymentStrategy(type="Recreate"),  # never two writers racing deletes
+                revision_history_limit=5,
+                template=k8s.PodTemplateSpec(
+                    metadata=k8s.ObjectMeta(labels=labels), spec=self._pod_spec(config, props)
+                ),
+            ),
+        )
+
+    @staticmethod
+    def environment(config: AppConfig, props: PublisherProps) -> dict[str, str]:
+        weights = {name: ACCELERATORS[name].cost_weight for name in config.accelerators}
+        return {
+            contract.ENV_INVENTORY_TABLE: naming.inventory_table_name(config),
+            contract.ENV_INVENTORY_CLUSTER: config.cluster_name,
+            contract.ENV_INVENTORY_NAMESPACE: NAMESPACE,
+            contract.ENV_INVENTORY_INTERVAL_S: str(props.interval_s),
+            contract.ENV_INVENTORY_TTL_S: str(props.ttl_s),
+            contract.ENV_INVENTORY_COST_WEIGHTS: json.dumps(weights, sort_keys=True, separators=(",", ":")),
+            contract.ENV_INVENTORY_ADDRESS_TYPES: ",".join(props.address_types),
+            contract.ENV_MODEL_ID: config.model_id,
+            contract.ENV_AWS_REGION: config.region,  # IMDS is out of reach from pods (hop limit 1)
+        }
+
+    def _pod_spec(self, config: AppConfig, props: PublisherProps) -> k8s.PodSpec:
+        memory = k8s.Quantity.from_string(props.memory)
+        check = ["python", "-m", contract.INVENTORY_MODULE, "--check"]
+        return k8s.PodSpec(
+            service_account_name=SERVICE_ACCOUNT,
+            automount_service_account_token=True,  # it lists Services, EndpointSlices and Nodes
+            node_selector=dict(CONTROLLER_NODE_LABELS),
+            security_context=pods.pod_security_context(),
+            termination_grace_period_seconds=10,  # nothing to drain: entries live on until their TTL
+            containers=[
+                k8s.Container(
+                    name="publisher",
+                    image=topology.image_uri(config, ACCELERATORS[IMAGE_VARIANT]),
+                    image_pull_policy="IfNotPresent",
+                    command=["python", "-m", contract.INVENTORY_MODULE],
+                    env=pods.env_vars(self.environment(config, props)),
+                    resources=k8s.ResourceRequirements(
+                        requests={"cpu": k8s.Quantity.from_string(props.cpu_request), "memory": memory},
+                        limits={"memory": memory},
+                    ),
+                    security_context=pods.container_security_context(),
+                    volume_mounts=[k8s.VolumeMount(name="scratch", mount_path=pods.SCRATCH_MOUNT)],
+                    # Alive = a cycle succeeded within three intervals (runtime.inventory.healthy).
+                    liveness_probe=k8s.Probe(
+                        exec=k8s.ExecAction(command=check),
+                        initial_delay_seconds=props.interval_s * 3,
+                        period_seconds=props.interval_s,
+                        failure_threshold=2,
+                        timeout_seconds=10,
+                    ),
+                )
+            ],
+            volumes=[
+                k8s.Volume(
+                    name="scratch", empty_dir=k8s.EmptyDirVolumeSource(size_limit=k8s.Quantity.from_string("16Mi"))
+                )
+            ],
+        )

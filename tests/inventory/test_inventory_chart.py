@@ -1,0 +1,124 @@
+"""The publisher's Kubernetes objects: strict schema validation, read-only RBAC scoped to what it
+lists, and an environment the publisher accepts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from charts import inventory as chart
+from runtime import contract
+from runtime.inventory import PublisherSettings
+from stacks import versions
+from stacks.accelerators import ACCELERATORS
+from stacks.config import load_config
+from tests.conftest import cdk_json_context
+
+
+@pytest.fixture(scope="module")
+def objects() -> dict[str, dict[str, Any]]:
+    import cdk8s
+
+    app = cdk8s.App()
+    built = chart.InventoryChart(app, "inventory", config=load_config(cdk_json_context()))
+    return {o["kind"]: json.loads(json.dumps(o)) for o in built.to_json()}
+
+
+def test_objects_validate_against_the_cluster_version(objects: dict[str, dict[str, Any]]) -> None:
+    assert sorted(objects) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, f"{versions.KUBERNETES_VERSION}.0", strict=True)
+
+
+def test_rbac_reads_services_endpointslices_in_the_namespace_and_nodes_only(objects: dict[str, dict[str, Any]]) -> None:
+    role, cluster_role = objects["Role"], objects["ClusterRole"]
+    assert role["metadata"]["namespace"] == chart.NAMESPACE
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"] + cluster_role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert {verb for _, _, verb in granted} == {"get", "list", "watch"}  # never a write
+    assert {(g, r) for g, r, _ in granted} == {("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "nodes")}
+    assert [r["resources"] for r in cluster_role["rules"]] == [["nodes"]]  # cluster-wide: nodes only
+    for binding in (objects["RoleBinding"], objects["ClusterRoleBinding"]):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": chart.SERVICE_ACCOUNT, "namespace": chart.NAMESPACE}
+        ]
+
+
+def test_deployment_runs_one_hardened_publisher_on_controller_nodes(objects: dict[str, dict[str, Any]]) -> None:
+    spec = objects["Deployment"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == chart.SERVICE_ACCOUNT and pod["nodeSelector"] == chart.CONTROLLER_NODE_LABELS
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "runtime.inventory"]
+    assert container["image"].endswith("-cpu")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["exec"]["command"][-1] == "--check"
+
+
+def test_environment_is_accepted_by_the_publisher(objects: dict[str, dict[str, Any]]) -> None:
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = PublisherSettings.from_env(env)
+    assert settings.table_name == "edge-diffusion-endpoints" and settings.namespace == chart.NAMESPACE
+    assert settings.cost_weights == {name: a.cost_weight for name, a in ACCELERATORS.items()}
+    assert settings.ttl_s >= 2 * settings.interval_s
+    assert env[contract.ENV_AWS_REGION] == "us-west-2"
+
+
+def test_publisher_discovers_the_serving_charts_local_zone_services() -> None:
+    """The serving chart's labels and annotation are what the publisher looks for."""
+    import cdk8s
+
+    from charts.build import add_charts
+    from runtime.inventory import discover
+
+    config = load_config(cdk_json_context())
+    built = add_charts(cdk8s.App(), config)
+    assert built.inventory.node.id in {c.node.id for c in built.all}
+    services = [
+        o
+        for o in json.loads(json.dumps(built.serving.to_json()))
+        if o["kind"] == "Service" and o["metadata"]["labels"].get(contract.LABEL_INVENTORY) == "true"
+    ]
+    assert services, "no Service labelled for the inventory"
+    zone = config.local_zones[0].name
+    node = {
+        "metadata": {"name": "lz-node", "labels": {"topology.kubernetes.io/zone": zone}},
+        "status": {"addresses": [{"type": "ExternalIP", "address": "198.51.100.20"}]},
+    }
+    for service in services:  # the API server assigns nodePorts; the chart leaves them out
+        service["spec"]["ports"][0]["nodePort"] = 30080
+    slices = [
+        {
+            "metadata": {"labels": {"kubernetes.io/service-name": s["metadata"]["name"]}},
+            "endpoints": [{"nodeName": "lz-node", "conditions": {"ready": True}}],
+        }
+        for s in services
+    ]
+    env = {
+        e["name"]: e["value"]
+        for e in built.inventory.deployment.to_json()["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    found = discover(services, slices, [node], PublisherSettings.from_env(env))
+    assert len(found) == len(services)
+    assert {e.location for e in found} == {zone}
+    assert {e.model for e in found} == {config.model_id}
+    assert {e.url for e in found} == {"http://198.51.100.20:30080"}
+    assert {e.accelerator for e in found} <= set(config.accelerators)
