@@ -10,10 +10,13 @@ import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
+from charts import inventory as inventory_chart
 from stacks.cluster import ClusterStack
 from stacks.config import AppConfig, load_config
+from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
 from stacks.registry import RegistryStack
+from stacks.serving_identity import add_app_charts
 
 STACK_PREFIX = "EdgeDiffusion"
 
@@ -25,6 +28,7 @@ class AppStacks:
     network: NetworkStack
     registry: RegistryStack
     cluster: ClusterStack
+    inventory: InventoryStack
 
 
 def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
@@ -33,7 +37,16 @@ def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
     network = NetworkStack(scope, f"{STACK_PREFIX}-Network", config=config, env=env)
     registry = RegistryStack(scope, f"{STACK_PREFIX}-Registry", config=config, env=env)
     cluster = ClusterStack(scope, f"{STACK_PREFIX}-Cluster", config=config, network=network, registry=registry, env=env)
-    return AppStacks(network=network, registry=registry, cluster=cluster)
+    add_app_charts(cluster, config)  # workload Pod Identity roles, then every cdk8s chart
+    inventory = InventoryStack(scope, f"{STACK_PREFIX}-Inventory", config=config, env=env)
+    # The publisher writes the table by name (no export couples the stacks): its role may write items, nothing else.
+    cluster.add_pod_identity_role(
+        "InventoryPublisher",
+        namespace=inventory_chart.NAMESPACE,
+        service_account=inventory_chart.SERVICE_ACCOUNT,
+        statements=inventory.publisher_statements(),
+    )
+    return AppStacks(network=network, registry=registry, cluster=cluster, inventory=inventory)
 
 
 def build_app(context: Mapping[str, object] | None = None, outdir: str | None = None) -> tuple[cdk.App, AppStacks]:
