@@ -1,0 +1,116 @@
+"""The AWS side of the app's pods, and the charts applied to the cluster.
+
+Each serving Deployment's service account gets its own Pod Identity role that may publish
+the runtime's metrics (only into ``contract.METRIC_NAMESPACE``) and read the compiled models;
+the compile jobs' service account may also write them. Then every chart of
+``charts.build.add_charts`` is applied with ``ClusterStack.apply_charts`` (after the
+controllers), each after the charts it depends on and after the roles its pods use: a Pod
+Identity association must exist before the pod is created for the pod to get credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+import cdk8s
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+
+from charts import model_builds, topology
+from charts.build import AppCharts, add_charts
+from runtime import contract
+from stacks import nag, naming
+from stacks.cluster import ClusterStack
+from stacks.config import AppConfig
+
+MODELS_PREFIX = "models/"  # topology.models_base_uri: s3://<bucket>/models/
+
+
+def _bucket_arn(config: AppConfig) -> str:
+    return f"arn:{cdk.Aws.PARTITION}:s3:::{naming.model_bucket_name(config)}"
+
+
+def metrics_statement() -> iam.PolicyStatement:
+    """PutMetricData has no resource-level permissions; the namespace condition scopes it."""
+    return iam.PolicyStatement(
+        actions=["cloudwatch:PutMetricData"],
+        resources=["*"],
+        conditions={"StringEquals": {"cloudwatch:namespace": contract.METRIC_NAMESPACE}},
+    )
+
+
+def read_models_statements(config: AppConfig) -> list[iam.PolicyStatement]:
+    bucket = _bucket_arn(config)
+    return [
+        iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"{bucket}/{MODELS_PREFIX}*"]),
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"],
+            resources=[bucket],
+            conditions={"StringLike": {"s3:prefix": [f"{MODELS_PREFIX}*"]}},
+        ),
+    ]
+
+
+def write_models_statement(config: AppConfig) -> iam.PolicyStatement:
+    return iam.PolicyStatement(
+        actions=["s3:PutObject", "s3:AbortMultipartUpload"], resources=[f"{_bucket_arn(config)}/{MODELS_PREFIX}*"]
+    )
+
+
+@dataclass(frozen=True)
+class AppChartsOnCluster:
+    charts: AppCharts
+    manifests: dict[str, eks.KubernetesManifest]  # chart id -> manifest
+    serving_roles: dict[str, iam.Role]  # service account -> role
+    compile_role: iam.Role
+
+
+def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnCluster:
+    """Create the workload roles and apply every chart of the app to ``cluster``."""
+    serving_roles = {
+        placement.name: cluster.add_pod_identity_role(
+            f"Serving-{placement.name}",
+            namespace=topology.NAMESPACE,
+            service_account=placement.name,
+            statements=[metrics_statement(), *read_models_statements(config)],
+        )
+        for placement in topology.placements(config)
+    }
+    compile_role = cluster.add_pod_identity_role(
+        "ModelCompiler",
+        namespace=topology.NAMESPACE,
+        service_account=model_builds.SERVICE_ACCOUNT,
+        statements=[*read_models_statements(config), write_models_statement(config)],
+    )
+    for role in serving_roles.values():
+        _acknowledge(role, config, puts_metrics=True)
+    _acknowledge(compile_role, config, puts_metrics=False)
+
+    charts = add_charts(cdk8s.App(), config)
+    manifests = dict(zip((c.node.id for c in charts.all), cluster.apply_charts(charts.all), strict=True))
+    for chart in charts.all:
+        manifest = manifests[chart.node.id]
+        for dependency in chart.node.dependencies:
+            manifest.node.add_dependency(manifests[dependency.node.id])
+    # The role's scope is its PodIdentityRole construct, which holds the association too.
+    for role in serving_roles.values():
+        manifests[charts.serving.node.id].node.add_dependency(role.node.scope or role)
+    manifests[charts.model_builds.node.id].node.add_dependency(compile_role.node.scope or compile_role)
+    return AppChartsOnCluster(charts, manifests, serving_roles, compile_role)
+
+
+def _acknowledge(role: iam.Role, config: AppConfig, *, puts_metrics: bool) -> None:
+    if puts_metrics:
+        nag.acknowledge(
+            role,
+            nag.wildcard_resource_finding("*"),
+            "cloudwatch:PutMetricData supports no resource-level permissions; the statement is "
+            f"limited to the {contract.METRIC_NAMESPACE} namespace by the cloudwatch:namespace condition",
+        )
+    nag.acknowledge(
+        role,
+        nag.wildcard_resource_finding(f"arn:<AWS::Partition>:s3:::{naming.model_bucket_name(config)}/{MODELS_PREFIX}*"),
+        "the objects under the models/ prefix of the model bucket, which the compile jobs write "
+        "as <model>/<revision>/<chip>/ trees: no other prefix or bucket",
+    )
