@@ -59,12 +59,29 @@ def synth_variant(overrides_json: str, *, with_cluster: bool) -> Variant:
         stacks["cluster"] = ClusterStack(
             app, "Cluster", config=config, network=stacks["network"], registry=stacks["registry"], env=env
         )
+        _add_probes(stacks["cluster"])
     assembly = app.synth()
     templates = {
         name: Template.from_json(assembly.get_stack_by_name(stack.stack_name).template)
         for name, stack in stacks.items()
     }
     return Variant(config=config, stacks=stacks, templates=templates)
+
+
+def _add_probes(cluster: Any) -> None:
+    """Use the cluster stack's API the way stacks/composition.py does: a role and a chart."""
+    import cdk8s
+    from aws_cdk import aws_iam as iam
+
+    cluster.add_pod_identity_role(
+        "Probe",
+        namespace="probe",
+        service_account="probe-sa",
+        statements=[iam.PolicyStatement(actions=["s3:GetObject"], resources=["arn:aws:s3:::probe-bucket/*"])],
+    )
+    chart = cdk8s.Chart(cdk8s.App(), "probe")
+    cdk8s.ApiObject(chart, "config", api_version="v1", kind="ConfigMap", metadata={"name": "probe-config"})
+    cluster.apply_charts([chart])
 
 
 def variant(overrides: dict[str, str], *, with_cluster: bool = False) -> Variant:

@@ -1,0 +1,81 @@
+"""Every configuration error of issue 2 through the CLI path (``python app.py -c key=value``):
+exit code 2, exactly one line on stderr naming the key and the bad value, no traceback.
+
+These stop at config time, before any construct is built, so each run is short.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import ROOT
+
+CASES = [
+    # (override, key the message must name, value it must name)
+    ("localZones=us-east-1-bos-1a", "localZones", "us-east-1-bos-1a"),  # a Local Zone of another Region
+    ("clientCidrs=10.0.0.300/24", "clientCidrs", "10.0.0.300/24"),  # malformed CIDR
+    ("clientCidrs=10.0.0.1/24", "clientCidrs", "10.0.0.1/24"),  # host bits set
+    ("clientCidrs=0.0.0.0/0", "clientCidrs", "0.0.0.0/0"),  # the Internet, without allowPublicNodePorts=true
+    ("clientCidrs=::/0", "clientCidrs", "::/0"),
+    ("accelerators=nvidia,tpu", "accelerators", "tpu"),  # unknown accelerator
+    ("availabilityZones=", "availabilityZones", "''"),  # empty AZ list
+]
+
+
+OPT_IN = ("-c", "clientCidrs=0.0.0.0/0", "-c", "allowPublicNodePorts=true", "-c", "accelerators=tpu")
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[tuple[str, ...], Run]:
+    """Every CLI run of this module, started at once: each is mostly interpreter start-up."""
+    env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    argvs = [("-c", override) for override, _, _ in CASES] + [OPT_IN]
+    procs = {
+        argv: subprocess.Popen(
+            [sys.executable, "app.py", *argv],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for argv in argvs
+    }
+    results = {}
+    for argv, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        results[argv] = Run(proc.returncode, stdout, stderr)
+    return results
+
+
+@pytest.mark.parametrize(("override", "key", "value"), CASES, ids=[case[0] for case in CASES])
+def test_bad_config_stops_synth_with_one_line(
+    runs: dict[tuple[str, ...], Run], override: str, key: str, value: str
+) -> None:
+    result = runs[("-c", override)]
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert key in lines[0] and value in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "allowed" in lines[0]  # says what is allowed
+
+
+def test_public_node_ports_need_the_explicit_opt_in(runs: dict[tuple[str, ...], Run]) -> None:
+    """0.0.0.0/0 passes config once allowPublicNodePorts=true (checked without synthesizing:
+    an unrelated bad key afterwards proves config got past clientCidrs)."""
+    result = runs[OPT_IN]
+    assert result.returncode == 2
+    assert "accelerators" in result.stderr and "clientCidrs" not in result.stderr
