@@ -77,6 +77,14 @@ def test_handler_is_python_with_only_query_on_the_table(template: Any) -> None:
     assert not any("AWSLambdaBasicExecutionRole" in str(r) for r in resources(template, "AWS::IAM::Role").values())
 
 
+def test_handler_code_is_the_one_boto3_only_file(synth: Any, template: Any) -> None:
+    (function,) = resources(template, "AWS::Lambda::Function").values()
+    digest = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
+    (asset,) = synth.outdir.rglob(f"asset.{digest}")
+    assert sorted(p.name for p in asset.iterdir()) == ["inventory_api.py"]  # no torch, no runtime package
+    assert "from runtime" not in (asset / "inventory_api.py").read_text()
+
+
 def test_devices_get_invoke_on_get_endpoints_only(template: Any) -> None:
     (policy,) = resources(template, "AWS::IAM::ManagedPolicy").values()
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
