@@ -29,14 +29,13 @@ from aws_cdk import aws_kms as kms
 from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from constructs import Construct
 
-from stacks import nag, versions
+from stacks import nag, naming, versions
 from stacks.config import AppConfig
 from stacks.karpenter import KarpenterInfrastructure
 from stacks.network import NetworkStack
 from stacks.pod_identity import PodIdentityRole
 from stacks.registry import RegistryStack
 
-NODEGROUP_LABEL: Final = "eks.amazonaws.com/nodegroup"  # set by EKS on managed node group nodes
 CLUSTER_ADMIN_POLICY: Final = "AmazonEKSClusterAdminPolicy"
 ALB_POLICY_FILE: Final = (
     Path(__file__).parent
@@ -156,7 +155,7 @@ class ClusterStack(cdk.Stack):
         self.controller_nodegroup = self._add_controller_nodegroup(node_group, private_subnets)
         for addon in (*addons_before, pod_identity_agent):
             self.controller_nodegroup.node.add_dependency(addon)
-        self.controller_node_selector = {NODEGROUP_LABEL: self.controller_nodegroup.nodegroup_name}
+        self.controller_node_selector = dict(naming.CONTROLLER_NODE_LABELS)
 
         # Container Insights: the agent's credentials via Pod Identity, so only the agent's
         # service account gets CloudWatchAgentServerPolicy, not every pod on every node.
@@ -415,7 +414,7 @@ class ClusterStack(cdk.Stack):
             launch_template_spec=eks.LaunchTemplateSpec(
                 id=launch_template.launch_template_id, version=launch_template.latest_version_number
             ),
-            labels={"edge-diffusion.aws/role": "controllers"},
+            labels=dict(naming.CONTROLLER_NODE_LABELS),
         )
 
     def _release_values(self) -> Mapping[versions.HelmChart, dict[str, Any]]:

@@ -44,3 +44,8 @@ def interruption_queue_name(config: AppConfig) -> str:
 def inventory_table_name(config: AppConfig) -> str:
     """DynamoDB table of serving endpoints: written by the in-cluster publisher, read by devices."""
     return f"{config.cluster_name}-endpoints"
+
+
+# Labels of the controllers' managed node group (set by ClusterStack): the controllers' Helm
+# releases and any other always-on system pod (the inventory publisher) select these nodes.
+CONTROLLER_NODE_LABELS: Final = {"edge-diffusion.aws/role": "controllers"}

@@ -88,9 +88,12 @@ def resolve(value: Any, refs: dict[str, str]) -> Any:
     """Resolve the intrinsics a synthesized policy uses, into upstream's placeholder text."""
     if isinstance(value, dict):
         if set(value) == {"Ref"}:
-            return refs[value["Ref"]]
+            return refs.get(value["Ref"], f"<{value['Ref']}>")
         if set(value) == {"Fn::GetAtt"}:
-            return refs[".".join(value["Fn::GetAtt"])]
+            attribute = ".".join(value["Fn::GetAtt"])
+            return refs.get(attribute, f"<{attribute}>")
+        if set(value) == {"Fn::ImportValue"}:
+            return f"<import {value['Fn::ImportValue']}>"
         if set(value) == {"Fn::Join"}:
             separator, parts = value["Fn::Join"]
             return separator.join(resolve(part, refs) for part in parts)
@@ -401,22 +404,27 @@ def test_helm_releases_install_in_dependency_order(template: dict[str, Any]) -> 
         assert nodegroup_id in depends_on(template, lid), "controllers run on the managed node group"
 
 
-def test_karpenter_values_name_the_cluster_and_queue_and_pin_to_controller_nodes(
-    synth: Synth, template: dict[str, Any]
-) -> None:
+def test_karpenter_values_name_the_cluster_and_queue(synth: Synth, template: dict[str, Any]) -> None:
     config = synth.stacks.cluster.config
     (queue_id,) = of_type(template, "AWS::SQS::Queue")
-    (nodegroup_id,) = of_type(template, "AWS::EKS::Nodegroup")
-    refs = {f"{queue_id}.QueueName": "QUEUE", f"{nodegroup_id}.NodegroupName": "NODEGROUP"}
-    values = values_json(releases(template)["karpenter"][1], refs)
+    values = values_json(releases(template)["karpenter"][1], {f"{queue_id}.QueueName": "QUEUE"})
     assert values["settings"] == {"clusterName": config.cluster_name, "interruptionQueue": "QUEUE"}
-    assert values["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "NODEGROUP"}
     (association,) = [
         a
         for a in props_of_type(template, "AWS::EKS::PodIdentityAssociation").values()
-        if a["Namespace"] == versions.KARPENTER.namespace and a["ServiceAccount"] == values["serviceAccount"]["name"]
+        if (a["Namespace"], a["ServiceAccount"]) == (versions.KARPENTER.namespace, values["serviceAccount"]["name"])
     ]
     assert association
+
+
+def test_every_controller_is_pinned_to_the_controller_node_group(template: dict[str, Any]) -> None:
+    """Karpenter must not run on nodes it manages; no controller should land on accelerator nodes."""
+    (nodegroup,) = props_of_type(template, "AWS::EKS::Nodegroup").values()
+    labels = nodegroup["Labels"]
+    for release, (_, props) in releases(template).items():
+        values = values_json(props, {})
+        selector = values.get("nodeSelector") or values.get("custom", {}).get("default_ns")
+        assert selector and selector.items() <= labels.items(), release
 
 
 def test_keda_operator_may_only_read_cloudwatch_metrics(template: dict[str, Any]) -> None:
