@@ -3,6 +3,7 @@
 As a library (an AR app backend)::
 
     client = EdgeDiffusionClient(inventory_url="https://.../v1/endpoints")  # SigV4-signed
+    # inventoryAuth=cognito: credentials=cognito_credentials(pool_id, provider, id_token, region)
     result = client.generate(ImageRequest(prompt="a lighthouse at dawn"), deadline_s=30)
     result.images[0]  # PNG bytes; result.endpoint says who served, result.timings how long
 
@@ -207,6 +208,20 @@ class SigV4Auth(httpx.Auth):
         for name, value in signed.headers.items():
             request.headers[name] = value
         yield request
+
+
+def cognito_credentials(identity_pool_id: str, provider_name: str, id_token: str, region: str) -> Any:
+    """Credentials for ``inventoryAuth=cognito``: a signed-in user's ID token (from the user pool,
+    ``provider_name`` like ``cognito-idp.REGION.amazonaws.com/POOL_ID``) exchanged at the identity
+    pool (the InventoryStack's ``IdentityPoolId`` output). Pass the result as ``credentials=``."""
+    import boto3
+    from botocore.credentials import Credentials
+
+    identity = boto3.client("cognito-identity", region_name=region)
+    logins = {provider_name: id_token}
+    identity_id = identity.get_id(IdentityPoolId=identity_pool_id, Logins=logins)["IdentityId"]
+    issued = identity.get_credentials_for_identity(IdentityId=identity_id, Logins=logins)["Credentials"]
+    return Credentials(issued["AccessKeyId"], issued["SecretKey"], issued["SessionToken"])
 
 
 def region_of(url: str) -> str | None:

@@ -208,3 +208,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().err.strip().startswith(f"error: endpoints file {broken} is not JSON")
     assert c.main(["a cat", "--endpoints-file", str(broken), "--deadline", "0"]) == 1
     assert "deadline 0.0: allowed a positive number" in capsys.readouterr().err
+
+
+def test_cognito_credentials_sign_inventory_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    provider = "cognito-idp.us-west-2.amazonaws.com/us-west-2_example"
+    with mock_aws():
+        pool = boto3.client("cognito-identity", region_name="us-west-2").create_identity_pool(
+            IdentityPoolName="devices", AllowUnauthenticatedIdentities=False
+        )
+        credentials = c.cognito_credentials(pool["IdentityPoolId"], provider, "id-token", "us-west-2")
+    frozen = credentials.get_frozen_credentials()
+    assert frozen.access_key and frozen.secret_key and frozen.token
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"endpoints": []})
+
+    client = c.EdgeDiffusionClient(
+        inventory_url="https://abc123.execute-api.us-west-2.amazonaws.com/v1/endpoints",
+        credentials=credentials,
+        http=httpx.Client(transport=httpx.MockTransport(handle)),
+    )
+    assert client.load_inventory() == ([], [])
+    assert f"Credential={frozen.access_key}/" in seen[0].headers["Authorization"]
