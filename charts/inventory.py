@@ -30,8 +30,6 @@ from stacks.config import AppConfig
 NAME: Final = "endpoint-inventory"
 SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it
 NAMESPACE: Final = topology.NAMESPACE
-# Set on the controller node group's nodes by ClusterStack (stacks/cluster.py).
-CONTROLLER_NODE_LABELS: Final = {"edge-diffusion.aws/role": "controllers"}
 IMAGE_VARIANT: Final = "cpu"  # the publisher needs Python, httpx and boto3: the runtime image has them
 READ_VERBS: Final = ("get", "list", "watch")
 
@@ -129,7 +127,7 @@ class InventoryChart(cdk8s.Chart):
         return k8s.PodSpec(
             service_account_name=SERVICE_ACCOUNT,
             automount_service_account_token=True,  # it lists Services, EndpointSlices and Nodes
-            node_selector=dict(CONTROLLER_NODE_LABELS),
+            node_selector=dict(naming.CONTROLLER_NODE_LABELS),  # set on them by ClusterStack
             security_context=pods.pod_security_context(),
             termination_grace_period_seconds=10,  # nothing to drain: entries live on until their TTL
             containers=[

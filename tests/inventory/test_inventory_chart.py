@@ -12,7 +12,7 @@ import pytest
 from charts import inventory as chart
 from runtime import contract
 from runtime.inventory import PublisherSettings
-from stacks import versions
+from stacks import naming, versions
 from stacks.accelerators import ACCELERATORS
 from stacks.config import load_config
 from tests.conftest import cdk_json_context
@@ -63,7 +63,7 @@ def test_deployment_runs_one_hardened_publisher_on_controller_nodes(objects: dic
     spec = objects["Deployment"]["spec"]
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     pod = spec["template"]["spec"]
-    assert pod["serviceAccountName"] == chart.SERVICE_ACCOUNT and pod["nodeSelector"] == chart.CONTROLLER_NODE_LABELS
+    assert pod["serviceAccountName"] == chart.SERVICE_ACCOUNT and pod["nodeSelector"] == naming.CONTROLLER_NODE_LABELS
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "runtime.inventory"]
