@@ -102,7 +102,7 @@ class ModelBuildsChart(cdk8s.Chart):
             "--out", topology.models_base_uri(config),
         ]  # fmt: skip
 
-    def _job(self, build: Placement) -> batch.Job:
+    def _job(self, build: Placement) -> cdk8s.ApiObject:
         accelerator, config = build.accelerator, self.config
         args = self.build_args(accelerator)
         image = topology.image_uri(config, accelerator)
@@ -134,13 +134,12 @@ class ModelBuildsChart(cdk8s.Chart):
             ],
             volumes=volumes,
         )
-        # Volcano's task template is a core PodTemplateSpec: inline the same typed k8s.PodSpec
-        # the serving charts build instead of re-typing it in Volcano's generated classes.
+        # Volcano's task template is a core PodTemplateSpec: inline the same typed k8s.PodSpec the
+        # serving chart builds, rendered by KubePod.manifest, instead of re-typing it in Volcano's
+        # generated classes. The generated Job class would re-filter that JSON through its own
+        # types on synth (dropping quantities), so the rendered manifest goes into a plain ApiObject.
         template = k8s.KubePod.manifest(metadata=k8s.ObjectMeta(labels=labels), spec=pod_spec)
-        job = batch.Job(
-            self,
-            f"Job-{accelerator.name}",
-            metadata=cdk8s.ApiObjectMetadata(name=name, namespace=topology.NAMESPACE, labels=labels),
+        manifest = batch.Job.manifest(
             spec=batch.JobSpec(
                 scheduler_name=SCHEDULER_NAME,
                 queue=QUEUE_NAME,
@@ -153,7 +152,14 @@ class ModelBuildsChart(cdk8s.Chart):
                 tasks=[batch.JobSpecTasks(name=TASK_NAME, replicas=1)],
             ),
         )
-        job.add_json_patch(
-            cdk8s.JsonPatch.add("/spec/tasks/0/template", {"metadata": template["metadata"], "spec": template["spec"]})
+        spec = manifest["spec"]
+        spec["tasks"][0]["template"] = {"metadata": template["metadata"], "spec": template["spec"]}
+        job = cdk8s.ApiObject(
+            self,
+            f"Job-{accelerator.name}",
+            api_version=manifest["apiVersion"],
+            kind=manifest["kind"],
+            metadata=cdk8s.ApiObjectMetadata(name=name, namespace=topology.NAMESPACE, labels=labels),
         )
+        job.add_json_patch(cdk8s.JsonPatch.add("/spec", spec))
         return job

@@ -4,6 +4,7 @@ and the validation tally printed at the end of the run and written to dist/."""
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,7 @@ _TALLY = Tally()
 class Rendered:
     """The synthesized charts: chart id -> its objects (plain dicts, as written to YAML)."""
 
-    config: Any
-    charts: Any  # charts.build.AppCharts
+    config: Any  # stacks.config.AppConfig
     objects: dict[str, list[dict[str, Any]]]
 
     def all(self) -> list[tuple[str, dict[str, Any]]]:
@@ -38,16 +38,18 @@ class Rendered:
 
 
 def render(context: dict[str, Any]) -> Rendered:
-    import cdk8s
+    """Synthesize the charts exactly as ``make manifests`` does and read back the YAML files."""
+    import yaml
 
-    from charts.build import add_charts
+    from charts.render import render as render_files
     from stacks.config import load_config
 
-    config = load_config(context)
-    app = cdk8s.App()
-    charts = add_charts(app, config)
-    objects = {chart.node.id: [json.loads(json.dumps(o)) for o in chart.to_json()] for chart in charts.all}
-    return Rendered(config=config, charts=charts, objects=objects)
+    with tempfile.TemporaryDirectory() as out:
+        files = render_files(context, Path(out) / "manifests")
+        objects = {
+            path.stem.split("-", 1)[1]: [doc for doc in yaml.safe_load_all(path.read_text()) if doc] for path in files
+        }
+    return Rendered(config=load_config(context), objects=objects)
 
 
 @pytest.fixture(scope="session")

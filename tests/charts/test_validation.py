@@ -19,7 +19,14 @@ def test_schemas_of_the_cluster_version_are_installed() -> None:
     assert KUBERNETES_VERSION in kubernetes_validate.utils.all_versions()
 
 
-@pytest.mark.parametrize("chart", ["karpenter", "device-plugins", "serving", "autoscaling", "model-builds"])
+CHARTS = ("karpenter", "device-plugins", "serving", "autoscaling", "model-builds", "inventory")
+
+
+def test_every_chart_is_validated(rendered: Rendered) -> None:
+    assert set(rendered.objects) == set(CHARTS)
+
+
+@pytest.mark.parametrize("chart", CHARTS)
 def test_every_object_validates(rendered: Rendered, tally: Tally, chart: str) -> None:
     objects = rendered.objects[chart]
     assert objects, f"chart {chart} is empty"

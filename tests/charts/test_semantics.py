@@ -1,0 +1,288 @@
+"""What the objects must mean, not only their shape: pods land on their NodePool (and zone),
+KEDA scales what exists on the metric the runtime publishes, probes hit real routes, and
+every image comes from the versions catalog or the app's ECR repository."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from charts import topology
+from runtime import contract
+from stacks import naming, versions
+from stacks.accelerators import ACCELERATORS
+from tests.charts.conftest import Rendered, render
+from tests.conftest import cdk_json_context
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "Job" and obj["apiVersion"].startswith("batch.volcano.sh/"):
+        [task] = obj["spec"]["tasks"]
+        return task["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def serving(rendered: Rendered) -> list[dict[str, Any]]:
+    """The serving Deployments (other charts, e.g. the inventory publisher, have their own)."""
+    objs = [d for d in rendered.objects["serving"] if d["kind"] == "Deployment"]
+    assert objs
+    return objs
+
+
+def compile_jobs(rendered: Rendered) -> list[dict[str, Any]]:
+    objs = [j for j in rendered.objects["model-builds"] if j["kind"] == "Job"]
+    assert objs
+    return objs
+
+
+def taints_tolerated(taints: list[dict[str, Any]], tolerations: list[dict[str, Any]]) -> bool:
+    def tolerates(taint: dict[str, Any], tol: dict[str, Any]) -> bool:
+        if tol.get("effect") and tol["effect"] != taint["effect"]:
+            return False
+        if tol.get("operator", "Equal") == "Exists":
+            return tol.get("key") in (None, taint["key"])
+        return tol.get("key") == taint["key"] and tol.get("value") == taint.get("value")
+
+    return all(any(tolerates(taint, tol) for tol in tolerations) for taint in taints)
+
+
+def node_pool_admits(pool: dict[str, Any], selector: dict[str, str]) -> bool:
+    """Every nodeSelector label is one the pool's nodes carry (name, template label or requirement)."""
+    labels = {topology.NODEPOOL_LABEL: {pool["metadata"]["name"]}}
+    labels.update({k: {v} for k, v in pool["spec"]["template"].get("metadata", {}).get("labels", {}).items()})
+    for req in pool["spec"]["template"]["spec"]["requirements"]:
+        assert req["operator"] == "In"
+        labels[req["key"]] = set(req["values"])
+    return all(value in labels.get(key, set()) for key, value in selector.items())
+
+
+def test_every_placement_has_its_objects(rendered: Rendered) -> None:
+    placements = topology.placements(rendered.config)
+    names = {p.name for p in placements}
+    # Default config: 3 accelerators in the Region, NVIDIA (g5) also in us-west-2-lax-1a.
+    assert names == {
+        "stable-diffusion-nvidia",
+        "stable-diffusion-neuron",
+        "stable-diffusion-cpu",
+        "stable-diffusion-nvidia-us-west-2-lax-1a",
+    }
+    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "ScaledObject"):
+        found = {o["metadata"]["name"] for o in rendered.of_kind(kind)} & names
+        assert found == names, kind
+    assert {o["metadata"]["name"] for o in rendered.of_kind("NodePool")} == {p.node_pool_name for p in placements}
+
+
+@pytest.mark.parametrize("workloads", [serving, compile_jobs])
+def test_accelerator_pods_tolerate_their_pool_and_select_an_existing_one(rendered: Rendered, workloads: Any) -> None:
+    pools = {p["metadata"]["name"]: p for p in rendered.of_kind("NodePool")}
+    for obj in workloads(rendered):
+        spec = pod_spec(obj)
+        pool_name = spec["nodeSelector"][topology.NODEPOOL_LABEL]
+        assert pool_name in pools, f"{obj['metadata']['name']} selects missing NodePool {pool_name}"
+        pool = pools[pool_name]
+        taints = pool["spec"]["template"]["spec"].get("taints", [])
+        assert taints_tolerated(taints, spec.get("tolerations", [])), obj["metadata"]["name"]
+        assert node_pool_admits(pool, spec["nodeSelector"]), obj["metadata"]["name"]
+        # The pool launches the accelerator the pod asks for.
+        accelerator = ACCELERATORS[pool["spec"]["template"]["metadata"]["labels"][topology.NODE_LABEL_ACCELERATOR]]
+        [container] = spec["containers"]
+        assert container["image"].endswith(f"-{accelerator.image_variant}")
+        if accelerator.device_resource:
+            assert container["resources"]["limits"][accelerator.device_resource] == accelerator.devices_per_pod
+            assert taints == [{"key": accelerator.device_resource, "effect": "NoSchedule"}]
+
+
+def test_accelerator_taints_repel_pods_that_do_not_ask_for_devices(rendered: Rendered) -> None:
+    for pool in rendered.of_kind("NodePool"):
+        accelerator = ACCELERATORS[pool["spec"]["template"]["metadata"]["labels"][topology.NODE_LABEL_ACCELERATOR]]
+        taints = pool["spec"]["template"]["spec"].get("taints", [])
+        assert bool(taints) == (accelerator.device_resource is not None), pool["metadata"]["name"]
+
+
+def test_local_zone_pools_and_deployments_are_pinned_to_their_zone(rendered: Rendered) -> None:
+    zones = {zone.name for zone in rendered.config.local_zones}
+    assert zones
+    pools = {p["metadata"]["name"]: p for p in rendered.of_kind("NodePool")}
+    local = [p for p in topology.placements(rendered.config) if p.location.is_local_zone]
+    assert local
+    for placement in local:
+        pool = pools[placement.node_pool_name]
+        reqs = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
+        assert reqs[topology.ZONE_LABEL] == [placement.location.zone]
+        assert reqs[topology.CAPACITY_TYPE_LABEL] == ["on-demand"]
+        zone_config = next(z for z in rendered.config.local_zones if z.name == placement.location.zone)
+        assert set(reqs[topology.INSTANCE_FAMILY_LABEL]) <= set(zone_config.instance_families)
+        node_class = rendered.named("EC2NodeClass", pool["spec"]["template"]["spec"]["nodeClassRef"]["name"])
+        [term] = node_class["spec"]["subnetSelectorTerms"]
+        assert term["tags"][naming.LOCATION_TAG_KEY] == placement.location.zone
+        assert node_class["spec"]["blockDeviceMappings"][0]["ebs"]["volumeType"] == "gp2"
+        deployment = rendered.named("Deployment", placement.name)
+        assert pod_spec(deployment)["nodeSelector"][topology.ZONE_LABEL] == placement.location.zone
+    for pool in rendered.of_kind("NodePool"):  # regional pools never reach into a Local Zone
+        if pool["metadata"]["name"] not in {p.node_pool_name for p in local}:
+            reqs = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
+            assert set(reqs[topology.ZONE_LABEL]) == set(rendered.config.availability_zones)
+
+
+def test_node_classes_require_imdsv2_one_hop_and_encrypted_large_root_volumes(rendered: Rendered) -> None:
+    classes = rendered.of_kind("EC2NodeClass")
+    assert len(classes) == 1 + len(rendered.config.local_zones)
+    for node_class in classes:
+        spec = node_class["spec"]
+        assert spec["metadataOptions"]["httpTokens"] == "required"
+        assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
+        assert spec["amiSelectorTerms"] == [{"alias": versions.AL2023_AMI_ALIAS}]
+        assert spec["role"] == naming.karpenter_node_role_name(rendered.config)
+        [root] = spec["blockDeviceMappings"]
+        assert root["ebs"]["encrypted"] is True
+        assert int(root["ebs"]["volumeSize"].removesuffix("Gi")) >= 100
+
+
+def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(rendered: Rendered) -> None:
+    deployments = {d["metadata"]["name"]: d for d in serving(rendered)}
+    auth = {a["metadata"]["name"]: a for a in rendered.of_kind("TriggerAuthentication")}
+    knobs = rendered.config.serving
+    for scaled in rendered.of_kind("ScaledObject"):
+        target = scaled["spec"]["scaleTargetRef"]
+        assert target["name"] in deployments
+        assert scaled["metadata"]["namespace"] == deployments[target["name"]]["metadata"]["namespace"]
+        assert scaled["spec"]["maxReplicaCount"] == knobs.max_replicas
+        assert scaled["spec"]["pollingInterval"] == knobs.keda_polling_interval_s
+        assert scaled["spec"]["cooldownPeriod"] == knobs.keda_cooldown_period_s
+        [trigger] = scaled["spec"]["triggers"]
+        assert trigger["type"] == "aws-cloudwatch"
+        assert auth[trigger["authenticationRef"]["name"]]["spec"] == {"podIdentity": {"provider": "aws"}}
+        meta = trigger["metadata"]
+        assert all(isinstance(value, str) for value in meta.values()), meta
+        assert meta["namespace"] == contract.METRIC_NAMESPACE
+        assert meta["metricName"] == contract.METRIC_PENDING_REQUESTS
+        # The dimensions the runtime publishes, with the values the pod's environment gives it.
+        env = {e["name"]: e["value"] for e in pod_spec(deployments[target["name"]])["containers"][0]["env"]}
+        published = {
+            contract.DIMENSION_DEPLOYMENT: env[contract.ENV_DEPLOYMENT],
+            contract.DIMENSION_ACCELERATOR: env[contract.ENV_ACCELERATOR],
+            contract.DIMENSION_LOCATION: env[contract.ENV_LOCATION],
+        }
+        names, values = meta["dimensionName"].split(";"), meta["dimensionValue"].split(";")
+        assert names == list(contract.METRIC_DIMENSIONS)
+        assert dict(zip(names, values, strict=True)) == published
+        assert meta["targetMetricValue"] == str(knobs.target_pending_per_replica)
+
+
+def test_probes_use_the_runtime_routes_on_its_port(rendered: Rendered) -> None:
+    for deployment in serving(rendered):
+        [container] = pod_spec(deployment)["containers"]
+        [port] = container["ports"]
+        assert port["containerPort"] == contract.PORT
+        assert container["livenessProbe"]["httpGet"]["path"] == contract.HEALTH_PATH
+        assert container["readinessProbe"]["httpGet"]["path"] == contract.READY_PATH
+        startup = container["startupProbe"]
+        assert startup["httpGet"]["path"] == contract.READY_PATH
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60  # long model loads
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert container[probe]["httpGet"]["port"] == port["name"]
+
+
+def test_serving_pods_are_non_root_read_only_without_capabilities(rendered: Rendered) -> None:
+    for obj in [*serving(rendered), *compile_jobs(rendered)]:
+        spec = pod_spec(obj)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        sa = rendered.named("ServiceAccount", spec["serviceAccountName"])
+        assert sa["metadata"]["namespace"] == obj["metadata"]["namespace"]
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"] == {"drop": ["ALL"]}
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_every_image_comes_from_the_catalog_or_the_ecr_repository(rendered: Rendered) -> None:
+    repository = naming.image_repository_uri(rendered.config)
+    allowed_tags = {f"{rendered.config.serving.image_version}-{a.image_variant}" for a in ACCELERATORS.values()}
+    catalog = {versions.NVIDIA_DEVICE_PLUGIN_IMAGE, versions.NEURON_DEVICE_PLUGIN_IMAGE}
+    images = [
+        c["image"]
+        for obj in [*rendered.of_kind("Deployment"), *rendered.of_kind("DaemonSet"), *rendered.of_kind("Job")]
+        for c in pod_spec(obj)["containers"]
+    ]
+    assert images
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert image in catalog or (name == repository and tag in allowed_tags), image
+
+
+def test_device_plugins_run_only_on_their_accelerator_nodes(rendered: Rendered) -> None:
+    daemon_sets = rendered.of_kind("DaemonSet")
+    assert {d["metadata"]["name"] for d in daemon_sets} == {"nvidia-device-plugin", "neuron-device-plugin"}
+    pools = rendered.of_kind("NodePool")
+    for daemon_set in daemon_sets:
+        spec = pod_spec(daemon_set)
+        selected = [p for p in pools if node_pool_admits(p, spec["nodeSelector"])]
+        accelerators = {p["spec"]["template"]["metadata"]["labels"][topology.NODE_LABEL_ACCELERATOR] for p in selected}
+        assert len(accelerators) == 1 and selected
+        for pool in selected:
+            assert taints_tolerated(pool["spec"]["template"]["spec"]["taints"], spec["tolerations"])
+
+
+def test_ingress_weights_routes_across_regional_services(rendered: Rendered) -> None:
+    import json
+
+    [ingress] = rendered.of_kind("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert ingress["spec"]["ingressClassName"] == "alb"
+    assert "kubernetes.io/ingress.class" not in annotations
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == contract.READY_PATH
+    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == ",".join(rendered.config.client_cidrs)
+    [rule] = ingress["spec"]["rules"]
+    [path] = rule["http"]["paths"]
+    action_name = path["backend"]["service"]["name"]
+    assert path["backend"]["service"]["port"] == {"name": "use-annotation"}
+    action = json.loads(annotations[f"alb.ingress.kubernetes.io/actions.{action_name}"])
+    groups = action["forwardConfig"]["targetGroups"]
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+    expected = {a: ACCELERATORS[a].cost_weight for a in rendered.config.accelerators}
+    assert {g["serviceName"]: g["weight"] for g in groups} == {
+        f"stable-diffusion-{name}": weight for name, weight in expected.items()
+    }
+    for group in groups:
+        assert int(group["servicePort"]) in {p["port"] for p in services[group["serviceName"]]["spec"]["ports"]}
+
+
+def test_config_changes_flow_into_the_charts() -> None:
+    context = {
+        **cdk_json_context(),
+        "accelerators": ["nvidia", "cpu"],
+        "enableLargeNvidiaInstances": "true",
+        "ingressWeights": {"nvidia": 0, "cpu": 7},
+        "localZones": [{"name": "us-west-2-lax-1a", "instanceFamilies": ["g6", "c7g", "x9z"]}],
+        "serving": {"minReplicas": 2, "maxReplicas": 9, "imageVersion": "2.0.1"},
+    }
+    rendered = render(context)
+    pools = {p["metadata"]["name"]: p for p in rendered.of_kind("NodePool")}
+    assert set(pools) == {"nvidia", "cpu", "nvidia-us-west-2-lax-1a", "cpu-us-west-2-lax-1a"}
+    families = {r["key"]: r["values"] for r in pools["nvidia"]["spec"]["template"]["spec"]["requirements"]}
+    assert families[topology.INSTANCE_FAMILY_LABEL] == ["g5", "g6", "g6e", "p4d", "p5"]
+    lz = {r["key"]: r["values"] for r in pools["cpu-us-west-2-lax-1a"]["spec"]["template"]["spec"]["requirements"]}
+    assert lz[topology.INSTANCE_FAMILY_LABEL] == ["c7g"]
+    assert not rendered.of_kind("DaemonSet") or {d["metadata"]["name"] for d in rendered.of_kind("DaemonSet")} == {
+        "nvidia-device-plugin"
+    }
+    assert {s["spec"]["minReplicaCount"] for s in rendered.of_kind("ScaledObject")} == {2}
+    [ingress] = rendered.of_kind("Ingress")
+    action = next(v for k, v in ingress["metadata"]["annotations"].items() if "/actions." in k)
+    assert '"serviceName":"stable-diffusion-cpu","servicePort":"7860","weight":7' in action
+    assert "stable-diffusion-nvidia" not in action  # weight 0: no target group
+    images = {c["image"] for d in serving(rendered) for c in pod_spec(d)["containers"]}
+    assert all(":2.0.1-" in image for image in images)
+
+
+def test_all_zero_ingress_weights_are_a_config_error() -> None:
+    from stacks.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ingressWeights"):
+        render({**cdk_json_context(), "ingressWeights": {"nvidia": 0, "neuron": 0, "cpu": 0}})
