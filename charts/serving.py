@@ -10,6 +10,7 @@ the Deployment on every apply.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Final
@@ -235,11 +236,15 @@ class ServingChart(cdk8s.Chart):
             "type": "forward",
             "forwardConfig": {"targetGroups": target_groups, "targetGroupStickinessConfig": {"enabled": False}},
         }
+        # The ALB is IPv4; without inbound-cidrs the controller would admit 0.0.0.0/0.
+        inbound = [cidr for cidr in self.config.client_cidrs if ipaddress.ip_network(cidr).version == 4]
+        if not inbound:
+            raise ConfigError("clientCidrs", ",".join(self.config.client_cidrs), "at least one IPv4 CIDR for the ALB")
         prefix = ALB_ANNOTATION_PREFIX
         annotations = {
             f"{prefix}/scheme": "internet-facing",
             f"{prefix}/target-type": "ip",
-            f"{prefix}/inbound-cidrs": ",".join(self.config.client_cidrs),
+            f"{prefix}/inbound-cidrs": ",".join(inbound),
             f"{prefix}/listen-ports": json.dumps([{"HTTP": 80}]),
             f"{prefix}/healthcheck-path": contract.READY_PATH,
             f"{prefix}/healthcheck-port": "traffic-port",

@@ -269,9 +269,7 @@ def test_config_changes_flow_into_the_charts() -> None:
     assert families[topology.INSTANCE_FAMILY_LABEL] == ["g5", "g6", "g6e", "p4d", "p5"]
     lz = {r["key"]: r["values"] for r in pools["cpu-us-west-2-lax-1a"]["spec"]["template"]["spec"]["requirements"]}
     assert lz[topology.INSTANCE_FAMILY_LABEL] == ["c7g"]
-    assert not rendered.of_kind("DaemonSet") or {d["metadata"]["name"] for d in rendered.of_kind("DaemonSet")} == {
-        "nvidia-device-plugin"
-    }
+    assert {d["metadata"]["name"] for d in rendered.of_kind("DaemonSet")} == {"nvidia-device-plugin"}
     assert {s["spec"]["minReplicaCount"] for s in rendered.of_kind("ScaledObject")} == {2}
     [ingress] = rendered.of_kind("Ingress")
     action = next(v for k, v in ingress["metadata"]["annotations"].items() if "/actions." in k)
@@ -286,3 +284,35 @@ def test_all_zero_ingress_weights_are_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="ingressWeights"):
         render({**cdk_json_context(), "ingressWeights": {"nvidia": 0, "neuron": 0, "cpu": 0}})
+
+
+def test_the_alb_admits_only_ipv4_client_networks() -> None:
+    from stacks.config import ConfigError
+
+    rendered = render({**cdk_json_context(), "clientCidrs": ["198.51.100.0/24", "2001:db8::/32"]})
+    [ingress] = rendered.of_kind("Ingress")
+    assert ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/inbound-cidrs"] == "198.51.100.0/24"
+    with pytest.raises(ConfigError, match="clientCidrs"):
+        render({**cdk_json_context(), "clientCidrs": ["2001:db8::/32"]})
+
+
+def test_every_pod_in_the_app_namespace_passes_pod_security_restricted(rendered: Rendered) -> None:
+    """The namespace enforces the restricted Pod Security Standard: a pod that breaks it is never created."""
+    [namespace] = rendered.of_kind("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = [
+        pod_spec(obj)
+        for _, obj in rendered.all()
+        if obj["kind"] in {"Deployment", "Job"} and obj["metadata"].get("namespace") == topology.NAMESPACE
+    ]
+    assert len(pods) >= len(topology.placements(rendered.config)) + len(rendered.config.accelerators)
+    for spec in pods:
+        pod_ctx = spec.get("securityContext", {})
+        assert not any("hostPath" in volume for volume in spec.get("volumes", []))
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+        for container in spec["containers"]:
+            ctx = container.get("securityContext", {})
+            assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True
+            assert (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile")) == {"type": "RuntimeDefault"}
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"] and not ctx["capabilities"].get("add")
