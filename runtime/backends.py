@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -28,6 +31,7 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 NEURON_DEVICE_GLOB: Final = "/dev/neuron*"
+CGROUP_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
 DEFAULT_STEPS_SD: Final = 25
 DEFAULT_STEPS_TINY: Final = 4
 DEFAULT_SIZE_SD: Final = 512
@@ -104,6 +108,26 @@ def detect_accelerator(forced: str | None = None) -> str:
     return "cpu"
 
 
+def cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
+    """CPUs this container may use per the cgroup v2 quota (`cpu.max`), or None when unlimited."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def intra_op_threads(requested: int) -> int:
+    """Threads for torch's CPU kernels: the request, else min(affinity CPUs, cgroup quota)."""
+    if requested > 0:
+        return requested
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return max(1, min(available, quota) if quota else available)
+
+
 def torch_dtype_for(name: str, accelerator: str) -> Any:
     """`auto` is fp16 on CUDA (SD's usual serving precision) and fp32 elsewhere (CPU bf16 is slow)."""
     import torch
@@ -156,6 +180,7 @@ class DiffusersBackend(Backend):
         import torch
 
         dtype = torch_dtype_for(self.settings.dtype, self.accelerator)
+        torch.set_num_threads(intra_op_threads(self.settings.torch_threads))
         started = time.monotonic()
         if self._loader is not None:
             pipe = self._loader()
@@ -176,7 +201,8 @@ class DiffusersBackend(Backend):
         sample = int(getattr(pipe.unet.config, "sample_size", 64))
         self.default_width = self.default_height = sample * int(getattr(pipe, "vae_scale_factor", 8))
         self.description = (
-            f"{self.settings.model_id} on {self.accelerator} ({str(dtype).removeprefix('torch.')}) "
+            f"{self.settings.model_id} on {self.accelerator} ({str(dtype).removeprefix('torch.')}, "
+            f"{torch.get_num_threads()} CPU threads) "
             f"loaded in {time.monotonic() - started:.1f}s"
         )
         log.info("model loaded: %s", self.description)

@@ -175,12 +175,14 @@ def start_server(model: str, env_overrides: dict[str, str], log_path: str) -> tu
     return proc, url
 
 
-def direct_pipeline_ms(body: dict[str, Any], calls: int) -> list[float]:
-    """Latency of calling the tiny pipeline directly (no server), same parameters as the requests."""
+def direct_pipeline_ms(body: dict[str, Any], calls: int, threads: int) -> list[float]:
+    """Latency of calling the tiny pipeline directly (no server), same parameters and threads as the server."""
     import torch
 
+    from runtime.backends import intra_op_threads
     from runtime.tiny import build_tiny_pipeline
 
+    torch.set_num_threads(intra_op_threads(threads))
     pipe = build_tiny_pipeline()
     times = []
     for i in range(calls + 3):
@@ -231,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="CPU threads for the servers started here and the direct call (0: the server's auto choice)",
+    )
     p.add_argument("--direct-calls", type=int, default=30, help="direct pipeline calls for the baseline (tiny)")
     p.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "edge-diffusion-bench-server.log"))
     args = p.parse_args(argv)
@@ -260,10 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     direct = None
     if args.model == "tiny":
-        times = direct_pipeline_ms(body, args.direct_calls)
+        times = direct_pipeline_ms(body, args.direct_calls, args.torch_threads)
         direct = statistics.median(times)
         print(f"direct pipeline call: p50 {direct:.1f} ms over {len(times)} calls", flush=True)
-    configs = [("MAX_BATCH=1", {contract.ENV_MAX_BATCH: "1"}), ("default batching", {})]
+    threads = {contract.ENV_TORCH_THREADS: str(args.torch_threads)}
+    configs = [("MAX_BATCH=1", {contract.ENV_MAX_BATCH: "1", **threads}), ("default batching", threads)]
     for name, env in configs:
         proc, url = start_server(args.model, env, args.log)
         try:

@@ -58,6 +58,9 @@ class Settings:
     accelerator: str | None = field(default=None, metadata={"env": contract.ENV_ACCELERATOR})  # None: detect
     dtype: str = field(default="auto", metadata={"env": contract.ENV_DTYPE})
     torch_compile: bool = field(default=False, metadata={"env": contract.ENV_TORCH_COMPILE})
+    # More intra-op threads than the CPUs the pod may use makes OpenMP spin against CFS throttling
+    # (a 40 ms step becomes seconds); 0 sizes the pool from the cgroup quota.
+    torch_threads: int = field(default=0, metadata={"env": contract.ENV_TORCH_THREADS})
     host: str = field(default="0.0.0.0", metadata={"env": contract.ENV_HOST})  # noqa: S104 - pods
     port: int = field(default=contract.PORT, metadata={"env": contract.ENV_PORT})
     max_batch: int = field(default=8, metadata={"env": contract.ENV_MAX_BATCH})
@@ -81,6 +84,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
+            (self.torch_threads >= 0, f"{contract.ENV_TORCH_THREADS} must be >= 0, got {self.torch_threads}"),
             (self.max_batch >= 1, f"{contract.ENV_MAX_BATCH} must be >= 1, got {self.max_batch}"),
             (self.max_wait_ms >= 0, f"{contract.ENV_MAX_WAIT_MS} must be >= 0, got {self.max_wait_ms}"),
             (self.queue_size >= 1, f"{contract.ENV_QUEUE_SIZE} must be >= 1, got {self.queue_size}"),
@@ -171,6 +175,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--torch-compile", dest="torch_compile", action=argparse.BooleanOptionalAction, help=contract.ENV_TORCH_COMPILE
     )
+    p.add_argument("--torch-threads", dest="torch_threads", type=int, help=contract.ENV_TORCH_THREADS)
     p.add_argument("--host", help=contract.ENV_HOST)
     p.add_argument("--port", type=int, help=contract.ENV_PORT)
     p.add_argument("--max-batch", dest="max_batch", type=int, help=contract.ENV_MAX_BATCH)

@@ -97,7 +97,8 @@ def start_in_process(settings: Settings, backend: Backend | None = None, wait_re
 
 
 def tiny_settings(**changes: Any) -> Settings:
-    base = Settings(model_id="tiny", metrics_sink="none", ui=False, max_wait_ms=20.0)
+    # One intra-op thread: 64x64 tensors gain nothing from more, and the machine is shared.
+    base = Settings(model_id="tiny", metrics_sink="none", ui=False, max_wait_ms=20.0, torch_threads=1)
     return base.replace(**changes)
 
 
@@ -127,7 +128,13 @@ def deadline_server() -> Iterator[RunningServer]:
 
 def start_subprocess(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", contract.ENV_METRICS_SINK: "none", **env}
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        contract.ENV_METRICS_SINK: "none",
+        contract.ENV_TORCH_THREADS: "1",
+        **env,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.server", "--model", "tiny", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=ROOT,

@@ -87,7 +87,8 @@ def test_failed_model_load_stays_alive_not_ready_and_says_why(caplog: pytest.Log
 
 
 def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
-    proc, url = start_subprocess({contract.ENV_MAX_BATCH: "2", contract.ENV_QUEUE_SIZE: "64"}, "--no-ui")
+    # `make serve`'s command line (plus a free port): it must print where the UI is.
+    proc, url = start_subprocess({contract.ENV_MAX_BATCH: "2", contract.ENV_QUEUE_SIZE: "64"})
     try:
         wait_until(lambda: _ready(url), timeout_s=120, interval_s=0.2)
         n = 8
@@ -114,6 +115,7 @@ def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
         assert statuses == dict.fromkeys(range(n), 200)  # every accepted request completed
         assert proc.wait(timeout=60) == 0
         out = proc.stdout.read() if proc.stdout else ""
+        assert f"Edge Diffusion UI: {url}{contract.UI_PATH}/" in out
         assert "draining" in out and "Traceback" not in out
     finally:
         if proc.poll() is None:

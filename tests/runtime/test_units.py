@@ -315,3 +315,14 @@ def test_failing_sink_never_raises() -> None:
     agg.record_request(1.0, 1)
     agg.flush()
     assert agg.failures == 1
+
+
+def test_cpu_threads_follow_the_cgroup_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert backends.cpu_quota(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert backends.cpu_quota(cpu_max) is None
+    assert backends.cpu_quota(tmp_path / "absent") is None
+    assert backends.intra_op_threads(3) == 3
+    assert backends.intra_op_threads(0) >= 1
