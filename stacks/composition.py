@@ -37,15 +37,18 @@ def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
     network = NetworkStack(scope, f"{STACK_PREFIX}-Network", config=config, env=env)
     registry = RegistryStack(scope, f"{STACK_PREFIX}-Registry", config=config, env=env)
     cluster = ClusterStack(scope, f"{STACK_PREFIX}-Cluster", config=config, network=network, registry=registry, env=env)
-    add_app_charts(cluster, config)  # workload Pod Identity roles, then every cdk8s chart
+    on_cluster = add_app_charts(cluster, config)  # workload Pod Identity roles, then every cdk8s chart
     inventory = InventoryStack(scope, f"{STACK_PREFIX}-Inventory", config=config, env=env)
     # The publisher writes the table by name (no export couples the stacks): its role may write items, nothing else.
-    cluster.add_pod_identity_role(
+    publisher_role = cluster.add_pod_identity_role(
         "InventoryPublisher",
         namespace=inventory_chart.NAMESPACE,
         service_account=inventory_chart.SERVICE_ACCOUNT,
         statements=inventory.publisher_statements(),
     )
+    # Pod Identity injects credentials when a pod is admitted: the association must exist first.
+    publisher_manifest = on_cluster.manifests[on_cluster.charts.inventory.node.id]
+    publisher_manifest.node.add_dependency(publisher_role.node.scope or publisher_role)
     return AppStacks(network=network, registry=registry, cluster=cluster, inventory=inventory)
 
 

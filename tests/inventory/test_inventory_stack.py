@@ -3,6 +3,7 @@ publisher's least privilege; read from the session's one synthesized app (tests/
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -110,6 +111,24 @@ def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: A
     assert statement["Effect"] == "Allow"
     assert sorted(_list(statement["Action"])) == sorted(PUBLISH_ACTIONS)
     assert statement["Resource"] == "arn:aws:dynamodb:us-west-2:111111111111:table/edge-diffusion-endpoints"
+
+
+def test_publisher_manifest_waits_for_its_pod_identity_association(synth: Any) -> None:
+    """Pod Identity injects credentials at pod admission: the association must exist before the pod."""
+    cluster = synth.template(synth.stacks.cluster)
+    (association_id,) = [
+        key
+        for key, a in cluster.find_resources("AWS::EKS::PodIdentityAssociation").items()
+        if a["Properties"]["ServiceAccount"] == "endpoint-inventory"
+    ]
+    manifests = []
+    for manifest in cluster.find_resources("Custom::AWSCDK-EKS-KubernetesResource").values():
+        objects = manifest["Properties"]["Manifest"]  # a JSON string of the chart's objects
+        parsed = json.loads(objects) if isinstance(objects, str) else []
+        if any(o.get("kind") == "Deployment" and o["metadata"]["name"] == "endpoint-inventory" for o in parsed):
+            manifests.append(manifest)
+    assert len(manifests) == 1
+    assert association_id in manifests[0].get("DependsOn", [])
 
 
 def _list(value: Any) -> list[Any]:
