@@ -11,6 +11,7 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from charts import inventory as inventory_chart
+from stacks.ci_stacks import add_ci_stacks
 from stacks.cluster import ClusterStack
 from stacks.config import AppConfig, load_config
 from stacks.inventory import InventoryStack
@@ -61,5 +62,6 @@ def build_app(context: Mapping[str, object] | None = None, outdir: str | None = 
     app = cdk.App(context=dict(context or {}), outdir=outdir)
     config = load_config(app.node.get_all_context())
     stacks = add_app_stacks(app, config)
+    add_ci_stacks(app, config, registry=stacks.registry, prefix=STACK_PREFIX)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app, stacks

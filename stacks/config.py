@@ -82,6 +82,7 @@ class PipelineConfig:
     source_object_key: str = "source/edge-diffusion.zip"  # s3: the zip of this repository
     log_retention_days: int = 90
     pr_diffs: bool = True  # codeconnections only: cdk diff on pull requests
+    github_token_secret: str = ""  # optional Secrets Manager secret name: post PR diffs as comments
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ _PIPELINE_KEYS: Final = {
     "sourceObjectKey": "source_object_key",
     "logRetentionDays": "log_retention_days",
     "prDiffs": "pr_diffs",
+    "githubTokenSecret": "github_token_secret",
 }
 _SERVING_KEYS: Final = {
     "imageVersion": "image_version",
@@ -409,6 +411,10 @@ def _validate_pipeline(pipeline: PipelineConfig) -> None:
         )
     if not GITHUB_REPOSITORY_PATTERN.match(pipeline.repository):
         raise ConfigError("pipeline.repository", pipeline.repository, "a GitHub repository as owner/name")
+    if pipeline.github_token_secret and not re.fullmatch(r"[\w/+=.@-]{1,512}", pipeline.github_token_secret):
+        raise ConfigError(
+            "pipeline.githubTokenSecret", pipeline.github_token_secret, "a Secrets Manager secret name (not an ARN)"
+        )
 
 
 def context_keys() -> tuple[str, ...]:

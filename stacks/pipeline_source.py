@@ -66,12 +66,16 @@ class PipelineSource:
         """Source of a CDK Pipeline (the deploy pipeline)."""
         if self.bucket is not None:
             return pipelines.CodePipelineSource.s3(
-                self.bucket, self.config.source_object_key, trigger=actions.S3Trigger.NONE
+                self.bucket,
+                self.config.source_object_key,
+                action_name=SOURCE_ACTION_NAME,
+                trigger=actions.S3Trigger.NONE,
             )
         return pipelines.CodePipelineSource.connection(
             self.config.repository,
             self.config.branch,
             connection_arn=self.config.connection_arn,
+            action_name=SOURCE_ACTION_NAME,
             trigger_on_push=True,
         )
 

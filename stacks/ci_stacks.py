@@ -1,0 +1,33 @@
+"""The CI/CD stacks of the app: the image pipeline and the self-mutating deploy pipeline.
+
+Added by ``composition.build_app`` next to the app's stacks; they share one pipeline source
+(the S3 source bucket lives in the image pipeline stack).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from stacks.config import AppConfig
+from stacks.deploy_pipeline import DeployPipelineStack
+from stacks.image_pipeline import ImagePipelineStack
+from stacks.registry import RegistryStack
+
+
+@dataclass(frozen=True)
+class CiStacks:
+    images: ImagePipelineStack
+    deploy: DeployPipelineStack
+
+
+def add_ci_stacks(scope: Construct, config: AppConfig, *, registry: RegistryStack, prefix: str) -> CiStacks:
+    """Add the image pipeline (pushing to ``registry``'s repository) and the deploy pipeline."""
+    env = cdk.Environment(account=config.account, region=config.region)
+    images = ImagePipelineStack(
+        scope, f"{prefix}-ImagePipeline", config=config, repository=registry.repository, env=env
+    )
+    deploy = DeployPipelineStack(scope, f"{prefix}-DeployPipeline", config=config, source=images.source, env=env)
+    return CiStacks(images=images, deploy=deploy)
