@@ -78,6 +78,7 @@ def test_cfn_lint_finds_no_errors_in_any_template(synth: Synth) -> None:
         timeout=600,
         check=False,
     )
-    errors = [line for line in result.stdout.splitlines() if line[:1] == "E"]
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert not errors
+    lines = result.stdout.splitlines()
+    errors = [f"{line} ({where})" for line, where in zip(lines, [*lines[1:], ""], strict=True) if line[:1] == "E"]
+    assert not errors, "\n".join(errors)
+    assert result.returncode == 0, result.stderr or result.stdout
