@@ -153,8 +153,11 @@ class InventoryReadApi(Construct):
             rest_api_name=f"{config.cluster_name}-inventory",
             description="Edge Diffusion endpoint inventory: the live serving endpoints for devices",
             endpoint_types=[apigw.EndpointType.REGIONAL],
-            cloud_watch_role=True,  # execution logs need the account's API Gateway logging role
-            cloud_watch_role_removal_policy=cdk.RemovalPolicy.DESTROY,
+            # Execution logs need the account's API Gateway logging role, a per-Region account setting
+            # that each deployment (pipeline stage) sets; retained so deleting one deployment does not
+            # break the logging of the others.
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             deploy_options=apigw.StageOptions(
                 stage_name=props.stage_name,
                 throttling_rate_limit=props.throttle_rate_per_s,
