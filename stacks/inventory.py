@@ -321,14 +321,6 @@ class InventoryStack(cdk.Stack):
         )
         cdk.CfnOutput(self, "ReaderPolicyArn", value=self.reader_policy.managed_policy_arn)
 
-    @property
-    def table_name(self) -> str:
-        return naming.inventory_table_name(self.config)
-
     def publisher_statements(self) -> list[iam.PolicyStatement]:
         """For the publisher's Pod Identity role, wherever it is defined (see module docstring)."""
         return publisher_statements(self.config)
-
-    def grant_publish(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Grant write access to this table only (PutItem, UpdateItem, DeleteItem)."""
-        return self.table.grant(grantee, *PUBLISH_ACTIONS)
