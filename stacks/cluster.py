@@ -31,7 +31,7 @@ from constructs import Construct
 
 from stacks import nag, naming, versions
 from stacks.config import AppConfig
-from stacks.karpenter import KarpenterInfrastructure
+from stacks.karpenter import KARPENTER_SERVICE_ACCOUNT, KarpenterInfrastructure
 from stacks.network import NetworkStack
 from stacks.pod_identity import PodIdentityRole
 from stacks.registry import RegistryStack
@@ -174,7 +174,7 @@ class ClusterStack(cdk.Stack):
         karpenter_identity = self._pod_identity(
             "KarpenterController",
             namespace=versions.KARPENTER.namespace,
-            service_account="karpenter",
+            service_account=KARPENTER_SERVICE_ACCOUNT,
             managed_policies=self.karpenter.controller_policies,
         )
         alb_identity = self._pod_identity(
@@ -193,33 +193,14 @@ class ClusterStack(cdk.Stack):
             statements=[iam.PolicyStatement(actions=list(KEDA_CLOUDWATCH_READ_ACTIONS), resources=["*"])],
         )
 
-        values = self._release_values()
-        identities: dict[versions.HelmChart, PodIdentityRole] = {
-            versions.KARPENTER: karpenter_identity,
-            versions.AWS_LOAD_BALANCER_CONTROLLER: alb_identity,
-            versions.KEDA: keda_identity,
-        }
-        self.controller_releases: list[eks.HelmChart] = []
-        for chart in CONTROLLER_ORDER:
-            release = self.cluster.add_helm_chart(
-                chart.release,
-                chart=chart.chart,
-                repository=chart.repository,
-                version=chart.version,
-                release=chart.release,
-                namespace=chart.namespace,
-                create_namespace=True,
-                values=values[chart],
-                wait=True,
-                timeout=cdk.Duration.minutes(10),
-            )
-            release.node.add_dependency(self.controller_nodegroup, pod_identity_agent)
-            if chart in identities:  # credentials exist before the first pod asks for them
-                release.node.add_dependency(identities[chart])
-            if self.controller_releases:
-                release.node.add_dependency(self.controller_releases[-1])
-            self.controller_releases.append(release)
-
+        self.controller_releases = self._add_controller_releases(
+            {
+                versions.KARPENTER: karpenter_identity,
+                versions.AWS_LOAD_BALANCER_CONTROLLER: alb_identity,
+                versions.KEDA: keda_identity,
+            },
+            pod_identity_agent,
+        )
         self._acknowledge_findings(alb_identity=alb_identity, keda_identity=keda_identity)
 
     # --- API for the other stacks and the charts -------------------------------------------
@@ -416,6 +397,33 @@ class ClusterStack(cdk.Stack):
             ),
             labels=dict(naming.CONTROLLER_NODE_LABELS),
         )
+
+    def _add_controller_releases(
+        self, identities: Mapping[versions.HelmChart, PodIdentityRole], pod_identity_agent: eks.IAddon
+    ) -> list[eks.HelmChart]:
+        """One Helm release per catalog chart, in CONTROLLER_ORDER, each waiting for the previous."""
+        values = self._release_values()
+        releases: list[eks.HelmChart] = []
+        for chart in CONTROLLER_ORDER:
+            release = self.cluster.add_helm_chart(
+                chart.release,
+                chart=chart.chart,
+                repository=chart.repository,
+                version=chart.version,
+                release=chart.release,
+                namespace=chart.namespace,
+                create_namespace=True,
+                values=values[chart],
+                wait=True,
+                timeout=cdk.Duration.minutes(10),
+            )
+            release.node.add_dependency(self.controller_nodegroup, pod_identity_agent)
+            if chart in identities:  # credentials exist before the first pod asks for them
+                release.node.add_dependency(identities[chart])
+            if releases:
+                release.node.add_dependency(releases[-1])
+            releases.append(release)
+        return releases
 
     def _release_values(self) -> Mapping[versions.HelmChart, dict[str, Any]]:
         """Helm values per release: every controller on the controller node group. Pod
