@@ -51,8 +51,10 @@ class InventoryProps:
 
 
 def table_arn(config: AppConfig) -> str:
-    """The table's ARN from config alone (no token): for roles defined in other stacks."""
-    return f"arn:aws:dynamodb:{config.region}:{config.account}:table/{naming.inventory_table_name(config)}"
+    """The table's ARN from config (only the partition is a pseudo-parameter): no cross-stack export."""
+    return (
+        f"arn:{cdk.Aws.PARTITION}:dynamodb:{config.region}:{config.account}:table/{naming.inventory_table_name(config)}"
+    )
 
 
 def publisher_statements(config: AppConfig) -> list[iam.PolicyStatement]:

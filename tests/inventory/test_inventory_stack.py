@@ -110,7 +110,12 @@ def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: A
     (statement,) = policy["PolicyDocument"]["Statement"]
     assert statement["Effect"] == "Allow"
     assert sorted(_list(statement["Action"])) == sorted(PUBLISH_ACTIONS)
-    assert statement["Resource"] == "arn:aws:dynamodb:us-west-2:111111111111:table/edge-diffusion-endpoints"
+    assert statement["Resource"] == {
+        "Fn::Join": [
+            "",
+            ["arn:", {"Ref": "AWS::Partition"}, ":dynamodb:us-west-2:111111111111:table/edge-diffusion-endpoints"],
+        ]
+    }
 
 
 def test_publisher_manifest_waits_for_its_pod_identity_association(synth: Any) -> None:
