@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 from constructs import Construct
 
+from stacks import naming
 from stacks.config import AppConfig
-from stacks.deploy_pipeline import DeployPipelineStack
+from stacks.deploy_pipeline import DeployPipelineStack, region_stage_config
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack
 
@@ -26,8 +27,16 @@ class CiStacks:
 def add_ci_stacks(scope: Construct, config: AppConfig, *, registry: RegistryStack, prefix: str) -> CiStacks:
     """Add the image pipeline (pushing to ``registry``'s repository) and the deploy pipeline."""
     env = cdk.Environment(account=config.account, region=config.region)
+    # The Region stage of the deploy pipeline is its own deployment with its own repository: the
+    # image pipeline publishes the manifest lists there too, so its pods find their images.
+    staging_repository = naming.image_repository_name(region_stage_config(config))
     images = ImagePipelineStack(
-        scope, f"{prefix}-ImagePipeline", config=config, repository=registry.repository, env=env
+        scope,
+        f"{prefix}-ImagePipeline",
+        config=config,
+        repository=registry.repository,
+        mirror_repository_names=[staging_repository],
+        env=env,
     )
     deploy = DeployPipelineStack(scope, f"{prefix}-DeployPipeline", config=config, source=images.source, env=env)
     return CiStacks(images=images, deploy=deploy)

@@ -73,10 +73,15 @@ class ImagePipelineStack(cdk.Stack):
         *,
         config: AppConfig,
         repository: ecr.IRepository,
+        mirror_repository_names: Sequence[str] = (),
         props: ImagePipelineProps | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        mirrors = [
+            ecr.Repository.from_repository_name(self, f"Mirror{i}", name)
+            for i, name in enumerate(mirror_repository_names)
+        ]
         # By its config-derived name (stacks/naming.py), as the charts do: no CloudFormation export
         # that would pin the registry stack, and IAM statements with plain ARNs.
         model_bucket = s3.Bucket.from_bucket_name(self, "ModelBucket", naming.model_bucket_name(config))
@@ -132,6 +137,7 @@ class ImagePipelineStack(cdk.Stack):
                 config=config,
                 accelerator=accelerator,
                 repository=repository,
+                mirrors=mirrors,
                 storage=self.storage,
                 props=props,
             ).project
@@ -279,6 +285,7 @@ class ManifestProject(Construct):
         config: AppConfig,
         accelerator: Accelerator,
         repository: ecr.IRepository,
+        mirrors: Sequence[ecr.IRepository],
         storage: CiStorage,
         props: ImagePipelineProps,
     ) -> None:
@@ -290,6 +297,7 @@ class ManifestProject(Construct):
             "ARCHES": " ".join(image_targets.variant_arches(accelerator)),
             "IMAGE_VERSION": version,
             "REPOSITORY_URI": repository.repository_uri,
+            "MIRROR_REPOSITORY_URIS": " ".join(mirror.repository_uri for mirror in mirrors),
         }
         self.project = codebuild.PipelineProject(
             self,
@@ -308,6 +316,8 @@ class ManifestProject(Construct):
         )
         grant_ecr_auth(self.project)
         grant_repository(self.project, repository, push=True)
+        for mirror in mirrors:
+            grant_repository(self.project, mirror, push=True)
         nag.acknowledge(
             self.project,
             "AwsSolutions-CB3",

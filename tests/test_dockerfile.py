@@ -367,6 +367,8 @@ def stub_tools(tmp_path: Path) -> Path:
   "ecr get-login-password") echo token;;
   "ecr describe-images")
     tag=${{6#imageTag=}}
+    if grep -qx "$4" {tmp_path}/missing-repositories 2>/dev/null; then
+      echo "An error occurred (RepositoryNotFoundException) when calling the DescribeImages operation" >&2; exit 254; fi
     if grep -qx "$tag" {tmp_path}/existing 2>/dev/null; then echo sha256:abc; else
       echo "An error occurred (ImageNotFoundException) when calling the DescribeImages operation" >&2; exit 254; fi;;
   "s3 cp") if [ -f {tmp_path}/manifest.json ]; then cat {tmp_path}/manifest.json; else
@@ -438,6 +440,8 @@ def test_build_buildspec_without_a_compiled_model_names_the_compile_image(stub_t
 
 
 def test_manifest_buildspec_joins_every_arch_of_the_variant(stub_tools: Path) -> None:
+    registry = "111111111111.dkr.ecr.us-west-2.amazonaws.com"
+    (stub_tools / "missing-repositories").write_text("not-deployed/stable-diffusion\n")
     env = {
         **os.environ,
         "PATH": f"{stub_tools}:{os.environ['PATH']}",
@@ -445,7 +449,10 @@ def test_manifest_buildspec_joins_every_arch_of_the_variant(stub_tools: Path) ->
         "VARIANT": "cpu",
         "ARCHES": "amd64 arm64",
         "IMAGE_VERSION": "1.2.3",
-        "REPOSITORY_URI": "111111111111.dkr.ecr.us-west-2.amazonaws.com/edge-diffusion/stable-diffusion",
+        "REPOSITORY_URI": f"{registry}/edge-diffusion/stable-diffusion",
+        "MIRROR_REPOSITORY_URIS": " ".join(
+            f"{registry}/{name}/stable-diffusion" for name in ("edge-diffusion-region", "not-deployed")
+        ),
     }
     script = buildspec_commands("buildspec-manifest.yml")
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
@@ -457,4 +464,10 @@ def test_manifest_buildspec_joins_every_arch_of_the_variant(stub_tools: Path) ->
         f"{repo}:1.2.3-arm64-cpu-amd64-runtime {repo}:1.2.3-arm64-cpu-arm64-runtime",
         f"docker buildx imagetools create --tag {repo}:1.2.3-cpu "
         f"{repo}:1.2.3-arm64-cpu-amd64 {repo}:1.2.3-arm64-cpu-arm64",
+        # the Region stage's repository gets copies; a repository not deployed yet is skipped
+        f"docker buildx imagetools create --tag {registry}/edge-diffusion-region/stable-diffusion:1.2.3-cpu-runtime "
+        f"{repo}:1.2.3-cpu-runtime",
+        f"docker buildx imagetools create --tag {registry}/edge-diffusion-region/stable-diffusion:1.2.3-cpu "
+        f"{repo}:1.2.3-cpu",
     ]
+    assert "not-deployed/stable-diffusion does not exist (yet): skipped" in result.stdout

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from stacks import image_targets, versions
+from stacks import image_targets, naming, versions
 from stacks.accelerators import ACCELERATORS
 from stacks.config import AppConfig, load_config
+from stacks.deploy_pipeline import region_stage_config
 from stacks.image_pipeline import (
     BUILD_RUN_ORDER,
     MANIFEST_RUN_ORDER,
@@ -173,12 +174,19 @@ def test_ecr_permissions_name_repositories(template: dict[str, Any], config: App
             assert f':ecr:{config.region}:{versions.DLC_REGISTRY_ACCOUNT}:repository/{repository}"' in arn
 
 
-def test_manifest_projects_push_only_to_the_serving_repository(template: dict[str, Any]) -> None:
+def test_manifest_projects_push_to_the_serving_and_region_stage_repositories(
+    template: dict[str, Any], config: AppConfig
+) -> None:
+    region_repository = naming.image_repository_name(region_stage_config(config))
     for project in projects_by_env(template, "ARCHES").values():
         statements = ecr_statements(policy_statements_of(template, project))
         scoped = [s for s in statements if s["Resource"] != "*"]
-        assert len(scoped) == 1 and "ImageRepository" in json.dumps(scoped[0]["Resource"])
+        assert len(scoped) == 1
+        resources_ = as_list(scoped[0]["Resource"])
+        assert len(resources_) == 2 and "ImageRepository" in json.dumps(resources_)
+        assert f":repository/{region_repository}" in json.dumps(resources_)
         assert "BuildCacheRepository" not in json.dumps(statements)
+        assert project_env(project)["MIRROR_REPOSITORY_URIS"] != ""
 
 
 def test_model_bucket_read_is_one_chip_prefix(template: dict[str, Any], config: AppConfig) -> None:
