@@ -13,8 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from stacks.composition import build_app
-from stacks.config import ConfigError
+from stacks.config import ConfigError, load_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,7 +38,11 @@ def cli_context(argv: list[str]) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     try:
-        app, _ = build_app(cli_context(argv))
+        context = cli_context(argv)
+        load_config(context)  # fail fast on bad config, before the CDK and every stack are imported
+        from stacks.composition import build_app
+
+        app, _ = build_app(context)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
