@@ -160,12 +160,11 @@ class ImageService:
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="model-load")
 
     async def _load(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             self._set_state("loading", f"loading model {self.settings.model_id}")
-            await loop.run_in_executor(self.batcher._executor, self.backend.load)
+            await self.batcher.run_on_worker(self.backend.load)
             self._set_state("warming", "warming up")
-            seconds = await loop.run_in_executor(self.batcher._executor, warmup, self.backend)
+            seconds = await self.batcher.run_on_worker(warmup, self.backend)
             self.batcher.observe_batch_time(seconds)
         except Exception as exc:
             reason = " ".join(f"model load failed: {type(exc).__name__}: {exc}".split())[:500]

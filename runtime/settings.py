@@ -64,10 +64,9 @@ class Settings:
     host: str = field(default="0.0.0.0", metadata={"env": contract.ENV_HOST})  # noqa: S104 - pods
     port: int = field(default=contract.PORT, metadata={"env": contract.ENV_PORT})
     max_batch: int = field(default=8, metadata={"env": contract.ENV_MAX_BATCH})
-    # Upper bound on how long the first request of a batch waits for company. The batcher waits
-    # less when the model is fast (a fraction of the measured batch time), so an idle server
-    # adds almost no latency while a busy one still coalesces.
-    max_wait_ms: float = field(default=20.0, metadata={"env": contract.ENV_MAX_WAIT_MS})
+    # Upper bound on how long the oldest request waits for the requests the batcher expects
+    # (as many as in its last batch); a lone client never waits. See runtime.batcher.
+    max_wait_ms: float = field(default=50.0, metadata={"env": contract.ENV_MAX_WAIT_MS})
     queue_size: int = field(default=64, metadata={"env": contract.ENV_QUEUE_SIZE})
     request_timeout_s: float = field(default=120.0, metadata={"env": contract.ENV_REQUEST_TIMEOUT_S})
     drain_timeout_s: float = field(default=300.0, metadata={"env": contract.ENV_DRAIN_TIMEOUT_S})

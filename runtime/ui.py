@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runtime import contract
-from runtime.schemas import describe_errors
+from runtime.schemas import parse_request
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 def build_ui(service: ImageService) -> Any:
     import gradio as gr
-    from pydantic import ValidationError
 
     from runtime.server import ApiError
 
@@ -40,9 +39,9 @@ def build_ui(service: ImageService) -> Any:
             "seed": None if seed is None or seed < 0 else int(seed),
         }
         try:
-            req = service.request_model.model_validate(body)
-        except ValidationError as exc:
-            raise gr.Error(describe_errors(exc.errors(), service.ranges)[1]) from None
+            req = parse_request(service.request_model, body, service.ranges)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
         try:
             out = await service.generate(req)
         except ApiError as exc:
