@@ -26,9 +26,6 @@ TRIGGER_AUTHENTICATION: Final = "aws-pod-identity"
 TRIGGER_TYPE: Final = "aws-cloudwatch"
 # The runtime publishes once per interval; a longer window tolerates one late publish.
 METRIC_PERIOD_S: Final = contract.METRIC_PUBLISH_INTERVAL_S
-# The pods publish their pending requests themselves, so a Deployment at zero replicas would
-# never report demand and never scale up again: every Deployment keeps at least this many.
-MIN_REPLICAS_FLOOR: Final = 1
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class AutoscalingChart(cdk8s.Chart):
             ),
         )
         serving = config.serving
-        min_replicas = max(serving.min_replicas, MIN_REPLICAS_FLOOR)
+        min_replicas = serving.min_replicas  # config keeps it >= 1: the pods publish the metric
         self.scaled_objects: dict[str, keda.ScaledObject] = {}
         for placement in topology.placements(config):
             self.scaled_objects[placement.name] = keda.ScaledObject(

@@ -60,7 +60,8 @@ class ServingConfig:
     """Serving and autoscaling knobs shared by every serving Deployment."""
 
     image_version: str = "1.0.0"
-    min_replicas: int = 0
+    # At least 1: the pods publish the metric KEDA scales on, so at 0 nothing would scale up.
+    min_replicas: int = 1
     max_replicas: int = 4
     target_pending_per_replica: int = 4  # KEDA target: pending requests per replica
     keda_polling_interval_s: int = 30
@@ -256,7 +257,7 @@ def _parse_value(key: str, raw: object) -> object:
 
 
 _SERVING_BOUNDS: Final = {
-    "min_replicas": (0, 100),
+    "min_replicas": (1, 100),
     "max_replicas": (1, 1000),
     "target_pending_per_replica": (1, 1000),
     "keda_polling_interval_s": (5, 3600),

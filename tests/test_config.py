@@ -92,6 +92,7 @@ def test_public_node_ports_need_the_explicit_opt_in() -> None:
         ({"adminPrincipalArns": "admin"}, "adminPrincipalArns", "admin"),
         ({"allowPublicNodePorts": "yes"}, "allowPublicNodePorts", "yes"),
         ({"serving": '{"maxBatch": 0}'}, "serving.maxBatch", 0),
+        ({"serving": '{"minReplicas": 0}'}, "serving.minReplicas", 0),
         ({"serving": '{"height": 500}'}, "serving.height", 500),
         ({"serving": '{"minReplicas": 5, "maxReplicas": 2}'}, "serving.minReplicas", 5),
         ({"serving": '{"replicas": 2}'}, "serving.replicas", 2),
