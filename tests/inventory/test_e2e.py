@@ -29,8 +29,8 @@ LOOPBACK = "127.0.0.1"
 DELAY_S = 0.2  # per forwarded chunk and direction: a /healthz round trip gains ~400 ms
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = c.ImageRequest(prompt="a cat", steps=2, width=64, height=64, seed=1)
-# Long enough (~0.3 s on an idle tiny model, vs ~1 ms from POST to SIGKILL) to be killed while it works.
-SLOW = c.ImageRequest(prompt="a lighthouse at dawn", steps=12, width=128, height=128, seed=2)
+# Long enough (~0.15 s on an idle tiny model, vs ~1 ms from POST to SIGKILL) to be killed while it works.
+SLOW = c.ImageRequest(prompt="a lighthouse at dawn", steps=8, width=96, height=96, seed=2)
 
 
 def free_port() -> int:
