@@ -1,7 +1,7 @@
 """Volcano: a queue for model builds and, per enabled accelerator, a job that compiles the
 model on a node of that accelerator and publishes the artifact to the model bucket.
 
-Each job runs ``python -m runtime.compile`` from the accelerator's serving image on the
+Each job runs ``python -m runtime.compile`` from the accelerator's runtime image (no model) on the
 accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>/<revision>/
 <chip>/``, the ENV_MODEL_SOURCE the serving Deployments load. The job name carries a hash of
 what it builds: a Volcano Job's spec is immutable, so a new model, revision, shape or image
@@ -105,7 +105,7 @@ class ModelBuildsChart(cdk8s.Chart):
     def _job(self, build: Placement) -> cdk8s.ApiObject:
         accelerator, config = build.accelerator, self.config
         args = self.build_args(accelerator)
-        image = topology.image_uri(config, accelerator)
+        image = topology.runtime_image_uri(config, accelerator)
         digest = hashlib.sha256(json.dumps([image, *args]).encode()).hexdigest()[:8]
         name = f"compile-{accelerator.name}-{digest}"
         labels = self._labels(accelerator)

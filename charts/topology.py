@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from runtime import contract
-from stacks import naming
+from stacks import image_targets, naming
 from stacks.accelerators import ACCELERATORS, Accelerator
 from stacks.config import AppConfig
 
@@ -140,6 +140,12 @@ def placements(config: AppConfig) -> tuple[Placement, ...]:
 def image_uri(config: AppConfig, accelerator: Accelerator) -> str:
     """The accelerator's variant of the serving image (a multi-arch manifest list from ci_build)."""
     return f"{naming.image_repository_uri(config)}:{config.serving.image_version}-{accelerator.image_variant}"
+
+
+def runtime_image_uri(config: AppConfig, accelerator: Accelerator) -> str:
+    """The variant's image without a baked model (Dockerfile target ``runtime``): what compile
+    jobs run, since the serving image can only be built after a compile has published."""
+    return f"{image_uri(config, accelerator)}{image_targets.RUNTIME_TAG_SUFFIX}"
 
 
 def models_base_uri(config: AppConfig) -> str:

@@ -23,7 +23,8 @@ from stacks.config import AppConfig
 class RetentionProps:
     """How long the registry keeps things; defaults in one place."""
 
-    tagged_images_kept: int = 30  # release images: enough to roll back several releases per variant
+    # A release pushes ~14 tags (per-arch serve and runtime images, their manifest lists): ~10 releases.
+    tagged_images_kept: int = 150
     untagged_image_days: int = 3  # untagged = superseded layers of failed or re-run pushes
     access_log_days: int = 365
     noncurrent_model_days: int = 90  # old versions of overwritten model artifacts

@@ -10,7 +10,7 @@ import pytest
 
 from charts import topology
 from runtime import contract
-from stacks import naming, versions
+from stacks import image_targets, naming, versions
 from stacks.accelerators import ACCELERATORS
 from tests.charts.conftest import Rendered, render
 from tests.conftest import cdk_json_context
@@ -87,7 +87,9 @@ def test_accelerator_pods_tolerate_their_pool_and_select_an_existing_one(rendere
         # The pool launches the accelerator the pod asks for.
         accelerator = ACCELERATORS[pool["spec"]["template"]["metadata"]["labels"][topology.NODE_LABEL_ACCELERATOR]]
         [container] = spec["containers"]
-        assert container["image"].endswith(f"-{accelerator.image_variant}")
+        # Serving runs the image with the model baked in; compile jobs the one without (runtime target).
+        suffix = image_targets.RUNTIME_TAG_SUFFIX if workloads is compile_jobs else ""
+        assert container["image"].endswith(f"-{accelerator.image_variant}{suffix}")
         if accelerator.device_resource:
             assert container["resources"]["limits"][accelerator.device_resource] == accelerator.devices_per_pod
             assert taints == [{"key": accelerator.device_resource, "effect": "NoSchedule"}]
@@ -202,7 +204,11 @@ def test_serving_pods_are_non_root_read_only_without_capabilities(rendered: Rend
 
 def test_every_image_comes_from_the_catalog_or_the_ecr_repository(rendered: Rendered) -> None:
     repository = naming.image_repository_uri(rendered.config)
-    allowed_tags = {f"{rendered.config.serving.image_version}-{a.image_variant}" for a in ACCELERATORS.values()}
+    allowed_tags = {
+        f"{rendered.config.serving.image_version}-{a.image_variant}{suffix}"
+        for a in ACCELERATORS.values()
+        for suffix in ("", image_targets.RUNTIME_TAG_SUFFIX)
+    }
     catalog = {versions.NVIDIA_DEVICE_PLUGIN_IMAGE, versions.NEURON_DEVICE_PLUGIN_IMAGE}
     images = [
         c["image"]
