@@ -5,11 +5,12 @@ request, adds later requests with the same BatchParams up to `max_batch` images,
 batch on the device's single worker thread; while it runs, new arrivals queue up and form the
 next batch.
 
-How long to wait for company: the batcher expects as many images as the previous batch had
-(the clients it just answered tend to come back). It dispatches as soon as that many are
-queued, else when the oldest request has waited `max_wait_s` (bounded by `WAIT_FRACTION` of a
-measured batch time). So a lone client never waits (expected 1), while eight clients keep
-getting batches of eight instead of a batch of five and a batch of three.
+How long to wait for company: when a batch finishes, the requests then in the system (queued
+plus the ones just answered, whose clients tend to come back) are what the next batch expects,
+up to `max_batch`. Once the device is free it dispatches as soon as that many images are
+queued, else after `effective_wait_s()` (at most `max_wait_s`, at most `WAIT_FRACTION` of a
+measured batch). A lone client therefore never waits (it expects 1), while eight clients keep
+getting batches of eight rather than settling into two alternating half batches.
 
 Isolation: a failing batch is retried one request at a time, so one request's failure is
 its own; a request whose deadline passes or whose client disconnects is dropped from the
@@ -132,7 +133,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.draining = False
         self.stats = _Stats()
-        self.expected_images = 1  # images in the last batch: how many to wait for next time
+        self.expected_images = 1  # requests in the system when the last batch ended (see module doc)
+        self._idle_since = 0.0  # loop time when the device last became free
 
     # --- state --------------------------------------------------------------------------
     @property
@@ -281,9 +283,9 @@ class Batcher:
             batch = self._select()
             images = sum(j.size for j in batch)
             enough = images >= min(self.max_batch, self.expected_images)
-            wait_left = self._queue[0].enqueued_at + self.effective_wait_s() - loop.time()
+            waiting_since = max(self._queue[0].enqueued_at, self._idle_since)
+            wait_left = waiting_since + self.effective_wait_s() - loop.time()
             if enough or wait_left <= 0 or self.draining:
-                self.expected_images = images
                 return batch
             self._arrival.clear()
             with contextlib.suppress(TimeoutError):
@@ -301,6 +303,9 @@ class Batcher:
                 for job in batch:
                     self._fail(job, GenerationError("internal error"))
             finally:
+                images = sum(j.size for j in batch)
+                self.expected_images = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
+                self._idle_since = asyncio.get_running_loop().time()
                 self._running = []
                 self._update_gauges()
 

@@ -253,33 +253,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results: list[LevelResult] = []
 
-    def run_all(url: str, config: str) -> None:
-        run_level(url, max(levels), max(levels) * 2, body, config)  # warm the kernels for every batch size
-        for c in levels:
-            r = run_level(url, c, args.requests, body, config)
-            print(format_table([r]).splitlines()[-1], flush=True)
-            results.append(r)
+    def warm(url: str, config: str) -> None:
+        run_level(url, max(levels), max(levels) * 2, body, config)  # kernels for every batch size
+
+    def level(url: str, config: str, c: int) -> None:
+        r = run_level(url, c, args.requests, body, config)
+        print(format_table([r]).splitlines()[-1], flush=True)
+        results.append(r)
 
     if args.url:
         wait_ready(args.url, 60)
-        run_all(args.url, "server")
+        warm(args.url, "server")
+        for c in levels:
+            level(args.url, "server", c)
         print(format_table(results))
         return 0
 
-    direct = None
-    if args.model == "tiny":
-        times = direct_pipeline_ms(body, args.direct_calls, args.torch_threads)
-        direct = statistics.median(times)
-        print(f"direct pipeline call: p50 {direct:.1f} ms over {len(times)} calls", flush=True)
+    # Both servers run side by side and the levels alternate between them, so a change in
+    # background load on a shared machine hits both configurations alike.
     threads = {contract.ENV_TORCH_THREADS: str(args.torch_threads)}
     configs = [("MAX_BATCH=1", {contract.ENV_MAX_BATCH: "1", **threads}), ("default batching", threads)]
-    for name, env in configs:
-        proc, url = start_server(args.model, env, args.log)
-        try:
-            run_all(url, name)
-        finally:
+    servers: list[tuple[str, subprocess.Popen[bytes], str]] = []
+    direct: float | None = None
+    try:
+        for name, env in configs:
+            proc, url = start_server(args.model, env, args.log)
+            servers.append((name, proc, url))
+            warm(url, name)
+        if args.model == "tiny":
+            times = direct_pipeline_ms(body, args.direct_calls, args.torch_threads)
+            direct = statistics.median(times)
+            print(f"direct pipeline call: p50 {direct:.1f} ms over {len(times)} calls", flush=True)
+        for c in levels:
+            for name, _, url in servers:
+                level(url, name, c)
+    finally:
+        for _, proc, _ in servers:
             proc.send_signal(signal.SIGTERM)
+        for _, proc, _ in servers:
             proc.wait(timeout=60)
+    results.sort(key=lambda r: (r.config != "MAX_BATCH=1", r.concurrency))
     print()
     print(format_table(results))
     print()
