@@ -154,6 +154,11 @@ def _generators(images: Sequence[ImageSpec]) -> list[Any]:
     return [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in images]
 
 
+def _negative_prompts(images: Sequence[ImageSpec]) -> list[str] | None:
+    """None when no image has one: diffusers then uses "" for all, without a list to tokenize."""
+    return [s.negative_prompt for s in images] if any(s.negative_prompt for s in images) else None
+
+
 def _interrupt_callback(should_stop: StopCheck) -> Callable[..., dict[str, Any]]:
     """Stop denoising when every request of the batch is gone (deadline passed, client left)."""
 
@@ -215,7 +220,7 @@ class DiffusersBackend(Backend):
         with torch.inference_mode():
             out = self.pipe(
                 prompt=[s.prompt for s in images],
-                negative_prompt=[s.negative_prompt for s in images],
+                negative_prompt=_negative_prompts(images),
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 width=params.width,

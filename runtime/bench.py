@@ -43,23 +43,25 @@ class LevelResult:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     mean_batch: float | None = None
+    inference_ms: list[float] = field(default_factory=list)  # server-side pipeline time (X-Inference-Ms)
 
     @property
     def images_per_s(self) -> float:
         return (self.requests - self.errors) / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float:
-        if not self.latencies_ms:
+    def pct(self, q: float, values: list[float] | None = None) -> float:
+        ordered = sorted(self.latencies_ms if values is None else values)
+        if not ordered:
             return float("nan")
-        ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, float | None]:
     conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     resp.read()
-    return resp.status
+    inference = resp.getheader("X-Inference-Ms")
+    return resp.status, float(inference) if inference else None
 
 
 def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], config: str) -> LevelResult:
@@ -67,6 +69,7 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     latencies: list[float] = []
+    inference: list[float] = []
     errors = 0
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -82,15 +85,17 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
             payload = json.dumps({**body, "seed": i}).encode()
             started = time.perf_counter()
             try:
-                status = _post(conn, contract.IMAGES_PATH, payload)
+                status, server_ms = _post(conn, contract.IMAGES_PATH, payload)
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = http.client.HTTPConnection(host, port, timeout=300)
-                status = 0
+                status, server_ms = 0, None
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 if status == 200:
                     latencies.append(elapsed)
+                    if server_ms is not None:
+                        inference.append(server_ms)
                 else:
                     errors += 1
         conn.close()
@@ -107,7 +112,7 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
     mean_batch = None
     if before and after and after[1] > before[1]:
         mean_batch = (after[0] - before[0]) / (after[1] - before[1])
-    return LevelResult(config, concurrency, requests, errors, seconds, latencies, mean_batch)
+    return LevelResult(config, concurrency, requests, errors, seconds, latencies, mean_batch, inference)
 
 
 def _batch_metrics(url: str) -> tuple[float, float] | None:
@@ -203,13 +208,16 @@ def direct_pipeline_ms(body: dict[str, Any], calls: int, threads: int) -> list[f
 
 
 def format_table(results: Sequence[LevelResult]) -> str:
-    head = "| config | concurrency | requests | errors | images/s | p50 ms | p90 ms | p99 ms | mean batch |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        "| config | concurrency | requests | errors | images/s | p50 ms | p90 ms | p99 ms | mean batch "
+        "| server inference p50 ms |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         mb = f"{r.mean_batch:.2f}" if r.mean_batch is not None else "n/a"
         lines.append(
             f"| {r.config} | {r.concurrency} | {r.requests} | {r.errors} | {r.images_per_s:.1f} | "
-            f"{r.pct(50):.1f} | {r.pct(90):.1f} | {r.pct(99):.1f} | {mb} |"
+            f"{r.pct(50):.1f} | {r.pct(90):.1f} | {r.pct(99):.1f} | {mb} | {r.pct(50, r.inference_ms):.1f} |"
         )
     return "\n".join(lines)
 
@@ -280,13 +288,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             proc, url = start_server(args.model, env, args.log)
             servers.append((name, proc, url))
             warm(url, name)
-        if args.model == "tiny":
-            times = direct_pipeline_ms(body, args.direct_calls, args.torch_threads)
-            direct = statistics.median(times)
-            print(f"direct pipeline call: p50 {direct:.1f} ms over {len(times)} calls", flush=True)
+        # The direct call is measured right before and right after the concurrency-1 runs, so
+        # the comparison the acceptance asks for is made under the same background load.
+        direct_times: list[float] = []
         for c in levels:
+            if c == 1 and args.model == "tiny":
+                direct_times += direct_pipeline_ms(body, args.direct_calls, args.torch_threads)
             for name, _, url in servers:
                 level(url, name, c)
+            if c == 1 and args.model == "tiny":
+                direct_times += direct_pipeline_ms(body, args.direct_calls, args.torch_threads)
+        if direct_times:
+            direct = statistics.median(direct_times)
+            print(f"direct pipeline call: p50 {direct:.1f} ms over {len(direct_times)} calls", flush=True)
     finally:
         for _, proc, _ in servers:
             proc.send_signal(signal.SIGTERM)
@@ -302,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.concurrency == 1:
                 print(
                     f"{r.config}: concurrency-1 p50 {r.pct(50):.1f} ms = {r.pct(50) / direct:.2f}x the direct call "
-                    f"({direct:.1f} ms)"
+                    f"({direct:.1f} ms); the server's own pipeline time p50 {r.pct(50, r.inference_ms):.1f} ms"
                 )
     return 0
 
