@@ -164,7 +164,7 @@ class ImageService:
             self._set_state("loading", f"loading model {self.settings.model_id}")
             await self.batcher.run_on_worker(self.backend.load)
             self._set_state("warming", "warming up")
-            seconds = await self.batcher.run_on_worker(warmup, self.backend)
+            seconds = await self.batcher.run_on_worker(warmup, self.backend, self.settings.max_batch)
             self.batcher.observe_batch_time(seconds)
         except Exception as exc:
             reason = " ".join(f"model load failed: {type(exc).__name__}: {exc}".split())[:500]
