@@ -6,6 +6,7 @@ The click handler has no Gradio concurrency limit: admission control is the batc
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from runtime import contract
@@ -102,6 +103,8 @@ def build_ui(service: ImageService) -> Any:
 
 
 def mount_ui(app: FastAPI, service: ImageService) -> FastAPI:
+    # Pods have no business phoning home: no usage analytics unless explicitly enabled.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     return gr.mount_gradio_app(app, build_ui(service), path=contract.UI_PATH, footer_links=["api"])
