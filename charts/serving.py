@@ -22,7 +22,6 @@ from constructs import Construct
 from charts import pods, topology
 from charts.topology import Placement
 from runtime import contract
-from runtime.artifacts import artifact_uri
 from stacks.config import AppConfig, ConfigError
 
 PORT_NAME: Final = "http"
@@ -169,10 +168,9 @@ class ServingChart(cdk8s.Chart):
         volumes, mounts = pods.scratch_volumes(settings.resources)
         serving = config.serving
         env = {
+            # No ENV_MODEL_SOURCE: the serving image carries the compiled model in its own layer
+            # (ci_build `serve` target), so a new node pulls cached layers instead of 20+ GB from S3.
             **pods.model_env(config, accelerator),
-            contract.ENV_MODEL_SOURCE: artifact_uri(
-                topology.models_base_uri(config), config.model_id, config.model_revision, accelerator.runtime_device
-            ),
             contract.ENV_DEPLOYMENT: placement.name,
             contract.ENV_LOCATION: placement.location.metric_value(config),
             contract.ENV_MAX_BATCH: str(serving.max_batch),

@@ -322,3 +322,14 @@ def test_every_pod_in_the_app_namespace_passes_pod_security_restricted(rendered:
             assert (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile")) == {"type": "RuntimeDefault"}
             assert ctx["allowPrivilegeEscalation"] is False
             assert ctx["capabilities"]["drop"] == ["ALL"] and not ctx["capabilities"].get("add")
+
+
+def test_serving_uses_the_model_baked_into_its_image(rendered: Rendered) -> None:
+    """The seeds' layer cache: a serving pod must not override the image's local model source
+    with the S3 prefix, or every new node would download the model again."""
+    deployments = serving(rendered)
+    assert deployments
+    for deployment in deployments:
+        [container] = pod_spec(deployment)["containers"]
+        names = {e["name"] for e in container.get("env", [])}
+        assert contract.ENV_MODEL_SOURCE not in names, deployment["metadata"]["name"]
