@@ -13,6 +13,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
 
 from stacks import nag
+from stacks.access_logs import access_log_bucket
 
 # Wildcard actions of CDK's read/write grants on a KMS-encrypted bucket.
 ARTIFACT_GRANT_ACTIONS: Final = (
@@ -72,27 +73,8 @@ class CiStorage(Construct):
             enable_key_rotation=True,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
-        self.access_log_bucket = s3.Bucket(
-            self,
-            "AccessLogBucket",
-            encryption=s3.BucketEncryption.S3_MANAGED,  # the only encryption S3 log delivery supports
-            enforce_ssl=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=True,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    expiration=cdk.Duration.days(props.access_log_days),
-                    noncurrent_version_expiration=cdk.Duration.days(1),
-                )
-            ],
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        nag.acknowledge(
-            self.access_log_bucket,
-            "AwsSolutions-S1",
-            "This is the server access log bucket of the pipeline buckets; logging it into itself would "
-            "log its own log deliveries without end.",
+        self.access_log_bucket = access_log_bucket(
+            self, "AccessLogBucket", expiration_days=props.access_log_days, logs_of="the pipeline buckets"
         )
         self.artifact_bucket = self.encrypted_bucket("ArtifactBucket", expire_days=props.artifact_days)
         self.log_group = logs.LogGroup(

@@ -16,6 +16,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from stacks import naming
+from stacks.access_logs import access_log_bucket
 from stacks.config import AppConfig
 
 
@@ -71,28 +72,8 @@ class RegistryStack(cdk.Stack):
             ],
         )
 
-        self.access_log_bucket = s3.Bucket(
-            self,
-            "AccessLogBucket",
-            encryption=s3.BucketEncryption.S3_MANAGED,  # the only encryption S3 log delivery supports
-            enforce_ssl=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=True,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    expiration=cdk.Duration.days(retention.access_log_days),
-                    noncurrent_version_expiration=cdk.Duration.days(1),
-                )
-            ],
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        cdk.Validations.of(self.access_log_bucket).acknowledge(
-            cdk.Acknowledgment(
-                id="AwsSolutions-S1",
-                reason="This is the server access log bucket of the model bucket; logging it into "
-                "itself would log its own log deliveries without end.",
-            )
+        self.access_log_bucket = access_log_bucket(
+            self, "AccessLogBucket", expiration_days=retention.access_log_days, logs_of="the model bucket"
         )
 
         self.model_bucket = s3.Bucket(
