@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from runtime import contract
-from runtime import inventory_api as layout
+from runtime.inventory_api import Endpoint
 
 log = logging.getLogger("edge_diffusion.client")
 
@@ -69,49 +69,6 @@ class NoEndpointError(ClientError):
     def __init__(self, message: str, attempts: Sequence[Attempt] = ()) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One inventory entry (see ``runtime/inventory_api.py`` for the fields)."""
-
-    endpoint_id: str
-    url: str
-    location: str
-    accelerator: str
-    model: str
-    cost_weight: int = 0
-
-    @classmethod
-    def from_entry(cls, entry: object) -> Endpoint:
-        """Parse one entry; ValueError (one line) when it is not usable."""
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"entry is {type(entry).__name__}, not an object")
-        values: dict[str, Any] = {}
-        for name in (layout.ATTR_ENDPOINT_ID, layout.ATTR_URL, layout.ATTR_LOCATION, layout.ATTR_ACCELERATOR):
-            value = entry.get(name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name}={value!r}: needs a non-empty string")
-            values[name] = value
-        parts = urlsplit(values[layout.ATTR_URL])
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url={values[layout.ATTR_URL]!r}: needs http(s)://host[:port]")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError(f"url={values[layout.ATTR_URL]!r}: bad port") from None
-        model = entry.get(layout.ATTR_MODEL, "")
-        cost = entry.get(layout.ATTR_COST_WEIGHT, 0)
-        if not isinstance(cost, int | float) or isinstance(cost, bool):
-            raise ValueError(f"cost_weight={cost!r}: needs a number")
-        return cls(
-            endpoint_id=values[layout.ATTR_ENDPOINT_ID],
-            url=values[layout.ATTR_URL].rstrip("/"),
-            location=values[layout.ATTR_LOCATION],
-            accelerator=values[layout.ATTR_ACCELERATOR],
-            model=str(model),
-            cost_weight=int(cost),
-        )
 
 
 def parse_inventory(document: object) -> tuple[list[Endpoint], list[str]]:
@@ -189,7 +146,7 @@ def rank(probes: Iterable[Probe], tie_ms: float = DEFAULT_TIE_MS) -> list[Endpoi
     """Reachable endpoints, nearest first; within ``tie_ms`` the cheaper accelerator first."""
     reachable = [p for p in probes if p.rtt_ms is not None]
     bucket = max(tie_ms, 1e-6)
-    reachable.sort(key=lambda p: (int((p.rtt_ms or 0.0) // bucket), -p.endpoint.cost_weight, p.rtt_ms))
+    reachable.sort(key=lambda p: (int((p.rtt_ms or 0.0) // bucket), -(p.endpoint.cost_weight or 0), p.rtt_ms))
     return [p.endpoint for p in reachable]
 
 

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from runtime import contract
 from runtime import inventory_api as layout
+from runtime.inventory_api import Endpoint
 
 log = logging.getLogger("edge_diffusion.inventory")
 
@@ -128,40 +129,6 @@ class PublisherSettings:
             cost_weights={str(k): int(v) for k, v in weights.items()},
             address_types=types or ("ExternalIP",),
         )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One device-facing endpoint: a node serving a Service through its nodePort."""
-
-    endpoint_id: str
-    url: str
-    location: str
-    accelerator: str
-    model: str
-    cost_weight: int | None = None
-
-    @property
-    def key(self) -> dict[str, str]:
-        return {
-            layout.ATTR_MODEL: self.model,
-            layout.ATTR_SORT_KEY: layout.sort_key(self.location, self.accelerator, self.endpoint_id),
-        }
-
-    def item(self, now: float, ttl_s: int) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            **self.key,
-            layout.ATTR_ENDPOINT_ID: self.endpoint_id,
-            layout.ATTR_URL: self.url,
-            layout.ATTR_LOCATION: self.location,
-            layout.ATTR_ACCELERATOR: self.accelerator,
-            layout.ATTR_HEALTH: layout.HEALTH_READY,
-            layout.ATTR_LAST_HEARTBEAT: int(now),
-            layout.ATTR_EXPIRES_AT: int(now) + ttl_s,
-        }
-        if self.cost_weight is not None:
-            item[layout.ATTR_COST_WEIGHT] = self.cost_weight
-        return item
 
 
 # --- What is serving, from Kubernetes objects (plain dicts as the API returns them) -------------

@@ -21,8 +21,10 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 # --- Item attributes -------------------------------------------------------------------------
 ATTR_MODEL: Final = "model"  # partition key
@@ -57,6 +59,72 @@ MAX_RESULTS: Final = 500  # a device needs the nearest few; this bounds the Lamb
 
 def sort_key(location: str, accelerator: str, endpoint_id: str) -> str:
     return KEY_SEPARATOR.join((location, accelerator, endpoint_id))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One device-facing endpoint: a node serving a Service through its nodePort. The publisher
+    writes it as an item (``item``), devices parse it back from the API's JSON (``from_entry``)."""
+
+    endpoint_id: str
+    url: str
+    location: str
+    accelerator: str
+    model: str
+    cost_weight: int | None = None
+
+    @property
+    def key(self) -> dict[str, str]:
+        return {
+            ATTR_MODEL: self.model,
+            ATTR_SORT_KEY: sort_key(self.location, self.accelerator, self.endpoint_id),
+        }
+
+    def item(self, now: float, ttl_s: int) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            **self.key,
+            ATTR_ENDPOINT_ID: self.endpoint_id,
+            ATTR_URL: self.url,
+            ATTR_LOCATION: self.location,
+            ATTR_ACCELERATOR: self.accelerator,
+            ATTR_HEALTH: HEALTH_READY,
+            ATTR_LAST_HEARTBEAT: int(now),
+            ATTR_EXPIRES_AT: int(now) + ttl_s,
+        }
+        if self.cost_weight is not None:
+            item[ATTR_COST_WEIGHT] = self.cost_weight
+        return item
+
+    @classmethod
+    def from_entry(cls, entry: object) -> Endpoint:
+        """Parse one entry; ValueError (one line) when it is not usable."""
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"entry is {type(entry).__name__}, not an object")
+        values: dict[str, Any] = {}
+        for name in (ATTR_ENDPOINT_ID, ATTR_URL, ATTR_LOCATION, ATTR_ACCELERATOR):
+            value = entry.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name}={value!r}: needs a non-empty string")
+            values[name] = value
+        parts = urlsplit(values[ATTR_URL])
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url={values[ATTR_URL]!r}: needs http(s)://host[:port]")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError(f"url={values[ATTR_URL]!r}: bad port") from None
+        model = entry.get(ATTR_MODEL, "")
+        cost = entry.get(ATTR_COST_WEIGHT, 0)
+        if not isinstance(cost, int | float) or isinstance(cost, bool):
+            raise ValueError(f"cost_weight={cost!r}: needs a number")
+        return cls(
+            endpoint_id=values[ATTR_ENDPOINT_ID],
+            url=values[ATTR_URL].rstrip("/"),
+            location=values[ATTR_LOCATION],
+            accelerator=values[ATTR_ACCELERATOR],
+            model=str(model),
+            cost_weight=int(cost),
+        )
 
 
 class BadRequestError(ValueError):
