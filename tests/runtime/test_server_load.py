@@ -39,7 +39,9 @@ def test_overload_answers_429_with_retry_after_and_no_5xx(tight_server: RunningS
         t.join()
     assert len(statuses) == n
     assert set(statuses) <= {200, 429}, statuses
-    assert statuses.count(429) >= 1 and statuses.count(200) >= 3  # 1 running + 2 queued are always served
+    # The first 2 arrivals always fit the 2-slot queue. A third is served only if the worker has
+    # already taken one out when it arrives: with 12 simultaneous arrivals that is a race.
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 2
     assert all(v.isdigit() and int(v) >= 1 for v in retry_after), retry_after
     text = tight_server.metrics()
     assert metric_value(text, contract.PROM_REJECTIONS + "_total", 'reason="queue_full"') == statuses.count(429)
