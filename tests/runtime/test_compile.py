@@ -13,12 +13,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
 from runtime import artifacts, contract
 from runtime import compile as compile_job
 from runtime.artifacts import ArtifactError
+from tests.runtime.s3_calls import S3Calls
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "edge-models"
@@ -44,36 +44,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-class DefaultSessionCalls:
-    """Counts S3 calls of every client the job creates with `boto3.client(...)` (default session).
-
-    `fail_after[op] = n` makes the (n+1)-th call of `op` fail like a dropped connection.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.fail_after: dict[str, int] = {}
-        events = boto3._get_default_session().events
-        for op in (*UPLOAD_OPS, "GetObject"):
-            events.register(f"before-parameter-build.s3.{op}", self._hook(op))
-
-    def _hook(self, op: str) -> Any:
-        def hook(params: dict[str, Any], **_: Any) -> None:
-            limit = self.fail_after.get(op)
-            if limit is not None and self.count(op) >= limit:
-                raise EndpointConnectionError(endpoint_url="https://s3.us-east-1.amazonaws.com")
-            self.calls.append((op, str(params.get("Key", ""))))
-
-        return hook
-
-    def reset(self) -> None:
-        self.calls.clear()
-        self.fail_after.clear()
-
-    def count(self, *ops: str) -> int:
-        return sum(1 for o, _ in self.calls if o in ops)
-
-
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a fresh default session per test, hooks included
@@ -97,7 +67,7 @@ def one_line(text: str) -> str:
 
 
 def test_tiny_cpu_to_s3_then_rerun_uploads_nothing(s3: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    calls = DefaultSessionCalls()
+    calls = S3Calls(boto3._get_default_session().events)
     assert compile_job.main(TINY_CPU) == 0
     out = one_line(capsys.readouterr().out)
     assert out.startswith(f"published tiny@main cpu 64x64 batch 1 float32 to s3://{BUCKET}/{TINY_CPU_PREFIX}")
@@ -133,7 +103,7 @@ def test_tiny_cpu_to_s3_then_rerun_uploads_nothing(s3: Any, capsys: pytest.Captu
 def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
     s3: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calls = DefaultSessionCalls()
+    calls = S3Calls(boto3._get_default_session().events)
     calls.fail_after["PutObject"] = 3
     assert compile_job.main(TINY_CPU) == 1
     captured = capsys.readouterr()
