@@ -159,7 +159,7 @@ class ClusterStack(cdk.Stack):
 
         # Container Insights: the agent's credentials via Pod Identity, so only the agent's
         # service account gets CloudWatchAgentServerPolicy, not every pod on every node.
-        cloudwatch_identity = self._pod_identity(
+        cloudwatch_identity = self.add_pod_identity_role(
             "CloudWatchAgent",
             namespace=CLOUDWATCH_NAMESPACE,
             service_account=CLOUDWATCH_SERVICE_ACCOUNT,
@@ -171,13 +171,13 @@ class ClusterStack(cdk.Stack):
 
         self.karpenter = KarpenterInfrastructure(self, "Karpenter", config=config, cluster=self.cluster)
         self.karpenter_node_role = self.karpenter.node_role
-        karpenter_identity = self._pod_identity(
+        karpenter_identity = self.add_pod_identity_role(
             "KarpenterController",
             namespace=versions.KARPENTER.namespace,
             service_account=KARPENTER_SERVICE_ACCOUNT,
             managed_policies=self.karpenter.controller_policies,
         )
-        alb_identity = self._pod_identity(
+        alb_identity = self.add_pod_identity_role(
             "AwsLoadBalancerController",
             namespace=versions.AWS_LOAD_BALANCER_CONTROLLER.namespace,
             service_account=ALB_SERVICE_ACCOUNT,
@@ -186,7 +186,7 @@ class ClusterStack(cdk.Stack):
                 for statement in json.loads(ALB_POLICY_FILE.read_text())["Statement"]
             ],
         )
-        keda_identity = self._pod_identity(
+        keda_identity = self.add_pod_identity_role(
             "KedaOperator",
             namespace=versions.KEDA.namespace,
             service_account=KEDA_OPERATOR_SERVICE_ACCOUNT,
@@ -213,15 +213,21 @@ class ClusterStack(cdk.Stack):
         service_account: str,
         statements: Sequence[iam.PolicyStatement] = (),
         managed_policies: Sequence[iam.IManagedPolicy] = (),
-    ) -> iam.Role:
-        """A role only ``namespace/service_account`` can assume, through EKS Pod Identity."""
-        return self._pod_identity(
-            construct_id,
+    ) -> PodIdentityRole:
+        """A role only ``namespace/service_account`` can assume, through EKS Pod Identity.
+
+        Returns the construct holding the role *and* its association: whatever starts the pods
+        must depend on all of it, since Pod Identity injects credentials only at pod admission.
+        """
+        return PodIdentityRole(
+            self,
+            f"PodIdentity{construct_id}",
+            cluster_name=self.cluster.cluster_name,
             namespace=namespace,
             service_account=service_account,
             statements=statements,
             managed_policies=managed_policies,
-        ).role
+        )
 
     def apply_charts(self, charts: Sequence[cdk8s.Chart]) -> list[eks.KubernetesManifest]:
         """Apply cdk8s charts to the cluster after every controller release is installed."""
@@ -330,25 +336,6 @@ class ClusterStack(cdk.Stack):
         )
 
     # --- pieces ------------------------------------------------------------------------------
-
-    def _pod_identity(
-        self,
-        construct_id: str,
-        *,
-        namespace: str,
-        service_account: str,
-        statements: Sequence[iam.PolicyStatement] = (),
-        managed_policies: Sequence[iam.IManagedPolicy] = (),
-    ) -> PodIdentityRole:
-        return PodIdentityRole(
-            self,
-            f"PodIdentity{construct_id}",
-            cluster_name=self.cluster.cluster_name,
-            namespace=namespace,
-            service_account=service_account,
-            statements=statements,
-            managed_policies=managed_policies,
-        )
 
     @staticmethod
     def _endpoint_access(config: AppConfig) -> eks.EndpointAccess:

@@ -41,7 +41,7 @@ def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
     on_cluster = add_app_charts(cluster, config)  # workload Pod Identity roles, then every cdk8s chart
     inventory = InventoryStack(scope, f"{STACK_PREFIX}-Inventory", config=config, env=env)
     # The publisher writes the table by name (no export couples the stacks): its role may write items, nothing else.
-    publisher_role = cluster.add_pod_identity_role(
+    publisher_identity = cluster.add_pod_identity_role(
         "InventoryPublisher",
         namespace=inventory_chart.NAMESPACE,
         service_account=inventory_chart.SERVICE_ACCOUNT,
@@ -49,7 +49,7 @@ def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
     )
     # Pod Identity injects credentials when a pod is admitted: the association must exist first.
     publisher_manifest = on_cluster.manifests[on_cluster.charts.inventory.node.id]
-    publisher_manifest.node.add_dependency(publisher_role.node.scope or publisher_role)
+    publisher_manifest.node.add_dependency(publisher_identity)
     return AppStacks(network=network, registry=registry, cluster=cluster, inventory=inventory)
 
 

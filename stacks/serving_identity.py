@@ -23,6 +23,7 @@ from runtime import contract
 from stacks import nag, naming
 from stacks.cluster import ClusterStack
 from stacks.config import AppConfig
+from stacks.pod_identity import PodIdentityRole
 
 MODELS_PREFIX = "models/"  # topology.models_base_uri: s3://<bucket>/models/
 
@@ -62,13 +63,13 @@ def write_models_statement(config: AppConfig) -> iam.PolicyStatement:
 class AppChartsOnCluster:
     charts: AppCharts
     manifests: dict[str, eks.KubernetesManifest]  # chart id -> manifest
-    serving_roles: dict[str, iam.Role]  # service account -> role
-    compile_role: iam.Role
+    serving_identities: dict[str, PodIdentityRole]  # service account -> role and association
+    compile_identity: PodIdentityRole
 
 
 def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnCluster:
     """Create the workload roles and apply every chart of the app to ``cluster``."""
-    serving_roles = {
+    serving_identities = {
         placement.name: cluster.add_pod_identity_role(
             f"Serving-{placement.name}",
             namespace=topology.NAMESPACE,
@@ -77,15 +78,15 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
         )
         for placement in topology.placements(config)
     }
-    compile_role = cluster.add_pod_identity_role(
+    compile_identity = cluster.add_pod_identity_role(
         "ModelCompiler",
         namespace=topology.NAMESPACE,
         service_account=model_builds.SERVICE_ACCOUNT,
         statements=[*read_models_statements(config), write_models_statement(config)],
     )
-    for role in serving_roles.values():
-        _acknowledge(role, config, puts_metrics=True)
-    _acknowledge(compile_role, config, puts_metrics=False)
+    for identity in serving_identities.values():
+        _acknowledge(identity.role, config, puts_metrics=True)
+    _acknowledge(compile_identity.role, config, puts_metrics=False)
 
     charts = add_charts(cdk8s.App(), config)
     manifests = dict(zip((c.node.id for c in charts.all), cluster.apply_charts(charts.all), strict=True))
@@ -93,11 +94,11 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
         manifest = manifests[chart.node.id]
         for dependency in chart.node.dependencies:
             manifest.node.add_dependency(manifests[dependency.node.id])
-    # The role's scope is its PodIdentityRole construct, which holds the association too.
-    for role in serving_roles.values():
-        manifests[charts.serving.node.id].node.add_dependency(role.node.scope or role)
-    manifests[charts.model_builds.node.id].node.add_dependency(compile_role.node.scope or compile_role)
-    return AppChartsOnCluster(charts, manifests, serving_roles, compile_role)
+    # Pods get Pod Identity credentials only if the association exists when they are admitted.
+    for identity in serving_identities.values():
+        manifests[charts.serving.node.id].node.add_dependency(identity)
+    manifests[charts.model_builds.node.id].node.add_dependency(compile_identity)
+    return AppChartsOnCluster(charts, manifests, serving_identities, compile_identity)
 
 
 def _acknowledge(role: iam.Role, config: AppConfig, *, puts_metrics: bool) -> None:
