@@ -9,31 +9,9 @@ and exit code 2; never a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-from stacks.config import ConfigError, load_config
-
-HERE = Path(__file__).resolve().parent
-
-
-def cli_context(argv: list[str]) -> dict[str, object]:
-    """cdk.json context plus ``-c key=value`` / ``--context key=value`` from ``argv``."""
-    context: dict[str, object] = dict(json.loads((HERE / "cdk.json").read_text()).get("context", {}))
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-c", "--context"):
-            pair = next(args, "")
-        elif arg.startswith(("-c=", "--context=")):
-            pair = arg.split("=", 1)[1]
-        else:
-            raise ConfigError("argument", arg, "-c key=value (or --context key=value)")
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError("argument", pair, "-c key=value (or --context key=value)")
-        context[key] = value
-    return context
+from spec.config import ConfigError, cli_context, load_config
 
 
 def main(argv: list[str]) -> int:

@@ -16,11 +16,10 @@ from typing import Final
 import cdk8s
 from constructs import Construct
 
-from charts import topology
 from charts.imports.sh import keda
-from charts.topology import Placement
-from runtime import contract
-from stacks.config import AppConfig
+from spec import contract, topology
+from spec.config import AppConfig
+from spec.topology import Placement
 
 TRIGGER_AUTHENTICATION: Final = "aws-pod-identity"
 TRIGGER_TYPE: Final = "aws-cloudwatch"

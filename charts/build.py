@@ -2,7 +2,7 @@
 
 Used by ``python -m charts.render`` (dist/manifests) and by the cluster stack, which applies
 the same charts, so the YAML files and the cluster template carry the same objects. Every
-name comes from ``stacks.naming`` and the config: no CloudFormation token reaches a manifest.
+name comes from ``spec.naming`` and the config: no CloudFormation token reaches a manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from charts.inventory import InventoryChart
 from charts.karpenter import KarpenterChart
 from charts.model_builds import ModelBuildsChart
 from charts.serving import ServingChart
-from stacks.config import AppConfig
+from spec.config import AppConfig
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ import cdk8s
 from cdk8s_plus_35 import k8s
 from constructs import Construct
 
-from charts import pods, topology
-from stacks import versions
-from stacks.accelerators import ACCELERATORS, Accelerator
-from stacks.config import AppConfig
+from charts import pods
+from spec import topology, versions
+from spec.accelerators import ACCELERATORS, Accelerator
+from spec.config import AppConfig
 
 NAMESPACE: Final = "kube-system"
 DEVICE_PLUGINS_DIR: Final = "/var/lib/kubelet/device-plugins"
@@ -34,7 +34,7 @@ DEVICE_PLUGINS_DIR: Final = "/var/lib/kubelet/device-plugins"
 class DevicePlugin:
     """One accelerator's device plugin: what differs between vendors, nothing more."""
 
-    accelerator: str  # row of stacks.accelerators
+    accelerator: str  # row of spec.accelerators
     name: str
     image: str
     host_paths: tuple[tuple[str, str], ...]  # (volume name, host path), mounted at the same path

@@ -21,11 +21,10 @@ import cdk8s
 from cdk8s_plus_35 import k8s
 from constructs import Construct
 
-from charts import pods, topology
-from runtime import contract
-from stacks import naming
-from stacks.accelerators import ACCELERATORS
-from stacks.config import AppConfig
+from charts import pods
+from spec import contract, naming, topology
+from spec.accelerators import ACCELERATORS
+from spec.config import AppConfig
 
 NAME: Final = "endpoint-inventory"
 SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it

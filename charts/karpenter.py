@@ -1,7 +1,7 @@
 """Karpenter v1 capacity: EC2NodeClasses per location and a NodePool per accelerator placement.
 
 The Region gets one EC2NodeClass (private subnets) and every Local Zone its own (the zone's
-public subnet, gp2 root volumes); each placement of :func:`charts.topology.placements` gets
+public subnet, gp2 root volumes); each placement of :func:`spec.topology.placements` gets
 a NodePool restricted to its instance families and, in a Local Zone, to the zone and to
 on-demand capacity. Serving pods select their pool by name (``karpenter.sh/nodepool``).
 """
@@ -14,13 +14,12 @@ from typing import Final
 import cdk8s
 from constructs import Construct
 
-from charts import topology
 from charts.imports.aws.k8s import karpenter as ec2nc
 from charts.imports.sh import karpenter as kpool
-from charts.topology import Location, Placement
-from stacks import naming, versions
-from stacks.accelerators import Accelerator, Taint
-from stacks.config import AppConfig
+from spec import naming, topology, versions
+from spec.accelerators import Accelerator, Taint
+from spec.config import AppConfig
+from spec.topology import Location, Placement
 
 # EKS tags the cluster security group it creates with this key (value: cluster name). Nodes
 # need that group to reach the control plane and the other nodes.

@@ -20,12 +20,12 @@ import cdk8s
 from cdk8s_plus_35 import k8s
 from constructs import Construct
 
-from charts import pods, topology
+from charts import pods
 from charts.imports.sh.volcano import batch, scheduling
-from charts.topology import Placement
-from runtime import contract
-from stacks.accelerators import Accelerator
-from stacks.config import AppConfig
+from spec import contract, topology
+from spec.accelerators import Accelerator
+from spec.config import AppConfig
+from spec.topology import Placement
 
 QUEUE_NAME: Final = "model-builds"
 SERVICE_ACCOUNT: Final = "model-compiler"

@@ -13,9 +13,9 @@ from typing import Final
 
 from cdk8s_plus_35 import k8s
 
-from runtime import contract
-from stacks.accelerators import Accelerator
-from stacks.config import AppConfig
+from spec import contract
+from spec.accelerators import Accelerator
+from spec.config import AppConfig
 
 # The app user of ci_build/Dockerfile (numeric, so runAsNonRoot can verify it).
 APP_UID: Final = 10001

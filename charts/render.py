@@ -14,7 +14,7 @@ from pathlib import Path
 import cdk8s
 
 from charts.build import add_charts
-from stacks.config import ConfigError, load_config
+from spec.config import ConfigError, cli_context, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,6 @@ def render(config_context: dict[str, object], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app import cli_context  # cdk.json context + -c overrides, as app.py reads them
-
     parser = argparse.ArgumentParser(prog="python -m charts.render", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist" / "manifests")
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE")

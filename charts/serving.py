@@ -19,10 +19,10 @@ import cdk8s
 from cdk8s_plus_35 import k8s
 from constructs import Construct
 
-from charts import pods, topology
-from charts.topology import Placement
-from runtime import contract
-from stacks.config import AppConfig, ConfigError
+from charts import pods
+from spec import contract, topology
+from spec.config import AppConfig, ConfigError
+from spec.topology import Placement
 
 PORT_NAME: Final = "http"
 INGRESS_NAME: Final = "stable-diffusion"

@@ -3,7 +3,7 @@
     python healthcheck.py /healthz
 
 Standard library only (runs in every image variant); the port is the server's own setting
-(EDGE_DIFFUSION_PORT, default 7860 as in runtime.contract.PORT).
+(EDGE_DIFFUSION_PORT, default 7860 as in spec.contract.PORT).
 """
 
 from __future__ import annotations

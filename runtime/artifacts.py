@@ -45,7 +45,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, TypeAlias
 
-from runtime.contract import ACCELERATORS, MANIFEST_NAME
+from spec.contract import ACCELERATORS, MANIFEST_NAME
 
 S3Client: TypeAlias = Any  # a boto3 S3 client; boto3 is imported lazily, only when S3 is used
 

@@ -24,9 +24,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from runtime import contract
 from runtime.model_source import ModelLocation, resolve_model
 from runtime.settings import Settings
+from spec import contract
 
 log = logging.getLogger(__name__)
 

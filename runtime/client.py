@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from runtime import contract
 from runtime.inventory_api import Endpoint
+from spec import contract
 
 log = logging.getLogger("edge_diffusion.client")
 

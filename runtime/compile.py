@@ -14,7 +14,7 @@ The artifact lands in `<out>/<model>/<revision>/<chip>/` (see `artifacts.artifac
 
 When a complete artifact with an identical `BuildSpec` (model, revision, chip, shapes, dtype,
 library versions) is already at the destination, nothing is built or uploaded. Every flag
-falls back to an environment variable from `runtime.contract` so the Volcano Job sets them by
+falls back to an environment variable from `spec.contract` so the Volcano Job sets them by
 env. Exit codes: 0 done or skipped, 1 the build or upload failed, 2 bad flags or values.
 """
 
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
-from runtime import contract
 from runtime.artifacts import (
     DTYPES,
     ArtifactError,
@@ -49,6 +48,7 @@ from runtime.artifacts import (
     publish,
     write_manifest,
 )
+from spec import contract
 
 PROG: Final = f"python -m {contract.COMPILE_MODULE}"
 TINY: Final = "tiny"  # runtime.tiny.TINY_MODEL_ID, repeated so parsing flags does not import torch

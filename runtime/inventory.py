@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from runtime import contract
 from runtime import inventory_api as layout
 from runtime.inventory_api import Endpoint
+from spec import contract
 
 log = logging.getLogger("edge_diffusion.inventory")
 

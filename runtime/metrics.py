@@ -3,7 +3,7 @@
 The request path only touches in-memory counters. A background thread samples the pending
 work once a second and, every interval, writes ONE aggregated record per interval: an
 Embedded Metric Format line on stdout (the log agent turns it into metrics) or one batched
-PutMetricData call. Names, namespace and dimensions come from runtime.contract, which the
+PutMetricData call. Names, namespace and dimensions come from spec.contract, which the
 charts' KEDA triggers import.
 """
 
@@ -21,7 +21,7 @@ from typing import IO, Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from runtime import contract
+from spec import contract
 
 log = logging.getLogger(__name__)
 

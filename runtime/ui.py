@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from runtime import contract
 from runtime.schemas import parse_request
+from spec import contract
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 from constructs import Construct
 
-from stacks import naming
-from stacks.config import AppConfig
+from spec import naming
+from spec.config import AppConfig
 from stacks.deploy_pipeline import DeployPipelineStack, region_stage_config
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack

@@ -29,8 +29,9 @@ from aws_cdk import aws_kms as kms
 from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from constructs import Construct
 
-from stacks import nag, naming, versions
-from stacks.config import AppConfig
+from spec import naming, versions
+from spec.config import AppConfig
+from stacks import nag
 from stacks.karpenter import KARPENTER_SERVICE_ACCOUNT, KarpenterInfrastructure
 from stacks.network import NetworkStack
 from stacks.pod_identity import PodIdentityRole
@@ -38,9 +39,10 @@ from stacks.registry import RegistryStack
 
 CLUSTER_ADMIN_POLICY: Final = "AmazonEKSClusterAdminPolicy"
 ALB_POLICY_FILE: Final = (
-    Path(__file__).parent
-    / "policies"
-    / f"aws-load-balancer-controller-{versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION}.json"
+    Path(__file__).resolve().parents[1]
+    / "third_party"
+    / "aws-load-balancer-controller"
+    / f"iam_policy-{versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION}.json"
 )
 ALB_SERVICE_ACCOUNT: Final = "aws-load-balancer-controller"
 KEDA_OPERATOR_SERVICE_ACCOUNT: Final = "keda-operator"

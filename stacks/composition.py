@@ -11,9 +11,9 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from charts import inventory as inventory_chart
+from spec.config import AppConfig, load_config
 from stacks.ci_stacks import add_ci_stacks
 from stacks.cluster import ClusterStack
-from stacks.config import AppConfig, load_config
 from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
 from stacks.registry import RegistryStack

@@ -30,9 +30,10 @@ from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import pipelines
 from constructs import Construct
 
-from stacks import nag, versions
+from spec import versions
+from spec.config import AppConfig, ConfigError, validate
+from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
-from stacks.config import AppConfig, ConfigError, validate
 from stacks.image_pipeline import acknowledge_codebuild_defaults
 from stacks.pipeline_source import PipelineSource
 from stacks.pr_diff import PullRequestDiff, acknowledge_pr_diff_findings

@@ -26,11 +26,12 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks import image_targets, nag, naming, versions
-from stacks.accelerators import ACCELERATORS, Accelerator
+from spec import images, naming, versions
+from spec.accelerators import ACCELERATORS, Accelerator
+from spec.config import AppConfig
+from spec.images import ImageTarget
+from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
-from stacks.config import AppConfig
-from stacks.image_targets import ImageTarget
 from stacks.pipeline_source import PipelineSource
 
 BUILD_SPEC: Final = "ci_build/buildspec-build.yml"
@@ -114,7 +115,7 @@ class ImagePipelineStack(cdk.Stack):
             ],
         )
 
-        targets = image_targets.image_targets(config.accelerators)
+        targets = images.image_targets(config.accelerators)
         self.build_projects = {
             target: ImageBuildProject(
                 self,
@@ -218,7 +219,7 @@ class ImageBuildProject(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         env = {
-            **{arg.upper(): value for arg, value in image_targets.build_arg_values(config, target).items()},
+            **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
             "ARCH": target.arch,
             "VARIANT": target.variant,
             "MODEL_DEVICE": target.accelerator.runtime_device,
@@ -294,7 +295,7 @@ class ManifestProject(Construct):
         env = {
             "AI_CHIP": accelerator.chip,
             "VARIANT": accelerator.image_variant,
-            "ARCHES": " ".join(image_targets.variant_arches(accelerator)),
+            "ARCHES": " ".join(images.variant_arches(accelerator)),
             "IMAGE_VERSION": version,
             "REPOSITORY_URI": repository.repository_uri,
             "MIRROR_REPOSITORY_URIS": " ".join(mirror.repository_uri for mirror in mirrors),
@@ -302,7 +303,7 @@ class ManifestProject(Construct):
         self.project = codebuild.PipelineProject(
             self,
             "Project",
-            description=f"Create {image_targets.variant_tag(accelerator.image_variant, version)} manifest lists",
+            description=f"Create {images.variant_tag(accelerator.image_variant, version)} manifest lists",
             build_spec=codebuild.BuildSpec.from_source_filename(MANIFEST_SPEC),
             environment=codebuild.BuildEnvironment(
                 build_image=BUILD_IMAGES["amd64"],
@@ -330,7 +331,7 @@ class ManifestProject(Construct):
 
 def model_key_prefix(config: AppConfig, accelerator: Accelerator) -> str:
     """The model-bucket prefix of one chip's compiled artifact (runtime.artifacts.artifact_uri)."""
-    return f"{image_targets.MODELS_PREFIX}/{config.model_id}/{config.model_revision}/{accelerator.runtime_device}/"
+    return f"{images.MODELS_PREFIX}/{config.model_id}/{config.model_revision}/{accelerator.runtime_device}/"
 
 
 def grant_ecr_auth(project: codebuild.IProject) -> None:

@@ -27,8 +27,8 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from runtime import inventory_api as layout
-from stacks import naming
-from stacks.config import AppConfig
+from spec import naming
+from spec.config import AppConfig
 
 RUNTIME_DIR: Final = Path(__file__).resolve().parents[1] / "runtime"
 HANDLER_FILE: Final = "inventory_api.py"

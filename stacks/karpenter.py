@@ -10,8 +10,8 @@ upstream (tests/test_cluster.py does exactly that). Differences from upstream, o
 
 * the controller role is trusted by EKS Pod Identity, not IRSA;
 * the queue policy admits ``events.amazonaws.com`` per rule ARN (``aws:SourceArn``) instead
-  of any EventBridge rule or SQS, and the queue's name comes from ``stacks.naming``;
-* the node role's name comes from ``stacks.naming`` (the EC2NodeClass refers to it by name).
+  of any EventBridge rule or SQS, and the queue's name comes from ``spec.naming``;
+* the node role's name comes from ``spec.naming`` (the EC2NodeClass refers to it by name).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from stacks import nag, naming
-from stacks.config import AppConfig
+from spec import naming
+from spec.config import AppConfig
+from stacks import nag
 
 Condition = Mapping[str, Mapping[str, str | tuple[str, ...]]]
 

@@ -22,8 +22,9 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from stacks import nag, versions
-from stacks.config import PipelineConfig
+from spec import versions
+from spec.config import PipelineConfig
+from stacks import nag
 from stacks.image_pipeline import acknowledge_codebuild_defaults
 
 PR_EVENTS: Final = (

@@ -15,9 +15,9 @@ from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks import naming
+from spec import naming
+from spec.config import AppConfig
 from stacks.access_logs import access_log_bucket
-from stacks.config import AppConfig
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import cdk8s
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
 
-from charts import model_builds, topology
+from charts import model_builds
 from charts.build import AppCharts, add_charts
-from runtime import contract
-from stacks import nag, naming
+from spec import contract, naming, topology
+from spec.config import AppConfig
+from stacks import nag
 from stacks.cluster import ClusterStack
-from stacks.config import AppConfig
 from stacks.pod_identity import PodIdentityRole
 
 MODELS_PREFIX = "models/"  # topology.models_base_uri: s3://<bucket>/models/

@@ -17,7 +17,7 @@ import aws_cdk
 import pytest
 import yaml
 
-from stacks import naming, versions
+from spec import naming, versions
 from stacks.cluster import ALB_POLICY_FILE
 from stacks.karpenter import statements_as_upstream
 from tests.conftest import ROOT, Synth

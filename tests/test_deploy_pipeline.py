@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stacks.config import AppConfig, ConfigError, LocalZoneConfig, load_config
+from spec.config import AppConfig, ConfigError, LocalZoneConfig, load_config
 from stacks.deploy_pipeline import (
     APPROVAL_STEP,
     LOCAL_ZONE_STAGE,

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime import contract
-from stacks import image_targets, versions
-from stacks.accelerators import ACCELERATORS
-from stacks.image_targets import BUILD_ARGS, BUILDSPEC_COMPUTED_ARGS
+from spec import contract, images, versions
+from spec.accelerators import ACCELERATORS
+from spec.images import BUILD_ARGS, BUILDSPEC_COMPUTED_ARGS
 from tests.conftest import ROOT
 
 CI = ROOT / "ci_build"
@@ -159,7 +158,7 @@ def test_bases_come_from_build_args_without_defaults(dockerfile: Dockerfile) -> 
     assert dockerfile.stages["base-arm64-cpu"].base == "${cpu_base_image}"
     # No defaults: stacks/versions.py is the only place a base version is written.
     assert all("=" not in arg for arg in dockerfile.global_args)
-    for chip, repository in image_targets.DLC_REPOSITORIES.items():
+    for chip, repository in images.DLC_REPOSITORIES.items():
         assert f"/{repository}:" in dockerfile.stages[f"base-{chip}"].base
 
 
@@ -180,10 +179,10 @@ def test_buildspec_passes_every_build_arg_and_nothing_else() -> None:
 
 
 def test_every_build_arg_variable_has_a_source() -> None:
-    from stacks.config import AppConfig
+    from spec.config import AppConfig
 
-    target = image_targets.image_targets(["cpu"])[0]
-    from_project = {name.upper() for name in image_targets.build_arg_values(AppConfig(), target)}
+    target = images.image_targets(["cpu"])[0]
+    from_project = {name.upper() for name in images.build_arg_values(AppConfig(), target)}
     computed = {name.upper() for name in BUILDSPEC_COMPUTED_ARGS}
     commands = buildspec_commands("buildspec-build.yml")
     for variable in set(buildspec_build_args().values()):
@@ -195,8 +194,8 @@ def test_every_build_arg_variable_has_a_source() -> None:
 
 def test_model_secret_id_matches_the_buildspec(dockerfile: Dockerfile) -> None:
     runs = " ".join(dockerfile.stages["assets"].all("RUN"))
-    assert f"type=secret,id={image_targets.AWS_CREDENTIALS_SECRET_ID}," in runs
-    assert f'--secret "id={image_targets.AWS_CREDENTIALS_SECRET_ID},' in buildspec_commands("buildspec-build.yml")
+    assert f"type=secret,id={images.AWS_CREDENTIALS_SECRET_ID}," in runs
+    assert f'--secret "id={images.AWS_CREDENTIALS_SECRET_ID},' in buildspec_commands("buildspec-build.yml")
     # Credentials never travel as a build arg or an ENV.
     assert not any("AWS_SECRET" in arg or "AWS_ACCESS" in arg for arg in dockerfile.global_args)
 

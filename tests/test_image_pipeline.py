@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from stacks import image_targets, naming, versions
-from stacks.accelerators import ACCELERATORS
-from stacks.config import AppConfig, load_config
+from spec import images, naming, versions
+from spec.accelerators import ACCELERATORS
+from spec.config import AppConfig, load_config
 from stacks.deploy_pipeline import region_stage_config
 from stacks.image_pipeline import (
     BUILD_RUN_ORDER,
@@ -83,7 +83,7 @@ def as_list(value: Any) -> list[Any]:
 
 def test_one_project_per_chip_and_arch_on_the_right_fleet(template: dict[str, Any], config: AppConfig) -> None:
     projects = build_projects(template)
-    expected = {(t.variant, t.arch) for t in image_targets.image_targets(config.accelerators)}
+    expected = {(t.variant, t.arch) for t in images.image_targets(config.accelerators)}
     assert set(projects) == expected
     assert ("cpu", "arm64") in expected and ("cpu", "amd64") in expected  # the multi-arch variant
     for (_, arch), project in projects.items():
@@ -96,9 +96,9 @@ def test_one_project_per_chip_and_arch_on_the_right_fleet(template: dict[str, An
 
 
 def test_build_projects_set_every_build_arg(template: dict[str, Any], config: AppConfig) -> None:
-    for target in image_targets.image_targets(config.accelerators):
+    for target in images.image_targets(config.accelerators):
         env = project_env(build_projects(template)[(target.variant, target.arch)])
-        for name, value in image_targets.build_arg_values(config, target).items():
+        for name, value in images.build_arg_values(config, target).items():
             assert env[name.upper()] == value, name
         assert env["MODEL_DEVICE"] == target.accelerator.runtime_device
         assert env["IMAGE_VERSION"] == config.serving.image_version
@@ -124,10 +124,10 @@ def test_manifest_step_runs_after_every_build_of_its_variant(template: dict[str,
         manifest = actions[manifest_action_name(accelerator)]
         builds = [
             actions[build_action_name(t)]
-            for t in image_targets.image_targets([name])
+            for t in images.image_targets([name])
             if t.variant == accelerator.image_variant
         ]
-        assert len(builds) == len(image_targets.variant_arches(accelerator))
+        assert len(builds) == len(images.variant_arches(accelerator))
         assert all(build["RunOrder"] == BUILD_RUN_ORDER for build in builds)
         assert manifest["RunOrder"] == MANIFEST_RUN_ORDER > max(build["RunOrder"] for build in builds)
         manifest_env = project_env(
@@ -137,7 +137,7 @@ def test_manifest_step_runs_after_every_build_of_its_variant(template: dict[str,
                 if {"Ref": k} == manifest["Configuration"]["ProjectName"]
             )
         )
-        assert manifest_env["ARCHES"].split() == list(image_targets.variant_arches(accelerator))
+        assert manifest_env["ARCHES"].split() == list(images.variant_arches(accelerator))
         assert manifest_env["VARIANT"] == accelerator.image_variant
 
 
@@ -164,7 +164,7 @@ def test_ecr_permissions_name_repositories(template: dict[str, Any], config: App
         assert "ImageRepository" in pushed and "BuildCacheRepository" in pushed
         assert len(as_list(push[0]["Resource"])) == 2
         dlc = [s for s in statements if s.get("Sid") == "PullDeepLearningContainerBase"]
-        repository = image_targets.DLC_REPOSITORIES.get(chip)
+        repository = images.DLC_REPOSITORIES.get(chip)
         if repository is None:
             assert dlc == []
         else:

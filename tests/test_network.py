@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from stacks import naming
-from stacks.config import AppConfig
+from spec import naming
+from spec.config import AppConfig
 from tests.conftest import Synth
 from tests.stack_variants import EDGE_NETWORK, variant
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtime import contract
+from spec import contract
 from tests.charts.conftest import Rendered
 
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"

@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from charts import topology
-from runtime import contract
-from stacks import image_targets, naming, versions
-from stacks.accelerators import ACCELERATORS
+from spec import contract, images, naming, topology, versions
+from spec.accelerators import ACCELERATORS
 from tests.charts.conftest import Rendered, render
 from tests.conftest import cdk_json_context
 
@@ -88,7 +86,7 @@ def test_accelerator_pods_tolerate_their_pool_and_select_an_existing_one(rendere
         accelerator = ACCELERATORS[pool["spec"]["template"]["metadata"]["labels"][topology.NODE_LABEL_ACCELERATOR]]
         [container] = spec["containers"]
         # Serving runs the image with the model baked in; compile jobs the one without (runtime target).
-        suffix = image_targets.RUNTIME_TAG_SUFFIX if workloads is compile_jobs else ""
+        suffix = images.RUNTIME_TAG_SUFFIX if workloads is compile_jobs else ""
         assert container["image"].endswith(f"-{accelerator.image_variant}{suffix}")
         if accelerator.device_resource:
             assert container["resources"]["limits"][accelerator.device_resource] == accelerator.devices_per_pod
@@ -207,7 +205,7 @@ def test_every_image_comes_from_the_catalog_or_the_ecr_repository(rendered: Rend
     allowed_tags = {
         f"{rendered.config.serving.image_version}-{a.image_variant}{suffix}"
         for a in ACCELERATORS.values()
-        for suffix in ("", image_targets.RUNTIME_TAG_SUFFIX)
+        for suffix in ("", images.RUNTIME_TAG_SUFFIX)
     }
     catalog = {versions.NVIDIA_DEVICE_PLUGIN_IMAGE, versions.NEURON_DEVICE_PLUGIN_IMAGE}
     images = [
@@ -286,14 +284,14 @@ def test_config_changes_flow_into_the_charts() -> None:
 
 
 def test_all_zero_ingress_weights_are_a_config_error() -> None:
-    from stacks.config import ConfigError
+    from spec.config import ConfigError
 
     with pytest.raises(ConfigError, match="ingressWeights"):
         render({**cdk_json_context(), "ingressWeights": {"nvidia": 0, "neuron": 0, "cpu": 0}})
 
 
 def test_the_alb_admits_only_ipv4_client_networks() -> None:
-    from stacks.config import ConfigError
+    from spec.config import ConfigError
 
     rendered = render({**cdk_json_context(), "clientCidrs": ["198.51.100.0/24", "2001:db8::/32"]})
     [ingress] = rendered.of_kind("Ingress")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from runtime import client as c
-from runtime import contract
+from spec import contract
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 

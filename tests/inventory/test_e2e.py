@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from runtime import client as c
-from runtime import contract
+from spec import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"

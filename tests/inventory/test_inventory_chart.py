@@ -10,11 +10,10 @@ import kubernetes_validate
 import pytest
 
 from charts import inventory as chart
-from runtime import contract
 from runtime.inventory import PublisherSettings
-from stacks import naming, versions
-from stacks.accelerators import ACCELERATORS
-from stacks.config import load_config
+from spec import contract, naming, versions
+from spec.accelerators import ACCELERATORS
+from spec.config import load_config
 from tests.conftest import cdk_json_context
 
 

@@ -146,7 +146,7 @@ def test_cognito_mode_gives_signed_in_users_invoke_only(tmp_path: Any) -> None:
     from aws_cdk.assertions import Template
     from cdk_nag import AwsSolutionsChecks
 
-    from stacks.config import load_config
+    from spec.config import load_config
     from stacks.inventory import InventoryStack
     from tests.conftest import cdk_json_context
 

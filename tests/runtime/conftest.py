@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from runtime import contract
 from runtime.backends import Backend
 from runtime.settings import Settings
+from spec import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from runtime import artifacts
 from runtime.artifacts import ArtifactError, BuildSpec, Manifest, Shapes
-from runtime.contract import MANIFEST_NAME
+from spec.contract import MANIFEST_NAME
 from tests.runtime.s3_calls import S3Calls
 
 BUCKET = "edge-models"

@@ -15,9 +15,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from runtime import artifacts, contract
+from runtime import artifacts
 from runtime import compile as compile_job
 from runtime.artifacts import ArtifactError
+from spec import contract
 from tests.runtime.s3_calls import S3Calls
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from runtime import contract
+from spec import contract
 from tests.runtime.conftest import RunningServer, metric_value
 
 

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime import contract
 from runtime.backends import BatchParams, DiffusersBackend, ImageSpec, StopCheck
+from spec import contract
 from tests.runtime.conftest import metric_value, start_in_process, start_subprocess, tiny_settings, wait_until
 
 

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from runtime import contract
+from spec import contract
 from tests.runtime.conftest import RunningServer, metric_value, wait_until
 
 LONG = {"prompt": "a very detailed city", "steps": 100, "width": 512, "height": 512}

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from runtime import artifacts, backends, contract
+from runtime import artifacts, backends
 from runtime.backends import BatchParams, CompiledShape, ImageSpec, NeuronBackend, detect_accelerator
 from runtime.metrics import CloudWatchAggregator, CloudWatchSink, Dimensions, EmfSink, Interval, compress
 from runtime.model_source import ModelSourceError, resolve_model
 from runtime.settings import Settings, SettingsError
+from spec import contract
 
 DIMS = Dimensions("sd-cuda-usw2-lax-1a", "cuda", "us-west-2-lax-1a")
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final
 
-from stacks.accelerators import ACCELERATOR_NAMES
+from spec.accelerators import ACCELERATOR_NAMES
 
+# The committed context every entry point starts from (cdk.json sits at the repository root).
+CDK_JSON: Final = Path(__file__).resolve().parents[1] / "cdk.json"
 DEFAULT_LOCAL_ZONE_FAMILIES: Final = ("g5",)
 REGION_PATTERN: Final = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 LOCAL_ZONE_PATTERN: Final = re.compile(r"^(?P<region>[a-z]{2}(-gov)?-[a-z]+-\d)-[a-z]{3}-\d[a-z]$")
@@ -418,6 +421,24 @@ def _validate_pipeline(pipeline: PipelineConfig) -> None:
         )
 
 
+def cli_context(argv: Sequence[str]) -> dict[str, object]:
+    """cdk.json context plus ``-c key=value`` / ``--context key=value`` from ``argv``."""
+    context: dict[str, object] = dict(json.loads((CDK_JSON).read_text()).get("context", {}))
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-c", "--context"):
+            pair = next(args, "")
+        elif arg.startswith(("-c=", "--context=")):
+            pair = arg.split("=", 1)[1]
+        else:
+            raise ConfigError("argument", arg, "-c key=value (or --context key=value)")
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError("argument", pair, "-c key=value (or --context key=value)")
+        context[key] = value
+    return context
+
+
 def context_keys() -> tuple[str, ...]:
     """The context keys users may set (README table, error messages)."""
     return tuple(_KEYS)
@@ -434,6 +455,7 @@ __all__ = [
     "LocalZoneConfig",
     "PipelineConfig",
     "ServingConfig",
+    "cli_context",
     "config_from_node",
     "context_keys",
     "load_config",

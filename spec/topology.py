@@ -11,10 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from runtime import contract
-from stacks import image_targets, naming
-from stacks.accelerators import ACCELERATORS, Accelerator
-from stacks.config import AppConfig
+from spec import contract, images, naming
+from spec.accelerators import ACCELERATORS, Accelerator
+from spec.config import AppConfig
 
 NAMESPACE: Final = "edge-diffusion"  # serving Deployments, KEDA objects and compile jobs
 APP_NAME: Final = "stable-diffusion"
@@ -145,7 +144,7 @@ def image_uri(config: AppConfig, accelerator: Accelerator) -> str:
 def runtime_image_uri(config: AppConfig, accelerator: Accelerator) -> str:
     """The variant's image without a baked model (Dockerfile target ``runtime``): what compile
     jobs run, since the serving image can only be built after a compile has published."""
-    return f"{image_uri(config, accelerator)}{image_targets.RUNTIME_TAG_SUFFIX}"
+    return f"{image_uri(config, accelerator)}{images.RUNTIME_TAG_SUFFIX}"
 
 
 def models_base_uri(config: AppConfig) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from stacks.config import AppConfig
+from spec.config import AppConfig
 
 # Karpenter discovers subnets and security groups by this tag (value: cluster name).
 DISCOVERY_TAG_KEY: Final = "karpenter.sh/discovery"

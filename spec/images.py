@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from stacks import naming, versions
-from stacks.accelerators import ACCELERATORS, Accelerator
-from stacks.config import AppConfig
+from spec import naming, versions
+from spec.accelerators import ACCELERATORS, Accelerator
+from spec.config import AppConfig
 
 ARCHES: Final = ("amd64", "arm64")  # build order inside a variant, and the CodeBuild fleets we have
 RUNTIME_TAG_SUFFIX: Final = "-runtime"  # the image without a model (Dockerfile target `runtime`)
