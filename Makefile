@@ -13,11 +13,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CDK := node_modules/.bin/cdk
 CDK8S := node_modules/.bin/cdk8s
-CRDS ?= ../shared/crds
+CRDS ?= third_party
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: help deps synth manifests test pytest lint diff deploy serve bench imports clean
+.PHONY: help deps synth manifests test pytest lint fmt diff deploy serve bench imports clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -46,11 +46,16 @@ test: deps lint pytest ## lint, type-check and run every test
 pytest: deps
 	$(PY) -m pytest
 
-lint: $(STAMP_PY) ## ruff, mypy, hadolint
+lint: $(STAMP_PY) ## ruff, mypy, import-linter (the layers), hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/hadolint ci_build/Dockerfile
+
+fmt: $(STAMP_PY) ## fix what ruff can (imports, format)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 diff: deps ## cdk diff against the deployed stacks (needs AWS credentials)
 	$(CDK) diff
@@ -67,12 +72,22 @@ bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model (print
 # One import of all CRDs together: cdk8s writes one module per API group, so importing the
 # CRDs of a group (keda.sh: ScaledObject, TriggerAuthentication, ...) one file at a time
 # would leave only the last kind in the module.
-imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in ../shared/crds
-	rm -rf charts/imports && mkdir -p charts/imports
-	for crd in $(CRDS)/karpenter/*.yaml $(CRDS)/keda/*.yaml $(CRDS)/volcano/*.yaml; do \
-	  sed '/^---$$/d' "$$crd"; echo '---'; done > charts/imports/crds.yaml
-	$(CDK8S) import --no-check-upgrade charts/imports/crds.yaml --language python --output charts/imports
-	rm charts/imports/crds.yaml
+# The inputs are checked and the modules generated in a temporary directory first:
+# charts/imports/ is replaced only once cdk8s import has succeeded.
+CRD_ORIGINS := karpenter keda volcano
+imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in third_party/{karpenter,keda,volcano}/crds
+	for origin in $(CRD_ORIGINS); do \
+	  compgen -G "$(CRDS)/$$origin/crds/*.yaml" >/dev/null \
+	    || { echo "imports: no CRDs in $(CRDS)/$$origin/crds/; charts/imports/ left unchanged" >&2; exit 1; }; \
+	done
+	tmp=$$(mktemp -d charts/.imports.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	for crd in $(foreach origin,$(CRD_ORIGINS),$(CRDS)/$(origin)/crds/*.yaml); do \
+	  sed '/^---$$/d' "$$crd"; echo '---'; done > "$$tmp/crds.yaml"; \
+	$(CDK8S) import --no-check-upgrade "$$tmp/crds.yaml" --language python --output "$$tmp/imports"; \
+	compgen -G "$$tmp/imports/*/*" >/dev/null \
+	  || { echo "imports: cdk8s import wrote no modules; charts/imports/ left unchanged" >&2; exit 1; }; \
+	if [ -e charts/imports ]; then mv charts/imports "$$tmp/previous"; fi; \
+	mv "$$tmp/imports" charts/imports
 
 clean: ## remove generated output (keeps .venv and node_modules)
 	rm -rf cdk.out dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 """Device plugins: they advertise ``nvidia.com/gpu`` and ``aws.amazon.com/neuron`` to the kubelet.
 
-Static DaemonSets adapted from the upstream manifests in ../shared/reference (NVIDIA
+Static DaemonSets adapted from the upstream manifests vendored in third_party/ (NVIDIA
 v0.20.0 static manifest; Neuron k8s-neuron-device-plugin*.yml), not the vendors' Helm
 charts: each plugin is one DaemonSet (plus RBAC for Neuron) and nothing else of those charts
 is wanted here (NFD, GPU feature discovery, the Neuron scheduler extension), and a plain

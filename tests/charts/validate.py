@@ -1,7 +1,7 @@
 """Offline validation of synthesized manifests.
 
 - Core kinds: kubernetes-validate, strict schemas of the cluster's Kubernetes version.
-- Custom resources: the ``openAPIV3Schema`` of their CRD in ../shared/crds, made closed
+- Custom resources: the ``openAPIV3Schema`` of their CRD in third_party/*/crds, made closed
   (``additionalProperties: false`` wherever the schema lists properties and does not
   preserve unknown fields), checked with jsonschema; then the CRD's
   ``x-kubernetes-validations`` CEL rules evaluated with cel-python where that is possible
@@ -25,7 +25,8 @@ import kubernetes_validate
 import yaml
 from celpy import celtypes
 
-CRDS_DIR = Path(__file__).resolve().parents[3] / "shared" / "crds"
+# The vendored upstream CRDs (third_party/<origin>/crds/*.yaml), the same files `make imports` reads.
+THIRD_PARTY = Path(__file__).resolve().parents[2] / "third_party"
 # Functions of the Kubernetes CEL libraries (and CEL extensions) that cel-python 0.5 lacks
 # and these tests do not implement: a rule using one is skipped, with that reason.
 K8S_CEL_FUNCTIONS = (
@@ -101,7 +102,10 @@ class Tally:
 def crds() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> openAPIV3Schema of every served version of every CRD."""
     result: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(CRDS_DIR.glob("*/*.yaml")):
+    paths = sorted(THIRD_PARTY.glob("*/crds/*.yaml"))
+    if not paths:
+        raise FileNotFoundError(f"no CRDs in {THIRD_PARTY}/*/crds")
+    for path in paths:
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc:
                 continue
