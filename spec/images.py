@@ -12,13 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from spec import naming, versions
+from spec import model_artifacts, naming, versions
 from spec.accelerators import ACCELERATORS, Accelerator
 from spec.config import AppConfig
 
 ARCHES: Final = ("amd64", "arm64")  # build order inside a variant, and the CodeBuild fleets we have
 RUNTIME_TAG_SUFFIX: Final = "-runtime"  # the image without a model (Dockerfile target `runtime`)
-MODELS_PREFIX: Final = "models"  # key prefix of compiled artifacts in the model bucket
 # Architectures a variant is built for beyond its accelerator's node architecture. The CPU image
 # is also built for amd64: Local Zones rarely offer Graviton (an x86 CPU pool there needs no new
 # image), and `docker run <repo>:<version>-cpu` then works on x86 laptops and CI. NVIDIA (g5/g6)
@@ -101,14 +100,9 @@ def image_targets(accelerator_names: Iterable[str]) -> tuple[ImageTarget, ...]:
     return tuple(ImageTarget(accelerator, arch) for accelerator in accelerators for arch in variant_arches(accelerator))
 
 
-def model_artifacts_base(config: AppConfig) -> str:
-    """Base URI the compile jobs publish under (their ``--out``; charts/topology.models_base_uri)."""
-    return f"s3://{naming.model_bucket_name(config)}/{MODELS_PREFIX}"
-
-
 def model_s3_prefix(config: AppConfig) -> str:
-    """``s3://<bucket>/<model>/<revision>``: the Dockerfile appends ``/<runtime device>/``."""
-    return f"{model_artifacts_base(config)}/{config.model_id}/{config.model_revision}"
+    """``s3://<bucket>/models/<model>/<revision>``: the Dockerfile appends ``/<device>/``."""
+    return model_artifacts.model_prefix(naming.models_base_uri(config), config.model_id, config.model_revision)
 
 
 def build_arg_values(config: AppConfig, target: ImageTarget) -> dict[str, str]:

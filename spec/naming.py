@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from spec import model_artifacts
 from spec.config import AppConfig
 
 # Karpenter discovers subnets and security groups by this tag (value: cluster name).
@@ -35,6 +36,11 @@ def image_repository_uri(config: AppConfig) -> str:
 
 def model_bucket_name(config: AppConfig) -> str:
     return f"{config.cluster_name}-models-{config.account}-{config.region}"
+
+
+def models_base_uri(config: AppConfig) -> str:
+    """``s3://<model bucket>/models``: where compile jobs publish and image builds fetch from."""
+    return model_artifacts.models_base_uri(model_bucket_name(config))
 
 
 def interruption_queue_name(config: AppConfig) -> str:

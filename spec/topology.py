@@ -147,11 +147,6 @@ def runtime_image_uri(config: AppConfig, accelerator: Accelerator) -> str:
     return f"{image_uri(config, accelerator)}{images.RUNTIME_TAG_SUFFIX}"
 
 
-def models_base_uri(config: AppConfig) -> str:
-    """Where compile jobs publish artifacts (``runtime.artifacts.artifact_uri`` adds model/revision/chip)."""
-    return f"s3://{naming.model_bucket_name(config)}/models/"
-
-
 def ingress_weights(config: AppConfig) -> Mapping[str, int]:
     """ALB weight per enabled accelerator: config.ingress_weights, else the accelerator's cost weight."""
     return {acc.name: config.ingress_weights.get(acc.name, acc.cost_weight) for acc in enabled_accelerators(config)}

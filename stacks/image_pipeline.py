@@ -26,7 +26,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from spec import images, naming, versions
+from spec import images, model_artifacts, naming, versions
 from spec.accelerators import ACCELERATORS, Accelerator
 from spec.config import AppConfig
 from spec.images import ImageTarget
@@ -222,7 +222,7 @@ class ImageBuildProject(Construct):
             **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
             "ARCH": target.arch,
             "VARIANT": target.variant,
-            "MODEL_DEVICE": target.accelerator.runtime_device,
+            "MODEL_DEVICE": target.accelerator.device,
             "IMAGE_VERSION": config.serving.image_version,
             "REPOSITORY_URI": repository.repository_uri,
             "CACHE_REPOSITORY_URI": cache_repository.repository_uri,
@@ -330,8 +330,10 @@ class ManifestProject(Construct):
 
 
 def model_key_prefix(config: AppConfig, accelerator: Accelerator) -> str:
-    """The model-bucket prefix of one chip's compiled artifact (runtime.artifacts.artifact_uri)."""
-    return f"{images.MODELS_PREFIX}/{config.model_id}/{config.model_revision}/{accelerator.runtime_device}/"
+    """The model-bucket key prefix of one accelerator's compiled artifact (spec.model_artifacts)."""
+    return model_artifacts.artifact_prefix(
+        model_artifacts.MODELS_PREFIX, config.model_id, config.model_revision, accelerator.device
+    )
 
 
 def grant_ecr_auth(project: codebuild.IProject) -> None:

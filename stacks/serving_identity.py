@@ -11,6 +11,7 @@ Identity association must exist before the pod is created for the pod to get cre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import aws_cdk as cdk
 import cdk8s
@@ -19,13 +20,13 @@ from aws_cdk import aws_iam as iam
 
 from charts import model_builds
 from charts.build import AppCharts, add_charts
-from spec import contract, naming, topology
+from spec import contract, model_artifacts, naming, topology
 from spec.config import AppConfig
 from stacks import nag
 from stacks.cluster import ClusterStack
-from stacks.pod_identity import PodIdentityRole
+from stacks.cluster.pod_identity import PodIdentityRole
 
-MODELS_PREFIX = "models/"  # topology.models_base_uri: s3://<bucket>/models/
+MODELS_PREFIX: Final = f"{model_artifacts.MODELS_PREFIX}/"  # s3://<bucket>/models/: every artifact
 
 
 def _bucket_arn(config: AppConfig) -> str:
@@ -113,5 +114,5 @@ def _acknowledge(role: iam.Role, config: AppConfig, *, puts_metrics: bool) -> No
         role,
         nag.wildcard_resource_finding(f"arn:<AWS::Partition>:s3:::{naming.model_bucket_name(config)}/{MODELS_PREFIX}*"),
         "the objects under the models/ prefix of the model bucket, which the compile jobs write "
-        "as <model>/<revision>/<chip>/ trees: no other prefix or bucket",
+        "as <model>/<revision>/<device>/ trees: no other prefix or bucket",
     )

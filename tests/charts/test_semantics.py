@@ -161,7 +161,7 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         env = {e["name"]: e["value"] for e in pod_spec(deployments[target["name"]])["containers"][0]["env"]}
         published = {
             contract.DIMENSION_DEPLOYMENT: env[contract.ENV_DEPLOYMENT],
-            contract.DIMENSION_ACCELERATOR: env[contract.ENV_ACCELERATOR],
+            contract.DIMENSION_ACCELERATOR: env[contract.ENV_DEVICE],
             contract.DIMENSION_LOCATION: env[contract.ENV_LOCATION],
         }
         names, values = meta["dimensionName"].split(";"), meta["dimensionValue"].split(";")
@@ -208,13 +208,13 @@ def test_every_image_comes_from_the_catalog_or_the_ecr_repository(rendered: Rend
         for suffix in ("", images.RUNTIME_TAG_SUFFIX)
     }
     catalog = {versions.NVIDIA_DEVICE_PLUGIN_IMAGE, versions.NEURON_DEVICE_PLUGIN_IMAGE}
-    images = [
+    used = [
         c["image"]
         for obj in [*rendered.of_kind("Deployment"), *rendered.of_kind("DaemonSet"), *rendered.of_kind("Job")]
         for c in pod_spec(obj)["containers"]
     ]
-    assert images
-    for image in images:
+    assert used
+    for image in used:
         name, _, tag = image.rpartition(":")
         assert image in catalog or (name == repository and tag in allowed_tags), image
 

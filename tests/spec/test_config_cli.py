@@ -53,7 +53,7 @@ def runs() -> dict[tuple[str, ...], Run]:
         )
         for argv in argvs
     }
-    results = {}
+    results: dict[tuple[str, ...], Run] = {}
     for argv, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         results[argv] = Run(proc.returncode, stdout, stderr)

@@ -53,7 +53,7 @@ def project_env(project: dict[str, Any]) -> dict[str, Any]:
 
 def projects_by_env(template: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     return {
-        project_env(p).get(key): p
+        project_env(p)[key]: p
         for p in resources(template, "AWS::CodeBuild::Project").values()
         if key in project_env(p)
     }
@@ -100,7 +100,7 @@ def test_build_projects_set_every_build_arg(template: dict[str, Any], config: Ap
         env = project_env(build_projects(template)[(target.variant, target.arch)])
         for name, value in images.build_arg_values(config, target).items():
             assert env[name.upper()] == value, name
-        assert env["MODEL_DEVICE"] == target.accelerator.runtime_device
+        assert env["MODEL_DEVICE"] == target.accelerator.device
         assert env["IMAGE_VERSION"] == config.serving.image_version
         assert env["BUILDKIT_IMAGE"] == versions.BUILDKIT_IMAGE
         assert (
@@ -191,7 +191,7 @@ def test_manifest_projects_push_to_the_serving_and_region_stage_repositories(
 
 def test_model_bucket_read_is_one_chip_prefix(template: dict[str, Any], config: AppConfig) -> None:
     for (variant, _), project in build_projects(template).items():
-        device = next(a.runtime_device for a in ACCELERATORS.values() if a.image_variant == variant)
+        device = next(a.device for a in ACCELERATORS.values() if a.image_variant == variant)
         prefix = f"models/{config.model_id}/{config.model_revision}/{device}/"
         statements = {s.get("Sid"): s for s in policy_statements_of(template, project)}
         assert statements["ListModelPrefix"]["Action"] == "s3:ListBucket"

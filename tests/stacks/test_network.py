@@ -97,8 +97,8 @@ def test_subnet_cidrs_never_overlap_and_local_zones_take_the_tail(network_cases:
         for (_, a), (_, b) in itertools.combinations(subnets, 2):
             assert not a.overlaps(b), f"{a} overlaps {b}"
         assert all(net.subnet_of(vpc) for _, net in subnets)  # type: ignore[arg-type]
-        last_regional = max(net.broadcast_address for is_local, net in subnets if not is_local)
-        first_local = min(net.network_address for is_local, net in subnets if is_local)
+        last_regional = max(int(net.broadcast_address) for is_local, net in subnets if not is_local)
+        first_local = min(int(net.network_address) for is_local, net in subnets if is_local)
         assert last_regional < first_local, "Local Zone subnets must come after every regional subnet"
 
 
