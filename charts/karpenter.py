@@ -14,6 +14,7 @@ from typing import Final
 import cdk8s
 from constructs import Construct
 
+from charts import pods as pod_parts
 from charts.imports.aws.k8s import karpenter as ec2nc
 from charts.imports.sh import karpenter as kpool
 from spec import naming, topology, versions
@@ -168,6 +169,7 @@ class KarpenterChart(cdk8s.Chart):
             # The node class only selects subnets of this location; the zone requirement also
             # makes Karpenter's scheduling simulation (and the pods' nodeSelector) agree with it.
             _requirement(topology.ZONE_LABEL, location.zones(config)),
+            _requirement(pod_parts.INSTANCE_SIZE_LABEL, instance_sizes(placement)),
         ]
         disruption = settings.disruption
         return kpool.NodePool(
@@ -222,6 +224,16 @@ def pool_limits(
         devices = max(pods * accelerator.devices_per_pod, settings.max_devices_per_node)
         return {accelerator.device_resource: kpool.NodePoolSpecLimits.from_number(devices)}
     return {"cpu": kpool.NodePoolSpecLimits.from_number(pods * settings.vcpus_per_cpu_pod)}
+
+
+def instance_sizes(placement: Placement) -> tuple[str, ...]:
+    """The serving sizes of the accelerator and, in the Region (where builds run), its compile
+    sizes: a compile pod selects its sizes by node affinity, serving pods fit the smallest."""
+    accelerator = placement.accelerator
+    sizes = accelerator.serving_instance_sizes
+    if not placement.location.is_local_zone:
+        sizes = (*sizes, *(s for s in accelerator.compile.instance_sizes if s not in sizes))
+    return sizes
 
 
 def _requirement(key: str, values: tuple[str, ...]) -> kpool.NodePoolSpecTemplateSpecRequirements:

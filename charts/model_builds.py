@@ -22,7 +22,7 @@ from constructs import Construct
 
 from charts import pods
 from charts.imports.sh.volcano import batch, scheduling
-from spec import contract, topology
+from spec import contract, naming, topology
 from spec.accelerators import Accelerator
 from spec.config import AppConfig
 from spec.topology import Placement
@@ -94,12 +94,12 @@ class ModelBuildsChart(cdk8s.Chart):
         return [
             "--model", config.model_id,
             "--revision", config.model_revision,
-            "--accelerator", accelerator.runtime_device,
+            "--accelerator", accelerator.device,
             "--height", str(serving.height),
             "--width", str(serving.width),
             # Neuron graphs have a static batch size: the server's largest batch (it pads short ones).
             "--batch-size", str(serving.max_batch),
-            "--out", topology.models_base_uri(config),
+            "--out", naming.models_base_uri(config),
         ]  # fmt: skip
 
     def _job(self, build: Placement) -> cdk8s.ApiObject:
@@ -116,6 +116,9 @@ class ModelBuildsChart(cdk8s.Chart):
             restart_policy="Never",  # Volcano restarts the job (maxRetry), not the kubelet
             active_deadline_seconds=self.settings.deadline_s,
             node_selector=build.node_selector,
+            # The compile's own node sizes (spec.accelerators.CompileResources): a Neuron compile
+            # needs an inf2.8xlarge's host memory, which the pool's smallest (serving) size lacks.
+            affinity=pods.instance_size_affinity(accelerator.compile.instance_sizes),
             tolerations=pods.tolerations(accelerator) or None,
             security_context=pods.pod_security_context(),
             containers=[
@@ -127,7 +130,12 @@ class ModelBuildsChart(cdk8s.Chart):
                     args=args,
                     # The serving image is built for offline serving; a build downloads from the Hub.
                     env=pods.env_vars({**pods.model_env(config, accelerator), "HF_HUB_OFFLINE": "0"}),
-                    resources=pods.resources(accelerator, self.settings.resources),
+                    resources=pods.resources(
+                        accelerator,
+                        self.settings.resources,
+                        cpu=accelerator.compile.cpu_request,
+                        memory=accelerator.compile.memory_request,
+                    ),
                     security_context=pods.container_security_context(),
                     volume_mounts=mounts,
                 )

@@ -22,6 +22,7 @@ APP_UID: Final = 10001
 # The image keeps HF_HOME and the model cache under /tmp (ci_build/Dockerfile): with a
 # read-only root filesystem, /tmp is the one writable place and must hold a model download.
 SCRATCH_MOUNT: Final = "/tmp"  # noqa: S108 - an emptyDir volume, not the node's /tmp
+INSTANCE_SIZE_LABEL: Final = "karpenter.k8s.aws/instance-size"  # well-known Karpenter node label
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,36 @@ def tolerations(accelerator: Accelerator) -> list[k8s.Toleration]:
     return [k8s.Toleration(key=taint.key, operator="Exists", effect=taint.effect)]
 
 
-def resources(accelerator: Accelerator, props: PodResources) -> k8s.ResourceRequirements:
-    """Requests from the accelerator row; limits on memory and the device (no CPU limit:
-    throttling a model server only adds latency, and the node is dedicated anyway)."""
+def resources(
+    accelerator: Accelerator, props: PodResources, *, cpu: str | None = None, memory: str | None = None
+) -> k8s.ResourceRequirements:
+    """Requests from the accelerator row (serving), or ``cpu``/``memory`` (compile jobs); limits
+    on memory and the device (no CPU limit: throttling a model server only adds latency, and
+    the node is dedicated anyway)."""
+    memory = memory or accelerator.memory_request
     requests = {
-        "cpu": k8s.Quantity.from_string(accelerator.cpu_request),
-        "memory": k8s.Quantity.from_string(accelerator.memory_request),
+        "cpu": k8s.Quantity.from_string(cpu or accelerator.cpu_request),
+        "memory": k8s.Quantity.from_string(memory),
         "ephemeral-storage": k8s.Quantity.from_string(props.scratch_size),
     }
-    limits = {"memory": k8s.Quantity.from_string(accelerator.memory_request)}
+    limits = {"memory": k8s.Quantity.from_string(memory)}
     if accelerator.device_resource:
         devices = k8s.Quantity.from_number(accelerator.devices_per_pod)
         requests[accelerator.device_resource] = devices
         limits[accelerator.device_resource] = devices
     return k8s.ResourceRequirements(requests=requests, limits=limits)
+
+
+def instance_size_affinity(sizes: tuple[str, ...]) -> k8s.Affinity:
+    """Require nodes of these ``karpenter.k8s.aws/instance-size`` values (Karpenter launches one)."""
+    requirement = k8s.NodeSelectorRequirement(key=INSTANCE_SIZE_LABEL, operator="In", values=list(sizes))
+    return k8s.Affinity(
+        node_affinity=k8s.NodeAffinity(
+            required_during_scheduling_ignored_during_execution=k8s.NodeSelector(
+                node_selector_terms=[k8s.NodeSelectorTerm(match_expressions=[requirement])]
+            )
+        )
+    )
 
 
 def pod_security_context() -> k8s.PodSecurityContext:
@@ -98,7 +115,7 @@ def model_env(config: AppConfig, accelerator: Accelerator) -> dict[str, str]:
     return {
         contract.ENV_MODEL_ID: config.model_id,
         contract.ENV_MODEL_REVISION: config.model_revision,
-        contract.ENV_ACCELERATOR: accelerator.runtime_device,
+        contract.ENV_DEVICE: accelerator.device,
         contract.ENV_AWS_REGION: config.region,  # IMDS is not reachable from pods (hop limit 1)
     }
 

@@ -19,11 +19,28 @@ class Taint:
 
 
 @dataclass(frozen=True)
+class CompileResources:
+    """What a compile job of the accelerator requests, and the node sizes it may run on.
+
+    A compile is not a serving pod: Neuron's compiler needs far more host memory than serving,
+    so the compile pod requests its own resources and selects nodes (``instance_sizes``, the
+    ``karpenter.k8s.aws/instance-size`` values) that can hold them.
+    """
+
+    cpu_request: str
+    memory_request: str
+    instance_sizes: tuple[str, ...]
+    # Host memory of the smallest instance the vendor documents for this compile (0: none); every
+    # allowed compile size must have it, and the pod may use most of it (tests/charts/test_capacity.py).
+    documented_min_memory_gib: int = 0
+
+
+@dataclass(frozen=True)
 class Accelerator:
     """One kind of compute the model can be served on."""
 
     name: str  # config and Kubernetes name: nvidia | neuron | cpu
-    runtime_device: str  # what runtime/ calls it: cuda | neuron | cpu
+    device: str  # what torch runs on (spec.contract.DEVICES): cuda | neuron | cpu
     arch: str  # kubernetes.io/arch of its nodes
     instance_families: tuple[str, ...]  # families Karpenter may launch in the Region
     large_instance_families: tuple[str, ...]  # added only when config enables them (cost)
@@ -36,6 +53,10 @@ class Accelerator:
     cost_weight: int  # Karpenter NodePool weight and ingress weight default: cheaper = higher
     cpu_request: str
     memory_request: str
+    # karpenter.k8s.aws/instance-size values of serving nodes (smallest first); the serving pod
+    # above must fit the smallest of them with the node's DaemonSets (tests/charts/test_capacity.py).
+    serving_instance_sizes: tuple[str, ...]
+    compile: CompileResources
 
 
 ACCELERATORS: Final[dict[str, Accelerator]] = {
@@ -43,7 +64,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
     for a in (
         Accelerator(
             name="nvidia",
-            runtime_device="cuda",
+            device="cuda",
             arch="amd64",
             instance_families=("g5", "g6", "g6e"),
             large_instance_families=("p4d", "p5"),
@@ -54,12 +75,35 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             chip="amd64-cuda",
             default_replicas=1,
             cost_weight=50,
+            # One pod per g5/g6.xlarge (4 vCPU, 16 GiB, 58 max pods; spec.capacity):
+            # allocatable 16384 - ceil(7.5 %) = 15155 - kube-reserved (11 * 58 + 255 = 893) - eviction
+            # 100 = 14162 MiB; DaemonSets: nvidia-device-plugin 64 + cloudwatch-agent 128 + fluent-bit 25
+            # + dcgm-exporter 128 + pod identity agent 64 (assumed) = 409 MiB -> 13753 MiB free >= 13Gi
+            # (13312 MiB, 441 MiB spare). The old 14Gi (14336 MiB) exceeded 14162 and bought a 2xlarge.
+            # CPU: 4000 - 80 kube-reserved = 3920m; DaemonSets 10 + 50 (aws-node) + 100 (kube-proxy) + 25
+            # + 250 + 50 + 250 = 735m -> 3185m free >= 3.
             cpu_request="3",
-            memory_request="14Gi",
+            memory_request="13Gi",
+            serving_instance_sizes=(
+                "xlarge",
+                "2xlarge",
+                "4xlarge",
+                "8xlarge",
+                "12xlarge",
+                "16xlarge",
+                "24xlarge",
+                "48xlarge",
+            ),
+            # torch.compile warm-up of the inductor cache: serving's 13Gi plus headroom for the
+            # compile workers, on a 2xlarge (8 vCPU, 32 GiB: 30310 - 893 - 100 = 29317 MiB, 7910m;
+            # minus 409 MiB / 735m of DaemonSets = 28908 MiB, 7175m).
+            compile=CompileResources(
+                cpu_request="6", memory_request="24Gi", instance_sizes=("2xlarge", "4xlarge", "8xlarge")
+            ),
         ),
         Accelerator(
             name="neuron",
-            runtime_device="neuron",
+            device="neuron",
             arch="amd64",
             instance_families=("inf2", "trn1"),
             large_instance_families=(),
@@ -70,12 +114,26 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             chip="amd64-neuron",
             default_replicas=1,
             cost_weight=60,
+            # inf2.xlarge: 14162 MiB and 3920m allocatable (as g5.xlarge); DaemonSets 409 MiB / 741m
+            # (neuron-monitor 256m instead of dcgm-exporter) -> 13753 MiB, 3179m free.
             cpu_request="3",
             memory_request="12Gi",
+            serving_instance_sizes=("xlarge", "2xlarge", "8xlarge", "24xlarge", "32xlarge", "48xlarge"),
+            # The optimum-neuron Stable Diffusion tutorial recommends an inf2.8xlarge or larger to
+            # compile SD (https://huggingface.co/docs/optimum-neuron/tutorials/stable_diffusion);
+            # inf2.8xlarge has 32 vCPU and 128 GiB. Allocatable: 131072 - 9831 = 121241 - kube-reserved
+            # (11 * 234 + 255 = 2829) - 100 = 118312 MiB, 32000 - 150 = 31850m; minus the DaemonSets
+            # (409 MiB, 741m) = 117903 MiB, 31109m -> 100Gi (102400 MiB) and 28 CPUs fit.
+            compile=CompileResources(
+                cpu_request="28",
+                memory_request="100Gi",
+                instance_sizes=("8xlarge", "24xlarge", "48xlarge"),
+                documented_min_memory_gib=128,
+            ),
         ),
         Accelerator(
             name="cpu",
-            runtime_device="cpu",
+            device="cpu",
             arch="arm64",
             instance_families=("c7g", "m7g", "c8g", "m8g"),
             large_instance_families=(),
@@ -86,8 +144,13 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             chip="arm64-cpu",
             default_replicas=0,
             cost_weight=10,
+            # c7g/c8g.4xlarge (16 vCPU, 32 GiB, 234 pods): 30310 - 2829 - 100 = 27381 MiB, 15890m;
+            # DaemonSets 217 MiB / 475m -> 27164 MiB, 15415m free (a 2xlarge's 13990 MiB would not hold 14Gi).
             cpu_request="7",
             memory_request="14Gi",
+            serving_instance_sizes=("4xlarge", "8xlarge", "12xlarge", "16xlarge"),
+            # Nothing to compile for CPU beyond fetching and saving the pipeline: modest.
+            compile=CompileResources(cpu_request="4", memory_request="12Gi", instance_sizes=("4xlarge", "8xlarge")),
         ),
     )
 }
