@@ -98,9 +98,9 @@ def dlc_image(region: str, repository: str, tag: str) -> str:
     return f"{DLC_REGISTRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repository}:{tag}"
 
 
-# --- Cluster stack (stacks/cluster.py) -------------------------------------------------------
+# --- Cluster stack (stacks/cluster/) -------------------------------------------------------
 # Controller version the AWS Load Balancer Controller chart above ships; its IAM policy is
-# vendored as stacks/policies/aws-load-balancer-controller-<this>.json (upstream
+# vendored as third_party/aws-load-balancer-controller/iam_policy-<this>.json (upstream
 # docs/install/iam_policy.json at that tag, as aws-cdk-lib also ships it).
 AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION: Final = "v2.17.1"
 # Managed node group of the controllers (Karpenter, KEDA, Volcano, ALB controller, CoreDNS):

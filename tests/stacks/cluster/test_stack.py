@@ -1,8 +1,9 @@
 """ClusterStack: what the cluster may reach, who may reach it, and what runs on it in which order.
 
-Karpenter's IAM, queue and rules are checked against upstream's CloudFormation template in
-../shared/reference, the ALB controller policy against the copy aws-cdk-lib ships, and the
-Helm releases against the versions catalog: none of the expected values is retyped here.
+Karpenter's IAM, queue and rules are checked against upstream's CloudFormation template
+(vendored in third_party/karpenter/, read here with a loader of the test's own), the ALB
+controller policy against the copy aws-cdk-lib ships, and the Helm releases against the
+versions catalog: none of the expected values is retyped here.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import pytest
 import yaml
 
 from spec import naming, versions
-from stacks.cluster import ALB_POLICY_FILE
-from stacks.karpenter import statements_as_upstream
+from stacks.cluster.aws_load_balancer_controller import POLICY_FILE as ALB_POLICY_FILE
+from stacks.cluster.karpenter import upstream_controller_policies
 from tests.conftest import ROOT, Synth
 from tests.stack_variants import PUBLIC_ENDPOINT, variant
 
-UPSTREAM_KARPENTER = ROOT.parent / "shared" / "reference" / "karpenter" / "cloudformation.yaml"
+UPSTREAM_KARPENTER = ROOT / "third_party" / "karpenter" / "cloudformation.yaml"
 HELM = "Custom::AWSCDK-EKS-HelmChart"
 CATALOG_CHARTS = (versions.KARPENTER, versions.AWS_LOAD_BALANCER_CONTROLLER, versions.KEDA, versions.VOLCANO)
 REQUIRED_ADDONS = {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "amazon-cloudwatch-observability"}
@@ -247,7 +248,8 @@ def test_controller_node_group_is_graviton_al2023_with_imdsv2_and_encrypted_volu
 
 
 def test_karpenter_statement_table_is_upstream_verbatim(upstream: dict[str, Any]) -> None:
-    ours = statements_as_upstream()
+    """What stacks/cluster/karpenter.py reads from the template is what this test reads from it."""
+    ours = upstream_controller_policies()
     theirs = upstream_policy_statements(upstream, {})
     assert set(ours) == set(theirs)
     for name in theirs:

@@ -7,17 +7,18 @@ is a managed node group plus Karpenter, not EKS Auto Mode: Auto Mode cannot laun
 Local Zones and cannot run next to a self-managed Karpenter.
 
 Every in-cluster AWS caller gets its own EKS Pod Identity role (:meth:`add_pod_identity_role`);
-the node roles carry only what nodes need. The Helm releases are installed one after the
-other in :data:`CONTROLLER_ORDER`, and every cdk8s chart applied with :meth:`apply_charts`
-waits for all of them, so CRDs and admission webhooks exist before anything uses them.
+the node roles carry only what nodes need. The controllers are add-ons, one module each
+(:mod:`stacks.cluster.addon`): their Helm releases are installed one after the other in the
+order their declared dependencies give (:func:`~stacks.cluster.addon.install_order`), and
+every cdk8s chart applied with :meth:`apply_charts` waits for all of them, so CRDs and
+admission webhooks exist before anything uses them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, cast
 
 import aws_cdk as cdk
@@ -32,46 +33,39 @@ from constructs import Construct
 from spec import naming, versions
 from spec.config import AppConfig
 from stacks import nag
-from stacks.karpenter import KARPENTER_SERVICE_ACCOUNT, KarpenterInfrastructure
+from stacks.cluster.addon import ClusterInfo, ControllerAddOn, install_order
+from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController
+from stacks.cluster.karpenter import Karpenter
+from stacks.cluster.keda import Keda
+from stacks.cluster.pod_identity import PodIdentityRole
+from stacks.cluster.volcano import Volcano
 from stacks.network import NetworkStack
-from stacks.pod_identity import PodIdentityRole
 from stacks.registry import RegistryStack
 
 CLUSTER_ADMIN_POLICY: Final = "AmazonEKSClusterAdminPolicy"
-ALB_POLICY_FILE: Final = (
-    Path(__file__).resolve().parents[1]
-    / "third_party"
-    / "aws-load-balancer-controller"
-    / f"iam_policy-{versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION}.json"
-)
-ALB_SERVICE_ACCOUNT: Final = "aws-load-balancer-controller"
-KEDA_OPERATOR_SERVICE_ACCOUNT: Final = "keda-operator"
 CLOUDWATCH_NAMESPACE: Final = "amazon-cloudwatch"
 CLOUDWATCH_SERVICE_ACCOUNT: Final = "cloudwatch-agent"
-# What KEDA's aws-cloudwatch scaler calls. CloudWatch metric reads have no resource-level
-# permissions, so these are granted on "*" (and only to the keda-operator service account).
-KEDA_CLOUDWATCH_READ_ACTIONS: Final = (
-    "cloudwatch:GetMetricData",
-    "cloudwatch:GetMetricStatistics",
-    "cloudwatch:ListMetrics",
-)
 
 # Add-ons the nodes need to join and run pods: installed before the node group.
 ADDONS_BEFORE_NODES: Final = ("vpc-cni", "kube-proxy")
 # Add-ons whose pods need nodes to become ACTIVE: installed after the node group.
 ADDONS_AFTER_NODES: Final = ("coredns", "amazon-cloudwatch-observability")
 
-# Install order of the controller Helm releases, each waiting for the previous one:
-# Karpenter first (its CRDs back every NodePool; it launches the nodes everything else may
-# need); then the AWS Load Balancer Controller, whose webhooks mutate every Service and Pod
-# created after it, including those of the later releases; then KEDA and Volcano, whose
-# CRDs and webhooks the charts (ScaledObjects, Volcano Jobs) use.
-CONTROLLER_ORDER: Final = (
-    versions.KARPENTER,
-    versions.AWS_LOAD_BALANCER_CONTROLLER,
-    versions.KEDA,
-    versions.VOLCANO,
-)
+
+def default_controllers() -> list[ControllerAddOn]:
+    """The controllers of this app, with its default values. Each add-on declares what it must
+    follow; where that leaves a choice, this list's order is kept (see install_order)."""
+    return [Karpenter(), AwsLoadBalancerController(), Keda(), Volcano()]
+
+
+@dataclass(frozen=True)
+class InstalledController:
+    """One add-on as installed on the cluster."""
+
+    addon: ControllerAddOn
+    release: eks.HelmChart
+    identity: PodIdentityRole | None  # its service account's role, with the association
+    resources: Construct | None  # its own AWS resources, if any (Karpenter's node role, queue, ...)
 
 
 @dataclass(frozen=True)
@@ -95,7 +89,11 @@ ALL_CONTROL_PLANE_LOGS: Final = (
 
 
 class ClusterStack(cdk.Stack):
-    """EKS 1.35 cluster on the regional private subnets, with Karpenter, KEDA, Volcano and the ALB controller."""
+    """EKS 1.35 cluster on the regional private subnets, with Karpenter, KEDA, Volcano and the ALB controller.
+
+    ``controllers`` replaces :func:`default_controllers` (to pass user ``values`` to an
+    add-on, or to add one); their releases are installed in :func:`install_order`.
+    """
 
     def __init__(
         self,
@@ -106,6 +104,7 @@ class ClusterStack(cdk.Stack):
         network: NetworkStack,
         registry: RegistryStack,
         node_group: ControllerNodeGroupProps | None = None,
+        controllers: Sequence[ControllerAddOn] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -171,39 +170,18 @@ class ClusterStack(cdk.Stack):
         for name in ADDONS_AFTER_NODES:
             self._addon(name).node.add_dependency(self.controller_nodegroup, cloudwatch_identity)
 
-        self.karpenter = KarpenterInfrastructure(self, "Karpenter", config=config, cluster=self.cluster)
-        self.karpenter_node_role = self.karpenter.node_role
-        karpenter_identity = self.add_pod_identity_role(
-            "KarpenterController",
-            namespace=versions.KARPENTER.namespace,
-            service_account=KARPENTER_SERVICE_ACCOUNT,
-            managed_policies=self.karpenter.controller_policies,
+        info = ClusterInfo(
+            scope=self,
+            cluster=self.cluster,
+            config=config,
+            vpc=network.vpc,
+            node_selector=self.controller_node_selector,
         )
-        alb_identity = self.add_pod_identity_role(
-            "AwsLoadBalancerController",
-            namespace=versions.AWS_LOAD_BALANCER_CONTROLLER.namespace,
-            service_account=ALB_SERVICE_ACCOUNT,
-            statements=[
-                iam.PolicyStatement.from_json(statement)
-                for statement in json.loads(ALB_POLICY_FILE.read_text())["Statement"]
-            ],
+        self.controllers = self._install_controllers(
+            default_controllers() if controllers is None else controllers, info, pod_identity_agent
         )
-        keda_identity = self.add_pod_identity_role(
-            "KedaOperator",
-            namespace=versions.KEDA.namespace,
-            service_account=KEDA_OPERATOR_SERVICE_ACCOUNT,
-            statements=[iam.PolicyStatement(actions=list(KEDA_CLOUDWATCH_READ_ACTIONS), resources=["*"])],
-        )
-
-        self.controller_releases = self._add_controller_releases(
-            {
-                versions.KARPENTER: karpenter_identity,
-                versions.AWS_LOAD_BALANCER_CONTROLLER: alb_identity,
-                versions.KEDA: keda_identity,
-            },
-            pod_identity_agent,
-        )
-        self._acknowledge_findings(alb_identity=alb_identity, keda_identity=keda_identity)
+        self.controller_releases = [installed.release for installed in self.controllers.values()]
+        self._acknowledge_findings()
 
     # --- API for the other stacks and the charts -------------------------------------------
 
@@ -243,8 +221,9 @@ class ClusterStack(cdk.Stack):
 
     # --- cdk-nag ----------------------------------------------------------------------------------
 
-    def _acknowledge_findings(self, *, alb_identity: PodIdentityRole, keda_identity: PodIdentityRole) -> None:
-        """Acknowledge the findings this stack accepts, each with its reason."""
+    def _acknowledge_findings(self) -> None:
+        """Acknowledge the findings of the stack's own resources, each with its reason (the
+        controller add-ons acknowledge theirs)."""
         nag.acknowledge(
             self.cluster.role,
             nag.aws_managed_policy_finding("AmazonEKSClusterPolicy"),
@@ -263,24 +242,6 @@ class ClusterStack(cdk.Stack):
             nag.aws_managed_policy_finding("CloudWatchAgentServerPolicy"),
             "The policy the CloudWatch Observability add-on documents for its agent, kept in step with the "
             "agent by AWS; granted through Pod Identity to the agent's service account only.",
-        )
-        alb_statements = json.loads(ALB_POLICY_FILE.read_text())["Statement"]
-        alb_resources = [r for st in alb_statements for r in _as_list(st["Resource"])]
-        for resource in nag.wildcard_resources(alb_resources):
-            nag.acknowledge(
-                alb_identity.role,
-                nag.wildcard_resource_finding(resource),
-                f"Upstream AWS Load Balancer Controller {versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION} policy "
-                "(docs/install/iam_policy.json), unchanged: Describe* calls have no resource-level permissions, "
-                "and the load balancers, target groups, listeners and security groups it manages are created at "
-                "runtime with generated names; upstream scopes every change to them by the elbv2.k8s.aws/cluster "
-                "tag conditions kept here.",
-            )
-        nag.acknowledge(
-            keda_identity.role,
-            nag.wildcard_resource_finding("*"),
-            "CloudWatch GetMetricData, GetMetricStatistics and ListMetrics have no resource-level permissions; "
-            "the role may only read metrics, and only KEDA's operator service account can assume it.",
         )
 
     def _acknowledge_kubectl_provider(self) -> None:
@@ -387,13 +348,31 @@ class ClusterStack(cdk.Stack):
             labels=dict(naming.CONTROLLER_NODE_LABELS),
         )
 
-    def _add_controller_releases(
-        self, identities: Mapping[versions.HelmChart, PodIdentityRole], pod_identity_agent: eks.IAddon
-    ) -> list[eks.HelmChart]:
-        """One Helm release per catalog chart, in CONTROLLER_ORDER, each waiting for the previous."""
-        values = self._release_values()
-        releases: list[eks.HelmChart] = []
-        for chart in CONTROLLER_ORDER:
+    def _install_controllers(
+        self, addons: Sequence[ControllerAddOn], info: ClusterInfo, pod_identity_agent: eks.IAddon
+    ) -> dict[str, InstalledController]:
+        """Every add-on's AWS side and role first, then one Helm release per add-on in install
+        order, each waiting for the previous one (wait=True: its webhooks serve, its CRDs exist)."""
+        prepared = []
+        for addon in install_order(addons):
+            setup = addon.setup(info)
+            identity = None
+            if (grant := setup.identity) is not None:
+                identity = self.add_pod_identity_role(
+                    grant.construct_id,
+                    namespace=addon.chart.namespace,
+                    service_account=grant.service_account,
+                    statements=grant.statements,
+                    managed_policies=grant.managed_policies,
+                )
+                for finding, reason in grant.acknowledgements.items():
+                    nag.acknowledge(identity.role, finding, reason)
+            prepared.append((addon, setup, identity))
+
+        installed: dict[str, InstalledController] = {}
+        previous: eks.HelmChart | None = None
+        for addon, setup, identity in prepared:
+            chart = addon.chart
             release = self.cluster.add_helm_chart(
                 chart.release,
                 chart=chart.chart,
@@ -402,42 +381,15 @@ class ClusterStack(cdk.Stack):
                 release=chart.release,
                 namespace=chart.namespace,
                 create_namespace=True,
-                values=values[chart],
+                values=addon.helm_values(setup),
                 wait=True,
                 timeout=cdk.Duration.minutes(10),
             )
             release.node.add_dependency(self.controller_nodegroup, pod_identity_agent)
-            if chart in identities:  # credentials exist before the first pod asks for them
-                release.node.add_dependency(identities[chart])
-            if releases:
-                release.node.add_dependency(releases[-1])
-            releases.append(release)
-        return releases
-
-    def _release_values(self) -> Mapping[versions.HelmChart, dict[str, Any]]:
-        """Helm values per release: every controller on the controller node group. Pod
-        Identity needs no service account annotation; the associations name the accounts."""
-        on_controllers = {"nodeSelector": dict(self.controller_node_selector)}
-        return {
-            versions.KARPENTER: self.karpenter.helm_values(
-                config=self.config, node_selector=self.controller_node_selector
-            ),
-            versions.AWS_LOAD_BALANCER_CONTROLLER: {
-                "clusterName": self.cluster.cluster_name,
-                # Given explicitly: with IMDS hop limit 1 the controller cannot look them up.
-                "region": self.region,
-                "vpcId": self.network.vpc.vpc_id,
-                "serviceAccount": {"create": True, "name": ALB_SERVICE_ACCOUNT},
-                **on_controllers,
-            },
-            versions.KEDA: {
-                "serviceAccount": {"operator": {"create": True, "name": KEDA_OPERATOR_SERVICE_ACCOUNT}},
-                **on_controllers,
-            },
-            # Volcano's chart takes one node selector for all its components.
-            versions.VOLCANO: {"custom": {"default_ns": dict(self.controller_node_selector)}},
-        }
-
-
-def _as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+            if identity is not None:  # credentials exist before the first pod asks for them
+                release.node.add_dependency(identity)
+            if previous is not None:  # the chain implies every declared dependency
+                release.node.add_dependency(previous)
+            previous = release
+            installed[addon.name] = InstalledController(addon, release, identity, setup.resources)
+        return installed

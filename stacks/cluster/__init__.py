@@ -1,0 +1,12 @@
+"""The EKS cluster and its controllers: :class:`ClusterStack`, and one add-on module per controller.
+
+* ``stack``: the cluster, its EKS add-ons, the controllers' node group, the API other stacks use;
+* ``addon``: what a controller add-on declares, and the install order;
+* ``karpenter``, ``aws_load_balancer_controller``, ``keda``, ``volcano``: the controllers;
+* ``pod_identity``: the Pod Identity role every in-cluster AWS caller gets;
+* ``upstream``: reading the upstream documents vendored in third_party/.
+"""
+
+from stacks.cluster.stack import ClusterStack, ControllerNodeGroupProps, default_controllers
+
+__all__ = ["ClusterStack", "ControllerNodeGroupProps", "default_controllers"]
