@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     try:
         context = cli_context(argv)
         load_config(context)  # fail fast on bad config, before the CDK and every stack are imported
-        from stacks.composition import build_app
+        from composition.app import build_app
 
         app, _ = build_app(context)
     except ConfigError as err:

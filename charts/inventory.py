@@ -29,7 +29,7 @@ from spec.config import AppConfig
 NAME: Final = "endpoint-inventory"
 SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it
 NAMESPACE: Final = topology.NAMESPACE
-IMAGE_VARIANT: Final = "cpu"  # the publisher needs Python, httpx and boto3: the runtime image has them
+PUBLISHER_ACCELERATOR: Final = "cpu"  # the publisher needs Python, httpx and boto3: the runtime image has them
 READ_VERBS: Final = ("get", "list", "watch")
 
 
@@ -132,7 +132,7 @@ class InventoryChart(cdk8s.Chart):
             containers=[
                 k8s.Container(
                     name="publisher",
-                    image=topology.image_uri(config, ACCELERATORS[IMAGE_VARIANT]),
+                    image=topology.image_uri(config, ACCELERATORS[PUBLISHER_ACCELERATOR]),
                     image_pull_policy="IfNotPresent",
                     command=["python", "-m", contract.INVENTORY_MODULE],
                     env=pods.env_vars(self.environment(config, props)),

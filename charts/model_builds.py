@@ -3,7 +3,7 @@ model on a node of that accelerator and publishes the artifact to the model buck
 
 Each job runs ``python -m runtime.compile`` from the accelerator's runtime image (no model) on the
 accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>/<revision>/
-<chip>/``, which the image pipeline bakes into the serving image's model layer. The job name carries a hash of
+<device>/``, which the image pipeline bakes into the serving image's model layer. The job name carries a hash of
 what it builds: a Volcano Job's spec is immutable, so a new model, revision, shape or image
 version is a new Job, and re-applying an unchanged one changes nothing (the compile step
 itself also skips an artifact that is already published).

@@ -11,13 +11,13 @@ from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from charts import inventory as inventory_chart
+from composition.app_charts import add_app_charts
+from composition.build_infrastructure import add_ci_stacks
 from spec.config import AppConfig, load_config
-from stacks.ci_stacks import add_ci_stacks
 from stacks.cluster import ClusterStack
 from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
 from stacks.registry import RegistryStack
-from stacks.serving_identity import add_app_charts
 
 STACK_PREFIX = "EdgeDiffusion"
 
@@ -62,6 +62,6 @@ def build_app(context: Mapping[str, object] | None = None, outdir: str | None = 
     app = cdk.App(context=dict(context or {}), outdir=outdir)
     config = load_config(app.node.get_all_context())
     stacks = add_app_stacks(app, config)
-    add_ci_stacks(app, config, registry=stacks.registry, prefix=STACK_PREFIX)
+    add_ci_stacks(app, config, registry=stacks.registry, prefix=STACK_PREFIX, add_app_stacks=add_app_stacks)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app, stacks

@@ -47,8 +47,6 @@ class Accelerator:
     device_resource: str | None  # extended resource a pod requests, None for CPU
     devices_per_pod: int
     taint: Taint | None  # accelerator nodes repel pods that do not ask for the device
-    image_variant: str  # image tag suffix: <version>-<image_variant>
-    chip: str  # ci_build Dockerfile stage selector (ARG ai_chip)
     default_replicas: int
     cost_weight: int  # Karpenter NodePool weight and ingress weight default: cheaper = higher
     cpu_request: str
@@ -71,8 +69,6 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             device_resource="nvidia.com/gpu",
             devices_per_pod=1,
             taint=Taint("nvidia.com/gpu"),
-            image_variant="cuda",
-            chip="amd64-cuda",
             default_replicas=1,
             cost_weight=50,
             # One pod per g5/g6.xlarge (4 vCPU, 16 GiB, 58 max pods; spec.capacity):
@@ -110,8 +106,6 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             device_resource="aws.amazon.com/neuron",
             devices_per_pod=1,
             taint=Taint("aws.amazon.com/neuron"),
-            image_variant="neuron",
-            chip="amd64-neuron",
             default_replicas=1,
             cost_weight=60,
             # inf2.xlarge: 14162 MiB and 3920m allocatable (as g5.xlarge); DaemonSets 409 MiB / 741m
@@ -140,8 +134,6 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             device_resource=None,
             devices_per_pod=0,
             taint=None,
-            image_variant="cpu",
-            chip="arm64-cpu",
             default_replicas=0,
             cost_weight=10,
             # c7g/c8g.4xlarge (16 vCPU, 32 GiB, 234 pods): 30310 - 2829 - 100 = 27381 MiB, 15890m;

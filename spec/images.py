@@ -1,8 +1,8 @@
 """What the image pipeline builds: one image per (accelerator, architecture), generated from
 the accelerator table, and the Docker build arguments each image gets.
 
-Tags: every architecture image is ``<version>-<chip>-<arch>`` and every variant's manifest list,
-the tag the charts deploy, is ``<version>-<image_variant>``. The Dockerfile (ci_build/Dockerfile),
+Tags: every architecture image is ``<version>-<accelerator>-<arch>`` and every accelerator's manifest list,
+the tag the charts deploy, is ``<version>-<accelerator>``. The Dockerfile (ci_build/Dockerfile),
 the buildspecs and the tests read the names below, so a build argument is spelled once.
 """
 
@@ -18,22 +18,22 @@ from spec.config import AppConfig
 
 ARCHES: Final = ("amd64", "arm64")  # build order inside a variant, and the CodeBuild fleets we have
 RUNTIME_TAG_SUFFIX: Final = "-runtime"  # the image without a model (Dockerfile target `runtime`)
-# Architectures a variant is built for beyond its accelerator's node architecture. The CPU image
+# Architectures an accelerator's image is built for beyond its accelerator's node architecture. The CPU image
 # is also built for amd64: Local Zones rarely offer Graviton (an x86 CPU pool there needs no new
 # image), and `docker run <repo>:<version>-cpu` then works on x86 laptops and CI. NVIDIA (g5/g6)
-# and Neuron (inf2/trn1) instances are x86 only, so those variants stay amd64 only.
+# and Neuron (inf2/trn1) instances are x86 only, so those images stay amd64 only.
 EXTRA_ARCHES: Final[Mapping[str, tuple[str, ...]]] = {"cpu": ("amd64",)}
 
-# The Deep Learning Container repository each chip's base comes from (CPU: none, public image).
+# The Deep Learning Container repository each accelerator's base comes from (CPU: none, public image).
 DLC_REPOSITORIES: Final[Mapping[str, str]] = {
-    "amd64-cuda": versions.DLC_PYTORCH_INFERENCE_GPU_REPOSITORY,
-    "amd64-neuron": versions.DLC_PYTORCH_INFERENCE_NEURONX_REPOSITORY,
+    "nvidia": versions.DLC_PYTORCH_INFERENCE_GPU_REPOSITORY,
+    "neuron": versions.DLC_PYTORCH_INFERENCE_NEURONX_REPOSITORY,
 }
 
 # The Dockerfile's build arguments (ARG names), passed by ci_build/buildspec-build.yml from the
 # CodeBuild environment variable of the same name in upper case.
 BUILD_ARGS: Final = (
-    "ai_chip",
+    "accelerator",
     "dlc_account",
     "dlc_region",
     "cuda_base_tag",
@@ -54,50 +54,42 @@ AWS_CREDENTIALS_SECRET_ID: Final = "aws_credentials"  # noqa: S105 - the secret'
 
 @dataclass(frozen=True)
 class ImageTarget:
-    """One architecture image of one accelerator's variant."""
+    """One architecture image of one accelerator."""
 
     accelerator: Accelerator
     arch: str
 
     @property
-    def chip(self) -> str:
-        return self.accelerator.chip
-
-    @property
-    def variant(self) -> str:
-        return self.accelerator.image_variant
-
-    @property
     def id(self) -> str:
-        """Construct-id friendly name, e.g. ``CudaAmd64``."""
-        return f"{self.variant.capitalize()}{self.arch.capitalize()}"
+        """Construct-id friendly name, e.g. ``NvidiaAmd64``."""
+        return f"{self.accelerator.name.capitalize()}{self.arch.capitalize()}"
 
     def arch_tag(self, version: str) -> str:
-        return f"{version}-{self.chip}-{self.arch}"
+        return f"{version}-{self.accelerator.name}-{self.arch}"
 
-    def variant_tag(self, version: str) -> str:
-        return variant_tag(self.variant, version)
+    def image_tag(self, version: str) -> str:
+        return image_tag(self.accelerator.name, version)
 
     @property
     def dlc_repository(self) -> str | None:
-        return DLC_REPOSITORIES.get(self.chip)
+        return DLC_REPOSITORIES.get(self.accelerator.name)
 
 
-def variant_tag(variant: str, version: str) -> str:
-    """The manifest-list tag the charts deploy: ``<version>-<image_variant>``."""
-    return f"{version}-{variant}"
+def image_tag(accelerator: str, version: str) -> str:
+    """The manifest-list tag the charts deploy: ``<version>-<accelerator>``."""
+    return f"{version}-{accelerator}"
 
 
-def variant_arches(accelerator: Accelerator) -> tuple[str, ...]:
-    """Architectures of a variant's manifest list, in ARCHES order."""
-    wanted = {accelerator.arch, *EXTRA_ARCHES.get(accelerator.image_variant, ())}
+def image_arches(accelerator: Accelerator) -> tuple[str, ...]:
+    """Architectures of an accelerator's manifest list, in ARCHES order."""
+    wanted = {accelerator.arch, *EXTRA_ARCHES.get(accelerator.name, ())}
     return tuple(arch for arch in ARCHES if arch in wanted)
 
 
 def image_targets(accelerator_names: Iterable[str]) -> tuple[ImageTarget, ...]:
-    """Every image to build for the enabled accelerators, grouped by variant."""
+    """Every image to build for the enabled accelerators, grouped by accelerator."""
     accelerators = [ACCELERATORS[name] for name in accelerator_names]
-    return tuple(ImageTarget(accelerator, arch) for accelerator in accelerators for arch in variant_arches(accelerator))
+    return tuple(ImageTarget(accelerator, arch) for accelerator in accelerators for arch in image_arches(accelerator))
 
 
 def model_s3_prefix(config: AppConfig) -> str:
@@ -108,7 +100,7 @@ def model_s3_prefix(config: AppConfig) -> str:
 def build_arg_values(config: AppConfig, target: ImageTarget) -> dict[str, str]:
     """Build-argument values the CodeBuild project of ``target`` sets (all but the computed ones)."""
     return {
-        "ai_chip": target.chip,
+        "accelerator": target.accelerator.name,
         "dlc_account": versions.DLC_REGISTRY_ACCOUNT,
         "dlc_region": config.region,
         "cuda_base_tag": versions.DLC_PYTORCH_INFERENCE_GPU_TAG,

@@ -138,7 +138,7 @@ def placements(config: AppConfig) -> tuple[Placement, ...]:
 
 def image_uri(config: AppConfig, accelerator: Accelerator) -> str:
     """The accelerator's variant of the serving image (a multi-arch manifest list from ci_build)."""
-    return f"{naming.image_repository_uri(config)}:{config.serving.image_version}-{accelerator.image_variant}"
+    return f"{naming.image_repository_uri(config)}:{config.serving.image_version}-{accelerator.name}"
 
 
 def runtime_image_uri(config: AppConfig, accelerator: Accelerator) -> str:

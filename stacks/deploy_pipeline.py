@@ -9,8 +9,8 @@ the one VPC and node pools of the one cluster, so "the Local Zone deployment" is
 app with its Local Zones. The Region stage deploys the same stacks with no Local Zones under its
 own name (``<clusterName>-region``): every infrastructure change (VPC, cluster, controllers,
 charts) is proven there first, without consuming scarce Local Zone capacity; a person approves
-before production changes. Both stages are ``cdk.Stage``s built by ``add_app_stacks``, the same
-function ``app.py`` uses, so the pipeline deploys exactly what a workstation deploy would.
+before production changes. Both stages are ``cdk.Stage``s built by ``add_app_stacks`` (passed in by
+``composition``, the same function ``app.py`` uses), so the pipeline deploys exactly what a workstation deploy would.
 
 The synth step runs ``make synth`` (the same command as a developer), with the CDK CLI pinned to
 package.json's version for self-mutation; cdk.context.json is committed, so synth never needs a
@@ -20,6 +20,7 @@ lookup role.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -66,12 +67,18 @@ def region_stage_config(config: AppConfig) -> AppConfig:
 class AppStage(cdk.Stage):
     """One deployment of the app's stacks (``add_app_stacks``) as a pipeline stage."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        add_app_stacks: Callable[[Construct, AppConfig], Any],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             scope, construct_id, env=cdk.Environment(account=config.account, region=config.region), **kwargs
         )
-        from stacks.composition import add_app_stacks  # composition imports this module
-
         self.config = config
         self.stacks = add_app_stacks(self, config)
 
@@ -122,6 +129,7 @@ class DeployPipelineStack(cdk.Stack):
         *,
         config: AppConfig,
         source: PipelineSource,
+        add_app_stacks: Callable[[Construct, AppConfig], Any],
         props: DeployPipelineProps | None = None,
         **kwargs: Any,
     ) -> None:
@@ -161,8 +169,10 @@ class DeployPipelineStack(cdk.Stack):
                 primary_output_directory="cdk.out",
             ),
         )
-        self.region_stage = AppStage(self, REGION_STAGE, config=region_stage_config(config))
-        self.local_zone_stage = AppStage(self, LOCAL_ZONE_STAGE, config=config)
+        self.region_stage = AppStage(
+            self, REGION_STAGE, config=region_stage_config(config), add_app_stacks=add_app_stacks
+        )
+        self.local_zone_stage = AppStage(self, LOCAL_ZONE_STAGE, config=config, add_app_stacks=add_app_stacks)
         self.cdk_pipeline.add_stage(self.region_stage)
         self.cdk_pipeline.add_stage(
             self.local_zone_stage,

@@ -1,14 +1,14 @@
 """ImagePipelineStack: builds the serving images of every enabled accelerator, per architecture,
-on x86 and Graviton CodeBuild hosts in parallel, then joins each variant's architectures into
-the multi-arch manifest list the charts deploy (``<repo>:<version>-<image_variant>``).
+on x86 and Graviton CodeBuild hosts in parallel, then joins each accelerator's architectures into
+the multi-arch manifest list the charts deploy (``<repo>:<version>-<accelerator>``).
 
-    Source ──> Images: Build-<variant>-<arch> (run order 1, all in parallel, x86 or Graviton)
-                       Manifest-<variant>     (run order 2: after every build of its variant)
+    Source ──> Images: Build-<accelerator>-<arch> (run order 1, all in parallel, x86 or Graviton)
+                       Manifest-<accelerator>     (run order 2: after every build of its accelerator)
 
 The builds run ci_build/buildspec-build.yml against ci_build/Dockerfile from the source, so a
 change to either ships through the same pipeline. Permissions are per project: push to the one
 serving repository and the build-cache repository, pull the one Deep Learning Container
-repository its chip needs, read the one model-bucket prefix of its chip.
+repository its accelerator needs, read the one model-bucket prefix of its accelerator.
 """
 
 from __future__ import annotations
@@ -130,11 +130,11 @@ class ImagePipelineStack(cdk.Stack):
             ).project
             for target in targets
         }
-        variants = [ACCELERATORS[name] for name in config.accelerators]
+        accelerators = [ACCELERATORS[name] for name in config.accelerators]
         self.manifest_projects = {
-            accelerator.image_variant: ManifestProject(
+            accelerator.name: ManifestProject(
                 self,
-                f"Manifest{accelerator.image_variant.capitalize()}",
+                f"Manifest{accelerator.name.capitalize()}",
                 config=config,
                 accelerator=accelerator,
                 repository=repository,
@@ -142,7 +142,7 @@ class ImagePipelineStack(cdk.Stack):
                 storage=self.storage,
                 props=props,
             ).project
-            for accelerator in variants
+            for accelerator in accelerators
         }
 
         source_output = codepipeline.Artifact("Source")
@@ -160,7 +160,7 @@ class ImagePipelineStack(cdk.Stack):
                     stage_name="Images",
                     actions=[
                         *self._build_actions(targets, source_output),
-                        *self._manifest_actions(variants, source_output),
+                        *self._manifest_actions(accelerators, source_output),
                     ],
                 ),
             ],
@@ -179,30 +179,32 @@ class ImagePipelineStack(cdk.Stack):
             for target in targets
         ]
 
-    def _manifest_actions(self, variants: Sequence[Accelerator], source: codepipeline.Artifact) -> list[actions.Action]:
+    def _manifest_actions(
+        self, accelerators: Sequence[Accelerator], source: codepipeline.Artifact
+    ) -> list[actions.Action]:
         # Run order 2 starts only when every run-order-1 build of the stage has succeeded, so each
-        # manifest list is created after all architecture images of its variant are pushed.
+        # manifest list is created after all architecture images of its accelerator are pushed.
         return [
             actions.CodeBuildAction(
                 action_name=manifest_action_name(accelerator),
-                project=self.manifest_projects[accelerator.image_variant],
+                project=self.manifest_projects[accelerator.name],
                 input=source,
                 run_order=MANIFEST_RUN_ORDER,
             )
-            for accelerator in variants
+            for accelerator in accelerators
         ]
 
 
 def build_action_name(target: ImageTarget) -> str:
-    return f"Build-{target.variant}-{target.arch}"
+    return f"Build-{target.accelerator.name}-{target.arch}"
 
 
 def manifest_action_name(accelerator: Accelerator) -> str:
-    return f"Manifest-{accelerator.image_variant}"
+    return f"Manifest-{accelerator.name}"
 
 
 class ImageBuildProject(Construct):
-    """A privileged CodeBuild project that builds one chip's image on one architecture."""
+    """A privileged CodeBuild project that builds one accelerator's image on one architecture."""
 
     def __init__(
         self,
@@ -221,7 +223,7 @@ class ImageBuildProject(Construct):
         env = {
             **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
             "ARCH": target.arch,
-            "VARIANT": target.variant,
+            "ACCELERATOR": target.accelerator.name,
             "MODEL_DEVICE": target.accelerator.device,
             "IMAGE_VERSION": config.serving.image_version,
             "REPOSITORY_URI": repository.repository_uri,
@@ -241,7 +243,7 @@ class ImageBuildProject(Construct):
             environment_variables=_plain(env),
             encryption_key=storage.key,
             timeout=cdk.Duration.minutes(props.build_timeout_minutes),
-            logging=_logging(storage, f"build/{target.variant}-{target.arch}"),
+            logging=_logging(storage, f"build/{target.accelerator.name}-{target.arch}"),
         )
         grant_ecr_auth(self.project)
         grant_repository(self.project, repository, push=True)
@@ -276,7 +278,7 @@ class ImageBuildProject(Construct):
 
 
 class ManifestProject(Construct):
-    """A CodeBuild project that joins one variant's architecture images into manifest lists."""
+    """A CodeBuild project that joins one accelerator's architecture images into manifest lists."""
 
     def __init__(
         self,
@@ -293,9 +295,8 @@ class ManifestProject(Construct):
         super().__init__(scope, construct_id)
         version = config.serving.image_version
         env = {
-            "AI_CHIP": accelerator.chip,
-            "VARIANT": accelerator.image_variant,
-            "ARCHES": " ".join(images.variant_arches(accelerator)),
+            "ACCELERATOR": accelerator.name,
+            "ARCHES": " ".join(images.image_arches(accelerator)),
             "IMAGE_VERSION": version,
             "REPOSITORY_URI": repository.repository_uri,
             "MIRROR_REPOSITORY_URIS": " ".join(mirror.repository_uri for mirror in mirrors),
@@ -303,7 +304,7 @@ class ManifestProject(Construct):
         self.project = codebuild.PipelineProject(
             self,
             "Project",
-            description=f"Create {images.variant_tag(accelerator.image_variant, version)} manifest lists",
+            description=f"Create {images.image_tag(accelerator.name, version)} manifest lists",
             build_spec=codebuild.BuildSpec.from_source_filename(MANIFEST_SPEC),
             environment=codebuild.BuildEnvironment(
                 build_image=BUILD_IMAGES["amd64"],
@@ -313,7 +314,7 @@ class ManifestProject(Construct):
             environment_variables=_plain(env),
             encryption_key=storage.key,
             timeout=cdk.Duration.minutes(props.manifest_timeout_minutes),
-            logging=_logging(storage, f"manifest/{accelerator.image_variant}"),
+            logging=_logging(storage, f"manifest/{accelerator.name}"),
         )
         grant_ecr_auth(self.project)
         grant_repository(self.project, repository, push=True)

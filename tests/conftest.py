@@ -51,7 +51,7 @@ class Synth:
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    from stacks.composition import build_app
+    from composition.app import build_app
 
     outdir = tmp_path_factory.mktemp("cdk.out")
     app, stacks = build_app(cdk_json_context(), outdir=str(outdir))

@@ -69,7 +69,7 @@ def synth_variant(overrides_json: str, *, with_cluster: bool) -> Variant:
 
 
 def _add_probes(cluster: Any) -> None:
-    """Use the cluster stack's API the way stacks/composition.py does: a role and a chart."""
+    """Use the cluster stack's API the way composition/app_charts.py does: a role and a chart."""
     import cdk8s
     from aws_cdk import aws_iam as iam
 

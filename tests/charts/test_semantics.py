@@ -87,7 +87,7 @@ def test_accelerator_pods_tolerate_their_pool_and_select_an_existing_one(rendere
         [container] = spec["containers"]
         # Serving runs the image with the model baked in; compile jobs the one without (runtime target).
         suffix = images.RUNTIME_TAG_SUFFIX if workloads is compile_jobs else ""
-        assert container["image"].endswith(f"-{accelerator.image_variant}{suffix}")
+        assert container["image"].endswith(f"-{accelerator.name}{suffix}")
         if accelerator.device_resource:
             assert container["resources"]["limits"][accelerator.device_resource] == accelerator.devices_per_pod
             assert taints == [{"key": accelerator.device_resource, "effect": "NoSchedule"}]
@@ -203,7 +203,7 @@ def test_serving_pods_are_non_root_read_only_without_capabilities(rendered: Rend
 def test_every_image_comes_from_the_catalog_or_the_ecr_repository(rendered: Rendered) -> None:
     repository = naming.image_repository_uri(rendered.config)
     allowed_tags = {
-        f"{rendered.config.serving.image_version}-{a.image_variant}{suffix}"
+        f"{rendered.config.serving.image_version}-{a.name}{suffix}"
         for a in ACCELERATORS.values()
         for suffix in ("", images.RUNTIME_TAG_SUFFIX)
     }

@@ -1,4 +1,4 @@
-"""ImagePipelineStack: x86 and Graviton build projects per chip, manifest lists after the builds,
+"""ImagePipelineStack: x86 and Graviton build projects per accelerator, manifest lists after the builds,
 least-privilege ECR/S3, encrypted artifacts, retained logs, the S3 source trigger."""
 
 from __future__ import annotations
@@ -53,9 +53,7 @@ def project_env(project: dict[str, Any]) -> dict[str, Any]:
 
 def projects_by_env(template: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     return {
-        project_env(p)[key]: p
-        for p in resources(template, "AWS::CodeBuild::Project").values()
-        if key in project_env(p)
+        project_env(p)[key]: p for p in resources(template, "AWS::CodeBuild::Project").values() if key in project_env(p)
     }
 
 
@@ -64,7 +62,7 @@ def build_projects(template: dict[str, Any]) -> dict[tuple[str, str], dict[str, 
     for project in resources(template, "AWS::CodeBuild::Project").values():
         env = project_env(project)
         if "ARCH" in env:
-            out[(env["VARIANT"], env["ARCH"])] = project
+            out[(env["ACCELERATOR"], env["ARCH"])] = project
     return out
 
 
@@ -83,9 +81,9 @@ def as_list(value: Any) -> list[Any]:
 
 def test_one_project_per_chip_and_arch_on_the_right_fleet(template: dict[str, Any], config: AppConfig) -> None:
     projects = build_projects(template)
-    expected = {(t.variant, t.arch) for t in images.image_targets(config.accelerators)}
+    expected = {(t.accelerator.name, t.arch) for t in images.image_targets(config.accelerators)}
     assert set(projects) == expected
-    assert ("cpu", "arm64") in expected and ("cpu", "amd64") in expected  # the multi-arch variant
+    assert ("cpu", "arm64") in expected and ("cpu", "amd64") in expected  # the multi-arch accelerator
     for (_, arch), project in projects.items():
         environment = project["Properties"]["Environment"]
         assert environment["Type"] == ENVIRONMENT_TYPES[arch]
@@ -97,7 +95,7 @@ def test_one_project_per_chip_and_arch_on_the_right_fleet(template: dict[str, An
 
 def test_build_projects_set_every_build_arg(template: dict[str, Any], config: AppConfig) -> None:
     for target in images.image_targets(config.accelerators):
-        env = project_env(build_projects(template)[(target.variant, target.arch)])
+        env = project_env(build_projects(template)[(target.accelerator.name, target.arch)])
         for name, value in images.build_arg_values(config, target).items():
             assert env[name.upper()] == value, name
         assert env["MODEL_DEVICE"] == target.accelerator.device
@@ -125,9 +123,9 @@ def test_manifest_step_runs_after_every_build_of_its_variant(template: dict[str,
         builds = [
             actions[build_action_name(t)]
             for t in images.image_targets([name])
-            if t.variant == accelerator.image_variant
+            if t.accelerator.name == accelerator.name
         ]
-        assert len(builds) == len(images.variant_arches(accelerator))
+        assert len(builds) == len(images.image_arches(accelerator))
         assert all(build["RunOrder"] == BUILD_RUN_ORDER for build in builds)
         assert manifest["RunOrder"] == MANIFEST_RUN_ORDER > max(build["RunOrder"] for build in builds)
         manifest_env = project_env(
@@ -137,8 +135,8 @@ def test_manifest_step_runs_after_every_build_of_its_variant(template: dict[str,
                 if {"Ref": k} == manifest["Configuration"]["ProjectName"]
             )
         )
-        assert manifest_env["ARCHES"].split() == list(images.variant_arches(accelerator))
-        assert manifest_env["VARIANT"] == accelerator.image_variant
+        assert manifest_env["ARCHES"].split() == list(images.image_arches(accelerator))
+        assert manifest_env["ACCELERATOR"] == accelerator.name
 
 
 def test_builds_of_different_variants_run_in_parallel(template: dict[str, Any]) -> None:
@@ -151,8 +149,7 @@ def ecr_statements(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_ecr_permissions_name_repositories(template: dict[str, Any], config: AppConfig) -> None:
-    for (variant, _), project in build_projects(template).items():
-        chip = next(a.chip for a in ACCELERATORS.values() if a.image_variant == variant)
+    for (accelerator, _), project in build_projects(template).items():
         statements = ecr_statements(policy_statements_of(template, project))
         for statement in statements:
             assert statement["Effect"] == "Allow"
@@ -164,7 +161,7 @@ def test_ecr_permissions_name_repositories(template: dict[str, Any], config: App
         assert "ImageRepository" in pushed and "BuildCacheRepository" in pushed
         assert len(as_list(push[0]["Resource"])) == 2
         dlc = [s for s in statements if s.get("Sid") == "PullDeepLearningContainerBase"]
-        repository = images.DLC_REPOSITORIES.get(chip)
+        repository = images.DLC_REPOSITORIES.get(accelerator)
         if repository is None:
             assert dlc == []
         else:
@@ -189,9 +186,9 @@ def test_manifest_projects_push_to_the_serving_and_region_stage_repositories(
         assert project_env(project)["MIRROR_REPOSITORY_URIS"] != ""
 
 
-def test_model_bucket_read_is_one_chip_prefix(template: dict[str, Any], config: AppConfig) -> None:
-    for (variant, _), project in build_projects(template).items():
-        device = next(a.device for a in ACCELERATORS.values() if a.image_variant == variant)
+def test_model_bucket_read_is_one_device_prefix(template: dict[str, Any], config: AppConfig) -> None:
+    for (accelerator, _), project in build_projects(template).items():
+        device = next(a.device for a in ACCELERATORS.values() if a.name == accelerator)
         prefix = f"models/{config.model_id}/{config.model_revision}/{device}/"
         statements = {s.get("Sid"): s for s in policy_statements_of(template, project)}
         assert statements["ListModelPrefix"]["Action"] == "s3:ListBucket"

@@ -1,0 +1,64 @@
+"""Every chart of the app applied to the cluster, after the roles its pods use.
+
+Each chart of ``charts.build.add_charts`` is applied with ``ClusterStack.apply_charts`` (after
+the controllers), each after the charts it depends on and after the Pod Identity roles its pods
+use: an association must exist before the pod is created for the pod to get credentials. This
+is where the stacks and the charts meet, so neither has to import the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cdk8s
+from aws_cdk import aws_eks_v2 as eks
+
+from charts import model_builds
+from charts.build import AppCharts, add_charts
+from spec import topology
+from spec.config import AppConfig
+from stacks import workload_roles
+from stacks.cluster import ClusterStack
+from stacks.cluster.pod_identity import PodIdentityRole
+
+
+@dataclass(frozen=True)
+class AppChartsOnCluster:
+    charts: AppCharts
+    manifests: dict[str, eks.KubernetesManifest]  # chart id -> manifest
+    serving_identities: dict[str, PodIdentityRole]  # service account -> role and association
+    compile_identity: PodIdentityRole
+
+
+def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnCluster:
+    """Create the workload roles and apply every chart of the app to ``cluster``."""
+    serving_identities = {
+        placement.name: cluster.add_pod_identity_role(
+            f"Serving-{placement.name}",
+            namespace=topology.NAMESPACE,
+            service_account=placement.name,
+            statements=[workload_roles.metrics_statement(), *workload_roles.read_models_statements(config)],
+        )
+        for placement in topology.placements(config)
+    }
+    compile_identity = cluster.add_pod_identity_role(
+        "ModelCompiler",
+        namespace=topology.NAMESPACE,
+        service_account=model_builds.SERVICE_ACCOUNT,
+        statements=[*workload_roles.read_models_statements(config), workload_roles.write_models_statement(config)],
+    )
+    for identity in serving_identities.values():
+        workload_roles.acknowledge_workload_role(identity.role, config, puts_metrics=True)
+    workload_roles.acknowledge_workload_role(compile_identity.role, config, puts_metrics=False)
+
+    charts = add_charts(cdk8s.App(), config)
+    manifests = dict(zip((c.node.id for c in charts.all), cluster.apply_charts(charts.all), strict=True))
+    for chart in charts.all:
+        manifest = manifests[chart.node.id]
+        for dependency in chart.node.dependencies:
+            manifest.node.add_dependency(manifests[dependency.node.id])
+    # Pods get Pod Identity credentials only if the association exists when they are admitted.
+    for identity in serving_identities.values():
+        manifests[charts.serving.node.id].node.add_dependency(identity)
+    manifests[charts.model_builds.node.id].node.add_dependency(compile_identity)
+    return AppChartsOnCluster(charts, manifests, serving_identities, compile_identity)
