@@ -94,7 +94,7 @@ class ModelBuildsChart(cdk8s.Chart):
         return [
             "--model", config.model_id,
             "--revision", config.model_revision,
-            "--accelerator", accelerator.device,
+            "--device", accelerator.device,
             "--height", str(serving.height),
             "--width", str(serving.width),
             # Neuron graphs have a static batch size: the server's largest batch (it pads short ones).

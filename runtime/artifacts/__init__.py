@@ -1,0 +1,8 @@
+"""Compiled-model artifacts: the manifest, its verification, and its storage (S3 or a local dir).
+
+The compile job (``python -m runtime.compile``) writes a model directory, describes it in a
+manifest (``manifest``) and publishes it (``store``) under ``<base>/<model>/<revision>/<device>/``.
+Serving pods fetch that prefix and refuse to load anything whose bytes differ from the manifest,
+so a half-copied or tampered model never reaches a GPU. ``python -m runtime.artifacts`` fetches or
+verifies an artifact (the image build bakes a verified model into a layer with it).
+"""

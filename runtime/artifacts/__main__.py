@@ -1,0 +1,51 @@
+"""``python -m runtime.artifacts fetch SOURCE DEST`` (download + verify) or ``verify DIR``.
+
+For image builds that bake a model into a layer, and for operators: one summary line, or exit 1
+with a one-line error (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from runtime.artifacts.local import verify_dir
+from runtime.artifacts.manifest import Artifact, ArtifactError
+from runtime.artifacts.store import fetch_verified
+from runtime.settings import OneLineParser, SettingsError, error_exit
+
+PROG: Final = "python -m runtime.artifacts"
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Fetch or verify a compiled model artifact.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="download an s3:// prefix (or check a local dir) and verify it")
+    fetch.add_argument("source")
+    fetch.add_argument("dest", type=Path)
+    verify = commands.add_parser("verify", help="verify a local directory against its manifest")
+    verify.add_argument("path", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SettingsError as exc:
+        return error_exit(PROG, exc)
+    try:
+        if args.command == "fetch":
+            artifact = fetch_verified(args.source, args.dest)
+        else:
+            artifact = Artifact(args.path, verify_dir(args.path))
+    except ArtifactError as exc:
+        return error_exit(PROG, exc, code=1)
+    m = artifact.manifest
+    print(f"verified {m.spec.describe()} in {artifact.path}: {len(m.files)} files, {m.total_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Artifacts under an S3 prefix: reading the manifest, publishing (manifest last) and downloading.
+
+Uploads carry each file's sha256 as object metadata, so a re-run sends only what changed.
+boto3 is imported only when S3 is used: the artifacts CLI verifies local dirs without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+from runtime.artifacts.local import atomic_write, entry_problem, remove_unlisted, verify_dir
+from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, PublishResult
+from spec.model_artifacts import MANIFEST_NAME
+
+S3Client: TypeAlias = Any  # a boto3 S3 client
+SCHEME: Final = "s3://"
+SHA256_METADATA_KEY: Final = "sha256"  # S3 object metadata (x-amz-meta-sha256) set on upload
+_BUCKET_RE: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_DELETE_BATCH: Final = 1000  # DeleteObjects' limit
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(SCHEME)
+
+
+def s3_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is not a usable ``s3://bucket[/prefix]``, or None."""
+    if not is_s3(uri):
+        return "not an s3:// URI"
+    bucket, _, prefix = uri[len(SCHEME) :].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        return f"bucket name {bucket!r} is not a valid S3 bucket name"
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        return "prefix must not contain empty, '.' or '..' segments"
+    return None
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> (``bucket``, ``a/b/``): the prefix is '' or ends with '/'."""
+    problem = s3_uri_problem(uri)
+    if problem:
+        raise ArtifactError(f"{uri!r}: {problem}")
+    bucket, _, prefix = uri[len(SCHEME) :].partition("/")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def normalize_s3_uri(uri: str) -> str:
+    """``s3://bucket/prefix/`` with exactly one trailing slash (validated)."""
+    bucket, prefix = parse_s3_uri(uri)
+    return f"{SCHEME}{bucket}/{prefix}"
+
+
+def s3_client() -> S3Client:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _is_not_found(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _list_keys(s3: S3Client, bucket: str, prefix: str) -> dict[str, int]:
+    """Every key under prefix with its size."""
+    keys: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            keys[obj["Key"]] = int(obj["Size"])
+    return keys
+
+
+def read_remote_manifest(uri: str, s3: S3Client | None = None) -> Manifest | None:
+    """The manifest at an S3 prefix, or None when there is none (never published or interrupted)."""
+    s3 = s3 or s3_client()
+    bucket, prefix = parse_s3_uri(uri)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)["Body"].read()
+    except Exception as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    return Manifest.from_json(body, origin=f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}")
+
+
+def find_published_s3(uri: str, spec: BuildSpec, s3: S3Client) -> Manifest | None:
+    """The manifest of a complete artifact built from ``spec`` at ``uri`` (every file present
+    with its recorded size), else None; an unreadable manifest counts as absent."""
+    try:
+        manifest = read_remote_manifest(uri, s3)
+    except ArtifactError:
+        return None
+    if manifest is None or not manifest.matches(spec):
+        return None
+    bucket, prefix = parse_s3_uri(uri)
+    keys = _list_keys(s3, bucket, prefix)
+    if any(keys.get(prefix + f.path) != f.size for f in manifest.files):
+        return None
+    return manifest
+
+
+def publish_s3(local_dir: Path, manifest: Manifest, uri: str, s3: S3Client) -> PublishResult:
+    """Upload a verified artifact: old manifest off, changed files, stale keys out, manifest last."""
+    bucket, prefix = parse_s3_uri(uri)
+    s3.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
+    existing = _list_keys(s3, bucket, prefix)
+    sent: list[str] = []
+    reused: list[str] = []
+    for entry in manifest.files:
+        key = prefix + entry.path
+        if existing.get(key) == entry.size and _remote_sha(s3, bucket, key) == entry.sha256:
+            reused.append(entry.path)
+            continue
+        s3.upload_file(
+            str(local_dir / entry.path), bucket, key, ExtraArgs={"Metadata": {SHA256_METADATA_KEY: entry.sha256}}
+        )
+        sent.append(entry.path)
+    wanted = {prefix + f.path for f in manifest.files} | {prefix + MANIFEST_NAME}
+    stale = sorted(k for k in existing if k not in wanted)
+    for start in range(0, len(stale), _DELETE_BATCH):
+        batch = stale[start : start + _DELETE_BATCH]
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+    s3.put_object(
+        Bucket=bucket,
+        Key=prefix + MANIFEST_NAME,
+        Body=(local_dir / MANIFEST_NAME).read_bytes(),
+        ContentType="application/json",
+    )
+    removed = tuple(k[len(prefix) :] for k in stale)
+    return PublishResult(f"{SCHEME}{bucket}/{prefix}", tuple(sent), tuple(reused), removed)
+
+
+def _remote_sha(s3: S3Client, bucket: str, key: str) -> str | None:
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    value = head.get("Metadata", {}).get(SHA256_METADATA_KEY)
+    return str(value) if value else None
+
+
+def download(uri: str, dest: Path, s3: S3Client | None = None) -> Manifest:
+    """Download the files an S3 manifest lists into ``dest``, then the manifest, then verify.
+
+    Files already in ``dest`` with the listed size and sha256 are kept. Files in ``dest`` that the
+    manifest does not list are removed, so ``dest`` must be a directory this function owns
+    (a per-artifact cache dir), never a shared one.
+    """
+    s3 = s3 or s3_client()
+    bucket, prefix = parse_s3_uri(uri)
+    manifest = read_remote_manifest(uri, s3)
+    if manifest is None:
+        raise ArtifactError(
+            f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}: no manifest (nothing published there, or an upload "
+            "was interrupted; re-run the compile job)"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST_NAME).unlink(missing_ok=True)
+    for entry in manifest.files:
+        if entry_problem(dest, entry) is None:
+            continue
+        target = dest / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        try:
+            s3.download_file(bucket, prefix + entry.path, str(tmp))
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            if _is_not_found(exc):
+                raise ArtifactError(
+                    f"{SCHEME}{bucket}/{prefix}{entry.path}: listed in the manifest but missing"
+                ) from None
+            raise
+        os.replace(tmp, target)
+    remove_unlisted(dest, manifest)
+    atomic_write(dest / MANIFEST_NAME, manifest.to_json().encode())
+    return verify_dir(dest)

@@ -1,0 +1,1 @@
+"""The benchmark (``python -m runtime.bench``, ``make bench``): not in the serving image."""

@@ -1,0 +1,34 @@
+"""``python -m runtime.compile``: parse the settings, run the job, print one summary line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+
+from runtime.artifacts.manifest import ArtifactError
+from runtime.compile.export import CompileError
+from runtime.compile.job import run
+from runtime.compile.settings import CompileConfig
+from runtime.settings import SettingsError, error_exit
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """CLI entry point; returns the exit code (in-process callers such as tests use this)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = CompileConfig.from_args(argv, environ)
+    except SettingsError as exc:
+        return error_exit(CompileConfig.PROG, exc)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        outcome = run(cfg)
+    except (ArtifactError, CompileError, BotoCoreError, ClientError, OSError) as exc:
+        return error_exit(CompileConfig.PROG, f"{type(exc).__name__}: {exc}", code=1)
+    print(outcome.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

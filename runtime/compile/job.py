@@ -1,0 +1,64 @@
+"""One compile run: skip when an identical build is published, else build, manifest, publish."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.artifacts.local import write_manifest
+from runtime.artifacts.manifest import BuildSpec, Manifest, PublishResult
+from runtime.artifacts.s3 import S3Client, is_s3, s3_client
+from runtime.artifacts.store import artifact_uri, find_published, publish
+from runtime.compile.export import build_spec, export
+from runtime.compile.settings import CompileConfig
+from spec import contract
+from spec.model_artifacts import MANIFEST_NAME
+
+log = logging.getLogger(contract.COMPILE_MODULE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did, for the one-line summary."""
+
+    destination: str
+    spec: BuildSpec
+    manifest: Manifest
+    published: PublishResult | None  # None: skipped, a matching artifact was already there
+
+    def summary(self) -> str:
+        m = self.manifest
+        if self.published is None:
+            return (
+                f"skipped: {self.destination} already holds {self.spec.describe()} "
+                f"({len(m.files)} files, {m.total_size} bytes, manifest {MANIFEST_NAME})"
+            )
+        p = self.published
+        return (
+            f"published {self.spec.describe()} to {self.destination}: {len(m.files)} files, {m.total_size} bytes "
+            f"(sent {len(p.sent)}, already there {len(p.reused)}, removed {len(p.removed)})"
+        )
+
+
+def run(cfg: CompileConfig, s3: S3Client | None = None) -> Outcome:
+    """Skip if published, else build into a temp dir, write the manifest, publish (manifest last)."""
+    if is_s3(cfg.out) and s3 is None:
+        s3 = s3_client()
+    destination = artifact_uri(cfg.out, cfg.model_id, cfg.revision, cfg.device)
+    spec = build_spec(cfg)
+    existing = find_published(destination, spec, s3)
+    if existing is not None:
+        return Outcome(destination, spec, existing, None)
+    if cfg.work_dir is not None:
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edge-diffusion-compile-", dir=cfg.work_dir) as tmp:
+        staging = Path(tmp)
+        out_dir = staging / "artifact"
+        log.info("building %s into %s", spec.describe(), out_dir)
+        export(cfg, out_dir, staging)
+        manifest = write_manifest(out_dir, spec)
+        log.info("publishing %d files (%d bytes) to %s", len(manifest.files), manifest.total_size, destination)
+        result = publish(out_dir, destination, s3)
+    return Outcome(destination, spec, manifest, result)

@@ -1,0 +1,121 @@
+"""What one compile run builds: flags over the Volcano Job's environment over spec.contract's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Final
+
+from runtime.artifacts.manifest import (
+    DTYPES,
+    MODEL_ID_ALLOWED,
+    REVISION_ALLOWED,
+    Shapes,
+    is_model_id,
+    is_revision,
+)
+from runtime.artifacts.s3 import is_s3, s3_uri_problem
+from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
+from runtime.settings import (
+    BOOLEAN,
+    PATH,
+    InvalidValueError,
+    ProgramSettings,
+    Rule,
+    SettingsError,
+    integer,
+    one_of,
+    setting,
+)
+from spec import contract
+
+# What a device serves at unless told otherwise: neuron casts matmuls to bf16, cpu has no fast fp16.
+DEVICE_DTYPES: Final = {"cuda": "float16", "cpu": "float32", "neuron": "bfloat16"}
+DTYPE_ALIASES: Final = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+OUT_ALLOWED: Final = "s3://bucket[/prefix] or a local directory"
+
+
+def _out_problem(value: object) -> str | None:
+    """Why ``value`` is not an S3 base or a local directory ("" when no more can be said), or None."""
+    if not isinstance(value, str) or not value:
+        return ""
+    if is_s3(value):
+        return s3_uri_problem(value)
+    return "" if "://" in value else None
+
+
+def _out(raw: str) -> str:
+    problem = _out_problem(raw)
+    if problem is not None:
+        raise InvalidValueError(problem)
+    return raw
+
+
+MODEL_ID: Final = Rule(MODEL_ID_ALLOWED, str.strip, is_model_id)
+REVISION: Final = Rule(REVISION_ALLOWED, str.strip, is_revision)
+OUT: Final = Rule(OUT_ALLOWED, _out, lambda value: _out_problem(value) is None)
+IMAGE_SIZE: Final = integer(*contract.IMAGE_SIZE_BOUNDS, multiple=contract.IMAGE_SIZE_MULTIPLE)
+
+
+@dataclass(frozen=True)
+class CompileConfig(ProgramSettings):
+    """Everything one compile run needs, validated."""
+
+    PROG: ClassVar[str] = f"python -m {contract.COMPILE_MODULE}"
+    DESCRIPTION: ClassVar[str] = "Build a model artifact for one device and publish it with its manifest."
+
+    model_id: str = setting(MODEL_ID, env=contract.ENV_MODEL_ID, flag="--model", help="'tiny' or a Hub id")
+    device: str = setting(
+        one_of(contract.DEVICES),
+        env=contract.ENV_DEVICE,
+        flag="--device",
+        aliases=("--accelerator",),  # the former spelling, still passed by the compile jobs (charts)
+        help="the torch device the artifact is for",
+    )
+    out: str = setting(OUT, env=contract.ENV_COMPILE_OUT, flag="--out", help=OUT_ALLOWED)
+    revision: str = setting(
+        REVISION, env=contract.ENV_MODEL_REVISION, flag="--revision", default=contract.DEFAULT_MODEL_REVISION
+    )
+    height: int | None = setting(
+        IMAGE_SIZE, env=contract.ENV_COMPILE_HEIGHT, flag="--height", default=None, help="default: the model's"
+    )
+    width: int | None = setting(
+        IMAGE_SIZE, env=contract.ENV_COMPILE_WIDTH, flag="--width", default=None, help="default: the model's"
+    )
+    batch_size: int = setting(
+        integer(1, contract.MAX_BATCH_LIMIT),
+        env=contract.ENV_COMPILE_BATCH_SIZE,
+        flag="--batch-size",
+        default=contract.DEFAULT_MAX_BATCH,
+        help="prompts per device call; static for neuron",
+    )
+    dtype: str | None = setting(
+        one_of(DTYPES, DTYPE_ALIASES),
+        env=contract.ENV_COMPILE_DTYPE,
+        flag="--dtype",
+        default=None,
+        help=f"serving dtype; default per device {DEVICE_DTYPES}",
+    )
+    inductor_cache: bool = setting(
+        BOOLEAN, flag="--inductor-cache", default=False, help="cuda only: warm and ship a TorchInductor cache (GPU)"
+    )
+    work_dir: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        PATH, flag="--work-dir", default=None, help="where to stage the artifact (default: the temp dir)"
+    )
+
+    def check(self) -> None:
+        if self.device == "cpu" and self.serving_dtype == "float16":
+            raise SettingsError("--dtype float16 is not allowed for cpu; allowed: float32, bfloat16")
+        if self.inductor_cache and self.device != "cuda":
+            raise SettingsError(f"--inductor-cache is not allowed for {self.device}; allowed only with --device cuda")
+
+    @property
+    def shapes(self) -> Shapes:
+        """The configured size, else the model's native one (the tiny model's is 64)."""
+        native = TINY_IMAGE_SIZE if self.model_id == TINY_MODEL_ID else contract.DEFAULT_IMAGE_SIZE
+        return Shapes(height=self.height or native, width=self.width or native, batch_size=self.batch_size)
+
+    @property
+    def serving_dtype(self) -> str:
+        """The dtype the artifact is saved or compiled at: the configured one, else the device's."""
+        return self.dtype or DEVICE_DTYPES[self.device]

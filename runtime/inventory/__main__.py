@@ -1,0 +1,55 @@
+"""``python -m runtime.inventory``: run the publisher, or ``--check`` its liveness (the chart's probe)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from runtime.inventory.cluster import KubernetesApi
+from runtime.inventory.publisher import HEARTBEAT_FILE, InventoryPublisher, healthy, run
+from runtime.inventory.settings import PublisherSettings
+from runtime.settings import SettingsError, error_exit
+
+log = logging.getLogger("edge_diffusion.inventory")
+
+STALE_AFTER_INTERVALS: Final = 3  # liveness fails after three cycles without a successful sync
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = PublisherSettings.from_args(argv)
+        if settings.liveness_check:
+            fresh = healthy(HEARTBEAT_FILE, STALE_AFTER_INTERVALS * settings.interval_s, time.time())
+            return 0 if fresh else 1
+        api = KubernetesApi.in_cluster(os.environ)
+    except SettingsError as err:
+        return error_exit(PublisherSettings.PROG, err)
+    import boto3
+
+    table = boto3.resource("dynamodb", region_name=settings.region).Table(settings.table_name)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info(
+        "publishing %s/%s to %s every %gs",
+        settings.cluster,
+        settings.namespace,
+        settings.table_name,
+        settings.interval_s,
+    )
+    try:
+        run(api, InventoryPublisher(table, settings), settings, stop)
+    finally:
+        api.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

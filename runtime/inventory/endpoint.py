@@ -1,0 +1,80 @@
+"""One device-facing endpoint of the inventory: what the publisher writes and devices read back.
+
+The publisher turns each into a table item (``item``, in ``runtime.inventory.api``'s layout);
+the device client parses the read API's JSON entries back (``from_entry``) and skips the ones
+it cannot use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from runtime.inventory import api as layout
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A node serving a Service through its nodePort; ``accelerator`` is the Service's label."""
+
+    endpoint_id: str
+    url: str
+    location: str
+    accelerator: str
+    model: str
+    cost_weight: int | None = None
+
+    @property
+    def key(self) -> dict[str, str]:
+        return {
+            layout.ATTR_MODEL: self.model,
+            layout.ATTR_SORT_KEY: layout.sort_key(self.location, self.accelerator, self.endpoint_id),
+        }
+
+    def item(self, now: float, ttl_s: int) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            **self.key,
+            layout.ATTR_ENDPOINT_ID: self.endpoint_id,
+            layout.ATTR_URL: self.url,
+            layout.ATTR_LOCATION: self.location,
+            layout.ATTR_ACCELERATOR: self.accelerator,
+            layout.ATTR_HEALTH: layout.HEALTH_READY,
+            layout.ATTR_LAST_HEARTBEAT: int(now),
+            layout.ATTR_EXPIRES_AT: int(now) + ttl_s,
+        }
+        if self.cost_weight is not None:
+            item[layout.ATTR_COST_WEIGHT] = self.cost_weight
+        return item
+
+    @classmethod
+    def from_entry(cls, entry: object) -> Endpoint:
+        """Parse one entry; ValueError (one line) when it is not usable."""
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"entry is {type(entry).__name__}, not an object")
+        values: dict[str, Any] = {}
+        for name in (layout.ATTR_ENDPOINT_ID, layout.ATTR_URL, layout.ATTR_LOCATION, layout.ATTR_ACCELERATOR):
+            value = entry.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name}={value!r}: needs a non-empty string")
+            values[name] = value
+        parts = urlsplit(values[layout.ATTR_URL])
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url={values[layout.ATTR_URL]!r}: needs http(s)://host[:port]")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError(f"url={values[layout.ATTR_URL]!r}: bad port") from None
+        model = entry.get(layout.ATTR_MODEL, "")
+        cost = entry.get(layout.ATTR_COST_WEIGHT, 0)
+        if not isinstance(cost, int | float) or isinstance(cost, bool):
+            raise ValueError(f"cost_weight={cost!r}: needs a number")
+        return cls(
+            endpoint_id=values[layout.ATTR_ENDPOINT_ID],
+            url=values[layout.ATTR_URL].rstrip("/"),
+            location=values[layout.ATTR_LOCATION],
+            accelerator=values[layout.ATTR_ACCELERATOR],
+            model=str(model),
+            cost_weight=int(cost),
+        )

@@ -1,0 +1,117 @@
+"""The endpoint inventory publisher: keeps the DynamoDB inventory equal to what is really serving.
+
+Design: one small in-cluster Deployment (``python -m runtime.inventory``), not self-registering
+serving pods. Why:
+
+* A device reaches a pod through a NodePort: the URL is the *node's* external IP plus the
+  Service's nodePort. A pod knows neither without asking the Kubernetes API, and IMDS is out
+  of reach (the nodes set the IMDSv2 hop limit to 1, so pods cannot read instance metadata).
+* Readiness is already decided by Kubernetes: an EndpointSlice endpoint is ``ready`` when the
+  pod's ``/readyz`` passes and stops being ready when it drains. The publisher mirrors that;
+  a self-registering pod would re-implement it, and its SIGTERM hook races the drain.
+* One writer with one Pod Identity role that may write this one table, instead of write access
+  in every serving pod (the pods that parse untrusted prompts keep no AWS write permission).
+
+Each cycle lists the labelled Services (``contract.LABEL_INVENTORY``), their EndpointSlices and
+the Nodes (read-only RBAC), derives one entry per (Service, node with a ready endpoint), puts
+every entry with ``expires_at = now + ttl`` (the heartbeat) and deletes those it published before
+that are gone. It is level-triggered (a full list every ``interval``, like a controller's resync),
+so a missed event cannot leave a stale entry. Nothing is read back from the table: entries
+written by a publisher that crashed, or before a restart, stop being refreshed and expire by TTL
+(and the read API hides them from the second they expire). If the Kubernetes API cannot be read,
+the cycle publishes nothing and deletes nothing: an outage of the API server must not empty the
+inventory while the endpoints keep serving. On SIGTERM the publisher just stops: a rollout of the
+publisher must not unpublish endpoints that are still serving; its successor refreshes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from runtime.inventory import api as layout
+from runtime.inventory.cluster import KubernetesApi, discover
+from runtime.inventory.endpoint import Endpoint
+from runtime.inventory.settings import PublisherSettings
+
+log = logging.getLogger("edge_diffusion.inventory")
+
+HEARTBEAT_FILE: Final = Path("/tmp/edge-diffusion-inventory.heartbeat")  # noqa: S108 - liveness probe
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    put: int
+    deleted: int
+    failed: int
+
+
+class InventoryPublisher:
+    """Writes entries with a heartbeat and removes the ones that stopped serving."""
+
+    def __init__(self, table: Any, settings: PublisherSettings, clock: Callable[[], float] = time.time) -> None:
+        self._table, self._settings, self._clock = table, settings, clock
+        self._published: dict[tuple[str, str], Endpoint] = {}
+
+    @property
+    def published(self) -> list[Endpoint]:
+        return list(self._published.values())
+
+    def sync(self, endpoints: Iterable[Endpoint]) -> SyncReport:
+        now = self._clock()
+        current = {(e.key[layout.ATTR_MODEL], e.key[layout.ATTR_SORT_KEY]): e for e in endpoints}
+        put = deleted = failed = 0
+        for endpoint in current.values():
+            try:
+                self._table.put_item(Item=endpoint.item(now, self._settings.ttl_s))
+                put += 1
+            except Exception as err:  # one failed write must not stop the heartbeat of the others
+                failed += 1
+                log.warning("put %s failed (retried next cycle): %s", endpoint.endpoint_id, err)
+        for key, endpoint in self._published.items():
+            if key in current:
+                continue
+            try:
+                self._table.delete_item(Key=endpoint.key)
+                deleted += 1
+                log.info("unpublished %s (%s)", endpoint.endpoint_id, endpoint.url)
+            except Exception as err:  # it expires by TTL anyway
+                failed += 1
+                log.warning("delete %s failed (it expires by TTL): %s", endpoint.endpoint_id, err)
+        self._published = current
+        return SyncReport(put=put, deleted=deleted, failed=failed)
+
+
+def run(
+    api: KubernetesApi,
+    publisher: InventoryPublisher,
+    settings: PublisherSettings,
+    stop: threading.Event,
+    heartbeat_file: Path | None = HEARTBEAT_FILE,
+) -> None:
+    """Reconcile every ``interval_s`` until ``stop`` is set."""
+    while True:
+        try:
+            services, slices, nodes = api.serving_state(settings.namespace)
+        except Exception as err:  # keep what is published; entries expire if this lasts past the TTL
+            log.warning("cannot read the cluster, publishing nothing this cycle: %s", err)
+        else:
+            report = publisher.sync(discover(services, slices, nodes, settings))
+            log.info("sync: %d published, %d removed, %d failed", report.put, report.deleted, report.failed)
+            if heartbeat_file is not None and report.failed == 0:
+                heartbeat_file.write_text(str(time.time()))
+        if stop.wait(settings.interval_s):
+            return
+
+
+def healthy(heartbeat_file: Path, max_age_s: float, now: float) -> bool:
+    """Liveness: the last successful cycle is recent (the chart's exec probe runs ``--check``)."""
+    try:
+        return now - float(heartbeat_file.read_text()) <= max_age_s
+    except (OSError, ValueError):
+        return False

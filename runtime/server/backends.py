@@ -1,0 +1,351 @@
+"""Inference backends behind one interface: cuda, neuron, cpu.
+
+The batcher hands a backend one batch of images that share their generation parameters
+(steps, guidance, size) and gets back one float HxWx3 array per image. Every image has its
+own CPU `torch.Generator` seeded from its request, so an image does not depend on which
+batch it ran in, nor on the device's RNG.
+
+optimum-neuron pins older diffusers/transformers than the CUDA image, so it is imported
+only inside `NeuronBackend.load`, and the code passes `torch_dtype` (understood by both).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from runtime.server.model_source import ModelLocation, resolve_model
+from runtime.server.settings import Settings
+from runtime.server.tiny import TINY_MODEL_ID
+from spec import contract
+
+log = logging.getLogger(__name__)
+
+NEURON_DEVICE_GLOB: Final = "/dev/neuron*"
+CGROUP_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
+DEFAULT_STEPS_SD: Final = 25
+DEFAULT_STEPS_TINY: Final = 4
+WARMUP_STEPS: Final = 2
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """Parameters that must be equal for requests to share a batch (one pipeline call)."""
+
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image of a batch: its prompt, negative prompt and generator seed."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+StopCheck = Callable[[], bool]
+
+
+class BackendError(RuntimeError):
+    """The backend could not load or run (message is one line, safe to show in /readyz)."""
+
+
+class Backend(ABC):
+    """What the server needs from a device: load, size rules, and batched generation."""
+
+    device: str = "cpu"
+
+    def __init__(self) -> None:
+        self.description = "not loaded"
+        self.default_steps = DEFAULT_STEPS_SD
+        self.default_width = contract.DEFAULT_IMAGE_SIZE
+        self.default_height = contract.DEFAULT_IMAGE_SIZE
+
+    @property
+    def max_device_batch(self) -> int | None:
+        """Images per pipeline call the device accepts; None when any number fits."""
+        return None
+
+    def check_size(self, width: int, height: int) -> str | None:
+        """Why this device cannot produce width x height, or None (generic bounds are the schema's)."""
+        return None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load (and place) the model; slow, runs off the event loop."""
+
+    @abstractmethod
+    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
+        """One float32 HxWx3 array in [0, 1] per ImageSpec, in order."""
+
+
+def detect_device(forced: str | None = None) -> str:
+    """The forced device, else CUDA when torch sees a GPU, else Neuron when its devices exist, else CPU."""
+    if forced:
+        if forced not in contract.DEVICES:
+            raise BackendError(
+                f"{contract.ENV_DEVICE}: {forced!r} is not allowed; allowed: {', '.join(contract.DEVICES)}"
+            )
+        return forced
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if glob.glob(NEURON_DEVICE_GLOB):
+        return "neuron"
+    return "cpu"
+
+
+def cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
+    """CPUs this container may use per the cgroup v2 quota (`cpu.max`), or None when unlimited."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def intra_op_threads(requested: int) -> int:
+    """Threads for torch's CPU kernels: the request, else min(affinity CPUs, cgroup quota)."""
+    if requested > 0:
+        return requested
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return max(1, min(available, quota) if quota else available)
+
+
+def torch_dtype_for(name: str, device: str) -> Any:
+    """`auto` is fp16 on CUDA (SD's usual serving precision) and fp32 elsewhere (CPU bf16 is slow)."""
+    import torch
+
+    if name == "auto":
+        name = "float16" if device == "cuda" else "float32"
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def to_float_images(images: Any) -> list[np.ndarray]:
+    """Pipeline output (ndarray batch or PIL list) -> list of float32 HxWx3 arrays in [0, 1]."""
+    if isinstance(images, np.ndarray):
+        return [np.asarray(img, dtype=np.float32) for img in images]
+    out = []
+    for img in images:
+        arr = np.asarray(img)
+        out.append(arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32))
+    return out
+
+
+def _generators(images: Sequence[ImageSpec]) -> list[Any]:
+    import torch
+
+    return [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in images]
+
+
+def _negative_prompts(images: Sequence[ImageSpec]) -> list[str] | None:
+    """None when no image has one: diffusers then uses "" for all, without a list to tokenize."""
+    return [s.negative_prompt for s in images] if any(s.negative_prompt for s in images) else None
+
+
+def _interrupt_callback(should_stop: StopCheck) -> Callable[..., dict[str, Any]]:
+    """Stop denoising when every request of the batch is gone (deadline passed, client left)."""
+
+    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if should_stop():
+            pipe._interrupt = True
+        return {}
+
+    return callback
+
+
+class DiffusersBackend(Backend):
+    """diffusers StableDiffusionPipeline on cuda (fp16/bf16, SDPA, channels_last) or cpu (fp32)."""
+
+    def __init__(self, settings: Settings, device: str, loader: Callable[[], Any] | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.device = device
+        self._loader = loader
+        self.pipe: Any = None
+        self.location: ModelLocation | None = None
+
+    def load(self) -> None:
+        import torch
+
+        dtype = torch_dtype_for(self.settings.dtype, self.device)
+        torch.set_num_threads(intra_op_threads(self.settings.torch_threads))
+        started = time.monotonic()
+        if self._loader is not None:
+            pipe = self._loader()
+        else:
+            self.location = resolve_model(self.settings, self.device)
+            pipe = self.location.load_diffusers(dtype)
+        pipe.set_progress_bar_config(disable=True)
+        if self.device == "cuda":
+            pipe = pipe.to("cuda")
+            # diffusers uses torch SDPA attention by default on torch 2; channels_last helps convs.
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+            if self.settings.torch_compile:
+                pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+        self.pipe = pipe
+        tiny = self.settings.model_id == TINY_MODEL_ID
+        self.default_steps = DEFAULT_STEPS_TINY if tiny else DEFAULT_STEPS_SD
+        sample = int(getattr(pipe.unet.config, "sample_size", 64))
+        self.default_width = self.default_height = sample * int(getattr(pipe, "vae_scale_factor", 8))
+        self.description = (
+            f"{self.settings.model_id} on {self.device} ({str(dtype).removeprefix('torch.')}, "
+            f"{torch.get_num_threads()} CPU threads) "
+            f"loaded in {time.monotonic() - started:.1f}s"
+        )
+        log.info("model loaded: %s", self.description)
+
+    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
+        import torch
+
+        if self.pipe is None:
+            raise BackendError("model is not loaded")
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=[s.prompt for s in images],
+                negative_prompt=_negative_prompts(images),
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                width=params.width,
+                height=params.height,
+                generator=_generators(images),
+                output_type="np",
+                callback_on_step_end=_interrupt_callback(should_stop),
+            )
+        return to_float_images(out.images)
+
+
+@dataclass(frozen=True)
+class CompiledShape:
+    """What a Neuron model was traced for: one image size and one batch size."""
+
+    width: int
+    height: int
+    batch_size: int
+
+
+class NeuronBackend(Backend):
+    """optimum-neuron NeuronStableDiffusionPipeline over compiled artifacts.
+
+    Shapes are static: other sizes are rejected up front (check_size -> 422), and a short
+    batch is padded with copies of its last image up to the compiled batch size, the padding
+    outputs being dropped.
+    """
+
+    device = "neuron"
+
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Callable[[], tuple[Any, CompiledShape]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self._loader = loader
+        self.pipe: Any = None
+        self.shape: CompiledShape | None = None
+
+    @property
+    def max_device_batch(self) -> int | None:
+        return self.shape.batch_size if self.shape else None
+
+    def check_size(self, width: int, height: int) -> str | None:
+        if self.shape and (width, height) != (self.shape.width, self.shape.height):
+            return f"this Neuron model is compiled for {self.shape.width}x{self.shape.height} only"
+        return None
+
+    def load(self) -> None:
+        started = time.monotonic()
+        self.pipe, self.shape = self._loader() if self._loader else self._load_compiled()
+        self.default_width, self.default_height = self.shape.width, self.shape.height
+        self.default_steps = DEFAULT_STEPS_SD
+        self.description = (
+            f"{self.settings.model_id} on neuron ({self.shape.width}x{self.shape.height}, "
+            f"batch {self.shape.batch_size}) loaded in {time.monotonic() - started:.1f}s"
+        )
+        log.info("model loaded: %s", self.description)
+
+    def _load_compiled(self) -> tuple[Any, CompiledShape]:
+        location = resolve_model(self.settings, "neuron")
+        if location.manifest is None:
+            raise BackendError(
+                "neuron needs a compiled artifact with a manifest: set "
+                f"{contract.ENV_MODEL_SOURCE} to the compile job's output"
+            )
+        from optimum.neuron import NeuronStableDiffusionPipeline  # lazy: only in the Neuron image
+
+        shapes = location.manifest.spec.shapes
+        pipe = NeuronStableDiffusionPipeline.from_pretrained(str(location.path))
+        return pipe, CompiledShape(width=shapes.width, height=shapes.height, batch_size=shapes.batch_size)
+
+    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
+        if self.pipe is None or self.shape is None:
+            raise BackendError("model is not loaded")
+        problem = self.check_size(params.width, params.height)
+        if problem:
+            raise BackendError(problem)
+        out: list[np.ndarray] = []
+        size = self.shape.batch_size
+        for start in range(0, len(images), size):
+            chunk = list(images[start : start + size])
+            real = len(chunk)
+            chunk += [chunk[-1]] * (size - real)  # static batch: pad, then drop the padding outputs
+            result = self.pipe(
+                prompt=[s.prompt for s in chunk],
+                negative_prompt=[s.negative_prompt for s in chunk],
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                generator=_generators(chunk),
+                output_type="np",
+            )
+            out.extend(to_float_images(result.images)[:real])
+            if should_stop():
+                break
+        return out
+
+
+def create_backend(settings: Settings) -> Backend:
+    """The backend for the detected (or forced) device; nothing heavy happens until load()."""
+    device = detect_device(settings.device)
+    if device == "neuron":
+        return NeuronBackend(settings)
+    return DiffusersBackend(settings, device)
+
+
+def warmup(backend: Backend, max_batch: int = 1) -> float:
+    """Generate at the default size alone and as a full batch; raise unless every pixel is finite.
+
+    The full batch makes the first real batch pay no one-off kernel selection (or, with
+    torch.compile, compilation). Returns the seconds of the single-image call.
+    """
+    params = BatchParams(
+        steps=WARMUP_STEPS, guidance_scale=7.5, width=backend.default_width, height=backend.default_height
+    )
+    single = 0.0
+    for size in sorted({1, max(1, max_batch)}):
+        started = time.monotonic()
+        images = backend.generate(params, [ImageSpec("warmup", "", i) for i in range(size)], lambda: False)
+        if size == 1:
+            single = time.monotonic() - started
+        if len(images) != size or not all(np.isfinite(img).all() for img in images):
+            raise BackendError("warm-up produced a non-finite image (NaN/inf): check dtype and weights")
+    return single

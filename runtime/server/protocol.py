@@ -1,0 +1,136 @@
+"""What the API speaks: the body of POST /v1/images, its JSON answer, and errors as one line.
+
+Request bounds come from `Limits`; the request model is built once per app from them, so the
+OpenAPI document shows the real limits. Strict types: "5" is not a number of steps, true is
+not 1. Every error, whatever raised it, is answered as `ApiError.body`: one line naming the
+field and its allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from runtime.server.settings import Limits
+
+RESPONSE_FORMATS = ("png", "json")
+
+
+class ApiError(Exception):
+    """An HTTP error answered as one JSON line: {"error": ..., "field": ..., "request_id": ...}."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self, request_id: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "request_id": request_id}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class Timings(BaseModel):
+    queue_ms: float
+    inference_ms: float
+    batch_size: int  # images in the pipeline call the request rode in
+
+
+class ImagesResponse(BaseModel):
+    """The JSON answer (`response_format: "json"`): every image as base64 PNG, with its seed."""
+
+    request_id: str | None
+    seed: int
+    width: int
+    height: int
+    steps: int
+    images: list[str]
+    timings: Timings
+
+
+class ImageRequestBase(BaseModel):
+    """Shared validators; fields and bounds are added by `build_request_model`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("prompt", check_fields=False)
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or only whitespace")
+        return value
+
+    @field_validator("prompt", "negative_prompt", check_fields=False)
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+def allowed_ranges(limits: Limits) -> dict[str, str]:
+    """Human-readable allowed values per field, quoted in every 422 about that field."""
+    size = f"a multiple of {limits.size_multiple} from {limits.min_size} to {limits.max_size}"
+    return {
+        "prompt": f"a non-empty string of at most {limits.max_prompt_chars} characters",
+        "negative_prompt": f"a string of at most {limits.max_prompt_chars} characters, or null",
+        "steps": f"an integer from {limits.min_steps} to {limits.max_steps}",
+        "guidance_scale": f"a number from {limits.min_guidance:g} to {limits.max_guidance:g}",
+        "width": size,
+        "height": size,
+        "seed": f"an integer from 0 to {limits.max_seed}, or null for a random seed",
+        "num_images": f"an integer from 1 to {limits.max_images}",
+        "response_format": " or ".join(f"'{f}'" for f in RESPONSE_FORMATS),
+    }
+
+
+def build_request_model(limits: Limits) -> type[ImageRequestBase]:
+    """The pydantic model for these limits (null size/steps mean the model's defaults)."""
+    size: Any = (
+        int | None,
+        Field(default=None, ge=limits.min_size, le=limits.max_size, multiple_of=limits.size_multiple),
+    )
+    return create_model(
+        "ImageRequest",
+        __base__=ImageRequestBase,
+        prompt=(str, Field(min_length=1, max_length=limits.max_prompt_chars, examples=["a lighthouse at dawn"])),
+        negative_prompt=(str | None, Field(default=None, max_length=limits.max_prompt_chars)),
+        steps=(int | None, Field(default=None, ge=limits.min_steps, le=limits.max_steps)),
+        guidance_scale=(float, Field(default=7.5, ge=limits.min_guidance, le=limits.max_guidance, allow_inf_nan=False)),
+        width=size,
+        height=size,
+        seed=(int | None, Field(default=None, ge=0, le=limits.max_seed)),
+        num_images=(int, Field(default=1, ge=1, le=limits.max_images)),
+        response_format=(Literal["png", "json"], "png"),
+    )
+
+
+def _field_of(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    name = ".".join(parts) if parts else "body"
+    return " ".join(name.split())[:64]  # client-chosen keys: keep the message one short line
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]], ranges: Mapping[str, str]) -> tuple[str, str]:
+    """(field, one-line message) for the first validation error, with the field's allowed values."""
+    if not errors:
+        return "body", "body: invalid request"
+    err = errors[0]
+    kind = str(err.get("type", ""))
+    field = _field_of(err.get("loc", ()))
+    if kind == "json_invalid":
+        return "body", 'body: malformed JSON (send an object like {"prompt": "a cat"})'
+    if field == "body" or kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "body", 'body: must be a JSON object like {"prompt": "a cat"}'
+    if kind == "extra_forbidden":
+        return field, f"{field}: unknown field (allowed: {', '.join(ranges)})"
+    top = field.split(".")[0]
+    allowed = ranges.get(top)
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    message = f"{field}: {msg}" + (f"; allowed: {allowed}" if allowed else "")
+    return field, " ".join(message.split())  # one line, whatever the input contained

@@ -1,0 +1,193 @@
+"""The image service: model lifecycle, readiness, and the one generate() path REST and UI share.
+
+The model loads and warms in the background (so /healthz answers during a long load); only a
+warm model with a finite image is ready. Draining turns readiness off, refuses new work and
+lets accepted work finish. Whatever asks for images (the REST route, the Gradio UI) goes
+through `validate` and `generate`, and so through the same batcher and the same refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from pydantic import ValidationError
+
+from runtime.server.backends import Backend, BatchParams, ImageSpec, create_backend, warmup
+from runtime.server.batcher import Batcher, BatcherError, ClientGoneError, Job, JobResult, QueueFullError
+from runtime.server.metrics import CloudWatchAggregator, Dimensions, PromMetrics, build_sink
+from runtime.server.protocol import ApiError, ImageRequestBase, allowed_ranges, build_request_model, describe_errors
+from runtime.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NOT_READY_RETRY_S: Final = 5
+# What a BatcherError means to the client (anything else: 500).
+_BATCHER_STATUS: Final = {"draining": 503, "deadline": 504, "disconnected": 499}
+
+
+@dataclass
+class Generated:
+    """A completed request: images as PNG bytes plus what the client is told about it."""
+
+    pngs: list[bytes]
+    seed: int
+    width: int
+    height: int
+    steps: int
+    result: JobResult
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    pixels = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)  # level 6 costs ~25 ms at 512x512
+    return buf.getvalue()
+
+
+class ImageService:
+    """Model lifecycle, readiness, and the one generate() path shared by REST and UI."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or create_backend(settings)
+        self.prom = PromMetrics()
+        self.batcher = Batcher(
+            self.backend,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            queue_size=settings.queue_size,
+            metrics=self.prom,
+        )
+        dims = Dimensions(settings.deployment, self.backend.device, settings.metric_location)
+        self.cloudwatch = CloudWatchAggregator(
+            build_sink(settings.metrics_sink, dims, settings.aws_region),
+            pending=lambda: self.batcher.pending,
+            interval_s=settings.metrics_interval_s,
+        )
+        self.request_model = build_request_model(settings.limits)
+        self.ranges = allowed_ranges(settings.limits)
+        self.state = "starting"  # starting|loading|warming|ready|failed|draining
+        self.reason = "model not loaded yet"
+        self._load_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def _set_state(self, state: str, reason: str) -> None:
+        self.state, self.reason = state, reason
+        self.prom.ready.set(1 if state == "ready" else 0)
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self.cloudwatch.start()
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="model-load")
+
+    async def _load(self) -> None:
+        try:
+            self._set_state("loading", f"loading model {self.settings.model_id}")
+            await self.batcher.run_on_worker(self.backend.load)
+            self._set_state("warming", "warming up")
+            seconds = await self.batcher.run_on_worker(warmup, self.backend, self.settings.max_batch)
+            self.batcher.observe_batch_time(seconds)
+        except Exception as exc:
+            reason = " ".join(f"model load failed: {type(exc).__name__}: {exc}".split())[:500]
+            log.error("%s", reason)
+            if self.state != "draining":
+                self._set_state("failed", reason)
+            return
+        if self.state != "draining":
+            self._set_state("ready", self.backend.description)
+            log.info("ready: %s (warm-up %.2fs)", self.backend.description, seconds)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Readiness off, refuse new work, wait for accepted work; True if all of it finished."""
+        self._set_state("draining", "draining: shutting down")
+        self.batcher.begin_drain()
+        finished = await self.batcher.wait_idle(timeout_s)
+        log.info("drained (%s)", "all accepted work finished" if finished else "timeout, dropping the rest")
+        return finished
+
+    async def stop(self) -> None:
+        if self.state != "draining":
+            await self.drain(timeout_s=min(self.settings.drain_timeout_s, 5.0))
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        await self.batcher.stop()
+        await asyncio.to_thread(self.cloudwatch.stop)
+
+    # --- the generate path --------------------------------------------------------------
+    def refuse_unless_ready(self) -> None:
+        """503 with Retry-After while loading, failed or draining (counted as a rejection)."""
+        if self.ready:
+            return
+        self.prom.rejections.labels(reason="draining" if self.state == "draining" else "not_ready").inc()
+        raise ApiError(503, f"not ready: {self.reason}", headers={"Retry-After": str(NOT_READY_RETRY_S)})
+
+    def validate(self, body: Any) -> ImageRequestBase:
+        """The request for a decoded JSON body; ApiError(422) naming the field otherwise."""
+        try:
+            return self.request_model.model_validate(body)
+        except ValidationError as exc:
+            field, message = describe_errors(exc.errors(), self.ranges)
+            raise ApiError(422, message, field) from None
+
+    def plan(self, req: ImageRequestBase) -> tuple[BatchParams, list[ImageSpec], int]:
+        """Fill the model's defaults, apply device rules, and give each image its seed."""
+        data = req.model_dump()
+        width = data["width"] or self.backend.default_width
+        height = data["height"] or self.backend.default_height
+        problem = self.backend.check_size(width, height)
+        if problem:
+            raise ApiError(422, f"width/height: {problem}", "width")
+        if data["response_format"] == "png" and data["num_images"] > 1:
+            raise ApiError(422, "num_images: a PNG response holds one image; use response_format 'json'", "num_images")
+        steps = data["steps"] or self.backend.default_steps
+        seed = data["seed"] if data["seed"] is not None else secrets.randbelow(self.settings.limits.max_seed + 1)
+        params = BatchParams(steps=steps, guidance_scale=float(data["guidance_scale"]), width=width, height=height)
+        negative = data["negative_prompt"] or ""
+        # Image i of a request uses seed + i: the same request gives the same images, alone or batched.
+        specs = [ImageSpec(data["prompt"], negative, seed + i) for i in range(data["num_images"])]
+        return params, specs, seed
+
+    async def generate(
+        self, req: ImageRequestBase, is_disconnected: Callable[[], Awaitable[bool]] | None = None
+    ) -> Generated:
+        """Queue, wait, encode. Raises ApiError with the status the client should see."""
+        self.refuse_unless_ready()
+        params, specs, seed = self.plan(req)
+        started = time.perf_counter()
+        job: Job | None = None
+        try:
+            job = self.batcher.submit(params, specs, self.settings.request_timeout_s)
+            result = await self.batcher.wait(job, is_disconnected)
+        except QueueFullError as exc:
+            self.prom.rejections.labels(reason=exc.reason).inc()
+            raise ApiError(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+        except BatcherError as exc:
+            self.prom.rejections.labels(reason=exc.reason).inc()
+            self.prom.request_duration.labels(outcome=exc.reason).observe(time.perf_counter() - started)
+            if isinstance(exc, ClientGoneError):
+                log.info("client disconnected; request dropped from its batch")
+            raise ApiError(_BATCHER_STATUS.get(exc.reason, 500), str(exc)) from None
+        except asyncio.CancelledError:
+            if job is not None:
+                self.batcher.cancel(job)
+            raise
+        pngs = await asyncio.to_thread(lambda: [encode_png(img) for img in result.images])
+        elapsed = time.perf_counter() - started
+        self.prom.request_duration.labels(outcome="ok").observe(elapsed)
+        self.prom.images_generated.inc(len(pngs))
+        self.cloudwatch.record_request(result.inference_s * 1000.0, len(pngs))
+        return Generated(pngs, seed, params.width, params.height, params.steps, result)

