@@ -187,7 +187,7 @@ def rules_with_values(kind: str, schema: Any, value: Any, path: str = "") -> Ite
 @cache
 def _program(rule: str) -> celpy.Runner:
     env = celpy.Environment()
-    return env.program(env.compile(rule), functions=EXTRA_FUNCTIONS)
+    return env.program(env.compile(rule), functions=EXTRA_FUNCTIONS)  # type: ignore[arg-type]  # cel-python types functions narrower than it calls them
 
 
 def evaluate_cel(obj: dict[str, Any], tally: Tally) -> list[str]:

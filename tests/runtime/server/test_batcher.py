@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -38,8 +39,11 @@ def spec(prompt: str, seed: int = 1) -> list[ImageSpec]:
     return [ImageSpec(prompt, "", seed)]
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def test_lone_request_does_not_wait_for_company() -> None:
