@@ -35,6 +35,16 @@ KARPENTER: Final = HelmChart(
     release="karpenter",
     namespace="kube-system",
 )
+# Karpenter's CRDs, from its own chart, at the controller's version: Helm installs the crds/ of
+# the karpenter chart once and never upgrades them; Karpenter's upgrade guide ("CRD Upgrades")
+# recommends this chart to manage their lifecycle. Always moves together with KARPENTER.
+KARPENTER_CRD: Final = HelmChart(
+    chart="karpenter-crd",
+    repository="oci://public.ecr.aws/karpenter/karpenter-crd",
+    version=KARPENTER.version,
+    release="karpenter-crd",
+    namespace=KARPENTER.namespace,
+)
 KEDA: Final = HelmChart(
     chart="keda",
     repository="https://kedacore.github.io/charts",
@@ -90,7 +100,10 @@ CPU_BASE_IMAGE: Final = "public.ecr.aws/docker/library/python:3.11.15-slim-trixi
 CODEBUILD_X86_IMAGE: Final = "aws/codebuild/amazonlinux-x86_64-standard:6.0"
 CODEBUILD_ARM_IMAGE: Final = "aws/codebuild/amazonlinux-aarch64-standard:4.0"
 # BuildKit daemon for `docker buildx` (docker-container driver: registry cache export needs it).
-BUILDKIT_IMAGE: Final = "moby/buildkit:v0.29.0"
+# From the ECR Public Gallery's mirror of Docker Hub's moby/buildkit (gallery.ecr.aws/vend/moby/buildkit),
+# same release: Docker Hub limits anonymous pulls per address per hour, and CodeBuild hosts share
+# addresses; ECR Public serves anonymous pulls within its own quotas (500 GB of data a month).
+BUILDKIT_IMAGE: Final = "public.ecr.aws/vend/moby/buildkit:v0.29.0"
 
 
 def dlc_image(region: str, repository: str, tag: str) -> str:

@@ -68,7 +68,9 @@ class ControllerSetup:
 
     values: Mapping[str, Any]  # the add-on's default Helm values; the user's ``values`` are merged over them
     identity: PodIdentityGrant | None = None  # None: the controller calls no AWS API
-    resources: Construct | None = None  # the add-on's own AWS resources, if any (Karpenter's node role, queue, ...)
+    # The add-on's own AWS resources, if any (Karpenter's node role, queue, ...). The release depends
+    # on all of them: created before it, and on stack delete removed only after it.
+    resources: Construct | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +92,9 @@ class ControllerAddOn(ABC):
     # Add-ons that must be installed after this one: lets a prerequisite (a CRD chart, say)
     # declare itself in its own module, without editing the add-on that needs it.
     before: ClassVar[tuple[str, ...]] = ()
+    # True when another add-on installs (and upgrades) the chart's CRDs: the release is installed
+    # with ``helm --skip-crds`` (``eks.HelmChart(skip_crds=True)``).
+    skip_crds: ClassVar[bool] = False
 
     @abstractmethod
     def setup(self, info: ClusterInfo) -> ControllerSetup:

@@ -277,11 +277,25 @@ class KarpenterInfrastructure(Construct):
 
 
 class Karpenter(ControllerAddOn):
-    """Karpenter, installed first: its CRDs back every NodePool, and it launches the nodes everything
-    else may need. Its controller role gets upstream's six managed policies and nothing else."""
+    """Karpenter, installed right after its CRDs: it launches the nodes everything else may need.
+    Its controller role gets upstream's six managed policies and nothing else.
+
+    The CRDs come from the ``karpenter-crd`` add-on (:mod:`stacks.cluster.karpenter_crd`), so this
+    release skips the chart's ``crds/`` (``skip_crds``). aws-cdk-lib 2.275's eks-v2 Helm handler
+    reads ``SkipCrds`` but does not pass it on to ``helm upgrade --install`` (the fix of
+    aws/aws-cdk#31831 reached only the aws-eks handler); that is harmless here because the CRDs
+    exist before this release is installed, and Helm skips a ``crds/`` CRD that is already present
+    on install and never touches ``crds/`` on upgrade.
+
+    The release depends on :class:`KarpenterInfrastructure` (the stack makes every release depend
+    on its add-on's resources), so on stack delete it goes before the node role's access entry and
+    the interruption queue and rules; see :meth:`~stacks.cluster.stack.ClusterStack.apply_charts`
+    for what goes before it.
+    """
 
     name: ClassVar[str] = "karpenter"
     chart: ClassVar[versions.HelmChart] = versions.KARPENTER
+    skip_crds: ClassVar[bool] = True
 
     def setup(self, info: ClusterInfo) -> ControllerSetup:
         infrastructure = KarpenterInfrastructure(info.scope, "Karpenter", config=info.config, cluster=info.cluster)

@@ -36,11 +36,11 @@ from stacks import nag
 from stacks.cluster.addon import ClusterInfo, ControllerAddOn, install_order
 from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController
 from stacks.cluster.karpenter import Karpenter
+from stacks.cluster.karpenter_crd import KarpenterCrd
 from stacks.cluster.keda import Keda
 from stacks.cluster.pod_identity import PodIdentityRole
 from stacks.cluster.volcano import Volcano
 from stacks.network import NetworkStack
-from stacks.registry import RegistryStack
 
 CLUSTER_ADMIN_POLICY: Final = "AmazonEKSClusterAdminPolicy"
 CLOUDWATCH_NAMESPACE: Final = "amazon-cloudwatch"
@@ -55,7 +55,7 @@ ADDONS_AFTER_NODES: Final = ("coredns", "amazon-cloudwatch-observability")
 def default_controllers() -> list[ControllerAddOn]:
     """The controllers of this app, with its default values. Each add-on declares what it must
     follow; where that leaves a choice, this list's order is kept (see install_order)."""
-    return [Karpenter(), AwsLoadBalancerController(), Keda(), Volcano()]
+    return [KarpenterCrd(), Karpenter(), AwsLoadBalancerController(), Keda(), Volcano()]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,6 @@ class ClusterStack(cdk.Stack):
         *,
         config: AppConfig,
         network: NetworkStack,
-        registry: RegistryStack,
         node_group: ControllerNodeGroupProps | None = None,
         controllers: Sequence[ControllerAddOn] | None = None,
         **kwargs: Any,
@@ -110,7 +109,6 @@ class ClusterStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
         self.network = network
-        self.registry = registry
         node_group = node_group or ControllerNodeGroupProps()
         private_subnets = list(network.regional_private_subnets)
 
@@ -210,7 +208,34 @@ class ClusterStack(cdk.Stack):
         )
 
     def apply_charts(self, charts: Sequence[cdk8s.Chart]) -> list[eks.KubernetesManifest]:
-        """Apply cdk8s charts to the cluster after every controller release is installed."""
+        """Apply cdk8s charts to the cluster after every controller release is installed.
+
+        Every manifest depends on every release, so on stack delete CloudFormation deletes the
+        manifests first, while the controllers still run. That is what lets the Karpenter chart's
+        NodePools and EC2NodeClasses take their nodes with them: the Karpenter release depends on
+        its node role's access entry and its interruption queue and rules (the add-on's
+        resources, see :meth:`_install_controllers`), so those go only after the release, and
+        the release only after these manifests. Each edge is a ``DependsOn`` in the template.
+
+        What the kubectl handler does on delete (aws-cdk-lib 2.275, custom-resource-handlers
+        aws-eks-v2/kubectl-handler/apply/__init__.py) bounds what that order guarantees: it runs
+        ``kubectl delete -f <manifest>`` with kubectl's defaults (``--wait=true``, no timeout),
+        inside the handler Lambda's 15 minutes, and it *catches and only logs any error* of that
+        command, reporting the delete as a success.
+
+        * Guaranteed: the manifests' objects are deleted before the Karpenter release is
+          uninstalled and before the node access entry and the queue are deleted, and, while the
+          handler waits, the EC2NodeClass finalizer (karpenter.k8s.aws/termination, held until no
+          NodeClaim uses the class; aws/karpenter-provider-aws@v1.14.1:
+          pkg/controllers/nodeclass/controller.go) keeps the delete from finishing until
+          Karpenter has drained and terminated the class's nodes.
+        * Not guaranteed: if ``kubectl delete`` fails (API unreachable, a CRD already gone) the
+          error is swallowed and CloudFormation goes on, so the next resources are deleted with
+          the nodes still running; if draining outlasts the Lambda (a PodDisruptionBudget that
+          never allows an eviction, say), the delete of the manifest fails and the stack stops in
+          DELETE_FAILED with Karpenter and the access entry still in place, to be retried. After
+          either, look for EC2 instances tagged ``karpenter.sh/nodepool`` that are still running.
+        """
         manifests = []
         for chart in charts:
             manifest = self.cluster.add_cdk8s_chart(f"Chart{chart.node.id}", chart)
@@ -384,10 +409,16 @@ class ClusterStack(cdk.Stack):
                 values=addon.helm_values(setup),
                 wait=True,
                 timeout=cdk.Duration.minutes(10),
+                skip_crds=addon.skip_crds,
             )
             release.node.add_dependency(self.controller_nodegroup, pod_identity_agent)
             if identity is not None:  # credentials exist before the first pod asks for them
                 release.node.add_dependency(identity)
+            if setup.resources is not None:
+                # Explicit, not only through the values' Refs: on stack delete the release (and
+                # with it what apply_charts applied) goes before the add-on's own resources;
+                # Karpenter's nodes need its node access entry and queue until they are gone.
+                release.node.add_dependency(setup.resources)
             if previous is not None:  # the chain implies every declared dependency
                 release.node.add_dependency(previous)
             previous = release

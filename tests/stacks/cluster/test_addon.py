@@ -19,7 +19,9 @@ from stacks.cluster.addon import (
     deep_merge,
     install_order,
 )
+from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController
 from stacks.cluster.karpenter import Karpenter
+from stacks.cluster.karpenter_crd import KarpenterCrd
 from stacks.cluster.keda import Keda
 
 # --- values --------------------------------------------------------------------------------------
@@ -128,8 +130,9 @@ def respects_declarations(ordered: list[ControllerAddOn]) -> bool:
 
 def test_default_controllers_install_in_todays_order() -> None:
     ordered = install_order(default_controllers())
-    assert names(ordered) == ["karpenter", "aws-load-balancer-controller", "keda", "volcano"]
+    assert names(ordered) == ["karpenter-crd", "karpenter", "aws-load-balancer-controller", "keda", "volcano"]
     assert [addon.chart for addon in ordered] == [
+        versions.KARPENTER_CRD,
         versions.KARPENTER,
         versions.AWS_LOAD_BALANCER_CONTROLLER,
         versions.KEDA,
@@ -144,7 +147,8 @@ def test_declared_dependencies_are_respected_whatever_the_listing_order(listed: 
     ordered = install_order(listed)
     assert sorted(names(ordered)) == sorted(a.name for a in listed)
     assert respects_declarations(ordered)
-    assert ordered[0].name == Karpenter.name  # everything else follows it, directly or not
+    # Everything else follows Karpenter, directly or not, and Karpenter its CRDs.
+    assert names(ordered)[:2] == [KarpenterCrd.name, Karpenter.name]
 
 
 def test_ties_keep_the_listed_order() -> None:
@@ -153,11 +157,25 @@ def test_ties_keep_the_listed_order() -> None:
 
 
 def test_a_prerequisite_can_declare_itself_before_an_add_on() -> None:
-    """How a CRD chart would come before Karpenter: one new add-on, Karpenter's module untouched."""
-    crds = fake("karpenter-crd", before=(Karpenter.name,))
-    ordered = install_order([*default_controllers(), crds])
+    """How the CRD chart comes before Karpenter: declared in its own module, listed anywhere."""
+    assert KarpenterCrd.before == (Karpenter.name,) and KarpenterCrd.name not in Karpenter.after
+    others = [addon for addon in default_controllers() if addon.name != KarpenterCrd.name]
+    ordered = install_order([*others, KarpenterCrd()])
     assert names(ordered)[:2] == ["karpenter-crd", "karpenter"]
     assert respects_declarations(ordered)
+    probe = fake("probe-crd", before=(Keda.name,))
+    ordered = install_order([*default_controllers(), probe])
+    assert names(ordered).index("probe-crd") < names(ordered).index("keda")
+    assert respects_declarations(ordered)
+
+
+def test_the_karpenter_crd_add_on_pins_karpenters_version_and_keeps_its_crds() -> None:
+    crd = KarpenterCrd()
+    assert crd.chart.version == Karpenter.chart.version and crd.chart.namespace == Karpenter.chart.namespace
+    assert crd.chart.repository == "oci://public.ecr.aws/karpenter/karpenter-crd"
+    assert Karpenter.skip_crds and not KarpenterCrd.skip_crds
+    values = crd.helm_values(crd.setup(_info()))
+    assert values == {"additionalAnnotations": {"helm.sh/resource-policy": "keep"}}
 
 
 def test_a_cycle_is_an_error_naming_it() -> None:
@@ -188,40 +206,40 @@ def test_two_add_ons_with_one_name_are_an_error() -> None:
 # --- a cluster built from add-ons ------------------------------------------------------------------
 
 
-class KarpenterCrds(ControllerAddOn):
-    """Stands for the karpenter-crd chart: a prerequisite declared in its own module only."""
+class Probe(ControllerAddOn):
+    """A user's own add-on: a chart the cluster installs after the ALB controller, declared here only."""
 
-    name: ClassVar[str] = "karpenter-crd"
+    name: ClassVar[str] = "probe"
     chart: ClassVar[versions.HelmChart] = versions.HelmChart(
-        chart="karpenter-crd",
-        repository="oci://public.ecr.aws/karpenter/karpenter-crd",
-        version=versions.KARPENTER.version,
-        release="karpenter-crd",
-        namespace=versions.KARPENTER.namespace,
+        chart="probe",
+        repository="https://example.com/charts",
+        version="0.1.0",
+        release="probe",
+        namespace="probe",
     )
-    before: ClassVar[tuple[str, ...]] = (Karpenter.name,)
+    after: ClassVar[tuple[str, ...]] = (AwsLoadBalancerController.name,)
+    before: ClassVar[tuple[str, ...]] = (Keda.name,)
 
     def setup(self, info: ClusterInfo) -> ControllerSetup:
-        return ControllerSetup(values={})
+        return ControllerSetup(values={"nodeSelector": dict(info.node_selector)})
 
 
 @pytest.fixture(scope="module")
 def custom_cluster() -> dict[str, Any]:
-    """A cluster stack given its controllers: the defaults, KEDA with user values, and one more add-on."""
+    """A cluster stack given its controllers: the defaults, KEDA with user values, and one more add-on
+    listed last but declared before KEDA."""
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
 
     from spec.config import load_config
     from stacks.cluster import ClusterStack
     from stacks.network import NetworkStack
-    from stacks.registry import RegistryStack
     from tests.conftest import cdk_json_context
 
     config = load_config(cdk_json_context())
     app = cdk.App(context={k: v for k, v in cdk_json_context().items() if k.startswith("@")})
     env = cdk.Environment(account=config.account, region=config.region)
     network = NetworkStack(app, "Network", config=config, env=env)
-    registry = RegistryStack(app, "Registry", config=config, env=env)
     controllers = [
         Keda(values={"resources": {"operator": {"limits": {"memory": "1Gi"}}}}) if c.name == Keda.name else c
         for c in default_controllers()
@@ -231,8 +249,7 @@ def custom_cluster() -> dict[str, Any]:
         "Cluster",
         config=config,
         network=network,
-        registry=registry,
-        controllers=[*controllers, KarpenterCrds()],
+        controllers=[*controllers, Probe()],
         env=env,
     )
     return dict(Template.from_stack(stack).to_json())
@@ -244,10 +261,20 @@ def test_the_stack_installs_the_given_add_ons_in_their_order(custom_cluster: dic
         for lid, props in custom_cluster["Resources"].items()
         if props["Type"] == "Custom::AWSCDK-EKS-HelmChart"
     }
-    assert set(helm) == {"karpenter-crd", "karpenter", "aws-load-balancer-controller", "keda", "volcano"}
+    assert set(helm) == {"karpenter-crd", "karpenter", "aws-load-balancer-controller", "probe", "keda", "volcano"}
     crd_id, crd = helm["karpenter-crd"]
     assert crd_id in set(helm["karpenter"][1].get("DependsOn", [])), "Karpenter waits for its CRDs"
     assert not {lid for lid, _ in helm.values()} & set(crd.get("DependsOn", [])), "installed first"
+    release_of = {lid: release for release, (lid, _) in helm.items()}
+    waits_for = {
+        release: {release_of[d] for d in props.get("DependsOn", []) if d in release_of}
+        for release, (_, props) in helm.items()
+    }
+    chain = ["karpenter-crd"]  # each release waits for exactly the one before it
+    while len(chain) < len(helm):
+        (following,) = [release for release, earlier in waits_for.items() if earlier == {chain[-1]}]
+        chain.append(following)
+    assert chain.index("aws-load-balancer-controller") < chain.index("probe") < chain.index("keda")
     keda_values = json.loads(helm["keda"][1]["Properties"]["Values"])
     assert keda_values["resources"] == {"operator": {"limits": {"memory": "1Gi"}}}
     assert keda_values["serviceAccount"] == {"operator": {"create": True, "name": "keda-operator"}}

@@ -26,7 +26,9 @@ from tests.stack_variants import PUBLIC_ENDPOINT, variant
 
 UPSTREAM_KARPENTER = ROOT / "third_party" / "karpenter" / "cloudformation.yaml"
 HELM = "Custom::AWSCDK-EKS-HelmChart"
-CATALOG_CHARTS = (versions.KARPENTER, versions.AWS_LOAD_BALANCER_CONTROLLER, versions.KEDA, versions.VOLCANO)
+# Every chart the versions catalog pins is installed, as one release each.
+CATALOG_CHARTS = tuple(pin for pin in vars(versions).values() if isinstance(pin, versions.HelmChart))
+KUBERNETES_MANIFEST = "Custom::AWSCDK-EKS-KubernetesResource"
 REQUIRED_ADDONS = {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "amazon-cloudwatch-observability"}
 
 
@@ -66,6 +68,18 @@ def props_of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, An
 
 def depends_on(template: dict[str, Any], logical_id: str) -> set[str]:
     return set(template["Resources"][logical_id].get("DependsOn", []))
+
+
+def depends_on_transitively(template: dict[str, Any], logical_id: str) -> set[str]:
+    """Every resource ``logical_id`` waits for through ``DependsOn`` edges: CloudFormation creates
+    them before it and deletes them after it."""
+    seen: set[str] = set()
+    todo = [logical_id]
+    while todo:
+        for dependency in depends_on(template, todo.pop()) - seen:
+            seen.add(dependency)
+            todo.append(dependency)
+    return seen
 
 
 def as_list(value: Any) -> list[Any]:
@@ -424,6 +438,8 @@ def test_every_controller_is_pinned_to_the_controller_node_group(template: dict[
     (nodegroup,) = props_of_type(template, "AWS::EKS::Nodegroup").values()
     labels = nodegroup["Labels"]
     for release, (_, props) in releases(template).items():
+        if release == "karpenter-crd":  # CRDs only: no pods to place
+            continue
         values = values_json(props, {})
         selector = values.get("nodeSelector") or values.get("custom", {}).get("default_ns")
         assert selector and selector.items() <= labels.items(), release
@@ -471,6 +487,70 @@ def test_alb_controller_policy_is_the_upstream_policy_aws_cdk_lib_ships(template
         (a, r) for s in shipped["Statement"] for a in as_list(s["Action"]) for r in as_list(s["Resource"])
     }
     assert granted == upstream_pairs
+
+
+def test_volcano_creates_pods_without_waiting_for_idle_capacity(template: dict[str, Any]) -> None:
+    """No ``enqueue`` action: a PodGroup is not held Pending until current idle capacity fits it,
+    so its pods are created, go Pending, and Karpenter adds the GPU/Neuron node they need."""
+    _, props = releases(template)[versions.VOLCANO.release]
+    custom = values_json(props, {})["custom"]
+    config = yaml.safe_load(custom["scheduler_config_override"])
+    actions = [action.strip() for action in config["actions"].split(",")]
+    assert "enqueue" not in actions
+    assert actions[0] == "allocate" and "backfill" in actions
+    plugins = [plugin["name"] for tier in config["tiers"] for plugin in tier["plugins"]]
+    assert "overcommit" not in plugins, "it only decides enqueue admission"
+    # The chart default's other plugins stay: gang scheduling, fairness, node fit and scoring.
+    assert {"priority", "gang", "conformance", "drf", "predicates", "proportion", "nodeorder", "binpack"} <= set(
+        plugins
+    )
+    assert custom["default_ns"], "the node selector stays next to the override"
+
+
+def test_karpenter_crds_come_from_the_karpenter_crd_chart_installed_first(template: dict[str, Any]) -> None:
+    """Helm never upgrades a chart's crds/ directory: the CRDs come from the karpenter-crd chart, at
+    Karpenter's version, installed before the karpenter release, which skips its own copy."""
+    found = releases(template)
+    assert "karpenter-crd" in found, "no karpenter-crd release"
+    crd_id, crd = found["karpenter-crd"]
+    karpenter_id, karpenter = found[versions.KARPENTER.release]
+    assert crd["Chart"] == "karpenter-crd"
+    assert crd["Repository"] == "oci://public.ecr.aws/karpenter/karpenter-crd"
+    assert crd["Version"] == karpenter["Version"] == versions.KARPENTER.version
+    assert crd["Namespace"] == karpenter["Namespace"]
+    assert crd_id in depends_on_transitively(template, karpenter_id)
+    assert karpenter_id not in depends_on_transitively(template, crd_id)
+    assert karpenter.get("SkipCrds") is True
+    assert not crd.get("SkipCrds")
+
+
+def test_stack_delete_removes_node_pools_then_karpenter_then_its_node_access(
+    synth: Synth, template: dict[str, Any]
+) -> None:
+    """CloudFormation deletes a resource before what it depends on. The NodePools/EC2NodeClasses go
+    while Karpenter runs (its finalizers terminate their instances), Karpenter before the node
+    role's access entry and the interruption queue and rules it reads."""
+    resources = template["Resources"]
+    (karpenter_id, _) = releases(template)[versions.KARPENTER.release]
+    (node_pools_id,) = [lid for lid in of_type(template, KUBERNETES_MANIFEST) if "Chartkarpenter" in lid]
+    assert "NodePool" in json.dumps(resources[node_pools_id]["Properties"]["Manifest"])
+    node_role_name = naming.karpenter_node_role_name(synth.stacks.cluster.config)
+    (node_role_id,) = [
+        lid for lid, r in props_of_type(template, "AWS::IAM::Role").items() if r.get("RoleName") == node_role_name
+    ]
+    (access_entry_id,) = [
+        lid
+        for lid, entry in props_of_type(template, "AWS::EKS::AccessEntry").items()
+        if entry["PrincipalArn"] == {"Fn::GetAtt": [node_role_id, "Arn"]}
+    ]
+    before_karpenter = depends_on_transitively(template, karpenter_id)
+    assert access_entry_id in before_karpenter, "the node access entry could be deleted before the NodePools"
+    for kind in ("AWS::SQS::Queue", "AWS::SQS::QueuePolicy", "AWS::Events::Rule"):
+        assert set(of_type(template, kind)) <= before_karpenter, kind
+    assert karpenter_id in depends_on_transitively(template, node_pools_id)
+    # Every applied chart waits for every release (so goes first on delete).
+    for manifest_id in of_type(template, KUBERNETES_MANIFEST):
+        assert {lid for lid, _ in releases(template).values()} <= depends_on_transitively(template, manifest_id)
 
 
 # --- the API other stacks and charts use ------------------------------------------------------
