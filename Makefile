@@ -17,7 +17,7 @@ CRDS ?= third_party
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: help deps synth manifests test pytest lint fmt diff deploy serve bench imports clean
+.PHONY: help deps synth manifests test pytest lint fmt diff deploy deploy-build deploy-pipeline serve bench imports clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -57,11 +57,29 @@ fmt: $(STAMP_PY) ## fix what ruff can (imports, format)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-diff: deps ## cdk diff against the deployed stacks (needs AWS credentials)
-	$(CDK) diff
+# One deploy path per deployment (spec/deployments.py): the build infrastructure once per account
+# and Region, then a deployment (deployments/$(DEPLOYMENT).json) from this workstation. The ones
+# named in pipeline.deployments are the deploy pipeline's, not `make deploy`'s.
+DEPLOYMENT ?= dev
+CONTEXT ?=
+CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
+BUILD_STACKS := EdgeDiffusion-Registry EdgeDiffusion-ImagePipeline
+DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Inventory
 
-deploy: deps ## cdk deploy every stack (needs AWS credentials and a bootstrapped account)
-	$(CDK) deploy --all --require-approval broadening
+diff: deps ## cdk diff of the build infrastructure and DEPLOYMENT (needs AWS credentials); CONTEXT='-c key=value ...'
+	$(CDK) diff $(BUILD_STACKS) $(DEPLOYMENT_STACKS) $(CDK_ARGS)
+
+# --import-existing-resources: the image repository and the model bucket are retained with fixed
+# names; after a `cdk destroy` the next deploy adopts them (CloudFormation auto-import) instead of
+# failing on "already exists".
+deploy-build: deps ## deploy the shared build infrastructure: registry and image pipeline (once per account and Region)
+	$(CDK) deploy $(BUILD_STACKS) --import-existing-resources --require-approval broadening $(CDK_ARGS)
+
+deploy-pipeline: deps ## deploy the self-mutating deploy pipeline (once; then it updates itself)
+	$(CDK) deploy EdgeDiffusion-DeployPipeline --require-approval broadening $(CDK_ARGS)
+
+deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default dev) from this workstation
+	$(CDK) deploy $(DEPLOYMENT_STACKS) --require-approval broadening $(CDK_ARGS)
 
 serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo)
 	$(PY) -m runtime.server --model tiny --host 127.0.0.1

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import sys
 
-from spec.config import ConfigError, cli_context, load_config
+from spec.config import ConfigError, cli_context
+from spec.deployments import load_release
 
 
 def main(argv: list[str]) -> int:
     try:
         context = cli_context(argv)
-        load_config(context)  # fail fast on bad config, before the CDK and every stack are imported
+        load_release(context)  # fail fast on bad config, before the CDK and every stack are imported
         from composition.app import build_app
 
         app, _ = build_app(context)

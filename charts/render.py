@@ -1,7 +1,8 @@
 """Write every chart as plain YAML, one file per chart: ``python -m charts.render --out dist/manifests``.
 
-For ``kubectl apply`` and GitOps users; the config comes from cdk.json's context plus
-``-c key=value`` overrides, exactly as for ``cdk synth``.
+For ``kubectl apply`` and GitOps users: the charts of one deployment (``-c deployment=<name>``,
+default dev), its config read exactly as ``cdk synth`` reads it (cdk.json, deployments/<name>.json,
+``-c key=value`` overrides).
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from pathlib import Path
 import cdk8s
 
 from charts.build import add_charts
-from spec.config import ConfigError, cli_context, load_config
+from spec.config import ConfigError, cli_context
+from spec.deployments import load_release
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def render(config_context: dict[str, object], out: Path) -> list[Path]:
     """Synthesize into ``out`` (replaced) and return the files written, in apply order."""
-    config = load_config(config_context)
+    config = load_release(config_context).selected.config
     if out.exists():
         shutil.rmtree(out)
     app = cdk8s.App(

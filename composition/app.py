@@ -1,10 +1,19 @@
-"""How the app's stacks fit together: one function used by app.py, the tests and the
-deploy pipeline's stages, so every entry point builds the same thing."""
+"""How the app's stacks fit together: one function used by app.py, the tests and the deploy
+pipeline's stages, so every entry point builds the same thing.
+
+One synth builds one release (``spec.deployments``): the build infrastructure shared by every
+deployment in the account and Region (``EdgeDiffusion-Registry``, ``EdgeDiffusion-ImagePipeline``
+and, when ``pipeline.deployments`` names any, ``EdgeDiffusion-DeployPipeline``), the workstation
+deployment's stacks (``EdgeDiffusion-<name>-Network|Cluster|Inventory``) unless the pipeline
+deploys it, and inside the deploy pipeline one stage per pipeline deployment, whose stacks carry
+the same names a workstation deploy would give them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
@@ -12,34 +21,76 @@ from constructs import Construct
 
 from charts import inventory as inventory_chart
 from composition.app_charts import add_app_charts
-from composition.build_infrastructure import add_ci_stacks
-from spec.config import AppConfig, load_config
+from composition.build_infrastructure import BuildInfrastructure, add_build_infrastructure
+from spec.config import AppConfig
+from spec.deployments import DEPLOYMENTS_DIR, STACK_PREFIX, Deployment, Release, load_release
 from stacks.cluster import ClusterStack
 from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
-from stacks.registry import RegistryStack
 
-STACK_PREFIX = "EdgeDiffusion"
+NETWORK, CLUSTER, INVENTORY = "Network", "Cluster", "Inventory"
 
 
 @dataclass(frozen=True)
-class AppStacks:
+class DeploymentStacks:
     """The stacks of one deployment of the app (workstation deploy or a pipeline stage)."""
 
+    deployment: Deployment
     network: NetworkStack
-    registry: RegistryStack
     cluster: ClusterStack
     inventory: InventoryStack
 
+    @property
+    def all(self) -> tuple[cdk.Stack, ...]:
+        return (self.network, self.cluster, self.inventory)
 
-def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
-    """Add the serving stacks of one deployment under ``scope`` (an App or a Stage)."""
+
+@dataclass(frozen=True)
+class ReleaseStacks:
+    """Every stack one synth builds: the shared build infrastructure and the deployments on it."""
+
+    release: Release
+    build: BuildInfrastructure
+    workstation: DeploymentStacks | None
+    pipeline: dict[str, DeploymentStacks] = field(default_factory=dict)
+
+    # The workstation deployment's stacks, for callers that build one deployment.
+    @property
+    def network(self) -> NetworkStack:
+        return self._workstation.network
+
+    @property
+    def cluster(self) -> ClusterStack:
+        return self._workstation.cluster
+
+    @property
+    def inventory(self) -> InventoryStack:
+        return self._workstation.inventory
+
+    @property
+    def registry(self) -> cdk.Stack:
+        return self.build.registry
+
+    @property
+    def _workstation(self) -> DeploymentStacks:
+        assert self.workstation is not None, f"{self.release.pipeline} are all deployed by the pipeline"
+        return self.workstation
+
+
+def stack_name(deployment: Deployment, part: str) -> str:
+    """``EdgeDiffusion-<deployment>-<part>``: the CloudFormation name on either deploy path."""
+    return f"{deployment.stack_prefix}-{part}"
+
+
+def add_deployment_stacks(scope: Construct, deployment: Deployment) -> DeploymentStacks:
+    """Add one deployment's stacks under ``scope`` (the App, or a deploy pipeline Stage)."""
+    config: AppConfig = deployment.config
     env = cdk.Environment(account=config.account, region=config.region)
-    network = NetworkStack(scope, f"{STACK_PREFIX}-Network", config=config, env=env)
-    registry = RegistryStack(scope, f"{STACK_PREFIX}-Registry", config=config, env=env)
-    cluster = ClusterStack(scope, f"{STACK_PREFIX}-Cluster", config=config, network=network, registry=registry, env=env)
+    network_name, cluster_name, inventory_name = (stack_name(deployment, p) for p in (NETWORK, CLUSTER, INVENTORY))
+    network = NetworkStack(scope, network_name, stack_name=network_name, config=config, env=env)
+    cluster = ClusterStack(scope, cluster_name, stack_name=cluster_name, config=config, network=network, env=env)
     on_cluster = add_app_charts(cluster, config)  # workload Pod Identity roles, then every cdk8s chart
-    inventory = InventoryStack(scope, f"{STACK_PREFIX}-Inventory", config=config, env=env)
+    inventory = InventoryStack(scope, inventory_name, stack_name=inventory_name, config=config, env=env)
     # The publisher writes the table by name (no export couples the stacks): its role may write items, nothing else.
     publisher_identity = cluster.add_pod_identity_role(
         "InventoryPublisher",
@@ -50,18 +101,23 @@ def add_app_stacks(scope: Construct, config: AppConfig) -> AppStacks:
     # Pod Identity injects credentials when a pod is admitted: the association must exist first.
     publisher_manifest = on_cluster.manifests[on_cluster.charts.inventory.node.id]
     publisher_manifest.node.add_dependency(publisher_identity)
-    return AppStacks(network=network, registry=registry, cluster=cluster, inventory=inventory)
+    return DeploymentStacks(deployment=deployment, network=network, cluster=cluster, inventory=inventory)
 
 
-def build_app(context: Mapping[str, object] | None = None, outdir: str | None = None) -> tuple[cdk.App, AppStacks]:
+def build_app(
+    context: Mapping[str, object] | None = None,
+    outdir: str | None = None,
+    deployments_dir: Path = DEPLOYMENTS_DIR,
+) -> tuple[cdk.App, ReleaseStacks]:
     """Build the whole CDK app with cdk-nag registered; raises ConfigError on bad config.
 
     ``context`` (tests) is merged over cdk.json's when run by the CLI; the CLI passes its
     context (cdk.json + -c) through the environment, which ``cdk.App`` reads itself.
     """
     app = cdk.App(context=dict(context or {}), outdir=outdir)
-    config = load_config(app.node.get_all_context())
-    stacks = add_app_stacks(app, config)
-    add_ci_stacks(app, config, registry=stacks.registry, prefix=STACK_PREFIX, add_app_stacks=add_app_stacks)
+    release = load_release(app.node.get_all_context(), deployments_dir)
+    build = add_build_infrastructure(app, release, prefix=STACK_PREFIX, add_deployment_stacks=add_deployment_stacks)
+    workstation = add_deployment_stacks(app, release.workstation) if release.workstation else None
+    pipeline = build.deploy.deployment_stacks if build.deploy else {}
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    return app, stacks
+    return app, ReleaseStacks(release=release, build=build, workstation=workstation, pipeline=pipeline)

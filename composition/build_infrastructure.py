@@ -1,57 +1,65 @@
-"""The CI/CD stacks of the app: the image pipeline and the self-mutating deploy pipeline.
+"""The build infrastructure every deployment in an account and Region shares.
 
-Added by ``composition.app.build_app`` next to the app's stacks; they share one pipeline source
-(the S3 source bucket lives in the image pipeline stack).
+The image repository and model bucket (``EdgeDiffusion-Registry``), the image pipeline and its
+source (``EdgeDiffusion-ImagePipeline``), and the self-mutating deploy pipeline
+(``EdgeDiffusion-DeployPipeline``, only when ``pipeline.deployments`` names deployments). They
+are created once, from the shared config (``cdk.json``: account, region, pipeline, model);
+deployments reference them by their config-derived names and never create them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aws_cdk as cdk
 from constructs import Construct
 
-from spec import naming
-from spec.config import AppConfig
-from stacks.deploy_pipeline import DeployPipelineStack, region_stage_config
+from spec.deployments import Deployment, Release
+from stacks.deploy_pipeline import DeployPipelineStack
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack
 
+REGISTRY, IMAGE_PIPELINE, DEPLOY_PIPELINE = "Registry", "ImagePipeline", "DeployPipeline"
+
 
 @dataclass(frozen=True)
-class CiStacks:
+class BuildInfrastructure:
+    registry: RegistryStack
     images: ImagePipelineStack
-    deploy: DeployPipelineStack
+    deploy: DeployPipelineStack | None
+
+    @property
+    def all(self) -> tuple[cdk.Stack, ...]:
+        return (self.registry, self.images, *((self.deploy,) if self.deploy else ()))
 
 
-def add_ci_stacks(
+def add_build_infrastructure(
     scope: Construct,
-    config: AppConfig,
+    release: Release,
     *,
-    registry: RegistryStack,
     prefix: str,
-    add_app_stacks: Callable[[Construct, AppConfig], object],
-) -> CiStacks:
-    """Add the image pipeline (pushing to ``registry``'s repository) and the deploy pipeline."""
+    add_deployment_stacks: Callable[[Construct, Deployment], Any],
+) -> BuildInfrastructure:
+    """Add the shared stacks; the deploy pipeline's stages are built by ``add_deployment_stacks``."""
+    config = release.shared
     env = cdk.Environment(account=config.account, region=config.region)
-    # The Region stage of the deploy pipeline is its own deployment with its own repository: the
-    # image pipeline publishes the manifest lists there too, so its pods find their images.
-    staging_repository = naming.image_repository_name(region_stage_config(config))
+    registry = RegistryStack(scope, f"{prefix}-{REGISTRY}", config=config, env=env)
     images = ImagePipelineStack(
-        scope,
-        f"{prefix}-ImagePipeline",
-        config=config,
-        repository=registry.repository,
-        mirror_repository_names=[staging_repository],
-        env=env,
+        scope, f"{prefix}-{IMAGE_PIPELINE}", config=config, repository=registry.repository, env=env
     )
-    deploy = DeployPipelineStack(
-        scope,
-        f"{prefix}-DeployPipeline",
-        config=config,
-        source=images.source,
-        add_app_stacks=add_app_stacks,
-        env=env,
+    deploy = (
+        DeployPipelineStack(
+            scope,
+            f"{prefix}-{DEPLOY_PIPELINE}",
+            config=config,
+            source=images.source,
+            deployments=release.pipeline,
+            add_deployment_stacks=add_deployment_stacks,
+            env=env,
+        )
+        if release.pipeline
+        else None
     )
-    return CiStacks(images=images, deploy=deploy)
+    return BuildInfrastructure(registry=registry, images=images, deploy=deploy)

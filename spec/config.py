@@ -313,7 +313,7 @@ def load_config(context: Mapping[str, object]) -> AppConfig:
     for key, raw in context.items():
         if key in _KEYS:
             changes[_KEYS[key]] = _parse_value(key, raw)
-        elif _OUR_KEY.match(key):
+        elif is_config_key(key):
             raise ConfigError(key, raw, f"a known key: {', '.join(_KEYS)}")
     config = replace(AppConfig(), **changes)
     validate(config)
@@ -446,6 +446,11 @@ def cli_context(argv: Sequence[str]) -> dict[str, object]:
             raise ConfigError("argument", pair, "-c key=value (or --context key=value)")
         context[key] = value
     return context
+
+
+def is_config_key(key: str) -> bool:
+    """Whether a context key is ours (camelCase), not the CDK's (``@aws-cdk/...``, ``aws:cdk:...``)."""
+    return bool(_OUR_KEY.match(key))
 
 
 def context_keys() -> tuple[str, ...]:

@@ -26,16 +26,20 @@ def karpenter_node_role_name(config: AppConfig) -> str:
     return f"{config.cluster_name}-karpenter-node"
 
 
-def image_repository_name(config: AppConfig) -> str:
-    return f"{config.cluster_name}/stable-diffusion"
+# Prefix of the build infrastructure's names: one per account and Region, shared by every
+# deployment (spec.deployments), so it does not come from a deployment's cluster name.
+BUILD_PREFIX: Final = "edge-diffusion"
+# The one image repository every deployment in the account and Region pulls from.
+IMAGE_REPOSITORY_NAME: Final = f"{BUILD_PREFIX}/stable-diffusion"
 
 
 def image_repository_uri(config: AppConfig) -> str:
-    return f"{config.account}.dkr.ecr.{config.region}.amazonaws.com/{image_repository_name(config)}"
+    return f"{config.account}.dkr.ecr.{config.region}.amazonaws.com/{IMAGE_REPOSITORY_NAME}"
 
 
 def model_bucket_name(config: AppConfig) -> str:
-    return f"{config.cluster_name}-models-{config.account}-{config.region}"
+    """The one model-artifact bucket of the account and Region (bucket names are global)."""
+    return f"{BUILD_PREFIX}-models-{config.account}-{config.region}"
 
 
 def models_base_uri(config: AppConfig) -> str:

@@ -1,27 +1,26 @@
 """DeployPipelineStack: a self-mutating CDK Pipeline that deploys the app from the repository.
 
     Source ──> Build (`make synth`) ──> UpdatePipeline (SelfMutate) ──> Assets
-           ──> Region:     the app in the Region only, as a separate staging deployment
-           ──> approval ──> LocalZone: the production deployment, Region plus its Local Zones
+           ──> <first deployment>  ──> approval ──> <next deployment> ──> ...
 
-Why these two stages: the Local Zones are not a separate deployment of this app but subnets of
-the one VPC and node pools of the one cluster, so "the Local Zone deployment" is the production
-app with its Local Zones. The Region stage deploys the same stacks with no Local Zones under its
-own name (``<clusterName>-region``): every infrastructure change (VPC, cluster, controllers,
-charts) is proven there first, without consuming scarce Local Zone capacity; a person approves
-before production changes. Both stages are ``cdk.Stage``s built by ``add_app_stacks`` (passed in by
-``composition``, the same function ``app.py`` uses), so the pipeline deploys exactly what a workstation deploy would.
+One stage per deployment named in ``pipeline.deployments`` (``deployments/<name>.json``), in
+that order, with a manual approval before every stage after the first: e.g. ``staging`` (the
+Region only, no Local Zones: every infrastructure change is proven there first without
+consuming scarce Local Zone capacity) then ``production`` (the Region and its Local Zones).
+Each stage's stacks are built by ``add_deployment_stacks`` (passed in by ``composition``, the
+function app.py uses for a workstation deploy) from the same committed file, under the same
+stack names, so the pipeline deploys exactly what ``cdk deploy`` from a workstation would.
 
-The synth step runs ``make synth`` (the same command as a developer), with the CDK CLI pinned to
-package.json's version for self-mutation; cdk.context.json is committed, so synth never needs a
-lookup role.
+The synth step runs ``make synth`` (the same command as a developer, no ``-c``: everything it
+needs is committed), with the CDK CLI pinned to package.json's version for self-mutation;
+cdk.context.json is committed, so synth never needs a lookup role.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,7 +31,8 @@ from aws_cdk import pipelines
 from constructs import Construct
 
 from spec import versions
-from spec.config import AppConfig, ConfigError, validate
+from spec.config import AppConfig
+from spec.deployments import Deployment
 from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
 from stacks.image_pipeline import acknowledge_codebuild_defaults
@@ -40,10 +40,12 @@ from stacks.pipeline_source import PipelineSource
 from stacks.pr_diff import PullRequestDiff, acknowledge_pr_diff_findings
 
 ROOT: Final = Path(__file__).resolve().parents[1]
-REGION_STAGE: Final = "Region"
-LOCAL_ZONE_STAGE: Final = "LocalZone"
-APPROVAL_STEP: Final = "PromoteToLocalZone"
-REGION_CLUSTER_SUFFIX: Final = "-region"
+SYNTH_COMMANDS: Final = ("make synth",)  # exactly a developer's: no -c, the config is committed
+
+
+def approval_step(deployment: Deployment) -> str:
+    """The manual approval before ``deployment``'s stage (every stage after the first)."""
+    return f"Promote-{deployment.name}"
 
 
 def cdk_cli_version() -> str:
@@ -52,35 +54,22 @@ def cdk_cli_version() -> str:
     return str(package["devDependencies"]["aws-cdk"])
 
 
-def region_stage_config(config: AppConfig) -> AppConfig:
-    """The staging deployment: the same app without Local Zones, under its own names."""
-    staged = replace(config, cluster_name=f"{config.cluster_name}{REGION_CLUSTER_SUFFIX}", local_zones=())
-    try:
-        validate(staged)
-    except ConfigError as err:
-        raise ConfigError(
-            "clusterName", config.cluster_name, f"a name that still fits with '{REGION_CLUSTER_SUFFIX}' ({err})"
-        ) from None
-    return staged
-
-
-class AppStage(cdk.Stage):
-    """One deployment of the app's stacks (``add_app_stacks``) as a pipeline stage."""
+class DeploymentStage(cdk.Stage):
+    """One deployment's stacks (``add_deployment_stacks``) as a pipeline stage."""
 
     def __init__(
         self,
         scope: Construct,
-        construct_id: str,
         *,
-        config: AppConfig,
-        add_app_stacks: Callable[[Construct, AppConfig], Any],
+        deployment: Deployment,
+        add_deployment_stacks: Callable[[Construct, Deployment], Any],
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            scope, construct_id, env=cdk.Environment(account=config.account, region=config.region), **kwargs
-        )
-        self.config = config
-        self.stacks = add_app_stacks(self, config)
+        config = deployment.config
+        env = cdk.Environment(account=config.account, region=config.region)
+        super().__init__(scope, deployment.name, env=env, **kwargs)
+        self.deployment = deployment
+        self.stacks = add_deployment_stacks(self, deployment)
 
 
 @dataclass(frozen=True)
@@ -129,7 +118,8 @@ class DeployPipelineStack(cdk.Stack):
         *,
         config: AppConfig,
         source: PipelineSource,
-        add_app_stacks: Callable[[Construct, AppConfig], Any],
+        deployments: Sequence[Deployment],
+        add_deployment_stacks: Callable[[Construct, Deployment], Any],
         props: DeployPipelineProps | None = None,
         **kwargs: Any,
     ) -> None:
@@ -165,25 +155,22 @@ class DeployPipelineStack(cdk.Stack):
             synth=pipelines.ShellStep(
                 "Synth",
                 input=source.cdk_pipeline_input(),
-                commands=["make synth"],
+                commands=list(SYNTH_COMMANDS),
                 primary_output_directory="cdk.out",
             ),
         )
-        self.region_stage = AppStage(
-            self, REGION_STAGE, config=region_stage_config(config), add_app_stacks=add_app_stacks
-        )
-        self.local_zone_stage = AppStage(self, LOCAL_ZONE_STAGE, config=config, add_app_stacks=add_app_stacks)
-        self.cdk_pipeline.add_stage(self.region_stage)
-        self.cdk_pipeline.add_stage(
-            self.local_zone_stage,
-            pre=[
-                pipelines.ManualApprovalStep(
-                    APPROVAL_STEP,
-                    comment=f"The {REGION_STAGE} stage is deployed; promote this change to production "
-                    f"({config.cluster_name} in {config.region} and its Local Zones)?",
-                )
-            ],
-        )
+        self.stages = [
+            DeploymentStage(self, deployment=deployment, add_deployment_stacks=add_deployment_stacks)
+            for deployment in deployments
+        ]
+        for previous, stage in zip([None, *self.stages], self.stages, strict=False):
+            approval = pipelines.ManualApprovalStep(
+                approval_step(stage.deployment),
+                comment=f"{previous.deployment.name if previous else ''} is deployed; deploy this change to "
+                f"{stage.deployment.name} ({stage.deployment.config.cluster_name} in {config.region})?",
+            )
+            self.cdk_pipeline.add_stage(stage, pre=[approval] if previous else [])
+        self.deployment_stacks = {stage.deployment.name: stage.stacks for stage in self.stages}
         self.cdk_pipeline.build_pipeline()
         _sub_configuration_role_arns(self.cdk_pipeline.pipeline)
         source.trigger(self, "SourceTrigger", self.cdk_pipeline.pipeline)

@@ -50,7 +50,7 @@ class RegistryStack(cdk.Stack):
         self.repository = ecr.Repository(
             self,
             "ImageRepository",
-            repository_name=naming.image_repository_name(config),
+            repository_name=naming.IMAGE_REPOSITORY_NAME,
             image_scan_on_push=True,
             image_tag_mutability=ecr.TagMutability.IMMUTABLE,
             encryption=ecr.RepositoryEncryption.KMS,  # AWS managed key for ECR

@@ -21,6 +21,20 @@ def cdk_json_context() -> dict[str, Any]:
     return dict(json.loads((ROOT / "cdk.json").read_text())["context"])
 
 
+# The session's release: the committed config with a real-looking account, a deploy pipeline
+# deploying staging and production (tests/fixtures/deployments), and the workstation's dev
+# deployment beside it: both deploy paths in one synthesis.
+RELEASE_ACCOUNT = "123456789012"
+PIPELINE_DEPLOYMENTS = ("staging", "production")
+FIXTURE_DEPLOYMENTS = ROOT / "tests" / "fixtures" / "deployments"
+
+
+def release_context() -> dict[str, Any]:
+    """The context of the session's synthesis (cdk.json plus what ``-c`` would set)."""
+    pipeline = {**dict(cdk_json_context().get("pipeline", {})), "deployments": list(PIPELINE_DEPLOYMENTS)}
+    return {**cdk_json_context(), "account": RELEASE_ACCOUNT, "pipeline": pipeline}
+
+
 @dataclass
 class Synth:
     """One synthesized app: its stacks, and their templates read from the cloud assembly."""
@@ -54,6 +68,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     from composition.app import build_app
 
     outdir = tmp_path_factory.mktemp("cdk.out")
-    app, stacks = build_app(cdk_json_context(), outdir=str(outdir))
+    app, stacks = build_app(release_context(), outdir=str(outdir), deployments_dir=FIXTURE_DEPLOYMENTS)
     assembly = app.synth()
     return Synth(app=app, stacks=stacks, assembly=assembly, outdir=outdir)

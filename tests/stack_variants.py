@@ -56,9 +56,7 @@ def synth_variant(overrides_json: str, *, with_cluster: bool) -> Variant:
     stacks: dict[str, Any] = {"network": NetworkStack(app, "Network", config=config, env=env)}
     if with_cluster:
         stacks["registry"] = RegistryStack(app, "Registry", config=config, env=env)
-        stacks["cluster"] = ClusterStack(
-            app, "Cluster", config=config, network=stacks["network"], registry=stacks["registry"], env=env
-        )
+        stacks["cluster"] = ClusterStack(app, "Cluster", config=config, network=stacks["network"], env=env)
         _add_probes(stacks["cluster"])
     assembly = app.synth()
     templates = {

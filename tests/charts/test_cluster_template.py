@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from spec import contract
-from tests.charts.conftest import Rendered
+from tests.charts.conftest import Rendered, render
+from tests.conftest import RELEASE_ACCOUNT, cdk_json_context
 
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
 
@@ -25,7 +26,9 @@ def applied_manifests(template: dict[str, Any]) -> list[str]:
     ]
 
 
-def test_cluster_template_carries_the_same_objects_as_dist(synth: Any, rendered: Rendered) -> None:
+def test_cluster_template_carries_the_same_objects_as_dist(synth: Any) -> None:
+    """``make manifests`` of the workstation deployment writes what its cluster stack applies."""
+    rendered = render({**cdk_json_context(), "account": RELEASE_ACCOUNT})
     template = synth.template_json(synth.stacks.cluster)
     applied: set[tuple[str, str, str, str]] = set()
     for manifest in applied_manifests(template):

@@ -113,7 +113,7 @@ def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: A
     assert statement["Resource"] == {
         "Fn::Join": [
             "",
-            ["arn:", {"Ref": "AWS::Partition"}, ":dynamodb:us-west-2:111111111111:table/edge-diffusion-endpoints"],
+            ["arn:", {"Ref": "AWS::Partition"}, ":dynamodb:us-west-2:123456789012:table/edge-diffusion-endpoints"],
         ]
     }
 

@@ -1,5 +1,6 @@
-"""DeployPipelineStack: self-mutation with the pinned CLI, `make synth`, the Region stage, the
-approval, the Local Zone stage; the pull-request diff project (webhook filter, read-only role)."""
+"""DeployPipelineStack: self-mutation with the pinned CLI, `make synth`, one stage per pipeline
+deployment in order with an approval before each after the first, the same stacks a workstation
+deploy builds; the pull-request diff project (webhook filter, read-only role)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,15 @@ from typing import Any
 
 import pytest
 
-from spec.config import AppConfig, ConfigError, LocalZoneConfig, load_config
-from stacks.deploy_pipeline import (
-    APPROVAL_STEP,
-    LOCAL_ZONE_STAGE,
-    REGION_STAGE,
-    DeployPipelineStack,
-    cdk_cli_version,
-    region_stage_config,
-)
+from composition.app import DeploymentStacks
+from spec.config import load_config
+from spec.deployments import load_release
+from stacks.deploy_pipeline import SYNTH_COMMANDS, DeployPipelineStack, approval_step, cdk_cli_version
 from stacks.pr_diff import PR_EVENTS, lookup_role_arn
-from tests.conftest import ROOT, Synth, cdk_json_context
+from tests.conftest import FIXTURE_DEPLOYMENTS, PIPELINE_DEPLOYMENTS, ROOT, Synth, cdk_json_context, release_context
 
 STACK_ID = "EdgeDiffusion-DeployPipeline"
 CONNECTION = "arn:aws:codeconnections:us-west-2:111111111111:connection/12345678-1234-1234-1234-123456789012"
-
-
-@pytest.fixture(scope="module")
-def config() -> AppConfig:
-    return load_config(cdk_json_context())
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def buildspec_of(template: dict[str, Any], action: dict[str, Any]) -> dict[str, 
 
 
 def test_stage_order_self_mutates_before_deploying(template: dict[str, Any]) -> None:
-    assert list(stages(template)) == ["Source", "Build", "UpdatePipeline", "Assets", REGION_STAGE, LOCAL_ZONE_STAGE]
+    assert list(stages(template)) == ["Source", "Build", "UpdatePipeline", "Assets", *PIPELINE_DEPLOYMENTS]
 
 
 def test_self_mutation_uses_the_pinned_cli(template: dict[str, Any]) -> None:
@@ -75,7 +66,7 @@ def test_self_mutation_uses_the_pinned_cli(template: dict[str, Any]) -> None:
 def test_synth_runs_make_synth_into_cdk_out(template: dict[str, Any]) -> None:
     (action,) = stages(template)["Build"]
     spec = buildspec_of(template, action)
-    assert spec["phases"]["build"]["commands"] == ["make synth"]
+    assert spec["phases"]["build"]["commands"] == ["make synth"] == list(SYNTH_COMMANDS)
     assert spec["artifacts"]["base-directory"] == "cdk.out"
 
 
@@ -83,36 +74,49 @@ def deployed_stacks(actions: list[dict[str, Any]]) -> set[str]:
     return {a["Configuration"]["StackName"] for a in actions if a["ActionTypeId"]["Provider"] == "CloudFormation"}
 
 
-def test_manual_approval_before_the_local_zone_stage_only(template: dict[str, Any]) -> None:
+def test_manual_approval_before_every_stage_after_the_first(
+    template: dict[str, Any], stack: DeployPipelineStack
+) -> None:
     all_stages = stages(template)
-    production = all_stages[LOCAL_ZONE_STAGE]
-    approvals = [a for a in production if a["ActionTypeId"]["Category"] == "Approval"]
-    assert [a["Name"] for a in approvals] == [APPROVAL_STEP]
-    assert approvals[0]["RunOrder"] < min(a["RunOrder"] for a in production if a not in approvals)
-    assert not any(a["ActionTypeId"]["Category"] == "Approval" for a in all_stages[REGION_STAGE])
+    first, *later = stack.stages
+    assert not any(a["ActionTypeId"]["Category"] == "Approval" for a in all_stages[first.deployment.name])
+    for stage in later:
+        actions = all_stages[stage.deployment.name]
+        approvals = [a for a in actions if a["ActionTypeId"]["Category"] == "Approval"]
+        assert [a["Name"] for a in approvals] == [approval_step(stage.deployment)]
+        assert approvals[0]["RunOrder"] < min(a["RunOrder"] for a in actions if a not in approvals)
 
 
-def test_both_stages_deploy_the_app_stacks(template: dict[str, Any], stack: DeployPipelineStack) -> None:
+def test_each_stage_deploys_its_deployment_under_the_workstation_stack_names(
+    template: dict[str, Any], stack: DeployPipelineStack
+) -> None:
     all_stages = stages(template)
-    for stage_name, stage in ((REGION_STAGE, stack.region_stage), (LOCAL_ZONE_STAGE, stack.local_zone_stage)):
-        names = {s.stack_name for s in stage.node.children if hasattr(s, "stack_name")}
-        assert names and deployed_stacks(all_stages[stage_name]) == names
-        assert all(name.startswith(f"{stage_name}-EdgeDiffusion-") for name in names)
+    for stage in stack.stages:
+        stacks: DeploymentStacks = stage.stacks
+        names = {s.stack_name for s in stacks.all}
+        assert deployed_stacks(all_stages[stage.deployment.name]) == names
+        assert names == {
+            f"EdgeDiffusion-{stage.deployment.name}-{part}" for part in ("Network", "Cluster", "Inventory")
+        }
 
 
-def test_region_stage_is_the_app_without_local_zones(stack: DeployPipelineStack, config: AppConfig) -> None:
-    region, production = stack.region_stage.config, stack.local_zone_stage.config
-    assert production == config
-    assert region.local_zones == () and config.local_zones
-    assert region.cluster_name == f"{config.cluster_name}-region"
-    assert replace(region, cluster_name=config.cluster_name, local_zones=config.local_zones) == config
-    assert stack.region_stage.stacks.cluster.node.path.startswith(f"{STACK_ID}/{REGION_STAGE}/")
+def test_a_stage_has_the_config_a_workstation_deploy_of_the_same_file_gets(stack: DeployPipelineStack) -> None:
+    """Both read cdk.json and deployments/<name>.json, nothing else: the same config, so
+    ``add_deployment_stacks`` builds the same stacks (the stage's come from that function)."""
+    for stage in stack.stages:
+        name = stage.deployment.name
+        alone = load_release({**release_context(), "deployment": name, "pipeline": {}}, FIXTURE_DEPLOYMENTS)
+        assert alone.workstation is not None
+        # Everything but the pipeline's own key, which the workstation synth left empty on purpose.
+        assert replace(alone.workstation.config, pipeline=stage.deployment.config.pipeline) == stage.deployment.config
+        assert isinstance(stage.stacks, DeploymentStacks) and stage.stacks.deployment == stage.deployment
 
 
-def test_region_stage_name_must_fit() -> None:
-    with pytest.raises(ConfigError) as err:
-        region_stage_config(AppConfig(cluster_name="c" * 60, local_zones=(LocalZoneConfig("us-west-2-lax-1a"),)))
-    assert err.value.key == "clusterName"
+def test_pipeline_deployments_refuse_command_line_overrides() -> None:
+    from spec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no -c overrides for staging"):
+        load_release({**release_context(), "deployment": "staging", "clientCidrs": "10.0.0.0/8"}, FIXTURE_DEPLOYMENTS)
 
 
 def test_pipeline_artifacts_are_kms_encrypted(template: dict[str, Any]) -> None:

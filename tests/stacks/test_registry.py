@@ -32,7 +32,7 @@ def buckets(template: dict[str, Any]) -> tuple[tuple[str, dict[str, Any]], tuple
 def test_repository_scans_on_push_with_immutable_tags_and_encryption(synth: Synth, template: dict[str, Any]) -> None:
     (repo,) = of_type(template, "AWS::ECR::Repository").values()
     props = repo["Properties"]
-    assert props["RepositoryName"] == naming.image_repository_name(synth.stacks.registry.config)
+    assert props["RepositoryName"] == naming.IMAGE_REPOSITORY_NAME
     assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}
     assert props["ImageTagMutability"] == "IMMUTABLE"
     assert props["EncryptionConfiguration"]["EncryptionType"] in ("KMS", "AES256")

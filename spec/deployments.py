@@ -1,0 +1,195 @@
+"""Deployments: named, committed configurations of the app, and the one release that builds them.
+
+The build infrastructure (image repository, model bucket, image pipeline, deploy pipeline and
+its source) exists once per account and Region; every deployment of the app (``dev``,
+``staging``, ``production``, a developer's own) is a network, a cluster and an inventory that
+*reference* it and never create it. A deployment is ``deployments/<name>.json``: its keys
+override ``cdk.json``'s context, and the workstation and the pipeline both read that file, so
+the pipeline deploys exactly what ``cdk deploy`` from a workstation would.
+
+Who deploys a deployment is configuration too: the ones named in ``pipeline.deployments`` are
+stages of the self-mutating deploy pipeline, in that order (a manual approval before each after
+the first); any other is deployed from a workstation with ``-c deployment=<name>``. A deployment
+has one deploy path at a time: its stacks are synthesized either at the top level or inside the
+pipeline, never both, and under the same stack names either way, so moving one from the
+workstation to the pipeline hands the same CloudFormation stacks over.
+
+``-c key=value`` overrides apply to the workstation deployment only; a pipeline deployment
+refuses them, since the pipeline's synth (``make synth``, no ``-c``) would not see them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from spec.config import CDK_JSON, AppConfig, ConfigError, is_config_key, load_config
+
+DEPLOYMENTS_DIR: Final = CDK_JSON.parent / "deployments"
+DEFAULT_DEPLOYMENT: Final = "dev"
+DEPLOYMENT_KEY: Final = "deployment"  # context key: the workstation deployment
+DEPLOYMENT_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+# Keys of the build infrastructure, shared by every deployment: cdk.json (or -c) only. The
+# model is one too: the image pipeline bakes it into the serving images every deployment runs.
+SHARED_KEYS: Final = ("account", "region", "pipeline", "modelId", "modelRevision")
+STACK_PREFIX: Final = "EdgeDiffusion"
+# The committed example values: fine to synthesize, never to deploy from the pipeline.
+EXAMPLE_ACCOUNT: Final = "111111111111"
+DOCUMENTATION_NETWORKS: Final = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+WORKSTATION: Final = "workstation"
+PIPELINE: Final = "pipeline"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One named deployment of the app, its config, and who deploys it."""
+
+    name: str
+    config: AppConfig
+    deployed_by: str  # WORKSTATION or PIPELINE
+
+    @property
+    def stack_prefix(self) -> str:
+        """``EdgeDiffusion-<name>``: its stacks' names, the same on either deploy path."""
+        return f"{STACK_PREFIX}-{self.name}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one synth builds: the shared build infrastructure and the deployments on it."""
+
+    shared: AppConfig  # account, region and pipeline of the build infrastructure
+    selected_name: str  # -c deployment=<name>
+    workstation: Deployment | None  # the -c deployment=<name> one, unless the pipeline deploys it
+    pipeline: tuple[Deployment, ...]  # pipeline.deployments, in deploy order
+
+    @property
+    def deployments(self) -> tuple[Deployment, ...]:
+        return (*((self.workstation,) if self.workstation else ()), *self.pipeline)
+
+    def named(self, name: str) -> Deployment:
+        """The deployment called ``name``, on whichever path deploys it."""
+        return next(d for d in self.deployments if d.name == name)
+
+    @property
+    def selected(self) -> Deployment:
+        """The deployment the command line chose (``-c deployment=<name>``, default dev)."""
+        return self.workstation or self.named(self.selected_name)
+
+
+def cdk_json_context() -> dict[str, object]:
+    """The committed context of ``cdk.json``."""
+    return dict(json.loads(CDK_JSON.read_text()).get("context", {}))
+
+
+def read_deployment_file(name: str, directory: Path = DEPLOYMENTS_DIR) -> dict[str, object]:
+    """The keys of ``deployments/<name>.json``; one-line errors for a missing or bad file."""
+    if not DEPLOYMENT_NAME_PATTERN.match(name):
+        raise ConfigError(DEPLOYMENT_KEY, name, "1-16 lowercase letters or digits, starting with a letter")
+    path = directory / f"{name}.json"
+    known = sorted(p.stem for p in directory.glob("*.json"))
+    if not path.is_file():
+        raise ConfigError(DEPLOYMENT_KEY, name, f"a file deployments/<name>.json; there are: {', '.join(known)}")
+    try:
+        keys = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"deployments/{name}.json", err.msg, "a JSON object of config keys") from None
+    if not isinstance(keys, dict):
+        raise ConfigError(f"deployments/{name}.json", type(keys).__name__, "a JSON object of config keys")
+    for key in SHARED_KEYS:
+        if key in keys:
+            raise ConfigError(
+                f"deployments/{name}.json:{key}",
+                keys[key],
+                f"nothing here: {', '.join(SHARED_KEYS)} belong to the shared build infrastructure (cdk.json)",
+            )
+    return keys
+
+
+def _overrides(context: Mapping[str, object], committed: Mapping[str, object]) -> dict[str, object]:
+    """The keys the command line changed (``-c``): context values that differ from cdk.json's."""
+    return {k: v for k, v in context.items() if is_config_key(k) and committed.get(k, object()) != v}
+
+
+def check_deployable_from_pipeline(deployment: Deployment) -> None:
+    """A pipeline deploys unattended: the committed example values must have been replaced."""
+    config = deployment.config
+    where = f"deployments/{deployment.name}.json"
+    if config.account == EXAMPLE_ACCOUNT:
+        raise ConfigError("account", config.account, "your AWS account id in cdk.json, not the example account")
+    for cidr in config.client_cidrs:
+        net = ipaddress.ip_network(cidr)
+        if any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS):  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{where}:clientCidrs", cidr, "the networks your devices come from, not a documentation range"
+            )
+
+
+def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) -> Release:
+    """Build the release from the CDK context (cdk.json plus ``-c``) and the deployment files."""
+    committed = cdk_json_context()
+    context = dict(context)
+    name = str(context.pop(DEPLOYMENT_KEY, DEFAULT_DEPLOYMENT))
+    overrides = _overrides(context, committed)
+    shared = load_config(context)
+    pipeline_names = shared.pipeline.deployments
+    for listed in pipeline_names:
+        read_deployment_file(listed, directory)  # a typo in pipeline.deployments fails here, with the list
+    # A pipeline deployment sees what the pipeline's synth sees: cdk.json, the shared keys, its file.
+    base = {**committed, **{k: context[k] for k in SHARED_KEYS if k in context}}
+
+    pipeline = tuple(
+        Deployment(listed, load_config({**base, **read_deployment_file(listed, directory)}), PIPELINE)
+        for listed in pipeline_names
+    )
+    workstation: Deployment | None = None
+    if name in pipeline_names:
+        changed = sorted(k for k in overrides if k not in SHARED_KEYS)
+        if changed:
+            raise ConfigError(
+                "-c " + ",".join(changed),
+                name,
+                f"no -c overrides for {name}: the pipeline deploys it from deployments/{name}.json (commit the change)",
+            )
+    else:
+        keys = {**context, **read_deployment_file(name, directory), **overrides}
+        workstation = Deployment(name, load_config(keys), WORKSTATION)
+    release = Release(shared=shared, selected_name=name, workstation=workstation, pipeline=pipeline)
+    _check_release(release)
+    return release
+
+
+def _check_release(release: Release) -> None:
+    if release.pipeline:
+        if release.shared.account == EXAMPLE_ACCOUNT:
+            raise ConfigError(
+                "account",
+                release.shared.account,
+                "your AWS account id, not the example, when pipeline.deployments is set",
+            )
+        for deployment in release.pipeline:
+            check_deployable_from_pipeline(deployment)
+    clusters: dict[str, str] = {}
+    built = release.shared.accelerators
+    for deployment in release.deployments:
+        for accelerator in deployment.config.accelerators:
+            if accelerator not in built:
+                raise ConfigError(
+                    f"deployments/{deployment.name}.json:accelerators",
+                    accelerator,
+                    f"accelerators the image pipeline builds (cdk.json accelerators: {', '.join(built)})",
+                )
+        other = clusters.setdefault(deployment.config.cluster_name, deployment.name)
+        if other != deployment.name:
+            raise ConfigError(
+                f"deployments/{deployment.name}.json:clusterName",
+                deployment.config.cluster_name,
+                f"a name no other deployment uses ({other} has it): physical names derive from it",
+            )

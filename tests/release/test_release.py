@@ -1,0 +1,250 @@
+"""The release rehearsal: the first release from an empty account, a second release, and a
+``cdk destroy`` followed by a create, walked step by step over what the app really synthesizes
+(``tests/release/rehearsal.py`` says what is modelled). One test per thing a release needs;
+the negative tests show each check catches the design it guards against."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from spec.deployments import load_release
+from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, release_context
+from tests.release import rehearsal
+from tests.release.rehearsal import Account, MakeDeploy, ReleaseError, Stack
+
+DEPLOY_PIPELINE = "EdgeDiffusion-DeployPipeline"
+WORKSTATION = "dev"
+
+
+@pytest.fixture(scope="module")
+def stacks(synth: Synth) -> dict[str, Stack]:
+    return rehearsal.read_assembly(synth.outdir)
+
+
+@pytest.fixture(scope="module")
+def make() -> MakeDeploy:
+    return rehearsal.read_makefile(ROOT / "Makefile", WORKSTATION)
+
+
+@dataclass
+class Walk:
+    """One walk of the release: the account, and the stacks deployed in the order they were."""
+
+    account: Account = field(default_factory=Account)
+    order: list[str] = field(default_factory=list)
+
+
+def deploy_everything(stacks: dict[str, Stack], make: MakeDeploy, account: Account) -> list[str]:
+    """The documented order (README "Deploying for real"): the build infrastructure, the deploy
+    pipeline (which then deploys its stages), the workstation deployment."""
+    order: list[str] = []
+    for stack in rehearsal.stacks_named(stacks, make.build_stacks):
+        account.deploy(stack, imports_existing=make.build_imports_existing, by="make deploy-build")
+        order.append(stack.name)
+    account.deploy(stacks[DEPLOY_PIPELINE], imports_existing=False, by="make deploy-pipeline")
+    order.append(DEPLOY_PIPELINE)
+    for stage, names in rehearsal.pipeline_stages(stacks[DEPLOY_PIPELINE].template):
+        for stack in rehearsal.stacks_named(stacks, names):
+            account.deploy(stack, imports_existing=False, by=f"deploy pipeline stage {stage}")
+            order.append(stack.name)
+    for stack in rehearsal.stacks_named(stacks, make.deployment_stacks):
+        account.deploy(stack, imports_existing=make.deployment_imports_existing, by="make deploy")
+        order.append(stack.name)
+    return order
+
+
+@pytest.fixture(scope="module")
+def first_release(stacks: dict[str, Stack], make: MakeDeploy) -> Walk:
+    walk = Walk()
+    walk.order = deploy_everything(stacks, make, walk.account)
+    return walk
+
+
+def test_every_stack_is_deployed_once_by_exactly_one_path(stacks: dict[str, Stack], first_release: Walk) -> None:
+    assert sorted(first_release.order) == sorted(set(first_release.order))
+    assert set(first_release.order) == set(stacks), "a stack no documented step deploys, or one deployed twice"
+
+
+def test_no_physical_name_is_created_twice(first_release: Walk) -> None:
+    """Both paths exist at once in one account: a name two stacks create would fail the second."""
+    owners = first_release.account.names
+    assert owners and all(owner is not None for owner in owners.values())
+
+
+def test_stacks_come_after_what_they_depend_on(first_release: Walk, stacks: dict[str, Stack]) -> None:
+    position = {name: i for i, name in enumerate(first_release.order)}
+    for name in first_release.order:
+        assert all(position[dep] < position[name] for dep in stacks[name].dependencies), name
+
+
+def test_the_pipeline_synthesizes_what_a_workstation_synthesizes(stacks: dict[str, Stack], make: MakeDeploy) -> None:
+    """Its synth is `make synth` with no -c, and each stage's config is the committed file's."""
+    assert rehearsal.synth_commands(stacks[DEPLOY_PIPELINE].template) == ["make synth"]
+    assert not any(" -c " in f" {line} " or "--context" in line for line in make.synth_recipe)
+
+
+def test_stage_configs_are_the_committed_files(synth: Synth) -> None:
+    for name, stage in synth.stacks.pipeline.items():
+        alone = load_release({**release_context(), "deployment": name, "pipeline": {}}, FIXTURE_DEPLOYMENTS)
+        assert alone.workstation is not None
+        assert alone.workstation.config.cluster_name == stage.deployment.config.cluster_name
+        assert alone.workstation.config.client_cidrs == stage.deployment.config.client_cidrs
+        assert alone.workstation.config.local_zones == stage.deployment.config.local_zones
+
+
+def destroy_everything(account: Account, order: list[str]) -> None:
+    for name in reversed(order):
+        account.destroy(name)
+
+
+def test_destroy_then_create_adopts_what_was_retained(stacks: dict[str, Stack], make: MakeDeploy) -> None:
+    account = Account()
+    order = deploy_everything(stacks, make, account)
+    destroy_everything(account, order)
+    retained = {key for key, owner in account.names.items() if owner is None}
+    assert ("AWS::ECR::Repository", "edge-diffusion/stable-diffusion") in retained
+    deploy_everything(stacks, make, account)  # raises if a retained name blocks a create
+    assert any("imports the retained AWS::ECR::Repository" in line for line in account.log)
+
+
+def test_second_release_updates_every_stack_in_place(stacks: dict[str, Stack], make: MakeDeploy) -> None:
+    account = Account()
+    deploy_everything(stacks, make, account)
+    deploy_everything(stacks, make, account)
+    assert sum(line.endswith(tuple(f"updated {n}" for n in stacks)) for line in account.log) == len(stacks)
+
+
+# --- The cluster: controllers, charts and their images ------------------------------------
+
+
+def cluster_stacks(stacks: dict[str, Stack]) -> list[Stack]:
+    return [s for s in stacks.values() if s.name.endswith("-Cluster")]
+
+
+def test_karpenter_crds_are_upgraded_by_their_own_chart_first(stacks: dict[str, Stack]) -> None:
+    """Helm never upgrades a chart's crds/: a second release with a new Karpenter needs karpenter-crd."""
+    for stack in cluster_stacks(stacks):
+        releases = rehearsal.helm_releases(stack.template)
+        crd_id, crds = releases["karpenter-crd"]
+        karpenter_id, karpenter = releases["karpenter"]
+        assert crds["Version"] == karpenter["Version"]
+        assert crd_id in rehearsal.depends_on(stack.template, karpenter_id)
+        assert str(karpenter.get("SkipCrds")).lower() == "true"
+
+
+def test_compile_jobs_get_pods_karpenter_can_see(stacks: dict[str, Stack]) -> None:
+    """A Volcano PodGroup held in the enqueue action never creates pods, so Karpenter adds no node."""
+    for stack in cluster_stacks(stacks):
+        _, volcano = rehearsal.helm_releases(stack.template)["volcano"]
+        actions = scheduler_actions(volcano)
+        assert "allocate" in actions and "enqueue" not in actions, actions
+
+
+def scheduler_actions(release: dict[str, Any]) -> list[str]:
+    values = yaml.safe_load(release["Values"]) if isinstance(release.get("Values"), str) else {}
+    config_text = _find_scheduler_config(values)
+    if config_text is None:  # the chart's default scheduler config (volcano-scheduler.conf)
+        return ["enqueue", "allocate", "backfill"]
+    config = yaml.safe_load(config_text)
+    return [a.strip() for a in str(config["actions"]).split(",")]
+
+
+def _find_scheduler_config(values: Any) -> str | None:
+    if isinstance(values, dict):
+        for key, value in values.items():
+            if "scheduler_config" in key and isinstance(value, str) and "actions" in value:
+                return value
+            found = _find_scheduler_config(value)
+            if found:
+                return found
+    return None
+
+
+def test_deleting_a_cluster_drains_karpenter_nodes_before_their_access_goes(stacks: dict[str, Stack]) -> None:
+    for stack in cluster_stacks(stacks):
+        template = stack.template
+        releases = rehearsal.helm_releases(template)
+        karpenter_id, _ = releases["karpenter"]
+        (pools,) = [lid for lid in template["Resources"] if "Chartkarpenter" in lid]
+        (access,) = [
+            lid
+            for lid, r in template["Resources"].items()
+            if r["Type"] == "AWS::EKS::AccessEntry" and "KarpenterNodeRole" in str(r["Properties"]["PrincipalArn"])
+        ]
+        assert rehearsal.deleted_before(template, pools, karpenter_id), "NodePools must go before the controller"
+        assert rehearsal.deleted_before(template, karpenter_id, access), "the controller must go before node access"
+
+
+def workloads_of(stacks: dict[str, Stack]) -> Iterator[tuple[str, rehearsal.Workload]]:
+    for stack in cluster_stacks(stacks):
+        for workload in rehearsal.workloads(stack.template):
+            yield stack.name, workload
+
+
+# --- The rehearsal catches the old designs ---------------------------------------------------
+
+
+def _stack(name: str, resources: dict[str, Any], deps: tuple[str, ...] = ()) -> Stack:
+    return Stack(name, name, {"Resources": resources}, deps)
+
+
+REPO = {"Type": "AWS::ECR::Repository", "Properties": {"RepositoryName": "edge-diffusion/stable-diffusion"}}
+
+
+def test_two_paths_creating_one_name_fail() -> None:
+    account = Account()
+    account.deploy(_stack("EdgeDiffusion-Registry", {"Repo": REPO}), imports_existing=False, by="make deploy")
+    with pytest.raises(ReleaseError, match="EdgeDiffusion-Registry already has it"):
+        account.deploy(_stack("Stage-EdgeDiffusion-Registry", {"Repo": REPO}), imports_existing=False, by="pipeline")
+
+
+def test_a_retained_name_blocks_a_create_that_does_not_import() -> None:
+    retained = {**REPO, "DeletionPolicy": "Retain"}
+    account = Account()
+    account.deploy(_stack("Registry", {"Repo": retained}), imports_existing=False, by="make deploy")
+    account.destroy("Registry")
+    with pytest.raises(ReleaseError, match="retained by an earlier delete"):
+        account.deploy(_stack("Registry", {"Repo": retained}), imports_existing=False, by="make deploy")
+    account.deploy(_stack("Registry", {"Repo": retained}), imports_existing=True, by="make deploy")
+
+
+def test_a_stack_before_its_dependency_fails() -> None:
+    with pytest.raises(ReleaseError, match="needs EdgeDiffusion-dev-Network, which no earlier step deploys"):
+        Account().deploy(
+            _stack("EdgeDiffusion-dev-Cluster", {}, ("EdgeDiffusion-dev-Network",)), imports_existing=False, by="x"
+        )
+
+
+def test_make_deploy_all_is_refused(tmp_path: Path) -> None:
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(
+        "BUILD_STACKS := A\nDEPLOYMENT_STACKS = B\nsynth:\n\tcdk synth\n"
+        "deploy-build:\n\tcdk deploy A\ndeploy:\n\tcdk deploy --all\n"
+    )
+    with pytest.raises(ReleaseError, match="--all"):
+        rehearsal.read_makefile(makefile, "dev")
+
+
+def test_the_default_volcano_scheduler_is_refused(stacks: dict[str, Stack]) -> None:
+    stack = cluster_stacks(stacks)[0]
+    _, volcano = rehearsal.helm_releases(stack.template)["volcano"]
+    assert "enqueue" in scheduler_actions({**copy.deepcopy(volcano), "Values": "{}"})
+
+
+def test_the_old_delete_order_is_caught() -> None:
+    template = {
+        "Resources": {
+            "ClusterChartkarpenterX": {"Type": rehearsal.MANIFEST_TYPE, "DependsOn": ["Release"]},
+            "Release": {"Type": rehearsal.HELM_TYPE, "Properties": {"Release": "karpenter"}},
+            "Access": {"Type": "AWS::EKS::AccessEntry", "Properties": {}},
+        }
+    }
+    assert rehearsal.deleted_before(template, "ClusterChartkarpenterX", "Release")
+    assert not rehearsal.deleted_before(template, "Release", "Access")

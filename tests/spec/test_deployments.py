@@ -1,0 +1,102 @@
+"""spec.deployments: named deployments in committed files, one deploy path each, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spec.config import ConfigError
+from spec.deployments import DEPLOYMENTS_DIR, PIPELINE, WORKSTATION, load_release
+from tests.conftest import FIXTURE_DEPLOYMENTS, cdk_json_context, release_context
+
+PIPELINE_PROD = {"account": "123456789012", "pipeline": {"deployments": ["prod"]}}
+
+
+def write(directory: Path, name: str, keys: dict[str, object]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(keys))
+
+
+def test_the_committed_default_is_the_dev_deployment_from_a_workstation() -> None:
+    release = load_release(cdk_json_context())
+    assert release.workstation is not None and release.workstation.name == "dev"
+    assert release.workstation.deployed_by == WORKSTATION and release.pipeline == ()
+    assert release.selected is release.workstation
+
+
+def test_the_committed_deployment_files_all_load() -> None:
+    for path in sorted(DEPLOYMENTS_DIR.glob("*.json")):
+        assert load_release({**cdk_json_context(), "deployment": path.stem}).selected.name == path.stem
+
+
+def test_pipeline_deployments_come_from_their_files_in_order() -> None:
+    release = load_release(release_context(), FIXTURE_DEPLOYMENTS)
+    assert [d.name for d in release.pipeline] == ["staging", "production"]
+    assert all(d.deployed_by == PIPELINE for d in release.pipeline)
+    assert release.named("staging").config.local_zones == ()
+    assert release.named("production").config.cluster_name == "edge-diffusion-production"
+
+
+def test_a_workstation_override_applies_to_the_workstation_deployment_only() -> None:
+    release = load_release({**release_context(), "clientCidrs": "10.1.0.0/16"}, FIXTURE_DEPLOYMENTS)
+    assert release.workstation is not None and release.workstation.config.client_cidrs == ("10.1.0.0/16",)
+    assert release.named("staging").config.client_cidrs == ("198.18.0.0/15",)
+
+
+def test_cdk_internal_context_is_not_an_override() -> None:
+    context = {**release_context(), "deployment": "staging", "aws:cdk:enable-path-metadata": True}
+    assert load_release(context, FIXTURE_DEPLOYMENTS).selected.name == "staging"
+
+
+@pytest.mark.parametrize(
+    ("context", "files", "key", "message"),
+    [
+        ({"deployment": "nope"}, {}, "deployment", "there are: dev"),
+        ({"deployment": "Bad_Name"}, {}, "deployment", "lowercase letters or digits"),
+        ({"pipeline": {"deployments": ["prod"]}}, {"prod": {"clientCidrs": ["198.18.0.0/15"]}}, "account", "example"),
+        (
+            {"account": "123456789012", "pipeline": {"deployments": ["prod"]}},
+            {"prod": {"clusterName": "p"}},
+            "deployments/prod.json:clientCidrs",
+            "documentation range",
+        ),
+        ({}, {"dev": {"account": "123456789012"}}, "deployments/dev.json:account", "shared build infrastructure"),
+        ({}, {"dev": {"modelId": "org/other"}}, "deployments/dev.json:modelId", "shared build infrastructure"),
+        ({}, {"dev": ["not", "an", "object"]}, "deployments/dev.json", "a JSON object"),
+        (
+            {"account": "123456789012", "pipeline": {"deployments": ["prod"]}},
+            {"prod": {"clientCidrs": ["198.18.0.0/15"]}},
+            "deployments/prod.json:clusterName",
+            "no other deployment uses",
+        ),
+        (
+            {"account": "123456789012", "accelerators": "cpu", "pipeline": {"deployments": ["prod"]}},
+            {"prod": {"clusterName": "p", "clientCidrs": ["198.18.0.0/15"], "accelerators": ["nvidia"]}},
+            "deployments/prod.json:accelerators",
+            "the image pipeline builds",
+        ),
+        (
+            {
+                "account": "123456789012",
+                "pipeline": {"deployments": ["prod"]},
+                "deployment": "prod",
+                "vpcCidr": "10.9.0.0/16",
+            },
+            {"prod": {"clusterName": "p", "clientCidrs": ["198.18.0.0/15"]}},
+            "-c vpcCidr",
+            "no -c overrides for prod",
+        ),
+    ],
+)
+def test_bad_releases_stop_with_one_line(
+    tmp_path: Path, context: dict[str, object], files: dict[str, object], key: str, message: str
+) -> None:
+    write(tmp_path, "dev", {})
+    for name, keys in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(keys))
+    with pytest.raises(ConfigError) as err:
+        load_release({**cdk_json_context(), **context}, tmp_path)
+    assert err.value.key == key
+    assert message in str(err.value) and "\n" not in str(err.value)
