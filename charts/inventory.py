@@ -8,7 +8,9 @@ Its AWS permission (write items of the inventory table, nothing else) is the Pod
 ``ClusterStack.add_pod_identity_role`` creates for :data:`SERVICE_ACCOUNT` in the composition.
 
 It runs on the controller node group (Graviton, on-demand, always present), not on accelerator
-nodes that Karpenter may scale to zero, with the CPU variant of the app image (multi-arch).
+nodes that Karpenter may scale to zero, with its own small image (``<version>-publisher``, multi-arch:
+the Dockerfile target ``publisher``, which the image pipeline builds in its first stage). Not the
+CPU serving image: that exists only after a CPU compile, and never when ``cpu`` is not enabled.
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ from cdk8s_plus_35 import k8s
 from constructs import Construct
 
 from charts import pods
-from spec import contract, naming, topology
+from spec import contract, images, naming, topology
 from spec.accelerators import ACCELERATORS
 from spec.config import AppConfig
 
 NAME: Final = "endpoint-inventory"
 SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it
 NAMESPACE: Final = topology.NAMESPACE
-PUBLISHER_ACCELERATOR: Final = "cpu"  # the publisher needs Python, httpx and boto3: the runtime image has them
 READ_VERBS: Final = ("get", "list", "watch")
 
 
@@ -132,7 +133,7 @@ class InventoryChart(cdk8s.Chart):
             containers=[
                 k8s.Container(
                     name="publisher",
-                    image=topology.image_uri(config, ACCELERATORS[PUBLISHER_ACCELERATOR]),
+                    image=images.publisher_image_uri(config),
                     image_pull_policy="IfNotPresent",
                     command=["python", "-m", contract.INVENTORY_MODULE],
                     env=pods.env_vars(self.environment(config, props)),

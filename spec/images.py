@@ -1,9 +1,15 @@
-"""What the image pipeline builds: one image per (accelerator, architecture), generated from
-the accelerator table, and the Docker build arguments each image gets.
+"""What the image pipeline builds: per (accelerator, architecture) a runtime image (no model) and
+a serving image (compiled model baked in), generated from the accelerator table; the inventory
+publisher's image per architecture; and the Docker build arguments each image gets.
 
-Tags: every architecture image is ``<version>-<accelerator>-<arch>`` and every accelerator's manifest list,
-the tag the charts deploy, is ``<version>-<accelerator>``. The Dockerfile (ci_build/Dockerfile),
-the buildspecs and the tests read the names below, so a build argument is spelled once.
+Tags (one repository, immutable tags), per architecture and joined into multi-arch manifest lists:
+
+    <version>-<accelerator>-<arch>-runtime  ->  <version>-<accelerator>-runtime  (compile jobs)
+    <version>-<accelerator>-<arch>          ->  <version>-<accelerator>          (serving charts)
+    <version>-publisher-<arch>              ->  <version>-publisher              (inventory chart)
+
+The Dockerfile (ci_build/Dockerfile), the build scripts, the stacks, the charts and the tests read
+the names below, so a tag or a build argument is spelled once.
 """
 
 from __future__ import annotations
@@ -17,7 +23,17 @@ from spec.accelerators import ACCELERATORS, Accelerator
 from spec.config import AppConfig
 
 ARCHES: Final = ("amd64", "arm64")  # build order inside a variant, and the CodeBuild fleets we have
-RUNTIME_TAG_SUFFIX: Final = "-runtime"  # the image without a model (Dockerfile target `runtime`)
+# Dockerfile targets: the server without a model, the server with the compiled model, the publisher.
+RUNTIME_TARGET: Final = "runtime"
+SERVE_TARGET: Final = "serve"
+PUBLISHER_TARGET: Final = "publisher"
+RUNTIME_TAG_SUFFIX: Final = f"-{RUNTIME_TARGET}"  # the image without a model (Dockerfile target `runtime`)
+# The inventory publisher (python -m runtime.inventory): Python, boto3 and httpx on the CPU base,
+# for both architectures (it runs on the Graviton controller nodes; amd64 for x86 clusters and
+# laptops). Built with the CPU accelerator's build args (its base is the CPU base image).
+PUBLISHER_IMAGE: Final = PUBLISHER_TARGET
+PUBLISHER_ARCHES: Final = ARCHES
+PUBLISHER_BASE_ACCELERATOR: Final = "cpu"
 # Architectures an accelerator's image is built for beyond its accelerator's node architecture. The CPU image
 # is also built for amd64: Local Zones rarely offer Graviton (an x86 CPU pool there needs no new
 # image), and `docker run <repo>:<version>-cpu` then works on x86 laptops and CI. NVIDIA (g5/g6)
@@ -30,7 +46,7 @@ DLC_REPOSITORIES: Final[Mapping[str, str]] = {
     "neuron": versions.DLC_PYTORCH_INFERENCE_NEURONX_REPOSITORY,
 }
 
-# The Dockerfile's build arguments (ARG names), passed by ci_build/buildspec-build.yml from the
+# The Dockerfile's build arguments (ARG names), passed by ci_build/build-image.sh from the
 # CodeBuild environment variable of the same name in upper case.
 BUILD_ARGS: Final = (
     "accelerator",
@@ -40,12 +56,12 @@ BUILD_ARGS: Final = (
     "neuron_base_tag",
     "cpu_base_image",
     "model_s3_prefix",
-    "model_manifest_sha256",  # computed by the buildspec from the manifest it finds in S3
+    "model_manifest_sha256",  # computed by ci_build/build-image.sh from the manifest it finds in S3
     "model_id",
     "model_revision",
     "aws_region",
 )
-# Set by the buildspec itself at build time, not by the CodeBuild project.
+# Set by ci_build/build-image.sh at build time, not by the CodeBuild project.
 BUILDSPEC_COMPUTED_ARGS: Final = frozenset({"model_manifest_sha256"})
 # The BuildKit secret that carries the CodeBuild role's short-lived credentials into the one
 # RUN that downloads the model (never a build arg, never in a layer).
@@ -65,10 +81,18 @@ class ImageTarget:
         return f"{self.accelerator.name.capitalize()}{self.arch.capitalize()}"
 
     def arch_tag(self, version: str) -> str:
+        """The serving image of this architecture: ``<version>-<accelerator>-<arch>``."""
         return f"{version}-{self.accelerator.name}-{self.arch}"
+
+    def runtime_arch_tag(self, version: str) -> str:
+        """The runtime image of this architecture: ``<version>-<accelerator>-<arch>-runtime``."""
+        return f"{self.arch_tag(version)}{RUNTIME_TAG_SUFFIX}"
 
     def image_tag(self, version: str) -> str:
         return image_tag(self.accelerator.name, version)
+
+    def runtime_tag(self, version: str) -> str:
+        return runtime_tag(self.accelerator.name, version)
 
     @property
     def dlc_repository(self) -> str | None:
@@ -78,6 +102,26 @@ class ImageTarget:
 def image_tag(accelerator: str, version: str) -> str:
     """The manifest-list tag the charts deploy: ``<version>-<accelerator>``."""
     return f"{version}-{accelerator}"
+
+
+def runtime_tag(accelerator: str, version: str) -> str:
+    """The manifest-list tag the compile jobs run: ``<version>-<accelerator>-runtime``."""
+    return f"{image_tag(accelerator, version)}{RUNTIME_TAG_SUFFIX}"
+
+
+def publisher_arch_tag(version: str, arch: str) -> str:
+    """One architecture of the publisher image: ``<version>-publisher-<arch>``."""
+    return f"{publisher_tag(version)}-{arch}"
+
+
+def publisher_tag(version: str) -> str:
+    """The publisher's manifest list: ``<version>-publisher``."""
+    return f"{version}-{PUBLISHER_IMAGE}"
+
+
+def publisher_image_uri(config: AppConfig) -> str:
+    """The image the inventory chart runs (a multi-arch manifest list from the image pipeline)."""
+    return f"{naming.image_repository_uri(config)}:{publisher_tag(config.serving.image_version)}"
 
 
 def image_arches(accelerator: Accelerator) -> tuple[str, ...]:
@@ -90,6 +134,11 @@ def image_targets(accelerator_names: Iterable[str]) -> tuple[ImageTarget, ...]:
     """Every image to build for the enabled accelerators, grouped by accelerator."""
     accelerators = [ACCELERATORS[name] for name in accelerator_names]
     return tuple(ImageTarget(accelerator, arch) for accelerator in accelerators for arch in image_arches(accelerator))
+
+
+def publisher_targets() -> tuple[ImageTarget, ...]:
+    """The publisher's architectures, each built with the CPU accelerator's build args."""
+    return tuple(ImageTarget(ACCELERATORS[PUBLISHER_BASE_ACCELERATOR], arch) for arch in PUBLISHER_ARCHES)
 
 
 def model_s3_prefix(config: AppConfig) -> str:

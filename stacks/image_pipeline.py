@@ -1,19 +1,34 @@
-"""ImagePipelineStack: builds the serving images of every enabled accelerator, per architecture,
-on x86 and Graviton CodeBuild hosts in parallel, then joins each accelerator's architectures into
-the multi-arch manifest list the charts deploy (``<repo>:<version>-<accelerator>``).
+"""ImagePipelineStack: builds every image the app runs, per architecture, on x86 and Graviton
+CodeBuild hosts in parallel, and joins each image's architectures into the multi-arch manifest
+list the charts deploy. Two image stages, so that a first release converges:
 
-    Source ──> Images: Build-<accelerator>-<arch> (run order 1, all in parallel, x86 or Graviton)
-                       Manifest-<accelerator>     (run order 2: after every build of its accelerator)
+    Source ──> RuntimeImages: Runtime-<accelerator>-<arch>, Publisher-<arch>   (run order 1, parallel)
+                              RuntimeManifest-<accelerator>, PublisherManifest (run order 2)
+           ──> ServingImages: Serve-<accelerator>-<arch>                       (run order 1, parallel)
+                              ServingManifest-<accelerator>                    (run order 2)
 
-The builds run ci_build/buildspec-build.yml against ci_build/Dockerfile from the source, so a
-change to either ships through the same pipeline. Permissions are per project: push to the one
-serving repository and the build-cache repository, pull the one Deep Learning Container
-repository its accelerator needs, read the one model-bucket prefix of its accelerator.
+Why two stages and not one build action that makes both images: a manifest list needs every
+architecture of its image, which different hosts build, so it can only be joined by a later run
+order; and a run order starts only when every action before it in the stage has succeeded. With
+the model-free images (what the compile jobs run: ``<version>-<accelerator>-runtime``) and the
+publisher in a stage of their own, their manifest lists are published before anything that
+depends on a compiled model starts, whatever happens to the serving builds. The serving builds
+never fail for lack of a model either: a build whose compiled model is not in S3 yet says so and
+succeeds without pushing, and its manifest step skips likewise (ci_build/build-image.sh,
+ci_build/publish-manifests.sh). Tags are immutable and a published one is skipped, so releasing
+the pipeline again after the compile builds exactly the serving images that are missing.
+
+:func:`pipeline_steps` describes every action as plain data (stage, run order, buildspec,
+environment); the stack turns it into CodeBuild projects and the tests run the same buildspecs
+with that environment against stub ``aws``/``docker``. Permissions are per project: push to the
+one image repository (and the build cache for builds), pull the one Deep Learning Container
+repository its accelerator needs (server builds only), read the one model-bucket prefix of its
+accelerator (serving builds only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,9 +51,12 @@ from stacks.pipeline_source import PipelineSource
 
 BUILD_SPEC: Final = "ci_build/buildspec-build.yml"
 MANIFEST_SPEC: Final = "ci_build/buildspec-manifest.yml"
+RUNTIME_STAGE: Final = "RuntimeImages"
+SERVING_STAGE: Final = "ServingImages"
+IMAGE_STAGES: Final = (RUNTIME_STAGE, SERVING_STAGE)
 BUILD_RUN_ORDER: Final = 1
 MANIFEST_RUN_ORDER: Final = 2
-# ECR actions of a `docker push` / `docker pull` and the tag lookups of the buildspecs.
+# ECR actions of a `docker push` / `docker pull` and the tag lookups of the build scripts.
 ECR_PULL_ACTIONS: Final = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
 ECR_PUSH_ACTIONS: Final = (
     "ecr:CompleteLayerUpload",
@@ -64,8 +82,168 @@ class ImagePipelineProps:
     cache_image_days: int = 30  # build-cache entries not refreshed for this long are dropped
 
 
+@dataclass(frozen=True)
+class PipelineStep:
+    """One CodeBuild action of an image stage, as plain data.
+
+    ``dockerfile_target`` is the Dockerfile target a build step builds (``None``: a manifest step);
+    ``target`` the accelerator and architecture whose build args it uses.
+    """
+
+    stage: str
+    action_name: str
+    construct_id: str
+    run_order: int
+    buildspec: str
+    env: Mapping[str, str]
+    arch: str
+    description: str
+    log_prefix: str
+    dockerfile_target: str | None = None
+    target: ImageTarget | None = None
+
+    @property
+    def is_build(self) -> bool:
+        return self.dockerfile_target is not None
+
+    @property
+    def dlc_repository(self) -> str | None:
+        """The Deep Learning Container repository the build pulls its base from (servers only)."""
+        if self.target is None or self.dockerfile_target == images.PUBLISHER_TARGET:
+            return None
+        return self.target.dlc_repository
+
+    @property
+    def reads_model(self) -> bool:
+        return self.dockerfile_target == images.SERVE_TARGET
+
+
+def pipeline_steps(config: AppConfig, *, repository_uri: str, cache_repository_uri: str) -> tuple[PipelineStep, ...]:
+    """Every action of the image stages, in stage and run order."""
+    version = config.serving.image_version
+    targets = images.image_targets(config.accelerators)
+    accelerators = [ACCELERATORS[name] for name in config.accelerators]
+
+    def build(stage: str, target: ImageTarget, dockerfile_target: str, tag: str, name: str) -> PipelineStep:
+        env = {
+            **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
+            "TARGET": dockerfile_target,
+            "IMAGE_TAG": tag,
+            "ARCH": target.arch,
+            "ACCELERATOR": target.accelerator.name,
+            "MODEL_DEVICE": target.accelerator.device,
+            "REPOSITORY_URI": repository_uri,
+            "CACHE_REPOSITORY_URI": cache_repository_uri,
+            "BUILDKIT_IMAGE": versions.BUILDKIT_IMAGE,
+        }
+        return PipelineStep(
+            stage=stage,
+            action_name=name,
+            construct_id=_construct_id(name),
+            run_order=BUILD_RUN_ORDER,
+            buildspec=BUILD_SPEC,
+            env=env,
+            arch=target.arch,
+            description=f"Build and push {tag} (ci_build/Dockerfile target {dockerfile_target})",
+            log_prefix=f"build/{name.lower()}",
+            dockerfile_target=dockerfile_target,
+            target=target,
+        )
+
+    def manifest(stage: str, list_tag: str, sources: Sequence[str], name: str, *, skip_missing: bool) -> PipelineStep:
+        env = {
+            "REPOSITORY_URI": repository_uri,
+            "LIST_TAG": list_tag,
+            "SOURCE_TAGS": " ".join(sources),
+            "IF_MISSING": "skip" if skip_missing else "fail",
+        }
+        return PipelineStep(
+            stage=stage,
+            action_name=name,
+            construct_id=_construct_id(name),
+            run_order=MANIFEST_RUN_ORDER,
+            buildspec=MANIFEST_SPEC,
+            env=env,
+            arch="amd64",
+            description=f"Create the {list_tag} manifest list",
+            log_prefix=f"manifest/{name.lower()}",
+        )
+
+    def of(accelerator: Accelerator) -> list[ImageTarget]:
+        return [t for t in targets if t.accelerator.name == accelerator.name]
+
+    publishers = images.publisher_targets()
+    return (
+        *(
+            build(RUNTIME_STAGE, t, images.RUNTIME_TARGET, t.runtime_arch_tag(version), runtime_action_name(t))
+            for t in targets
+        ),
+        *(
+            build(
+                RUNTIME_STAGE,
+                t,
+                images.PUBLISHER_TARGET,
+                images.publisher_arch_tag(version, t.arch),
+                publisher_action_name(t.arch),
+            )
+            for t in publishers
+        ),
+        *(
+            manifest(
+                RUNTIME_STAGE,
+                images.runtime_tag(a.name, version),
+                [t.runtime_arch_tag(version) for t in of(a)],
+                runtime_manifest_action_name(a),
+                skip_missing=False,
+            )
+            for a in accelerators
+        ),
+        manifest(
+            RUNTIME_STAGE,
+            images.publisher_tag(version),
+            [images.publisher_arch_tag(version, t.arch) for t in publishers],
+            PUBLISHER_MANIFEST_ACTION,
+            skip_missing=False,
+        ),
+        *(build(SERVING_STAGE, t, images.SERVE_TARGET, t.arch_tag(version), serve_action_name(t)) for t in targets),
+        *(
+            manifest(
+                SERVING_STAGE,
+                images.image_tag(a.name, version),
+                [t.arch_tag(version) for t in of(a)],
+                serving_manifest_action_name(a),
+                skip_missing=True,
+            )
+            for a in accelerators
+        ),
+    )
+
+
+def runtime_action_name(target: ImageTarget) -> str:
+    return f"Runtime-{target.accelerator.name}-{target.arch}"
+
+
+def publisher_action_name(arch: str) -> str:
+    return f"Publisher-{arch}"
+
+
+def serve_action_name(target: ImageTarget) -> str:
+    return f"Serve-{target.accelerator.name}-{target.arch}"
+
+
+def runtime_manifest_action_name(accelerator: Accelerator) -> str:
+    return f"RuntimeManifest-{accelerator.name}"
+
+
+PUBLISHER_MANIFEST_ACTION: Final = "PublisherManifest"
+
+
+def serving_manifest_action_name(accelerator: Accelerator) -> str:
+    return f"ServingManifest-{accelerator.name}"
+
+
 class ImagePipelineStack(cdk.Stack):
-    """CodePipeline (V2) that builds, pushes and joins the serving images."""
+    """CodePipeline (V2) that builds, pushes and joins the runtime, publisher and serving images."""
 
     def __init__(
         self,
@@ -74,15 +252,10 @@ class ImagePipelineStack(cdk.Stack):
         *,
         config: AppConfig,
         repository: ecr.IRepository,
-        mirror_repository_names: Sequence[str] = (),
         props: ImagePipelineProps | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        mirrors = [
-            ecr.Repository.from_repository_name(self, f"Mirror{i}", name)
-            for i, name in enumerate(mirror_repository_names)
-        ]
         # By its config-derived name (stacks/naming.py), as the charts do: no CloudFormation export
         # that would pin the registry stack, and IAM statements with plain ARNs.
         model_bucket = s3.Bucket.from_bucket_name(self, "ModelBucket", naming.model_bucket_name(config))
@@ -100,7 +273,7 @@ class ImagePipelineStack(cdk.Stack):
         self.cache_repository = ecr.Repository(
             self,
             "BuildCacheRepository",
-            repository_name=f"{naming.image_repository_name(config)}-buildcache",
+            repository_name=f"{naming.IMAGE_REPOSITORY_NAME}-buildcache",
             image_scan_on_push=False,  # cache manifests, never run: the pushed images are scanned
             image_tag_mutability=ecr.TagMutability.MUTABLE,  # each build overwrites its cache ref
             encryption=ecr.RepositoryEncryption.KMS,
@@ -115,34 +288,24 @@ class ImagePipelineStack(cdk.Stack):
             ],
         )
 
-        targets = images.image_targets(config.accelerators)
-        self.build_projects = {
-            target: ImageBuildProject(
+        self.steps = pipeline_steps(
+            config,
+            repository_uri=repository.repository_uri,
+            cache_repository_uri=self.cache_repository.repository_uri,
+        )
+        self.projects = {
+            step.action_name: StepProject(
                 self,
-                f"Build{target.id}",
+                step.construct_id,
                 config=config,
-                target=target,
+                step=step,
                 repository=repository,
                 cache_repository=self.cache_repository,
                 model_bucket=model_bucket,
                 storage=self.storage,
                 props=props,
             ).project
-            for target in targets
-        }
-        accelerators = [ACCELERATORS[name] for name in config.accelerators]
-        self.manifest_projects = {
-            accelerator.name: ManifestProject(
-                self,
-                f"Manifest{accelerator.name.capitalize()}",
-                config=config,
-                accelerator=accelerator,
-                repository=repository,
-                mirrors=mirrors,
-                storage=self.storage,
-                props=props,
-            ).project
-            for accelerator in accelerators
+            for step in self.steps
         }
 
         source_output = codepipeline.Artifact("Source")
@@ -156,55 +319,30 @@ class ImagePipelineStack(cdk.Stack):
             restart_execution_on_update=False,
             stages=[
                 codepipeline.StageProps(stage_name="Source", actions=[self.source.action(source_output)]),
-                codepipeline.StageProps(
-                    stage_name="Images",
-                    actions=[
-                        *self._build_actions(targets, source_output),
-                        *self._manifest_actions(accelerators, source_output),
-                    ],
+                *(
+                    codepipeline.StageProps(
+                        stage_name=stage,
+                        actions=[
+                            actions.CodeBuildAction(
+                                action_name=step.action_name,
+                                project=self.projects[step.action_name],
+                                input=source_output,
+                                run_order=step.run_order,
+                            )
+                            for step in self.steps
+                            if step.stage == stage
+                        ],
+                    )
+                    for stage in IMAGE_STAGES
                 ),
             ],
         )
         self.source.trigger(self, "SourceTrigger", self.pipeline)
         self.storage.acknowledge_artifact_access(self.pipeline)
 
-    def _build_actions(self, targets: Sequence[ImageTarget], source: codepipeline.Artifact) -> list[actions.Action]:
-        return [
-            actions.CodeBuildAction(
-                action_name=build_action_name(target),
-                project=self.build_projects[target],
-                input=source,
-                run_order=BUILD_RUN_ORDER,
-            )
-            for target in targets
-        ]
 
-    def _manifest_actions(
-        self, accelerators: Sequence[Accelerator], source: codepipeline.Artifact
-    ) -> list[actions.Action]:
-        # Run order 2 starts only when every run-order-1 build of the stage has succeeded, so each
-        # manifest list is created after all architecture images of its accelerator are pushed.
-        return [
-            actions.CodeBuildAction(
-                action_name=manifest_action_name(accelerator),
-                project=self.manifest_projects[accelerator.name],
-                input=source,
-                run_order=MANIFEST_RUN_ORDER,
-            )
-            for accelerator in accelerators
-        ]
-
-
-def build_action_name(target: ImageTarget) -> str:
-    return f"Build-{target.accelerator.name}-{target.arch}"
-
-
-def manifest_action_name(accelerator: Accelerator) -> str:
-    return f"Manifest-{accelerator.name}"
-
-
-class ImageBuildProject(Construct):
-    """A privileged CodeBuild project that builds one accelerator's image on one architecture."""
+class StepProject(Construct):
+    """The CodeBuild project of one pipeline step, with exactly the permissions the step needs."""
 
     def __init__(
         self,
@@ -212,7 +350,7 @@ class ImageBuildProject(Construct):
         construct_id: str,
         *,
         config: AppConfig,
-        target: ImageTarget,
+        step: PipelineStep,
         repository: ecr.IRepository,
         cache_repository: ecr.IRepository,
         model_bucket: s3.IBucket,
@@ -220,35 +358,30 @@ class ImageBuildProject(Construct):
         props: ImagePipelineProps,
     ) -> None:
         super().__init__(scope, construct_id)
-        env = {
-            **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
-            "ARCH": target.arch,
-            "ACCELERATOR": target.accelerator.name,
-            "MODEL_DEVICE": target.accelerator.device,
-            "IMAGE_VERSION": config.serving.image_version,
-            "REPOSITORY_URI": repository.repository_uri,
-            "CACHE_REPOSITORY_URI": cache_repository.repository_uri,
-            "BUILDKIT_IMAGE": versions.BUILDKIT_IMAGE,
-        }
         self.project = codebuild.PipelineProject(
             self,
             "Project",
-            description=f"Build and push {target.arch_tag(config.serving.image_version)} (ci_build/Dockerfile)",
-            build_spec=codebuild.BuildSpec.from_source_filename(BUILD_SPEC),
+            description=step.description,
+            build_spec=codebuild.BuildSpec.from_source_filename(step.buildspec),
             environment=codebuild.BuildEnvironment(
-                build_image=BUILD_IMAGES[target.arch],
-                compute_type=props.build_compute,
-                privileged=True,  # the Docker daemon of `docker buildx build`
+                build_image=BUILD_IMAGES[step.arch],
+                compute_type=props.build_compute if step.is_build else codebuild.ComputeType.SMALL,
+                # The Docker daemon of `docker buildx build` / `docker buildx imagetools`.
+                privileged=True,
             ),
-            environment_variables=_plain(env),
+            environment_variables=_plain(step.env),
             encryption_key=storage.key,
-            timeout=cdk.Duration.minutes(props.build_timeout_minutes),
-            logging=_logging(storage, f"build/{target.accelerator.name}-{target.arch}"),
+            timeout=cdk.Duration.minutes(
+                props.build_timeout_minutes if step.is_build else props.manifest_timeout_minutes
+            ),
+            logging=_logging(storage, step.log_prefix),
         )
         grant_ecr_auth(self.project)
-        grant_repository(self.project, repository, push=True)
-        grant_repository(self.project, cache_repository, push=True)
-        if target.dlc_repository:
+        if step.is_build:
+            grant_repositories(self.project, [repository, cache_repository])
+        else:
+            grant_repositories(self.project, [repository])
+        if step.dlc_repository:
             self.project.add_to_role_policy(
                 iam.PolicyStatement(
                     sid="PullDeepLearningContainerBase",
@@ -259,72 +392,20 @@ class ImageBuildProject(Construct):
                                 service="ecr",
                                 account=versions.DLC_REGISTRY_ACCOUNT,
                                 resource="repository",
-                                resource_name=target.dlc_repository,
+                                resource_name=step.dlc_repository,
                             ),
                             cdk.Stack.of(self),
                         )
                     ],
                 )
             )
-        grant_model_prefix(self.project, model_bucket, model_key_prefix(config, target.accelerator))
+        if step.reads_model and step.target is not None:
+            grant_model_prefix(self.project, model_bucket, model_key_prefix(config, step.target.accelerator))
         nag.acknowledge(
             self.project,
             "AwsSolutions-CB3",
-            "Privileged mode runs the Docker daemon that `docker buildx build` needs to build the image; "
-            "the project runs only ci_build/buildspec-build.yml from the pipeline's own source.",
-        )
-        acknowledge_codebuild_defaults(self.project)
-        storage.acknowledge_artifact_access(self.project)
-
-
-class ManifestProject(Construct):
-    """A CodeBuild project that joins one accelerator's architecture images into manifest lists."""
-
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        config: AppConfig,
-        accelerator: Accelerator,
-        repository: ecr.IRepository,
-        mirrors: Sequence[ecr.IRepository],
-        storage: CiStorage,
-        props: ImagePipelineProps,
-    ) -> None:
-        super().__init__(scope, construct_id)
-        version = config.serving.image_version
-        env = {
-            "ACCELERATOR": accelerator.name,
-            "ARCHES": " ".join(images.image_arches(accelerator)),
-            "IMAGE_VERSION": version,
-            "REPOSITORY_URI": repository.repository_uri,
-            "MIRROR_REPOSITORY_URIS": " ".join(mirror.repository_uri for mirror in mirrors),
-        }
-        self.project = codebuild.PipelineProject(
-            self,
-            "Project",
-            description=f"Create {images.image_tag(accelerator.name, version)} manifest lists",
-            build_spec=codebuild.BuildSpec.from_source_filename(MANIFEST_SPEC),
-            environment=codebuild.BuildEnvironment(
-                build_image=BUILD_IMAGES["amd64"],
-                compute_type=codebuild.ComputeType.SMALL,
-                privileged=True,  # the docker CLI of `docker buildx imagetools` talks to the daemon
-            ),
-            environment_variables=_plain(env),
-            encryption_key=storage.key,
-            timeout=cdk.Duration.minutes(props.manifest_timeout_minutes),
-            logging=_logging(storage, f"manifest/{accelerator.name}"),
-        )
-        grant_ecr_auth(self.project)
-        grant_repository(self.project, repository, push=True)
-        for mirror in mirrors:
-            grant_repository(self.project, mirror, push=True)
-        nag.acknowledge(
-            self.project,
-            "AwsSolutions-CB3",
-            "Privileged mode runs the Docker daemon behind `docker buildx imagetools`; the project runs "
-            "only ci_build/buildspec-manifest.yml from the pipeline's own source.",
+            "Privileged mode runs the Docker daemon that `docker buildx` needs; the project runs only "
+            f"{step.buildspec} (and the ci_build/ script it calls) from the pipeline's own source.",
         )
         acknowledge_codebuild_defaults(self.project)
         storage.acknowledge_artifact_access(self.project)
@@ -350,18 +431,18 @@ def grant_ecr_auth(project: codebuild.IProject) -> None:
     )
 
 
-def grant_repository(project: codebuild.IProject, repository: ecr.IRepository, *, push: bool) -> None:
-    """Pull (and push) images and look tags up in exactly one repository."""
+def grant_repositories(project: codebuild.IProject, repositories: Sequence[ecr.IRepository]) -> None:
+    """Pull, push and look tags up in exactly these repositories."""
     project.add_to_role_policy(
         iam.PolicyStatement(
-            actions=[*ECR_PULL_ACTIONS, *ECR_DESCRIBE_ACTIONS, *(ECR_PUSH_ACTIONS if push else ())],
-            resources=[repository.repository_arn],
+            actions=[*ECR_PULL_ACTIONS, *ECR_DESCRIBE_ACTIONS, *ECR_PUSH_ACTIONS],
+            resources=[repository.repository_arn for repository in repositories],
         )
     )
 
 
 def grant_model_prefix(project: codebuild.IProject, bucket: s3.IBucket, prefix: str) -> None:
-    """Read one compiled artifact: list the prefix (`aws s3 sync`) and get its objects."""
+    """Read one compiled artifact: list the prefix (`aws s3 sync`, the manifest lookup) and get its objects."""
     project.add_to_role_policy(
         iam.PolicyStatement(
             sid="ListModelPrefix",
@@ -383,7 +464,12 @@ def grant_model_prefix(project: codebuild.IProject, bucket: s3.IBucket, prefix: 
     )
 
 
-def _plain(env: dict[str, str]) -> dict[str, codebuild.BuildEnvironmentVariable]:
+def _construct_id(action_name: str) -> str:
+    """``RuntimeManifest-cpu`` -> ``RuntimeManifestCpu``."""
+    return "".join(part[:1].upper() + part[1:] for part in action_name.split("-"))
+
+
+def _plain(env: Mapping[str, str]) -> dict[str, codebuild.BuildEnvironmentVariable]:
     return {name: codebuild.BuildEnvironmentVariable(value=value) for name, value in env.items()}
 
 

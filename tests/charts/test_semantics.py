@@ -206,7 +206,7 @@ def test_every_image_comes_from_the_catalog_or_the_ecr_repository(rendered: Rend
         f"{rendered.config.serving.image_version}-{a.name}{suffix}"
         for a in ACCELERATORS.values()
         for suffix in ("", images.RUNTIME_TAG_SUFFIX)
-    }
+    } | {images.publisher_tag(rendered.config.serving.image_version)}
     catalog = {versions.NVIDIA_DEVICE_PLUGIN_IMAGE, versions.NEURON_DEVICE_PLUGIN_IMAGE}
     used = [
         c["image"]

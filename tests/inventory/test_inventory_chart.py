@@ -11,7 +11,7 @@ import pytest
 
 from charts import inventory as chart
 from runtime.inventory.settings import PublisherSettings
-from spec import contract, naming, versions
+from spec import contract, images, naming, versions
 from spec.accelerators import ACCELERATORS
 from spec.config import load_config
 from tests.conftest import cdk_json_context
@@ -66,7 +66,7 @@ def test_deployment_runs_one_hardened_publisher_on_controller_nodes(objects: dic
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "runtime.inventory"]
-    assert container["image"].endswith("-cpu")
+    assert container["image"] == images.publisher_image_uri(load_config(cdk_json_context()))
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["exec"]["command"][-1] == "--check"
 

@@ -1,5 +1,6 @@
-"""ImagePipelineStack: x86 and Graviton build projects per accelerator, manifest lists after the builds,
-least-privilege ECR/S3, encrypted artifacts, retained logs, the S3 source trigger."""
+"""ImagePipelineStack: the runtime images, the publisher and their manifest lists in a stage before
+any serving build; x86 and Graviton projects per image; least-privilege ECR/S3 per project;
+encrypted artifacts, retained logs, the S3 source trigger."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ from typing import Any
 
 import pytest
 
-from spec import images, naming, versions
+from spec import images, topology, versions
 from spec.accelerators import ACCELERATORS
 from spec.config import AppConfig, load_config
-from stacks.deploy_pipeline import region_stage_config
 from stacks.image_pipeline import (
     BUILD_RUN_ORDER,
+    BUILD_SPEC,
     MANIFEST_RUN_ORDER,
+    MANIFEST_SPEC,
+    RUNTIME_STAGE,
+    SERVING_STAGE,
     ImagePipelineStack,
-    build_action_name,
-    manifest_action_name,
+    PipelineStep,
 )
-from tests.conftest import Synth, cdk_json_context
+from tests.conftest import RELEASE_ACCOUNT, Synth, release_context
 
 STACK_ID = "EdgeDiffusion-ImagePipeline"
 ENVIRONMENT_TYPES = {"amd64": "LINUX_CONTAINER", "arm64": "ARM_CONTAINER"}
@@ -28,7 +31,7 @@ BUILD_IMAGES = {"amd64": versions.CODEBUILD_X86_IMAGE, "arm64": versions.CODEBUI
 
 @pytest.fixture(scope="module")
 def config() -> AppConfig:
-    return load_config(cdk_json_context())
+    return load_config(release_context())
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +54,18 @@ def project_env(project: dict[str, Any]) -> dict[str, Any]:
     return {v["Name"]: v["Value"] for v in project["Properties"]["Environment"]["EnvironmentVariables"]}
 
 
-def projects_by_env(template: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
-    return {
-        project_env(p)[key]: p for p in resources(template, "AWS::CodeBuild::Project").values() if key in project_env(p)
-    }
+def pipeline_stages(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (pipeline,) = resources(template, "AWS::CodePipeline::Pipeline").values()
+    assert pipeline["Properties"]["PipelineType"] == "V2"
+    return {stage["Name"]: stage for stage in pipeline["Properties"]["Stages"]}
 
 
-def build_projects(template: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def action_projects(template: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Every CodeBuild action by name: (the action, its project)."""
     out = {}
-    for project in resources(template, "AWS::CodeBuild::Project").values():
-        env = project_env(project)
-        if "ARCH" in env:
-            out[(env["ACCELERATOR"], env["ARCH"])] = project
+    for stage in list(pipeline_stages(template).values())[1:]:
+        for action in stage["Actions"]:
+            out[action["Name"]] = (action, template["Resources"][action["Configuration"]["ProjectName"]["Ref"]])
     return out
 
 
@@ -79,90 +82,148 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def test_one_project_per_chip_and_arch_on_the_right_fleet(template: dict[str, Any], config: AppConfig) -> None:
-    projects = build_projects(template)
-    expected = {(t.accelerator.name, t.arch) for t in images.image_targets(config.accelerators)}
-    assert set(projects) == expected
-    assert ("cpu", "arm64") in expected and ("cpu", "amd64") in expected  # the multi-arch accelerator
-    for (_, arch), project in projects.items():
-        environment = project["Properties"]["Environment"]
-        assert environment["Type"] == ENVIRONMENT_TYPES[arch]
-        assert environment["Image"] == BUILD_IMAGES[arch]
-        assert environment["PrivilegedMode"] is True
-        assert "EncryptionKey" in project["Properties"]
-        assert project["Properties"]["Source"]["BuildSpec"] == "ci_build/buildspec-build.yml"
-
-
-def test_build_projects_set_every_build_arg(template: dict[str, Any], config: AppConfig) -> None:
-    for target in images.image_targets(config.accelerators):
-        env = project_env(build_projects(template)[(target.accelerator.name, target.arch)])
-        for name, value in images.build_arg_values(config, target).items():
-            assert env[name.upper()] == value, name
-        assert env["MODEL_DEVICE"] == target.accelerator.device
-        assert env["IMAGE_VERSION"] == config.serving.image_version
-        assert env["BUILDKIT_IMAGE"] == versions.BUILDKIT_IMAGE
-        assert (
-            env["MODEL_S3_PREFIX"]
-            == f"s3://{'edge-diffusion-models-111111111111-us-west-2'}/models/{config.model_id}/main"
-        )
-
-
-def images_stage(template: dict[str, Any]) -> list[dict[str, Any]]:
-    (pipeline,) = resources(template, "AWS::CodePipeline::Pipeline").values()
-    assert pipeline["Properties"]["PipelineType"] == "V2"
-    stages = {stage["Name"]: stage for stage in pipeline["Properties"]["Stages"]}
-    assert list(stages) == ["Source", "Images"]
-    return list(stages["Images"]["Actions"])
-
-
-def test_manifest_step_runs_after_every_build_of_its_variant(template: dict[str, Any], config: AppConfig) -> None:
-    actions = {action["Name"]: action for action in images_stage(template)}
-    for name in config.accelerators:
-        accelerator = ACCELERATORS[name]
-        manifest = actions[manifest_action_name(accelerator)]
-        builds = [
-            actions[build_action_name(t)]
-            for t in images.image_targets([name])
-            if t.accelerator.name == accelerator.name
-        ]
-        assert len(builds) == len(images.image_arches(accelerator))
-        assert all(build["RunOrder"] == BUILD_RUN_ORDER for build in builds)
-        assert manifest["RunOrder"] == MANIFEST_RUN_ORDER > max(build["RunOrder"] for build in builds)
-        manifest_env = project_env(
-            next(
-                p
-                for k, p in resources(template, "AWS::CodeBuild::Project").items()
-                if {"Ref": k} == manifest["Configuration"]["ProjectName"]
-            )
-        )
-        assert manifest_env["ARCHES"].split() == list(images.image_arches(accelerator))
-        assert manifest_env["ACCELERATOR"] == accelerator.name
-
-
-def test_builds_of_different_variants_run_in_parallel(template: dict[str, Any]) -> None:
-    builds = [a for a in images_stage(template) if a["Name"].startswith("Build-")]
-    assert len(builds) >= 4 and {b["RunOrder"] for b in builds} == {BUILD_RUN_ORDER}
-
-
 def ecr_statements(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in statements if any(a.startswith("ecr:") for a in as_list(s["Action"]))]
 
 
-def test_ecr_permissions_name_repositories(template: dict[str, Any], config: AppConfig) -> None:
-    for (accelerator, _), project in build_projects(template).items():
+def steps(stack: ImagePipelineStack) -> dict[str, PipelineStep]:
+    return {step.action_name: step for step in stack.steps}
+
+
+# --- the shape of the pipeline ---------------------------------------------------------------------
+
+
+def test_runtime_images_and_the_publisher_have_a_stage_before_the_serving_images(template: dict[str, Any]) -> None:
+    stages = pipeline_stages(template)
+    assert list(stages) == ["Source", RUNTIME_STAGE, SERVING_STAGE]
+    targets = {
+        stage: {project_env(project).get("TARGET") for _, project in action_projects_of(template, stage)}
+        for stage in (RUNTIME_STAGE, SERVING_STAGE)
+    }
+    assert targets[RUNTIME_STAGE] == {images.RUNTIME_TARGET, images.PUBLISHER_TARGET, None}  # None: manifests
+    assert targets[SERVING_STAGE] == {images.SERVE_TARGET, None}
+
+
+def action_projects_of(template: dict[str, Any], stage: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    names = {action["Name"] for action in pipeline_stages(template)[stage]["Actions"]}
+    return [pair for name, pair in action_projects(template).items() if name in names]
+
+
+def test_manifest_lists_run_after_every_arch_build_of_their_stage(template: dict[str, Any], config: AppConfig) -> None:
+    version = config.serving.image_version
+    for stage in (RUNTIME_STAGE, SERVING_STAGE):
+        pairs = action_projects_of(template, stage)
+        built = {project_env(p)["IMAGE_TAG"]: a["RunOrder"] for a, p in pairs if "IMAGE_TAG" in project_env(p)}
+        lists = {project_env(p)["LIST_TAG"]: (a, p) for a, p in pairs if "LIST_TAG" in project_env(p)}
+        assert set(built.values()) == {BUILD_RUN_ORDER}
+        for action, project in lists.values():
+            assert action["RunOrder"] == MANIFEST_RUN_ORDER > BUILD_RUN_ORDER
+            assert set(project_env(project)["SOURCE_TAGS"].split()) <= set(built), "joins builds of its own stage"
+        expected = (
+            {images.runtime_tag(a, version) for a in config.accelerators} | {images.publisher_tag(version)}
+            if stage == RUNTIME_STAGE
+            else {images.image_tag(a, version) for a in config.accelerators}
+        )
+        assert set(lists) == expected
+        assert {project_env(p)["IF_MISSING"] for _, p in lists.values()} == (
+            {"fail"} if stage == RUNTIME_STAGE else {"skip"}
+        )
+        for accelerator in config.accelerators:
+            list_tag = (images.runtime_tag if stage == RUNTIME_STAGE else images.image_tag)(accelerator, version)
+            arches = images.image_arches(ACCELERATORS[accelerator])
+            assert len(project_env(lists[list_tag][1])["SOURCE_TAGS"].split()) == len(arches)
+
+
+def test_what_runs_before_any_compile_is_made_in_the_runtime_stage(config: AppConfig, template: dict[str, Any]) -> None:
+    """What the charts run before any compile exists: the compile jobs' runtime lists and the publisher."""
+    lists = {project_env(p).get("LIST_TAG") for _, p in action_projects_of(template, RUNTIME_STAGE)}
+    for name in config.accelerators:
+        assert topology.runtime_image_uri(config, ACCELERATORS[name]).rpartition(":")[2] in lists
+    assert images.publisher_image_uri(config).rpartition(":")[2] in lists
+
+
+def test_the_template_is_the_plan(stack: ImagePipelineStack, template: dict[str, Any]) -> None:
+    plan = steps(stack)
+    deployed = action_projects(template)
+    assert list(deployed) == list(plan)
+    for name, (action, project) in deployed.items():
+        assert action["RunOrder"] == plan[name].run_order
+        assert project["Properties"]["Source"]["BuildSpec"] == plan[name].buildspec
+        assert set(project_env(project)) == set(plan[name].env)
+
+
+def test_one_build_project_per_image_and_arch_on_the_right_fleet(template: dict[str, Any], config: AppConfig) -> None:
+    builds = [(a, p) for a, p in action_projects(template).values() if "TARGET" in project_env(p)]
+    by_target: dict[str, set[tuple[str, str]]] = {}
+    for _, project in builds:
+        env = project_env(project)
+        by_target.setdefault(env["TARGET"], set()).add((env["ACCELERATOR"], env["ARCH"]))
+        environment = project["Properties"]["Environment"]
+        assert environment["Type"] == ENVIRONMENT_TYPES[env["ARCH"]]
+        assert environment["Image"] == BUILD_IMAGES[env["ARCH"]]
+        assert environment["PrivilegedMode"] is True
+        assert "EncryptionKey" in project["Properties"]
+        assert project["Properties"]["Source"]["BuildSpec"] == BUILD_SPEC
+    expected = {(t.accelerator.name, t.arch) for t in images.image_targets(config.accelerators)}
+    assert ("cpu", "arm64") in expected and ("cpu", "amd64") in expected  # the multi-arch accelerator
+    assert by_target[images.RUNTIME_TARGET] == by_target[images.SERVE_TARGET] == expected
+    assert by_target[images.PUBLISHER_TARGET] == {("cpu", "amd64"), ("cpu", "arm64")}
+    for _, project in action_projects(template).values():
+        if "LIST_TAG" in project_env(project):
+            assert project["Properties"]["Source"]["BuildSpec"] == MANIFEST_SPEC
+            assert project["Properties"]["Environment"]["ComputeType"] == "BUILD_GENERAL1_SMALL"
+
+
+def test_build_projects_set_every_build_arg(template: dict[str, Any], config: AppConfig) -> None:
+    for _, project in action_projects(template).values():
+        env = project_env(project)
+        if "TARGET" not in env:
+            continue
+        target = next(
+            t
+            for t in images.image_targets(["cpu", *config.accelerators])
+            if (t.accelerator.name, t.arch) == (env["ACCELERATOR"], env["ARCH"])
+        )
+        for name, value in images.build_arg_values(config, target).items():
+            assert env[name.upper()] == value, name
+        assert env["MODEL_DEVICE"] == target.accelerator.device
+        assert env["IMAGE_TAG"].startswith(f"{config.serving.image_version}-")
+        assert env["BUILDKIT_IMAGE"] == versions.BUILDKIT_IMAGE
+        assert env["BUILDKIT_IMAGE"].startswith("public.ecr.aws/"), "no anonymous Docker Hub pull"
+        assert env["MODEL_S3_PREFIX"] == (
+            f"s3://edge-diffusion-models-{RELEASE_ACCOUNT}-us-west-2/models/{config.model_id}/main"
+        )
+
+
+def test_no_project_copies_images_to_other_repositories(template: dict[str, Any]) -> None:
+    for _, project in action_projects(template).values():
+        assert not any("MIRROR" in name for name in project_env(project))
+    assert resources(template, "AWS::ECR::Repository").keys() == {
+        k for k in template["Resources"] if k.startswith("BuildCacheRepository")
+    }
+
+
+# --- least privilege ---------------------------------------------------------------------------------
+
+
+def test_builds_push_to_the_image_and_cache_repositories_only(template: dict[str, Any], config: AppConfig) -> None:
+    for _, project in action_projects(template).values():
+        env = project_env(project)
         statements = ecr_statements(policy_statements_of(template, project))
         for statement in statements:
             assert statement["Effect"] == "Allow"
             if statement["Resource"] == "*":
                 assert as_list(statement["Action"]) == ["ecr:GetAuthorizationToken"]
-        push = [s for s in statements if "ecr:PutImage" in as_list(s["Action"])]
-        assert len(push) == 1
-        pushed = json.dumps(push[0]["Resource"])
-        assert "ImageRepository" in pushed and "BuildCacheRepository" in pushed
-        assert len(as_list(push[0]["Resource"])) == 2
+        (push,) = [s for s in statements if "ecr:PutImage" in as_list(s["Action"])]
+        pushed = as_list(push["Resource"])
+        assert "ImageRepository" in json.dumps(pushed)
+        if "TARGET" in env:
+            assert len(pushed) == 2 and "BuildCacheRepository" in json.dumps(pushed)
+        else:
+            assert len(pushed) == 1 and "BuildCacheRepository" not in json.dumps(statements)
         dlc = [s for s in statements if s.get("Sid") == "PullDeepLearningContainerBase"]
-        repository = images.DLC_REPOSITORIES.get(accelerator)
-        if repository is None:
+        repository = images.DLC_REPOSITORIES.get(env.get("ACCELERATOR", ""))
+        if repository is None or env.get("TARGET") in (None, images.PUBLISHER_TARGET):
             assert dlc == []
         else:
             (statement,) = dlc
@@ -171,32 +232,27 @@ def test_ecr_permissions_name_repositories(template: dict[str, Any], config: App
             assert f':ecr:{config.region}:{versions.DLC_REGISTRY_ACCOUNT}:repository/{repository}"' in arn
 
 
-def test_manifest_projects_push_to_the_serving_and_region_stage_repositories(
+def test_only_serving_builds_read_the_model_bucket_one_device_prefix(
     template: dict[str, Any], config: AppConfig
 ) -> None:
-    region_repository = naming.image_repository_name(region_stage_config(config))
-    for project in projects_by_env(template, "ARCHES").values():
-        statements = ecr_statements(policy_statements_of(template, project))
-        scoped = [s for s in statements if s["Resource"] != "*"]
-        assert len(scoped) == 1
-        resources_ = as_list(scoped[0]["Resource"])
-        assert len(resources_) == 2 and "ImageRepository" in json.dumps(resources_)
-        assert f":repository/{region_repository}" in json.dumps(resources_)
-        assert "BuildCacheRepository" not in json.dumps(statements)
-        assert project_env(project)["MIRROR_REPOSITORY_URIS"] != ""
-
-
-def test_model_bucket_read_is_one_device_prefix(template: dict[str, Any], config: AppConfig) -> None:
-    for (accelerator, _), project in build_projects(template).items():
-        device = next(a.device for a in ACCELERATORS.values() if a.name == accelerator)
+    for _, project in action_projects(template).values():
+        env = project_env(project)
+        statements = policy_statements_of(template, project)
+        model = [s for s in statements if "edge-diffusion-models" in json.dumps(s)]
+        if env.get("TARGET") != images.SERVE_TARGET:
+            assert model == [], env.get("IMAGE_TAG", env.get("LIST_TAG"))
+            continue
+        device = ACCELERATORS[env["ACCELERATOR"]].device
         prefix = f"models/{config.model_id}/{config.model_revision}/{device}/"
-        statements = {s.get("Sid"): s for s in policy_statements_of(template, project)}
-        assert statements["ListModelPrefix"]["Action"] == "s3:ListBucket"
-        assert statements["ListModelPrefix"]["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
-        assert statements["ReadModelPrefix"]["Action"] == "s3:GetObject"
-        assert json.dumps(statements["ReadModelPrefix"]["Resource"]).endswith(f'/{prefix}*"]]}}')
-        writes = [s for s in policy_statements_of(template, project) if "edge-diffusion-models" in json.dumps(s)]
-        assert all(not a.startswith(("s3:Put", "s3:Delete")) for s in writes for a in as_list(s["Action"]))
+        by_sid = {s.get("Sid"): s for s in statements}
+        assert by_sid["ListModelPrefix"]["Action"] == "s3:ListBucket"
+        assert by_sid["ListModelPrefix"]["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+        assert by_sid["ReadModelPrefix"]["Action"] == "s3:GetObject"
+        assert json.dumps(by_sid["ReadModelPrefix"]["Resource"]).endswith(f'/{prefix}*"]]}}')
+        assert all(not a.startswith(("s3:Put", "s3:Delete")) for s in model for a in as_list(s["Action"]))
+
+
+# --- storage, logs, source ----------------------------------------------------------------------------
 
 
 def test_artifacts_are_kms_encrypted_and_logs_retained(template: dict[str, Any], config: AppConfig) -> None:
@@ -211,9 +267,12 @@ def test_artifacts_are_kms_encrypted_and_logs_retained(template: dict[str, Any],
     assert key["Properties"]["EnableKeyRotation"] is True
     (logs,) = resources(template, "AWS::Logs::LogGroup").values()
     assert logs["Properties"]["RetentionInDays"] == config.pipeline.log_retention_days
+    prefixes = set()
     for project in resources(template, "AWS::CodeBuild::Project").values():
         cloudwatch = project["Properties"]["LogsConfig"]["CloudWatchLogs"]
         assert cloudwatch["Status"] == "ENABLED" and "GroupName" in cloudwatch
+        prefixes.add(cloudwatch["StreamName"])
+    assert len(prefixes) == len(resources(template, "AWS::CodeBuild::Project")), "one log prefix per project"
 
 
 def test_s3_source_starts_the_pipeline_on_upload(template: dict[str, Any], config: AppConfig) -> None:

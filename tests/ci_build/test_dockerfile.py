@@ -1,5 +1,6 @@
-"""ci_build/: the Dockerfile's stages and build args against the accelerator table, the buildspecs
-and the runtime contract; hadolint; the helper scripts; the build buildspec run with stub tools."""
+"""ci_build/Dockerfile: its stages and build args against the accelerator table, the build script
+and the runtime contract; the code and the requirements each image ships; hadolint; the helper
+scripts. The buildspecs and the build scripts run with stub tools in test_buildspecs.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 from spec import contract, images, versions
 from spec.accelerators import ACCELERATORS
@@ -111,14 +111,16 @@ def arg_names(specs: list[str]) -> set[str]:
     return {spec.split("=", 1)[0] for spec in specs}
 
 
-def buildspec_commands(name: str) -> str:
-    spec = yaml.safe_load((CI / name).read_text())
-    return "\n".join(command for phase in spec["phases"].values() for command in phase["commands"])
+BUILD_SCRIPT = CI / "build-image.sh"
 
 
-def buildspec_build_args() -> dict[str, str]:
-    """``--build-arg name="${VAR}"`` pairs of the build buildspec."""
-    pairs = re.findall(r'--build-arg\s+(\w+)="\$\{(\w+)\}"', buildspec_commands("buildspec-build.yml"))
+def build_script() -> str:
+    return BUILD_SCRIPT.read_text()
+
+
+def script_build_args() -> dict[str, str]:
+    """``--build-arg name="${VAR}"`` pairs of the build script."""
+    pairs = re.findall(r'--build-arg\s+(\w+)="\$\{(\w+)\}"', build_script())
     return dict(pairs)
 
 
@@ -163,7 +165,7 @@ def test_bases_come_from_build_args_without_defaults(dockerfile: Dockerfile) -> 
         assert f"/{repository}:" in dockerfile.stages[f"base-{accelerator}"].base
 
 
-# --- build args: Dockerfile <-> buildspec <-> CodeBuild project --------------------------------
+# --- build args: Dockerfile <-> build script <-> CodeBuild project ------------------------------
 
 
 def test_dockerfile_args_are_exactly_the_build_args(dockerfile: Dockerfile) -> None:
@@ -173,8 +175,8 @@ def test_dockerfile_args_are_exactly_the_build_args(dockerfile: Dockerfile) -> N
     assert declared == set(BUILD_ARGS)
 
 
-def test_buildspec_passes_every_build_arg_and_nothing_else() -> None:
-    passed = buildspec_build_args()
+def test_build_script_passes_every_build_arg_and_nothing_else() -> None:
+    passed = script_build_args()
     assert set(passed) == set(BUILD_ARGS)
     assert all(variable == name.upper() for name, variable in passed.items())
 
@@ -185,18 +187,18 @@ def test_every_build_arg_variable_has_a_source() -> None:
     target = images.image_targets(["cpu"])[0]
     from_project = {name.upper() for name in images.build_arg_values(AppConfig(), target)}
     computed = {name.upper() for name in BUILDSPEC_COMPUTED_ARGS}
-    commands = buildspec_commands("buildspec-build.yml")
-    for variable in set(buildspec_build_args().values()):
+    script = build_script()
+    for variable in set(script_build_args().values()):
         assert variable in from_project | computed | CODEBUILD_BUILTIN_ENV, variable
     for variable in computed:
-        assert f"{variable}=" in commands, f"the buildspec never sets {variable}"
+        assert f"{variable}=" in script, f"the build script never sets {variable}"
     assert from_project | computed | CODEBUILD_BUILTIN_ENV >= {v.upper() for v in BUILD_ARGS}
 
 
 def test_model_secret_id_matches_the_buildspec(dockerfile: Dockerfile) -> None:
     runs = " ".join(dockerfile.stages["assets"].all("RUN"))
     assert f"type=secret,id={images.AWS_CREDENTIALS_SECRET_ID}," in runs
-    assert f'--secret "id={images.AWS_CREDENTIALS_SECRET_ID},' in buildspec_commands("buildspec-build.yml")
+    assert f'--secret "id={images.AWS_CREDENTIALS_SECRET_ID},' in build_script()
     # Credentials never travel as a build arg or an ENV.
     assert not any("AWS_SECRET" in arg or "AWS_ACCESS" in arg for arg in dockerfile.global_args)
 
@@ -204,10 +206,10 @@ def test_model_secret_id_matches_the_buildspec(dockerfile: Dockerfile) -> None:
 # --- the image that runs -----------------------------------------------------------------------
 
 
-def test_final_stage_is_the_serving_image_run_as_non_root(dockerfile: Dockerfile) -> None:
+def test_final_stage_is_the_serving_image_and_every_target_runs_as_non_root(dockerfile: Dockerfile) -> None:
     final = list(dockerfile.stages)[-1]
-    assert final == "serve"
-    for target in ("serve", "runtime"):
+    assert final == images.SERVE_TARGET
+    for target in (images.SERVE_TARGET, images.RUNTIME_TARGET, images.PUBLISHER_TARGET):
         users = [user for stage in dockerfile.chain(target) for user in stage.all("USER")]
         assert users, f"{target} sets no USER"
         uid, _, gid = users[0].partition(":")  # chain() starts at the stage itself: its last USER wins
@@ -268,9 +270,9 @@ def imported_modules(path: Path) -> set[str]:
     return {m for m in found if m.split(".")[0] in FIRST_PARTY and module_file(m)}
 
 
-def shipped_files() -> set[Path]:
+def shipped_files(packages: tuple[str, ...] = SHIPPED_PACKAGES) -> set[Path]:
     """Every file the shipped packages need: their own, what they import, and the packages above."""
-    todo = [p for package in SHIPPED_PACKAGES for p in (ROOT / package).rglob("*.py")]
+    todo = [p for package in packages for p in (ROOT / package).rglob("*.py")]
     needed: set[Path] = set()
     while todo:
         path = todo.pop()
@@ -284,10 +286,10 @@ def shipped_files() -> set[Path]:
     return needed
 
 
-def copied_sources(dockerfile: Dockerfile) -> list[str]:
-    """Repository paths the code stage copies (a directory ends with '/')."""
+def copied_sources(dockerfile: Dockerfile, stage: str = "code") -> list[str]:
+    """Repository paths a code stage copies (a directory ends with '/')."""
     sources: list[str] = []
-    for args in dockerfile.stages["code"].all("COPY"):
+    for args in dockerfile.stages[stage].all("COPY"):
         *paths, dest = shlex.split(args)
         assert dest.startswith(CODE_DIR), args
         for path in paths:
@@ -297,22 +299,84 @@ def copied_sources(dockerfile: Dockerfile) -> list[str]:
     return sources
 
 
-def test_images_copy_exactly_the_code_their_programs_import(dockerfile: Dockerfile) -> None:
-    sources = copied_sources(dockerfile)
-    for source in sources:
-        assert not source.startswith(UNSHIPPED_PACKAGES), f"{source}: the device client and the benchmark stay out"
-
+def assert_copies_exactly(sources: list[str], packages: tuple[str, ...]) -> None:
     def copied(path: Path) -> bool:
         rel = path.relative_to(ROOT).as_posix()
         return any(rel == s or (s.endswith("/") and rel.startswith(s)) for s in sources)
 
-    needed = shipped_files()
+    needed = shipped_files(packages)
     missing = sorted(str(p.relative_to(ROOT)) for p in needed if not copied(p))
     assert not missing, f"imported by the shipped programs but not copied: {missing}"
     unused = [s for s in sources if not s.endswith("/") and ROOT / s not in needed]
     assert not unused, f"copied but imported by none of the shipped programs: {unused}"
+    needed_paths = [p.relative_to(ROOT).as_posix() for p in needed]
+    unused_dirs = [s for s in sources if s.endswith("/") and not any(rel.startswith(s) for rel in needed_paths)]
+    assert not unused_dirs, f"directories copied but imported by none of the shipped programs: {unused_dirs}"
     assert not any(copied(p) for package in UNSHIPPED_PACKAGES for p in (ROOT / package).rglob("*.py"))
     assert {p.relative_to(ROOT).parts[0] for p in needed} == set(FIRST_PARTY)
+
+
+def test_images_copy_exactly_the_code_their_programs_import(dockerfile: Dockerfile) -> None:
+    sources = copied_sources(dockerfile)
+    for source in sources:
+        assert not source.startswith(UNSHIPPED_PACKAGES), f"{source}: the device client and the benchmark stay out"
+    assert_copies_exactly(sources, SHIPPED_PACKAGES)
+
+
+# --- the publisher image ------------------------------------------------------------------------
+
+PUBLISHER_PACKAGES = ("runtime/inventory",)
+PUBLISHER_REQUIREMENTS = ROOT / "runtime/requirements-publisher.txt"
+
+
+def pins(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[name.lower()] = version
+    return out
+
+
+def third_party_imports(paths: set[Path]) -> set[str]:
+    """Top-level modules the files import that are neither first-party nor the standard library."""
+    found: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+    return {m for m in found if m not in FIRST_PARTY and m not in sys.stdlib_module_names and m != "__future__"}
+
+
+def test_publisher_copies_exactly_the_code_the_inventory_imports(dockerfile: Dockerfile) -> None:
+    sources = copied_sources(dockerfile, "publisher-code")
+    assert_copies_exactly(sources, PUBLISHER_PACKAGES)
+    assert not any(s.startswith(("runtime/server", "runtime/compile", "runtime/artifacts")) for s in sources)
+    assert dockerfile.stages["publisher"].all("COPY") == [f"--from=publisher-code {CODE_DIR} {CODE_DIR}"]
+
+
+def test_publisher_installs_only_what_the_inventory_imports_pinned_as_the_server(dockerfile: Dockerfile) -> None:
+    publisher = dockerfile.stages[images.PUBLISHER_TARGET]
+    assert publisher.base == f"base-{images.PUBLISHER_BASE_ACCELERATOR}"
+    (install, _user) = publisher.all("RUN")
+    assert "source=runtime/requirements-publisher.txt" in install and "--no-cache-dir" in install
+    assert "requirements.txt," not in install and "extra-index-url" not in install  # no torch
+    wanted = pins(PUBLISHER_REQUIREMENTS)
+    assert set(wanted) == third_party_imports(shipped_files(PUBLISHER_PACKAGES)) == {"boto3", "httpx"}
+    server = pins(ROOT / "runtime/requirements.txt")
+    assert all(wanted[name] == server[name] for name in wanted), "pinned as in runtime/requirements.txt"
+
+
+def test_publisher_runs_the_inventory_module(dockerfile: Dockerfile) -> None:
+    publisher = dockerfile.stages[images.PUBLISHER_TARGET]
+    assert publisher.all("CMD") == [json.dumps(["python", "-m", contract.INVENTORY_MODULE])]
+    assert publisher.all("ENTRYPOINT") == ["[]"]
+    assert dockerfile.env(images.PUBLISHER_TARGET)["PYTHONPATH"] == CODE_DIR.rstrip("/")
+    # The server images' user, so the chart's security context fits every image.
+    assert publisher.all("USER") == dockerfile.stages[images.RUNTIME_TARGET].all("USER")
 
 
 def test_model_is_verified_against_its_manifest(dockerfile: Dockerfile) -> None:
@@ -335,15 +399,6 @@ def test_dockerignore_sends_only_what_the_dockerfile_reads() -> None:
 
 
 def test_neuron_requirements_share_the_server_pins() -> None:
-    def pins(path: Path) -> dict[str, str]:
-        out = {}
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                name, _, version = line.partition("==")
-                out[name.lower()] = version
-        return out
-
     cpu, neuron = pins(ROOT / "runtime/requirements.txt"), pins(ROOT / "runtime/requirements-neuron.txt")
     assert "torch" not in neuron, "the Neuron DLC brings torch"
     overridden = {"diffusers", "transformers", "gradio"}  # optimum-neuron's older stack
@@ -433,119 +488,3 @@ def test_healthcheck_script_exit_codes() -> None:
     finally:
         server.shutdown()
         server.server_close()
-
-
-# --- the build buildspec, run with stub aws and docker ----------------------------------------
-
-
-@pytest.fixture
-def stub_tools(tmp_path: Path) -> Path:
-    """`aws` and `docker` stubs: docker logs its arguments; aws answers from files in tmp_path."""
-    write_stub(
-        tmp_path,
-        "aws",
-        f"""case "$1 $2" in
-  "ecr get-login-password") echo token;;
-  "ecr describe-images")
-    tag=${{6#imageTag=}}
-    if grep -qx "$4" {tmp_path}/missing-repositories 2>/dev/null; then
-      echo "An error occurred (RepositoryNotFoundException) when calling the DescribeImages operation" >&2; exit 254; fi
-    if grep -qx "$tag" {tmp_path}/existing 2>/dev/null; then echo sha256:abc; else
-      echo "An error occurred (ImageNotFoundException) when calling the DescribeImages operation" >&2; exit 254; fi;;
-  "s3 cp") if [ -f {tmp_path}/manifest.json ]; then cat {tmp_path}/manifest.json; else
-      echo "fatal error: An error occurred (404) when calling the HeadObject operation" >&2; exit 1; fi;;
-  "configure export-credentials") echo '{{"Version": 1, "AccessKeyId": "AKIDEXAMPLE"}}';;
-  *) echo "unexpected aws $*" >&2; exit 2;;
-esac
-""",
-    )
-    write_stub(tmp_path, "docker", f'[ "$1" = login ] && cat >/dev/null; echo "docker $*" >>{tmp_path}/docker.log\n')
-    return tmp_path
-
-
-def run_build_buildspec(stub_tools: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        **{name.upper(): f"value-of-{name}" for name in BUILD_ARGS if name not in BUILDSPEC_COMPUTED_ARGS},
-        "PATH": f"{stub_tools}:{os.environ['PATH']}",
-        "ARCH": "arm64",
-        "ACCELERATOR": "cpu",
-        "MODEL_DEVICE": "cpu",
-        "IMAGE_VERSION": "1.2.3",
-        "REPOSITORY_URI": "111111111111.dkr.ecr.us-west-2.amazonaws.com/edge-diffusion/stable-diffusion",
-        "CACHE_REPOSITORY_URI": "111111111111.dkr.ecr.us-west-2.amazonaws.com/edge-diffusion/stable-diffusion-bc",
-        "BUILDKIT_IMAGE": versions.BUILDKIT_IMAGE,
-        "AWS_REGION": "us-west-2",
-        "MODEL_S3_PREFIX": "s3://bucket/models/tiny/main",
-    }
-    script = buildspec_commands("buildspec-build.yml")
-    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, cwd=stub_tools, timeout=60)
-
-
-def docker_builds(stub_tools: Path) -> list[str]:
-    return [line for line in (stub_tools / "docker.log").read_text().splitlines() if " buildx build " in line]
-
-
-def test_build_buildspec_builds_runtime_then_serve_with_the_manifest_hash(stub_tools: Path) -> None:
-    manifest = b'{"format": 1}\n'
-    (stub_tools / "manifest.json").write_bytes(manifest)
-    result = run_build_buildspec(stub_tools)
-    assert result.returncode == 0, result.stderr
-    runtime, serve = docker_builds(stub_tools)
-    assert "--target runtime" in runtime and ":1.2.3-cpu-arm64-runtime" in runtime and "--secret" not in runtime
-    assert "--target serve" in serve and "--tag 111111111111.dkr.ecr" in serve and ":1.2.3-cpu-arm64 " in serve
-    import hashlib
-
-    assert f"model_manifest_sha256={hashlib.sha256(manifest).hexdigest()}" in serve
-    assert "--secret id=aws_credentials,src=" in serve and "--platform linux/arm64" in serve
-    assert "mode=max,image-manifest=true,oci-mediatypes=true" in serve
-    for name in BUILD_ARGS:
-        assert f"--build-arg {name}=" in serve
-
-
-def test_build_buildspec_leaves_published_tags_alone(stub_tools: Path) -> None:
-    (stub_tools / "existing").write_text("1.2.3-cpu-arm64-runtime\n1.2.3-cpu-arm64\n")
-    result = run_build_buildspec(stub_tools)
-    assert result.returncode == 0, result.stderr
-    assert docker_builds(stub_tools) == []
-    assert "already published" in result.stdout
-
-
-def test_build_buildspec_without_a_compiled_model_names_the_compile_image(stub_tools: Path) -> None:
-    result = run_build_buildspec(stub_tools)
-    assert result.returncode != 0
-    assert "no compiled model at s3://bucket/models/tiny/main/cpu/manifest.json" in result.stderr
-    assert ":1.2.3-cpu-runtime" in result.stderr
-    assert len(docker_builds(stub_tools)) == 1  # the runtime image was still built
-
-
-def test_manifest_buildspec_joins_every_arch_of_the_variant(stub_tools: Path) -> None:
-    registry = "111111111111.dkr.ecr.us-west-2.amazonaws.com"
-    (stub_tools / "missing-repositories").write_text("not-deployed/stable-diffusion\n")
-    env = {
-        **os.environ,
-        "PATH": f"{stub_tools}:{os.environ['PATH']}",
-        "ACCELERATOR": "cpu",
-        "ARCHES": "amd64 arm64",
-        "IMAGE_VERSION": "1.2.3",
-        "REPOSITORY_URI": f"{registry}/edge-diffusion/stable-diffusion",
-        "MIRROR_REPOSITORY_URIS": " ".join(
-            f"{registry}/{name}/stable-diffusion" for name in ("edge-diffusion-region", "not-deployed")
-        ),
-    }
-    script = buildspec_commands("buildspec-manifest.yml")
-    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    creates = [line for line in (stub_tools / "docker.log").read_text().splitlines() if "imagetools create" in line]
-    repo = env["REPOSITORY_URI"]
-    assert creates == [
-        f"docker buildx imagetools create --tag {repo}:1.2.3-cpu-runtime "
-        f"{repo}:1.2.3-cpu-amd64-runtime {repo}:1.2.3-cpu-arm64-runtime",
-        f"docker buildx imagetools create --tag {repo}:1.2.3-cpu {repo}:1.2.3-cpu-amd64 {repo}:1.2.3-cpu-arm64",
-        # the Region stage's repository gets copies; a repository not deployed yet is skipped
-        f"docker buildx imagetools create --tag {registry}/edge-diffusion-region/stable-diffusion:1.2.3-cpu-runtime "
-        f"{repo}:1.2.3-cpu-runtime",
-        f"docker buildx imagetools create --tag {registry}/edge-diffusion-region/stable-diffusion:1.2.3-cpu "
-        f"{repo}:1.2.3-cpu",
-    ]
-    assert "not-deployed/stable-diffusion does not exist (yet): skipped" in result.stdout

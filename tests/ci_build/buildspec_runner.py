@@ -1,0 +1,273 @@
+"""Run CodeBuild buildspecs the way CodeBuild promises to, against stub ``aws`` and ``docker``.
+
+Buildspec 0.2 carries only the working directory and environment variables from one command to
+the next, so :func:`run_buildspec` runs each command in its own shell (the buildspec's
+``env.shell``) and starts the next one from exactly that: ``pwd`` and ``env -0`` captured at the
+end of the previous command (no shell functions, no unexported variables, no shell options).
+
+:func:`make_stubs` puts stub ``aws`` and ``docker`` on a PATH; they record their calls and keep a
+small registry (the tags pushed) and model bucket (the manifests compile jobs publish) on disk,
+so :func:`release` can replay whole executions of the image pipeline
+(:func:`stacks.image_pipeline.pipeline_steps`, in stage and run order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spec import images
+from spec.config import AppConfig
+from stacks.image_pipeline import IMAGE_STAGES, PipelineStep, pipeline_steps
+from tests.conftest import ROOT
+
+PHASES = ("install", "pre_build", "build", "post_build")
+REGISTRY = "111111111111.dkr.ecr.us-west-2.amazonaws.com"
+REPOSITORY_URI = f"{REGISTRY}/edge-diffusion/stable-diffusion"
+CACHE_REPOSITORY_URI = f"{REPOSITORY_URI}-buildcache"
+
+
+@dataclass
+class BuildspecRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    failed_command: str | None = None
+    commands: list[str] = field(default_factory=list)
+
+
+def run_buildspec(spec: Mapping[str, Any], env: Mapping[str, str], cwd: Path, state: Path) -> BuildspecRun:
+    """Run a buildspec's commands, each in its own ``env.shell``, carrying over only the working
+    directory and the exported environment. A failure in ``install``/``pre_build`` ends the build;
+    one in ``build`` still runs ``post_build`` (as CodeBuild does); the build then fails."""
+    shell = spec.get("env", {}).get("shell", "sh")
+    environment, directory = dict(env), cwd
+    out: list[str] = []
+    err: list[str] = []
+    run = BuildspecRun(returncode=0, stdout="", stderr="")
+    state.mkdir(parents=True, exist_ok=True)
+    for phase in PHASES:
+        if phase not in spec.get("phases", {}) or (run.returncode and phase != "post_build"):
+            continue
+        for command in spec["phases"][phase].get("commands", []):
+            env_file, pwd_file = state / "env", state / "pwd"
+            env_file.unlink(missing_ok=True)
+            wrapped = f"trap 'env -0 >{env_file}; pwd >{pwd_file}' EXIT\n{command}"
+            result = subprocess.run(
+                [shell, "-c", wrapped],
+                env=environment,
+                cwd=directory,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            run.commands.append(command)
+            out.append(result.stdout)
+            err.append(result.stderr)
+            if result.returncode:
+                run.returncode = run.returncode or result.returncode
+                run.failed_command = run.failed_command or command
+                break
+            environment = dict(
+                entry.split("=", 1)
+                for entry in env_file.read_text().split("\0")
+                if "=" in entry and not entry.startswith("BASH_FUNC_")  # exported functions are not promised
+            )
+            directory = Path(pwd_file.read_text().strip())
+    run.stdout, run.stderr = "".join(out), "".join(err)
+    return run
+
+
+def load_buildspec(path: str) -> dict[str, Any]:
+    spec: dict[str, Any] = yaml.safe_load((ROOT / path).read_text())
+    return spec
+
+
+def inline_spec(*commands: str) -> dict[str, Any]:
+    return {"version": 0.2, "env": {"shell": "bash"}, "phases": {"build": {"commands": list(commands)}}}
+
+
+# --- stub aws and docker, with a registry and a model bucket on disk -----------------------------
+
+STUB_AWS = """
+import json, os, sys
+from pathlib import Path
+
+root = Path(os.environ["STUB_ROOT"])
+args = sys.argv[1:]
+with open(root / "aws.log", "a") as log:
+    log.write("aws " + " ".join(args) + "\\n")
+
+
+def opt(name):
+    return args[args.index(name) + 1]
+
+
+def fail(message, code=254):
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+registry = root / "registry"
+fault = (root / "fault").read_text().strip() if (root / "fault").exists() else ""
+match args[:2]:
+    case ["ecr", "get-login-password"]:
+        print("token")
+    case ["ecr", "describe-images"]:
+        if fault == "ecr":
+            fail("An error occurred (AccessDeniedException) when calling the DescribeImages operation")
+        tag = opt("--image-ids").removeprefix("imageTag=")
+        if opt("--repository-name") != os.environ["STUB_REPOSITORY"]:
+            fail("An error occurred (RepositoryNotFoundException) when calling the DescribeImages operation")
+        if tag in registry.read_text().split():
+            print("sha256:" + "0" * 64)
+        else:
+            fail("An error occurred (ImageNotFoundException) when calling the DescribeImages operation")
+    case ["s3api", "list-objects-v2"]:
+        if fault == "s3":
+            fail("An error occurred (AccessDenied) when calling the ListObjectsV2 operation: Access Denied")
+        bucket = root / "s3" / opt("--bucket")
+        files = sorted(p for p in bucket.rglob("*") if p.is_file()) if bucket.exists() else []
+        keys = [k for k in (p.relative_to(bucket).as_posix() for p in files) if k.startswith(opt("--prefix"))]
+        print("\\t".join(keys) if keys else "None")
+    case ["s3", "cp"]:
+        path = root / "s3" / args[-2].removeprefix("s3://")
+        if not path.is_file():
+            fail("fatal error: An error occurred (404) when calling the HeadObject operation: Not Found", 1)
+        sys.stdout.write(path.read_text())
+    case ["configure", "export-credentials"]:
+        print(json.dumps({"Version": 1, "AccessKeyId": "AKIDEXAMPLE", "SecretAccessKey": "x"}))
+    case _:
+        fail("unexpected aws " + " ".join(args), 2)
+"""
+
+STUB_DOCKER = """
+import os, sys
+from pathlib import Path
+
+root = Path(os.environ["STUB_ROOT"])
+args = sys.argv[1:]
+with open(root / "docker.log", "a") as log:
+    log.write("docker " + " ".join(args) + "\\n")
+registry = root / "registry"
+repository = os.environ["STUB_REPOSITORY_URI"]
+
+
+def publish(ref):
+    name, _, tag = ref.rpartition(":")
+    assert name == repository, ref
+    with open(registry, "a") as f:
+        f.write(tag + "\\n")
+
+
+if args[0] == "login":
+    sys.stdin.read()
+elif args[:2] == ["buildx", "build"]:
+    if "--secret" in args:
+        secret = args[args.index("--secret") + 1]
+        src = dict(part.split("=", 1) for part in secret.split(","))["src"]
+        assert Path(src).is_file(), "the credentials file exists while the build runs"
+        with open(root / "secrets", "a") as f:
+            f.write(src + "\\n")
+    if "--push" in args:
+        publish(args[args.index("--tag") + 1])
+elif args[:3] == ["buildx", "imagetools", "create"]:
+    tags = registry.read_text().split()
+    for source in args[5:]:
+        if source.rpartition(":")[2] not in tags:
+            print(f"ERROR: {source}: not found", file=sys.stderr)
+            sys.exit(1)
+    publish(args[args.index("--tag") + 1])
+"""
+
+
+@dataclass
+class Stubs:
+    root: Path
+    env: dict[str, str]
+
+    def log(self, tool: str) -> list[str]:
+        path = self.root / f"{tool}.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def builds(self) -> list[str]:
+        return [line for line in self.log("docker") if line.startswith("docker buildx build ")]
+
+    def creates(self) -> list[str]:
+        return [line for line in self.log("docker") if line.startswith("docker buildx imagetools create ")]
+
+    def published(self) -> list[str]:
+        return (self.root / "registry").read_text().split()
+
+    def reset_logs(self) -> None:
+        for tool in ("docker", "aws"):
+            (self.root / f"{tool}.log").unlink(missing_ok=True)
+
+    def put_model(self, config: AppConfig, device: str, manifest: bytes) -> str:
+        """Publish a compiled model's manifest, as a compile job does; returns its sha256."""
+        path = self.root / "s3" / images.model_s3_prefix(config).removeprefix("s3://") / device / "manifest.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(manifest)
+        return hashlib.sha256(manifest).hexdigest()
+
+
+def make_stubs(tmp_path: Path, repository_uri: str = REPOSITORY_URI) -> Stubs:
+    root = tmp_path / "stubs"
+    (root / "bin").mkdir(parents=True)
+    (root / "registry").write_text("")
+    for name, body in (("aws", STUB_AWS), ("docker", STUB_DOCKER)):
+        path = root / "bin" / name
+        path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+    env = {
+        # What a CodeBuild container starts with, and no more: the project's variables come per step.
+        "PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "AWS_REGION": "us-west-2",
+        "CODEBUILD_SRC_DIR": str(ROOT),
+        "STUB_ROOT": str(root),
+        "STUB_REPOSITORY": repository_uri.split("/", 1)[1],
+        "STUB_REPOSITORY_URI": repository_uri,
+    }
+    return Stubs(root=root, env=env)
+
+
+def steps_of(config: AppConfig) -> tuple[PipelineStep, ...]:
+    return pipeline_steps(config, repository_uri=REPOSITORY_URI, cache_repository_uri=CACHE_REPOSITORY_URI)
+
+
+def run_step(step: PipelineStep, stubs: Stubs) -> BuildspecRun:
+    state = stubs.root / "runs" / step.action_name
+    return run_buildspec(load_buildspec(step.buildspec), {**stubs.env, **step.env}, ROOT, state)
+
+
+@dataclass
+class Release:
+    runs: dict[str, BuildspecRun]
+
+    def out(self, action: str) -> str:
+        return self.runs[action].stdout
+
+
+def release(config: AppConfig, stubs: Stubs) -> Release:
+    """One pipeline execution: the image stages in order, each run order after the one before;
+    a failed action stops the execution (as CodePipeline does)."""
+    stubs.reset_logs()
+    runs: dict[str, BuildspecRun] = {}
+    steps = steps_of(config)
+    for stage in IMAGE_STAGES:
+        for order in sorted({s.run_order for s in steps if s.stage == stage}):
+            for step in (s for s in steps if s.stage == stage and s.run_order == order):
+                runs[step.action_name] = run = run_step(step, stubs)
+                if run.returncode:
+                    raise AssertionError(f"{step.action_name} failed: {run.stderr}")
+    return Release(runs)
