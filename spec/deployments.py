@@ -135,7 +135,7 @@ def check_deployable_from_pipeline(deployment: Deployment) -> None:
 def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) -> Release:
     """Build the release from the CDK context (cdk.json plus ``-c``) and the deployment files."""
     committed = cdk_json_context()
-    context = dict(context)
+    context = dict[str, object](context)
     name = str(context.pop(DEPLOYMENT_KEY, DEFAULT_DEPLOYMENT))
     overrides = _overrides(context, committed)
     shared = load_config(context)
@@ -143,7 +143,7 @@ def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DI
     for listed in pipeline_names:
         read_deployment_file(listed, directory)  # a typo in pipeline.deployments fails here, with the list
     # A pipeline deployment sees what the pipeline's synth sees: cdk.json, the shared keys, its file.
-    base = {**committed, **{k: context[k] for k in SHARED_KEYS if k in context}}
+    base: dict[str, object] = {**committed, **{k: context[k] for k in SHARED_KEYS if k in context}}
 
     pipeline = tuple(
         Deployment(listed, load_config({**base, **read_deployment_file(listed, directory)}), PIPELINE)

@@ -6,7 +6,7 @@ the negative tests show each check catches the design it guards against."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from spec import naming
+from spec.accelerators import ACCELERATORS
 from spec.deployments import load_release
+from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
+from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
 from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, release_context
 from tests.release import rehearsal
 from tests.release.rehearsal import Account, MakeDeploy, ReleaseError, Stack
@@ -147,7 +151,7 @@ def test_compile_jobs_get_pods_karpenter_can_see(stacks: dict[str, Stack]) -> No
         assert "allocate" in actions and "enqueue" not in actions, actions
 
 
-def scheduler_actions(release: dict[str, Any]) -> list[str]:
+def scheduler_actions(release: Mapping[str, Any]) -> list[str]:
     values = yaml.safe_load(release["Values"]) if isinstance(release.get("Values"), str) else {}
     config_text = _find_scheduler_config(values)
     if config_text is None:  # the chart's default scheduler config (volcano-scheduler.conf)
@@ -186,6 +190,85 @@ def workloads_of(stacks: dict[str, Stack]) -> Iterator[tuple[str, rehearsal.Work
     for stack in cluster_stacks(stacks):
         for workload in rehearsal.workloads(stack.template):
             yield stack.name, workload
+
+
+# --- Images: the image pipeline's buildspecs and scripts, run as CodeBuild runs them -------------
+
+
+@dataclass
+class ImageRegistry:
+    """The one image repository, filled by runs of the image pipeline (stub aws/docker)."""
+
+    config: Any
+    stubs: Stubs
+    repository_uri: str
+
+    def run_pipeline(self) -> list[str]:
+        """One execution: stages in order, run orders in order; a failed action stops it.
+        Returns the tags this execution pushed."""
+        before = set(self.stubs.published())
+        steps = pipeline_steps(
+            self.config, repository_uri=self.repository_uri, cache_repository_uri=f"{self.repository_uri}-buildcache"
+        )
+        for stage in IMAGE_STAGES:
+            for order in sorted({s.run_order for s in steps if s.stage == stage}):
+                for step in (s for s in steps if s.stage == stage and s.run_order == order):
+                    state = self.stubs.root / "runs" / f"{len(before)}-{step.action_name}"
+                    run = run_buildspec(load_buildspec(step.buildspec), {**self.stubs.env, **step.env}, ROOT, state)
+                    if run.returncode:
+                        raise ReleaseError(f"image pipeline: {step.action_name} failed: {run.stderr.strip()[-300:]}")
+        return sorted(set(self.stubs.published()) - before)
+
+    def has(self, image: str) -> bool:
+        repository, _, tag = image.rpartition(":")
+        return repository == self.repository_uri and tag in self.stubs.published()
+
+
+EXTERNAL_REGISTRIES = ("nvcr.io/", "public.ecr.aws/")  # device plugins: pinned upstream images
+
+
+def missing_images(registry: ImageRegistry, stacks: dict[str, Stack], *, jobs_only: bool) -> list[str]:
+    return sorted(
+        f"{stack} {w.kind}/{w.name}: {image}"
+        for stack, w in workloads_of(stacks)
+        if w.runs_to_completion or not jobs_only
+        for image in w.images
+        if not image.startswith(EXTERNAL_REGISTRIES) and not registry.has(image)
+    )
+
+
+@pytest.fixture
+def registry(synth: Synth, tmp_path: Path) -> ImageRegistry:
+    config = synth.stacks.release.shared
+    uri = naming.image_repository_uri(config)
+    return ImageRegistry(config=config, stubs=make_stubs(tmp_path, uri), repository_uri=uri)
+
+
+def compile_models(registry: ImageRegistry, stacks: dict[str, Stack]) -> list[str]:
+    """What the compile Jobs do once their pods run: publish each device's model to the bucket."""
+    compiled = {w.name.split("-")[1] for _, w in workloads_of(stacks) if w.name.startswith("compile-")}
+    devices = sorted(ACCELERATORS[accelerator].device for accelerator in compiled)
+    for device in devices:
+        registry.stubs.put_model(registry.config, device, f'{{"device": "{device}"}}'.encode())
+    return devices
+
+
+def test_first_release_has_every_image_before_a_pod_needs_it(
+    stacks: dict[str, Stack], make: MakeDeploy, registry: ImageRegistry
+) -> None:
+    account = Account()
+    for stack in rehearsal.stacks_named(stacks, make.build_stacks):
+        account.deploy(stack, imports_existing=make.build_imports_existing, by="make deploy-build")
+    first = registry.run_pipeline()  # the source upload starts the image pipeline
+    assert first and all("-runtime" in tag or "-publisher" in tag for tag in first), first  # no serving image yet
+    # The clusters apply their charts: the compile Jobs run now and need their images now.
+    assert missing_images(registry, stacks, jobs_only=True) == []
+    assert compile_models(registry, stacks) == ["cpu", "cuda", "neuron"]
+    second = registry.run_pipeline()  # "release the pipeline again"
+    assert {t.rpartition("-")[2] for t in second} >= {"nvidia", "neuron", "cpu"}, second
+    # Every Deployment (serving, publisher) now pulls an image that exists.
+    assert missing_images(registry, stacks, jobs_only=False) == []
+    assert registry.run_pipeline() == []  # a release with nothing changed rebuilds nothing
 
 
 # --- The rehearsal catches the old designs ---------------------------------------------------
