@@ -34,6 +34,7 @@ $(STAMP_NODE): package.json package-lock.json
 deps: $(STAMP_PY) $(STAMP_NODE) ## create .venv and node_modules when missing or stale
 
 synth: deps ## synthesize every CloudFormation template (cdk.out/) and Kubernetes manifest (dist/manifests/)
+	rm -rf cdk.out  # no stale stack of an earlier config left beside the new ones
 	$(CDK) synth --quiet --output cdk.out
 	$(MAKE) --no-print-directory manifests
 	@echo "templates: $$(ls cdk.out/*.template.json | wc -l) in cdk.out/; manifests: $$(ls dist/manifests/*.yaml 2>/dev/null | wc -l) in dist/manifests/"
