@@ -2,7 +2,7 @@
 
 The trigger reads ``contract.METRIC_PENDING_REQUESTS`` in ``contract.METRIC_NAMESPACE`` with
 exactly the dimensions the runtime attaches (Deployment, Accelerator, Location; see
-``runtime.metrics.Dimensions``), summed over all pods of the Deployment; KEDA divides that
+``runtime.server.metrics.Dimensions``), summed over all pods of the Deployment; KEDA divides that
 sum by the per-replica target. KEDA's operator authenticates with its own Pod Identity
 role (``podIdentity.provider: aws``), which may read CloudWatch metrics.
 """

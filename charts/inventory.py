@@ -143,7 +143,7 @@ class InventoryChart(cdk8s.Chart):
                     ),
                     security_context=pods.container_security_context(),
                     volume_mounts=[k8s.VolumeMount(name="scratch", mount_path=pods.SCRATCH_MOUNT)],
-                    # Alive = a cycle succeeded within three intervals (runtime.inventory.healthy).
+                    # Alive = a cycle succeeded within three intervals (runtime.inventory.publisher.healthy).
                     liveness_probe=k8s.Probe(
                         exec=k8s.ExecAction(command=check),
                         initial_delay_seconds=props.interval_s * 3,

@@ -99,7 +99,7 @@ PROM_IMAGES_GENERATED: Final = "edge_diffusion_images_generated"  # counter: exp
 PROM_REJECTIONS: Final = "edge_diffusion_rejections"  # counter by reason: exposed with _total
 PROM_READY: Final = "edge_diffusion_ready"
 
-# --- Endpoint inventory (runtime/inventory.py publishes, runtime/client.py reads) ------------
+# --- Endpoint inventory (runtime/inventory publishes, runtime/client reads) ----------------
 # The charts label each device-facing serving Service so the in-cluster publisher finds it, and
 # say which accelerator and model serve behind it (model ids contain "/": an annotation).
 LABEL_INVENTORY: Final = "edge-diffusion.aws/inventory"  # "true" on Services to publish

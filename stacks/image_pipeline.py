@@ -256,7 +256,7 @@ class ImagePipelineStack(cdk.Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        # By its config-derived name (stacks/naming.py), as the charts do: no CloudFormation export
+        # By its config-derived name (spec/naming.py), as the charts do: no CloudFormation export
         # that would pin the registry stack, and IAM statements with plain ARNs.
         model_bucket = s3.Bucket.from_bucket_name(self, "ModelBucket", naming.model_bucket_name(config))
         props = props or ImagePipelineProps()

@@ -7,7 +7,7 @@ by devices through an API Gateway REST API whose only method signs with SigV4 (I
 caller's credentials are either IAM credentials it already has (``inventoryAuth=iam``) or ones
 a Cognito identity pool hands to signed-in users (``inventoryAuth=cognito``). No anonymous access.
 
-The table's physical name comes from ``stacks/naming.py``: the publisher's Pod Identity role and
+The table's physical name comes from ``spec/naming.py``: the publisher's Pod Identity role and
 the chart refer to it by name, so no CloudFormation export couples the stacks.
 """
 
