@@ -113,3 +113,57 @@ ENV_INVENTORY_INTERVAL_S: Final = "EDGE_DIFFUSION_INVENTORY_INTERVAL_S"  # heart
 ENV_INVENTORY_TTL_S: Final = "EDGE_DIFFUSION_INVENTORY_TTL_S"  # entry lifetime without a heartbeat
 ENV_INVENTORY_COST_WEIGHTS: Final = "EDGE_DIFFUSION_INVENTORY_COST_WEIGHTS"  # JSON {"nvidia": 50, ...}
 ENV_INVENTORY_ADDRESS_TYPES: Final = "EDGE_DIFFUSION_INVENTORY_ADDRESS_TYPES"  # node address types, in order
+
+# --- Device-facing security (TLS and tokens) ----------------------------------------------
+# TLS on the pods' port (Local Zone NodePorts): the server reads a certificate chain and key
+# either from files or, in pods, from one Secrets Manager secret whose SecretString is JSON
+# {"certificate": "<PEM chain>", "privateKey": "<PEM key>"} (fetched once at startup).
+ENV_TLS_CERT_FILE: Final = "EDGE_DIFFUSION_TLS_CERT_FILE"
+ENV_TLS_KEY_FILE: Final = "EDGE_DIFFUSION_TLS_KEY_FILE"
+ENV_TLS_SECRET_ID: Final = "EDGE_DIFFUSION_TLS_SECRET_ID"
+TLS_SECRET_CERTIFICATE_FIELD: Final = "certificate"
+TLS_SECRET_PRIVATE_KEY_FIELD: Final = "privateKey"
+# Inference requests carry "Authorization: Bearer <JWT>": RS256, signed by a KMS key (RSA_2048,
+# RSASSA_PKCS1_V1_5_SHA_256) that the inventory API's token route signs with; the server
+# verifies signature, issuer, audience and expiry locally with the key's public half.
+ENV_AUTH: Final = "EDGE_DIFFUSION_AUTH"  # token | none
+AUTH_MODES: Final = ("token", "none")
+ENV_TOKEN_ISSUER: Final = "EDGE_DIFFUSION_TOKEN_ISSUER"
+ENV_TOKEN_AUDIENCE: Final = "EDGE_DIFFUSION_TOKEN_AUDIENCE"
+ENV_TOKEN_PUBLIC_KEY_FILE: Final = "EDGE_DIFFUSION_TOKEN_PUBLIC_KEY_FILE"  # PEM (tests, make serve)
+ENV_TOKEN_KMS_KEY_ID: Final = "EDGE_DIFFUSION_TOKEN_KMS_KEY_ID"  # pods: kms:GetPublicKey at startup
+TOKEN_ALGORITHM: Final = "RS256"
+TOKEN_KMS_SIGNING_ALGORITHM: Final = "RSASSA_PKCS1_V1_5_SHA_256"
+TOKEN_AUDIENCE: Final = "edge-diffusion-inference"
+TOKEN_LEEWAY_S: Final = 30  # clock skew tolerated on exp/iat/nbf
+DEFAULT_TOKEN_TTL_S: Final = 900
+TOKEN_TTL_BOUNDS: Final = (60, 3600)
+TOKEN_PATH: Final = "/token"  # inventory API route (IAM-authenticated) that issues tokens
+ENV_TOKEN_KEY_ID: Final = "EDGE_DIFFUSION_TOKEN_KEY_ID"  # the inventory Lambda: KMS key to sign with
+ENV_TOKEN_TTL_S: Final = "EDGE_DIFFUSION_TOKEN_TTL_S"
+
+
+def token_issuer(deployment: str) -> str:
+    """The ``iss`` of tokens for one deployment (the server and the token route agree on it)."""
+    return f"edge-diffusion:{deployment}"
+
+
+# --- Endpoint kinds in the inventory ------------------------------------------------------
+# A Local Zone NodePort endpoint, or the Region's ALB (the last resort a client tries).
+ENDPOINT_KIND_LOCAL_ZONE: Final = "local-zone"
+ENDPOINT_KIND_REGION: Final = "region"
+ANNOTATION_SCHEME: Final = "edge-diffusion.aws/scheme"  # https | http, on inventoried Services and Ingress
+
+# --- Startup phases (GET /readyz reason, Prometheus gauge, CloudWatch once at ready) -------
+STARTUP_PHASES: Final = ("model_loaded", "warmed_up", "ready")  # seconds since process start
+PROM_STARTUP_SECONDS: Final = "edge_diffusion_startup_seconds"  # gauge, label "phase"
+METRIC_COLD_START_SECONDS: Final = "ColdStartSeconds"  # process start -> ready, once per pod
+
+# --- Request outcomes in CloudWatch (dashboards and alarms read these; same dimensions) ----
+METRIC_REQUESTS: Final = "Requests"  # every image request answered, Sum per interval
+METRIC_REJECTED_REQUESTS: Final = "RejectedRequests"  # 429: queue full
+METRIC_SERVER_ERRORS: Final = "ServerErrors"  # 5xx answered
+# Published by the inventory publisher every heartbeat (dimensions Deployment, Accelerator
+# (nvidia | neuron | cpu here: the Service label), Location); and the count of live entries.
+METRIC_READY_SERVING_PODS: Final = "ReadyServingPods"
+METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Deployment only
