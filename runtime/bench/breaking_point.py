@@ -1,0 +1,476 @@
+"""The breaking point of a serving endpoint, and the autoscaling target and cost it implies.
+
+``python -m runtime.bench.breaking_point --url https://... --slo-p90-ms 4000`` steps a closed-loop
+load (1, 2, 3, ... clients, each sending its next request when the last one answers) for a fixed
+time per step until the p90 latency passes the SLO or a request fails. The last step within the
+SLO is the sustainable load: divided by the pods behind the URL it is the pending requests (queued
+plus in flight) one pod holds at the SLO, which is what ``serving.targetPendingPerReplica`` means
+to KEDA; its images/s priced per instance hour is the cost per 1,000 images.
+
+Workstation tool: it is not in the serving image and reads prices from ``spec.prices``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+from runtime.bench.load import LevelResult
+from runtime.settings import (
+    PATH,
+    TEXT,
+    InvalidValueError,
+    ProgramSettings,
+    Rule,
+    SettingsError,
+    error_exit,
+    integer,
+    number,
+    refusal,
+    setting,
+)
+from spec import contract, prices
+
+REQUEST_TIMEOUT_S: Final = 300.0
+READY_TIMEOUT_S: Final = 60.0
+PROMPT: Final = "a lighthouse on a cliff at dawn"
+HPA_TOLERANCE: Final = 0.1  # kube-controller-manager's default --horizontal-pod-autoscaler-tolerance
+
+
+def _price_map(raw: str) -> dict[str, float]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidValueError("not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidValueError("not a JSON object")
+    return value
+
+
+PRICE_MAP: Final = Rule(
+    'a JSON object of USD per hour like {"g5.xlarge": 1.006} (the onDemandPrices config key)',
+    _price_map,
+    lambda value: (
+        isinstance(value, Mapping)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in value.values())
+    ),
+)
+
+
+def _instance_types(raw: str) -> tuple[str, ...]:
+    value = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not value:
+        raise InvalidValueError()
+    return value
+
+
+INSTANCE_TYPES: Final = Rule(
+    "a comma-separated list of EC2 instance types such as g5.xlarge,g6.xlarge",
+    _instance_types,
+    lambda value: isinstance(value, tuple) and all(prices.INSTANCE_TYPE_PATTERN.match(v) for v in value),
+)
+
+
+@dataclass(frozen=True)
+class BreakingPointSettings(ProgramSettings):
+    """The endpoint, the load steps, the SLO, and what the pods behind the URL cost."""
+
+    PROG: ClassVar[str] = "python -m runtime.bench.breaking_point"
+    DESCRIPTION: ClassVar[str] = (
+        "Step a closed-loop load against an endpoint until p90 latency passes the SLO; print the sustainable "
+        "concurrency per pod, the KEDA target it implies and the cost per 1,000 images."
+    )
+
+    url: str = setting(
+        TEXT, flag="--url", help="the endpoint, e.g. https://203.0.113.10:30443 or http://127.0.0.1:7860"
+    )
+    slo_p90_ms: float = setting(number(0, exclusive=True, unit="milliseconds"), flag="--slo-p90-ms")
+    max_clients: int = setting(integer(1, 1000), flag="--max-clients", default=25, help="last step of the load")
+    step_s: float = setting(number(0, exclusive=True, unit="seconds"), flag="--step-s", default=30.0)
+    max_error_rate: float = setting(
+        number(0, 1), flag="--max-error-rate", default=0.0, help="share of failed requests a step may have (0-1)"
+    )
+    pods: int = setting(integer(1), flag="--pods", default=1, help="ready serving pods behind the URL")
+    token: str | None = setting(TEXT, flag="--token", default=None, help="bearer token (Authorization header)")
+    token_file: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        PATH, flag="--token-file", default=None, help="file holding the bearer token"
+    )
+    ca_bundle: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        PATH, flag="--ca-bundle", default=None, help="PEM CA bundle to verify TLS with"
+    )
+    steps: int = setting(integer(1), flag="--steps", default=25, help="denoising steps per image")
+    width: int = setting(integer(1), flag="--width", default=contract.DEFAULT_IMAGE_SIZE)
+    height: int = setting(integer(1), flag="--height", default=contract.DEFAULT_IMAGE_SIZE)
+    guidance_scale: float = setting(number(0), flag="--guidance-scale", default=7.5)
+    warmup_requests: int = setting(integer(0), flag="--warmup-requests", default=4)
+    instance_types: tuple[str, ...] = setting(
+        INSTANCE_TYPES, flag="--instance-type", default=(), help="instance types the pods run on, to price"
+    )
+    pods_per_instance: int = setting(integer(1), flag="--pods-per-instance", default=1)
+    region: str = setting(TEXT, flag="--region", default=prices.REFERENCE_REGION, help="Region whose prices to use")
+    on_demand_prices: Mapping[str, float] = setting(
+        PRICE_MAP, flag="--on-demand-prices", default_factory=dict, help="overrides of the dated price table"
+    )
+    price_per_hour: float | None = setting(
+        number(0, unit="USD"), flag="--price-per-hour", default=None, help="price of the one --instance-type"
+    )
+    json_out: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        PATH, flag="--json", default=None, help="also write the result as JSON here"
+    )
+
+    def check(self) -> None:
+        scheme = urllib.parse.urlparse(self.url).scheme
+        if scheme not in ("http", "https") or not urllib.parse.urlparse(self.url).hostname:
+            raise refusal("--url", self.url, "an http:// or https:// URL with a host")
+        if self.token is not None and self.token_file is not None:
+            raise refusal("--token-file", str(self.token_file), "either --token or --token-file, not both")
+        if self.price_per_hour is not None and len(self.instance_types) != 1:
+            raise refusal(
+                "--price-per-hour", self.price_per_hour, "with exactly one --instance-type (use --on-demand-prices)"
+            )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the steps say: the last step within the SLO (None: even one client breaks it)."""
+
+    sustainable: LevelResult | None
+    breaking: LevelResult | None  # the first step past the SLO; None: never broke up to max clients
+    pods: int
+
+    @property
+    def concurrency_per_pod(self) -> float:
+        return self.sustainable.concurrency / self.pods if self.sustainable else 0.0
+
+    @property
+    def images_per_s_per_pod(self) -> float:
+        return self.sustainable.images_per_s / self.pods if self.sustainable else 0.0
+
+    @property
+    def target_pending_per_replica(self) -> int:
+        """Whole pending requests per pod to target: the HPA leaves replicas alone while the metric is
+        within its tolerance of the target, so the target times (1 + tolerance) must not pass the
+        concurrency at which p90 held."""
+        return max(1, math.floor(self.concurrency_per_pod / (1 + HPA_TOLERANCE) + 1e-9))
+
+
+def within_slo(step: LevelResult, slo_p90_ms: float, max_error_rate: float) -> bool:
+    if step.requests == 0 or step.requests == step.errors:
+        return False
+    return step.pct(90) <= slo_p90_ms and step.errors / step.requests <= max_error_rate
+
+
+def verdict(steps: Sequence[LevelResult], slo_p90_ms: float, pods: int, max_error_rate: float = 0.0) -> Verdict:
+    """The last step before the first one past the SLO (steps in increasing concurrency)."""
+    sustainable = None
+    for step in steps:
+        if not within_slo(step, slo_p90_ms, max_error_rate):
+            return Verdict(sustainable, step, pods)
+        sustainable = step
+    return Verdict(sustainable, None, pods)
+
+
+@dataclass(frozen=True)
+class Cost:
+    price: prices.Price
+    usd_per_1000_images: float
+
+
+def costs(
+    result: Verdict,
+    instance_types: Sequence[str],
+    *,
+    region: str,
+    overrides: Mapping[str, float],
+    price_per_hour: float | None,
+    pods_per_instance: int,
+) -> list[Cost]:
+    """Cost per 1,000 images of each instance type at the sustainable images/s of one pod."""
+    per_instance = result.images_per_s_per_pod * pods_per_instance
+    out = []
+    for instance_type in instance_types:
+        if price_per_hour is not None:
+            price = prices.Price(instance_type, price_per_hour, region, "--price-per-hour")
+        else:
+            price = prices.on_demand_price(instance_type, region, overrides)
+        out.append(Cost(price, prices.cost_per_1000_images(price.usd_per_hour, per_instance)))
+    return out
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+@dataclass
+class Endpoint:
+    """Connections to one URL: TLS verified (system CAs or --ca-bundle), optional bearer token."""
+
+    url: str
+    token: str | None = None
+    ca_bundle: Path | None = None
+    _tls: ssl.SSLContext | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        parsed = urllib.parse.urlparse(self.url)
+        self.https = parsed.scheme == "https"
+        self.host = parsed.hostname or ""
+        self.port = parsed.port or (443 if self.https else 80)
+        self.base_path = parsed.path.rstrip("/")
+        if self.https:
+            self._tls = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+
+    def connect(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=REQUEST_TIMEOUT_S, context=self._tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=REQUEST_TIMEOUT_S)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            conn = self.connect()
+            try:
+                conn.request("GET", self.base_path + contract.READY_PATH, headers=self.headers())
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    return
+                if response.status in (401, 403):
+                    raise ConnectionError(
+                        f"{self.url}{contract.READY_PATH} answered HTTP {response.status}: check --token"
+                    )
+                last = f"HTTP {response.status}"
+            except ssl.SSLCertVerificationError as exc:
+                raise ConnectionError(
+                    f"TLS to {self.url} failed: {exc.reason} ({exc.verify_message}); "
+                    "pass --ca-bundle with the CA that signed the endpoint's certificate"
+                ) from None
+            except ssl.SSLError as exc:
+                raise ConnectionError(f"TLS to {self.url} failed: {exc.reason or exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                last = str(exc) or type(exc).__name__
+            finally:
+                conn.close()
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.url}{contract.READY_PATH} not ready after {timeout_s:g}s ({last})")
+
+
+def run_step(
+    endpoint: Endpoint, clients: int, duration_s: float, body: Mapping[str, Any], seed_base: int = 0
+) -> tuple[LevelResult, Counter[str]]:
+    """``clients`` closed-loop clients for ``duration_s``; requests sent before the end are all awaited."""
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    seeds = iter(range(seed_base, seed_base + 10**9))
+    deadline = time.perf_counter() + duration_s
+
+    def client() -> None:
+        conn = endpoint.connect()
+        while time.perf_counter() < deadline:
+            with lock:
+                seed = next(seeds)
+            payload = json.dumps({**body, "seed": seed}).encode()
+            started = time.perf_counter()
+            try:
+                conn.request(
+                    "POST", endpoint.base_path + contract.IMAGES_PATH, body=payload, headers=endpoint.headers()
+                )
+                response = conn.getresponse()
+                response.read()
+                outcome = str(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = endpoint.connect()
+                outcome = type(exc).__name__
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            with lock:
+                outcomes[outcome] += 1
+                if outcome == "200":
+                    latencies.append(elapsed_ms)
+        conn.close()
+
+    threads = [threading.Thread(target=client, name=f"client-{i}") for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    requests = sum(outcomes.values())
+    errors = requests - outcomes["200"]
+    result = LevelResult(
+        config="step", concurrency=clients, requests=requests, errors=errors, seconds=seconds, latencies_ms=latencies
+    )
+    return result, outcomes
+
+
+def warm_up(endpoint: Endpoint, body: Mapping[str, Any], requests: int) -> Counter[str]:
+    """Sequential requests before the first step (first calls pay one-off kernel selection)."""
+    outcomes: Counter[str] = Counter()
+    conn = endpoint.connect()
+    try:
+        for seed in range(requests):
+            try:
+                conn.request(
+                    "POST",
+                    endpoint.base_path + contract.IMAGES_PATH,
+                    body=json.dumps({**body, "seed": seed}).encode(),
+                    headers=endpoint.headers(),
+                )
+                response = conn.getresponse()
+                response.read()
+                outcomes[str(response.status)] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes[type(exc).__name__] += 1
+                conn.close()
+                conn = endpoint.connect()
+    finally:
+        conn.close()
+    return outcomes
+
+
+# --- Output --------------------------------------------------------------------------------
+STEP_HEADER: Final = (
+    "| clients | requests | errors | images/s | p50 ms | p90 ms | p99 ms | within SLO |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def step_row(step: LevelResult, ok: bool, outcomes: Mapping[str, int] | None = None) -> str:
+    failed = {k: v for k, v in (outcomes or {}).items() if k != "200"}
+    errors = f"{step.errors}" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(failed.items()))})" if failed else "")
+    return (
+        f"| {step.concurrency} | {step.requests} | {errors} | {step.images_per_s:.2f} | {step.pct(50):.1f} | "
+        f"{step.pct(90):.1f} | {step.pct(99):.1f} | {'yes' if ok else 'no'} |"
+    )
+
+
+def summary(result: Verdict, slo_p90_ms: float, cost_rows: Sequence[Cost], region: str) -> list[str]:
+    if result.sustainable is None:
+        return [f"no sustainable load: even 1 client is past p90 {slo_p90_ms:g} ms (or failed); nothing to scale on"]
+    s = result.sustainable
+    where = (
+        f"the first step past it was {result.breaking.concurrency} clients (p90 {result.breaking.pct(90):.1f} ms, "
+        f"{result.breaking.errors} errors)"
+        if result.breaking
+        else "no step up to --max-clients passed it: the breaking point is higher"
+    )
+    lines = [
+        f"sustainable: {s.concurrency} clients within p90 {slo_p90_ms:g} ms ({where})",
+        f"per pod ({result.pods} behind the URL): concurrency {result.concurrency_per_pod:.2f}, "
+        f"{result.images_per_s_per_pod:.2f} images/s, p90 {s.pct(90):.1f} ms",
+        f"serving.targetPendingPerReplica = {result.target_pending_per_replica}: each closed-loop client keeps one "
+        f"request queued or in flight, so pods held {result.concurrency_per_pod:.2f} pending (queued + in flight) "
+        f"at the SLO; the HPA acts only outside {HPA_TOLERANCE:.0%} of the target, so the target is that over "
+        f"{1 + HPA_TOLERANCE:g}, rounded down",
+    ]
+    for c in cost_rows:
+        origin = c.price.source + (f", {c.price.as_of}" if c.price.as_of else "")
+        fallback = f" (no cited {region} table: {c.price.region} price)" if c.price.region != region else ""
+        lines.append(
+            f"cost: {c.price.instance_type} at {c.price.usd_per_hour:.4f} USD/h{fallback} -> "
+            f"{c.usd_per_1000_images:.4f} USD per 1,000 images [{origin}]"
+        )
+    return lines
+
+
+def to_json(result: Verdict, steps: Sequence[LevelResult], slo_p90_ms: float, cost_rows: Sequence[Cost]) -> dict:
+    """What scaling.simulate reads (--breaking-point): per-pod throughput and concurrency at the SLO."""
+    return {
+        "slo_p90_ms": slo_p90_ms,
+        "pods": result.pods,
+        "steps": [
+            {"clients": s.concurrency, "requests": s.requests, "errors": s.errors, "images_per_s": s.images_per_s}
+            | {f"p{q}_ms": s.pct(q) for q in (50, 90, 99)}
+            for s in steps
+        ],
+        "sustainable_clients": result.sustainable.concurrency if result.sustainable else 0,
+        "concurrency_per_pod": result.concurrency_per_pod,
+        "images_per_s_per_pod": result.images_per_s_per_pod,
+        "p90_ms_at_sustainable": result.sustainable.pct(90) if result.sustainable else None,
+        "target_pending_per_replica": result.target_pending_per_replica if result.sustainable else None,
+        "costs": [
+            {"instance_type": c.price.instance_type, "usd_per_hour": c.price.usd_per_hour, "region": c.price.region}
+            | {"source": c.price.source, "usd_per_1000_images": c.usd_per_1000_images}
+            for c in cost_rows
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
+    try:
+        args = BreakingPointSettings.from_args(argv)
+        token = args.token
+        if args.token_file is not None:
+            token = args.token_file.read_text().strip()
+        for instance_type in () if args.price_per_hour is not None else args.instance_types:
+            prices.on_demand_price(instance_type, args.region, args.on_demand_prices)  # refuse unknown types first
+    except (SettingsError, prices.UnknownPriceError) as exc:
+        return error_exit(BreakingPointSettings.PROG, exc)
+    except OSError as exc:
+        return error_exit(BreakingPointSettings.PROG, f"--token-file: cannot read {args.token_file}: {exc.strerror}")
+    endpoint = Endpoint(args.url, token, args.ca_bundle)
+    body = {
+        "prompt": PROMPT,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "width": args.width,
+        "height": args.height,
+        "response_format": "png",
+    }
+    try:
+        endpoint.wait_ready()
+        outcomes = warm_up(endpoint, body, args.warmup_requests)
+        if args.warmup_requests and outcomes["200"] == 0:
+            return error_exit(BreakingPointSettings.PROG, f"every warm-up request failed: {dict(outcomes)}", code=1)
+    except (ConnectionError, TimeoutError) as exc:
+        return error_exit(BreakingPointSettings.PROG, exc, code=1)
+
+    out(f"closed-loop steps of {args.step_s:g} s against {args.url}, SLO p90 <= {args.slo_p90_ms:g} ms")
+    out(STEP_HEADER)
+    steps: list[LevelResult] = []
+    for clients in range(1, args.max_clients + 1):
+        step, outcomes = run_step(endpoint, clients, args.step_s, body, seed_base=clients * 1_000_000)
+        ok = within_slo(step, args.slo_p90_ms, args.max_error_rate)
+        out(step_row(step, ok, outcomes))
+        steps.append(step)
+        if not ok:
+            break
+    result = verdict(steps, args.slo_p90_ms, args.pods, args.max_error_rate)
+    cost_rows = (
+        costs(
+            result,
+            args.instance_types,
+            region=args.region,
+            overrides=args.on_demand_prices,
+            price_per_hour=args.price_per_hour,
+            pods_per_instance=args.pods_per_instance,
+        )
+        if result.sustainable
+        else []
+    )
+    out("")
+    for line in summary(result, args.slo_p90_ms, cost_rows, args.region):
+        out(line)
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(to_json(result, steps, args.slo_p90_ms, cost_rows), indent=2) + "\n")
+    return 0 if result.sustainable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

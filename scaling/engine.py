@@ -1,0 +1,226 @@
+"""The deterministic simulation: one tick per ``dt``, events at their tick, the fluid in between.
+
+Order within a tick: pods turn ready, pods publish, KEDA polls (cached metrics only), the HPA
+syncs and scales, Karpenter consolidates empty nodes; then the requests of the tick flow and every
+ready pod samples its pending count (the server samples once a second).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from scaling.cloudwatch import PendingMetric
+from scaling.hpa import Hpa
+from scaling.model import Simulation, check
+from scaling.queue import advance, p90_ms
+from scaling.traffic import Trace
+
+
+@dataclass(eq=False)
+class _Node:
+    launched_s: float
+    image_at_s: float  # the serving image is on the node from then on
+    busy: bool = True
+    empty_since_s: float | None = None
+    removed_s: float | None = None
+
+
+@dataclass(eq=False)
+class _Pod:
+    created_s: float
+    ready_s: float
+    node: _Node
+    next_publish_s: float | None = None
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Series:
+    """One value per tick (rates per second, counts at the end of the tick)."""
+
+    t: list[float] = field(default_factory=list)
+    demand: list[float] = field(default_factory=list)
+    replicas: list[int] = field(default_factory=list)  # what the HPA has set
+    ready: list[int] = field(default_factory=list)
+    backlog: list[float] = field(default_factory=list)
+    p90_ms: list[float] = field(default_factory=list)
+    served: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+    metric: list[float] = field(default_factory=list)  # the last value the HPA read
+    nodes: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Absorption:
+    """How one rise in demand went: seconds until latency was back within the SLO for good."""
+
+    at_s: float
+    absorbed_s: float | None  # None: not within the simulated time
+    capacity_s: float | None  # until the ready pods' throughput first covered the demand
+    refused: float
+    demand: float
+    worst_p90_ms: float
+
+
+@dataclass(frozen=True)
+class Result:
+    trace: str
+    series: Series
+    absorptions: tuple[Absorption, ...]
+    node_seconds: float
+    start_backlog: float  # pending at t=0: the steady state of the demand at t=0
+
+    @property
+    def refused(self) -> float:
+        return sum(self.series.refused) * self._dt
+
+    @property
+    def demand(self) -> float:
+        return sum(self.series.demand) * self._dt
+
+    @property
+    def _dt(self) -> float:
+        t = self.series.t
+        return t[1] - t[0] if len(t) > 1 else 1.0
+
+
+def initial_replicas(sim: Simulation, demand: float) -> int:
+    """The HPA's steady state for ``demand``: the pending it holds (Little: demand * c / mu) over the target."""
+    a, p = sim.autoscaling, sim.pod
+    pending = demand * p.concurrency / p.images_per_s
+    return min(a.max_replicas, max(a.min_replicas, math.ceil(pending / a.target_pending_per_replica - 1e-9)))
+
+
+def _on_tick(t: float, period: float, phase: float, dt: float) -> bool:
+    """Whether an event every ``period`` seconds (first at ``phase``) falls in the tick at ``t``."""
+    k = math.floor((t + dt / 2 - phase) / period)
+    return k >= 0 and t - dt / 2 <= phase + k * period < t + dt / 2
+
+
+def run(sim: Simulation, trace: Trace, duration_s: float) -> Result:
+    check(sim)
+    a, pod, dt = sim.autoscaling, sim.pod, sim.dt_s
+    metric = PendingMetric(sim.metrics)
+    hpa = Hpa(a)
+    nodes: list[_Node] = []
+    pods: list[_Pod] = []
+    start = initial_replicas(sim, trace.rate(0.0))
+    for _ in range(start):  # running before t=0: node, image and model in place, publishing from t=0
+        nodes.append(_Node(launched_s=-math.inf, image_at_s=-math.inf))
+        pods.append(_Pod(created_s=-math.inf, ready_s=0.0, node=nodes[-1]))
+    backlog = start_backlog = advance(
+        0.0, trace.rate(0.0), start, pod.images_per_s, pod.concurrency, pod.capacity, 3600.0
+    ).backlog
+    cached = 0.0
+    last_read = 0.0
+    s = Series()
+    node_seconds = 0.0
+    steps = round(duration_s / dt)
+    for i in range(steps):
+        t = i * dt
+        drained = 0.0  # the backlog share of pods deleted this tick: they finish it while draining
+        ready = [p for p in pods if p.ready_s <= t + 1e-9]
+        for p in ready:
+            if p.next_publish_s is None:
+                p.next_publish_s = p.ready_s + sim.metrics.publish_interval_s
+            while p.next_publish_s <= t + 1e-9:
+                metric.put(p.next_publish_s, sum(p.samples) / len(p.samples) if p.samples else 0.0)
+                p.samples = []
+                p.next_publish_s += sim.metrics.publish_interval_s
+        if a.use_cached_metrics and _on_tick(t, a.keda_polling_interval_s, a.poll_phase_s, dt):
+            cached = metric.query(t)
+        if _on_tick(t, a.hpa_sync_s, a.hpa_sync_phase_s, dt):
+            last_read = cached if a.use_cached_metrics else metric.query(t)
+            current = len(pods)
+            wanted = hpa.decide(t, last_read, current)
+            if wanted > current:
+                pods.extend(_place(t, nodes, sim) for _ in range(wanted - current))
+            elif wanted < current:
+                remaining = _remove(t, pods, current - wanted, backlog)
+                drained, backlog = backlog - remaining, remaining
+            ready = [p for p in pods if p.ready_s <= t + 1e-9]
+        for n in nodes:
+            idle = n.empty_since_s is not None and t - n.empty_since_s >= sim.nodes.consolidate_after_s - 1e-9
+            if not n.busy and n.removed_s is None and idle:
+                n.removed_s = t
+        demand = trace.rate(t)
+        r = len(ready)
+        per_pod_before = backlog / r if r else 0.0
+        flow = advance(backlog, demand, r, pod.images_per_s, pod.concurrency, pod.capacity, dt)
+        backlog = flow.backlog
+        per_pod = backlog / r if r else 0.0
+        for p in ready:
+            p.samples.append(per_pod)
+        live_nodes = sum(1 for n in nodes if n.removed_s is None)
+        node_seconds += live_nodes * dt
+        s.t.append(t)
+        s.demand.append(demand)
+        s.replicas.append(len(pods))
+        s.ready.append(r)
+        s.backlog.append(backlog)
+        worst = max(per_pod_before, per_pod)
+        s.p90_ms.append(p90_ms(worst, pod.p90_ms, pod.concurrency, pod.images_per_s) if r else math.inf)
+        s.served.append((flow.served + drained) / dt)
+        s.refused.append(flow.refused / dt)
+        s.metric.append(last_read)
+        s.nodes.append(live_nodes)
+    return Result(trace.name, s, _absorptions(sim, trace, s, duration_s), node_seconds, start_backlog)
+
+
+def _place(t: float, nodes: list[_Node], sim: Simulation) -> _Pod:
+    """Karpenter: an empty node that is still there, else a new one; then pull, load, warm up."""
+    cold = sim.cold_start
+    for n in nodes:
+        if not n.busy and n.removed_s is None:
+            n.busy, n.empty_since_s = True, None
+            return _Pod(created_s=t, ready_s=max(t, n.image_at_s) + cold.model_load_s + cold.warmup_s, node=n)
+    node_ready = t + cold.karpenter_decision_s + cold.node_launch_s
+    nodes.append(_Node(launched_s=t, image_at_s=node_ready + cold.pull_s))
+    return _Pod(created_s=t, ready_s=node_ready + cold.pull_s + cold.model_load_s + cold.warmup_s, node=nodes[-1])
+
+
+def _remove(t: float, pods: list[_Pod], count: int, backlog: float) -> float:
+    """The ReplicaSet deletes pods not ready first (youngest first), then the most recently ready.
+
+    A deleted ready pod drains its share of the backlog (counted as served); its node turns empty.
+    """
+    ready = [p for p in pods if p.ready_s <= t + 1e-9]
+    order = sorted(pods, key=lambda p: (p.ready_s <= t + 1e-9, -p.ready_s, -p.created_s))
+    for victim in order[:count]:
+        if victim in ready:
+            backlog -= backlog / len(ready)
+            ready.remove(victim)
+        victim.node.busy, victim.node.empty_since_s = False, t
+        pods.remove(victim)
+    return backlog
+
+
+def _absorptions(sim: Simulation, trace: Trace, s: Series, duration_s: float) -> tuple[Absorption, ...]:
+    changes = sorted(trace.changes())
+    out = []
+    slo, mu = sim.slo_ms, sim.pod.images_per_s
+    for n, at in enumerate(changes):
+        end = changes[n + 1] if n + 1 < len(changes) else duration_s
+        idx = [i for i, t in enumerate(s.t) if at - 1e-9 <= t < end]
+        if not idx:
+            continue
+        bad = [i for i in idx if s.refused[i] > 1e-9 or s.p90_ms[i] > slo + 1e-6]
+        absorbed = 0.0 if not bad else (s.t[bad[-1]] + sim.dt_s - at if bad[-1] != idx[-1] else None)
+        short = [i for i in idx if s.ready[i] * mu < s.demand[i] - 1e-9]
+        covered = (
+            0.0
+            if not short
+            else next((s.t[i] - at for i in idx if i > short[0] and s.ready[i] * mu >= s.demand[i] - 1e-9), None)
+        )
+        out.append(
+            Absorption(
+                at_s=at,
+                absorbed_s=absorbed,
+                capacity_s=covered,
+                refused=sum(s.refused[i] for i in idx) * sim.dt_s,
+                demand=sum(s.demand[i] for i in idx) * sim.dt_s,
+                worst_p90_ms=max(s.p90_ms[i] for i in idx),
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,192 @@
+"""What the simulation is made of: the autoscaling loop as deployed, the cold-start chain, one pod.
+
+Every default is written once, here, with where it comes from; docs/scaling.md gives the sources.
+The autoscaling knobs default to ``spec.config.ServingConfig``; the HPA behaviour is the Kubernetes
+default because ``charts/autoscaling.py`` renders no ``advanced.horizontalPodAutoscalerConfig``
+(tests/scaling checks both against the rendered ScaledObject).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from spec import contract
+from spec.config import ServingConfig
+
+PolicyKind = Literal["Pods", "Percent"]
+SelectPolicy = Literal["Max", "Min", "Disabled"]
+
+
+@dataclass(frozen=True)
+class HpaPolicy:
+    kind: PolicyKind
+    value: int
+    period_s: int
+
+
+@dataclass(frozen=True)
+class HpaRules:
+    """One direction of ``spec.behavior`` (HPAScalingRules)."""
+
+    stabilization_window_s: int
+    policies: tuple[HpaPolicy, ...]
+    select: SelectPolicy = "Max"
+
+
+# Kubernetes defaults (HorizontalPodAutoscalerBehavior, autoscaling/v2): scale up by 100 % or
+# 4 pods per 15 s, whichever is more, no stabilization; scale down by up to 100 % per 15 s after
+# a 300 s stabilization window.
+DEFAULT_SCALE_UP: Final = HpaRules(0, (HpaPolicy("Percent", 100, 15), HpaPolicy("Pods", 4, 15)), "Max")
+DEFAULT_SCALE_DOWN: Final = HpaRules(300, (HpaPolicy("Percent", 100, 15),), "Max")
+HPA_SYNC_PERIOD_S: Final = 15  # kube-controller-manager --horizontal-pod-autoscaler-sync-period default
+HPA_TOLERANCE: Final = 0.1  # cluster-wide default tolerance
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """KEDA's ScaledObject and the HPA it owns, as charts/autoscaling.py renders them."""
+
+    min_replicas: int = ServingConfig.min_replicas
+    max_replicas: int = ServingConfig.max_replicas
+    target_pending_per_replica: int = ServingConfig.target_pending_per_replica
+    keda_polling_interval_s: int = ServingConfig.keda_polling_interval_s
+    # KEDA applies cooldownPeriod only to scaling to 0; minReplicas >= 1 makes it inert.
+    keda_cooldown_period_s: int = ServingConfig.keda_cooldown_period_s
+    # The rendered trigger does not set useCachedMetrics: the HPA's every sync reads CloudWatch and
+    # pollingInterval plays no part in 1..N scaling. True: the HPA reads KEDA's value of the last poll.
+    use_cached_metrics: bool = False
+    hpa_sync_s: int = HPA_SYNC_PERIOD_S
+    # Where the HPA's syncs and KEDA's polls fall relative to the metric's minute boundaries: nothing
+    # aligns them, so the default is half a period late (the mean wait); 0 is the best case.
+    hpa_sync_phase_s: float = HPA_SYNC_PERIOD_S / 2
+    keda_poll_phase_s: float | None = None  # None: half the polling interval
+    tolerance: float = HPA_TOLERANCE
+    scale_up: HpaRules = DEFAULT_SCALE_UP
+    scale_down: HpaRules = DEFAULT_SCALE_DOWN
+
+    @property
+    def poll_phase_s(self) -> float:
+        return self.keda_polling_interval_s / 2 if self.keda_poll_phase_s is None else self.keda_poll_phase_s
+
+
+@dataclass(frozen=True)
+class MetricPipeline:
+    """PutMetricData by every pod, GetMetricData by KEDA (the aws-cloudwatch trigger's metadata)."""
+
+    publish_interval_s: int = contract.METRIC_PUBLISH_INTERVAL_S  # each pod's mean pending, once per interval
+    stat_period_s: int = contract.METRIC_PUBLISH_INTERVAL_S  # metricStatPeriod
+    end_time_offset_s: int = contract.METRIC_PUBLISH_INTERVAL_S  # metricEndTimeOffset
+    collection_time_s: int = 3 * contract.METRIC_PUBLISH_INTERVAL_S  # metricCollectionTime
+    # Time from PutMetricData until GetMetricData returns the point. Not published by AWS: assumed
+    # shorter than the end-time offset, which then hides it (0 here).
+    ingest_delay_s: int = 0
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Seconds from the HPA adding a replica to that pod answering /readyz (docs/scaling.md)."""
+
+    karpenter_decision_s: float = 5.0  # batch window (1 s idle, 10 s max) + scheduling + CreateFleet: estimate
+    node_launch_s: float = 65.0  # EC2 launch to node Ready (measured on EKS by Outreach: 65 s, 45 s tuned)
+    image_pull_s: float = 300.0  # a 20+ GB image from ECR (AWS: 15-20 GB pulls take 4-6 min)
+    # Bottlerocket data volume restored from a snapshot holding the image: no pull, but the blocks the
+    # container reads at start (a few GB of libraries) come from S3 on first touch: estimate.
+    image_pull_from_snapshot_s: float = 30.0
+    model_load_s: float = 45.0  # S3 download of ~5 GB of artifacts + load onto the device: estimate
+    warmup_s: float = 30.0  # the server's warm-up batches before /readyz: estimate
+    snapshot: bool = False  # nodeImage: bottlerocket with dataVolumeSnapshotId
+
+    @property
+    def pull_s(self) -> float:
+        return self.image_pull_from_snapshot_s if self.snapshot else self.image_pull_s
+
+    @property
+    def new_node_s(self) -> float:
+        """A replica that needs a new node: the whole chain."""
+        return self.karpenter_decision_s + self.node_launch_s + self.pull_s + self.model_load_s + self.warmup_s
+
+    @property
+    def warm_node_s(self) -> float:
+        """A replica landing on an empty node that already holds the image (not yet consolidated)."""
+        return self.model_load_s + self.warmup_s
+
+
+@dataclass(frozen=True)
+class PodModel:
+    """One serving pod, from a breaking-point run (python -m runtime.bench.breaking_point --json).
+
+    The defaults are an estimate for Stable Diffusion 2.1 base, 512x512, 25 steps, batch 4 on one
+    A10G (g5.xlarge); replace them with a breaking point measured on the accelerator.
+    """
+
+    images_per_s: float = 0.8  # sustainable throughput of one pod
+    concurrency: float = 4.0  # pending requests (queued + in flight) the pod holds at the SLO
+    p90_ms: float = 5000.0  # p90 at that concurrency
+    queue_size: int = 64  # the server's --queue-size default: requests past queue + batch get 429
+    max_batch: int = contract.DEFAULT_MAX_BATCH
+
+    @property
+    def capacity(self) -> int:
+        """Requests one pod holds before refusing (queued + one batch in flight)."""
+        return self.queue_size + self.max_batch
+
+
+@dataclass(frozen=True)
+class Nodes:
+    consolidate_after_s: float = 600.0  # charts/karpenter.py DisruptionSettings.consolidate_after "10m"
+    pods_per_node: int = 1  # serving pods request 3 of 4 vCPUs and the node's one device (spec/accelerators.py)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    metrics: MetricPipeline = field(default_factory=MetricPipeline)
+    cold_start: ColdStart = field(default_factory=ColdStart)
+    pod: PodModel = field(default_factory=PodModel)
+    nodes: Nodes = field(default_factory=Nodes)
+    slo_p90_ms: float | None = None  # None: the pod's p90 at its sustainable concurrency
+    dt_s: float = 1.0
+
+    @property
+    def slo_ms(self) -> float:
+        return self.pod.p90_ms if self.slo_p90_ms is None else self.slo_p90_ms
+
+
+class ModelError(ValueError):
+    """A parameter the simulation cannot run with; one line naming it and what is allowed."""
+
+
+def check(sim: Simulation) -> None:
+    a, p = sim.autoscaling, sim.pod
+    rules: list[tuple[str, object, bool, str]] = [
+        ("minReplicas", a.min_replicas, a.min_replicas >= 1, "an integer >= 1 (the pods publish the metric)"),
+        ("maxReplicas", a.max_replicas, a.max_replicas >= a.min_replicas, "an integer >= minReplicas"),
+        ("targetPendingPerReplica", a.target_pending_per_replica, a.target_pending_per_replica >= 1, ">= 1"),
+        ("kedaPollingIntervalSeconds", a.keda_polling_interval_s, a.keda_polling_interval_s >= 1, ">= 1"),
+        ("pod images/s", p.images_per_s, p.images_per_s > 0, "> 0"),
+        ("pod concurrency", p.concurrency, 0 < p.concurrency <= p.capacity, f"> 0 and <= queue + batch ({p.capacity})"),
+        ("dt", sim.dt_s, sim.dt_s > 0, "> 0 seconds"),
+    ]
+    for name, value, ok, allowed in rules:
+        if not ok:
+            raise ModelError(f"{name}: {value!r} is not allowed; allowed: {allowed}")
+
+
+def pod_from_breaking_point(path: Path, base: PodModel | None = None) -> PodModel:
+    """The pod model from the JSON the breaking-point tool writes (--json)."""
+    try:
+        doc: Mapping[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--breaking-point: cannot read {str(path)!r}: {exc}") from None
+    values = (doc.get("images_per_s_per_pod"), doc.get("concurrency_per_pod"), doc.get("p90_ms_at_sustainable"))
+    if not all(isinstance(v, int | float) and v > 0 for v in values):
+        raise ModelError(
+            f"--breaking-point: {str(path)!r} has no sustainable step (images_per_s_per_pod, concurrency_per_pod, "
+            "p90_ms_at_sustainable must be > 0); allowed: the --json of a run that found one"
+        )
+    images_per_s, concurrency, p90 = (float(v) for v in values)  # type: ignore[arg-type]
+    return replace(base or PodModel(), images_per_s=images_per_s, concurrency=concurrency, p90_ms=p90)
