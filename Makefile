@@ -17,7 +17,7 @@ CRDS ?= third_party
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: help deps synth manifests test pytest lint fmt diff deploy deploy-build deploy-pipeline serve bench imports clean
+.PHONY: help deps synth manifests test pytest lint fmt diff preflight deploy deploy-build deploy-pipeline serve bench imports clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -67,26 +67,46 @@ CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
 BUILD_STACKS := EdgeDiffusion-Registry EdgeDiffusion-ImagePipeline
 DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Inventory
 
+# A diff or deploy talks to your account: refuse the example account with one line saying so.
+REQUIRE_ACCOUNT = $(PY) -m stacks.preflight --require-account
+
 diff: deps ## cdk diff of the build infrastructure and DEPLOYMENT (needs AWS credentials); CONTEXT='-c key=value ...'
+	$(REQUIRE_ACCOUNT) diff $(CDK_ARGS)
 	$(CDK) diff $(BUILD_STACKS) $(DEPLOYMENT_STACKS) $(CDK_ARGS)
+
+preflight: $(STAMP_PY) ## read-only checks of the AWS account before a deploy (needs AWS credentials); CONTEXT='-c key=value ...'
+	$(PY) -m stacks.preflight $(CDK_ARGS)
 
 # --import-existing-resources: the image repository and the model bucket are retained with fixed
 # names; after a `cdk destroy` the next deploy adopts them (CloudFormation auto-import) instead of
 # failing on "already exists".
 deploy-build: deps ## deploy the shared build infrastructure: registry and image pipeline (once per account and Region)
+	$(REQUIRE_ACCOUNT) deploy $(CDK_ARGS)
 	$(CDK) deploy $(BUILD_STACKS) --import-existing-resources --require-approval broadening $(CDK_ARGS)
 
 deploy-pipeline: deps ## deploy the self-mutating deploy pipeline (once; then it updates itself)
+	$(REQUIRE_ACCOUNT) deploy $(CDK_ARGS)
 	$(CDK) deploy EdgeDiffusion-DeployPipeline --require-approval broadening $(CDK_ARGS)
 
 deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default dev) from this workstation
 	$(CDK) deploy $(DEPLOYMENT_STACKS) --require-approval broadening $(CDK_ARGS)
 
-serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo)
-	$(PY) -m runtime.server --model tiny --host 127.0.0.1
+serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth)
+	EDGE_DIFFUSION_AUTH=none EDGE_DIFFUSION_UI=1 $(PY) -m runtime.server --model tiny --host 127.0.0.1
 
-bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model (prints a table)
-	$(PY) -m runtime.bench
+BENCH_ARGS ?=
+bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model; BENCH_ARGS='--phases --model sd21-random ...' times each phase
+	$(PY) -m runtime.bench $(BENCH_ARGS)
+
+# The scale-out simulation (scaling/) and the breaking point of a running endpoint
+# (runtime/bench/breaking_point.py): docs/scaling.md explains both.
+.PHONY: simulate breaking-point
+simulate: $(STAMP_PY) ## simulate the autoscaling loop on traffic traces; writes docs/scaling-simulation.md and its PNG
+	$(PY) -m scaling.simulate --out-dir docs
+
+BREAKING_POINT_ARGS ?= --url http://127.0.0.1:7860 --slo-p90-ms 250 --steps 4 --width 64 --height 64 --step-s 10
+breaking-point: $(STAMP_PY) ## step a closed-loop load until p90 passes the SLO; BREAKING_POINT_ARGS='--url ... --slo-p90-ms N'
+	$(PY) -m runtime.bench.breaking_point $(BREAKING_POINT_ARGS)
 
 # One import of all CRDs together: cdk8s writes one module per API group, so importing the
 # CRDs of a group (keda.sh: ScaledObject, TriggerAuthentication, ...) one file at a time

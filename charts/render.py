@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         context = cli_context([arg for pair in args.context for arg in ("-c", pair)])
         files = render(context, args.out)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in err.lines():
+            print(line, file=sys.stderr)
         return 2
     for path in files:
         print(path)

@@ -148,3 +148,12 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
 }
 
 ACCELERATOR_NAMES: Final = tuple(ACCELERATORS)
+
+
+def instance_families(names: tuple[str, ...] | list[str], *, large: bool) -> tuple[str, ...]:
+    """Instance families the named accelerators may launch (large ones only when enabled), in table order.
+
+    Unknown names are skipped: config reports them on their own.
+    """
+    rows = [ACCELERATORS[name] for name in names if name in ACCELERATORS]
+    return tuple(f for a in rows for f in (*a.instance_families, *(a.large_instance_families if large else ())))

@@ -23,13 +23,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
-from spec.config import CDK_JSON, AppConfig, ConfigError, is_config_key, load_config
+from spec.config import CDK_JSON, AppConfig, ConfigError, is_config_key, load_config, raise_collected
 
+T = TypeVar("T")
 DEPLOYMENTS_DIR: Final = CDK_JSON.parent / "deployments"
 DEFAULT_DEPLOYMENT: Final = "dev"
 DEPLOYMENT_KEY: Final = "deployment"  # context key: the workstation deployment
@@ -103,13 +104,15 @@ def read_deployment_file(name: str, directory: Path = DEPLOYMENTS_DIR) -> dict[s
         raise ConfigError(f"deployments/{name}.json", err.msg, "a JSON object of config keys") from None
     if not isinstance(keys, dict):
         raise ConfigError(f"deployments/{name}.json", type(keys).__name__, "a JSON object of config keys")
-    for key in SHARED_KEYS:
-        if key in keys:
-            raise ConfigError(
-                f"deployments/{name}.json:{key}",
-                keys[key],
-                f"nothing here: {', '.join(SHARED_KEYS)} belong to the shared build infrastructure (cdk.json)",
-            )
+    raise_collected(
+        ConfigError(
+            f"deployments/{name}.json:{key}",
+            keys[key],
+            f"nothing here: {', '.join(SHARED_KEYS)} belong to the shared build infrastructure (cdk.json)",
+        )
+        for key in SHARED_KEYS
+        if key in keys
+    )
     return keys
 
 
@@ -122,72 +125,129 @@ def check_deployable_from_pipeline(deployment: Deployment) -> None:
     """A pipeline deploys unattended: the committed example networks must have been replaced
     (the example account is the shared config's, checked once in ``_check_release``)."""
     where = f"deployments/{deployment.name}.json"
-    for cidr in deployment.config.client_cidrs:
-        net = ipaddress.ip_network(cidr)
-        if any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS):  # type: ignore[arg-type]
-            raise ConfigError(
-                f"{where}:clientCidrs", cidr, "the networks your devices come from, not a documentation range"
-            )
+    raise_collected(
+        ConfigError(f"{where}:clientCidrs", cidr, "the networks your devices come from, not a documentation range")
+        for cidr in deployment.config.client_cidrs
+        if _documentation_range(ipaddress.ip_network(cidr))
+    )
+
+
+def _documentation_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS)  # type: ignore[arg-type]
 
 
 def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) -> Release:
-    """Build the release from the CDK context (cdk.json plus ``-c``) and the deployment files."""
+    """Build the release from the CDK context (cdk.json plus ``-c``) and the deployment files.
+
+    Every bad value of every deployment is reported at once (ConfigErrors), each once.
+    """
     committed = cdk_json_context()
     context = dict[str, object](context)
     name = str(context.pop(DEPLOYMENT_KEY, DEFAULT_DEPLOYMENT))
     overrides = _overrides(context, committed)
-    shared = load_config(context)
-    pipeline_names = shared.pipeline.deployments
-    for listed in pipeline_names:
-        read_deployment_file(listed, directory)  # a typo in pipeline.deployments fails here, with the list
+    errors: list[ConfigError] = []
+    shared = _attempt(errors, load_config, context)
+    pipeline_names = shared.pipeline.deployments if shared else _pipeline_names(context)
     # A pipeline deployment sees what the pipeline's synth sees: cdk.json, the shared keys, its file.
     base: dict[str, object] = {**committed, **{k: context[k] for k in SHARED_KEYS if k in context}}
-
-    pipeline = tuple(
-        Deployment(listed, load_config({**base, **read_deployment_file(listed, directory)}), PIPELINE)
-        for listed in pipeline_names
-    )
+    pipeline: list[Deployment] = []
+    for listed in pipeline_names:
+        # A typo in pipeline.deployments fails here, with the list of files.
+        keys = _attempt(errors, read_deployment_file, listed, directory)
+        if keys is not None:
+            config = _attempt(errors, load_config, {**base, **keys}, file=(listed, keys))
+            if config:
+                pipeline.append(Deployment(listed, config, PIPELINE))
     workstation: Deployment | None = None
     if name in pipeline_names:
         changed = sorted(k for k in overrides if k not in SHARED_KEYS)
         if changed:
-            raise ConfigError(
-                "-c " + ",".join(changed),
-                name,
-                f"no -c overrides for {name}: the pipeline deploys it from deployments/{name}.json (commit the change)",
+            errors.append(
+                ConfigError(
+                    "-c " + ",".join(changed),
+                    name,
+                    f"no -c overrides for {name}: the pipeline deploys it from deployments/{name}.json "
+                    "(commit the change)",
+                )
             )
     else:
-        keys = {**context, **read_deployment_file(name, directory), **overrides}
-        workstation = Deployment(name, load_config(keys), WORKSTATION)
-    release = Release(shared=shared, selected_name=name, workstation=workstation, pipeline=pipeline)
+        own = _attempt(errors, read_deployment_file, name, directory)
+        if own is not None:
+            file_keys = {k: v for k, v in own.items() if k not in overrides}
+            config = _attempt(errors, load_config, {**context, **own, **overrides}, file=(name, file_keys))
+            workstation = Deployment(name, config, WORKSTATION) if config else None
+    raise_collected(errors)
+    assert shared is not None
+    release = Release(shared=shared, selected_name=name, workstation=workstation, pipeline=tuple(pipeline))
     _check_release(release)
     return release
 
 
+def _attempt(
+    errors: list[ConfigError],
+    load: Callable[..., T],
+    *args: Any,
+    file: tuple[str, Mapping[str, object]] | None = None,
+) -> T | None:
+    """``load(*args)``, or None with its errors kept; an error in a key the deployment file sets names the file."""
+    try:
+        return load(*args)
+    except ConfigError as err:
+        for error in err.errors:
+            name, keys = file or ("", {})
+            top = error.key.split(".", 1)[0].split("[", 1)[0]
+            if top in keys:
+                error = ConfigError(f"deployments/{name}.json:{error.key}", error.value, error.allowed)
+            errors.append(error)
+        return None
+
+
+def _pipeline_names(context: Mapping[str, object]) -> tuple[str, ...]:
+    """pipeline.deployments when the shared config had errors elsewhere (to report the files' errors too)."""
+    raw = context.get("pipeline")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return ()
+    names = raw.get("deployments") if isinstance(raw, dict) else None
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return ()
+
+
 def _check_release(release: Release) -> None:
+    errors: list[ConfigError] = []
     if release.pipeline:
         if release.shared.account == EXAMPLE_ACCOUNT:
-            raise ConfigError(
-                "account",
-                release.shared.account,
-                "your AWS account id, not the example, when pipeline.deployments is set",
+            errors.append(
+                ConfigError(
+                    "account",
+                    release.shared.account,
+                    "your AWS account id, not the example, when pipeline.deployments is set",
+                )
             )
         for deployment in release.pipeline:
-            check_deployable_from_pipeline(deployment)
+            _attempt(errors, check_deployable_from_pipeline, deployment)
     clusters: dict[str, str] = {}
     built = release.shared.accelerators
     for deployment in release.deployments:
         for accelerator in deployment.config.accelerators:
             if accelerator not in built:
-                raise ConfigError(
-                    f"deployments/{deployment.name}.json:accelerators",
-                    accelerator,
-                    f"accelerators the image pipeline builds (cdk.json accelerators: {', '.join(built)})",
+                errors.append(
+                    ConfigError(
+                        f"deployments/{deployment.name}.json:accelerators",
+                        accelerator,
+                        f"accelerators the image pipeline builds (cdk.json accelerators: {', '.join(built)})",
+                    )
                 )
         other = clusters.setdefault(deployment.config.cluster_name, deployment.name)
         if other != deployment.name:
-            raise ConfigError(
-                f"deployments/{deployment.name}.json:clusterName",
-                deployment.config.cluster_name,
-                f"a name no other deployment uses ({other} has it): physical names derive from it",
+            errors.append(
+                ConfigError(
+                    f"deployments/{deployment.name}.json:clusterName",
+                    deployment.config.cluster_name,
+                    f"a name no other deployment uses ({other} has it): physical names derive from it",
+                )
             )
+    raise_collected(errors)

@@ -171,4 +171,13 @@ class NetworkStack(cdk.Stack):
             peer = ec2.Peer.ipv4(cidr) if network.version == 4 else ec2.Peer.ipv6(cidr)
             group.add_ingress_rule(peer, ec2.Port.tcp_range(low, high), f"NodePorts from client network {cidr}")
         cdk.Tags.of(group).add(naming.DISCOVERY_TAG_KEY, self.config.cluster_name)
+        open_to_all = any(ipaddress.ip_network(cidr).prefixlen == 0 for cidr in self.config.client_cidrs)
+        if open_to_all and self.config.allow_public_node_ports:
+            # Config admits 0.0.0.0/0 or ::/0 only with allowPublicNodePorts=true: the user's explicit choice.
+            nag.acknowledge(
+                group,
+                "AwsSolutions-EC23",
+                "allowPublicNodePorts=true: the deployment's owner chose to open the serving NodePorts "
+                f"(TCP {low}-{high} only) to the whole Internet ({', '.join(self.config.client_cidrs)})",
+            )
         return group

@@ -38,8 +38,8 @@ def test_cdk_feature_flags_are_not_config_keys() -> None:
             ),
         ),
         (
-            '[{"name": "us-west-2-den-1a", "instanceFamilies": ["g4dn", "c5"]}]',
-            (LocalZoneConfig("us-west-2-den-1a", ("g4dn", "c5")),),
+            '[{"name": "us-west-2-den-1a", "instanceFamilies": ["g6", "c7g"]}]',
+            (LocalZoneConfig("us-west-2-den-1a", ("g6", "c7g")),),
         ),
         ("", ()),
     ],

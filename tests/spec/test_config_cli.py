@@ -1,5 +1,5 @@
-"""Every configuration error of issue 2 through the CLI path (``python app.py -c key=value``):
-exit code 2, exactly one line on stderr naming the key and the bad value, no traceback.
+"""Configuration errors through the CLI path (``python app.py -c key=value``): exit code 2, one
+line on stderr per bad value naming the key and the value, every bad value in one run, no traceback.
 
 These stop at config time, before any construct is built, so each run is short.
 """
@@ -24,7 +24,11 @@ CASES = [
     ("clientCidrs=::/0", "clientCidrs", "::/0"),
     ("accelerators=nvidia,tpu", "accelerators", "tpu"),  # unknown accelerator
     ("availabilityZones=", "availabilityZones", "''"),  # empty AZ list
+    ("localZones=us-west-2-lax-1a:h100", "localZones[us-west-2-lax-1a].instanceFamilies", "h100"),  # no such family
+    ("vpcCidr=10.0.0.0/33", "vpcCidr", "10.0.0.0/33"),
+    ("tls.certificateArn=arn:aws:acm:us-east-1:111111111111:certificate/x", "tls.certificateArn", "us-east-1"),
 ]
+THREE_BAD = ("-c", "vpcCidr=10.0.0.0/33", "-c", "localZones=us-west-2-lax-1a:h100", "-c", "auth.mode=open")
 
 
 OPT_IN = ("-c", "clientCidrs=0.0.0.0/0", "-c", "allowPublicNodePorts=true", "-c", "accelerators=tpu")
@@ -41,7 +45,7 @@ class Run:
 def runs() -> dict[tuple[str, ...], Run]:
     """Every CLI run of this module, started at once: each is mostly interpreter start-up."""
     env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    argvs = [("-c", override) for override, _, _ in CASES] + [OPT_IN]
+    argvs = [("-c", override) for override, _, _ in CASES] + [OPT_IN, THREE_BAD]
     procs = {
         argv: subprocess.Popen(
             [sys.executable, "app.py", *argv],
@@ -79,3 +83,15 @@ def test_public_node_ports_need_the_explicit_opt_in(runs: dict[tuple[str, ...], 
     result = runs[OPT_IN]
     assert result.returncode == 2
     assert "accelerators" in result.stderr and "clientCidrs" not in result.stderr
+
+
+def test_three_bad_values_are_three_lines_of_one_run(runs: dict[tuple[str, ...], Run]) -> None:
+    result = runs[THREE_BAD]
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: invalid config ") for line in lines), lines
+    assert {"vpcCidr=", "instanceFamilies=", "auth.mode="} == {
+        key for key in ("vpcCidr=", "instanceFamilies=", "auth.mode=") for line in lines if key in line
+    }
+    assert "an IPv4 CIDR from /16 to /20" in result.stderr and "IPv6" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

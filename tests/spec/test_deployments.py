@@ -90,7 +90,7 @@ def test_cdk_internal_context_is_not_an_override() -> None:
         ),
     ],
 )
-def test_bad_releases_stop_with_one_line(
+def test_bad_releases_name_the_key_one_line_each(
     tmp_path: Path, context: dict[str, object], files: dict[str, object], key: str, message: str
 ) -> None:
     write(tmp_path, "dev", {})
@@ -98,5 +98,20 @@ def test_bad_releases_stop_with_one_line(
         (tmp_path / f"{name}.json").write_text(json.dumps(keys))
     with pytest.raises(ConfigError) as err:
         load_release({**cdk_json_context(), **context}, tmp_path)
-    assert err.value.key == key
-    assert message in str(err.value) and "\n" not in str(err.value)
+    (named,) = [error for error in err.value.errors if error.key == key]
+    assert message in str(named)
+    assert all("\n" not in str(error) for error in err.value.errors)
+
+
+def test_every_bad_value_of_every_deployment_is_reported_at_once(tmp_path: Path) -> None:
+    """A bad shared value, a bad value in a pipeline deployment's file and a bad -c value: three lines."""
+    write(tmp_path, "dev", {})
+    write(tmp_path, "prod", {"clusterName": "p", "clientCidrs": ["198.18.0.0/15"], "vpcCidr": "10.0.0.0/8"})
+    context = {**cdk_json_context(), **PIPELINE_PROD, "region": "us-west-2", "serving": '{"maxBatch": 0}'}
+    with pytest.raises(ConfigError) as err:
+        load_release({**context, "endpointAccess": "public"}, tmp_path)
+    assert sorted(error.key for error in err.value.errors) == [
+        "deployments/prod.json:vpcCidr",
+        "endpointAccess",
+        "serving.maxBatch",
+    ]

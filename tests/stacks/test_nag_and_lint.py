@@ -82,3 +82,60 @@ def test_cfn_lint_finds_no_errors_in_any_template(synth: Synth) -> None:
     errors = [f"{line} ({where})" for line, where in zip(lines, [*lines[1:], ""], strict=True) if line[:1] == "E"]
     assert not errors, "\n".join(errors)
     assert result.returncode == 0, result.stderr or result.stdout
+
+
+def _open_security_group_app(outdir: Path) -> Any:
+    """An app with one unacknowledged finding (AwsSolutions-EC23), nag registered as build_app does."""
+    import aws_cdk as cdk
+    from aws_cdk import aws_ec2 as ec2
+    from cdk_nag import AwsSolutionsChecks
+
+    app = cdk.App(outdir=str(outdir))
+    stack = cdk.Stack(app, "Open")
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0, restrict_default_security_group=False)
+    group = ec2.SecurityGroup(stack, "Group", vpc=vpc, description="open")
+    group.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(30000), "everyone")
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return app
+
+
+def test_a_validation_failure_prints_one_line_per_finding_and_keeps_no_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """app.py's synth: exit 2, one ``error:`` line per finding naming rule and construct, and the
+    rejected assembly is neither published to the output directory nor left in the staging one."""
+    import app as entry
+
+    staging, outdir = tmp_path / "staging", tmp_path / "cdk.out"
+    staging.mkdir()
+    outdir.mkdir()
+    (outdir / "Previous.template.json").write_text("{}")  # the last good synth stays as it was
+    code = entry.synthesize(_open_security_group_app(staging), staging, outdir, announce=True)
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    ec23 = [line for line in lines if "AwsSolutions-EC23" in line]
+    assert ec23 and all(line.startswith("error: ") for line in lines), lines
+    assert "Open/Group/Resource" in ec23[0] and "0.0.0.0/0" in ec23[0]
+    assert "Traceback" not in "\n".join(lines)
+    assert sorted(p.name for p in outdir.iterdir()) == ["Previous.template.json"]
+
+
+def test_a_validated_synth_replaces_the_output_directory_and_says_what_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import aws_cdk as cdk
+
+    import app as entry
+
+    staging, outdir = tmp_path / "staging", tmp_path / "cdk.out"
+    staging.mkdir()
+    outdir.mkdir()
+    (outdir / "Stale.template.json").write_text("{}")  # a stack of an earlier config
+    (outdir / "synth.lock").write_text("")  # the CLI's lock stays
+    app = cdk.App(outdir=str(staging))
+    cdk.CfnOutput(cdk.Stack(app, "Fine"), "Out", value="1")
+    assert entry.synthesize(app, staging, outdir, announce=True) == 0
+    names = {p.name for p in outdir.iterdir()}
+    assert "Fine.template.json" in names and "synth.lock" in names and "Stale.template.json" not in names
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("wrote 1 CloudFormation template to ") and line.endswith(": Fine")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,3 +176,44 @@ def test_stack_exposes_subnets_by_role(synth: Synth) -> None:
     assert len(network.regional_public_subnets) == len(config.availability_zones)
     regional = {s.node.path for s in (*network.regional_private_subnets, *network.regional_public_subnets)}
     assert not regional & {s.node.path for s in network.local_zone_subnets.values()}
+
+
+def _network_validation(tmp_path: Any, **overrides: str) -> tuple[dict[str, Any], list[str]]:
+    """Synthesize the network stack alone with cdk-nag registered as build_app does; its report."""
+    import aws_cdk as cdk
+    from cdk_nag import AwsSolutionsChecks
+
+    from spec.config import load_config
+    from stacks.network import NetworkStack
+    from tests.conftest import cdk_json_context
+
+    config = load_config({**cdk_json_context(), **overrides})
+    app = cdk.App(outdir=str(tmp_path))
+    stack = NetworkStack(app, "Net", config=config, env=cdk.Environment(account=config.account, region=config.region))
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    failures: list[str] = []
+    try:
+        app.synth()
+    except RuntimeError as err:
+        failures.append(str(err))
+    report = json.loads(next(tmp_path.rglob("validation-report.json")).read_text())
+    violations = [v["ruleName"] for p in report["pluginReports"] for v in p["violations"]]
+    return json.loads((tmp_path / stack.template_file).read_text()), failures + violations
+
+
+def test_public_node_ports_pass_cdk_nag_only_with_the_explicit_opt_in(tmp_path: Any) -> None:
+    """The README's way to open NodePorts synthesizes: EC23 is acknowledged because the user said so."""
+    template, problems = _network_validation(tmp_path, clientCidrs="0.0.0.0/0", allowPublicNodePorts="true")
+    assert problems == []
+    (group,) = [
+        p for p in resources(template, "AWS::EC2::SecurityGroup").values() if "NodePorts" in p["GroupDescription"]
+    ]
+    assert [rule["CidrIp"] for rule in group["SecurityGroupIngress"]] == ["0.0.0.0/0"]
+    metadata = json.dumps(json.loads((tmp_path / "Net.metadata.json").read_text()))
+    assert "AwsSolutions-EC23" in metadata and "allowPublicNodePorts=true" in metadata
+
+
+def test_specific_client_networks_need_no_acknowledgement(tmp_path: Any) -> None:
+    _, problems = _network_validation(tmp_path, clientCidrs="198.51.100.0/24")
+    assert problems == []
+    assert "AwsSolutions-EC23" not in (tmp_path / "Net.metadata.json").read_text()

@@ -1,0 +1,11 @@
+"""`make preflight`: what a first deploy needs from the AWS account, checked before it starts.
+
+Read-only calls with your credentials (boto3): the CDK bootstrap stack, Local Zone opt-in, instance
+type offerings, EC2 vCPU quotas, the EKS version, the TLS certificate and secret, and whether the
+physical names a deploy creates are free or adoptable. One line per check,
+``PASS|FAIL|SKIP <check>: <detail>[; fix: <what to do>]``; exit 1 on any FAIL, 2 on config errors.
+"""
+
+from stacks.preflight.checks import Result, run_checks
+
+__all__ = ["Result", "run_checks"]
