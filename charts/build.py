@@ -16,6 +16,7 @@ from charts.device_plugins import DevicePluginsChart
 from charts.inventory import InventoryChart
 from charts.karpenter import KarpenterChart
 from charts.model_builds import ModelBuildsChart
+from charts.network_policies import NetworkPoliciesChart
 from charts.serving import ServingChart
 from spec.config import AppConfig
 
@@ -30,10 +31,19 @@ class AppCharts:
     autoscaling: AutoscalingChart
     model_builds: ModelBuildsChart
     inventory: InventoryChart
+    network_policies: NetworkPoliciesChart
 
     @property
     def all(self) -> tuple[cdk8s.Chart, ...]:
-        return (self.karpenter, self.device_plugins, self.serving, self.autoscaling, self.model_builds, self.inventory)
+        return (
+            self.karpenter,
+            self.device_plugins,
+            self.serving,
+            self.autoscaling,
+            self.model_builds,
+            self.inventory,
+            self.network_policies,
+        )
 
 
 def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
@@ -49,4 +59,6 @@ def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
     model_builds.add_dependency(serving, karpenter)
     inventory = InventoryChart(app, "inventory", config=config)
     inventory.add_dependency(serving)  # the namespace lives in the serving chart
-    return AppCharts(karpenter, device_plugins, serving, autoscaling, model_builds, inventory)
+    network_policies = NetworkPoliciesChart(app, "network-policies", config=config)
+    network_policies.add_dependency(serving)
+    return AppCharts(karpenter, device_plugins, serving, autoscaling, model_builds, inventory, network_policies)

@@ -9,6 +9,17 @@ run only on the nodes of our accelerator NodePools (selected by the NodePools' a
 label instead of upstream's stale instance-type list), tolerate exactly that accelerator's
 taint, pull pinned images from the versions catalog (IfNotPresent, not upstream's Always),
 and add the RuntimeDefault seccomp profile and resource requests.
+
+On Bottlerocket nodes (``nodeImage.family=bottlerocket``) the NVIDIA plugin is part of the
+image, so its DaemonSet is left out; the Neuron plugin is installed on either image (EKS user
+guide, "Install Kubernetes device plugin for GPUs": Bottlerocket's NVIDIA AMIs include the NVIDIA
+plugin; AL2023 and Bottlerocket with Inferentia or Trainium need the Neuron plugin).
+
+What upstream requires and is kept: the plugins run as root (they create their socket in the
+kubelet's root-owned /var/lib/kubelet/device-plugins), mount that directory (and Neuron's /run
+device map) from the host, and Neuron's reads the API server (RBAC below). What is added on top of
+upstream: seccomp RuntimeDefault, no privilege escalation, no capabilities, and the API token only
+where the plugin calls the API.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ class DevicePlugin:
     host_paths: tuple[tuple[str, str], ...]  # (volume name, host path), mounted at the same path
     env: tuple[tuple[str, str | None], ...] = ()  # value None: the node name (downward API)
     cluster_rules: tuple[k8s.PolicyRule, ...] = ()  # RBAC, if the plugin talks to the API server
+    in_bottlerocket: bool = False  # Bottlerocket's image runs this plugin itself
 
 
 # Neuron's plugin labels its node and records which pod got which cores (upstream RBAC).
@@ -56,6 +68,7 @@ DEVICE_PLUGINS: Final = (
         name="nvidia-device-plugin",
         image=versions.NVIDIA_DEVICE_PLUGIN_IMAGE,
         host_paths=(("device-plugins", DEVICE_PLUGINS_DIR),),
+        in_bottlerocket=True,
     ),
     DevicePlugin(
         accelerator="neuron",
@@ -76,8 +89,9 @@ class DevicePluginsChart(cdk8s.Chart):
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig) -> None:
         super().__init__(scope, construct_id, disable_resource_name_hashes=True)
         self.daemon_sets: dict[str, k8s.KubeDaemonSet] = {}
+        on_bottlerocket = config.node_image.family == "bottlerocket"
         for plugin in DEVICE_PLUGINS:
-            if plugin.accelerator in config.accelerators:
+            if plugin.accelerator in config.accelerators and not (on_bottlerocket and plugin.in_bottlerocket):
                 self.daemon_sets[plugin.accelerator] = self._plugin(plugin, ACCELERATORS[plugin.accelerator])
 
     def _plugin(self, plugin: DevicePlugin, accelerator: Accelerator) -> k8s.KubeDaemonSet:

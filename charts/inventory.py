@@ -2,10 +2,13 @@
 read-only RBAC, writing the inventory table through its EKS Pod Identity role.
 
 Why an in-cluster watcher and not self-registering pods: see ``runtime/inventory.py``. The
-publisher reads Services and EndpointSlices in the app namespace only (a Role) and Nodes (the
-one cluster-scoped read it needs: their ExternalIP and zone); it never writes to the cluster.
-Its AWS permission (write items of the inventory table, nothing else) is the Pod Identity role
-``ClusterStack.add_pod_identity_role`` creates for :data:`SERVICE_ACCOUNT` in the composition.
+publisher reads Services, EndpointSlices and Ingresses in the app namespace only (a Role) and
+Nodes (the one cluster-scoped read it needs: their ExternalIP and zone). Its one write is a patch
+of the serving Ingress, named in the rule (``resourceNames``), which keeps the ALB's weights in
+step with the accelerators that have ready pods; it can create, delete or change nothing else.
+Its AWS permissions (write items of the inventory table; put metrics into
+``contract.METRIC_NAMESPACE`` only) are the Pod Identity role ``ClusterStack.add_pod_identity_role``
+creates for :data:`SERVICE_ACCOUNT` in the composition.
 
 It runs on the controller node group (Graviton, on-demand, always present), not on accelerator
 nodes that Karpenter may scale to zero, with its own small image (``<version>-publisher``, multi-arch:
@@ -23,7 +26,7 @@ import cdk8s
 from cdk8s_plus_35 import k8s
 from constructs import Construct
 
-from charts import pods
+from charts import pods, serving
 from spec import contract, images, naming, topology
 from spec.accelerators import ACCELERATORS
 from spec.config import AppConfig
@@ -32,6 +35,8 @@ NAME: Final = "endpoint-inventory"
 SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it
 NAMESPACE: Final = topology.NAMESPACE
 READ_VERBS: Final = ("get", "list", "watch")
+# RBAC cannot restrict list/watch by name, and a patch names its object: patch the one Ingress only.
+INGRESS_WRITE_VERBS: Final = ("patch",)
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class PublisherProps:
 
 
 class InventoryChart(cdk8s.Chart):
-    """ServiceAccount, read-only Role/ClusterRole and bindings, and the publisher Deployment."""
+    """ServiceAccount, Role/ClusterRole (reads, and the one Ingress patch) and bindings, and the publisher."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, config: AppConfig, props: PublisherProps | None = None
@@ -68,6 +73,13 @@ class InventoryChart(cdk8s.Chart):
             rules=[
                 k8s.PolicyRule(api_groups=[""], resources=["services"], verbs=list(READ_VERBS)),
                 k8s.PolicyRule(api_groups=["discovery.k8s.io"], resources=["endpointslices"], verbs=list(READ_VERBS)),
+                k8s.PolicyRule(api_groups=["networking.k8s.io"], resources=["ingresses"], verbs=list(READ_VERBS)),
+                k8s.PolicyRule(
+                    api_groups=["networking.k8s.io"],
+                    resources=["ingresses"],
+                    resource_names=[serving.INGRESS_NAME],
+                    verbs=list(INGRESS_WRITE_VERBS),
+                ),
             ],
         )
         k8s.KubeRoleBinding(
@@ -126,7 +138,9 @@ class InventoryChart(cdk8s.Chart):
         check = ["python", "-m", contract.INVENTORY_MODULE, "--check"]
         return k8s.PodSpec(
             service_account_name=SERVICE_ACCOUNT,
-            automount_service_account_token=True,  # it lists Services, EndpointSlices and Nodes
+            # The one workload of the app that calls the Kubernetes API (Services, EndpointSlices,
+            # Nodes, the Ingress): it needs the token; Pod Identity injects its own beside it.
+            automount_service_account_token=True,
             node_selector=dict(naming.CONTROLLER_NODE_LABELS),  # set on them by ClusterStack
             security_context=pods.pod_security_context(),
             termination_grace_period_seconds=10,  # nothing to drain: entries live on until their TTL

@@ -4,6 +4,18 @@ The Region gets one EC2NodeClass (private subnets) and every Local Zone its own 
 public subnet, gp2 root volumes); each placement of :func:`spec.topology.placements` gets
 a NodePool restricted to its instance families and, in a Local Zone, to the zone and to
 on-demand capacity. Serving pods select their pool by name (``karpenter.sh/nodepool``).
+
+Node image: EKS-optimized AL2023 by default; ``nodeImage.family=bottlerocket`` selects
+Bottlerocket, whose two volumes Karpenter v1.14 maps as ``/dev/xvda`` (the OS, 4Gi by default)
+and ``/dev/xvdb`` (the data volume: container images, logs, the kubelet's root; Karpenter
+``pkg/providers/amifamily/bottlerocket.go`` ``EphemeralBlockDevice``, and the EC2NodeClass
+docs, "Block Device Mappings"). With ``nodeImage.dataVolumeSnapshotId`` the data volume is
+restored from an EBS snapshot that already holds the serving images, so a new node starts
+without pulling 20+ GB. Inferentia/Trainium are supported: Karpenter resolves the x86_64
+``aws-k8s-<version>`` variant for Neuron instances (``DescribeImageQuery``, same file); the
+pods run as a non-root user, so the nodes turn on Bottlerocket's
+``device-ownership-from-security-context`` (Bottlerocket v1.30.0+, the EC2NodeClass docs'
+"Device ownership in Bottlerocket", which names it for Neuron workloads).
 """
 
 from __future__ import annotations
@@ -28,7 +40,11 @@ EKS_CLUSTER_SG_TAG_KEY: Final = "aws:eks:cluster-name"
 PRIVATE_TIER: Final = "private"
 NODE_CLASS_GROUP: Final = "karpenter.k8s.aws"
 NODE_CLASS_KIND: Final = "EC2NodeClass"
-ROOT_DEVICE: Final = "/dev/xvda"  # AL2023 root volume
+ROOT_DEVICE: Final = "/dev/xvda"  # AL2023 root volume; Bottlerocket's OS volume
+BOTTLEROCKET_DATA_DEVICE: Final = "/dev/xvdb"  # Bottlerocket: images, logs, the kubelet's root
+# Bottlerocket settings (TOML) merged by Karpenter into the user data it generates: a device
+# handed to a pod by a device plugin (/dev/neuron*) belongs to the pod's runAsUser/runAsGroup.
+BOTTLEROCKET_USER_DATA: Final = "[settings.kubernetes]\ndevice-ownership-from-security-context = true\n"
 # Compile jobs run on the regional pools next to serving (one build per accelerator at a time).
 BUILD_PODS_PER_POOL: Final = 1
 _TAINT_EFFECTS: Final = {
@@ -55,6 +71,12 @@ REGIONAL_ROOT_VOLUME: Final = RootVolume()
 LOCAL_ZONE_ROOT_VOLUME: Final = RootVolume(
     volume_type=ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbsVolumeType.GP2, iops=None, throughput=None
 )
+# Bottlerocket's OS volume holds only the OS image and its settings (Karpenter's default size).
+BOTTLEROCKET_OS_VOLUME_SIZE: Final = "4Gi"
+# A volume restored from a snapshot reads its blocks from S3 on first access; a provisioned
+# initialization rate (100-300 MiB/s, the CRD's volumeInitializationRate) makes that predictable.
+# gp3 volumes in the Region only: the Local Zone classes keep EBS's default lazy loading.
+SNAPSHOT_INITIALIZATION_RATE_MIBS: Final = 300
 
 
 @dataclass(frozen=True)
@@ -115,8 +137,8 @@ class KarpenterChart(cdk8s.Chart):
             metadata=cdk8s.ApiObjectMetadata(name=location.node_class_name),
             spec=ec2nc.Ec2NodeClassSpec(
                 role=naming.karpenter_node_role_name(config),
-                # The alias resolves the AL2023 standard, NVIDIA or Neuron AMI per instance type.
-                ami_selector_terms=[ec2nc.Ec2NodeClassSpecAmiSelectorTerms(alias=versions.AL2023_AMI_ALIAS)],
+                # The alias resolves the standard, NVIDIA or Neuron AMI of the family per instance type.
+                ami_selector_terms=[ec2nc.Ec2NodeClassSpecAmiSelectorTerms(alias=ami_alias(config))],
                 subnet_selector_terms=[ec2nc.Ec2NodeClassSpecSubnetSelectorTerms(tags=subnet_tags)],
                 security_group_selector_terms=[
                     # The cluster security group (control plane <-> nodes) ...
@@ -137,20 +159,8 @@ class KarpenterChart(cdk8s.Chart):
                     http_put_response_hop_limit=1,
                     http_tokens=ec2nc.Ec2NodeClassSpecMetadataOptionsHttpTokens.REQUIRED,
                 ),
-                block_device_mappings=[
-                    ec2nc.Ec2NodeClassSpecBlockDeviceMappings(
-                        device_name=ROOT_DEVICE,
-                        root_volume=True,
-                        ebs=ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbs(
-                            volume_size=volume.size,
-                            volume_type=volume.volume_type,
-                            iops=volume.iops,
-                            throughput=volume.throughput,
-                            encrypted=True,
-                            delete_on_termination=True,
-                        ),
-                    )
-                ],
+                block_device_mappings=block_devices(config, volume, local_zone=location.is_local_zone),
+                user_data=BOTTLEROCKET_USER_DATA if bottlerocket(config) else None,
                 tags={naming.LOCATION_TAG_KEY: location.tag_value},
             ),
         )
@@ -212,6 +222,59 @@ class KarpenterChart(cdk8s.Chart):
                 ),
             ),
         )
+
+
+def bottlerocket(config: AppConfig) -> bool:
+    return config.node_image.family == "bottlerocket"
+
+
+def ami_alias(config: AppConfig) -> str:
+    """The pinned alias of the configured node image family (spec.versions)."""
+    return versions.BOTTLEROCKET_AMI_ALIAS if bottlerocket(config) else versions.AL2023_AMI_ALIAS
+
+
+def _ebs(
+    volume: RootVolume,
+    *,
+    size: str | None = None,
+    snapshot_id: str | None = None,
+    initialization_rate: int | None = None,
+) -> ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbs:
+    return ec2nc.Ec2NodeClassSpecBlockDeviceMappingsEbs(
+        volume_size=size or volume.size,
+        volume_type=volume.volume_type,
+        iops=volume.iops,
+        throughput=volume.throughput,
+        snapshot_id=snapshot_id,
+        volume_initialization_rate=initialization_rate,
+        encrypted=True,
+        delete_on_termination=True,
+    )
+
+
+def block_devices(
+    config: AppConfig, volume: RootVolume, *, local_zone: bool
+) -> list[ec2nc.Ec2NodeClassSpecBlockDeviceMappings]:
+    """AL2023: one root volume of ``volume``. Bottlerocket: a small OS volume and a data volume of
+    ``volume`` (the kubelet's root), restored from ``nodeImage.dataVolumeSnapshotId`` when set.
+
+    The data volume keeps ``volume.size``: EC2 refuses a volume smaller than its snapshot, so the
+    snapshot's volume must be at most that size, and the rest is room for images the snapshot
+    lacks (a newer ``serving.imageVersion``).
+    """
+    if not bottlerocket(config):
+        return [ec2nc.Ec2NodeClassSpecBlockDeviceMappings(device_name=ROOT_DEVICE, root_volume=True, ebs=_ebs(volume))]
+    snapshot = config.node_image.data_volume_snapshot_id or None
+    rate = SNAPSHOT_INITIALIZATION_RATE_MIBS if snapshot and not local_zone else None
+    os_volume = RootVolume(size=BOTTLEROCKET_OS_VOLUME_SIZE, volume_type=volume.volume_type, iops=None, throughput=None)
+    return [
+        ec2nc.Ec2NodeClassSpecBlockDeviceMappings(device_name=ROOT_DEVICE, ebs=_ebs(os_volume)),
+        ec2nc.Ec2NodeClassSpecBlockDeviceMappings(
+            device_name=BOTTLEROCKET_DATA_DEVICE,
+            root_volume=True,
+            ebs=_ebs(volume, snapshot_id=snapshot, initialization_rate=rate),
+        ),
+    ]
 
 
 def pool_limits(

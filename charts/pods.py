@@ -17,11 +17,18 @@ from spec import contract
 from spec.accelerators import Accelerator
 from spec.config import AppConfig
 
-# The app user of ci_build/Dockerfile (numeric, so runAsNonRoot can verify it).
+# The app user of ci_build/Dockerfile (`USER 10001:10001` in every image: numeric, and above the
+# host's system range, so runAsNonRoot can verify it and it maps to no user of the node).
 APP_UID: Final = 10001
 # The image keeps HF_HOME and the model cache under /tmp (ci_build/Dockerfile): with a
 # read-only root filesystem, /tmp is the one writable place and must hold a model download.
 SCRATCH_MOUNT: Final = "/tmp"  # noqa: S108 - an emptyDir volume, not the node's /tmp
+# The Neuron compiler keeps its cache and work files under /var/tmp (neuronx-cc's default
+# /var/tmp/neuron-compile-cache): the same scratch volume, under its own sub-directory.
+VAR_TMP_MOUNT: Final = "/var/tmp"  # noqa: S108 - a sub-directory of the scratch emptyDir
+# Caches that default to the home directory (Triton's ~/.triton for torch.compile on CUDA,
+# ~/.cache of pip-installed libraries) land in the scratch volume: /home/app is read-only.
+SCRATCH_ENV: Final = {"HOME": SCRATCH_MOUNT, "XDG_CACHE_HOME": f"{SCRATCH_MOUNT}/.cache"}
 INSTANCE_SIZE_LABEL: Final = "karpenter.k8s.aws/instance-size"  # well-known Karpenter node label
 
 
@@ -93,7 +100,7 @@ def container_security_context() -> k8s.SecurityContext:
 
 
 def scratch_volumes(props: PodResources) -> tuple[list[k8s.Volume], list[k8s.VolumeMount]]:
-    """Writable scratch (/tmp) and shared memory for an otherwise read-only container."""
+    """Writable scratch (/tmp, /var/tmp) and shared memory for an otherwise read-only container."""
     volumes = [
         k8s.Volume(
             name="scratch", empty_dir=k8s.EmptyDirVolumeSource(size_limit=k8s.Quantity.from_string(props.scratch_size))
@@ -105,18 +112,20 @@ def scratch_volumes(props: PodResources) -> tuple[list[k8s.Volume], list[k8s.Vol
     ]
     mounts = [
         k8s.VolumeMount(name="scratch", mount_path=SCRATCH_MOUNT),
+        k8s.VolumeMount(name="scratch", mount_path=VAR_TMP_MOUNT, sub_path="var-tmp"),
         k8s.VolumeMount(name="shm", mount_path="/dev/shm"),  # noqa: S108 - a memory-backed emptyDir
     ]
     return volumes, mounts
 
 
 def model_env(config: AppConfig, accelerator: Accelerator) -> dict[str, str]:
-    """Environment every workload of the app shares: model, device and Region."""
+    """Environment every workload of the app shares: model, device, Region and scratch caches."""
     return {
         contract.ENV_MODEL_ID: config.model_id,
         contract.ENV_MODEL_REVISION: config.model_revision,
         contract.ENV_DEVICE: accelerator.device,
         contract.ENV_AWS_REGION: config.region,  # IMDS is not reachable from pods (hop limit 1)
+        **SCRATCH_ENV,
     }
 
 

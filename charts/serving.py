@@ -6,6 +6,30 @@ resources (``nvidia.com/gpu``, ``aws.amazon.com/neuron``), and its defaults (a 5
 limit, probes and a read-only root without scratch space) would break a 20+ GB model image.
 No replica count is set: KEDA's ScaledObject owns it, and a count in the manifest would reset
 the Deployment on every apply.
+
+HTTPS. In the Region the ALB terminates TLS (``tls.certificateArn``: an HTTPS listener on 443
+only, with ``tls.albSecurityPolicy``; no port 80, so a bearer token is never sent in the clear
+before a redirect) and forwards HTTP to the pods inside the VPC. In a Local Zone the pods
+terminate TLS themselves with the certificate and key of ``tls.localZoneSecret``
+(``contract.ENV_TLS_SECRET_ID``; the pod's role may read that one secret), instead of an ALB
+in the zone, because:
+
+* an ALB is offered only in some Local Zones (the "AWS Local Zones features" list,
+  https://aws.amazon.com/about-aws/global-infrastructure/localzones/features/, linked from
+  https://docs.aws.amazon.com/local-zones/latest/ug/how-local-zones-work.html);
+* an ALB cannot span a Local Zone and the Region's Availability Zones ("If you enable multiple
+  zones for your load balancer, the zones must be of the same type. For example, you can't
+  enable both an Availability Zone and a Local Zone.",
+  https://docs.aws.amazon.com/elasticloadbalancing/latest/application/application-load-balancers.html),
+  so every zone would need an ALB of its own;
+* each ALB adds its hourly charge and LCU charges
+  (https://aws.amazon.com/elasticloadbalancing/pricing/) and a proxy hop between the device and
+  the pod, where the point of a Local Zone is the shortest path.
+
+What pod-terminated TLS costs: TLS 1.3 adds one round trip to a new connection (its full
+handshake is 1-RTT, RFC 8446 section 2, https://www.rfc-editor.org/rfc/rfc8446#section-2) and
+none to a request on a kept-alive connection; the certificate in the secret is renewed by
+whoever owns it, and pods read it at startup (a rollout picks up a new one).
 """
 
 from __future__ import annotations
@@ -20,16 +44,18 @@ from cdk8s_plus_35 import k8s
 from constructs import Construct
 
 from charts import pods
-from spec import contract, topology
+from spec import contract, naming, topology
 from spec.config import AppConfig, ConfigError
 from spec.topology import Placement
 
-PORT_NAME: Final = "http"
+PORT_NAME: Final = "http"  # the pods' one port (HTTP, or HTTPS in a Local Zone with tls.localZoneSecret)
 INGRESS_NAME: Final = "stable-diffusion"
 # The ALB controller reads the forward action of a backend named "use-annotation" from
 # the annotation alb.ingress.kubernetes.io/actions.<this name>.
 WEIGHTED_ACTION: Final = "weighted-serving"
 ALB_ANNOTATION_PREFIX: Final = "alb.ingress.kubernetes.io"
+HTTPS_PORT: Final = 443
+HTTP_PORT: Final = 80
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,30 @@ class ServingSettings:
     @property
     def termination_grace_s(self) -> int:
         return self.pre_stop_sleep_s + self.drain_s + 15
+
+
+def pods_terminate_tls(config: AppConfig, placement: Placement) -> bool:
+    """Local Zone pods serve HTTPS themselves when a certificate secret is configured."""
+    return placement.location.is_local_zone and bool(config.tls.local_zone_secret)
+
+
+def url_scheme(tls: bool) -> str:
+    """The value of ``contract.ANNOTATION_SCHEME``: what a device must use to reach the endpoint."""
+    return "https" if tls else "http"
+
+
+def auth_env(config: AppConfig) -> dict[str, str]:
+    """How the server authorizes inference requests: tokens signed by the deployment's KMS key.
+
+    The issuer is the one the inventory API's token route signs (``spec.naming.token_issuer``);
+    the server fetches the public key once at startup by the key's alias (kms:GetPublicKey).
+    """
+    env = {contract.ENV_AUTH: config.auth.mode}
+    if config.auth.mode == "token":
+        env[contract.ENV_TOKEN_ISSUER] = naming.token_issuer(config)
+        env[contract.ENV_TOKEN_AUDIENCE] = contract.TOKEN_AUDIENCE
+        env[contract.ENV_TOKEN_KMS_KEY_ID] = naming.token_signing_key_alias(config)
+    return env
 
 
 class ServingChart(cdk8s.Chart):
@@ -127,6 +177,7 @@ class ServingChart(cdk8s.Chart):
         service_labels = dict(labels)
         if placement.location.is_local_zone:  # devices reach Local Zone nodes' NodePorts directly
             service_labels[contract.LABEL_INVENTORY] = "true"
+            annotations[contract.ANNOTATION_SCHEME] = url_scheme(pods_terminate_tls(self.config, placement))
         self.services[name] = k8s.KubeService(
             self,
             f"{name}-svc",
@@ -167,6 +218,7 @@ class ServingChart(cdk8s.Chart):
         accelerator = placement.accelerator
         volumes, mounts = pods.scratch_volumes(settings.resources)
         serving = config.serving
+        tls = pods_terminate_tls(config, placement)
         env = {
             # No ENV_MODEL_SOURCE: the serving image carries the compiled model in its own layer
             # (ci_build `serve` target), so a new node pulls cached layers instead of 20+ GB from S3.
@@ -179,11 +231,19 @@ class ServingChart(cdk8s.Chart):
             contract.ENV_DRAIN_TIMEOUT_S: str(settings.drain_s),
             contract.ENV_HOST: "0.0.0.0",  # noqa: S104 - the pod's own network namespace
             contract.ENV_PORT: str(contract.PORT),
+            contract.ENV_UI: "1" if serving.ui else "0",
+            **auth_env(config),
         }
+        if tls:
+            env[contract.ENV_TLS_SECRET_ID] = config.tls.local_zone_secret
 
         def http_probe(path: str, period: int, failures: int) -> k8s.Probe:
+            # The kubelet does not verify the certificate of an HTTPS probe: the pod's own name
+            # is not in it, and the probe only asks whether the server answers.
             return k8s.Probe(
-                http_get=k8s.HttpGetAction(path=path, port=k8s.IntOrString.from_string(PORT_NAME)),
+                http_get=k8s.HttpGetAction(
+                    path=path, port=k8s.IntOrString.from_string(PORT_NAME), scheme="HTTPS" if tls else "HTTP"
+                ),
                 period_seconds=period,
                 failure_threshold=failures,
                 timeout_seconds=probes.timeout_s,
@@ -219,6 +279,20 @@ class ServingChart(cdk8s.Chart):
             volumes=volumes,
         )
 
+    def _listener_annotations(self) -> dict[str, str]:
+        """HTTPS on 443 only with a certificate (the ALB controller then creates no port 80), plain
+        HTTP on 80 without one. Annotations of AWS Load Balancer Controller v2.17 (listen-ports,
+        certificate-arn, ssl-policy: docs/guide/ingress/annotations.md at that tag)."""
+        prefix, tls = ALB_ANNOTATION_PREFIX, self.config.tls
+        if not tls.certificate_arn:
+            return {f"{prefix}/listen-ports": json.dumps([{"HTTP": HTTP_PORT}])}
+        return {
+            f"{prefix}/listen-ports": json.dumps([{"HTTPS": HTTPS_PORT}]),
+            f"{prefix}/certificate-arn": tls.certificate_arn,
+            f"{prefix}/ssl-policy": tls.alb_security_policy,
+            f"{prefix}/backend-protocol": "HTTP",  # TLS ends at the ALB; pods in the Region speak HTTP
+        }
+
     def _ingress(self) -> k8s.KubeIngress:
         """One internet-facing ALB in the Region, admitting only the client CIDRs, that splits
         requests across the accelerators' regional Services by weight (cost mode)."""
@@ -239,11 +313,12 @@ class ServingChart(cdk8s.Chart):
         if not inbound:
             raise ConfigError("clientCidrs", ",".join(self.config.client_cidrs), "at least one IPv4 CIDR for the ALB")
         prefix = ALB_ANNOTATION_PREFIX
+        tls = self.config.tls
         annotations = {
             f"{prefix}/scheme": "internet-facing",
             f"{prefix}/target-type": "ip",
             f"{prefix}/inbound-cidrs": ",".join(inbound),
-            f"{prefix}/listen-ports": json.dumps([{"HTTP": 80}]),
+            **self._listener_annotations(),
             f"{prefix}/healthcheck-path": contract.READY_PATH,
             f"{prefix}/healthcheck-port": "traffic-port",
             f"{prefix}/success-codes": "200",
@@ -253,6 +328,8 @@ class ServingChart(cdk8s.Chart):
                 "routing.http.drop_invalid_header_fields.enabled=true"
             ),
             f"{prefix}/actions.{WEIGHTED_ACTION}": json.dumps(action, separators=(",", ":")),
+            contract.ANNOTATION_SCHEME: url_scheme(bool(tls.certificate_arn)),
+            contract.ANNOTATION_MODEL: self.config.model_id,
         }
         return k8s.KubeIngress(
             self,
@@ -260,7 +337,12 @@ class ServingChart(cdk8s.Chart):
             metadata=k8s.ObjectMeta(
                 name=INGRESS_NAME,
                 namespace=topology.NAMESPACE,
-                labels={"app.kubernetes.io/name": topology.APP_NAME, "app.kubernetes.io/part-of": topology.PART_OF},
+                # The publisher lists the Ingress by this label: the ALB is the Region's endpoint.
+                labels={
+                    "app.kubernetes.io/name": topology.APP_NAME,
+                    "app.kubernetes.io/part-of": topology.PART_OF,
+                    contract.LABEL_INVENTORY: "true",
+                },
                 annotations=annotations,
             ),
             spec=k8s.IngressSpec(

@@ -37,7 +37,7 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
             f"Serving-{placement.name}",
             namespace=topology.NAMESPACE,
             service_account=placement.name,
-            statements=[workload_roles.metrics_statement(), *workload_roles.read_models_statements(config)],
+            statements=workload_roles.serving_statements(config, placement),
         )
         for placement in topology.placements(config)
     }
@@ -48,7 +48,9 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
         statements=[*workload_roles.read_models_statements(config), workload_roles.write_models_statement(config)],
     )
     for identity in serving_identities.values():
-        workload_roles.acknowledge_workload_role(identity.role, config, puts_metrics=True)
+        workload_roles.acknowledge_workload_role(
+            identity.role, config, puts_metrics=True, reads_token_key=config.auth.mode == "token"
+        )
     workload_roles.acknowledge_workload_role(compile_identity.role, config, puts_metrics=False)
 
     charts = add_charts(cdk8s.App(), config)

@@ -80,13 +80,20 @@ INDUCTOR_CACHE_DIRNAME: Final = "torchinductor_cache"
 ENV_HOST: Final = "EDGE_DIFFUSION_HOST"  # bind address; 0.0.0.0 in pods
 ENV_PORT: Final = "EDGE_DIFFUSION_PORT"
 ENV_DTYPE: Final = "EDGE_DIFFUSION_DTYPE"  # auto|float16|bfloat16|float32 (auto: fp16 on cuda, fp32 on cpu)
-ENV_TORCH_COMPILE: Final = "EDGE_DIFFUSION_TORCH_COMPILE"  # 1 = torch.compile the UNet (cuda)
+ENV_TORCH_COMPILE: Final = "EDGE_DIFFUSION_TORCH_COMPILE"  # 1 = torch.compile the UNet and VAE decoder (cuda)
 ENV_TORCH_THREADS: Final = "EDGE_DIFFUSION_TORCH_THREADS"  # CPU intra-op threads; 0 = the pod's CPU quota
 ENV_MODEL_CACHE_DIR: Final = "EDGE_DIFFUSION_MODEL_CACHE_DIR"  # where S3 artifacts are downloaded
 ENV_DRAIN_TIMEOUT_S: Final = "EDGE_DIFFUSION_DRAIN_TIMEOUT_S"  # SIGTERM: max wait for queued work
 ENV_METRICS_INTERVAL_S: Final = "EDGE_DIFFUSION_METRICS_INTERVAL_S"  # CloudWatch publish period
 ENV_LOG_LEVEL: Final = "EDGE_DIFFUSION_LOG_LEVEL"
 ENV_UI: Final = "EDGE_DIFFUSION_UI"  # 0 = do not mount the Gradio UI
+# Fast paths and the serving shape (runtime.server.settings documents each one's reason). The
+# charts set height and width to the config's; a Neuron pod refuses an artifact compiled for others.
+ENV_HEIGHT: Final = "EDGE_DIFFUSION_HEIGHT"  # default image height; unset: the model's native size
+ENV_WIDTH: Final = "EDGE_DIFFUSION_WIDTH"
+ENV_SCHEDULER: Final = "EDGE_DIFFUSION_SCHEDULER"  # dpmsolver++ | model (the checkpoint's own) | ...
+ENV_ATTENTION: Final = "EDGE_DIFFUSION_ATTENTION"  # sdpa | eager
+ENV_CHANNELS_LAST: Final = "EDGE_DIFFUSION_CHANNELS_LAST"  # 1 = UNet and VAE in channels-last (cuda)
 
 # --- Prometheus metric names (GET /metrics) --------------------------------------------
 PROM_REQUEST_DURATION: Final = "edge_diffusion_request_duration_seconds"
@@ -153,6 +160,13 @@ def token_issuer(deployment: str) -> str:
 ENDPOINT_KIND_LOCAL_ZONE: Final = "local-zone"
 ENDPOINT_KIND_REGION: Final = "region"
 ANNOTATION_SCHEME: Final = "edge-diffusion.aws/scheme"  # https | http, on inventoried Services and Ingress
+# The serving Ingress's weighted forward action (backend "use-annotation"): the charts write it,
+# the publisher keeps its per-accelerator weights equal to ready regional pods x cost preference.
+WEIGHTED_ACTION: Final = "weighted-serving"
+ANNOTATION_WEIGHTED_ACTION: Final = f"alb.ingress.kubernetes.io/actions.{WEIGHTED_ACTION}"
+# Where a serving Service (and a node, a subnet) is: a Local Zone name, or LOCATION_REGION.
+LABEL_LOCATION: Final = "edge-diffusion.aws/location"
+LOCATION_REGION: Final = "region"
 
 # --- Startup phases (GET /readyz reason, Prometheus gauge, CloudWatch once at ready) -------
 STARTUP_PHASES: Final = ("model_loaded", "warmed_up", "ready")  # seconds since process start

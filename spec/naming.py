@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Final
 
-from spec import model_artifacts
+from spec import contract, model_artifacts
 from spec.config import AppConfig
 
 # Karpenter discovers subnets and security groups by this tag (value: cluster name).
 DISCOVERY_TAG_KEY: Final = "karpenter.sh/discovery"
 # Where a subnet is: "region" for regional subnets, the zone name for a Local Zone subnet.
-LOCATION_TAG_KEY: Final = "edge-diffusion.aws/location"
+LOCATION_TAG_KEY: Final = contract.LABEL_LOCATION  # the publisher reads it on Services
 # Subnet tier: "public" or "private"; regional nodes go to private subnets.
 TIER_TAG_KEY: Final = "edge-diffusion.aws/tier"
-REGION_LOCATION: Final = "region"
+REGION_LOCATION: Final = contract.LOCATION_REGION
 
 
 def karpenter_node_role_name(config: AppConfig) -> str:
@@ -59,3 +59,14 @@ def inventory_table_name(config: AppConfig) -> str:
 # Labels of the controllers' managed node group (set by ClusterStack): the controllers' Helm
 # releases and any other always-on system pod (the inventory publisher) select these nodes.
 CONTROLLER_NODE_LABELS: Final = {"edge-diffusion.aws/role": "controllers"}
+
+
+# Token signing (inventory API -> serving pods): one KMS key per deployment, found by its alias
+# (the pods' role may read its public half by this alias, no cross-stack reference).
+def token_signing_key_alias(config: AppConfig) -> str:
+    return f"alias/{config.cluster_name}-token-signing"
+
+
+def token_issuer(config: AppConfig) -> str:
+    """The tokens' ``iss``: the token route signs it, the servers require it (cluster names are per deployment)."""
+    return contract.token_issuer(config.cluster_name)

@@ -77,6 +77,11 @@ NEURON_DEVICE_PLUGIN_IMAGE: Final = "public.ecr.aws/neuron/neuron-device-plugin:
 # instance type. Pinned (not @latest) as Karpenter recommends: AMI rollouts are a change
 # reviewed in a pull request, not a surprise.
 AL2023_AMI_ALIAS: Final = "al2023@v20260903"
+# nodeImage.family=bottlerocket: Karpenter resolves the aws-k8s-<version> variant (standard and
+# Neuron on x86_64, Graviton) or aws-k8s-<version>-nvidia per instance type. Kubernetes 1.35
+# variants exist since Bottlerocket v1.53.0; v1.66.0 is the release pinned here
+# (github.com/bottlerocket-os/bottlerocket/releases/tag/v1.66.0), reviewed like an AL2023 bump.
+BOTTLEROCKET_AMI_ALIAS: Final = "bottlerocket@v1.66.0"
 
 # --- Container base images (ci_build/Dockerfile build args) ----------------------------------
 # AWS Deep Learning Containers; the registry account is per Region (763104351884 in most), so

@@ -1,9 +1,11 @@
 """The AWS side of the app's pods: what the serving and compile service accounts may do.
 
 Each serving Deployment's service account gets its own Pod Identity role that may publish
-the runtime's metrics (only into ``contract.METRIC_NAMESPACE``) and read the compiled models;
-the compile jobs' service account may also write them (``composition.app_charts`` creates
-the roles next to the charts whose pods use them).
+the runtime's metrics (only into ``contract.METRIC_NAMESPACE``), read the compiled models and
+read the public half of the deployment's token-signing key (by its alias); a Local Zone
+Deployment's role may also read the one TLS secret its pods terminate HTTPS with. The compile
+jobs' service account may also write the models (``composition.app_charts`` creates the roles
+next to the charts whose pods use them).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from aws_cdk import aws_iam as iam
 
 from spec import contract, model_artifacts, naming
 from spec.config import AppConfig
+from spec.topology import Placement
 from stacks import nag
 
 MODELS_PREFIX: Final = f"{model_artifacts.MODELS_PREFIX}/"  # s3://<bucket>/models/: every artifact
+# Secrets Manager appends a hyphen and six random characters to a secret's name in its ARN: a
+# name-based ARN matches that one secret with exactly six "?" (Secrets Manager user guide,
+# "Resources: secret ARNs" in "Permissions policy examples").
+NAME_ARN_SUFFIX: Final = "-??????"
 
 
 def _bucket_arn(config: AppConfig) -> str:
@@ -51,7 +58,49 @@ def write_models_statement(config: AppConfig) -> iam.PolicyStatement:
     )
 
 
-def acknowledge_workload_role(role: iam.Role, config: AppConfig, *, puts_metrics: bool) -> None:
+def _kms_key_arns() -> str:
+    return f"arn:{cdk.Aws.PARTITION}:kms:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:key/*"
+
+
+def token_public_key_statement(config: AppConfig) -> iam.PolicyStatement:
+    """kms:GetPublicKey on the key the token alias names, and no other.
+
+    The key lives in the inventory stack and its id is only known after it is created; an IAM
+    policy cannot name a key by alias ARN (alias ARNs only authorize alias operations), so the
+    resource is every key of the account and Region, and the ``kms:RequestAlias`` condition
+    admits only requests that name the key by this alias, as the servers do
+    (``contract.ENV_TOKEN_KMS_KEY_ID``). AWS KMS developer guide, "kms:RequestAlias" (GetPublicKey
+    is one of the operations it applies to) and "Using aliases to control access to KMS keys".
+    """
+    return iam.PolicyStatement(
+        actions=["kms:GetPublicKey"],
+        resources=[_kms_key_arns()],
+        conditions={"StringEquals": {"kms:RequestAlias": naming.token_signing_key_alias(config)}},
+    )
+
+
+def tls_secret_statement(config: AppConfig) -> iam.PolicyStatement:
+    """secretsmanager:GetSecretValue on ``tls.localZoneSecret`` only (by name: any version of it)."""
+    arn = (
+        f"arn:{cdk.Aws.PARTITION}:secretsmanager:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:secret:"
+        f"{config.tls.local_zone_secret}{NAME_ARN_SUFFIX}"
+    )
+    return iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[arn])
+
+
+def serving_statements(config: AppConfig, placement: Placement) -> list[iam.PolicyStatement]:
+    """Everything one placement's serving pods call: metrics, models, the token key, its TLS secret."""
+    statements = [metrics_statement(), *read_models_statements(config)]
+    if config.auth.mode == "token":
+        statements.append(token_public_key_statement(config))
+    if placement.location.is_local_zone and config.tls.local_zone_secret:
+        statements.append(tls_secret_statement(config))
+    return statements
+
+
+def acknowledge_workload_role(
+    role: iam.Role, config: AppConfig, *, puts_metrics: bool, reads_models: bool = True, reads_token_key: bool = False
+) -> None:
     """The wildcard findings a workload role carries, each with its reason."""
     if puts_metrics:
         nag.acknowledge(
@@ -60,6 +109,15 @@ def acknowledge_workload_role(role: iam.Role, config: AppConfig, *, puts_metrics
             "cloudwatch:PutMetricData supports no resource-level permissions; the statement is "
             f"limited to the {contract.METRIC_NAMESPACE} namespace by the cloudwatch:namespace condition",
         )
+    if reads_token_key:
+        nag.acknowledge(
+            role,
+            nag.wildcard_resource_finding("arn:<AWS::Partition>:kms:<AWS::Region>:<AWS::AccountId>:key/*"),
+            "kms:GetPublicKey of the token-signing key, which the inventory stack creates: IAM cannot name a key "
+            f"by alias, so the kms:RequestAlias condition admits {naming.token_signing_key_alias(config)} only",
+        )
+    if not reads_models:
+        return
     nag.acknowledge(
         role,
         nag.wildcard_resource_finding(f"arn:<AWS::Partition>:s3:::{naming.model_bucket_name(config)}/{MODELS_PREFIX}*"),

@@ -50,6 +50,12 @@ CLOUDWATCH_SERVICE_ACCOUNT: Final = "cloudwatch-agent"
 ADDONS_BEFORE_NODES: Final = ("vpc-cni", "kube-proxy")
 # Add-ons whose pods need nodes to become ACTIVE: installed after the node group.
 ADDONS_AFTER_NODES: Final = ("coredns", "amazon-cloudwatch-observability")
+# configurationValues per add-on (each add-on's own JSON schema: `aws eks
+# describe-addon-configuration`). vpc-cni: run the network policy agent, which enforces the
+# charts' NetworkPolicies (charts/network_policies.py). The key is a string "true" in the
+# add-on's schema (EKS user guide, "Restrict Pod network traffic with Kubernetes network
+# policies"); VPC CNI 1.14+ has it, and EKS's default vpc-cni for Kubernetes 1.35 is newer.
+ADDON_CONFIGURATION: Final[dict[str, dict[str, str]]] = {"vpc-cni": {"enableNetworkPolicy": "true"}}
 
 
 def default_controllers() -> list[ControllerAddOn]:
@@ -333,7 +339,13 @@ class ClusterStack(cdk.Stack):
 
     def _addon(self, name: str) -> eks.Addon:
         cluster = cast(eks.ICluster, self.cluster)  # jsii's ICluster Protocol misses kubectl_provider_options
-        return eks.Addon(self, f"Addon-{name}", cluster=cluster, addon_name=name)
+        return eks.Addon(
+            self,
+            f"Addon-{name}",
+            cluster=cluster,
+            addon_name=name,
+            configuration_values=ADDON_CONFIGURATION.get(name),
+        )
 
     def _add_controller_nodegroup(
         self, props: ControllerNodeGroupProps, subnets: Sequence[ec2.ISubnet]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spec import contract
+from spec import contract, naming
 from tests.charts.conftest import Rendered, render
 from tests.conftest import RELEASE_ACCOUNT, cdk_json_context
 
@@ -64,7 +64,7 @@ def test_charts_apply_after_their_dependencies_and_the_pod_identity_associations
             assert lid in resources[dependent]["DependsOn"], props["ServiceAccount"]
 
 
-def test_serving_roles_may_put_our_metrics_and_read_models_only(synth: Any, rendered: Rendered) -> None:
+def test_serving_roles_may_put_our_metrics_read_models_and_the_token_key_only(synth: Any, rendered: Rendered) -> None:
     template = synth.template_json(synth.stacks.cluster)
     resources = template["Resources"]
     roles_by_account = {
@@ -95,9 +95,12 @@ def test_serving_roles_may_put_our_metrics_and_read_models_only(synth: Any, rend
 
     for account in deployments:
         actions = actions_of(roles_by_account[account])
-        assert set(actions) == {"cloudwatch:PutMetricData", "s3:GetObject", "s3:ListBucket"}
+        # Default config: tokens on, no tls.localZoneSecret (so no secret to read).
+        assert set(actions) == {"cloudwatch:PutMetricData", "s3:GetObject", "s3:ListBucket", "kms:GetPublicKey"}
         condition = actions["cloudwatch:PutMetricData"]["Condition"]
         assert condition == {"StringEquals": {"cloudwatch:namespace": contract.METRIC_NAMESPACE}}
+        alias = actions["kms:GetPublicKey"]["Condition"]["StringEquals"]["kms:RequestAlias"]
+        assert alias == naming.token_signing_key_alias(rendered.config)
     compiler = actions_of(roles_by_account["model-compiler"])
     assert set(compiler) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload"}
     assert "models/*" in json.dumps(compiler["s3:PutObject"]["Resource"])

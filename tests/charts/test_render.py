@@ -27,10 +27,19 @@ def test_render_writes_one_yaml_file_per_chart_in_apply_order(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in out.iterdir())
     charts = [name.split("-", 1)[1].removesuffix(".yaml") for name in files]
-    assert set(charts) == {"karpenter", "device-plugins", "serving", "autoscaling", "model-builds", "inventory"}
+    assert set(charts) == {
+        "karpenter",
+        "device-plugins",
+        "serving",
+        "autoscaling",
+        "model-builds",
+        "inventory",
+        "network-policies",
+    }
     assert charts.index("karpenter") < charts.index("serving") < charts.index("autoscaling")
+    assert charts.index("serving") < charts.index("network-policies")  # the namespace exists first
     kinds = {doc["kind"] for name in files for doc in yaml.safe_load_all((out / name).read_text()) if doc}
-    assert {"NodePool", "Deployment", "ScaledObject", "Job", "Queue", "Ingress"} <= kinds
+    assert {"NodePool", "Deployment", "ScaledObject", "Job", "Queue", "Ingress", "NetworkPolicy"} <= kinds
     serving = [d for d in yaml.safe_load_all((out / files[charts.index("serving")]).read_text()) if d]
     assert not [d for d in serving if d["kind"] == "Deployment" and "neuron" in d["metadata"]["name"]]
 

@@ -263,7 +263,7 @@ def test_config_changes_flow_into_the_charts() -> None:
         "accelerators": ["nvidia", "cpu"],
         "enableLargeNvidiaInstances": "true",
         "ingressWeights": {"nvidia": 0, "cpu": 7},
-        "localZones": [{"name": "us-west-2-lax-1a", "instanceFamilies": ["g6", "c7g", "x9z"]}],
+        "localZones": [{"name": "us-west-2-lax-1a", "instanceFamilies": ["g6", "c7g", "inf2"]}],
         "serving": {"minReplicas": 2, "maxReplicas": 9, "imageVersion": "2.0.1"},
     }
     rendered = render(context)

@@ -39,18 +39,30 @@ def test_objects_validate_against_the_cluster_version(objects: dict[str, dict[st
         kubernetes_validate.validate(obj, f"{versions.KUBERNETES_VERSION}.0", strict=True)
 
 
-def test_rbac_reads_services_endpointslices_in_the_namespace_and_nodes_only(objects: dict[str, dict[str, Any]]) -> None:
+def test_rbac_reads_in_the_namespace_and_nodes_and_patches_the_serving_ingress_only(
+    objects: dict[str, dict[str, Any]],
+) -> None:
+    from charts import serving
+
     role, cluster_role = objects["Role"], objects["ClusterRole"]
     assert role["metadata"]["namespace"] == chart.NAMESPACE
     granted = {
-        (group, resource, verb)
+        (group, resource, verb, tuple(rule.get("resourceNames", ())))
         for rule in role["rules"] + cluster_role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    assert {verb for _, _, verb in granted} == {"get", "list", "watch"}  # never a write
-    assert {(g, r) for g, r, _ in granted} == {("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "nodes")}
+    reads = {(g, r) for g, r, v, names in granted if v in ("get", "list", "watch") and not names}
+    assert reads == {
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "ingresses"),
+        ("", "nodes"),
+    }
+    writes = {(g, r, v, names) for g, r, v, names in granted if v not in ("get", "list", "watch")}
+    # The one write: patch the serving Ingress by name (its ALB weights); no create, delete or update.
+    assert writes == {("networking.k8s.io", "ingresses", "patch", (serving.INGRESS_NAME,))}
     assert [r["resources"] for r in cluster_role["rules"]] == [["nodes"]]  # cluster-wide: nodes only
     for binding in (objects["RoleBinding"], objects["ClusterRoleBinding"]):
         assert binding["subjects"] == [

@@ -234,6 +234,13 @@ def test_required_addons_are_installed_around_the_node_group(template: dict[str,
         assert nodegroup_id in depends_on(template, addons[name]), f"{name} needs nodes"
 
 
+def test_vpc_cni_runs_the_network_policy_agent(template: dict[str, Any]) -> None:
+    """The charts' NetworkPolicies are enforced only with the VPC CNI's agent on."""
+    addons = {props["AddonName"]: props for props in props_of_type(template, "AWS::EKS::Addon").values()}
+    assert json.loads(addons["vpc-cni"]["ConfigurationValues"]) == {"enableNetworkPolicy": "true"}
+    assert all("ConfigurationValues" not in props for name, props in addons.items() if name != "vpc-cni")
+
+
 def test_container_insights_credentials_come_from_pod_identity_not_node_roles(template: dict[str, Any]) -> None:
     associations = props_of_type(template, "AWS::EKS::PodIdentityAssociation").values()
     (agent,) = [
