@@ -65,7 +65,7 @@ DEPLOYMENT ?= dev
 CONTEXT ?=
 CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
 BUILD_STACKS := EdgeDiffusion-Registry EdgeDiffusion-ImagePipeline
-DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Inventory
+DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Inventory EdgeDiffusion-$(DEPLOYMENT)-Observability
 
 # A diff or deploy talks to your account: refuse the example account with one line saying so.
 REQUIRE_ACCOUNT = $(PY) -m stacks.preflight --require-account

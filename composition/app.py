@@ -4,7 +4,7 @@ pipeline's stages, so every entry point builds the same thing.
 One synth builds one release (``spec.deployments``): the build infrastructure shared by every
 deployment in the account and Region (``EdgeDiffusion-Registry``, ``EdgeDiffusion-ImagePipeline``
 and, when ``pipeline.deployments`` names any, ``EdgeDiffusion-DeployPipeline``), the workstation
-deployment's stacks (``EdgeDiffusion-<name>-Network|Cluster|Inventory``) unless the pipeline
+deployment's stacks (``EdgeDiffusion-<name>-Network|Cluster|Inventory|Observability``) unless the pipeline
 deploys it, and inside the deploy pipeline one stage per pipeline deployment, whose stacks carry
 the same names a workstation deploy would give them.
 """
@@ -27,8 +27,9 @@ from spec.deployments import DEPLOYMENTS_DIR, STACK_PREFIX, Deployment, Release,
 from stacks.cluster import ClusterStack
 from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
+from stacks.observability import ObservabilityStack
 
-NETWORK, CLUSTER, INVENTORY = "Network", "Cluster", "Inventory"
+NETWORK, CLUSTER, INVENTORY, OBSERVABILITY = "Network", "Cluster", "Inventory", "Observability"
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ class DeploymentStacks:
     network: NetworkStack
     cluster: ClusterStack
     inventory: InventoryStack
+    observability: ObservabilityStack
 
     @property
     def all(self) -> tuple[cdk.Stack, ...]:
-        return (self.network, self.cluster, self.inventory)
+        return (self.network, self.cluster, self.inventory, self.observability)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class ReleaseStacks:
     @property
     def inventory(self) -> InventoryStack:
         return self._workstation.inventory
+
+    @property
+    def observability(self) -> ObservabilityStack:
+        return self._workstation.observability
 
     @property
     def registry(self) -> cdk.Stack:
@@ -101,7 +107,13 @@ def add_deployment_stacks(scope: Construct, deployment: Deployment) -> Deploymen
     # Pod Identity injects credentials when a pod is admitted: the association must exist first.
     publisher_manifest = on_cluster.manifests[on_cluster.charts.inventory.node.id]
     publisher_manifest.node.add_dependency(publisher_identity)
-    return DeploymentStacks(deployment=deployment, network=network, cluster=cluster, inventory=inventory)
+    # Dashboard, alarms and their topic read metrics by name and dimension values from config: no
+    # reference to another stack, so it deploys (and is destroyed) in any order beside them.
+    observability_name = stack_name(deployment, OBSERVABILITY)
+    observability = ObservabilityStack(scope, observability_name, stack_name=observability_name, config=config, env=env)
+    return DeploymentStacks(
+        deployment=deployment, network=network, cluster=cluster, inventory=inventory, observability=observability
+    )
 
 
 def build_app(

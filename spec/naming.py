@@ -70,3 +70,8 @@ def token_signing_key_alias(config: AppConfig) -> str:
 def token_issuer(config: AppConfig) -> str:
     """The tokens' ``iss``: the token route signs it, the servers require it (cluster names are per deployment)."""
     return contract.token_issuer(config.cluster_name)
+
+
+# SSM parameter holding the latest Bottlerocket data-volume snapshot id the image pipeline built
+# (nodeImage.buildSnapshot); set nodeImage.dataVolumeSnapshotId to its value.
+DATA_VOLUME_SNAPSHOT_PARAMETER: Final = f"/{BUILD_PREFIX}/bottlerocket/data-volume-snapshot-id"

@@ -6,6 +6,7 @@ list the charts deploy. Two image stages, so that a first release converges:
                               RuntimeManifest-<accelerator>, PublisherManifest (run order 2)
            ──> ServingImages: Serve-<accelerator>-<arch>                       (run order 1, parallel)
                               ServingManifest-<accelerator>                    (run order 2)
+           ──> DataVolumeSnapshot: DataVolumeSnapshot   (only with nodeImage.buildSnapshot)
 
 Why two stages and not one build action that makes both images: a manifest list needs every
 architecture of its image, which different hosts build, so it can only be joined by a later run
@@ -24,6 +25,16 @@ with that environment against stub ``aws``/``docker``. Permissions are per proje
 one image repository (and the build cache for builds), pull the one Deep Learning Container
 repository its accelerator needs (server builds only), read the one model-bucket prefix of its
 accelerator (serving builds only).
+
+With ``nodeImage.buildSnapshot`` a last stage builds a Bottlerocket data-volume EBS snapshot that
+holds every serving image (ci_build/build-data-volume-snapshot.sh, after
+aws-samples/bottlerocket-images-cache): a throwaway Bottlerocket instance in a subnet of its own
+(no internet route: VPC endpoints for SSM, ECR, EC2 and S3 only) pulls the images into its data
+volume, is stopped, the volume is snapshotted and the instance terminated. The snapshot id goes
+to an SSM parameter (:data:`DATA_VOLUME_SNAPSHOT_PARAMETER`) for ``nodeImage.dataVolumeSnapshotId``.
+The project's role may launch only that kind of instance (tag, IMDSv2, encrypted volumes, that
+subnet, security group, instance type and instance profile) and stop, terminate and snapshot only
+what carries the tag.
 """
 
 from __future__ import annotations
@@ -36,14 +47,16 @@ import aws_cdk as cdk
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_codepipeline_actions as actions
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from spec import images, model_artifacts, naming, versions
 from spec.accelerators import ACCELERATORS, Accelerator
-from spec.config import AppConfig
+from spec.config import AppConfig, ConfigError
 from spec.images import ImageTarget
 from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
@@ -54,6 +67,65 @@ MANIFEST_SPEC: Final = "ci_build/buildspec-manifest.yml"
 RUNTIME_STAGE: Final = "RuntimeImages"
 SERVING_STAGE: Final = "ServingImages"
 IMAGE_STAGES: Final = (RUNTIME_STAGE, SERVING_STAGE)
+SNAPSHOT_SPEC: Final = "ci_build/buildspec-snapshot.yml"
+SNAPSHOT_STAGE: Final = "DataVolumeSnapshot"
+SNAPSHOT_ACTION: Final = "DataVolumeSnapshot"
+PIPELINE_STAGES: Final = (*IMAGE_STAGES, SNAPSHOT_STAGE)  # the snapshot stage only when configured
+# The build infrastructure's one snapshot parameter (spec.naming.BUILD_PREFIX): the latest snapshot id.
+DATA_VOLUME_SNAPSHOT_PARAMETER: Final = naming.DATA_VOLUME_SNAPSHOT_PARAMETER
+# What the snapshot project may create, stop, terminate and snapshot: resources with this tag.
+SNAPSHOT_TAG_KEY: Final = "edge-diffusion.aws/purpose"
+SNAPSHOT_TAG_VALUE: Final = "data-volume-snapshot"
+# The public parameter of the latest Bottlerocket aws-k8s AMI for the cluster's Kubernetes version.
+BOTTLEROCKET_AMI_PARAMETER: Final = (
+    f"/aws/service/bottlerocket/aws-k8s-{versions.KUBERNETES_VERSION}/x86_64/latest/image_id"
+)
+# Registry of Bottlerocket's host containers (admin, control: the SSM agent) per Region: the
+# `ecr-prefix` map of bottlerocket-os/bottlerocket sources/api/schnauzer/src/helpers.rs (ECR_MAP),
+# commercial partition. A Region missing here makes Bottlerocket pull from us-east-1, which the
+# builder's subnet (no internet route) cannot reach.
+BOTTLEROCKET_ECR_ACCOUNTS: Final[Mapping[str, str]] = {
+    **dict.fromkeys(
+        (
+            "ap-northeast-1",
+            "ap-northeast-2",
+            "ap-northeast-3",
+            "ap-south-1",
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "ca-central-1",
+            "eu-central-1",
+            "eu-north-1",
+            "eu-west-1",
+            "eu-west-2",
+            "eu-west-3",
+            "sa-east-1",
+            "us-east-1",
+            "us-east-2",
+            "us-west-1",
+            "us-west-2",
+        ),
+        "328549459982",
+    ),
+    "af-south-1": "917644944286",
+    "ap-east-1": "375569722642",
+    "ap-south-2": "764716012617",
+    "ap-southeast-3": "386774335080",
+    "ap-southeast-4": "731751899352",
+    "ap-southeast-5": "851725293737",
+    "ca-west-1": "253897149516",
+    "eu-central-2": "861738308508",
+    "eu-south-1": "586180183710",
+    "eu-south-2": "620625777247",
+    "il-central-1": "288123944683",
+    "me-central-1": "553577323255",
+    "me-south-1": "509306038620",
+}
+BOTTLEROCKET_HOST_CONTAINERS: Final = ("bottlerocket-admin", "bottlerocket-control")
+# Interface endpoints the builder's subnet needs: the SSM agent (ssm, ssmmessages, ec2messages),
+# image pulls (ecr.api, ecr.dkr; layers from S3 through the gateway endpoint) and Bottlerocket's
+# boot-time EC2 lookups (ec2).
+SNAPSHOT_ENDPOINTS: Final = ("ssm", "ssmmessages", "ec2messages", "ecr.api", "ecr.dkr", "ec2")
 BUILD_RUN_ORDER: Final = 1
 MANIFEST_RUN_ORDER: Final = 2
 # ECR actions of a `docker push` / `docker pull` and the tag lookups of the build scripts.
@@ -80,6 +152,15 @@ class ImagePipelineProps:
     build_timeout_minutes: int = 180
     manifest_timeout_minutes: int = 20
     cache_image_days: int = 30  # build-cache entries not refreshed for this long are dropped
+    # The data-volume snapshot: every serving image, compressed and unpacked (DLC bases are
+    # 10-20 GB each), on one gp3 volume; nodes restoring it need a data volume at least this big.
+    snapshot_volume_gib: int = 200
+    snapshot_instance_type: str = "m6i.large"  # x86_64 Bottlerocket; it pulls arm64 images too
+    snapshot_timeout_minutes: int = 240
+    snapshot_poll_seconds: int = 15
+    snapshot_ssm_online_timeout_s: int = 900
+    snapshot_command_timeout_s: int = 3600  # one image pull
+    snapshot_completion_timeout_s: int = 7200
 
 
 @dataclass(frozen=True)
@@ -118,8 +199,67 @@ class PipelineStep:
         return self.dockerfile_target == images.SERVE_TARGET
 
 
-def pipeline_steps(config: AppConfig, *, repository_uri: str, cache_repository_uri: str) -> tuple[PipelineStep, ...]:
-    """Every action of the image stages, in stage and run order."""
+@dataclass(frozen=True)
+class SnapshotHost:
+    """Where the snapshot builder instance runs, as the stack creates it (or tests name it)."""
+
+    subnet_id: str
+    security_group_id: str
+    instance_profile: str  # instance profile name
+
+
+def snapshot_images(config: AppConfig) -> tuple[tuple[str, str], ...]:
+    """(tag, platform) of every serving image the snapshot holds: each accelerator's manifest list,
+    for the architecture of that accelerator's nodes."""
+    version = config.serving.image_version
+    return tuple((images.image_tag(name, version), f"linux/{ACCELERATORS[name].arch}") for name in config.accelerators)
+
+
+def snapshot_step(
+    config: AppConfig, *, repository_uri: str, host: SnapshotHost, props: ImagePipelineProps
+) -> PipelineStep:
+    """The action of the snapshot stage: plain data, like the image steps."""
+    env = {
+        "REPOSITORY_URI": repository_uri,
+        "IMAGE_VERSION": config.serving.image_version,
+        "SERVING_IMAGES": " ".join(f"{tag}={platform}" for tag, platform in snapshot_images(config)),
+        "AMI_PARAMETER": BOTTLEROCKET_AMI_PARAMETER,
+        "INSTANCE_TYPE": props.snapshot_instance_type,
+        "SUBNET_ID": host.subnet_id,
+        "SECURITY_GROUP_ID": host.security_group_id,
+        "INSTANCE_PROFILE": host.instance_profile,
+        "DATA_VOLUME_GIB": str(props.snapshot_volume_gib),
+        "SNAPSHOT_PARAMETER": DATA_VOLUME_SNAPSHOT_PARAMETER,
+        "PURPOSE_TAG_KEY": SNAPSHOT_TAG_KEY,
+        "PURPOSE_TAG_VALUE": SNAPSHOT_TAG_VALUE,
+        "POLL_SECONDS": str(props.snapshot_poll_seconds),
+        "SSM_ONLINE_TIMEOUT_S": str(props.snapshot_ssm_online_timeout_s),
+        "COMMAND_TIMEOUT_S": str(props.snapshot_command_timeout_s),
+        "SNAPSHOT_TIMEOUT_S": str(props.snapshot_completion_timeout_s),
+    }
+    return PipelineStep(
+        stage=SNAPSHOT_STAGE,
+        action_name=SNAPSHOT_ACTION,
+        construct_id=_construct_id(SNAPSHOT_ACTION),
+        run_order=BUILD_RUN_ORDER,
+        buildspec=SNAPSHOT_SPEC,
+        env=env,
+        arch="amd64",
+        description="Build the Bottlerocket data-volume snapshot holding the serving images",
+        log_prefix="snapshot/data-volume",
+    )
+
+
+def pipeline_steps(
+    config: AppConfig,
+    *,
+    repository_uri: str,
+    cache_repository_uri: str,
+    snapshot_host: SnapshotHost | None = None,
+    props: ImagePipelineProps | None = None,
+) -> tuple[PipelineStep, ...]:
+    """Every action of the pipeline's build stages, in stage and run order (the snapshot stage
+    when ``nodeImage.buildSnapshot``: then ``snapshot_host`` says where its instance runs)."""
     version = config.serving.image_version
     targets = images.image_targets(config.accelerators)
     accelerators = [ACCELERATORS[name] for name in config.accelerators]
@@ -173,6 +313,15 @@ def pipeline_steps(config: AppConfig, *, repository_uri: str, cache_repository_u
         return [t for t in targets if t.accelerator.name == accelerator.name]
 
     publishers = images.publisher_targets()
+    snapshot: tuple[PipelineStep, ...] = ()
+    if config.node_image.build_snapshot:
+        if snapshot_host is None:
+            raise ValueError("nodeImage.buildSnapshot: the snapshot step needs the host its instance runs in")
+        snapshot = (
+            snapshot_step(
+                config, repository_uri=repository_uri, host=snapshot_host, props=props or ImagePipelineProps()
+            ),
+        )
     return (
         *(
             build(RUNTIME_STAGE, t, images.RUNTIME_TARGET, t.runtime_arch_tag(version), runtime_action_name(t))
@@ -216,6 +365,7 @@ def pipeline_steps(config: AppConfig, *, repository_uri: str, cache_repository_u
             )
             for a in accelerators
         ),
+        *snapshot,
     )
 
 
@@ -288,23 +438,41 @@ class ImagePipelineStack(cdk.Stack):
             ],
         )
 
+        self.snapshot_builder = (
+            SnapshotBuilder(self, "SnapshotBuilder", config=config) if config.node_image.build_snapshot else None
+        )
         self.steps = pipeline_steps(
             config,
             repository_uri=repository.repository_uri,
             cache_repository_uri=self.cache_repository.repository_uri,
+            snapshot_host=self.snapshot_builder.host if self.snapshot_builder else None,
+            props=props,
         )
         self.projects = {
-            step.action_name: StepProject(
-                self,
-                step.construct_id,
-                config=config,
-                step=step,
-                repository=repository,
-                cache_repository=self.cache_repository,
-                model_bucket=model_bucket,
-                storage=self.storage,
-                props=props,
-            ).project
+            step.action_name: (
+                SnapshotProject(
+                    self,
+                    step.construct_id,
+                    config=config,
+                    step=step,
+                    builder=self.snapshot_builder,
+                    repository=repository,
+                    storage=self.storage,
+                    props=props,
+                ).project
+                if step.stage == SNAPSHOT_STAGE and self.snapshot_builder
+                else StepProject(
+                    self,
+                    step.construct_id,
+                    config=config,
+                    step=step,
+                    repository=repository,
+                    cache_repository=self.cache_repository,
+                    model_bucket=model_bucket,
+                    storage=self.storage,
+                    props=props,
+                ).project
+            )
             for step in self.steps
         }
 
@@ -333,7 +501,8 @@ class ImagePipelineStack(cdk.Stack):
                             if step.stage == stage
                         ],
                     )
-                    for stage in IMAGE_STAGES
+                    for stage in PIPELINE_STAGES
+                    if any(step.stage == stage for step in self.steps)
                 ),
             ],
         )
@@ -409,6 +578,295 @@ class StepProject(Construct):
         )
         acknowledge_codebuild_defaults(self.project)
         storage.acknowledge_artifact_access(self.project)
+
+
+class SnapshotBuilder(Construct):
+    """Where the snapshot's throwaway Bottlerocket instance runs: one isolated subnet (no route to
+    the internet), VPC endpoints for what the instance calls, a security group that allows HTTPS to
+    them only, and an instance role that can run the SSM agent and pull Bottlerocket's own host
+    containers (the serving images are pulled with the project's pull-only ECR token)."""
+
+    VPC_CIDR: Final = "10.255.0.0/24"
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig) -> None:
+        super().__init__(scope, construct_id)
+        if config.region not in BOTTLEROCKET_ECR_ACCOUNTS:
+            raise ConfigError(
+                "nodeImage.buildSnapshot",
+                True,
+                "a Region with Bottlerocket host-container registries "
+                f"({', '.join(sorted(BOTTLEROCKET_ECR_ACCOUNTS))}), not {config.region}",
+            )
+        stack = cdk.Stack.of(self)
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(self.VPC_CIDR),
+            availability_zones=[config.availability_zones[0]],
+            nat_gateways=0,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="builder", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=26)
+            ],
+            restrict_default_security_group=False,  # CDK's custom resource; nothing uses the default group
+        )
+        log_group = logs.LogGroup(
+            self,
+            "FlowLogGroup",
+            retention=logs.RetentionDays.ONE_YEAR,
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        flow_role = iam.Role(self, "FlowLogRole", assumed_by=iam.ServicePrincipal("vpc-flow-logs.amazonaws.com"))
+        self.vpc.add_flow_log(
+            "FlowLog",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(log_group, flow_role),
+            traffic_type=ec2.FlowLogTrafficType.ALL,
+        )
+        subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "InstanceSecurityGroup",
+            vpc=self.vpc,
+            description="Data-volume snapshot builder: no inbound; HTTPS to the VPC endpoints and S3 only",
+            allow_all_outbound=False,
+        )
+        endpoint_group = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="VPC endpoints of the snapshot builder: HTTPS from its instance only",
+            allow_all_outbound=False,
+        )
+        endpoint_group.add_ingress_rule(self.security_group, ec2.Port.tcp(443), "HTTPS from the builder instance")
+        for service in SNAPSHOT_ENDPOINTS:
+            self.vpc.add_interface_endpoint(
+                _construct_id(service.replace(".", "-")) + "Endpoint",
+                service=ec2.InterfaceVpcEndpointAwsService(service),
+                subnets=subnets,
+                security_groups=[endpoint_group],
+                open=False,
+                private_dns_enabled=True,
+            )
+        self.vpc.add_gateway_endpoint("S3Endpoint", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[subnets])
+        # HTTPS out, to whatever the subnet routes to: the endpoints above and, through the gateway
+        # endpoint's route, S3 (image layers). The subnet has no other route (no IGW, no NAT); S3's
+        # managed prefix list id differs per Region and needs an API lookup, which synth never makes.
+        self.security_group.add_egress_rule(
+            ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to the VPC endpoints and S3 (the only routes)"
+        )
+        self.role = iam.Role(
+            self,
+            "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="The data-volume snapshot builder instance: SSM agent and Bottlerocket host containers",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+        bottlerocket = BOTTLEROCKET_ECR_ACCOUNTS[config.region]
+        self.role.add_to_policy(
+            iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"])
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PullBottlerocketHostContainers",
+                actions=list(ECR_PULL_ACTIONS),
+                resources=[
+                    f"arn:{stack.partition}:ecr:{config.region}:{bottlerocket}:repository/{name}"
+                    for name in BOTTLEROCKET_HOST_CONTAINERS
+                ],
+            )
+        )
+        # Bottlerocket's settings generator looks up the instance type's limits at boot (pluto).
+        self.role.add_to_policy(
+            iam.PolicyStatement(sid="DescribeInstanceTypes", actions=["ec2:DescribeInstanceTypes"], resources=["*"])
+        )
+        self.profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
+        self.host = SnapshotHost(
+            subnet_id=self.vpc.isolated_subnets[0].subnet_id,
+            security_group_id=self.security_group.security_group_id,
+            instance_profile=self.profile.instance_profile_name,
+        )
+        nag.acknowledge(
+            self.role,
+            nag.aws_managed_policy_finding("AmazonSSMManagedInstanceCore"),
+            "The SSM agent's documented policy: the pipeline drives the instance through SSM Run Command only.",
+        )
+        nag.acknowledge(
+            self.role,
+            nag.wildcard_resource_finding("*"),
+            "ecr:GetAuthorizationToken and ec2:DescribeInstanceTypes have no resource-level permissions.",
+        )
+
+
+class SnapshotProject(Construct):
+    """The CodeBuild project of the snapshot stage, allowed to launch, stop, snapshot and terminate
+    exactly one kind of instance."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AppConfig,
+        step: PipelineStep,
+        builder: SnapshotBuilder,
+        repository: ecr.IRepository,
+        storage: CiStorage,
+        props: ImagePipelineProps,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = cdk.Stack.of(self)
+        self.project = codebuild.PipelineProject(
+            self,
+            "Project",
+            description=step.description,
+            build_spec=codebuild.BuildSpec.from_source_filename(step.buildspec),
+            environment=codebuild.BuildEnvironment(
+                build_image=BUILD_IMAGES[step.arch], compute_type=codebuild.ComputeType.SMALL
+            ),
+            environment_variables=_plain(step.env),
+            encryption_key=storage.key,
+            timeout=cdk.Duration.minutes(props.snapshot_timeout_minutes),
+            logging=_logging(storage, step.log_prefix),
+        )
+        region, account, partition = config.region, config.account, stack.partition
+
+        def ec2_arn(resource: str) -> str:
+            return f"arn:{partition}:ec2:{region}:{account}:{resource}"
+
+        tagged_request = {f"aws:RequestTag/{SNAPSHOT_TAG_KEY}": SNAPSHOT_TAG_VALUE}
+        tagged_resource = {f"aws:ResourceTag/{SNAPSHOT_TAG_KEY}": SNAPSHOT_TAG_VALUE}
+        statements = [
+            iam.PolicyStatement(
+                sid="ReadBottlerocketAmi",
+                actions=["ssm:GetParameter"],
+                resources=[f"arn:{partition}:ssm:{region}::parameter{BOTTLEROCKET_AMI_PARAMETER}"],
+            ),
+            iam.PolicyStatement(
+                sid="LaunchTaggedInstance",
+                actions=["ec2:RunInstances"],
+                resources=[ec2_arn("instance/*")],
+                conditions={
+                    "StringEquals": {
+                        **tagged_request,
+                        "ec2:MetadataHttpTokens": "required",
+                        "ec2:InstanceType": props.snapshot_instance_type,
+                        "ec2:InstanceProfile": builder.profile.instance_profile_arn,
+                    }
+                },
+            ),
+            iam.PolicyStatement(
+                sid="LaunchEncryptedVolumes",
+                actions=["ec2:RunInstances"],
+                resources=[ec2_arn("volume/*")],
+                conditions={"StringEquals": tagged_request, "Bool": {"ec2:Encrypted": "true"}},
+            ),
+            iam.PolicyStatement(
+                sid="LaunchTaggedInterface",
+                actions=["ec2:RunInstances"],
+                resources=[ec2_arn("network-interface/*")],
+                conditions={"StringEquals": tagged_request},
+            ),
+            iam.PolicyStatement(
+                sid="LaunchInBuilderNetwork",
+                actions=["ec2:RunInstances"],
+                resources=[
+                    ec2_arn(f"subnet/{builder.host.subnet_id}"),
+                    ec2_arn(f"security-group/{builder.host.security_group_id}"),
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="LaunchFromPublicAmi",
+                actions=["ec2:RunInstances"],
+                resources=[f"arn:{partition}:ec2:{region}::image/*"],
+            ),
+            iam.PolicyStatement(
+                sid="TagOnCreate",
+                actions=["ec2:CreateTags"],
+                resources=[ec2_arn(r) for r in ("instance/*", "volume/*", "network-interface/*")]
+                + [f"arn:{partition}:ec2:{region}::snapshot/*"],
+                conditions={"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateSnapshot"]}},
+            ),
+            iam.PolicyStatement(
+                sid="StopAndTerminateTagged",
+                actions=["ec2:StopInstances", "ec2:TerminateInstances"],
+                resources=[ec2_arn("instance/*")],
+                conditions={"StringEquals": tagged_resource},
+            ),
+            iam.PolicyStatement(
+                sid="SnapshotTaggedVolume",
+                actions=["ec2:CreateSnapshot"],
+                resources=[ec2_arn("volume/*")],
+                conditions={"StringEquals": tagged_resource},
+            ),
+            iam.PolicyStatement(
+                sid="CreateTaggedSnapshot",
+                actions=["ec2:CreateSnapshot"],
+                resources=[f"arn:{partition}:ec2:{region}::snapshot/*"],
+                conditions={"StringEquals": tagged_request},
+            ),
+            iam.PolicyStatement(
+                sid="Describe",
+                actions=[
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeSnapshots",
+                    "ssm:DescribeInstanceInformation",
+                    "ssm:GetCommandInvocation",
+                ],
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="RunShellOnTaggedInstance",
+                actions=["ssm:SendCommand"],
+                resources=[ec2_arn("instance/*")],
+                conditions={"StringEquals": {f"ssm:resourceTag/{SNAPSHOT_TAG_KEY}": SNAPSHOT_TAG_VALUE}},
+            ),
+            iam.PolicyStatement(
+                sid="RunShellDocument",
+                actions=["ssm:SendCommand"],
+                resources=[f"arn:{partition}:ssm:{region}::document/AWS-RunShellScript"],
+            ),
+            iam.PolicyStatement(
+                sid="PassBuilderRole",
+                actions=["iam:PassRole"],
+                resources=[builder.role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            ),
+            iam.PolicyStatement(
+                sid="PublishSnapshotId",
+                actions=["ssm:PutParameter"],
+                resources=[f"arn:{partition}:ssm:{region}:{account}:parameter{DATA_VOLUME_SNAPSHOT_PARAMETER}"],
+            ),
+            # Pull only: the token the instance pulls the serving images with is this role's.
+            iam.PolicyStatement(
+                sid="PullServingImages",
+                actions=[*ECR_PULL_ACTIONS, *ECR_DESCRIBE_ACTIONS],
+                resources=[repository.repository_arn],
+            ),
+        ]
+        for statement in statements:
+            self.project.add_to_role_policy(statement)
+        grant_ecr_auth(self.project)
+        reasons = {
+            ec2_arn("instance/*"): "Instance ids are chosen by EC2 at launch; every action on them requires the "
+            "snapshot tag (RunInstances with IMDSv2, one instance type and profile; stop and terminate only tagged).",
+            ec2_arn(
+                "volume/*"
+            ): "Volume ids are chosen at launch: created encrypted and tagged, snapshotted only if tagged.",
+            ec2_arn(
+                "network-interface/*"
+            ): "The instance's interface, created with the snapshot tag in the builder subnet.",
+            f"arn:{partition}:ec2:{region}::image/*": "The Bottlerocket AMI id changes with each release (read from "
+            "the public SSM parameter at run time); what is launched is constrained by tag, type, profile and subnet.",
+            f"arn:{partition}:ec2:{region}::snapshot/*": "Snapshot ids are chosen by EC2; created only with the tag.",
+        }
+        for resource, reason in reasons.items():
+            nag.acknowledge(self.project, nag.wildcard_resource_finding(_nag_resource(resource)), reason)
+        acknowledge_codebuild_defaults(self.project)
+        storage.acknowledge_artifact_access(self.project)
+
+
+def _nag_resource(arn: str) -> str:
+    """An ARN as cdk-nag renders it (the partition token)."""
+    return arn.replace(cdk.Aws.PARTITION, "<AWS::Partition>")
 
 
 def model_key_prefix(config: AppConfig, accelerator: Accelerator) -> str:

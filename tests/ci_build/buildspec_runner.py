@@ -14,6 +14,7 @@ so :func:`release` can replay whole executions of the image pipeline
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -120,6 +121,8 @@ def fail(message, code=254):
 registry = root / "registry"
 fault = (root / "fault").read_text().strip() if (root / "fault").exists() else ""
 match args[:2]:
+    case ["--version"]:
+        print("aws-cli/2.27.0 Python/3.13.2 Linux/6.1 exe/x86_64.amzn.2023")
     case ["ecr", "get-login-password"]:
         print("token")
     case ["ecr", "describe-images"]:
@@ -146,8 +149,170 @@ match args[:2]:
         sys.stdout.write(path.read_text())
     case ["configure", "export-credentials"]:
         print(json.dumps({"Version": 1, "AccessKeyId": "AKIDEXAMPLE", "SecretAccessKey": "x"}))
+    case ["ec2" | "ssm", _]:
+        ec2_ssm(args, fault)
     case _:
         fail("unexpected aws " + " ".join(args), 2)
+"""
+
+# EC2 and SSM as the data-volume snapshot script uses them: instances with states, their volumes,
+# snapshots, parameters and Run Command invocations, kept in ec2.json under STUB_ROOT. Faults
+# (the `fault` file): run-instances, ssm-offline (the agent never checks in), pull (a pull fails),
+# snapshot-error. The state records what AWS would hold, so tests assert on it, not on the log alone.
+STUB_EC2 = """
+def load():
+    path = root / "ec2.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"instances": {}, "snapshots": {}, "parameters": {}, "commands": {}, "counter": 0}
+
+
+def save(state):
+    (root / "ec2.json").write_text(json.dumps(state, indent=1))
+
+
+def new_id(state, prefix):
+    state["counter"] += 1
+    return f"{prefix}-{state['counter']:017x}"
+
+
+def values(name):
+    out, i = [], args.index(name) + 1
+    while i < len(args) and not args[i].startswith("--"):
+        out.append(args[i])
+        i += 1
+    return out
+
+
+def tags_of(spec):
+    # "ResourceType=instance,Tags=[{Key=a,Value=b},{Key=c,Value=d}]"
+    kind, _, rest = spec.partition(",Tags=[")
+    pairs = [p.strip("{}") for p in rest.rstrip("]").split("},{")]
+    return kind.removeprefix("ResourceType="), dict(
+        (p.split(",Value=")[0].removeprefix("Key="), p.split(",Value=")[1]) for p in pairs
+    )
+
+
+def instance(state, instance_id):
+    if instance_id not in state["instances"]:
+        fail(f"An error occurred (InvalidInstanceID.NotFound): The instance ID '{instance_id}' does not exist")
+    return state["instances"][instance_id]
+
+
+def ec2_ssm(args, fault):
+    state = load()
+    match args[:2]:
+        case ["ssm", "get-parameter"]:
+            name = opt("--name")
+            if name.startswith("/aws/service/bottlerocket/"):
+                print("ami-0bottlerocket00001")
+            elif name in state["parameters"]:
+                print(state["parameters"][name])
+            else:
+                fail("An error occurred (ParameterNotFound) when calling the GetParameter operation")
+        case ["ssm", "put-parameter"]:
+            state["parameters"][opt("--name")] = opt("--value")
+        case ["ec2", "describe-snapshots"]:
+            if "--snapshot-ids" in args:
+                snapshot = state["snapshots"][opt("--snapshot-ids")]
+                state_now = "error" if fault == "snapshot-error" else snapshot["state"]
+                snapshot["polls"] += 1
+                snapshot["state"] = "completed" if snapshot["polls"] >= 2 else "pending"
+                print(state_now)
+            else:
+                wanted = [f for f in values("--filters") if f.startswith("Name=tag:")]
+                key, _, value = wanted[0].removeprefix("Name=tag:").partition(",Values=")
+                snapshots = state["snapshots"].items()
+                found = [i for i, s in snapshots if s["tags"].get(key) == value and s["state"] == "completed"]
+                print(found[0] if found else "None")
+        case ["ec2", "run-instances"]:
+            if fault == "run-instances":
+                fail("An error occurred (UnauthorizedOperation) when calling the RunInstances operation")
+            metadata = dict(kv.split("=") for kv in opt("--metadata-options").split(","))
+            devices = json.loads(opt("--block-device-mappings"))
+            specs = dict(tags_of(spec) for spec in values("--tag-specifications"))
+            instance_id = new_id(state, "i")
+            state["instances"][instance_id] = {
+                "state": "pending",
+                "image": opt("--image-id"),
+                "type": opt("--instance-type"),
+                "subnet": opt("--subnet-id"),
+                "security_groups": values("--security-group-ids"),
+                "profile": opt("--iam-instance-profile"),
+                "metadata": metadata,
+                "devices": devices,
+                "user_data": opt("--user-data"),
+                "tags": specs,
+                "volume": new_id(state, "vol"),
+                "pulled": [],
+            }
+            print(instance_id)
+        case ["ec2", "wait"]:
+            i = instance(state, opt("--instance-ids"))
+            if args[2] == "instance-running":
+                i["state"] = "running"
+            elif args[2] == "instance-stopped":
+                if i["state"] != "stopping":
+                    fail("Waiter InstanceStopped failed: Max attempts exceeded", 255)
+                i["state"] = "stopped"
+            else:
+                fail("unexpected aws " + " ".join(args), 2)
+        case ["ssm", "describe-instance-information"]:
+            instance_id = opt("--filters").split("Values=")[1]
+            online = instance(state, instance_id)["state"] == "running" and fault != "ssm-offline"
+            print("Online" if online else "None")
+        case ["ssm", "send-command"]:
+            i = instance(state, opt("--instance-ids"))
+            if i["state"] != "running":
+                fail("An error occurred (InvalidInstanceId) when calling the SendCommand operation")
+            assert opt("--document-name") == "AWS-RunShellScript"
+            parameters = json.loads(opt("--parameters"))
+            (command,) = parameters["commands"]
+            failed = fault == "pull" and " images pull " in command
+            if " images pull " in command and not failed:
+                i["pulled"].append(command)
+            command_id = new_id(state, "cmd")
+            state["commands"][command_id] = {
+                "command": command,
+                "comment": opt("--comment"),
+                "timeout": parameters["executionTimeout"],
+                "status": "Failed" if failed else "Success",
+                "polls": 0,
+            }
+            print(command_id)
+        case ["ssm", "get-command-invocation"]:
+            command = state["commands"][opt("--command-id")]
+            command["polls"] += 1
+            if opt("--query") == "StandardErrorContent":
+                print("ctr: failed to resolve reference: unexpected status 403 Forbidden")
+            elif command["polls"] == 1:
+                save(state)
+                fail("An error occurred (InvocationDoesNotExist) when calling the GetCommandInvocation operation")
+            else:
+                print(command["status"] if command["polls"] > 2 else "InProgress")
+        case ["ec2", "stop-instances"]:
+            instance(state, opt("--instance-ids"))["state"] = "stopping"
+        case ["ec2", "describe-instances"]:
+            print(instance(state, opt("--instance-ids"))["volume"])
+        case ["ec2", "create-snapshot"]:
+            volume = opt("--volume-id")
+            (owner,) = [i for i in state["instances"].values() if i["volume"] == volume]
+            _, tags = tags_of(opt("--tag-specifications"))
+            snapshot_id = new_id(state, "snap")
+            state["snapshots"][snapshot_id] = {
+                "volume": volume,
+                "tags": tags,
+                "state": "pending",
+                "polls": 0,
+                "instance_state": owner["state"],
+                "pulled": list(owner["pulled"]),
+            }
+            print(snapshot_id)
+        case ["ec2", "terminate-instances"]:
+            instance(state, opt("--instance-ids"))["state"] = "terminated"
+        case _:
+            fail("unexpected aws " + " ".join(args), 2)
+    save(state)
 """
 
 STUB_DOCKER = """
@@ -189,6 +354,9 @@ elif args[:3] == ["buildx", "imagetools", "create"]:
     publish(args[args.index("--tag") + 1])
 """
 
+# The aws stub: its EC2/SSM part defined before the dispatch that calls it.
+AWS_STUB = STUB_AWS.replace("\nregistry = ", STUB_EC2 + "\nregistry = ", 1)
+
 
 @dataclass
 class Stubs:
@@ -208,6 +376,12 @@ class Stubs:
     def published(self) -> list[str]:
         return (self.root / "registry").read_text().split()
 
+    def ec2(self) -> dict[str, Any]:
+        """What the stub EC2 and SSM hold: instances, snapshots, parameters, commands."""
+        path = self.root / "ec2.json"
+        state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        return state
+
     def reset_logs(self) -> None:
         for tool in ("docker", "aws"):
             (self.root / f"{tool}.log").unlink(missing_ok=True)
@@ -224,7 +398,7 @@ def make_stubs(tmp_path: Path, repository_uri: str = REPOSITORY_URI) -> Stubs:
     root = tmp_path / "stubs"
     (root / "bin").mkdir(parents=True)
     (root / "registry").write_text("")
-    for name, body in (("aws", STUB_AWS), ("docker", STUB_DOCKER)):
+    for name, body in (("aws", AWS_STUB), ("docker", STUB_DOCKER)):
         path = root / "bin" / name
         path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
         path.chmod(0o755)

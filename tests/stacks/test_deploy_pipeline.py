@@ -96,7 +96,8 @@ def test_each_stage_deploys_its_deployment_under_the_workstation_stack_names(
         names = {s.stack_name for s in stacks.all}
         assert deployed_stacks(all_stages[stage.deployment.name]) == names
         assert names == {
-            f"EdgeDiffusion-{stage.deployment.name}-{part}" for part in ("Network", "Cluster", "Inventory")
+            f"EdgeDiffusion-{stage.deployment.name}-{part}"
+            for part in ("Network", "Cluster", "Inventory", "Observability")
         }
 
 
