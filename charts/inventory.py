@@ -28,7 +28,6 @@ from constructs import Construct
 
 from charts import pods, serving
 from spec import contract, images, naming, topology
-from spec.accelerators import ACCELERATORS
 from spec.config import AppConfig
 
 NAME: Final = "endpoint-inventory"
@@ -120,7 +119,7 @@ class InventoryChart(cdk8s.Chart):
 
     @staticmethod
     def environment(config: AppConfig, props: PublisherProps) -> dict[str, str]:
-        weights = {name: ACCELERATORS[name].cost_weight for name in config.accelerators}
+        weights = dict(topology.ingress_weights(config))  # ALB weight preference and the client's tie-break
         return {
             contract.ENV_INVENTORY_TABLE: naming.inventory_table_name(config),
             contract.ENV_INVENTORY_CLUSTER: config.cluster_name,

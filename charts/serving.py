@@ -52,7 +52,7 @@ PORT_NAME: Final = "http"  # the pods' one port (HTTP, or HTTPS in a Local Zone 
 INGRESS_NAME: Final = "stable-diffusion"
 # The ALB controller reads the forward action of a backend named "use-annotation" from
 # the annotation alb.ingress.kubernetes.io/actions.<this name>.
-WEIGHTED_ACTION: Final = "weighted-serving"
+WEIGHTED_ACTION: Final = contract.WEIGHTED_ACTION
 ALB_ANNOTATION_PREFIX: Final = "alb.ingress.kubernetes.io"
 HTTPS_PORT: Final = 443
 HTTP_PORT: Final = 80
@@ -327,7 +327,7 @@ class ServingChart(cdk8s.Chart):
                 f"idle_timeout.timeout_seconds={self.settings.alb_idle_timeout_s},"
                 "routing.http.drop_invalid_header_fields.enabled=true"
             ),
-            f"{prefix}/actions.{WEIGHTED_ACTION}": json.dumps(action, separators=(",", ":")),
+            contract.ANNOTATION_WEIGHTED_ACTION: json.dumps(action, separators=(",", ":")),
             contract.ANNOTATION_SCHEME: url_scheme(bool(tls.certificate_arn)),
             contract.ANNOTATION_MODEL: self.config.model_id,
         }

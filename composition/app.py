@@ -24,6 +24,7 @@ from composition.app_charts import add_app_charts
 from composition.build_infrastructure import BuildInfrastructure, add_build_infrastructure
 from spec.config import AppConfig
 from spec.deployments import DEPLOYMENTS_DIR, STACK_PREFIX, Deployment, Release, load_release
+from stacks import workload_roles
 from stacks.cluster import ClusterStack
 from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
@@ -102,8 +103,9 @@ def add_deployment_stacks(scope: Construct, deployment: Deployment) -> Deploymen
         "InventoryPublisher",
         namespace=inventory_chart.NAMESPACE,
         service_account=inventory_chart.SERVICE_ACCOUNT,
-        statements=inventory.publisher_statements(),
+        statements=[*inventory.publisher_statements(), workload_roles.metrics_statement()],
     )
+    workload_roles.acknowledge_workload_role(publisher_identity.role, config, puts_metrics=True, reads_models=False)
     # Pod Identity injects credentials when a pod is admitted: the association must exist first.
     publisher_manifest = on_cluster.manifests[on_cluster.charts.inventory.node.id]
     publisher_manifest.node.add_dependency(publisher_identity)

@@ -1,4 +1,4 @@
-"""``python -m runtime.client PROMPT -o out.png --inventory-url URL | --endpoints-file FILE``.
+"""The command line of ``python -m runtime.client PROMPT -o out.png --inventory-url URL``.
 
 Generates on the nearest healthy endpoint and prints who served, the probes, the attempts and
 the timings; exit 1 with one line when no image could be made, 2 for bad flags.
@@ -6,15 +6,58 @@ the timings; exit 1 with one line when no image could be made, 2 for bad flags.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Final
 
 from runtime.client.client import DEFAULT_DEADLINE_S, ClientError, EdgeDiffusionClient, GenerationResult, ImageRequest
-from runtime.settings import PATH, TEXT, ProgramSettings, SettingsError, error_exit, integer, number, setting
+from runtime.settings import (
+    PATH,
+    TEXT,
+    InvalidValueError,
+    ProgramSettings,
+    Rule,
+    SettingsError,
+    error_exit,
+    integer,
+    number,
+    setting,
+)
+
+# The client's own environment (devices and app backends, not pods).
+ENV_TOKEN: Final = "EDGE_DIFFUSION_TOKEN"  # noqa: S105 - the variable's name, not a token
+ENV_FALLBACK_URLS: Final = "EDGE_DIFFUSION_FALLBACK_URLS"  # space- or comma-separated
+ENV_CA_BUNDLE: Final = "EDGE_DIFFUSION_CA_BUNDLE"
+_URL: Final = re.compile(r"^https?://[^\s/?#]+(/[^\s]*)?$")
+
+
+def _urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
+    for url in urls:
+        if not _URL.match(url):
+            raise InvalidValueError(f"{url!r} is not an http(s)://host[:port] URL")
+    return urls
+
+
+URLS: Final = Rule(
+    "http(s)://host[:port] URLs",
+    _urls,
+    lambda value: isinstance(value, tuple) and all(isinstance(v, str) and _URL.match(v) for v in value),
+)
+
+
+class _Repeated(argparse.Action):
+    """``--fallback-url`` may be given many times: kept as one raw string for its rule (URLS)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        given = getattr(namespace, self.dest, None)
+        joined = f"{given[1]} {values}" if given else str(values)
+        setattr(namespace, self.dest, (option_string or self.dest, joined))
 
 
 @dataclass(frozen=True)
@@ -33,6 +76,18 @@ class GenerateCommand(ProgramSettings):
     )
     endpoints_file: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
         PATH, flag="--endpoints-file", default=None, help="inventory JSON on disk (tests, demos)"
+    )
+    # Added by arg_parser below (repeatable), and read from its variable.
+    fallback_urls: tuple[str, ...] = setting(URLS, env=ENV_FALLBACK_URLS, default=())
+    token: str | None = setting(
+        TEXT,
+        flag="--token",
+        env=ENV_TOKEN,
+        default=None,
+        help="bearer token to send instead of fetching one (prefer the variable: flags show in ps)",
+    )
+    ca_bundle: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        PATH, flag="--ca-bundle", env=ENV_CA_BUNDLE, default=None, help="PEM file of a private CA to trust too"
     )
     deadline: float = setting(
         number(0, exclusive=True, unit="seconds"),
@@ -59,9 +114,28 @@ class GenerateCommand(ProgramSettings):
     seed: int | None = setting(integer(), flag="--seed", default=None)
     num_images: int = setting(integer(), flag="--num-images", default=1)
 
+    @classmethod
+    def arg_parser(cls) -> Any:
+        parser = super().arg_parser()
+        parser.add_argument(
+            "--fallback-url",
+            dest="fallback_urls",
+            action=_Repeated,
+            metavar="URL",
+            help="an endpoint to try last, with or without an inventory (repeatable) "
+            f"(env {ENV_FALLBACK_URLS}, space-separated)",
+        )
+        return parser
+
     def check(self) -> None:
-        if (self.inventory_url is None) == (self.endpoints_file is None):
-            raise SettingsError("exactly one of --inventory-url or --endpoints-file is required")
+        if self.inventory_url is not None and self.endpoints_file is not None:
+            raise SettingsError("give one of --inventory-url or --endpoints-file, not both")
+        if self.inventory_url is None and self.endpoints_file is None and not self.fallback_urls:
+            raise SettingsError("one of --inventory-url, --endpoints-file or --fallback-url is required")
+        parent = self.output.parent
+        if not parent.is_dir():
+            # Checked before generating: a typo in -o must not cost a generation, nor create directories.
+            raise SettingsError(f"--output {str(self.output)!r}: directory {str(parent)!r} does not exist")
 
     def request(self) -> ImageRequest:
         return ImageRequest(
@@ -87,7 +161,7 @@ def outputs(base: Path, count: int) -> list[Path]:
 
 def report(result: GenerationResult) -> None:
     e = result.endpoint
-    print(f"served by {e.endpoint_id} ({e.url}, {e.location}, {e.accelerator}) seed={result.seed}")
+    print(f"served by {e.endpoint_id} ({e.url}, {e.location}, {e.accelerator}, {e.kind}) seed={result.seed}")
     for probe in result.probes:
         rtt = f"{probe.rtt_ms:.1f} ms" if probe.rtt_ms is not None else f"unreachable ({probe.error})"
         print(f"  probe {probe.endpoint.endpoint_id}: {rtt}")
@@ -106,18 +180,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         with EdgeDiffusionClient(
             inventory_url=command.inventory_url,
             endpoints_file=command.endpoints_file,
+            fallback_urls=command.fallback_urls,
             filters=command.filters(),
             region=command.region,
+            token=command.token,
+            ca_bundle=command.ca_bundle,
         ) as client:
             result = client.generate(command.request(), deadline_s=command.deadline)
     except ClientError as err:
         return error_exit(GenerateCommand.PROG, err, code=1)
     for path, image in zip(outputs(command.output, len(result.images)), result.images, strict=True):
-        path.write_bytes(image)
+        try:
+            path.write_bytes(image)
+        except OSError as err:
+            return error_exit(GenerateCommand.PROG, f"cannot write {path}: {err.strerror}", code=1)
         print(f"wrote {path}")
     report(result)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,20 @@
 """Pull the endpoint inventory, pick the nearest healthy endpoint, generate there, fail over.
 
-Order: round-trip time of ``GET /healthz`` (the best of two probes, so connection setup does not
-decide), rounded to ``tie_ms``; ties go to the cheaper accelerator (the entry's ``cost_weight``,
-which the publisher fills from the app's accelerator table: higher is cheaper). Failover: a
-connection error, a timeout, 429 or a 5xx moves to the next endpoint, all within one total
-deadline; a 4xx other than 429 is the request's fault and fails at once (no other endpoint would
-accept it). Malformed inventory entries are skipped with a warning, never an exception.
+Order: Local Zone endpoints by round-trip time of ``GET /healthz`` (the best of two probes, so
+connection setup does not decide), rounded to ``tie_ms``; ties go to the cheaper accelerator (the
+entry's ``cost_weight``, which the publisher fills from the app's accelerator table: higher is
+cheaper). Then the Region's ALB entries (the last resort in the inventory, also probed), then the
+``fallback_urls`` given by the caller (not probed: they work with no inventory at all). Failover:
+a connection error, a TLS failure, a timeout, 429 or a 5xx moves to the next endpoint, all within
+one total deadline; a 4xx other than 429 is the request's fault and fails at once (no other
+endpoint would accept it), except a 401 on a fetched token, which is renewed and retried once.
+Malformed inventory entries are skipped with a warning, never an exception.
+
+Security: TLS is verified (the certifi roots, plus ``ca_bundle`` for a private CA); there is no
+switch to turn verification off. A plain-http endpoint is used only when its URL says http (the
+inventory marks it so, or the caller gave it), with one warning each. Every inference request
+carries ``Authorization: Bearer <token>`` when the inventory says endpoints require tokens, or
+when a token was given.
 
 This module needs httpx (and botocore only to sign inventory requests); it does not import the
 CDK app: cost weights travel in the inventory, not in a table copied from ``spec/``.
@@ -16,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +35,8 @@ from typing import Any, Final
 
 import httpx
 
-from runtime.client.auth import SigV4Auth, region_of
+from runtime.client.auth import SigV4Auth, TokenError, TokenSource, region_of, token_url_for
+from runtime.inventory import api as layout
 from runtime.inventory.endpoint import Endpoint
 from spec import contract
 
@@ -35,6 +46,8 @@ RETRYABLE_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 DEFAULT_DEADLINE_S: Final = 120.0
 DEFAULT_PROBE_TIMEOUT_S: Final = 2.0
 DEFAULT_TIE_MS: Final = 5.0
+FALLBACK_LOCATION: Final = "fallback"  # the location shown for a caller-given fallback URL
+FILTER_FLAGS: Final = {"model": "--model", "location": "--location", "accelerator": "--accelerator"}
 
 
 class ClientError(Exception):
@@ -64,20 +77,64 @@ def parse_inventory(document: object) -> tuple[list[Endpoint], list[str]]:
         return [], [f"inventory has no 'endpoints' list (got {type(entries).__name__})"]
     endpoints: list[Endpoint] = []
     skipped: list[str] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for index, entry in enumerate(entries):
         try:
             endpoint = Endpoint.from_entry(entry)
         except ValueError as err:
             skipped.append(f"inventory entry {index} skipped: {err}")
             continue
-        if endpoint.url in seen:
+        # The Region's entries share the ALB's URL, one per accelerator: distinct until filtered.
+        if (endpoint.url, endpoint.accelerator) in seen:
             continue
-        seen.add(endpoint.url)
+        seen.add((endpoint.url, endpoint.accelerator))
         endpoints.append(endpoint)
     for warning in skipped:
         log.warning("%s", warning)
     return endpoints, skipped
+
+
+def fallback_endpoint(url: str) -> Endpoint:
+    """A caller-given URL as an endpoint; ClientError (one line) when it is not http(s)://host[:port]."""
+    entry = {
+        layout.ATTR_ENDPOINT_ID: f"fallback {url}",
+        layout.ATTR_URL: url,
+        layout.ATTR_LOCATION: FALLBACK_LOCATION,
+        layout.ATTR_ACCELERATOR: "any",
+        layout.ATTR_KIND: contract.ENDPOINT_KIND_REGION,
+    }
+    try:
+        return Endpoint.from_entry(entry)
+    except ValueError as err:
+        raise ClientError(f"fallback URL {url!r} is not usable: {err}") from None
+
+
+def tls_context(ca_bundle: str | Path | None = None) -> ssl.SSLContext:
+    """Verifying TLS context: the roots httpx trusts (certifi), plus ``ca_bundle`` for a private CA."""
+    import certifi
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_bundle))
+        except FileNotFoundError:
+            raise ClientError(f"CA bundle {ca_bundle}: no such file") from None
+        except (ssl.SSLError, OSError) as err:
+            raise ClientError(f"CA bundle {ca_bundle} is not a PEM certificate file: {err}") from None
+    return context
+
+
+def _why(err: BaseException) -> str:
+    """One word or phrase for a failed connection; TLS verification failures say how to fix them."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "certificate not trusted"
+            return f"TLS verification failed ({reason}; a private CA needs --ca-bundle)"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error ({cause.reason or type(cause).__name__})"
+        cause = cause.__cause__ or cause.__context__
+    return type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -111,7 +168,7 @@ class Probe:
 @dataclass(frozen=True)
 class Attempt:
     endpoint: Endpoint
-    outcome: str  # "ok", "429", "503", "timeout", "connection error: ..."
+    outcome: str  # "ok", "429", "503", "timeout", "connection error: ...", "401: token renewed"
     seconds: float
 
 
@@ -128,6 +185,17 @@ class GenerationResult:
     skipped_entries: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """What the inventory offered, after the caller's filters."""
+
+    endpoints: list[Endpoint]
+    skipped: list[str]
+    auth: str | None = None  # what the inventory says endpoints require: token | none (None: not said)
+    unmatched: str | None = None  # the filters matched nothing: which, and what there is
+    error: str | None = None  # the inventory could not be read (fallback URLs were given)
+
+
 def rank(probes: Iterable[Probe], tie_ms: float = DEFAULT_TIE_MS) -> list[Endpoint]:
     """Reachable endpoints, nearest first; within ``tie_ms`` the cheaper accelerator first."""
     reachable = [p for p in probes if p.rtt_ms is not None]
@@ -136,12 +204,21 @@ def rank(probes: Iterable[Probe], tie_ms: float = DEFAULT_TIE_MS) -> list[Endpoi
     return [p.endpoint for p in reachable]
 
 
+def _described(endpoint: Endpoint) -> str:
+    """``id (url)``; a fallback URL's id already is its URL."""
+    if endpoint.endpoint_id.endswith(endpoint.url):
+        return endpoint.endpoint_id
+    return f"{endpoint.endpoint_id} ({endpoint.url})"
+
+
 class EdgeDiffusionClient:
     """Finds the nearest healthy endpoint and generates there, failing over within a deadline.
 
-    Give exactly one inventory source: ``inventory_url`` (the InventoryStack's ``InventoryUrl``,
-    signed with ``credentials`` or the default boto3 credential chain), ``endpoints_file`` (JSON
-    as the API returns it), or ``endpoints`` (entries already fetched).
+    Give at most one inventory source: ``inventory_url`` (the InventoryStack's ``InventoryUrl``,
+    signed with ``credentials`` or the default boto3 credential chain; its token route issues the
+    bearer tokens), ``endpoints_file`` (JSON as the API returns it), or ``endpoints`` (entries
+    already fetched); ``fallback_urls`` are tried last, and work without any inventory. ``token``
+    is a bearer token to send instead of fetching one; ``ca_bundle`` a PEM file of a private CA.
     """
 
     def __init__(
@@ -150,24 +227,39 @@ class EdgeDiffusionClient:
         inventory_url: str | None = None,
         endpoints_file: str | Path | None = None,
         endpoints: Sequence[Mapping[str, Any]] | None = None,
+        fallback_urls: Sequence[str] = (),
         filters: Mapping[str, str] | None = None,
         credentials: Any = None,
         region: str | None = None,
+        token: str | None = None,
+        token_url: str | None = None,
+        ca_bundle: str | Path | None = None,
         probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
         tie_ms: float = DEFAULT_TIE_MS,
         http: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         sources = [s is not None for s in (inventory_url, endpoints_file, endpoints)]
-        if sum(sources) != 1:
-            raise ClientError("give exactly one of inventory_url, endpoints_file or endpoints")
+        if sum(sources) > 1 or (sum(sources) == 0 and not fallback_urls):
+            raise ClientError("give one of inventory_url, endpoints_file or endpoints, or fallback_urls")
         self._inventory_url, self._endpoints_file, self._endpoints = inventory_url, endpoints_file, endpoints
+        self._fallbacks = [fallback_endpoint(url) for url in fallback_urls]
         self._filters = {k: v for k, v in (filters or {}).items() if v}
         self._credentials, self._region = credentials, region
         self._probe_timeout_s, self._tie_ms = probe_timeout_s, tie_ms
-        self._http = http or httpx.Client(follow_redirects=False)
+        self._http = http or httpx.Client(follow_redirects=False, verify=tls_context(ca_bundle))
         self._owns_http = http is None
         self._clock = clock
+        self._warned_http: set[str] = set()
+        self._explicit_token = token is not None
+        self._tokens: TokenSource | None = None
+        if token is not None:
+            self._tokens = TokenSource(token=token, clock=wall_clock)
+        else:
+            url = token_url or (token_url_for(inventory_url) if inventory_url else None)
+            if url is not None:
+                self._tokens = TokenSource(token_url=url, auth=self._sigv4_for(url), http=self._http, clock=wall_clock)
 
     def __enter__(self) -> EdgeDiffusionClient:
         return self
@@ -182,47 +274,82 @@ class EdgeDiffusionClient:
     # --- inventory ----------------------------------------------------------------------------
 
     def load_inventory(self) -> tuple[list[Endpoint], list[str]]:
-        """(endpoints, warnings about skipped entries) from the configured source."""
+        """(endpoints, warnings about skipped entries) from the configured source, filtered."""
+        inventory = self._inventory()
+        return inventory.endpoints, inventory.skipped
+
+    def _document(self) -> object:
         if self._endpoints is not None:
-            document: object = list(self._endpoints)
-        elif self._endpoints_file is not None:
+            return list(self._endpoints)
+        if self._endpoints_file is not None:
             path = Path(self._endpoints_file)
             try:
-                document = json.loads(path.read_text())
+                return json.loads(path.read_text())
             except OSError as err:
                 raise ClientError(f"cannot read endpoints file {path}: {err.strerror}") from None
             except json.JSONDecodeError as err:
                 raise ClientError(f"endpoints file {path} is not JSON: {err.msg} at line {err.lineno}") from None
-        else:
-            document = self._fetch_inventory(str(self._inventory_url))
+        if self._inventory_url is not None:
+            return self._fetch_inventory(self._inventory_url)
+        return {"endpoints": []}
+
+    def _inventory(self) -> Inventory:
+        document = self._document()
         endpoints, skipped = parse_inventory(document)
+        auth = document.get(layout.FIELD_AUTH) if isinstance(document, Mapping) else None
+        offered = endpoints
         for name, value in self._filters.items():
             endpoints = [e for e in endpoints if getattr(e, name, None) == value]
-        return endpoints, skipped
+        unique: dict[str, Endpoint] = {}
+        for endpoint in endpoints:  # one attempt per URL (the ALB's entries after an accelerator filter)
+            unique.setdefault(endpoint.url, endpoint)
+        unmatched = None
+        if offered and not unique:
+            asked = " ".join(f"{FILTER_FLAGS.get(k, k)} {v}" for k, v in self._filters.items())
+            there = {name: sorted({str(getattr(e, name, "")) for e in offered}) for name in self._filters}
+            listed = "; ".join(f"{name}s: {', '.join(values)}" for name, values in there.items())
+            unmatched = f"no endpoint matches {asked} (the inventory lists {len(offered)}: {listed})"
+        return Inventory(list(unique.values()), skipped, str(auth) if auth else None, unmatched)
+
+    def _sigv4_for(self, url: str) -> Callable[[], httpx.Auth]:
+        def auth() -> httpx.Auth:
+            region = self._region or region_of(url)
+            if region is None:
+                raise ClientError(f"cannot tell the Region of {url}: pass region= (--region)")
+            credentials = self._credentials
+            if credentials is None:
+                try:
+                    import boto3
+                except ModuleNotFoundError:
+                    raise ClientError(
+                        "signing inventory requests needs boto3: pip install -r runtime/requirements-client.txt"
+                    ) from None
+                credentials = boto3.Session().get_credentials()
+                if credentials is None:
+                    raise ClientError("no AWS credentials to sign the inventory request (IAM auth)")
+            return SigV4Auth(credentials, region)
+
+        return auth
 
     def _fetch_inventory(self, url: str) -> object:
-        region = self._region or region_of(url)
-        if region is None:
-            raise ClientError(f"cannot tell the Region of {url}: pass region=")
-        credentials = self._credentials
-        if credentials is None:
-            import boto3
-
-            credentials = boto3.Session().get_credentials()
-            if credentials is None:
-                raise ClientError("no AWS credentials to sign the inventory request (IAM auth)")
+        self._warn_plain_http(url, "inventory")
         try:
             response = self._http.get(
-                url, params=self._filters, auth=SigV4Auth(credentials, region), timeout=self._probe_timeout_s * 5
+                url, params=self._filters, auth=self._sigv4_for(url)(), timeout=self._probe_timeout_s * 5
             )
         except httpx.HTTPError as err:
-            raise ClientError(f"inventory {url} unreachable: {type(err).__name__}: {err}") from None
+            raise ClientError(f"inventory {url} unreachable: {_why(err)}: {err}") from None
         if response.status_code != 200:
             raise ClientError(f"inventory {url} answered {response.status_code}: {response.text[:200]}")
         try:
             return response.json()
         except ValueError:
             raise ClientError(f"inventory {url} did not answer JSON") from None
+
+    def _warn_plain_http(self, url: str, what: str) -> None:
+        if url.startswith("http://") and url not in self._warned_http:
+            self._warned_http.add(url)
+            log.warning("%s %s is plain http (no TLS): requests and tokens to it are not encrypted", what, url)
 
     # --- probing and ranking --------------------------------------------------------------------
 
@@ -234,7 +361,7 @@ class EdgeDiffusionClient:
             try:
                 response = self._http.get(endpoint.url + contract.HEALTH_PATH, timeout=self._probe_timeout_s)
             except httpx.HTTPError as err:
-                return Probe(endpoint, None, f"{type(err).__name__}")
+                return Probe(endpoint, None, _why(err))
             if response.status_code != 200:
                 return Probe(endpoint, None, f"healthz {response.status_code}")
             rtt = (self._clock() - start) * 1000.0
@@ -247,6 +374,29 @@ class EdgeDiffusionClient:
         with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
             return list(pool.map(self.probe, endpoints))
 
+    def order(self, probes: Sequence[Probe]) -> list[Endpoint]:
+        """Local Zone endpoints by latency, then the Region's, then the fallback URLs."""
+        local = rank([p for p in probes if not p.endpoint.is_region], self._tie_ms)
+        region = rank([p for p in probes if p.endpoint.is_region], self._tie_ms)
+        return [*local, *region, *self._fallbacks]
+
+    # --- tokens ---------------------------------------------------------------------------------
+
+    def _bearer(self, inventory: Inventory) -> str | None:
+        """The token to send: the given one, or a fetched one when the inventory says endpoints need it."""
+        if self._tokens is None:
+            return None
+        wanted = self._explicit_token or inventory.auth == "token" or inventory.error is not None
+        if not wanted:
+            return None
+        try:
+            return self._tokens.get()
+        except (TokenError, ClientError) as err:
+            if inventory.error is not None:  # best effort: the fallback URLs may not need one
+                log.warning("no token for the fallback URLs: %s", err)
+                return None
+            raise ClientError(str(err)) from None
+
     # --- generation -----------------------------------------------------------------------------
 
     def generate(self, request: ImageRequest, *, deadline_s: float = DEFAULT_DEADLINE_S) -> GenerationResult:
@@ -255,44 +405,75 @@ class EdgeDiffusionClient:
             raise ClientError(f"deadline {deadline_s!r}: allowed a positive number of seconds")
         start = self._clock()
         deadline = start + deadline_s
-        endpoints, skipped = self.load_inventory()
+        try:
+            inventory = self._inventory()
+        except ClientError as err:
+            if not self._fallbacks:
+                raise
+            log.warning("%s; trying the fallback URLs", err)
+            inventory = Inventory([], [], error=str(err))
+        token = self._bearer(inventory)
         inventory_done = self._clock()
-        if not endpoints:
+        if not inventory.endpoints and not self._fallbacks:
+            if inventory.unmatched:
+                raise NoEndpointError(inventory.unmatched)
+            skipped = inventory.skipped
             raise NoEndpointError("the inventory lists no usable endpoint" + (f" ({skipped[0]})" if skipped else ""))
-        probes = self.probe_all(endpoints)
-        ranked = rank(probes, self._tie_ms)
+        probes = self.probe_all(inventory.endpoints)
+        ordered = self.order(probes)
         probe_done = self._clock()
-        if not ranked:
-            reasons = ", ".join(f"{p.endpoint.endpoint_id}: {p.error}" for p in probes)
-            raise NoEndpointError(f"no endpoint answered {contract.HEALTH_PATH} ({reasons})")
+        unreachable = [p for p in probes if p.rtt_ms is None]
         attempts: list[Attempt] = []
         body = request.body()
-        for endpoint in ranked:
+        renewed = False
+        queue = list(ordered)
+        while queue:
+            endpoint = queue[0]
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
+            self._warn_plain_http(endpoint.url, "endpoint")
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
             began = self._clock()
             try:
-                response = self._http.post(endpoint.url + contract.IMAGES_PATH, json=body, timeout=remaining)
+                response = self._http.post(
+                    endpoint.url + contract.IMAGES_PATH, json=body, headers=headers, timeout=remaining
+                )
             except httpx.TimeoutException:
                 attempts.append(Attempt(endpoint, "timeout", self._clock() - began))
                 log.warning("%s timed out, failing over", endpoint.endpoint_id)
+                queue.pop(0)
                 continue
             except httpx.HTTPError as err:
-                attempts.append(Attempt(endpoint, f"connection error: {type(err).__name__}", self._clock() - began))
-                log.warning("%s failed (%s), failing over", endpoint.endpoint_id, type(err).__name__)
+                attempts.append(Attempt(endpoint, f"connection error: {_why(err)}", self._clock() - began))
+                log.warning("%s failed (%s), failing over", endpoint.endpoint_id, _why(err))
+                queue.pop(0)
                 continue
             took = self._clock() - began
+            if response.status_code == 401 and self._tokens is not None and self._tokens.refreshable and not renewed:
+                attempts.append(Attempt(endpoint, "401: token renewed", took))
+                renewed = True
+                self._tokens.invalidate()
+                try:
+                    token = self._tokens.get()
+                except (TokenError, ClientError) as err:
+                    raise ClientError(f"{endpoint.endpoint_id} refused the token and no new one came: {err}") from None
+                continue  # the same endpoint again, once, with the new token
             if response.status_code in RETRYABLE_STATUSES:
                 attempts.append(Attempt(endpoint, str(response.status_code), took))
                 log.warning("%s answered %d, failing over", endpoint.endpoint_id, response.status_code)
+                queue.pop(0)
                 continue
             if response.status_code != 200:
-                raise RequestRejectedError(response.status_code, _error_message(response))
+                message = _error_message(response)
+                if response.status_code == 401 and token is None:
+                    message += " (the endpoint requires a token: pass --token, or use --inventory-url to get one)"
+                raise RequestRejectedError(response.status_code, message)
             try:
                 images, meta = _decode_images(response)
             except ValueError as err:
                 attempts.append(Attempt(endpoint, f"bad response: {err}", took))
+                queue.pop(0)
                 continue
             attempts.append(Attempt(endpoint, "ok", took))
             done = self._clock()
@@ -310,10 +491,22 @@ class EdgeDiffusionClient:
                 seed=meta.get("seed"),
                 request_id=response.headers.get(contract.REQUEST_ID_HEADER) or meta.get("request_id"),
                 server_timings=dict(meta.get("timings") or {}),
-                skipped_entries=tuple(skipped),
+                skipped_entries=tuple(inventory.skipped),
             )
-        tried = "; ".join(f"{a.endpoint.endpoint_id}: {a.outcome}" for a in attempts) or "none tried"
-        raise NoEndpointError(f"no endpoint produced an image within {deadline_s:g}s ({tried})", attempts)
+        raise NoEndpointError(self._failure(deadline_s, attempts, unreachable, inventory), attempts)
+
+    @staticmethod
+    def _failure(deadline_s: float, attempts: Sequence[Attempt], unreachable: Sequence[Probe], inv: Inventory) -> str:
+        """One line: every endpoint tried and why it did not serve, and what was never tried."""
+        parts = [f"{_described(a.endpoint)}: {a.outcome}" for a in attempts]
+        parts += [f"{_described(p.endpoint)}: not tried, {contract.HEALTH_PATH} {p.error}" for p in unreachable]
+        if inv.unmatched:
+            parts.append(inv.unmatched)
+        if inv.error:
+            parts.append(inv.error)
+        if not attempts:
+            parts.append("the deadline passed before any attempt" if not unreachable else "no endpoint was reachable")
+        return f"no endpoint produced an image within {deadline_s:g}s ({'; '.join(parts)})"
 
 
 def _error_message(response: httpx.Response) -> str:

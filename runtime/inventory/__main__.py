@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import Final
 
 from runtime.inventory.cluster import KubernetesApi
+from runtime.inventory.metrics import CapacityMetrics
 from runtime.inventory.publisher import HEARTBEAT_FILE, InventoryPublisher, healthy, run
 from runtime.inventory.settings import PublisherSettings
+from runtime.inventory.weights import WeightController
 from runtime.settings import SettingsError, error_exit
 
 log = logging.getLogger("edge_diffusion.inventory")
@@ -34,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import boto3
 
     table = boto3.resource("dynamodb", region_name=settings.region).Table(settings.table_name)
+    metrics = None
+    if settings.metrics_sink == "cloudwatch":
+        metrics = CapacityMetrics(boto3.client("cloudwatch", region_name=settings.region), settings.cluster)
+    weights = WeightController(preference=dict(settings.cost_weights))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -45,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.interval_s,
     )
     try:
-        run(api, InventoryPublisher(table, settings), settings, stop)
+        run(api, InventoryPublisher(table, settings), settings, stop, metrics=metrics, weights=weights)
     finally:
         api.close()
     return 0

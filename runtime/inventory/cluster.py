@@ -1,16 +1,20 @@
-"""What is serving, read from the Kubernetes API: labelled Services, their EndpointSlices, Nodes.
+"""What is serving, read from the Kubernetes API: serving Services, their EndpointSlices, Nodes, the Ingress.
 
-``discover`` turns those objects (plain dicts as the API returns them) into one ``Endpoint`` per
-(Service, node with a ready endpoint of it) that devices can reach; ``KubernetesApi`` lists them
-with the pod's service account (read-only RBAC).
+``discover`` turns those objects (plain dicts as the API returns them) into the entries devices
+can reach: one per (Local Zone Service, node with a ready endpoint of it), and one per accelerator
+serving behind the Region's ALB. ``ready_pods`` counts the ready serving pods of every Service
+(the publisher's metrics and the ALB weights). ``KubernetesApi`` lists them with the pod's service
+account, and patches one annotation of the serving Ingress (its weighted forward action).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,6 +30,82 @@ SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"  # set by Kubernetes on
 ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 REGION_LABEL: Final = "topology.kubernetes.io/region"
 LOCAL_ZONE_PATTERN: Final = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d-[a-z]{3}-\d[a-z]$")  # us-west-2-lax-1a
+SCHEMES: Final = ("https", "http")
+# Without the scheme annotation an object speaks what the server does without TLS settings: http.
+# The charts always set it; the publisher says so in a warning rather than publish a scheme nobody serves.
+DEFAULT_SCHEME: Final = "http"
+MERGE_PATCH: Final = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """One consistent read of the cluster: every object the publisher derives entries from."""
+
+    services: Sequence[Mapping[str, Any]] = field(default_factory=list)  # serving Services (accelerator label)
+    slices: Sequence[Mapping[str, Any]] = field(default_factory=list)  # their EndpointSlices
+    nodes: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    ingresses: Sequence[Mapping[str, Any]] = field(default_factory=list)  # labelled contract.LABEL_INVENTORY
+
+
+@dataclass(frozen=True)
+class PodCount:
+    """Ready serving pods of one Service (one Deployment: the charts name both alike)."""
+
+    service: str
+    accelerator: str
+    location: str  # the Region name or the Local Zone name
+    ready: int
+
+
+@dataclass(frozen=True)
+class TargetGroup:
+    """One target group of the Ingress's weighted forward action."""
+
+    service: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class WeightedIngress:
+    """The serving Ingress as the publisher needs it: where the ALB is and how it splits traffic."""
+
+    name: str
+    namespace: str
+    resource_version: str
+    hostname: str | None
+    scheme: str
+    action: Mapping[str, Any]  # the forward action's JSON, kept whole so only weights change
+    target_groups: tuple[TargetGroup, ...]
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return {group.service: group.weight for group in self.target_groups}
+
+    def action_with(self, weights: Mapping[str, int]) -> str:
+        """The annotation's new value: the same action with ``weights`` (by Service name)."""
+        action = json.loads(json.dumps(self.action))
+        for group in action["forwardConfig"]["targetGroups"]:
+            group["weight"] = int(weights.get(group["serviceName"], group.get("weight", 0)))
+        return json.dumps(action, separators=(",", ":"))
+
+
+def _meta(obj: Mapping[str, Any]) -> tuple[str, dict[str, str], dict[str, str]]:
+    meta = obj.get("metadata", {}) or {}
+    return str(meta.get("name", "?")), dict(meta.get("labels", {}) or {}), dict(meta.get("annotations", {}) or {})
+
+
+def _scheme(kind: str, name: str, annotations: Mapping[str, str]) -> str | None:
+    """The object's ``contract.ANNOTATION_SCHEME``; None (and a warning) when it is not one we know."""
+    value = annotations.get(contract.ANNOTATION_SCHEME)
+    if value is None:
+        log.warning("%s %s has no %s annotation: publishing %s", kind, name, contract.ANNOTATION_SCHEME, DEFAULT_SCHEME)
+        return DEFAULT_SCHEME
+    if value not in SCHEMES:
+        log.warning(
+            "%s %s skipped: %s=%r, allowed %s", kind, name, contract.ANNOTATION_SCHEME, value, " or ".join(SCHEMES)
+        )
+        return None
+    return value
 
 
 def _node_address(node: Mapping[str, Any], address_types: Sequence[str]) -> str | None:
@@ -44,12 +124,12 @@ def _location(node: Mapping[str, Any], region: str) -> str:
     return zone if LOCAL_ZONE_PATTERN.match(zone) else str(labels.get(REGION_LABEL) or region)
 
 
-def _url(address: str, port: int) -> str:
+def _url(address: str, port: int | None, scheme: str = DEFAULT_SCHEME) -> str:
     try:
         host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
     except ValueError:
         host = address  # a DNS name
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _node_port(service: Mapping[str, Any]) -> int | None:
@@ -61,25 +141,131 @@ def _node_port(service: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _ready_endpoints(slices: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Ready endpoints by Service name, one per pod (a dual-stack pod is in two slices)."""
+    ready: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for slice_ in slices:
+        service_name = (slice_.get("metadata", {}).get("labels", {}) or {}).get(SERVICE_NAME_LABEL)
+        if not service_name:
+            continue
+        for endpoint in slice_.get("endpoints", []) or []:
+            if not (endpoint.get("conditions", {}) or {}).get("ready"):
+                continue
+            ref = endpoint.get("targetRef") or {}
+            pod = ref.get("uid") or ref.get("name") or ",".join(endpoint.get("addresses") or []) or id(endpoint)
+            ready.setdefault(service_name, {})[str(pod)] = endpoint
+    return {name: list(pods.values()) for name, pods in ready.items()}
+
+
+def _service_location(labels: Mapping[str, str], region: str) -> str:
+    value = labels.get(contract.LABEL_LOCATION, contract.LOCATION_REGION)
+    return region if value == contract.LOCATION_REGION else value
+
+
+def ready_pods(state: ServingState, settings: PublisherSettings) -> list[PodCount]:
+    """Ready pods of every serving Service (0 included: alarms fire on it)."""
+    ready = _ready_endpoints(state.slices)
+    counts: list[PodCount] = []
+    for service in state.services:
+        name, labels, _ = _meta(service)
+        accelerator = labels.get(contract.LABEL_ACCELERATOR)
+        if not accelerator:
+            continue
+        location = _service_location(labels, settings.region)
+        counts.append(PodCount(name, accelerator, location, len(ready.get(name, ()))))
+    return sorted(counts, key=lambda c: (c.location, c.accelerator, c.service))
+
+
+def parse_ingress(ingress: Mapping[str, Any]) -> WeightedIngress | None:
+    """The Ingress's ALB hostname, scheme and weighted forward action; None (warned) if unusable."""
+    name, _, annotations = _meta(ingress)
+    meta = ingress.get("metadata", {}) or {}
+    scheme = _scheme("Ingress", name, annotations)
+    raw = annotations.get(contract.ANNOTATION_WEIGHTED_ACTION)
+    if scheme is None or raw is None:
+        if raw is None:
+            log.warning("Ingress %s skipped: no %s annotation", name, contract.ANNOTATION_WEIGHTED_ACTION)
+        return None
+    try:
+        action = json.loads(raw)
+        groups = tuple(
+            TargetGroup(str(group["serviceName"]), int(group.get("weight", 0)))
+            for group in action["forwardConfig"]["targetGroups"]
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("Ingress %s skipped: %s is no forward action: %s", name, contract.ANNOTATION_WEIGHTED_ACTION, err)
+        return None
+    balancers = (ingress.get("status", {}) or {}).get("loadBalancer", {}) or {}
+    hostnames = [str(lb["hostname"]) for lb in balancers.get("ingress", []) or [] if lb.get("hostname")]
+    return WeightedIngress(
+        name=name,
+        namespace=str(meta.get("namespace", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        hostname=hostnames[0] if hostnames else None,
+        scheme=scheme,
+        action=action,
+        target_groups=groups,
+    )
+
+
+def serving_ingress(state: ServingState) -> WeightedIngress | None:
+    """The one labelled Ingress with a weighted action (the first by name if there were several)."""
+    parsed = [p for p in (parse_ingress(i) for i in sorted(state.ingresses, key=lambda i: _meta(i)[0])) if p]
+    if len(parsed) > 1:
+        log.warning("several Ingresses labelled %s: using %s", contract.LABEL_INVENTORY, parsed[0].name)
+    return parsed[0] if parsed else None
+
+
+def region_endpoints(
+    state: ServingState, settings: PublisherSettings, counts: Sequence[PodCount] | None = None
+) -> list[Endpoint]:
+    """One entry per accelerator with ready pods behind the ALB: ``<scheme>://<ALB hostname>``."""
+    ingress = serving_ingress(state)
+    if ingress is None or ingress.hostname is None:
+        if ingress is not None:
+            log.info("Ingress %s has no load balancer hostname yet: no Region entry", ingress.name)
+        return []
+    counts = ready_pods(state, settings) if counts is None else counts
+    by_service = {c.service: c for c in counts}
+    services = {_meta(s)[0]: s for s in state.services}
+    found: dict[str, Endpoint] = {}
+    for group in ingress.target_groups:
+        count = by_service.get(group.service)
+        if count is None or count.ready == 0 or count.accelerator in found:
+            continue
+        annotations = _meta(services[group.service])[2]
+        namespace = ingress.namespace or settings.namespace
+        found[count.accelerator] = Endpoint(
+            endpoint_id=f"{settings.cluster}/{namespace}/{ingress.name}/{count.accelerator}",
+            url=_url(ingress.hostname, None, ingress.scheme),
+            location=settings.region,
+            accelerator=count.accelerator,
+            model=str(annotations.get(contract.ANNOTATION_MODEL) or settings.default_model),
+            cost_weight=settings.cost_weights.get(count.accelerator),
+            kind=contract.ENDPOINT_KIND_REGION,
+        )
+    return [found[name] for name in sorted(found)]
+
+
 def discover(
     services: Iterable[Mapping[str, Any]],
     slices: Iterable[Mapping[str, Any]],
     nodes: Iterable[Mapping[str, Any]],
     settings: PublisherSettings,
+    *,
+    ingresses: Iterable[Mapping[str, Any]] = (),
 ) -> list[Endpoint]:
-    """Entries for every (Service, node with a ready endpoint of it) reachable from devices."""
+    """Entries for every (Local Zone Service, node with a ready endpoint of it), then the Region's."""
+    services, slices = list(services), list(slices)
     nodes_by_name = {n.get("metadata", {}).get("name"): n for n in nodes}
     ready_nodes: dict[str, set[str]] = {}
-    for slice_ in slices:
-        service_name = (slice_.get("metadata", {}).get("labels", {}) or {}).get(SERVICE_NAME_LABEL)
-        for endpoint in slice_.get("endpoints", []) or []:
-            if (endpoint.get("conditions", {}) or {}).get("ready") and endpoint.get("nodeName") and service_name:
-                ready_nodes.setdefault(service_name, set()).add(endpoint["nodeName"])
+    for name, endpoints in _ready_endpoints(slices).items():
+        ready_nodes[name] = {str(e["nodeName"]) for e in endpoints if e.get("nodeName")}
     found: list[Endpoint] = []
     for service in services:
-        meta = service.get("metadata", {})
-        name = meta.get("name", "?")
-        labels, annotations = meta.get("labels", {}) or {}, meta.get("annotations", {}) or {}
+        name, labels, annotations = _meta(service)
+        if labels.get(contract.LABEL_INVENTORY) != "true":
+            continue  # a regional Service: reached through the ALB, not its nodes
         accelerator = labels.get(contract.LABEL_ACCELERATOR)
         node_port = _node_port(service)
         if not accelerator or node_port is None:
@@ -89,6 +275,9 @@ def discover(
                 contract.LABEL_ACCELERATOR,
                 contract.PORT,
             )
+            continue
+        scheme = _scheme("Service", name, annotations)
+        if scheme is None:
             continue
         model = str(annotations.get(contract.ANNOTATION_MODEL) or settings.default_model)
         for node_name in sorted(ready_nodes.get(name, ())):
@@ -100,19 +289,22 @@ def discover(
             found.append(
                 Endpoint(
                     endpoint_id=f"{settings.cluster}/{settings.namespace}/{name}/{node_name}",
-                    url=_url(address, node_port),
+                    url=_url(address, node_port, scheme),
                     location=_location(node, settings.region),
                     accelerator=str(accelerator),
                     model=model,
                     cost_weight=settings.cost_weights.get(str(accelerator)),
+                    kind=contract.ENDPOINT_KIND_LOCAL_ZONE,
                 )
             )
-    return found
+    state = ServingState(services=services, slices=slices, ingresses=list(ingresses))
+    return found + region_endpoints(state, settings)
 
 
 class KubernetesApi:
-    """Read-only lists against the API server, with the pod's service account token (re-read on
-    every call: bound tokens rotate). Plain HTTPS; the kubernetes client would add nothing here."""
+    """Lists against the API server with the pod's service account token (re-read on every call:
+    bound tokens rotate), and the one write the publisher makes: the Ingress's weights annotation.
+    Plain HTTPS; the kubernetes client would add nothing here."""
 
     def __init__(
         self,
@@ -134,7 +326,10 @@ class KubernetesApi:
         host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
             raise SettingsError("KUBERNETES_SERVICE_HOST is not set: the publisher runs inside the cluster")
-        return cls(f"https://{_url(host, int(port)).removeprefix('http://')}")
+        return cls(_url(host, int(port), "https"))
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token_file.read_text().strip()}"}
 
     def list_items(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         params: dict[str, str | int] = {"limit": 500}
@@ -142,8 +337,7 @@ class KubernetesApi:
             params["labelSelector"] = label_selector
         items: list[dict[str, Any]] = []
         while True:
-            token = self._token_file.read_text().strip()
-            response = self._client.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+            response = self._client.get(path, params=params, headers=self._headers())
             response.raise_for_status()
             body = response.json()
             items.extend(body.get("items", []))
@@ -152,9 +346,14 @@ class KubernetesApi:
                 return items
             params["continue"] = cont
 
-    def serving_state(self, namespace: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """(labelled Services, their EndpointSlices, Nodes) of ``namespace``."""
-        services = self.list_items(f"/api/v1/namespaces/{namespace}/services", f"{contract.LABEL_INVENTORY}=true")
+    def serving_state(self, namespace: str) -> ServingState:
+        """Serving Services of ``namespace``, their EndpointSlices, the Nodes and the labelled Ingress.
+
+        An Ingress list the publisher may not make (403: RBAC without ingresses) leaves the Region
+        out with a warning; any other failure fails the whole read, so nothing is half-published."""
+        import httpx
+
+        services = self.list_items(f"/api/v1/namespaces/{namespace}/services", contract.LABEL_ACCELERATOR)
         names = sorted(s["metadata"]["name"] for s in services)
         slices = (
             self.list_items(
@@ -164,7 +363,29 @@ class KubernetesApi:
             if names
             else []
         )
-        return services, slices, self.list_items("/api/v1/nodes")
+        nodes = self.list_items("/api/v1/nodes")
+        try:
+            ingresses = self.list_items(
+                f"/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses", f"{contract.LABEL_INVENTORY}=true"
+            )
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code != 403:
+                raise
+            log.warning("may not list Ingresses in %s: no Region entries and no ALB weights", namespace)
+            ingresses = []
+        return ServingState(services=services, slices=slices, nodes=nodes, ingresses=ingresses)
+
+    def patch_annotation(self, ingress: WeightedIngress, annotation: str, value: str) -> None:
+        """Merge-patch one annotation of ``ingress``, conditional on the version read (409 if it moved)."""
+        patch = {"metadata": {"resourceVersion": ingress.resource_version, "annotations": {annotation: value}}}
+        if not ingress.resource_version:
+            del patch["metadata"]["resourceVersion"]
+        response = self._client.patch(
+            f"/apis/networking.k8s.io/v1/namespaces/{ingress.namespace}/ingresses/{ingress.name}",
+            content=json.dumps(patch),
+            headers={**self._headers(), "Content-Type": MERGE_PATCH},
+        )
+        response.raise_for_status()
 
     def close(self) -> None:
         self._client.close()

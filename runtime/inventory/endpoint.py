@@ -2,22 +2,27 @@
 
 The publisher turns each into a table item (``item``, in ``runtime.inventory.api``'s layout);
 the device client parses the read API's JSON entries back (``from_entry``) and skips the ones
-it cannot use.
+it cannot use. ``kind`` says what a device reaches: a Local Zone node's NodePort, or the Region's
+ALB (the last resort; an entry without a kind is a Local Zone one, as before kinds existed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from runtime.inventory import api as layout
+from spec import contract
+
+KINDS: Final = (contract.ENDPOINT_KIND_LOCAL_ZONE, contract.ENDPOINT_KIND_REGION)
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A node serving a Service through its nodePort; ``accelerator`` is the Service's label."""
+    """A node serving a Service through its nodePort, or the Region's ALB; ``accelerator`` is the
+    Service's label (behind the ALB: an accelerator serving there, which its weights pick among)."""
 
     endpoint_id: str
     url: str
@@ -25,6 +30,15 @@ class Endpoint:
     accelerator: str
     model: str
     cost_weight: int | None = None
+    kind: str = contract.ENDPOINT_KIND_LOCAL_ZONE
+
+    @property
+    def is_region(self) -> bool:
+        return self.kind == contract.ENDPOINT_KIND_REGION
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
 
     @property
     def key(self) -> dict[str, str]:
@@ -41,6 +55,7 @@ class Endpoint:
             layout.ATTR_LOCATION: self.location,
             layout.ATTR_ACCELERATOR: self.accelerator,
             layout.ATTR_HEALTH: layout.HEALTH_READY,
+            layout.ATTR_KIND: self.kind,
             layout.ATTR_LAST_HEARTBEAT: int(now),
             layout.ATTR_EXPIRES_AT: int(now) + ttl_s,
         }
@@ -70,6 +85,9 @@ class Endpoint:
         cost = entry.get(layout.ATTR_COST_WEIGHT, 0)
         if not isinstance(cost, int | float) or isinstance(cost, bool):
             raise ValueError(f"cost_weight={cost!r}: needs a number")
+        kind = entry.get(layout.ATTR_KIND) or contract.ENDPOINT_KIND_LOCAL_ZONE
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}: allowed {', '.join(KINDS)}")
         return cls(
             endpoint_id=values[layout.ATTR_ENDPOINT_ID],
             url=values[layout.ATTR_URL].rstrip("/"),
@@ -77,4 +95,5 @@ class Endpoint:
             accelerator=values[layout.ATTR_ACCELERATOR],
             model=str(model),
             cost_weight=int(cost),
+            kind=str(kind),
         )

@@ -12,16 +12,20 @@ serving pods. Why:
 * One writer with one Pod Identity role that may write this one table, instead of write access
   in every serving pod (the pods that parse untrusted prompts keep no AWS write permission).
 
-Each cycle lists the labelled Services (``contract.LABEL_INVENTORY``), their EndpointSlices and
-the Nodes (read-only RBAC), derives one entry per (Service, node with a ready endpoint), puts
-every entry with ``expires_at = now + ttl`` (the heartbeat) and deletes those it published before
-that are gone. It is level-triggered (a full list every ``interval``, like a controller's resync),
-so a missed event cannot leave a stale entry. Nothing is read back from the table: entries
-written by a publisher that crashed, or before a restart, stop being refreshed and expire by TTL
-(and the read API hides them from the second they expire). If the Kubernetes API cannot be read,
-the cycle publishes nothing and deletes nothing: an outage of the API server must not empty the
-inventory while the endpoints keep serving. On SIGTERM the publisher just stops: a rollout of the
-publisher must not unpublish endpoints that are still serving; its successor refreshes them.
+Each cycle lists the serving Services (``contract.LABEL_ACCELERATOR``), their EndpointSlices, the
+Nodes and the Ingress labelled ``contract.LABEL_INVENTORY``; derives one entry per (Local Zone
+Service, node with a ready endpoint) at that node's NodePort, and one per accelerator serving
+behind the Region's ALB (its hostname: the last resort devices keep); puts every entry with
+``expires_at = now + ttl`` (the heartbeat) and deletes those it published before that are gone.
+It also publishes the ready pod counts to CloudWatch (``metrics``) and keeps the ALB's weights
+equal to the Region's ready capacity (``weights``: the one write it makes to the cluster). It is
+level-triggered (a full list every ``interval``, like a controller's resync), so a missed event
+cannot leave a stale entry. Nothing is read back from the table: entries written by a publisher
+that crashed, or before a restart, stop being refreshed and expire by TTL (and the read API hides
+them from the second they expire). If the Kubernetes API cannot be read, the cycle publishes
+nothing and deletes nothing: an outage of the API server must not empty the inventory while the
+endpoints keep serving. On SIGTERM the publisher just stops: a rollout of the publisher must not
+unpublish endpoints that are still serving; its successor refreshes them.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from runtime.inventory import api as layout
-from runtime.inventory.cluster import KubernetesApi, discover
+from runtime.inventory.cluster import KubernetesApi, ServingState, discover, ready_pods, serving_ingress
 from runtime.inventory.endpoint import Endpoint
+from runtime.inventory.metrics import CapacityMetrics
 from runtime.inventory.settings import PublisherSettings
+from runtime.inventory.weights import WeightController, reconcile
+from spec import contract
 
 log = logging.getLogger("edge_diffusion.inventory")
 
@@ -87,22 +94,51 @@ class InventoryPublisher:
         return SyncReport(put=put, deleted=deleted, failed=failed)
 
 
+def cycle(
+    state: ServingState,
+    publisher: InventoryPublisher,
+    settings: PublisherSettings,
+    *,
+    metrics: CapacityMetrics | None = None,
+    weights: WeightController | None = None,
+    patch: Callable[[Any, str], None] | None = None,
+    now: float,
+) -> SyncReport:
+    """One reconcile of an already-read cluster state: entries, metrics, then the ALB's weights."""
+    counts = ready_pods(state, settings)
+    endpoints = discover(state.services, state.slices, state.nodes, settings, ingresses=state.ingresses)
+    report = publisher.sync(endpoints)
+    log.info("sync: %d published, %d removed, %d failed", report.put, report.deleted, report.failed)
+    if metrics is not None:
+        metrics.publish(counts, report.put)
+    if weights is not None and patch is not None:
+        reconcile(weights, serving_ingress(state), counts, now, patch)
+    return report
+
+
 def run(
     api: KubernetesApi,
     publisher: InventoryPublisher,
     settings: PublisherSettings,
     stop: threading.Event,
     heartbeat_file: Path | None = HEARTBEAT_FILE,
+    *,
+    metrics: CapacityMetrics | None = None,
+    weights: WeightController | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Reconcile every ``interval_s`` until ``stop`` is set."""
+
+    def patch(ingress: Any, value: str) -> None:
+        api.patch_annotation(ingress, contract.ANNOTATION_WEIGHTED_ACTION, value)
+
     while True:
         try:
-            services, slices, nodes = api.serving_state(settings.namespace)
+            state = api.serving_state(settings.namespace)
         except Exception as err:  # keep what is published; entries expire if this lasts past the TTL
             log.warning("cannot read the cluster, publishing nothing this cycle: %s", err)
         else:
-            report = publisher.sync(discover(services, slices, nodes, settings))
-            log.info("sync: %d published, %d removed, %d failed", report.put, report.deleted, report.failed)
+            report = cycle(state, publisher, settings, metrics=metrics, weights=weights, patch=patch, now=clock())
             if heartbeat_file is not None and report.failed == 0:
                 heartbeat_file.write_text(str(time.time()))
         if stop.wait(settings.interval_s):

@@ -6,11 +6,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from runtime.settings import BOOLEAN, JSON_INT_MAP, TEXT, ProgramSettings, integer, many_of, number, refusal, setting
+from runtime.settings import (
+    BOOLEAN,
+    JSON_INT_MAP,
+    TEXT,
+    ProgramSettings,
+    integer,
+    many_of,
+    number,
+    one_of,
+    refusal,
+    setting,
+)
 from spec import contract
 
 ADDRESS_TYPES: Final = ("ExternalIP", "InternalIP", "ExternalDNS", "InternalDNS")
 MAX_TTL_S: Final = 86400
+METRICS_SINKS: Final = ("cloudwatch", "none")  # none: no PutMetricData (runs outside AWS)
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,8 @@ class PublisherSettings(ProgramSettings):
     address_types: tuple[str, ...] = setting(
         many_of(ADDRESS_TYPES), env=contract.ENV_INVENTORY_ADDRESS_TYPES, default=("ExternalIP",)
     )
+    # ReadyServingPods and InventoryEndpoints every heartbeat (the same variable as the servers').
+    metrics_sink: str = setting(one_of(METRICS_SINKS), env=contract.ENV_METRICS_SINK, default="cloudwatch")
     liveness_check: bool = setting(
         BOOLEAN, flag="--check", default=False, help="exit 0 if the last cycle succeeded recently, else 1"
     )

@@ -1,5 +1,6 @@
-"""InventoryStack: table protection, the device API's auth, throttling, logs and tracing, and the
-publisher's least privilege; read from the session's one synthesized app (tests/conftest.py)."""
+"""InventoryStack: table protection, the device API's auth, throttling, logs and tracing, the token
+route and its signing key, and the publisher's least privilege; read from the session's one
+synthesized app (tests/conftest.py), other configs synthesized alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from aws_cdk.assertions import Match
 
 from runtime.inventory import api as layout
-from stacks.inventory import PUBLISH_ACTIONS
+from spec import contract
+from stacks.inventory import KEY_ADMIN_ACTIONS, PUBLISH_ACTIONS
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +43,22 @@ def test_table_keys_encryption_pitr_and_ttl(template: Any) -> None:
     )
 
 
+def path_parts(template: Any) -> dict[str, str]:
+    return {key: r["Properties"]["PathPart"] for key, r in resources(template, "AWS::ApiGateway::Resource").items()}
+
+
 def test_every_api_method_requires_iam_auth(template: Any) -> None:
     methods = resources(template, "AWS::ApiGateway::Method")
     assert methods, "no API method"
     assert {m["Properties"]["HttpMethod"] for m in methods.values()} == {"GET"}  # read-only API
     assert {m["Properties"]["AuthorizationType"] for m in methods.values()} == {"AWS_IAM"}
-    (method,) = methods.values()
-    assert set(method["Properties"]["RequestParameters"]) == {
+    parts = path_parts(template)
+    by_path = {parts[m["Properties"]["ResourceId"]["Ref"]]: m["Properties"] for m in methods.values()}
+    assert set(by_path) == {"endpoints", "token"}
+    assert set(by_path["endpoints"]["RequestParameters"]) == {
         f"method.request.querystring.{name}" for name in layout.QUERY_PARAMS
     }
+    assert "RequestParameters" not in by_path["token"]  # GET /token takes nothing from the caller
 
 
 def test_stage_is_throttled_logged_and_traced(template: Any) -> None:
@@ -64,10 +73,11 @@ def test_stage_is_throttled_logged_and_traced(template: Any) -> None:
 
 
 def test_handler_is_python_with_only_query_on_the_table(template: Any) -> None:
-    template.has_resource_properties(
-        "AWS::Lambda::Function",
-        {"Runtime": Match.string_like_regexp(r"^python3\.1[23]$"), "Handler": "api.handler"},
-    )
+    for handler in ("api.handler", "api.token_handler"):
+        template.has_resource_properties(
+            "AWS::Lambda::Function",
+            {"Runtime": Match.string_like_regexp(r"^python3\.1[23]$"), "Handler": handler},
+        )
     statements = [
         statement
         for policy in resources(template, "AWS::IAM::Policy").values()
@@ -79,20 +89,125 @@ def test_handler_is_python_with_only_query_on_the_table(template: Any) -> None:
 
 
 def test_handler_code_is_the_one_boto3_only_file(synth: Any, template: Any) -> None:
-    (function,) = resources(template, "AWS::Lambda::Function").values()
-    digest = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
+    digests = {f["Properties"]["Code"]["S3Key"] for f in resources(template, "AWS::Lambda::Function").values()}
+    (digest,) = {key.removesuffix(".zip") for key in digests}  # both handlers ship the same file
     (asset,) = synth.outdir.rglob(f"asset.{digest}")
     assert sorted(p.name for p in asset.iterdir()) == ["api.py"]  # no torch, no runtime package
     assert "from runtime" not in (asset / "api.py").read_text()
 
 
-def test_devices_get_invoke_on_get_endpoints_only(template: Any) -> None:
+def test_devices_get_invoke_on_get_endpoints_and_get_token_only(template: Any) -> None:
     (policy,) = resources(template, "AWS::IAM::ManagedPolicy").values()
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == "execute-api:Invoke"
-    parts = statement["Resource"]["Fn::Join"][1]
-    assert parts[-1] == "/v1/GET/endpoints" and parts[-2]["Ref"].startswith("InventoryReadApi")  # not "*"
+    joined = [resource["Fn::Join"][1] for resource in statement["Resource"]]
+    assert [parts[-1] for parts in joined] == ["/v1/GET/endpoints", "/v1/GET/token"]
+    assert all(parts[-2]["Ref"].startswith("InventoryReadApi") for parts in joined)  # this API, not "*"
     assert not resources(template, "AWS::Cognito::IdentityPool")  # inventoryAuth=iam (the default)
+
+
+def key_and_token_role(template: Any) -> tuple[dict[str, Any], str]:
+    (key,) = resources(template, "AWS::KMS::Key").values()
+    (function,) = [
+        f["Properties"]
+        for f in resources(template, "AWS::Lambda::Function").values()
+        if f["Properties"]["Handler"] == "api.token_handler"
+    ]
+    return key["Properties"], function["Role"]["Fn::GetAtt"][0]
+
+
+def test_token_signing_key_is_rsa_and_only_the_token_role_may_sign(template: Any) -> None:
+    key, role_id = key_and_token_role(template)
+    assert (key["KeySpec"], key["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
+    assert key["PendingWindowInDays"] == 7
+    statements = {s["Sid"]: s for s in key["KeyPolicy"]["Statement"]}
+    assert set(statements) == {"AccountAdministersTheKey", "IamPoliciesMayReadThePublicKey", "OnlyTheTokenRouteSigns"}
+    signers = [s for s in statements.values() if "kms:Sign" in _list(s["Action"]) or "kms:*" in _list(s["Action"])]
+    (signer,) = signers  # no kms:* for the account: IAM policies cannot hand out kms:Sign
+    assert signer["Principal"] == {"AWS": {"Fn::GetAtt": [role_id, "Arn"]}}
+    assert sorted(_list(statements["AccountAdministersTheKey"]["Action"])) == sorted(KEY_ADMIN_ACTIONS)
+    assert sorted(_list(statements["IamPoliciesMayReadThePublicKey"]["Action"])) == [
+        "kms:DescribeKey",
+        "kms:GetPublicKey",
+    ]
+    template.has_resource_properties(
+        "AWS::KMS::Alias", {"AliasName": "alias/edge-diffusion-token-signing", "TargetKeyId": Match.any_value()}
+    )
+
+
+def test_token_role_signs_with_that_key_only_and_the_lambda_knows_issuer_audience_and_ttl(template: Any) -> None:
+    _, role_id = key_and_token_role(template)
+    (key_id,) = resources(template, "AWS::KMS::Key")
+    statements = [
+        statement
+        for policy in resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    kms_statements = [s for s in statements if any(str(a).startswith("kms:") for a in _list(s["Action"]))]
+    assert kms_statements == [{"Action": "kms:Sign", "Effect": "Allow", "Resource": {"Fn::GetAtt": [key_id, "Arn"]}}]
+    assert not any(str(a).startswith("dynamodb:") for s in statements for a in _list(s["Action"]))
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "api.token_handler",
+            "Environment": {
+                "Variables": {
+                    contract.ENV_TOKEN_KEY_ID: {"Fn::GetAtt": [key_id, "Arn"]},
+                    contract.ENV_TOKEN_ISSUER: contract.token_issuer("edge-diffusion"),
+                    contract.ENV_TOKEN_AUDIENCE: contract.TOKEN_AUDIENCE,
+                    contract.ENV_TOKEN_TTL_S: str(contract.DEFAULT_TOKEN_TTL_S),
+                }
+            },
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"Handler": "api.handler", "Environment": {"Variables": Match.object_like({contract.ENV_AUTH: "token"})}},
+    )
+
+
+def synth_alone(tmp_path: Any, **keys: Any) -> Any:
+    """This stack alone under ``keys`` (with cdk-nag), not the whole app again."""
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+    from cdk_nag import AwsSolutionsChecks
+
+    from spec.config import load_config
+    from stacks.inventory import InventoryStack
+    from tests.conftest import cdk_json_context
+
+    context = {**cdk_json_context(), **keys}
+    app = cdk.App(context=context, outdir=str(tmp_path))
+    config = load_config(context)
+    stack = InventoryStack(
+        app, "Inventory", config=config, env=cdk.Environment(account=config.account, region=config.region)
+    )
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    app.synth()  # raises on any unacknowledged cdk-nag finding
+    return Template.from_stack(stack)
+
+
+def test_auth_none_has_no_signing_key_and_no_token_route(tmp_path: Any) -> None:
+    template = synth_alone(tmp_path, auth={"mode": "none", "tokenTtlSeconds": 300})
+    assert not resources(template, "AWS::KMS::Key") and not resources(template, "AWS::KMS::Alias")
+    assert set(path_parts(template).values()) == {"endpoints"}
+    (function,) = resources(template, "AWS::Lambda::Function").values()
+    assert function["Properties"]["Environment"]["Variables"][contract.ENV_AUTH] == "none"
+    (policy,) = resources(template, "AWS::IAM::ManagedPolicy").values()
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Resource"]["Fn::Join"][1][-1] == "/v1/GET/endpoints"
+
+
+def test_token_ttl_comes_from_config(tmp_path: Any) -> None:
+    template = synth_alone(tmp_path, auth={"tokenTtlSeconds": 300})
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "api.token_handler",
+            "Environment": {"Variables": Match.object_like({contract.ENV_TOKEN_TTL_S: "300"})},
+        },
+    )
 
 
 def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: Any) -> None:
@@ -107,15 +222,18 @@ def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: A
         if {"Ref": role_id} in p["Properties"]["Roles"]
     ]
     (policy,) = policies
-    (statement,) = policy["PolicyDocument"]["Statement"]
-    assert statement["Effect"] == "Allow"
-    assert sorted(_list(statement["Action"])) == sorted(PUBLISH_ACTIONS)
-    assert statement["Resource"] == {
+    table, *others = policy["PolicyDocument"]["Statement"]
+    assert table["Effect"] == "Allow"
+    assert sorted(_list(table["Action"])) == sorted(PUBLISH_ACTIONS)
+    assert table["Resource"] == {
         "Fn::Join": [
             "",
             ["arn:", {"Ref": "AWS::Partition"}, ":dynamodb:us-west-2:123456789012:table/edge-diffusion-endpoints"],
         ]
     }
+    for statement in others:  # its metrics: PutMetricData (no resource-level ARNs) in the app's namespace only
+        assert (statement["Action"], statement["Resource"]) == ("cloudwatch:PutMetricData", "*")
+        assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": contract.METRIC_NAMESPACE}}
 
 
 def test_publisher_manifest_waits_for_its_pod_identity_association(synth: Any) -> None:
@@ -142,23 +260,7 @@ def _list(value: Any) -> list[Any]:
 
 def test_cognito_mode_gives_signed_in_users_invoke_only(tmp_path: Any) -> None:
     """inventoryAuth=cognito: synthesize this stack alone (with cdk-nag), not the whole app again."""
-    import aws_cdk as cdk
-    from aws_cdk.assertions import Template
-    from cdk_nag import AwsSolutionsChecks
-
-    from spec.config import load_config
-    from stacks.inventory import InventoryStack
-    from tests.conftest import cdk_json_context
-
-    context = {**cdk_json_context(), "inventoryAuth": "cognito"}
-    app = cdk.App(context=context, outdir=str(tmp_path))
-    config = load_config(context)
-    stack = InventoryStack(
-        app, "Inventory", config=config, env=cdk.Environment(account=config.account, region=config.region)
-    )
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    app.synth()  # raises on any unacknowledged cdk-nag finding
-    template = Template.from_stack(stack)
+    template = synth_alone(tmp_path, inventoryAuth="cognito")
     template.has_resource_properties("AWS::Cognito::IdentityPool", {"AllowUnauthenticatedIdentities": False})
     template.has_resource_properties(
         "AWS::Cognito::UserPool",
@@ -175,4 +277,4 @@ def test_cognito_mode_gives_signed_in_users_invoke_only(tmp_path: Any) -> None:
     ]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == "execute-api:Invoke"
-    assert statement["Resource"]["Fn::Join"][1][-1] == "/v1/GET/endpoints"
+    assert [r["Fn::Join"][1][-1] for r in statement["Resource"]] == ["/v1/GET/endpoints", "/v1/GET/token"]

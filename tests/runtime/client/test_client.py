@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from runtime.client import client as c
-from runtime.client.__main__ import main
 from runtime.client.auth import cognito_credentials
+from runtime.client.cli import main
 from runtime.inventory.endpoint import Endpoint
 from spec import contract
 
@@ -153,7 +153,9 @@ def test_all_failing_gives_one_error_naming_each_attempt() -> None:
     net = FakeNet({"a": "503", "b": "429"})
     with pytest.raises(c.NoEndpointError) as err:
         make_client(net, "a", "b").generate(c.ImageRequest(prompt="a cat"))
-    assert "a: 503" in str(err.value) and "b: 429" in str(err.value) and len(err.value.attempts) == 2
+    message = str(err.value)
+    assert "sd/a (http://a.test:1): 503" in message and "sd/b (http://b.test:1): 429" in message
+    assert len(err.value.attempts) == 2 and "\n" not in message
 
 
 def test_nothing_is_tried_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +219,20 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         f"{prog}: error: argument --deadline: '0' is not allowed; allowed: a number of seconds > 0"
     )
     assert main(["a cat"]) == 2
-    assert "exactly one of --inventory-url or --endpoints-file" in capsys.readouterr().err
+    assert "one of --inventory-url, --endpoints-file or --fallback-url is required" in capsys.readouterr().err
+    assert main(["a cat", "--endpoints-file", str(broken), "--inventory-url", "https://x"]) == 2
+    assert "not both" in capsys.readouterr().err
+    out = tmp_path / "missing" / "dir" / "x.png"
+    assert main(["a cat", "--endpoints-file", str(broken), "-o", str(out)]) == 2  # before any generation
+    assert capsys.readouterr().err.strip() == (
+        f"{prog}: error: --output '{out}': directory '{out.parent}' does not exist"
+    )
+    assert main(["a cat", "--fallback-url", "ftp://x"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith(f"{prog}: error: argument --fallback-url: 'ftp://x' is not allowed: 'ftp://x' is not an http(s)")
+    )
     with c.EdgeDiffusionClient(endpoints_file=broken) as client, pytest.raises(c.ClientError) as err:
         client.generate(c.ImageRequest(prompt="a cat"), deadline_s=0.0)
     assert "deadline 0.0: allowed a positive number" in str(err.value)
@@ -250,3 +265,298 @@ def test_cognito_credentials_sign_inventory_requests(monkeypatch: pytest.MonkeyP
     )
     assert client.load_inventory() == ([], [])
     assert f"Credential={frozen.access_key}/" in seen[0].headers["Authorization"]
+
+
+# --- Region last, fallback URLs, filters ------------------------------------------------------
+
+
+class Net:
+    """httpx transport of a small world: the inventory and token routes, and endpoints by host."""
+
+    def __init__(self, behaviour: dict[str, str], inventory: object = None, tokens: list[str] | None = None) -> None:
+        self.behaviour, self.inventory = behaviour, inventory
+        self.tokens = list(tokens or [])
+        self.posts: list[tuple[str, str | None]] = []  # (host, Authorization)
+        self.token_calls: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host.split(".")[0]
+        if host == "api":
+            if request.url.path.endswith(contract.TOKEN_PATH):
+                self.token_calls.append(request)
+                if not self.tokens:
+                    return httpx.Response(403, json={"message": "User is not authorized"})
+                token = self.tokens.pop(0)
+                return httpx.Response(200, json={"token": token, "expiresAt": T_NOW + 900})
+            if self.inventory is None:
+                return httpx.Response(502, json={"message": "Internal server error"})
+            return httpx.Response(200, json=self.inventory)
+        action = self.behaviour[host]
+        if request.url.path == contract.HEALTH_PATH:
+            if action == "down":
+                raise httpx.ConnectError("refused", request=request)
+            return httpx.Response(200, json={"status": "alive"})
+        authorization = request.headers.get("Authorization")
+        self.posts.append((host, authorization))
+        if action.startswith("token:"):
+            if authorization != f"Bearer {action.removeprefix('token:')}":
+                return httpx.Response(401, json={"error": "token: expired (exp is in the past); get a new token"})
+            action = "ok"
+        if action == "ok":
+            return httpx.Response(200, json={"images": [base64.b64encode(PNG).decode()], "seed": 7})
+        if action == "reset":
+            raise httpx.RemoteProtocolError("server disconnected", request=request)
+        return httpx.Response(int(action), json={"error": f"{action} says no"})
+
+
+T_NOW = 1_800_000_000.0
+INVENTORY_URL = "https://api.execute-api.us-west-2.amazonaws.com/v1/endpoints"
+
+
+def region_entry(accelerator: str) -> dict[str, Any]:
+    return entry(
+        f"region-{accelerator}",
+        443,
+        url="https://alb.test",
+        location="us-west-2",
+        accelerator=accelerator,
+        kind=contract.ENDPOINT_KIND_REGION,
+    )
+
+
+def world_client(net: Net, **kwargs: Any) -> c.EdgeDiffusionClient:
+    from botocore.credentials import Credentials
+
+    kwargs.setdefault("credentials", Credentials("AKIDEXAMPLE", "secret"))
+    return c.EdgeDiffusionClient(
+        http=httpx.Client(transport=httpx.MockTransport(net)), wall_clock=lambda: T_NOW, tie_ms=0.0, **kwargs
+    )
+
+
+def test_region_entries_come_after_every_local_zone_endpoint_and_fallbacks_last() -> None:
+    probes = [
+        c.Probe(Endpoint.from_entry(region_entry("nvidia")), 1.0),  # the nearest, yet last of the inventory
+        c.Probe(ep("far"), 80.0),
+        c.Probe(ep("near"), 10.0),
+    ]
+    client = c.EdgeDiffusionClient(endpoints=[], fallback_urls=["https://backup.test"])
+    assert [e.endpoint_id.removeprefix("edge/serving/sd/") for e in client.order(probes)] == [
+        "near",
+        "far",
+        "region-nvidia",
+        "fallback https://backup.test",
+    ]
+
+
+def test_a_dead_local_zone_fails_over_to_the_region_then_the_fallback() -> None:
+    net = Net({"lz": "reset", "alb": "503", "backup": "ok"})
+    inventory = {"auth": "none", "endpoints": [entry("lz", 1), region_entry("nvidia"), region_entry("neuron")]}
+    result = world_client(net, endpoints=inventory["endpoints"], fallback_urls=["http://backup.test"]).generate(
+        c.ImageRequest(prompt="a cat")
+    )
+    assert [host for host, _ in net.posts] == ["lz", "alb", "backup"]  # the ALB once, not once per accelerator
+    assert result.endpoint.endpoint_id == "fallback http://backup.test"
+    assert [a.outcome for a in result.attempts] == ["connection error: RemoteProtocolError", "503", "ok"]
+
+
+def test_an_accelerator_filter_keeps_that_accelerators_region_entry() -> None:
+    client = c.EdgeDiffusionClient(
+        endpoints=[region_entry("neuron"), region_entry("nvidia")], filters={"accelerator": "nvidia"}
+    )
+    endpoints, _ = client.load_inventory()
+    assert [e.endpoint_id for e in endpoints] == ["edge/serving/sd/region-nvidia"]
+
+
+def test_a_filter_matching_nothing_says_which_and_what_there_is() -> None:
+    client = c.EdgeDiffusionClient(
+        endpoints=[entry("a", 1, accelerator="neuron"), entry("b", 1, accelerator="cpu")],
+        filters={"accelerator": "nvidia"},
+    )
+    with pytest.raises(c.NoEndpointError) as err:
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert (
+        str(err.value) == "no endpoint matches --accelerator nvidia (the inventory lists 2: accelerators: cpu, neuron)"
+    )
+
+
+def test_fallback_urls_serve_when_the_inventory_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    net = Net({"backup": "token:t1"}, inventory=None, tokens=["t1"])
+    with caplog.at_level(logging.WARNING, logger="edge_diffusion.client"):
+        result = world_client(net, inventory_url=INVENTORY_URL, fallback_urls=["https://backup.test"]).generate(
+            c.ImageRequest(prompt="a cat")
+        )
+    assert result.endpoint.url == "https://backup.test"
+    assert "answered 502" in caplog.text and "trying the fallback URLs" in caplog.text
+    assert net.posts == [("backup", "Bearer t1")]  # the token route still answered: the token goes along
+
+
+def test_no_inventory_at_all_only_fallback_urls() -> None:
+    net = Net({"backup": "ok"})
+    result = world_client(net, fallback_urls=["https://backup.test"]).generate(c.ImageRequest(prompt="a cat"))
+    assert result.endpoint.url == "https://backup.test" and result.probes == ()
+    assert net.posts == [("backup", None)]
+
+
+def test_all_down_is_one_line_naming_every_endpoint_and_why() -> None:
+    net = Net({"lz": "503", "gone": "down", "alb": "reset", "backup": "500"})
+    endpoints = [entry("lz", 1), entry("gone", 1), region_entry("nvidia")]
+    with pytest.raises(c.NoEndpointError) as err:
+        world_client(net, endpoints=endpoints, fallback_urls=["https://backup.test"]).generate(
+            c.ImageRequest(prompt="a cat")
+        )
+    assert str(err.value) == (
+        "no endpoint produced an image within 120s ("
+        "edge/serving/sd/lz (http://lz.test:1): 503; "
+        "edge/serving/sd/region-nvidia (https://alb.test): connection error: RemoteProtocolError; "
+        "fallback https://backup.test: 500; "
+        "edge/serving/sd/gone (http://gone.test:1): not tried, /healthz ConnectError)"
+    )
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+def test_a_token_is_fetched_signed_when_the_inventory_requires_one_and_sent_to_every_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
+    net = Net({"a": "503", "b": "token:t1"}, inventory={"auth": "token", "endpoints": [entry("a", 1), entry("b", 1)]})
+    net.tokens = ["t1"]
+    client = world_client(net, inventory_url=INVENTORY_URL)
+    result = client.generate(c.ImageRequest(prompt="a cat"))
+    assert result.endpoint.endpoint_id.endswith("/b")
+    assert net.posts == [("a", "Bearer t1"), ("b", "Bearer t1")]
+    (call,) = net.token_calls
+    assert str(call.url) == "https://api.execute-api.us-west-2.amazonaws.com/v1/token"
+    assert call.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    client.generate(c.ImageRequest(prompt="a cat"))
+    assert len(net.token_calls) == 1  # cached until shortly before it expires
+
+
+def test_no_token_is_fetched_when_the_inventory_says_none() -> None:
+    net = Net({"a": "ok"}, inventory={"auth": "none", "endpoints": [entry("a", 1)]})
+    world_client(net, inventory_url=INVENTORY_URL).generate(c.ImageRequest(prompt="a cat"))
+    assert net.token_calls == [] and net.posts == [("a", None)]
+
+
+def test_a_refused_fetched_token_is_renewed_and_retried_once_on_the_same_endpoint() -> None:
+    net = Net({"a": "token:t2"}, inventory={"auth": "token", "endpoints": [entry("a", 1)]}, tokens=["t1", "t2"])
+    result = world_client(net, inventory_url=INVENTORY_URL).generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == [("a", "Bearer t1"), ("a", "Bearer t2")]
+    assert [a.outcome for a in result.attempts] == ["401: token renewed", "ok"]
+
+
+def test_a_refused_explicit_token_fails_at_once_with_the_servers_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
+    net = Net({"a": "token:other", "b": "ok"})
+    with pytest.raises(c.RequestRejectedError, match=r"^request rejected \(401\): token: expired"):
+        world_client(net, endpoints=[entry("a", 1), entry("b", 1)], token="mine").generate(
+            c.ImageRequest(prompt="a cat")
+        )
+    assert net.posts == [("a", "Bearer mine")]  # every endpoint checks the same key: no failover
+
+
+def test_the_cached_token_is_renewed_shortly_before_it_expires() -> None:
+    from runtime.client.auth import TokenSource
+
+    now = [T_NOW]
+    answers = iter([("t1", T_NOW + 900), ("t2", T_NOW + 1800)])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        token, expires = next(answers)
+        return httpx.Response(200, json={"token": token, "expiresAt": expires})
+
+    source = TokenSource(
+        token_url="https://api.test/v1/token",
+        http=httpx.Client(transport=httpx.MockTransport(handle)),
+        clock=lambda: now[0],
+    )
+    assert source.get() == "t1"
+    now[0] = T_NOW + 839
+    assert source.get() == "t1"
+    now[0] = T_NOW + 841  # within a minute of exp
+    assert source.get() == "t2"
+
+
+def jwt_with(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+def test_an_expired_explicit_token_is_refused_before_any_request() -> None:
+    net = Net({"a": "ok"})
+    client = world_client(net, endpoints=[entry("a", 1)], token=jwt_with({"exp": T_NOW - 5}))
+    with pytest.raises(c.ClientError, match=r"^the token given expired at 2027-01-15 07:59:55Z: get a new one$"):
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.Response(403, json={"message": "Forbidden"}), "token route https://api.test/v1/token answered 403"),
+        (httpx.Response(200, json={"token": "t"}), "did not answer {token, expiresAt}"),
+        (httpx.Response(200, json={"token": "t", "expiresAt": 5}), "an unusable token (expiresAt=5)"),
+    ],
+)
+def test_token_route_failures_are_one_line(answer: httpx.Response, message: str) -> None:
+    from runtime.client.auth import TokenError, TokenSource
+
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: answer))
+    source = TokenSource(token_url="https://api.test/v1/token", http=http, clock=lambda: T_NOW)
+    with pytest.raises(TokenError) as err:
+        source.get()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_token_route_failure_stops_the_client_before_any_request() -> None:
+    net = Net({"a": "ok"}, inventory={"auth": "token", "endpoints": [entry("a", 1)]}, tokens=[])
+    client = world_client(net, inventory_url=INVENTORY_URL, region="us-west-2", token_url="https://api.test/v1/gone")
+    with pytest.raises(c.ClientError, match=r"^token route https://api\.test/v1/gone did not answer"):
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == []
+
+
+# --- TLS and plain http ------------------------------------------------------------------------
+
+
+def test_plain_http_endpoints_are_used_with_one_warning_each(caplog: pytest.LogCaptureFixture) -> None:
+    net = Net({"a": "ok"})
+    client = world_client(net, endpoints=[entry("a", 1)])
+    with caplog.at_level(logging.WARNING, logger="edge_diffusion.client"):
+        client.generate(c.ImageRequest(prompt="a cat"))
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert caplog.text.count("http://a.test:1 is plain http (no TLS)") == 1
+
+
+def test_a_ca_bundle_that_is_not_a_certificate_is_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate")
+    with pytest.raises(c.ClientError, match=rf"^CA bundle {bogus} is not a PEM certificate file"):
+        c.tls_context(bogus)
+    with pytest.raises(c.ClientError, match=rf"^CA bundle {tmp_path / 'none.pem'}: no such file$"):
+        c.tls_context(tmp_path / "none.pem")
+
+
+def test_without_httpx_the_command_says_how_to_get_it_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    from tests.runtime.conftest import ROOT
+
+    probe = (
+        "import runpy, sys\n"
+        "sys.modules['httpx'] = None\n"  # as if it were not installed
+        "sys.argv = ['runtime.client', 'a cat', '--fallback-url', 'https://x.test']\n"
+        "runpy.run_module('runtime.client', run_name='__main__', alter_sys=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "python -m runtime.client: error: the client needs httpx: run it with .venv/bin/python (make deps), "
+        "or pip install -r runtime/requirements-client.txt"
+    )

@@ -1,6 +1,9 @@
-"""End to end on loopback: two real inference servers (tiny model), one behind a latency-adding
-proxy. The client picks the faster; killed in the middle of a request, it fails over and the image
-still arrives."""
+"""End to end on loopback: real inference servers (tiny model), one behind a latency-adding proxy.
+The client picks the faster; the Local Zone server killed in the middle of a request, the Region
+serves and the image still arrives; an empty inventory falls back to --fallback-url; everything
+down is one line naming what was tried. And with TLS (a private CA made here) and tokens: a loopback
+inventory API whose token route is the real Lambda handler signing with a (moto) KMS key, and a
+server that verifies them with that key's public half."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -96,21 +100,25 @@ class Server:
         return f"http://{LOOPBACK}:{self.proxy.port}"
 
 
-def start_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "runtime.server", "--model", "tiny", "--host", LOOPBACK, "--port", str(port)]
-    command += ["--metrics-sink", "none", "--no-ui", "--max-batch", "1"]
+    command += ["--metrics-sink", "none", "--no-ui", "--max-batch", "1", *extra]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+def wait_ready(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0, verify: Any = True
+) -> None:
     deadline = time.monotonic() + timeout_s
+    scheme = "http" if verify is True else "https"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server on {port} exited {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://{LOOPBACK}:{port}{contract.READY_PATH}", timeout=1).status_code == 200:
+            url = f"{scheme}://{LOOPBACK}:{port}{contract.READY_PATH}"
+            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -122,7 +130,8 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     logs = tmp_path_factory.mktemp("servers")
     ports = {"fast": free_port(), "slow": free_port()}
-    processes = {name: start_server(port, logs / f"{name}.log") for name, port in ports.items()}
+    # Plain http without tokens: what a workstation runs (the inventory marks such endpoints http).
+    processes = {name: start_server(port, logs / f"{name}.log", "--auth", "none") for name, port in ports.items()}
     try:
         for name, port in ports.items():  # both load in parallel; wait for each
             wait_ready(port, processes[name], logs / f"{name}.log")
@@ -179,19 +188,295 @@ def test_library_orders_by_measured_latency(servers: dict[str, Server]) -> None:
     assert result.images[0].startswith(PNG_MAGIC) and result.seed == 1
 
 
-def test_killing_the_serving_endpoint_mid_request_fails_over(servers: dict[str, Server]) -> None:
-    fast = servers["fast"]
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "runtime.client", "a cat", *args]
+    command += ["--steps", "2", "--width", "64", "--height", "64", "--seed", "1"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_an_empty_inventory_falls_back_to_the_fallback_url(servers: dict[str, Server], tmp_path: Path) -> None:
+    empty = tmp_path / "endpoints.json"
+    empty.write_text(json.dumps({"endpoints": []}))
+    out = tmp_path / "out.png"
+    done = cli("-o", str(out), "--endpoints-file", str(empty), "--fallback-url", servers["slow"].url)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert f"served by fallback {servers['slow'].url}" in done.stdout
+    assert done.stderr.count("is plain http (no TLS)") == 1  # used, with one warning
+
+
+def test_everything_down_is_one_line_naming_what_was_tried(tmp_path: Path) -> None:
+    lz, region, fallback = free_port(), free_port(), free_port()  # nothing listens on them
+    endpoints = tmp_path / "endpoints.json"
+    entries = [
+        {"endpoint_id": "lz", "url": f"http://{LOOPBACK}:{lz}", "location": "us-west-2-lax-1a", "accelerator": "cpu"},
+        {
+            "endpoint_id": "region",
+            "url": f"http://{LOOPBACK}:{region}",
+            "location": "us-west-2",
+            "accelerator": "cpu",
+            "kind": contract.ENDPOINT_KIND_REGION,
+        },
+    ]
+    endpoints.write_text(json.dumps({"endpoints": entries}))
+    done = cli(
+        "-o",
+        str(tmp_path / "o.png"),
+        "--endpoints-file",
+        str(endpoints),
+        "--fallback-url",
+        f"http://{LOOPBACK}:{fallback}",
+        "--deadline",
+        "20",
+    )
+    assert done.returncode == 1
+    (line,) = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+    assert line == (
+        "python -m runtime.client: error: no endpoint produced an image within 20s ("
+        f"fallback http://{LOOPBACK}:{fallback}: connection error: ConnectError; "
+        f"lz (http://{LOOPBACK}:{lz}): not tried, /healthz ConnectError; "
+        f"region (http://{LOOPBACK}:{region}): not tried, /healthz ConnectError)"
+    )
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_the_local_zone_killed_mid_request_the_region_serves(servers: dict[str, Server]) -> None:
+    """Runs last among the plain-http tests: it kills the fast server."""
+    fast, slow = servers["fast"], servers["slow"]
     fast.proxy.post_seen.clear()
-    client = c.EdgeDiffusionClient(endpoints=inventory(servers)["endpoints"])  # type: ignore[arg-type]
+    entries = inventory(servers)["endpoints"]
+    assert isinstance(entries, list)
+    region = {**entries[0], "endpoint_id": "region/ingress/cpu", "location": "us-west-2", "kind": "region"}
+    local = {**entries[1], "endpoint_id": "lz/serving/sd/fast"}
+    assert (region["url"], local["url"]) == (slow.url, fast.url)
+    client = c.EdgeDiffusionClient(endpoints=[region, local])
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(client.generate, SLOW, deadline_s=60)
-        assert fast.proxy.post_seen.wait(30), "the client never sent its request to the faster endpoint"
-        fast.process.send_signal(signal.SIGKILL)  # the node or pod dies while it generates
+        assert fast.proxy.post_seen.wait(30), "the client never sent its request to the Local Zone endpoint"
+        fast.process.send_signal(signal.SIGKILL)  # the Local Zone node or pod dies while it generates
         result = pending.result(timeout=60)
     client.close()
-    assert [a.endpoint.endpoint_id for a in result.attempts] == ["local/serving/sd/fast", "local/serving/sd/slow"]
+    assert [a.endpoint.endpoint_id for a in result.attempts] == ["lz/serving/sd/fast", "region/ingress/cpu"]
     assert result.attempts[0].outcome.startswith("connection error")
     assert result.attempts[1].outcome == "ok"
-    assert result.endpoint.endpoint_id == "local/serving/sd/slow"
+    assert result.endpoint.is_region
     assert result.images[0].startswith(PNG_MAGIC)
     assert result.timings["total_s"] < 60
+
+
+# --- TLS and tokens -------------------------------------------------------------------------------
+
+ISSUER = contract.token_issuer("e2e")
+KEY_ALIAS = "alias/e2e-token-signing"
+
+
+def make_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate for 127.0.0.1, its key): a private CA made here."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Edge Diffusion test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+class InventoryApi:
+    """The inventory API on loopback: GET /v1/endpoints answers ``document``; GET /v1/token is the real
+    token Lambda (``runtime.inventory.api.handle_token``) signing with a moto KMS key. API Gateway's
+    IAM authorizer is modelled by refusing requests without a SigV4 Authorization header."""
+
+    def __init__(self, kms: Any, document: dict[str, Any]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from runtime.inventory import api
+
+        self.document, self.token_calls = document, 0
+        settings = api.TokenSettings(key_id=KEY_ALIAS, issuer=ISSUER, audience=contract.TOKEN_AUDIENCE, ttl_s=300)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if not self.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
+                    return self._answer({"statusCode": 403, "body": '{"message":"Missing Authentication Token"}'})
+                if self.path.startswith("/v1" + contract.TOKEN_PATH):
+                    outer.token_calls += 1
+                    event = {"requestContext": {"identity": {"userArn": "arn:aws:iam::123456789012:user/e2e"}}}
+                    return self._answer(api.handle_token(event, kms=kms, settings=settings, now=time.time()))
+                return self._answer({"statusCode": 200, "body": json.dumps(outer.document)})
+
+            def _answer(self, response: dict[str, Any]) -> None:
+                body = response["body"].encode()
+                self.send_response(response["statusCode"])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}/v1/endpoints"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class SecureWorld:
+    url: str  # the TLS server
+    ca: Path
+    inventory: InventoryApi
+    kms: Any
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureWorld]:
+    """One server with TLS (the test CA's certificate) and token auth (the KMS key's public half)."""
+    import boto3
+    from cryptography.hazmat.primitives import serialization
+    from moto import mock_aws
+
+    directory = tmp_path_factory.mktemp("secure")
+    ca, certificate, key = make_ca(directory)
+    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    with mock_aws():
+        kms = boto3.client("kms", region_name="us-west-2")
+        key_id = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key_id)
+        der = kms.get_public_key(KeyId=KEY_ALIAS)["PublicKey"]
+        public = directory / "token-key.pem"
+        public.write_bytes(
+            serialization.load_der_public_key(der).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        port = free_port()
+        log = directory / "server.log"
+        process = start_server(
+            port,
+            log,
+            *("--tls-cert-file", str(certificate), "--tls-key-file", str(key)),
+            *("--auth", "token", "--token-public-key-file", str(public), "--token-issuer", ISSUER),
+        )
+        url = f"https://{LOOPBACK}:{port}"
+        document = {
+            "auth": "token",
+            "endpoints": [{"endpoint_id": "lz/tls", "url": url, "location": "us-west-2-lax-1a", "accelerator": "cpu"}],
+        }
+        inventory_api = InventoryApi(kms, document)
+        try:
+            wait_ready(port, process, log, verify=c.tls_context(ca))
+            yield SecureWorld(url=url, ca=ca, inventory=inventory_api, kms=kms)
+        finally:
+            inventory_api.close()
+            process.kill()
+            process.wait(timeout=10)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def secure_client(world: SecureWorld, **changes: Any) -> c.EdgeDiffusionClient:
+    from botocore.credentials import Credentials
+
+    options: dict[str, Any] = {
+        "inventory_url": world.inventory.url,
+        "region": "us-west-2",
+        "credentials": Credentials("testing", "testing"),
+        "ca_bundle": world.ca,
+    }
+    return c.EdgeDiffusionClient(**{**options, **changes})
+
+
+def test_tls_and_a_vended_token_generate(secure: SecureWorld) -> None:
+    before = secure.inventory.token_calls
+    with secure_client(secure) as client:
+        first = client.generate(QUICK, deadline_s=60)
+        second = client.generate(QUICK, deadline_s=60)
+    assert first.images[0].startswith(PNG_MAGIC) and second.images[0].startswith(PNG_MAGIC)
+    assert first.endpoint.url.startswith("https://")
+    assert secure.inventory.token_calls - before == 1  # one token, cached for both requests
+
+
+def test_without_the_private_ca_tls_verification_fails_clearly(secure: SecureWorld) -> None:
+    with secure_client(secure, ca_bundle=None) as client, pytest.raises(c.NoEndpointError) as err:
+        client.generate(QUICK, deadline_s=30)
+    assert "lz/tls" in str(err.value)
+    assert "TLS verification failed (" in str(err.value) and "a private CA needs --ca-bundle" in str(err.value)
+
+
+def test_the_server_refuses_requests_without_a_valid_token(secure: SecureWorld) -> None:
+    endpoints = secure.inventory.document["endpoints"]
+    with (
+        c.EdgeDiffusionClient(endpoints=endpoints, ca_bundle=secure.ca) as client,
+        pytest.raises(c.RequestRejectedError) as missing,
+    ):
+        client.generate(QUICK, deadline_s=30)
+    assert missing.value.status == 401 and "requires a token" in str(missing.value)
+    with (
+        c.EdgeDiffusionClient(endpoints=endpoints, ca_bundle=secure.ca, token="a.b.c") as client,
+        pytest.raises(c.RequestRejectedError) as forged,
+    ):
+        client.generate(QUICK, deadline_s=30)
+    assert forged.value.status == 401
+
+
+def test_cli_over_tls_with_a_token_from_the_environment(secure: SecureWorld, tmp_path: Path) -> None:
+    from runtime.inventory import api
+
+    event = {"requestContext": {"identity": {"userArn": "arn:aws:iam::123456789012:user/cli"}}}
+    settings = api.TokenSettings(key_id=KEY_ALIAS, issuer=ISSUER, audience=contract.TOKEN_AUDIENCE)
+    token = json.loads(api.handle_token(event, kms=secure.kms, settings=settings, now=time.time())["body"])["token"]
+    endpoints = tmp_path / "endpoints.json"
+    endpoints.write_text(json.dumps(secure.inventory.document))
+    out = tmp_path / "secure.png"
+    command = [sys.executable, "-m", "runtime.client", "a cat", "-o", str(out), "--endpoints-file", str(endpoints)]
+    command += ["--ca-bundle", str(secure.ca), "--steps", "2", "--width", "64", "--height", "64"]
+    env = {**os.environ, "EDGE_DIFFUSION_TOKEN": token}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert "plain http" not in done.stderr

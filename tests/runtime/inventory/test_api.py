@@ -1,4 +1,5 @@
-"""The read API's Lambda handler against a moto table: filters, expiry, bad input."""
+"""The read API's and token route's Lambda handlers: filters, expiry, bad input against a moto table;
+tokens signed by a moto KMS key and verified with its public half."""
 
 from __future__ import annotations
 
@@ -56,9 +57,11 @@ def test_returns_live_endpoints_of_the_default_model_with_every_field(table: Any
         "last_heartbeat": NOW,
         "expires_at": NOW + 60,
         "cost_weight": 50,
+        "kind": "local-zone",
     }
     assert isinstance(entry["expires_at"], int)  # Decimal converted, not "1800000060"
     assert body["filters"] == {"model": MODEL}
+    assert body["auth"] == "none"  # what inference endpoints require (the stack sets it)
 
 
 @pytest.mark.parametrize(
@@ -109,11 +112,13 @@ def test_bad_parameters_are_400_with_one_line(table: Any, params: dict[str, str]
 def test_lambda_entrypoint_reads_table_name_and_model_from_env(table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(api.ENV_TABLE, table.name)
     monkeypatch.setenv(api.ENV_DEFAULT_MODEL, MODEL)
+    monkeypatch.setenv(api.ENV_AUTH, "token")
     monkeypatch.setattr(api, "_table", None)
     put(table, ep("a"))
     response = api.handler({"queryStringParameters": None}, None, clock=lambda: NOW + 1)
     assert response["statusCode"] == 200
     assert ids(json.loads(response["body"])) == ["a"]
+    assert json.loads(response["body"])["auth"] == "token"
     monkeypatch.setattr(api, "_table", None)
 
 
@@ -144,3 +149,160 @@ def test_the_handler_file_runs_alone_on_the_standard_library_and_boto3(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == api.ATTR_MODEL
+
+
+def test_names_written_again_equal_the_contracts() -> None:
+    """api.py ships alone and cannot import spec.contract: its copies must not drift."""
+    from spec import contract
+
+    assert (api.ENV_AUTH, api.ENV_TOKEN_KEY_ID, api.ENV_TOKEN_TTL_S) == (
+        contract.ENV_AUTH,
+        contract.ENV_TOKEN_KEY_ID,
+        contract.ENV_TOKEN_TTL_S,
+    )
+    assert (api.ENV_TOKEN_ISSUER, api.ENV_TOKEN_AUDIENCE) == (contract.ENV_TOKEN_ISSUER, contract.ENV_TOKEN_AUDIENCE)
+    assert (api.TOKEN_ALGORITHM, api.TOKEN_KMS_SIGNING_ALGORITHM, api.DEFAULT_TOKEN_TTL_S) == (
+        contract.TOKEN_ALGORITHM,
+        contract.TOKEN_KMS_SIGNING_ALGORITHM,
+        contract.DEFAULT_TOKEN_TTL_S,
+    )
+    assert api.AUTH_NONE in contract.AUTH_MODES
+
+
+# --- GET /token --------------------------------------------------------------------------------
+
+ISSUER = "edge-diffusion:edge-diffusion"
+AUDIENCE = "edge-diffusion-inference"
+USER_ARN = "arn:aws:sts::123456789012:assumed-role/device/phone-1"
+
+
+@pytest.fixture
+def kms(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A moto KMS key as the stack creates it (RSA_2048, SIGN_VERIFY), behind its alias."""
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        client = boto3.client("kms", region_name="us-west-2")
+        key = client.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+        client.create_alias(AliasName="alias/edge-diffusion-token-signing", TargetKeyId=key["KeyId"])
+        yield client
+
+
+def token_settings(**changes: Any) -> api.TokenSettings:
+    base: dict[str, Any] = {
+        "key_id": "alias/edge-diffusion-token-signing",
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "ttl_s": 900,
+    }
+    return api.TokenSettings(**{**base, **changes})
+
+
+def identity_event(**identity: str) -> dict[str, Any]:
+    return {"requestContext": {"identity": {"sourceIp": "198.51.100.7", **identity}}, "queryStringParameters": None}
+
+
+def public_key(kms: Any) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    der = kms.get_public_key(KeyId="alias/edge-diffusion-token-signing")["PublicKey"]
+    return serialization.load_der_public_key(der)
+
+
+def b64url_json(segment: str) -> Any:
+    import base64
+
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def test_token_is_rs256_signed_by_kms_with_every_claim(kms: Any) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    response = api.handle_token(identity_event(userArn=USER_ARN), kms=kms, settings=token_settings(), now=NOW)
+    assert response["statusCode"] == 200 and response["headers"]["Cache-Control"] == "no-store"
+    body = json.loads(response["body"])
+    assert set(body) == {"token", "expiresAt"} and body["expiresAt"] == NOW + 900
+    header, payload, signature = body["token"].split(".")
+    assert "=" not in body["token"]  # base64url without padding, as JWT requires
+    assert b64url_json(header) == {"alg": "RS256", "typ": "JWT"}
+    claims = b64url_json(payload)
+    assert {k: v for k, v in claims.items() if k != "jti"} == {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": USER_ARN,
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 900,
+    }
+    assert len(claims["jti"]) == 32
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    # Raises InvalidSignature unless KMS signed exactly header.payload with RSASSA-PKCS1-v1_5 SHA-256.
+    public_key(kms).verify(raw, f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_token_verifies_as_a_jwt_with_issuer_audience_and_expiry(kms: Any) -> None:
+    import base64
+    import time
+
+    import jwt  # PyJWT: what the servers verify with (never in the Lambda)
+
+    def issue(now: float) -> str:
+        event = identity_event(userArn=USER_ARN, cognitoIdentityId="us-west-2:1111-2222")
+        response = api.handle_token(event, kms=kms, settings=token_settings(ttl_s=120), now=now)
+        return str(json.loads(response["body"])["token"])
+
+    key = public_key(kms)
+    token = issue(time.time())
+    claims = jwt.decode(token, key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+    assert claims["sub"] == "us-west-2:1111-2222"  # the Cognito identity, when there is one
+    assert claims["exp"] - claims["iat"] == 120
+    with pytest.raises(jwt.ExpiredSignatureError):
+        jwt.decode(issue(time.time() - 600), key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(token, key, algorithms=["RS256"], audience="someone-else", issuer=ISSUER)
+    header, payload, signature = token.split(".")
+    forged = base64.urlsafe_b64encode(json.dumps({**b64url_json(payload), "sub": "someone"}).encode()).rstrip(b"=")
+    with pytest.raises(jwt.InvalidSignatureError):  # a claim changed after signing
+        jwt.decode(f"{header}.{forged.decode()}.{signature}", key, algorithms=["RS256"], audience=AUDIENCE)
+
+
+def test_every_token_has_its_own_id(kms: Any) -> None:
+    tokens = [
+        json.loads(
+            api.handle_token(identity_event(userArn=USER_ARN), kms=kms, settings=token_settings(), now=NOW)["body"]
+        )["token"]
+        for _ in range(2)
+    ]
+    assert b64url_json(tokens[0].split(".")[1])["jti"] != b64url_json(tokens[1].split(".")[1])["jti"]
+
+
+def test_no_caller_identity_is_403_and_kms_failure_is_503(kms: Any) -> None:
+    response = api.handle_token({"requestContext": {"identity": {}}}, kms=kms, settings=token_settings(), now=NOW)
+    assert response["statusCode"] == 403 and "SigV4" in json.loads(response["body"])["message"]
+    broken = token_settings(key_id="alias/no-such-key")
+    response = api.handle_token(identity_event(userArn=USER_ARN), kms=kms, settings=broken, now=NOW)
+    assert response["statusCode"] == 503
+    assert json.loads(response["body"]) == {"message": "token signing is unavailable, retry shortly"}
+
+
+def test_token_entrypoint_reads_its_settings_from_env(kms: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spec import contract
+
+    for name, value in {
+        contract.ENV_TOKEN_KEY_ID: "alias/edge-diffusion-token-signing",
+        contract.ENV_TOKEN_ISSUER: ISSUER,
+        contract.ENV_TOKEN_AUDIENCE: AUDIENCE,
+        contract.ENV_TOKEN_TTL_S: "300",
+        "AWS_DEFAULT_REGION": "us-west-2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(api, "_kms", kms)
+    response = api.token_handler(identity_event(userArn=USER_ARN), None, clock=lambda: NOW)
+    assert json.loads(response["body"])["expiresAt"] == NOW + 300
+    monkeypatch.setattr(api, "_kms", None)

@@ -91,6 +91,7 @@ def test_discover_one_entry_per_service_and_node_with_a_ready_endpoint() -> None
     assert found["edge/serving/sd-nvidia/lz-1"] == Endpoint(
         "edge/serving/sd-nvidia/lz-1", "http://198.51.100.10:30001", "us-west-2-lax-1a", "nvidia", MODEL, 50
     )
+    assert found["edge/serving/sd-nvidia/lz-1"].kind == contract.ENDPOINT_KIND_LOCAL_ZONE
     assert found["edge/serving/sd-nvidia/lz-2"].url == "http://[2001:db8::7]:30001"
     assert found["edge/serving/sd-nvidia/reg-2"].location == "us-west-2"  # regional AZ -> the Region
 
@@ -181,6 +182,7 @@ def kube_transport(requests: list[httpx.Request], fail: bool = False) -> httpx.M
         "/api/v1/namespaces/serving/services": [[service("sd-nvidia")]],
         "/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices": [[endpoint_slice("sd-nvidia", ("lz-1", True))]],
         "/api/v1/nodes": [[NODES[0]], [NODES[1]]],  # two pages
+        "/apis/networking.k8s.io/v1/namespaces/serving/ingresses": [[]],
     }
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -200,10 +202,11 @@ def test_kubernetes_api_lists_with_selectors_token_and_pagination(tmp_path: Path
     token.write_text("tok-1\n")
     requests: list[httpx.Request] = []
     kube = KubernetesApi("https://kube.test", token_file=token, verify=False, transport=kube_transport(requests))
-    services, slices, nodes = kube.serving_state("serving")
-    assert [len(services), len(slices), len(nodes)] == [1, 1, 2]
-    assert requests[0].url.params["labelSelector"] == f"{contract.LABEL_INVENTORY}=true"
+    state = kube.serving_state("serving")
+    assert [len(state.services), len(state.slices), len(state.nodes), len(state.ingresses)] == [1, 1, 2, 0]
+    assert requests[0].url.params["labelSelector"] == contract.LABEL_ACCELERATOR  # every serving Service
     assert requests[1].url.params["labelSelector"] == "kubernetes.io/service-name in (sd-nvidia)"
+    assert requests[-1].url.params["labelSelector"] == f"{contract.LABEL_INVENTORY}=true"  # the Ingress
     assert {r.headers["Authorization"] for r in requests} == {"Bearer tok-1"}
     token.write_text("tok-2")  # bound tokens rotate: read on every call
     kube.list_items("/api/v1/nodes")
