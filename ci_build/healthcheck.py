@@ -3,18 +3,24 @@
     python healthcheck.py /healthz
 
 Standard library only (runs in every image); the port is the server's own setting
-(EDGE_DIFFUSION_PORT, default 7860 as in spec.contract.PORT).
+(EDGE_DIFFUSION_PORT, default 7860 as in spec.contract.PORT). When the server terminates TLS
+(a certificate file or secret is configured) the check speaks HTTPS to loopback without
+verifying the certificate: it asks whether this container's own process answers, and the
+certificate names the endpoint's DNS name, not 127.0.0.1. Devices always verify.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
 
 DEFAULT_PORT = 7860
 TIMEOUT_S = 4.0
+# The server's TLS settings (spec.contract.ENV_TLS_*): any of them set means it serves HTTPS.
+TLS_ENV = ("EDGE_DIFFUSION_TLS_CERT_FILE", "EDGE_DIFFUSION_TLS_SECRET_ID")
 
 
 def main(argv: list[str]) -> int:
@@ -22,9 +28,15 @@ def main(argv: list[str]) -> int:
         print("usage: healthcheck.py /path", file=sys.stderr)
         return 2
     port = int(os.environ.get("EDGE_DIFFUSION_PORT") or DEFAULT_PORT)
-    url = f"http://127.0.0.1:{port}{argv[0]}"
+    tls = any(os.environ.get(name) for name in TLS_ENV)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{argv[0]}"
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # loopback liveness of our own process; see the docstring
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S, context=context) as response:  # noqa: S310
             status = int(response.status)
     except urllib.error.HTTPError as err:
         status = err.code

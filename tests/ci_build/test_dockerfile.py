@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -485,6 +486,37 @@ def test_healthcheck_script_exit_codes() -> None:
         assert check(contract.READY_PATH, port) == 1
         assert check(contract.HEALTH_PATH, free_port()) == 1
         assert check("healthz", port) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthcheck_speaks_https_when_the_server_terminates_tls(tmp_path: Path) -> None:
+    from tests.runtime.server.test_tls import Ca
+
+    chain, key = Ca.make("healthcheck-test-ca").issue()
+    (tmp_path / "chain.pem").write_bytes(chain)
+    (tmp_path / "key.pem").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = str(server.server_address[1])
+
+        def check(**env: str) -> int:
+            full = {**os.environ, contract.ENV_PORT: port, **env}
+            for name in (contract.ENV_TLS_CERT_FILE, contract.ENV_TLS_SECRET_ID):
+                if name not in env:
+                    full.pop(name, None)
+            command = [sys.executable, str(CI / "healthcheck.py"), contract.HEALTH_PATH]
+            return subprocess.run(command, env=full, timeout=30, capture_output=True).returncode
+
+        assert check(**{contract.ENV_TLS_CERT_FILE: str(tmp_path / "chain.pem")}) == 0
+        assert check(**{contract.ENV_TLS_SECRET_ID: "edge-diffusion/lz-tls"}) == 0
+        assert check() == 1  # plain HTTP against a TLS listener fails: the check follows the server's mode
     finally:
         server.shutdown()
         server.server_close()
