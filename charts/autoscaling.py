@@ -5,20 +5,36 @@ exactly the dimensions the runtime attaches (Deployment, Accelerator, Location; 
 ``runtime.server.metrics.Dimensions``), summed over all pods of the Deployment; KEDA divides that
 sum by the per-replica target. KEDA's operator authenticates with its own Pod Identity
 role (``podIdentity.provider: aws``), which may read CloudWatch metrics.
+
+Every ``serving`` knob acts on 1..N scaling (KEDA 2.20 ScaledObject spec,
+https://keda.sh/docs/2.20/reference/scaledobject-spec/):
+
+- ``kedaPollingIntervalSeconds`` is how often KEDA reads CloudWatch: the trigger sets
+  ``useCachedMetrics``, so the HPA's syncs (every 15 s) get the value of KEDA's last poll. Without
+  it every sync would read CloudWatch and ``pollingInterval`` would pace only scaling from 0, which
+  ``minReplicas`` >= 1 excludes.
+- ``kedaCooldownPeriodSeconds`` is how long demand must stay lower before pods are removed. KEDA's
+  own ``cooldownPeriod`` applies only to scaling to 0, so the knob is rendered as the HPA's
+  ``behavior.scaleDown.stabilizationWindowSeconds`` as well (and still as ``cooldownPeriod``, which
+  keeps the meaning should 0 replicas ever be allowed). The key keeps its name rather than a new
+  ``scaleDownStabilizationSeconds`` beside it: one knob for one concept, and deployments that set it
+  get the behaviour they asked for.
+- The HPA's scale-up rules are written out (the Kubernetes defaults) so that what runs is in the
+  manifest, and scaling/model.py simulates the same rules (tests/scaling/test_model.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import cdk8s
 from constructs import Construct
 
 from charts.imports.sh import keda
 from spec import contract, topology
-from spec.config import AppConfig
+from spec.config import AppConfig, ServingConfig
 from spec.topology import Placement
 
 TRIGGER_AUTHENTICATION: Final = "aws-pod-identity"
@@ -28,12 +44,57 @@ METRIC_PERIOD_S: Final = contract.METRIC_PUBLISH_INTERVAL_S
 
 
 @dataclass(frozen=True)
+class ScalingPolicy:
+    """One HPAScalingPolicy: at most ``value`` pods (or percent of them) added or removed per ``period_s``."""
+
+    kind: Literal["Pods", "Percent"]
+    value: int
+    period_s: int
+
+
+@dataclass(frozen=True)
 class AutoscalingSettings:
-    """Trigger details not in AppConfig.serving, in one place."""
+    """Trigger and HPA details not in AppConfig.serving, in one place."""
 
     collection_periods: int = 3  # metricCollectionTime = this many publish intervals
     end_time_offset_s: int = METRIC_PERIOD_S  # skip the period still being filled
     fallback_failures: int = 3  # metric unreadable this many polls: hold the fallback count
+    # Scale-up: double or add 4 pods per 15 s, whichever is more, at once (no stabilization): the
+    # Kubernetes defaults. A new pod takes minutes to serve (docs/scaling.md), so holding back only
+    # delays it; from 1 pod this reaches the default maxReplicas (4) in one sync.
+    scale_up_policies: tuple[ScalingPolicy, ...] = (ScalingPolicy("Percent", 100, 15), ScalingPolicy("Pods", 4, 15))
+    scale_up_stabilization_s: int = 0
+    # Scale-down: every surplus pod may go in one 15 s period once the window has passed.
+    scale_down_policies: tuple[ScalingPolicy, ...] = (ScalingPolicy("Percent", 100, 15),)
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"  # of the policies, the one allowing the most change
+
+
+def hpa_behavior(
+    serving: ServingConfig, settings: AutoscalingSettings
+) -> keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehavior:
+    """The HPA's behaviour: the scale-down window is ``serving.kedaCooldownPeriodSeconds``."""
+    return keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehavior(
+        scale_up=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleUp(
+            stabilization_window_seconds=settings.scale_up_stabilization_s,
+            select_policy=settings.select_policy,
+            policies=[
+                keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleUpPolicies(
+                    type=p.kind, value=p.value, period_seconds=p.period_s
+                )
+                for p in settings.scale_up_policies
+            ],
+        ),
+        scale_down=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleDown(
+            stabilization_window_seconds=serving.keda_cooldown_period_s,
+            select_policy=settings.select_policy,
+            policies=[
+                keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleDownPolicies(
+                    type=p.kind, value=p.value, period_seconds=p.period_s
+                )
+                for p in settings.scale_down_policies
+            ],
+        ),
+    )
 
 
 def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
@@ -104,7 +165,12 @@ class AutoscalingChart(cdk8s.Chart):
                     min_replica_count=min_replicas,
                     max_replica_count=max(serving.max_replicas, min_replicas),
                     polling_interval=serving.keda_polling_interval_s,
-                    cooldown_period=serving.keda_cooldown_period_s,
+                    cooldown_period=serving.keda_cooldown_period_s,  # acts only at 0 replicas; see the docstring
+                    advanced=keda.ScaledObjectSpecAdvanced(
+                        horizontal_pod_autoscaler_config=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfig(
+                            behavior=hpa_behavior(serving, settings)
+                        )
+                    ),
                     # CloudWatch unreadable: keep the accelerator's usual replica count.
                     fallback=keda.ScaledObjectSpecFallback(
                         failure_threshold=settings.fallback_failures,
@@ -115,6 +181,7 @@ class AutoscalingChart(cdk8s.Chart):
                             type=TRIGGER_TYPE,
                             name="pending-requests",
                             metric_type="AverageValue",
+                            use_cached_metrics=True,  # the HPA reads KEDA's last poll: pollingInterval paces reads
                             authentication_ref=keda.ScaledObjectSpecTriggersAuthenticationRef(
                                 name=TRIGGER_AUTHENTICATION,
                                 kind=keda.ScaledObjectSpecTriggersAuthenticationRefKind.TRIGGER_AUTHENTICATION,

@@ -1,9 +1,9 @@
 """What the simulation is made of: the autoscaling loop as deployed, the cold-start chain, one pod.
 
 Every default is written once, here, with where it comes from; docs/scaling.md gives the sources.
-The autoscaling knobs default to ``spec.config.ServingConfig``; the HPA behaviour is the Kubernetes
-default because ``charts/autoscaling.py`` renders no ``advanced.horizontalPodAutoscalerConfig``
-(tests/scaling checks both against the rendered ScaledObject).
+The autoscaling knobs default to ``spec.config.ServingConfig``; the HPA behaviour, the trigger's
+metric caching and the scale-down window are what ``charts/autoscaling.py`` renders (this package
+may not import the charts: tests/scaling/test_model.py renders them and compares).
 """
 
 from __future__ import annotations
@@ -37,13 +37,18 @@ class HpaRules:
     select: SelectPolicy = "Max"
 
 
-# Kubernetes defaults (HorizontalPodAutoscalerBehavior, autoscaling/v2): scale up by 100 % or
-# 4 pods per 15 s, whichever is more, no stabilization; scale down by up to 100 % per 15 s after
-# a 300 s stabilization window.
-DEFAULT_SCALE_UP: Final = HpaRules(0, (HpaPolicy("Percent", 100, 15), HpaPolicy("Pods", 4, 15)), "Max")
-DEFAULT_SCALE_DOWN: Final = HpaRules(300, (HpaPolicy("Percent", 100, 15),), "Max")
+# Kubernetes defaults (HorizontalPodAutoscalerBehavior, autoscaling/v2), what an HPA without a
+# ``behavior`` does: scale up by 100 % or 4 pods per 15 s, whichever is more, no stabilization;
+# scale down by up to 100 % per 15 s after a 300 s stabilization window.
+KUBERNETES_SCALE_UP: Final = HpaRules(0, (HpaPolicy("Percent", 100, 15), HpaPolicy("Pods", 4, 15)), "Max")
+KUBERNETES_SCALE_DOWN: Final = HpaRules(300, (HpaPolicy("Percent", 100, 15),), "Max")
+# What charts/autoscaling.py renders: the same scale-up rules, written out; scale-down by up to
+# 100 % per 15 s once the window (serving.kedaCooldownPeriodSeconds) has passed.
+RENDERED_SCALE_UP: Final = KUBERNETES_SCALE_UP
+RENDERED_SCALE_DOWN_POLICIES: Final = KUBERNETES_SCALE_DOWN.policies
 HPA_SYNC_PERIOD_S: Final = 15  # kube-controller-manager --horizontal-pod-autoscaler-sync-period default
 HPA_TOLERANCE: Final = 0.1  # cluster-wide default tolerance
+MAX_STABILIZATION_WINDOW_S: Final = 3600  # autoscaling/v2 HPAScalingRules.stabilizationWindowSeconds limit
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,20 @@ class Autoscaling:
     max_replicas: int = ServingConfig.max_replicas
     target_pending_per_replica: int = ServingConfig.target_pending_per_replica
     keda_polling_interval_s: int = ServingConfig.keda_polling_interval_s
-    # KEDA applies cooldownPeriod only to scaling to 0; minReplicas >= 1 makes it inert.
-    keda_cooldown_period_s: int = ServingConfig.keda_cooldown_period_s
-    # The rendered trigger does not set useCachedMetrics: the HPA's every sync reads CloudWatch and
-    # pollingInterval plays no part in 1..N scaling. True: the HPA reads KEDA's value of the last poll.
-    use_cached_metrics: bool = False
+    # The rendered trigger sets useCachedMetrics: KEDA reads CloudWatch once per polling interval
+    # and every HPA sync gets the value of its last poll. False: every HPA sync reads CloudWatch.
+    use_cached_metrics: bool = True
     hpa_sync_s: int = HPA_SYNC_PERIOD_S
     # Where the HPA's syncs and KEDA's polls fall relative to the metric's minute boundaries: nothing
     # aligns them, so the default is half a period late (the mean wait); 0 is the best case.
+    # scaling.simulate.phase_sweep runs every combination on a grid instead.
     hpa_sync_phase_s: float = HPA_SYNC_PERIOD_S / 2
     keda_poll_phase_s: float | None = None  # None: half the polling interval
     tolerance: float = HPA_TOLERANCE
-    scale_up: HpaRules = DEFAULT_SCALE_UP
-    scale_down: HpaRules = DEFAULT_SCALE_DOWN
+    scale_up: HpaRules = RENDERED_SCALE_UP
+    # The window is serving.kedaCooldownPeriodSeconds: the chart renders it as the HPA's
+    # scaleDown.stabilizationWindowSeconds (KEDA's own cooldownPeriod acts only at 0 replicas).
+    scale_down: HpaRules = HpaRules(ServingConfig.keda_cooldown_period_s, RENDERED_SCALE_DOWN_POLICIES, "Max")
 
     @property
     def poll_phase_s(self) -> float:
@@ -167,6 +173,12 @@ def check(sim: Simulation) -> None:
         ("maxReplicas", a.max_replicas, a.max_replicas >= a.min_replicas, "an integer >= minReplicas"),
         ("targetPendingPerReplica", a.target_pending_per_replica, a.target_pending_per_replica >= 1, ">= 1"),
         ("kedaPollingIntervalSeconds", a.keda_polling_interval_s, a.keda_polling_interval_s >= 1, ">= 1"),
+        (
+            "kedaCooldownPeriodSeconds",
+            a.scale_down.stabilization_window_s,
+            0 <= a.scale_down.stabilization_window_s <= MAX_STABILIZATION_WINDOW_S,
+            f"0 to {MAX_STABILIZATION_WINDOW_S} (the HPA's scale-down stabilization window)",
+        ),
         ("pod images/s", p.images_per_s, p.images_per_s > 0, "> 0"),
         ("pod concurrency", p.concurrency, 0 < p.concurrency <= p.capacity, f"> 0 and <= queue + batch ({p.capacity})"),
         ("dt", sim.dt_s, sim.dt_s > 0, "> 0 seconds"),

@@ -1,16 +1,18 @@
 """``python -m scaling.simulate``: traffic traces through the autoscaling loop, a table and a PNG.
 
-Without options it compares today's ``serving`` defaults with the recommended ones (and the
-recommended ones on Bottlerocket nodes whose data volume snapshot holds the image) on a 10x step,
-a ramp, a flash crowd and a cosine day, and with ``--out-dir docs`` writes
-``docs/scaling-simulation.md`` and ``docs/images/scaling-simulation.png``. ``--trace`` and the
-config options run one trace against one config instead.
+Without options it compares the previous ``serving`` defaults with today's (and today's on
+Bottlerocket nodes whose data volume snapshot holds the image) on a 10x step, a ramp, a flash
+crowd and a cosine day, sweeps where the HPA's syncs and KEDA's polls fall for the 10x step, and
+with ``--out-dir docs`` writes ``docs/scaling-simulation.md`` and
+``docs/images/scaling-simulation.png``. ``--trace`` and the config options run one trace against
+one config instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,63 +20,76 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from scaling.engine import Result, run
-from scaling.model import HpaRules, ModelError, Simulation, pod_from_breaking_point
+from scaling.model import (
+    KUBERNETES_SCALE_DOWN,
+    KUBERNETES_SCALE_UP,
+    Autoscaling,
+    HpaRules,
+    ModelError,
+    Simulation,
+    pod_from_breaking_point,
+)
 from scaling.traffic import TRACE_KINDS, Cosine, FlashCrowd, Ramp, Step, Trace
 from spec import prices
 
 PROG: Final = "python -m scaling.simulate"
 PRICED_INSTANCE: Final = "g5.xlarge"  # the node one NVIDIA serving pod fills (spec/accelerators.py)
+SWEEP_POINTS: Final = 5  # phases per period in phase_sweep: 5 HPA syncs x 5 KEDA polls
 
 
 @dataclass(frozen=True)
 class Recommendation:
     key: str  # the serving config key
+    attr: str  # its spec.config.ServingConfig field, whose default it is
     value: int
     reason: str
 
 
-# The values this simulation argues for (docs/scaling.md has the runs behind each reason).
+# The serving defaults this simulation argues for; spec.config.ServingConfig holds them
+# (tests/scaling/test_simulate.py checks) and docs/scaling.md has the runs behind each reason.
 RECOMMENDED: Final = (
     Recommendation(
         "kedaPollingIntervalSeconds",
-        30,
-        "unchanged: the trigger does not cache metrics, so the HPA reads CloudWatch every 15 s sync and "
-        "pollingInterval is off the 1..N scale-out path (it only paces 0<->1, which minReplicas >= 1 excludes); "
-        "with useCachedMetrics a 60 s poll would add half a minute on average",
+        "keda_polling_interval_s",
+        15,
+        "the trigger caches metrics, so KEDA reads CloudWatch once per interval and every 15 s HPA sync gets its "
+        "last value; 15 matches the sync (4 GetMetricData calls a minute per ScaledObject), 30 or 60 add half "
+        "an interval to every reaction",
     ),
     Recommendation(
         "kedaCooldownPeriodSeconds",
+        "keda_cooldown_period_s",
         300,
-        "unchanged and inert: KEDA applies it only to scaling to 0; scale-in follows the HPA's 300 s "
-        "stabilization window, which the chart leaves at the Kubernetes default",
+        "the HPA's scale-down stabilization window (the Kubernetes default): pods go after 300 s of lower demand; "
+        "600 refuses less only when demand swings at some periods (a 60 min cosine, not 45 or 90) and costs up "
+        "to 8 % more node-hours; a shorter window saves little (emptied nodes stay 10 min for consolidateAfter)",
     ),
     Recommendation(
         "targetPendingPerReplica",
+        "target_pending_per_replica",
         3,
         "floor(4 / 1.1): the HPA ignores ratios within 10 %, so a target of the breaking-point concurrency (4) "
         "lets pods sit at 4.4 pending, past the SLO; 3 keeps the tolerance band below it",
     ),
     Recommendation(
         "minReplicas",
+        "min_replicas",
         1,
-        "unchanged: a second idle pod does not shorten scale-out (the cold start does) and doubles the idle "
-        "cost of every placement; production deployments should set 2 for availability",
+        "a second idle pod does not shorten scale-out (the cold start does) and doubles the idle cost of every "
+        "placement; production deployments should set 2 for availability",
     ),
 )
 
-
-def recommended(sim: Simulation) -> Simulation:
-    values = {r.key: r.value for r in RECOMMENDED}
-    return replace(
-        sim,
-        autoscaling=replace(
-            sim.autoscaling,
-            keda_polling_interval_s=values["kedaPollingIntervalSeconds"],
-            keda_cooldown_period_s=values["kedaCooldownPeriodSeconds"],
-            target_pending_per_replica=values["targetPendingPerReplica"],
-            min_replicas=values["minReplicas"],
-        ),
-    )
+# The serving defaults before the chart rendered a behaviour: target 4 (the breaking-point
+# concurrency itself), no metric caching (every HPA sync read CloudWatch and pollingInterval 30
+# played no part) and the Kubernetes default behaviour (cooldownPeriod 300 was inert).
+PREVIOUS_DEFAULTS: Final = Autoscaling(
+    target_pending_per_replica=4,
+    keda_polling_interval_s=30,
+    use_cached_metrics=False,
+    scale_up=KUBERNETES_SCALE_UP,
+    scale_down=KUBERNETES_SCALE_DOWN,
+)
 
 
 def standard_traces(mu: float) -> list[Trace]:
@@ -86,6 +101,36 @@ def standard_traces(mu: float) -> list[Trace]:
         FlashCrowd(base, 3.0 * mu, 600.0, 60.0, 600.0, 300.0, name="flash crowd (10x, 10 min)"),
         Cosine(1.5 * mu, 1.2 * mu, 3600.0, name="cosine (period 1 h)"),
     ]
+
+
+def phase_sweep(sim: Simulation, trace: Trace, duration_s: float, points: int = SWEEP_POINTS) -> list[float | None]:
+    """Time to absorb the trace's first rise with the HPA's syncs (and KEDA's polls, when cached) at
+    ``points`` evenly spaced phases of their periods each: nothing in a cluster aligns them."""
+    a = sim.autoscaling
+    hpa_phases = [a.hpa_sync_s * i / points for i in range(points)]
+    poll_phases: list[float | None] = (
+        [a.keda_polling_interval_s * i / points for i in range(points)] if a.use_cached_metrics else [None]
+    )
+    out: list[float | None] = []
+    for hpa_phase in hpa_phases:
+        for poll_phase in poll_phases:
+            phased = replace(a, hpa_sync_phase_s=hpa_phase, keda_poll_phase_s=poll_phase)
+            result = run(replace(sim, autoscaling=phased), trace, duration_s)
+            out.append(result.absorptions[0].absorbed_s if result.absorptions else None)
+    return out
+
+
+def sweep_table(rows: Sequence[tuple[str, list[float | None]]]) -> str:
+    lines = ["| config | runs | fastest | mean | slowest | not absorbed |", "|---|---:|---:|---:|---:|---:|"]
+    for label, times in rows:
+        absorbed = [t for t in times if t is not None]
+        if absorbed:
+            fastest, mean, slowest = min(absorbed), statistics.fmean(absorbed), max(absorbed)
+            figures = f"{fastest:.0f} s | {mean:.0f} s | {slowest:.0f} s"
+        else:
+            figures = "n/a | n/a | n/a"
+        lines.append(f"| {label} | {len(times)} | {figures} | {len(times) - len(absorbed)} |")
+    return "\n".join(lines)
 
 
 # --- Table ---------------------------------------------------------------------------------
@@ -124,6 +169,8 @@ def parameters(sim: Simulation) -> str:
             f"+ warm-up {c.warmup_s:g} s = {c.new_node_s:g} s on a new node",
             f"- metric: each pod's mean pending every {m.publish_interval_s} s; KEDA reads Sum over "
             f"{m.stat_period_s} s, end offset {m.end_time_offset_s} s, collection {m.collection_time_s} s",
+            f"- KEDA: {'cached metrics, CloudWatch read every ' if a.use_cached_metrics else 'no caching, '}"
+            f"{a.keda_polling_interval_s} s{'' if a.use_cached_metrics else ' polling (off the 1..N path)'}",
             f"- HPA: sync {a.hpa_sync_s} s, tolerance {a.tolerance:.0%}, scale-up "
             f"{_rules(a.scale_up)}, scale-down {_rules(a.scale_down)}; maxReplicas {a.max_replicas}",
             f"- nodes: one serving pod each, empty nodes consolidated after {sim.nodes.consolidate_after_s:g} s",
@@ -185,14 +232,16 @@ class _Parser(argparse.ArgumentParser):
         raise ModelError(" ".join(message.split()))
 
 
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+def _number(kind: Callable[[str], float], *, zero: bool = False) -> Callable[[str], float]:
+    allowed = "a number >= 0" if zero else "a number > 0"
+
     def convert(raw: str) -> float:
         try:
             value = kind(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not allowed; allowed: a number > 0") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{raw!r} is not allowed; allowed: a number > 0")
+            raise argparse.ArgumentTypeError(f"{raw!r} is not allowed; allowed: {allowed}") from None
+        if not ((value >= 0 if zero else value > 0) and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{raw!r} is not allowed; allowed: {allowed}")
         return value
 
     return convert
@@ -200,7 +249,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 def parser() -> _Parser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else None)
-    num, whole = _positive(float), _positive(int)
+    num, whole = _number(float), _number(int)
     p.add_argument("--out-dir", type=Path, help="write scaling-simulation.md and images/scaling-simulation.png here")
     p.add_argument("--breaking-point", type=Path, help="--json output of python -m runtime.bench.breaking_point")
     p.add_argument("--duration-s", type=num, default=7200.0)
@@ -219,8 +268,16 @@ def parser() -> _Parser:
     p.add_argument("--max-replicas", type=whole)
     p.add_argument("--target", type=whole, help="targetPendingPerReplica")
     p.add_argument("--polling-s", type=whole, help="kedaPollingIntervalSeconds")
-    p.add_argument("--cached-metrics", action="store_true", help="useCachedMetrics: the HPA reads KEDA's last poll")
-    p.add_argument("--scale-down-window-s", type=whole, help="HPA scaleDown.stabilizationWindowSeconds")
+    p.add_argument(
+        "--cached-metrics",
+        action=argparse.BooleanOptionalAction,
+        help="useCachedMetrics (the chart sets it): the HPA reads KEDA's last poll; --no-cached-metrics: CloudWatch",
+    )
+    p.add_argument(
+        "--cooldown-s",
+        type=_number(int, zero=True),
+        help="kedaCooldownPeriodSeconds: the HPA's scaleDown.stabilizationWindowSeconds",
+    )
     p.add_argument("--snapshot", action="store_true", help="Bottlerocket data volume snapshot holds the image")
     return p
 
@@ -241,18 +298,18 @@ def _single_trace(args: argparse.Namespace, mu: float) -> Trace:
 
 
 def _configured(sim: Simulation, args: argparse.Namespace) -> Simulation:
+    """``sim`` with the config options given on the command line (those not given keep its values)."""
     a = sim.autoscaling
     changes = {
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
         "target_pending_per_replica": args.target,
         "keda_polling_interval_s": args.polling_s,
+        "use_cached_metrics": args.cached_metrics,
     }
     a = replace(a, **{k: v for k, v in changes.items() if v is not None})
-    if args.cached_metrics:
-        a = replace(a, use_cached_metrics=True)
-    if args.scale_down_window_s is not None:
-        a = replace(a, scale_down=replace(a.scale_down, stabilization_window_s=args.scale_down_window_s))
+    if args.cooldown_s is not None:
+        a = replace(a, scale_down=replace(a.scale_down, stabilization_window_s=int(args.cooldown_s)))
     cold = replace(sim.cold_start, snapshot=True) if args.snapshot else sim.cold_start
     return replace(sim, autoscaling=a, cold_start=cold)
 
@@ -264,16 +321,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.breaking_point is not None:
             base = replace(base, pod=pod_from_breaking_point(args.breaking_point, base.pod))
         mu = base.pod.images_per_s
+        sweeps: list[tuple[str, list[float | None]]] = []
         if args.trace is not None:
             configs = [("configured", _configured(base, args))]
             traces = [_single_trace(args, mu)]
         else:
-            chosen = _configured(recommended(base), args)  # flags given win over the recommendation
-            configs = [("today's defaults", _configured(base, args)), ("recommended", chosen)]
-            configs.append(
-                ("recommended + snapshot", replace(chosen, cold_start=replace(chosen.cold_start, snapshot=True)))
-            )
+            current = _configured(base, args)  # flags given win over the defaults
+            configs = [
+                ("previous defaults", _configured(replace(base, autoscaling=PREVIOUS_DEFAULTS), args)),
+                ("defaults", current),
+                ("defaults + snapshot", replace(current, cold_start=replace(current.cold_start, snapshot=True))),
+            ]
             traces = standard_traces(mu)
+            step = traces[0]
+            sweeps = [(label, phase_sweep(sim, step, args.duration_s)) for label, sim in configs]
         runs: dict[str, list[tuple[str, Result]]] = {}
         for trace in traces:
             runs[trace.name] = [(label, run(sim, trace, args.duration_s)) for label, sim in configs]
@@ -289,14 +350,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Simulated {args.duration_s / 3600:g} h per trace, one-second ticks. Parameters:",
         "",
-        parameters(base),
+        parameters(configs[0][1] if args.trace is not None else configs[1][1]),  # "configured" or "defaults"
         "",
         text,
         "",
         f"Cost: node-hours x {price.instance_type} at {price.usd_per_hour:g} USD/h ({price.region}, {price.as_of}).",
     ]
+    if sweeps:
+        sweep = sweep_table(sweeps)
+        print(sweep)
+        lines += [
+            "",
+            f"Time to absorb the {traces[0].name} with the HPA's syncs and, with cached metrics, KEDA's polls at "
+            f"{SWEEP_POINTS} evenly spaced phases of their periods each (the rows above use half a period):",
+            "",
+            sweep,
+        ]
     if args.trace is None:
-        lines += ["", "Recommended serving defaults:", ""]
+        lines += ["", "Recommended serving defaults (spec/config.py ServingConfig):", ""]
         lines += [f"- `{r.key}` = {r.value}: {r.reason}" for r in RECOMMENDED]
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,10 @@ INSTANT = ColdStart(
     karpenter_decision_s=0, node_launch_s=0, image_pull_s=0, image_pull_from_snapshot_s=0, model_load_s=0, warmup_s=0
 )
 POD = PodModel(images_per_s=2.0, concurrency=4.0, p90_ms=1000.0)
-ALIGNED = Autoscaling(min_replicas=1, max_replicas=10, target_pending_per_replica=4, hpa_sync_phase_s=0)
+# Every HPA sync reads CloudWatch (no caching), on the minute: the delays are the metric's alone.
+ALIGNED = Autoscaling(
+    min_replicas=1, max_replicas=10, target_pending_per_replica=4, hpa_sync_phase_s=0, use_cached_metrics=False
+)
 
 
 def sim(**changes: Any) -> Simulation:
@@ -46,6 +49,13 @@ def test_with_cached_metrics_the_poll_adds_its_wait() -> None:
     cached = replace(ALIGNED, use_cached_metrics=True, keda_polling_interval_s=60, keda_poll_phase_s=30)
     (absorption,) = run(sim(autoscaling=cached), Step(1.0, 3.0, 600.0), 3600.0).absorptions
     assert absorption.capacity_s == 210.0
+
+
+def test_a_poll_in_step_with_the_syncs_adds_nothing() -> None:
+    # Polls every 15 s on the minute, like the syncs: the poll at 780 s feeds the sync at 780 s.
+    cached = replace(ALIGNED, use_cached_metrics=True, keda_polling_interval_s=15, keda_poll_phase_s=0)
+    (absorption,) = run(sim(autoscaling=cached), Step(1.0, 3.0, 600.0), 3600.0).absorptions
+    assert absorption.capacity_s == 180.0
 
 
 def test_the_cold_start_chain_adds_up_and_the_snapshot_removes_the_pull() -> None:

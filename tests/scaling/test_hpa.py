@@ -6,11 +6,19 @@ from dataclasses import replace
 from typing import Any
 
 from scaling.hpa import Hpa
-from scaling.model import Autoscaling, HpaPolicy, HpaRules
+from scaling.model import KUBERNETES_SCALE_DOWN, KUBERNETES_SCALE_UP, Autoscaling, HpaPolicy, HpaRules
+
+KUBERNETES = Autoscaling(
+    min_replicas=1,
+    max_replicas=20,
+    target_pending_per_replica=4,
+    scale_up=KUBERNETES_SCALE_UP,
+    scale_down=KUBERNETES_SCALE_DOWN,
+)
 
 
 def hpa(**changes: Any) -> Hpa:
-    return Hpa(replace(Autoscaling(min_replicas=1, max_replicas=20, target_pending_per_replica=4), **changes))
+    return Hpa(replace(KUBERNETES, **changes))
 
 
 def test_within_the_tolerance_nothing_changes() -> None:

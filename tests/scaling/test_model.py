@@ -9,7 +9,7 @@ import pytest
 
 from charts.karpenter import DisruptionSettings
 from runtime.server.settings import Settings
-from scaling.model import Autoscaling, MetricPipeline, Nodes, PodModel
+from scaling.model import Autoscaling, HpaPolicy, HpaRules, MetricPipeline, Nodes, PodModel
 from spec.config import ServingConfig
 from tests.charts.conftest import Rendered, render
 from tests.conftest import cdk_json_context
@@ -23,28 +23,36 @@ def scaled_objects() -> list[dict[str, Any]]:
     return objects
 
 
+def rules(rendered: dict[str, Any]) -> HpaRules:
+    """The model's HpaRules from one direction of a rendered HPA behaviour."""
+    policies = tuple(HpaPolicy(p["type"], p["value"], p["periodSeconds"]) for p in rendered["policies"])
+    return HpaRules(rendered["stabilizationWindowSeconds"], policies, rendered["selectPolicy"])
+
+
 def test_autoscaling_defaults_are_the_serving_config_defaults() -> None:
     a, serving = Autoscaling(), ServingConfig()
-    assert (a.min_replicas, a.max_replicas, a.target_pending_per_replica) == (
+    assert (a.min_replicas, a.max_replicas, a.target_pending_per_replica, a.keda_polling_interval_s) == (
         serving.min_replicas,
         serving.max_replicas,
         serving.target_pending_per_replica,
-    )
-    assert (a.keda_polling_interval_s, a.keda_cooldown_period_s) == (
         serving.keda_polling_interval_s,
-        serving.keda_cooldown_period_s,
     )
+    assert a.scale_down.stabilization_window_s == serving.keda_cooldown_period_s
 
 
-def test_the_chart_leaves_the_hpa_behaviour_and_metric_caching_at_their_defaults(
-    scaled_objects: list[dict[str, Any]],
-) -> None:
-    # The simulation's HPA rules are the Kubernetes defaults and it reads CloudWatch on every sync:
-    # if the chart starts rendering a behaviour or useCachedMetrics, scaling/model.py must follow.
+def test_the_simulated_hpa_is_the_rendered_one(scaled_objects: list[dict[str, Any]]) -> None:
+    # The chart renders the behaviour and caches metrics; the simulation must run the same loop.
+    a = Autoscaling()
     for scaled in scaled_objects:
-        assert "horizontalPodAutoscalerConfig" not in scaled["spec"].get("advanced", {})
-        for trigger in scaled["spec"]["triggers"]:
-            assert trigger.get("useCachedMetrics", False) is Autoscaling().use_cached_metrics
+        spec = scaled["spec"]
+        behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert rules(behavior["scaleUp"]) == a.scale_up
+        assert rules(behavior["scaleDown"]) == a.scale_down
+        assert spec["pollingInterval"] == a.keda_polling_interval_s
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (a.min_replicas, a.max_replicas)
+        (trigger,) = spec["triggers"]
+        assert trigger["useCachedMetrics"] is a.use_cached_metrics
+        assert int(trigger["metadata"]["targetMetricValue"]) == a.target_pending_per_replica
 
 
 def test_the_metric_pipeline_is_the_rendered_trigger(scaled_objects: list[dict[str, Any]]) -> None:
