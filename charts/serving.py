@@ -178,6 +178,10 @@ class ServingChart(cdk8s.Chart):
         if placement.location.is_local_zone:  # devices reach Local Zone nodes' NodePorts directly
             service_labels[contract.LABEL_INVENTORY] = "true"
             annotations[contract.ANNOTATION_SCHEME] = url_scheme(pods_terminate_tls(self.config, placement))
+            if pods_terminate_tls(self.config, placement) and placement.location.zone:
+                # The certificate cannot name the nodes' changing IPs: devices verify this name instead.
+                server_name = self.config.tls.server_name_in(placement.location.zone)
+                annotations[contract.ANNOTATION_TLS_SERVER_NAME] = server_name
         self.services[name] = k8s.KubeService(
             self,
             f"{name}-svc",

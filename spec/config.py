@@ -51,9 +51,11 @@ SECRET_NAME_PATTERN: Final = re.compile(r"^[\w/+=.@-]{1,512}$")
 ACM_ARN_PATTERN: Final = re.compile(
     r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):certificate/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$"
 )
-# The ALB's TLS policy: TLS 1.3 with 1.2 fallback, the ELB console's default
-# (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/describe-ssl-policies.html).
-DEFAULT_ALB_SECURITY_POLICY: Final = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+# The ALB's TLS policy: TLS 1.3 and 1.2 with hybrid post-quantum key exchange (ML-KEM) for clients
+# that offer it, the ELB console's default and the one AWS recommends because it still serves TLS 1.2
+# clients (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/describe-ssl-policies.html).
+# The ALB controller passes the ssl-policy annotation to the listener unchanged; ELB checks the name.
+DEFAULT_ALB_SECURITY_POLICY: Final = "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"
 # ELB policy names whose minimum is TLS 1.2: the TLS13-*, TLS-1-2-* and FS-1-2-* families.
 ALB_SECURITY_POLICY_PATTERN: Final = re.compile(r"^ELBSecurityPolicy-(TLS13-|TLS-1-2-|FS-1-2-)[A-Za-z0-9-]+$")
 # Node OS images: EKS-optimized AL2023, or Bottlerocket (which can mount a prebuilt data-volume
@@ -142,11 +144,15 @@ class ServingConfig:
     """Serving and autoscaling knobs shared by every serving Deployment."""
 
     image_version: str = "1.0.0"
+    # Autoscaling (charts/autoscaling.py); the reason for each default is in docs/scaling.md section 3.
     # At least 1: the pods publish the metric KEDA scales on, so at 0 nothing would scale up.
-    min_replicas: int = 1
-    max_replicas: int = 4
-    target_pending_per_replica: int = 4  # KEDA target: pending requests per replica
-    keda_polling_interval_s: int = 30
+    min_replicas: int = 1  # a second idle pod does not shorten scale-out; set 2 in production for availability
+    max_replicas: int = 4  # caps the rise a placement absorbs (4 pods' throughput) and its NodePool limits
+    target_pending_per_replica: int = 3  # floor(4 / 1.1): the HPA's 10 % tolerance keeps pods at <= 4 pending
+    # How often KEDA reads CloudWatch; the HPA's 15 s syncs get its cached value (15: one read per sync).
+    keda_polling_interval_s: int = 15
+    # Seconds of lower demand before pods are removed: the HPA's scale-down stabilization window
+    # (and KEDA's cooldownPeriod, which acts only at 0 replicas); 300 = Kubernetes' window.
     keda_cooldown_period_s: int = 300
     max_batch: int = contract.DEFAULT_MAX_BATCH
     max_wait_ms: int = contract.DEFAULT_MAX_WAIT_MS
@@ -180,7 +186,16 @@ class TlsConfig:
     # Secrets Manager secret NAME whose SecretString is JSON {"certificate", "privateKey"}
     # (contract.TLS_SECRET_*_FIELD): the serving pods behind Local Zone NodePorts terminate TLS with it.
     local_zone_secret: str = ""
+    # The DNS name that certificate names (required with local_zone_secret): devices reach changing
+    # node IPs, so they send this name as SNI and verify the certificate against it. A wildcard
+    # (*.lz.example.com) gives each Local Zone its own name, the zone's in place of the "*".
+    local_zone_server_name: str = ""
     alb_security_policy: str = DEFAULT_ALB_SECURITY_POLICY
+
+    def server_name_in(self, zone: str) -> str:
+        """The name devices verify in ``zone``: the configured one, a wildcard's "*" made the zone."""
+        name = self.local_zone_server_name
+        return f"{zone}{name[1:]}" if name.startswith("*.") else name
 
 
 @dataclass(frozen=True)
@@ -300,6 +315,7 @@ _SERVING_KEYS: Final = {
 _TLS_KEYS: Final = {
     "certificateArn": "certificate_arn",
     "localZoneSecret": "local_zone_secret",
+    "localZoneServerName": "local_zone_server_name",
     "albSecurityPolicy": "alb_security_policy",
 }
 _AUTH_KEYS: Final = {"mode": "mode", "tokenTtlSeconds": "token_ttl_s"}
@@ -418,7 +434,7 @@ _SERVING_BOUNDS: Final = {
     "max_replicas": (1, 1000),
     "target_pending_per_replica": (1, 1000),
     "keda_polling_interval_s": (5, 3600),
-    "keda_cooldown_period_s": (0, 86400),
+    "keda_cooldown_period_s": (0, 3600),  # also the HPA scaleDown.stabilizationWindowSeconds (max 3600)
     "max_batch": (1, contract.MAX_BATCH_LIMIT),
     "max_wait_ms": (0, contract.MAX_WAIT_MS_LIMIT),
     "height": contract.IMAGE_SIZE_BOUNDS,
@@ -738,6 +754,19 @@ def _validate_tls(config: AppConfig, errors: _Errors) -> None:
             tls.local_zone_secret,
             "a Secrets Manager secret name (not an ARN): letters, digits and /_+=.@-, up to 512",
         )
+    if tls.local_zone_server_name and not contract.is_dns_name(tls.local_zone_server_name, wildcard=True):
+        errors.add(
+            "tls.localZoneServerName",
+            tls.local_zone_server_name,
+            "a DNS name such as lz.example.com, or *.lz.example.com ('*' only as the whole leftmost label)",
+        )
+    elif tls.local_zone_secret and not tls.local_zone_server_name:
+        errors.add(
+            "tls.localZoneServerName",
+            "",
+            "the DNS name the certificate in tls.localZoneSecret names, e.g. lz.example.com, whenever "
+            "tls.localZoneSecret is set (devices verify that name: node IPs change)",
+        )
     if not ALB_SECURITY_POLICY_PATTERN.match(tls.alb_security_policy):
         errors.add(
             "tls.albSecurityPolicy",
@@ -797,6 +826,11 @@ def config_warnings(config: AppConfig) -> list[str]:
             "tls.localZoneSecret to a Secrets Manager secret holding "
             f'{{"{contract.TLS_SECRET_CERTIFICATE_FIELD}": ..., "{contract.TLS_SECRET_PRIVATE_KEY_FIELD}": ...}} '
             "for HTTPS"
+        )
+    if config.tls.local_zone_server_name and not config.tls.local_zone_secret:
+        warnings.append(
+            f"warning: tls.localZoneServerName={config.tls.local_zone_server_name} without tls.localZoneSecret: "
+            "no Local Zone endpoint serves TLS, so no device verifies that name"
         )
     usable = instance_families(config.accelerators, large=config.enable_large_nvidia_instances)
     for zone in config.local_zones:

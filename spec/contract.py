@@ -12,6 +12,7 @@ to the other).
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # --- HTTP --------------------------------------------------------------------------------
@@ -167,6 +168,26 @@ ANNOTATION_WEIGHTED_ACTION: Final = f"alb.ingress.kubernetes.io/actions.{WEIGHTE
 # Where a serving Service (and a node, a subnet) is: a Local Zone name, or LOCATION_REGION.
 LABEL_LOCATION: Final = "edge-diffusion.aws/location"
 LOCATION_REGION: Final = "region"
+# The DNS name the Local Zone pods' certificate is verified against (config tls.localZoneServerName):
+# node IPs change, so a device connects to the IP and sends this name as SNI. On https Services.
+ANNOTATION_TLS_SERVER_NAME: Final = "edge-diffusion.aws/tls-server-name"
+_DNS_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_dns_name(name: str, *, wildcard: bool = False) -> bool:
+    """A dotted DNS name of two labels or more whose last is not all digits (so never an IP address);
+    with ``wildcard``, ``*`` may be the whole leftmost label before two more, the one wildcard TLS
+    clients match (RFC 6125 section 6.4.3)."""
+    labels = name.split(".")
+    if wildcard and labels[0] == "*" and len(labels) >= 3:
+        labels = labels[1:]
+    return (
+        len(name) <= 253
+        and len(labels) >= 2
+        and all(_DNS_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+
 
 # --- Startup phases (GET /readyz reason, Prometheus gauge, CloudWatch once at ready) -------
 STARTUP_PHASES: Final = ("model_loaded", "warmed_up", "ready")  # seconds since process start

@@ -45,6 +45,8 @@ from spec import contract, prices
 REQUEST_TIMEOUT_S: Final = 300.0
 READY_TIMEOUT_S: Final = 60.0
 PROMPT: Final = "a lighthouse on a cliff at dawn"
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the certificate names another host.
+NAME_MISMATCH_CODES: Final = frozenset({62, 64})
 HPA_TOLERANCE: Final = 0.1  # kube-controller-manager's default --horizontal-pod-autoscaler-tolerance
 
 
@@ -109,6 +111,12 @@ class BreakingPointSettings(ProgramSettings):
     ca_bundle: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
         PATH, flag="--ca-bundle", default=None, help="PEM CA bundle to verify TLS with"
     )
+    server_name: str | None = setting(
+        TEXT,
+        flag="--server-name",
+        default=None,
+        help="DNS name the certificate names, sent as SNI and verified (a Local Zone --url names a node IP)",
+    )
     steps: int = setting(integer(1), flag="--steps", default=25, help="denoising steps per image")
     width: int = setting(integer(1), flag="--width", default=contract.DEFAULT_IMAGE_SIZE)
     height: int = setting(integer(1), flag="--height", default=contract.DEFAULT_IMAGE_SIZE)
@@ -133,6 +141,8 @@ class BreakingPointSettings(ProgramSettings):
         scheme = urllib.parse.urlparse(self.url).scheme
         if scheme not in ("http", "https") or not urllib.parse.urlparse(self.url).hostname:
             raise refusal("--url", self.url, "an http:// or https:// URL with a host")
+        if self.server_name is not None and (scheme != "https" or not contract.is_dns_name(self.server_name)):
+            raise refusal("--server-name", self.server_name, "a DNS name such as lz.example.com, with an https --url")
         if self.token is not None and self.token_file is not None:
             raise refusal("--token-file", str(self.token_file), "either --token or --token-file, not both")
         if self.price_per_hour is not None and len(self.instance_types) != 1:
@@ -209,13 +219,28 @@ def costs(
 
 
 # --- HTTP ----------------------------------------------------------------------------------
+class NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to ``host`` (a node IP) that sends ``server_name`` as SNI and verifies the certificate
+    against that name: ``HTTPSConnection.connect`` with the name in place of the host."""
+
+    def __init__(self, host: str, port: int, server_name: str, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.server_name, self.tls = server_name, context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
 @dataclass
 class Endpoint:
-    """Connections to one URL: TLS verified (system CAs or --ca-bundle), optional bearer token."""
+    """Connections to one URL: TLS verified (system CAs or --ca-bundle) against the URL's host or
+    ``server_name``, optional bearer token."""
 
     url: str
     token: str | None = None
     ca_bundle: Path | None = None
+    server_name: str | None = None
     _tls: ssl.SSLContext | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -228,6 +253,8 @@ class Endpoint:
             self._tls = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
 
     def connect(self) -> http.client.HTTPConnection:
+        if self.https and self.server_name and self._tls is not None:
+            return NamedHTTPSConnection(self.host, self.port, self.server_name, self._tls, REQUEST_TIMEOUT_S)
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=REQUEST_TIMEOUT_S, context=self._tls)
         return http.client.HTTPConnection(self.host, self.port, timeout=REQUEST_TIMEOUT_S)
@@ -255,10 +282,10 @@ class Endpoint:
                     )
                 last = f"HTTP {response.status}"
             except ssl.SSLCertVerificationError as exc:
-                raise ConnectionError(
-                    f"TLS to {self.url} failed: {exc.reason} ({exc.verify_message}); "
-                    "pass --ca-bundle with the CA that signed the endpoint's certificate"
-                ) from None
+                fix = "pass --ca-bundle with the CA that signed the endpoint's certificate"
+                if exc.verify_code in NAME_MISMATCH_CODES:
+                    fix = "pass --server-name with the DNS name the endpoint's certificate names"
+                raise ConnectionError(f"TLS to {self.url} failed: {exc.reason} ({exc.verify_message}); {fix}") from None
             except ssl.SSLError as exc:
                 raise ConnectionError(f"TLS to {self.url} failed: {exc.reason or exc}") from None
             except (OSError, http.client.HTTPException) as exc:
@@ -424,7 +451,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         return error_exit(BreakingPointSettings.PROG, exc)
     except OSError as exc:
         return error_exit(BreakingPointSettings.PROG, f"--token-file: cannot read {args.token_file}: {exc.strerror}")
-    endpoint = Endpoint(args.url, token, args.ca_bundle)
+    endpoint = Endpoint(args.url, token, args.ca_bundle, args.server_name)
     body = {
         "prompt": PROMPT,
         "steps": args.steps,

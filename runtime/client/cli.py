@@ -161,7 +161,8 @@ def outputs(base: Path, count: int) -> list[Path]:
 
 def report(result: GenerationResult) -> None:
     e = result.endpoint
-    print(f"served by {e.endpoint_id} ({e.url}, {e.location}, {e.accelerator}, {e.kind}) seed={result.seed}")
+    tls_name = f", TLS name {e.server_name}" if e.server_name else ""
+    print(f"served by {e.endpoint_id} ({e.url}{tls_name}, {e.location}, {e.accelerator}, {e.kind}) seed={result.seed}")
     for probe in result.probes:
         rtt = f"{probe.rtt_ms:.1f} ms" if probe.rtt_ms is not None else f"unreachable ({probe.error})"
         print(f"  probe {probe.endpoint.endpoint_id}: {rtt}")

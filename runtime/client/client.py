@@ -11,10 +11,12 @@ endpoint would accept it), except a 401 on a fetched token, which is renewed and
 Malformed inventory entries are skipped with a warning, never an exception.
 
 Security: TLS is verified (the certifi roots, plus ``ca_bundle`` for a private CA); there is no
-switch to turn verification off. A plain-http endpoint is used only when its URL says http (the
-inventory marks it so, or the caller gave it), with one warning each. Every inference request
-carries ``Authorization: Bearer <token>`` when the inventory says endpoints require tokens, or
-when a token was given.
+switch to turn verification off. A Local Zone entry's URL names a node IP that changes, which no
+certificate can name: its ``server_name`` is sent as SNI and the certificate is verified against
+that name instead (probes included); entries without one, and fallback URLs, verify the URL's
+host. A plain-http endpoint is used only when its URL says http (the inventory marks it so, or
+the caller gave it), with one warning each. Every inference request carries ``Authorization:
+Bearer <token>`` when the inventory says endpoints require tokens, or when a token was given.
 
 This module needs httpx (and botocore only to sign inventory requests); it does not import the
 CDK app: cost weights travel in the inventory, not in a table copied from ``spec/``.
@@ -43,6 +45,9 @@ from spec import contract
 log = logging.getLogger("edge_diffusion.client")
 
 RETRYABLE_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: a trusted certificate
+# for another name, which no CA bundle fixes.
+NAME_MISMATCH_CODES: Final = frozenset({62, 64})
 DEFAULT_DEADLINE_S: Final = 120.0
 DEFAULT_PROBE_TIMEOUT_S: Final = 2.0
 DEFAULT_TIE_MS: Final = 5.0
@@ -129,7 +134,9 @@ def _why(err: BaseException) -> str:
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = cause.verify_message or cause.reason or "certificate not trusted"
+            reason = (cause.verify_message or cause.reason or "certificate not trusted").rstrip(".")
+            if cause.verify_code in NAME_MISMATCH_CODES:
+                return f"TLS verification failed ({reason})"
             return f"TLS verification failed ({reason}; a private CA needs --ca-bundle)"
         if isinstance(cause, ssl.SSLError):
             return f"TLS error ({cause.reason or type(cause).__name__})"
@@ -205,10 +212,18 @@ def rank(probes: Iterable[Probe], tie_ms: float = DEFAULT_TIE_MS) -> list[Endpoi
 
 
 def _described(endpoint: Endpoint) -> str:
-    """``id (url)``; a fallback URL's id already is its URL."""
+    """``id (url)``, ``id (url, TLS name n)``; a fallback URL's id already is its URL."""
     if endpoint.endpoint_id.endswith(endpoint.url):
         return endpoint.endpoint_id
+    if endpoint.server_name:
+        return f"{endpoint.endpoint_id} ({endpoint.url}, TLS name {endpoint.server_name})"
     return f"{endpoint.endpoint_id} ({endpoint.url})"
+
+
+def tls_extensions(endpoint: Endpoint) -> dict[str, str]:
+    """httpx request extensions: the entry's server name as SNI, which httpcore also hands to
+    ``SSLContext.wrap_socket(server_hostname=...)``, so the certificate is verified against it."""
+    return {"sni_hostname": endpoint.server_name} if endpoint.server_name else {}
 
 
 class EdgeDiffusionClient:
@@ -359,7 +374,11 @@ class EdgeDiffusionClient:
         for _ in range(attempts):
             start = self._clock()
             try:
-                response = self._http.get(endpoint.url + contract.HEALTH_PATH, timeout=self._probe_timeout_s)
+                response = self._http.get(
+                    endpoint.url + contract.HEALTH_PATH,
+                    timeout=self._probe_timeout_s,
+                    extensions=tls_extensions(endpoint),
+                )
             except httpx.HTTPError as err:
                 return Probe(endpoint, None, _why(err))
             if response.status_code != 200:
@@ -437,7 +456,11 @@ class EdgeDiffusionClient:
             began = self._clock()
             try:
                 response = self._http.post(
-                    endpoint.url + contract.IMAGES_PATH, json=body, headers=headers, timeout=remaining
+                    endpoint.url + contract.IMAGES_PATH,
+                    json=body,
+                    headers=headers,
+                    timeout=remaining,
+                    extensions=tls_extensions(endpoint),
                 )
             except httpx.TimeoutException:
                 attempts.append(Attempt(endpoint, "timeout", self._clock() - began))

@@ -42,12 +42,15 @@ ATTR_SORT_KEY: Final = "endpoint_key"  # sort key: location#accelerator#endpoint
 ATTR_ENDPOINT_ID: Final = "endpoint_id"  # cluster/namespace/service/node
 ATTR_LOCATION: Final = "location"  # Region name, or Local Zone name such as us-west-2-lax-1a
 ATTR_ACCELERATOR: Final = "accelerator"  # nvidia | neuron | cpu (spec.accelerators names)
-ATTR_URL: Final = "url"  # http://<node external IP>:<nodePort>
+ATTR_URL: Final = "url"  # http(s)://<node external IP>:<nodePort>, or the ALB: http(s)://<hostname>
 ATTR_HEALTH: Final = "health"  # ready (only ready endpoints are published)
 ATTR_LAST_HEARTBEAT: Final = "last_heartbeat"  # epoch seconds of the publisher's last write
 ATTR_EXPIRES_AT: Final = "expires_at"  # epoch seconds; the table's TTL attribute
 ATTR_COST_WEIGHT: Final = "cost_weight"  # accelerator cost weight: cheaper = higher (client tie-break)
 ATTR_KIND: Final = "kind"  # local-zone (a node's NodePort) | region (the ALB): contract.ENDPOINT_KIND_*
+# https Local Zone entries: the DNS name their certificate names (the URL's host is a node IP that
+# changes); devices send it as SNI and verify the certificate against it. Absent: verify the URL's host.
+ATTR_SERVER_NAME: Final = "server_name"
 KEY_SEPARATOR: Final = "#"
 HEALTH_READY: Final = "ready"
 
@@ -144,6 +147,7 @@ def live_endpoints(table: Any, filters: Mapping[str, str], now: float) -> list[d
         ATTR_EXPIRES_AT,
         ATTR_COST_WEIGHT,
         ATTR_KIND,
+        ATTR_SERVER_NAME,
     )
     return [{name: _plain(item[name]) for name in fields if name in item} for item in items[:MAX_RESULTS]]
 

@@ -1,10 +1,11 @@
 """What is serving, read from the Kubernetes API: serving Services, their EndpointSlices, Nodes, the Ingress.
 
 ``discover`` turns those objects (plain dicts as the API returns them) into the entries devices
-can reach: one per (Local Zone Service, node with a ready endpoint of it), and one per accelerator
-serving behind the Region's ALB. ``ready_pods`` counts the ready serving pods of every Service
-(the publisher's metrics and the ALB weights). ``KubernetesApi`` lists them with the pod's service
-account, and patches one annotation of the serving Ingress (its weighted forward action).
+can reach: one per (Local Zone Service, node with a ready endpoint of it), carrying the Service's
+TLS server name when it serves https, and one per accelerator serving behind the Region's ALB.
+``ready_pods`` counts the ready serving pods of every Service (the publisher's metrics and the
+ALB weights). ``KubernetesApi`` lists them with the pod's service account, and patches one
+annotation of the serving Ingress (its weighted forward action).
 """
 
 from __future__ import annotations
@@ -106,6 +107,30 @@ def _scheme(kind: str, name: str, annotations: Mapping[str, str]) -> str | None:
         )
         return None
     return value
+
+
+def _server_name(name: str, scheme: str, annotations: Mapping[str, str]) -> tuple[bool, str | None]:
+    """(usable, the TLS name devices verify) of an inventoried Service, from
+    ``contract.ANNOTATION_TLS_SERVER_NAME``: https only; a value that is no DNS name skips the Service."""
+    if scheme != "https":
+        return True, None
+    value = annotations.get(contract.ANNOTATION_TLS_SERVER_NAME)
+    if value is None:
+        log.warning(
+            "Service %s serves https without a %s annotation: devices verify its certificate against node addresses",
+            name,
+            contract.ANNOTATION_TLS_SERVER_NAME,
+        )
+        return True, None
+    if not contract.is_dns_name(value):
+        log.warning(
+            "Service %s skipped: %s=%r, allowed a DNS name such as lz.example.com",
+            name,
+            contract.ANNOTATION_TLS_SERVER_NAME,
+            value,
+        )
+        return False, None
+    return True, value
 
 
 def _node_address(node: Mapping[str, Any], address_types: Sequence[str]) -> str | None:
@@ -279,6 +304,9 @@ def discover(
         scheme = _scheme("Service", name, annotations)
         if scheme is None:
             continue
+        usable, server_name = _server_name(name, scheme, annotations)
+        if not usable:
+            continue
         model = str(annotations.get(contract.ANNOTATION_MODEL) or settings.default_model)
         for node_name in sorted(ready_nodes.get(name, ())):
             node = nodes_by_name.get(node_name)
@@ -295,6 +323,7 @@ def discover(
                     model=model,
                     cost_weight=settings.cost_weights.get(str(accelerator)),
                     kind=contract.ENDPOINT_KIND_LOCAL_ZONE,
+                    server_name=server_name,
                 )
             )
     state = ServingState(services=services, slices=slices, ingresses=list(ingresses))

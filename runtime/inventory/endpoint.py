@@ -4,6 +4,8 @@ The publisher turns each into a table item (``item``, in ``runtime.inventory.api
 the device client parses the read API's JSON entries back (``from_entry``) and skips the ones
 it cannot use. ``kind`` says what a device reaches: a Local Zone node's NodePort, or the Region's
 ALB (the last resort; an entry without a kind is a Local Zone one, as before kinds existed).
+``server_name`` (https only) is the DNS name the endpoint's certificate names: a Local Zone URL's
+host is a node IP that changes, so devices connect there and verify the certificate against it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Endpoint:
     model: str
     cost_weight: int | None = None
     kind: str = contract.ENDPOINT_KIND_LOCAL_ZONE
+    server_name: str | None = None  # sent as SNI and verified instead of the URL's host (https only)
 
     @property
     def is_region(self) -> bool:
@@ -61,6 +64,8 @@ class Endpoint:
         }
         if self.cost_weight is not None:
             item[layout.ATTR_COST_WEIGHT] = self.cost_weight
+        if self.server_name is not None:
+            item[layout.ATTR_SERVER_NAME] = self.server_name
         return item
 
     @classmethod
@@ -88,6 +93,12 @@ class Endpoint:
         kind = entry.get(layout.ATTR_KIND) or contract.ENDPOINT_KIND_LOCAL_ZONE
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}: allowed {', '.join(KINDS)}")
+        server_name = entry.get(layout.ATTR_SERVER_NAME)
+        if server_name is not None:
+            if not isinstance(server_name, str) or not contract.is_dns_name(server_name):
+                raise ValueError(f"{layout.ATTR_SERVER_NAME}={server_name!r}: needs a DNS name such as lz.example.com")
+            if parts.scheme != "https":
+                raise ValueError(f"{layout.ATTR_SERVER_NAME}={server_name!r}: only with an https url")
         return cls(
             endpoint_id=values[layout.ATTR_ENDPOINT_ID],
             url=values[layout.ATTR_URL].rstrip("/"),
@@ -96,4 +107,5 @@ class Endpoint:
             model=str(model),
             cost_weight=int(cost),
             kind=str(kind),
+            server_name=server_name,
         )

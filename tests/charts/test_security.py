@@ -19,6 +19,7 @@ from tests.conftest import cdk_json_context
 
 CERTIFICATE = "arn:aws:acm:us-west-2:111111111111:certificate/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
 SECRET = "edge-diffusion/local-zone-tls"
+SERVER_NAME = "lz.example.com"
 ALB = "alb.ingress.kubernetes.io"
 
 
@@ -27,7 +28,7 @@ def secured() -> Rendered:
     return render(
         {
             **cdk_json_context(),
-            "tls": {"certificateArn": CERTIFICATE, "localZoneSecret": SECRET},
+            "tls": {"certificateArn": CERTIFICATE, "localZoneSecret": SECRET, "localZoneServerName": SERVER_NAME},
             "serving": {"ui": True},
         }
     )
@@ -48,6 +49,7 @@ def test_without_a_certificate_the_alb_serves_http_and_says_so(rendered: Rendere
     for service in rendered.of_kind("Service"):
         if service["metadata"]["labels"].get(contract.LABEL_INVENTORY) == "true":
             assert service["metadata"]["annotations"][contract.ANNOTATION_SCHEME] == "http"
+            assert contract.ANNOTATION_TLS_SERVER_NAME not in service["metadata"]["annotations"]
 
 
 def test_with_a_certificate_the_alb_listens_https_443_only_with_the_configured_policy(secured: Rendered) -> None:
@@ -71,14 +73,36 @@ def test_local_zone_pods_terminate_tls_with_the_secret_and_probe_https(secured: 
         [container] = pod_spec(deployment)["containers"]
         schemes = {container[p]["httpGet"]["scheme"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
         service = secured.named("Service", placement.name)
+        annotations = service["metadata"]["annotations"]
         if placement.location.is_local_zone:
             assert env[contract.ENV_TLS_SECRET_ID] == SECRET
             assert schemes == {"HTTPS"}
-            assert service["metadata"]["annotations"][contract.ANNOTATION_SCHEME] == "https"
+            assert annotations[contract.ANNOTATION_SCHEME] == "https"
+            assert annotations[contract.ANNOTATION_TLS_SERVER_NAME] == SERVER_NAME  # devices verify it, not node IPs
         else:  # behind the ALB, inside the VPC
             assert contract.ENV_TLS_SECRET_ID not in env
             assert schemes == {"HTTP"}
+            assert contract.ANNOTATION_TLS_SERVER_NAME not in annotations
         Settings.from_env(env)  # the server accepts exactly this environment
+
+
+def test_a_wildcard_server_name_gives_each_local_zone_service_its_zones_name() -> None:
+    zones = ["us-west-2-lax-1a", "us-west-2-den-1a"]
+    built = render(
+        {
+            **cdk_json_context(),
+            "localZones": ",".join(zones),
+            "tls": {"localZoneSecret": SECRET, "localZoneServerName": "*.lz.example.com"},
+        }
+    )
+    names = {
+        service["metadata"]["labels"][contract.LABEL_LOCATION]: service["metadata"]["annotations"].get(
+            contract.ANNOTATION_TLS_SERVER_NAME
+        )
+        for service in built.of_kind("Service")
+        if service["metadata"]["labels"].get(contract.LABEL_INVENTORY) == "true"
+    }
+    assert names == {zone: f"{zone}.lz.example.com" for zone in zones}
 
 
 def test_serving_pods_carry_auth_ui_and_metrics_settings_the_server_accepts(

@@ -133,3 +133,56 @@ def test_publisher_discovers_the_serving_charts_local_zone_services() -> None:
     assert {e.model for e in found} == {config.model_id}
     assert {e.url for e in found} == {"http://198.51.100.20:30080"}
     assert {e.accelerator for e in found} <= set(config.accelerators)
+
+
+def publisher_env(context: dict[str, Any]) -> dict[str, str]:
+    import cdk8s
+
+    built = chart.InventoryChart(cdk8s.App(), "inventory", config=load_config(context))
+    deployment = next(o for o in built.to_json() if o["kind"] == "Deployment")
+    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_ingress_weights_reach_the_publishers_cost_weights() -> None:
+    """The ALB preference the publisher keeps on ready capacity, and the client's tie-break, is the config's."""
+    env = publisher_env({**cdk_json_context(), "ingressWeights": '{"neuron": 3, "nvidia": 1}'})
+    weights = json.loads(env[contract.ENV_INVENTORY_COST_WEIGHTS])
+    assert weights == {"neuron": 3, "nvidia": 1, "cpu": ACCELERATORS["cpu"].cost_weight}  # unnamed: the table's
+    assert PublisherSettings.from_env(env).cost_weights == weights
+    default = json.loads(publisher_env(cdk_json_context())[contract.ENV_INVENTORY_COST_WEIGHTS])
+    assert default == {name: a.cost_weight for name, a in ACCELERATORS.items()} != weights
+
+
+def test_the_publisher_carries_the_charts_tls_server_name_into_https_entries() -> None:
+    import cdk8s
+
+    from charts.build import add_charts
+    from runtime.inventory.cluster import discover
+
+    config = load_config(
+        {**cdk_json_context(), "tls": {"localZoneSecret": "edge/lz-tls", "localZoneServerName": "*.lz.example.com"}}
+    )
+    built = add_charts(cdk8s.App(), config)
+    services = [
+        o
+        for o in json.loads(json.dumps(built.serving.to_json()))
+        if o["kind"] == "Service" and o["metadata"]["labels"].get(contract.LABEL_INVENTORY) == "true"
+    ]
+    zone = config.local_zones[0].name
+    for service in services:
+        service["spec"]["ports"][0]["nodePort"] = 30443
+    node = {
+        "metadata": {"name": "lz-node", "labels": {"topology.kubernetes.io/zone": zone}},
+        "status": {"addresses": [{"type": "ExternalIP", "address": "198.51.100.20"}]},
+    }
+    slices = [
+        {
+            "metadata": {"labels": {"kubernetes.io/service-name": s["metadata"]["name"]}},
+            "endpoints": [{"nodeName": "lz-node", "conditions": {"ready": True}}],
+        }
+        for s in services
+    ]
+    found = discover(services, slices, [node], PublisherSettings.from_env(publisher_env(cdk_json_context())))
+    assert found and {(e.url, e.server_name) for e in found} == {
+        ("https://198.51.100.20:30443", f"{zone}.lz.example.com")
+    }

@@ -96,6 +96,7 @@ def test_public_node_ports_need_the_explicit_opt_in() -> None:
         ({"serving": '{"height": 500}'}, "serving.height", 500),
         ({"serving": '{"minReplicas": 5, "maxReplicas": 2}'}, "serving.minReplicas", 5),
         ({"serving": '{"replicas": 2}'}, "serving.replicas", 2),
+        ({"serving": '{"kedaCooldownPeriodSeconds": 3601}'}, "serving.kedaCooldownPeriodSeconds", 3601),
         ({"ingressWeights": '{"tpu": 1}'}, "ingressWeights", "tpu"),
         ({"localZone": "us-west-2-lax-1a"}, "localZone", "us-west-2-lax-1a"),
         ({"clusterName": "1cluster"}, "clusterName", "1cluster"),

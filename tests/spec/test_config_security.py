@@ -21,6 +21,7 @@ from spec.config import (
 from tests.conftest import cdk_json_context
 
 CERT = "arn:aws:acm:us-west-2:111111111111:certificate/12345678-1234-1234-1234-123456789012"
+NAMED = {"tls.localZoneServerName": "lz.example.com"}
 
 
 def load(**overrides: object) -> AppConfig:
@@ -37,7 +38,12 @@ def bad_keys(**overrides: object) -> list[tuple[str, object]]:
 
 def test_defaults_are_plain_http_with_tokens_on_al2023() -> None:
     config = load()
-    assert config.tls == TlsConfig("", "", DEFAULT_ALB_SECURITY_POLICY)
+    assert config.tls == TlsConfig(
+        certificate_arn="",
+        local_zone_secret="",
+        local_zone_server_name="",
+        alb_security_policy=DEFAULT_ALB_SECURITY_POLICY,
+    )
     assert "TLS13" in config.tls.alb_security_policy
     assert config.auth == AuthConfig("token", contract.DEFAULT_TOKEN_TTL_S)
     assert config.node_image == NodeImageConfig("al2023", "", False)
@@ -51,6 +57,7 @@ def test_objects_take_json_or_one_dotted_key_at_a_time() -> None:
         tls=f'{{"certificateArn": "{CERT}"}}',
         **{
             "tls.localZoneSecret": "edge/lz-tls",
+            "tls.localZoneServerName": "lz.example.com",
             "auth.tokenTtlSeconds": "600",
             "serving.ui": "true",
             "nodeImage": '{"family": "bottlerocket", "dataVolumeSnapshotId": "snap-0123456789abcdef0"}',
@@ -60,7 +67,7 @@ def test_objects_take_json_or_one_dotted_key_at_a_time() -> None:
             "onDemandPrices.g5.xlarge": "1.1",
         },
     )
-    assert config.tls == TlsConfig(CERT, "edge/lz-tls", DEFAULT_ALB_SECURITY_POLICY)
+    assert config.tls == TlsConfig(CERT, "edge/lz-tls", "lz.example.com", DEFAULT_ALB_SECURITY_POLICY)
     assert config.auth.token_ttl_s == 600
     assert config.serving.ui
     assert config.node_image == NodeImageConfig("bottlerocket", "snap-0123456789abcdef0", True)
@@ -82,11 +89,11 @@ def test_a_dotted_key_overrides_that_field_of_the_committed_object() -> None:
         ({"tls.certificateArn": CERT.replace("111111111111", "222222222222")}, "tls.certificateArn", None),
         ({"tls.certificateArn": "arn:aws:iam::111111111111:server-certificate/x"}, "tls.certificateArn", None),
         (
-            {"tls.localZoneSecret": "arn:aws:secretsmanager:us-west-2:111111111111:secret:x"},
+            {"tls.localZoneSecret": "arn:aws:secretsmanager:us-west-2:111111111111:secret:x", **NAMED},
             "tls.localZoneSecret",
             None,
         ),
-        ({"tls.localZoneSecret": "has space"}, "tls.localZoneSecret", "has space"),
+        ({"tls.localZoneSecret": "has space", **NAMED}, "tls.localZoneSecret", "has space"),
         ({"tls.albSecurityPolicy": "ELBSecurityPolicy-2016-08"}, "tls.albSecurityPolicy", None),
         ({"tls.certificate": "x"}, "tls.certificate", "x"),
         ({"auth.mode": "open"}, "auth.mode", "open"),
@@ -176,7 +183,9 @@ def test_warnings_say_what_is_plain_http_and_unauthenticated() -> None:
     assert len(lines) == 2 and all(line.startswith("warning: ") and "\n" not in line for line in lines)
     assert "tls.certificateArn" in lines[0] and "plain HTTP" in lines[0]
     assert "tls.localZoneSecret" in lines[1] and "us-west-2-lax-1a" in lines[1]
-    secure = load(tls=f'{{"certificateArn": "{CERT}", "localZoneSecret": "edge/lz-tls"}}')
+    secure = load(
+        tls=f'{{"certificateArn": "{CERT}", "localZoneSecret": "edge/lz-tls", "localZoneServerName": "lz.example.com"}}'
+    )
     assert config_warnings(secure) == []
     assert config_warnings(load(localZones="[]", **{"tls.certificateArn": CERT})) == []
     (auth,) = config_warnings(load(localZones="[]", **{"tls.certificateArn": CERT, "auth.mode": "none"}))
@@ -184,6 +193,60 @@ def test_warnings_say_what_is_plain_http_and_unauthenticated() -> None:
 
 
 def test_a_zone_family_no_enabled_accelerator_uses_is_a_warning() -> None:
-    config = load(accelerators="cpu", tls=f'{{"certificateArn": "{CERT}", "localZoneSecret": "s"}}')
+    config = load(accelerators="cpu", tls=f'{{"certificateArn": "{CERT}", "localZoneSecret": "s"}}', **NAMED)
     (line,) = config_warnings(config)
     assert "g5" in line and "no NodePool" in line
+
+
+# --- The DNS name Local Zone certificates name ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lz.example.com", "LZ.Example.COM", "*.lz.example.com", "a-1.b2.example"])
+def test_the_local_zone_server_name_is_a_dns_name_wildcard_leftmost_only(name: str) -> None:
+    config = load(**{"tls.localZoneSecret": "edge/lz-tls", "tls.localZoneServerName": name})
+    assert config.tls.local_zone_server_name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "198.51.100.20",  # an IP is what it replaces
+        "localhost",  # one label: no CA issues it for devices on the Internet
+        "lz.*.example.com",
+        "lz*.example.com",  # a partial wildcard: TLS clients do not match it
+        "*.com",  # a wildcard over a whole top-level domain
+        "-lz.example.com",
+        "lz_1.example.com",
+        "lz.example.com.",
+        "https://lz.example.com",
+        f"{'a' * 64}.example.com",
+    ],
+)
+def test_a_bad_local_zone_server_name_is_one_line(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(**{"tls.localZoneSecret": "edge/lz-tls", "tls.localZoneServerName": name})
+    (error,) = err.value.errors
+    assert (error.key, error.value) == ("tls.localZoneServerName", name)
+    assert "a DNS name such as lz.example.com, or *.lz.example.com ('*' only as the whole leftmost label)" in str(error)
+
+
+def test_a_local_zone_secret_requires_the_server_name_it_names() -> None:
+    assert bad_keys(**{"tls.localZoneSecret": "edge/lz-tls"}) == [("tls.localZoneServerName", "")]
+    with pytest.raises(ConfigError) as err:
+        load(**{"tls.localZoneSecret": "edge/lz-tls"})
+    assert "the DNS name the certificate in tls.localZoneSecret names" in str(err.value)
+
+
+def test_a_wildcard_gives_each_local_zone_its_own_name() -> None:
+    tls = TlsConfig(local_zone_secret="s", local_zone_server_name="*.lz.example.com")
+    assert tls.server_name_in("us-west-2-lax-1a") == "us-west-2-lax-1a.lz.example.com"
+    assert TlsConfig(local_zone_server_name="lz.example.com").server_name_in("us-west-2-lax-1a") == "lz.example.com"
+
+
+def test_a_server_name_without_the_secret_is_a_warning() -> None:
+    config = load(localZones="[]", **{"tls.certificateArn": CERT, "tls.localZoneServerName": "lz.example.com"})
+    (line,) = config_warnings(config)
+    assert line == (
+        "warning: tls.localZoneServerName=lz.example.com without tls.localZoneSecret: no Local Zone endpoint "
+        "serves TLS, so no device verifies that name"
+    )

@@ -145,7 +145,8 @@ def test_happy_path_every_check_passes(aws: None, local_zone_offerings: None, mo
     boto3.client("secretsmanager", region_name=REGION).create_secret(
         Name="edge/lz-tls", SecretString='{"certificate": "c", "privateKey": "k"}'
     )
-    target = deployment(tls=json.dumps({"certificateArn": arn, "localZoneSecret": "edge/lz-tls"}))
+    tls = {"certificateArn": arn, "localZoneSecret": "edge/lz-tls", "localZoneServerName": "lz.example.com"}
+    target = deployment(tls=json.dumps(tls))
     session = Session({"service-quotas": quota_client({}, target.config), "eks": eks_client()})
     results = run_checks(target, session)
     for result in results:
@@ -263,7 +264,8 @@ def test_kubernetes_version_not_offered_fails(aws: None) -> None:
 
 def test_a_pending_certificate_and_a_missing_secret_fail(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     arn = issued_certificate(monkeypatch, issued=False)
-    target = Target(deployment(tls=json.dumps({"certificateArn": arn, "localZoneSecret": "edge/none"})), Session())
+    tls = {"certificateArn": arn, "localZoneSecret": "edge/none", "localZoneServerName": "lz.example.com"}
+    target = Target(deployment(tls=json.dumps(tls)), Session())
     results = by_check(checks.check_tls(target))
     assert results["tls certificate"].status == FAIL and "PENDING_VALIDATION" in results["tls certificate"].detail
     assert results["tls secret"].status == FAIL and "create-secret --name edge/none" in results["tls secret"].fix

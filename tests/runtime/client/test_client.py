@@ -560,3 +560,62 @@ def test_without_httpx_the_command_says_how_to_get_it_in_one_line() -> None:
         "python -m runtime.client: error: the client needs httpx: run it with .venv/bin/python (make deps), "
         "or pip install -r runtime/requirements-client.txt"
     )
+
+
+# --- TLS server names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server_name", "message"),
+    [
+        ("198.51.100.20", "server_name='198.51.100.20': needs a DNS name such as lz.example.com"),
+        ("*.lz.example.com", "server_name='*.lz.example.com': needs a DNS name"),  # a device sends one name
+        ("lz..example.com", "server_name='lz..example.com': needs a DNS name"),
+        ("lz.example.com\n", "server_name='lz.example.com\\n': needs a DNS name"),
+        (42, "server_name=42: needs a DNS name"),
+    ],
+)
+def test_an_entry_with_a_bad_server_name_is_skipped(server_name: object, message: str) -> None:
+    bad = entry("named", 1, url="https://198.51.100.20:30443", server_name=server_name)
+    endpoints, skipped = c.parse_inventory({"endpoints": [bad]})
+    assert endpoints == [] and len(skipped) == 1
+    assert skipped[0].startswith(f"inventory entry 0 skipped: {message}")
+
+
+def test_a_server_name_goes_with_https_only() -> None:
+    plain = entry("named", 1, server_name="lz.example.com")  # http://named.test:1
+    endpoints, skipped = c.parse_inventory([plain])
+    assert endpoints == []
+    assert skipped == ["inventory entry 0 skipped: server_name='lz.example.com': only with an https url"]
+
+
+def test_probes_and_requests_send_the_entrys_server_name_and_others_none() -> None:
+    """httpcore passes the sni_hostname extension to SSLContext.wrap_socket(server_hostname=...): the
+    name is sent as SNI and verified. Recorded here per request, probes included."""
+    seen: list[tuple[str, str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.url.path, request.extensions.get("sni_hostname")))
+        if request.url.path == contract.HEALTH_PATH:
+            return httpx.Response(200, json={"status": "alive"})
+        if request.url.host != "backup.test":
+            return httpx.Response(503, json={"error": "busy"})
+        return httpx.Response(200, json={"images": [base64.b64encode(PNG).decode()], "seed": 7})
+
+    named = entry("lz", 1, url="https://198.51.100.20:30443", server_name="lz.example.com")
+    client = c.EdgeDiffusionClient(
+        endpoints=[named, region_entry("nvidia")],
+        fallback_urls=["https://backup.test"],
+        http=httpx.Client(transport=httpx.MockTransport(answer)),
+    )
+    result = client.generate(c.ImageRequest(prompt="a cat"), deadline_s=10)  # the other two answer 503
+    assert [a.endpoint.url for a in result.attempts] == [
+        "https://198.51.100.20:30443",
+        "https://alb.test",
+        "https://backup.test",
+    ]
+    by_host = {(host, path): name for host, path, name in seen}
+    assert by_host[("198.51.100.20", contract.HEALTH_PATH)] == "lz.example.com"
+    assert by_host[("198.51.100.20", contract.IMAGES_PATH)] == "lz.example.com"
+    assert by_host[("alb.test", contract.HEALTH_PATH)] is None and by_host[("alb.test", contract.IMAGES_PATH)] is None
+    assert by_host[("backup.test", contract.IMAGES_PATH)] is None

@@ -1,9 +1,11 @@
 """End to end on loopback: real inference servers (tiny model), one behind a latency-adding proxy.
 The client picks the faster; the Local Zone server killed in the middle of a request, the Region
 serves and the image still arrives; an empty inventory falls back to --fallback-url; everything
-down is one line naming what was tried. And with TLS (a private CA made here) and tokens: a loopback
-inventory API whose token route is the real Lambda handler signing with a (moto) KMS key, and a
-server that verifies them with that key's public half."""
+down is one line naming what was tried. And with TLS and tokens: a private CA made here issues a
+certificate for one DNS name only (as for Local Zone pods, whose node IPs no certificate can name),
+the server on 127.0.0.1 serves it, and the client verifies it through the entry's server name; a
+loopback inventory API whose token route is the real Lambda handler signing with a (moto) KMS key,
+and a server that verifies them with that key's public half."""
 
 from __future__ import annotations
 
@@ -109,20 +111,27 @@ def start_server(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(
-    port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0, verify: Any = True
+    port: int,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = 120.0,
+    verify: Any = True,
+    server_name: str | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     scheme = "http" if verify is True else "https"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server on {port} exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            url = f"{scheme}://{LOOPBACK}:{port}{contract.READY_PATH}"
-            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
+    extensions = {"sni_hostname": server_name} if server_name else {}
+    with httpx.Client(verify=verify) as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"server on {port} exited {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                url = f"{scheme}://{LOOPBACK}:{port}{contract.READY_PATH}"
+                if http.get(url, timeout=1, extensions=extensions).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
     pytest.fail(f"server on {port} not ready after {timeout_s}s: {log.read_text()[-2000:]}")
 
 
@@ -268,12 +277,12 @@ def test_the_local_zone_killed_mid_request_the_region_serves(servers: dict[str, 
 
 ISSUER = contract.token_issuer("e2e")
 KEY_ALIAS = "alias/e2e-token-signing"
+SERVER_NAME = "lz.test.example"  # the one name the server's certificate carries (not 127.0.0.1)
 
 
 def make_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate for 127.0.0.1, its key): a private CA made here."""
+    """(CA certificate, server certificate for SERVER_NAME only, its key): a private CA made here."""
     import datetime
-    import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -298,13 +307,13 @@ def make_ca(directory: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -363,10 +372,14 @@ class InventoryApi:
 
 @dataclass
 class SecureWorld:
-    url: str  # the TLS server
+    url: str  # the TLS server, at its IP: https://127.0.0.1:<port>
     ca: Path
     inventory: InventoryApi
     kms: Any
+
+    def entry(self, **changes: object) -> dict[str, object]:
+        """The server's inventory entry, as the publisher writes one for a Local Zone node."""
+        return {**self.inventory.document["endpoints"][0], **changes}
 
 
 @pytest.fixture(scope="module")
@@ -402,11 +415,19 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureWorld]:
         url = f"https://{LOOPBACK}:{port}"
         document = {
             "auth": "token",
-            "endpoints": [{"endpoint_id": "lz/tls", "url": url, "location": "us-west-2-lax-1a", "accelerator": "cpu"}],
+            "endpoints": [
+                {
+                    "endpoint_id": "lz/tls",
+                    "url": url,
+                    "location": "us-west-2-lax-1a",
+                    "accelerator": "cpu",
+                    "server_name": SERVER_NAME,
+                }
+            ],
         }
         inventory_api = InventoryApi(kms, document)
         try:
-            wait_ready(port, process, log, verify=c.tls_context(ca))
+            wait_ready(port, process, log, verify=c.tls_context(ca), server_name=SERVER_NAME)
             yield SecureWorld(url=url, ca=ca, inventory=inventory_api, kms=kms)
         finally:
             inventory_api.close()
@@ -480,3 +501,68 @@ def test_cli_over_tls_with_a_token_from_the_environment(secure: SecureWorld, tmp
     assert done.returncode == 0, done.stderr
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert "plain http" not in done.stderr
+
+
+# --- One DNS name for node IPs that change ----------------------------------------------------------
+
+
+def vended_token(world: SecureWorld) -> str:
+    """A token from the real token route, signed by the moto KMS key the server trusts."""
+    from runtime.inventory import api
+
+    event = {"requestContext": {"identity": {"userArn": "arn:aws:iam::123456789012:user/e2e"}}}
+    settings = api.TokenSettings(key_id=KEY_ALIAS, issuer=ISSUER, audience=contract.TOKEN_AUDIENCE)
+    return str(json.loads(api.handle_token(event, kms=world.kms, settings=settings, now=time.time())["body"])["token"])
+
+
+def test_an_entry_at_the_node_ip_is_verified_against_its_server_name(secure: SecureWorld) -> None:
+    entry = secure.entry()
+    assert entry["url"] == f"https://{LOOPBACK}:{secure.url.rsplit(':', 1)[1]}"  # an IP the certificate lacks
+    with c.EdgeDiffusionClient(endpoints=[entry], ca_bundle=secure.ca, token=vended_token(secure)) as client:
+        result = client.generate(QUICK, deadline_s=60)
+    assert result.images[0].startswith(PNG_MAGIC)
+    assert (result.endpoint.url, result.endpoint.server_name) == (secure.url, SERVER_NAME)
+    assert [p.rtt_ms is not None for p in result.probes] == [True]  # the /healthz probe verified the name too
+    assert [a.outcome for a in result.attempts] == ["ok"]
+
+
+def test_a_wrong_server_name_fails_in_one_line(secure: SecureWorld, tmp_path: Path) -> None:
+    endpoints = tmp_path / "endpoints.json"
+    endpoints.write_text(json.dumps({"endpoints": [secure.entry(server_name="wrong.test.example")]}))
+    done = cli("-o", str(tmp_path / "o.png"), "--endpoints-file", str(endpoints), "--ca-bundle", str(secure.ca))
+    assert done.returncode == 1
+    (line,) = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+    assert line == (
+        "python -m runtime.client: error: no endpoint produced an image within 120s ("
+        f"lz/tls ({secure.url}, TLS name wrong.test.example): not tried, /healthz TLS verification failed "
+        "(Hostname mismatch, certificate is not valid for 'wrong.test.example'); no endpoint was reachable)"
+    )
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_fallback_url_has_no_server_name_and_verifies_its_own_host(secure: SecureWorld) -> None:
+    with (
+        c.EdgeDiffusionClient(fallback_urls=[secure.url], ca_bundle=secure.ca, token=vended_token(secure)) as client,
+        pytest.raises(c.NoEndpointError) as err,
+    ):
+        client.generate(QUICK, deadline_s=30)
+    (attempt,) = err.value.attempts
+    assert attempt.endpoint.server_name is None
+    assert attempt.outcome == (
+        f"connection error: TLS verification failed (IP address mismatch, certificate is not valid for '{LOOPBACK}')"
+    )
+
+
+def test_the_breaking_point_tool_verifies_the_server_name_it_is_given(
+    secure: SecureWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runtime.bench import breaking_point
+
+    breaking_point.Endpoint(secure.url, None, secure.ca, SERVER_NAME).wait_ready(timeout_s=10)
+    with pytest.raises(ConnectionError) as err:
+        breaking_point.Endpoint(secure.url, None, secure.ca).wait_ready(timeout_s=10)
+    assert "IP address mismatch" in str(err.value) and "pass --server-name" in str(err.value)
+    for url, name in ((f"http://{LOOPBACK}:1", SERVER_NAME), (secure.url, "*.test.example")):
+        assert breaking_point.main(["--url", url, "--slo-p90-ms", "1000", "--server-name", name]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "--server-name" in line and "a DNS name such as lz.example.com, with an https --url" in line

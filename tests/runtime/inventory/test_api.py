@@ -64,6 +64,24 @@ def test_returns_live_endpoints_of_the_default_model_with_every_field(table: Any
     assert body["auth"] == "none"  # what inference endpoints require (the stack sets it)
 
 
+def test_a_tls_server_name_is_carried_through_and_absent_when_not_written(table: Any) -> None:
+    named = Endpoint(
+        "c/ns/svc/lz",
+        "https://198.51.100.7:30443",
+        "us-west-2-lax-1a",
+        "nvidia",
+        MODEL,
+        50,
+        server_name="lz.example.com",
+    )
+    put(table, named)
+    put(table, ep("plain"))
+    entries = {e["endpoint_id"]: e for e in call(table)[1]["endpoints"]}
+    assert entries["c/ns/svc/lz"][api.ATTR_SERVER_NAME] == "lz.example.com"
+    assert api.ATTR_SERVER_NAME not in entries["c/ns/svc/plain"]
+    assert Endpoint.from_entry(entries["c/ns/svc/lz"]) == named
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [

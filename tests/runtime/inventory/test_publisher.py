@@ -294,3 +294,53 @@ def test_main_reports_bad_settings_in_one_line(
         .err.strip()
         .startswith(f"python -m {contract.INVENTORY_MODULE}: error: EDGE_DIFFUSION_INVENTORY_TABLE is not set")
     )
+
+
+# --- TLS server names ---------------------------------------------------------------------------------
+
+
+def annotated(name: str, annotations: dict[str, str]) -> Any:
+    built = service(name)
+    built["metadata"]["annotations"] = annotations
+    return built
+
+
+def https_service(name: str, **annotations: str) -> Any:
+    return annotated(name, {contract.ANNOTATION_SCHEME: "https", **annotations})
+
+
+def test_https_entries_carry_the_services_tls_server_name_into_the_table(table: Any) -> None:
+    services = [https_service("sd-nvidia", **{contract.ANNOTATION_TLS_SERVER_NAME: "us-west-2-lax-1a.lz.example.com"})]
+    slices = [endpoint_slice("sd-nvidia", ("lz-1", True), ("lz-2", True))]
+    found = discover(services, slices, NODES, settings())
+    assert [(e.url, e.server_name) for e in found] == [
+        ("https://198.51.100.10:30001", "us-west-2-lax-1a.lz.example.com"),
+        ("https://[2001:db8::7]:30001", "us-west-2-lax-1a.lz.example.com"),
+    ]
+    InventoryPublisher(table, settings(), clock=lambda: T0).sync(found)
+    response = api.handle({"queryStringParameters": None}, table=table, default_model=MODEL, now=T0)
+    entries = json.loads(response["body"])["endpoints"]
+    assert {e[api.ATTR_SERVER_NAME] for e in entries} == {"us-west-2-lax-1a.lz.example.com"}
+    assert {Endpoint.from_entry(e) for e in entries} == set(found)  # what a device reads back
+
+
+def test_a_server_name_is_published_for_https_only_and_a_bad_one_skips_the_service(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = {contract.ANNOTATION_TLS_SERVER_NAME: "lz.example.com"}
+    services = [
+        annotated("plain", {contract.ANNOTATION_SCHEME: "http", **name}),  # TLS off: no name to verify
+        https_service("unnamed"),
+        https_service("ip-named", **{contract.ANNOTATION_TLS_SERVER_NAME: "198.51.100.10"}),
+        https_service("wildcard", **{contract.ANNOTATION_TLS_SERVER_NAME: "*.lz.example.com"}),
+    ]
+    slices = [endpoint_slice(s["metadata"]["name"], ("lz-1", True)) for s in services]
+    with caplog.at_level(logging.WARNING):
+        found = {e.endpoint_id.split("/")[2]: e for e in discover(services, slices, NODES, settings())}
+    assert sorted(found) == ["plain", "unnamed"]
+    assert (found["plain"].url, found["plain"].server_name) == ("http://198.51.100.10:30001", None)
+    assert (found["unnamed"].url, found["unnamed"].server_name) == ("https://198.51.100.10:30001", None)
+    assert "Service unnamed serves https without a edge-diffusion.aws/tls-server-name annotation" in caplog.text
+    for skipped in ("ip-named", "wildcard"):
+        assert f"Service {skipped} skipped: {contract.ANNOTATION_TLS_SERVER_NAME}=" in caplog.text
+    assert all(api.ATTR_SERVER_NAME not in e.item(T0, 60) for e in found.values())

@@ -41,7 +41,9 @@ def test_token_key_is_read_by_alias_only() -> None:
 
 
 def test_local_zone_serving_roles_read_the_tls_secret_and_regional_ones_do_not() -> None:
-    config = load_config({**cdk_json_context(), "tls": {"localZoneSecret": SECRET}})
+    config = load_config(
+        {**cdk_json_context(), "tls": {"localZoneSecret": SECRET, "localZoneServerName": "lz.example.com"}}
+    )
     placements = topology.placements(config)
     assert {p.location.is_local_zone for p in placements} == {True, False}
     for placement in placements:
