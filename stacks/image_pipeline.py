@@ -674,9 +674,12 @@ class SnapshotBuilder(Construct):
                 ],
             )
         )
-        # Bottlerocket's settings generator looks up the instance type's limits at boot (pluto).
+        # Bottlerocket's Kubernetes settings generator (pluto, bottlerocket-core-kit sources/api/pluto)
+        # asks EC2 for the instance's private DNS name at boot (hostname-override-source
+        # private-dns-name), retrying for five minutes and then exiting with an error; max-pods
+        # comes from its own table, the cluster DNS IP from IMDS when no cluster is configured.
         self.role.add_to_policy(
-            iam.PolicyStatement(sid="DescribeInstanceTypes", actions=["ec2:DescribeInstanceTypes"], resources=["*"])
+            iam.PolicyStatement(sid="DescribeOwnInstance", actions=["ec2:DescribeInstances"], resources=["*"])
         )
         self.profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
         self.host = SnapshotHost(
@@ -692,7 +695,7 @@ class SnapshotBuilder(Construct):
         nag.acknowledge(
             self.role,
             nag.wildcard_resource_finding("*"),
-            "ecr:GetAuthorizationToken and ec2:DescribeInstanceTypes have no resource-level permissions.",
+            "ecr:GetAuthorizationToken and ec2:DescribeInstances have no resource-level permissions.",
         )
 
 

@@ -9,13 +9,15 @@ in any order. Three constructs, one concern each:
 * :class:`ServingAlarms` - per placement (accelerator x location): p99 latency over the SLO,
   5xx share of requests, no ready pod, pods pending; and an empty endpoint inventory;
 * :class:`ServingDashboard` - per placement: requests/s, p50/p99 latency, pending requests,
-  429s and 5xx, desired vs ready replicas, ready pods as the inventory sees them, device
-  utilization; and the deployment's inventory and node count.
+  429s and 5xx, desired vs ready replicas, ready pods as the inventory sees them, new pods' cold
+  start, device utilization; and the deployment's inventory and node count.
 
 Metric sources (names and dimensions exactly as published):
 
 * ``EdgeDiffusion`` (``spec.contract``): the serving pods publish ``Requests``,
-  ``RejectedRequests``, ``ServerErrors``, ``PendingRequests`` and ``InferenceLatencyMs`` with
+  ``RejectedRequests``, ``ServerErrors`` and ``PendingRequests`` every interval (zero too),
+  ``InferenceLatencyMs`` in intervals that answered requests, and ``ColdStartSeconds`` once per
+  pod (in the interval it turned ready), all with
   Deployment (the Kubernetes Deployment's name), Accelerator (the torch *device*: cuda | neuron
   | cpu, ``runtime/server/metrics.py``) and Location (Region or Local Zone name); the inventory
   publisher publishes ``ReadyServingPods`` with the same Deployment and Location but the
@@ -487,6 +489,10 @@ class ServingDashboard(Construct):
                     _workload(CI_REPLICAS_READY, placement, config, "Maximum", period, "ready"),
                     ready_pods_metric(placement, config, period),
                     _workload(CI_POD_PENDING, placement, config, "Sum", period, "pending pods"),
+                ],
+                # How long a new pod took to turn ready (each pod publishes it once): scale-out lag.
+                right=[
+                    _serving(contract.METRIC_COLD_START_SECONDS, placement, config, "Maximum", period, "cold start (s)")
                 ],
                 width=4,
             ),

@@ -465,6 +465,24 @@ def test_the_builder_instance_role_pulls_only_bottlerocket_host_containers(
     )
 
 
+def test_the_builder_instance_can_boot_bottlerocket_without_a_cluster(snapshot_template: dict[str, Any]) -> None:
+    """pluto (bottlerocket-core-kit sources/api/pluto/src/ec2.rs) reads the instance's private DNS name
+    with ec2:DescribeInstances at boot, and exits with an error after five minutes of retries without it."""
+    policies = [
+        p
+        for k, p in resources(snapshot_template, "AWS::IAM::Policy").items()
+        if k.startswith("SnapshotBuilderInstanceRole")
+    ]
+    ec2_actions = {
+        a
+        for p in policies
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        for a in as_list(s["Action"])
+        if a.startswith("ec2:")
+    }
+    assert ec2_actions == {"ec2:DescribeInstances"}  # answered through the builder's ec2 endpoint
+
+
 def test_a_region_without_bottlerocket_registries_is_one_clear_error(snapshot_config: AppConfig) -> None:
     import aws_cdk as cdk
 

@@ -187,6 +187,8 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
         assert stats("ContainerInsights", "replicas_desired", workload)["stat"] == "Maximum"
         assert stats("ContainerInsights", "replicas_ready", workload)["stat"] == "Maximum"
         assert stats("ContainerInsights", "pod_status_pending", workload)["stat"] == "Sum"
+        cold_start = stats("EdgeDiffusion", contract.METRIC_COLD_START_SECONDS, serving)
+        assert (cold_start["stat"], cold_start["yAxis"]) == ("Maximum", "right")
         device = {"nvidia": "pod_gpu_utilization", "neuron": "pod_neuroncore_utilization", "cpu": "pod_cpu_utilization"}
         assert stats("ContainerInsights", device[placement.accelerator.name], workload) is not None
     # Requests/s is the Sum over the period divided by the period.
@@ -202,6 +204,54 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
     for namespace, _, dims, _ in metrics:
         assert namespace in {contract.METRIC_NAMESPACE, obs.CONTAINER_INSIGHTS_NAMESPACE}
         assert dims.get("Deployment", dims.get("PodName", "edge-obs")) in names | {"edge-obs"}
+
+
+def published_dimension_sets() -> dict[str, set[str]]:
+    """Metric name -> dimension names, as the server's two sinks and the inventory publisher write them."""
+    from runtime.inventory.cluster import PodCount
+    from runtime.inventory.metrics import metric_data
+    from runtime.server.metrics import CloudWatchSink, EmfSink, Interval
+
+    interval = Interval(pending_samples=[1.0], latencies_ms=[10.0], images=1, requests=2, server_errors=1)
+    interval.cold_start_s = 42.0
+    dims = Dimensions(deployment="d", device="cuda", location="us-west-2")
+    server = {
+        d["MetricName"]: {x["Name"] for x in d["Dimensions"]}
+        for d in CloudWatchSink(dims, region=None, client=object()).metric_data(interval, 0.0)
+    }
+    (emf,) = EmfSink(dims).record(interval, 0.0)["_aws"]["CloudWatchMetrics"]
+    assert {m["Name"] for m in emf["Metrics"]} == set(server), "both sinks publish the same metrics"
+    assert all(set(group) == set(contract.METRIC_DIMENSIONS) for group in emf["Dimensions"])
+    publisher = {
+        d["MetricName"]: {x["Name"] for x in d["Dimensions"]}
+        for d in metric_data([PodCount("s", "nvidia", "us-west-2", 1)], 1, "c")
+    }
+    return {**server, **publisher}
+
+
+def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(template: dict[str, Any]) -> None:
+    """A metric is only found with its exact dimension set: read nothing the runtime does not write."""
+    published = published_dimension_sets()
+    assert {
+        contract.METRIC_REQUESTS,
+        contract.METRIC_REJECTED_REQUESTS,
+        contract.METRIC_SERVER_ERRORS,
+        contract.METRIC_COLD_START_SECONDS,
+    } <= set(published)
+    read = [(name, set(dims)) for ns, name, dims, _ in graphed(dashboard_body(template)) if ns == "EdgeDiffusion"]
+    for alarm in alarms_by_name(template).values():
+        stats = (
+            [alarm]
+            if "Metrics" not in alarm
+            else [m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m]
+        )
+        for stat in stats:
+            if stat["Namespace"] == "EdgeDiffusion":
+                read.append((stat["MetricName"], {d["Name"] for d in stat["Dimensions"]}))
+    assert read
+    for name, dims in read:
+        assert name in published, f"{name} is read but never published"
+        assert dims == published[name], f"{name} read with {sorted(dims)}, published with {sorted(published[name])}"
 
 
 def test_every_accelerator_has_its_device_utilization_metric() -> None:
