@@ -14,9 +14,12 @@ https://keda.sh/docs/2.20/reference/scaledobject-spec/):
   it every sync would read CloudWatch and ``pollingInterval`` would pace only scaling from 0, which
   ``minReplicas`` >= 1 excludes.
 - ``kedaCooldownPeriodSeconds`` is how long demand must stay lower before pods are removed. KEDA's
-  own ``cooldownPeriod`` applies only to scaling to 0, so the knob is rendered as the HPA's
-  ``behavior.scaleDown.stabilizationWindowSeconds`` as well (and still as ``cooldownPeriod``, which
-  keeps the meaning should 0 replicas ever be allowed). The key keeps its name rather than a new
+  own ``cooldownPeriod`` applies only to scaling to 0, which ``minReplicas`` >= 1 excludes, so the
+  knob is rendered as the HPA's ``behavior.scaleDown.stabilizationWindowSeconds`` only. Not as
+  ``cooldownPeriod`` as well: KEDA's admission webhook answers every apply of such a ScaledObject
+  with the warning "CooldownPeriod is configured but is not relevant" (v2.20.2
+  apis/keda/v1alpha1/scaledobject_webhook.go, verifyScaledObjects), and a manifest field that does
+  nothing reads as if it did. The key keeps its name rather than a new
   ``scaleDownStabilizationSeconds`` beside it: one knob for one concept, and deployments that set it
   get the behaviour they asked for.
 - The HPA's scale-up rules are written out (the Kubernetes defaults) so that what runs is in the
@@ -164,8 +167,8 @@ class AutoscalingChart(cdk8s.Chart):
                     ),
                     min_replica_count=min_replicas,
                     max_replica_count=max(serving.max_replicas, min_replicas),
+                    # Relevant with useCachedMetrics below (KEDA's webhook warns otherwise at minReplicas >= 1).
                     polling_interval=serving.keda_polling_interval_s,
-                    cooldown_period=serving.keda_cooldown_period_s,  # acts only at 0 replicas; see the docstring
                     advanced=keda.ScaledObjectSpecAdvanced(
                         horizontal_pod_autoscaler_config=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfig(
                             behavior=hpa_behavior(serving, settings)

@@ -15,9 +15,11 @@ its sources, and how it shapes the rules below:
   aws/amazon-network-policy-controller-k8s pkg/resolvers/endpoints.go), which covers kube-dns;
   the API server's Service ``kubernetes`` has no selector, so the publisher's rule names the
   ClusterIP itself (:data:`KUBERNETES_SERVICE_IPS`).
-* Named ports resolve against destination pods only; an ipBlock rule with a named port is dropped
-  ("Couldn't resolve ports from given CIDR list, skipping peer", same file). ipBlock rules here
-  use numbers.
+* Named ports resolve against destination pods only. In an ingress rule those are the pods the
+  policy selects, so ``from: ipBlock`` with a named port works (``resolveIngressPorts``, since
+  controller v1.0.3); in an egress rule an ipBlock peer with a named port is dropped ("Couldn't
+  resolve ports from given CIDR list, skipping peer", same file). Egress ipBlock rules here use
+  numbers.
 * Only pods with an owner get policies (EKS user guide, "Considerations" of network policies):
   Deployment and Volcano Job pods have one.
 
@@ -117,7 +119,6 @@ class Selected:
 
 EVERY_POD: Final = Selected("all", {})
 PUBLISHER: Final = Selected("publisher", {"app.kubernetes.io/name": inventory.NAME})
-SERVING: Final = Selected("serving", {"app.kubernetes.io/name": topology.APP_NAME})
 
 
 class _Policy(Construct):
@@ -223,9 +224,10 @@ class AwsApiEgress(_Policy):
 class ServingIngress(_Policy):
     """One placement's pods accept their port, and only it: from the devices' networks in a Local
     Zone (NodePort with externalTrafficPolicy Local keeps the device's address), from the ALB in
-    the Region (target type ip: it connects from its nodes in the public subnets, not from the
-    devices), and from the publisher's health checks. Kubelet probes come from the node, which
-    the agent always admits."""
+    the Region (target type ip: it connects, and health-checks, from its nodes in the public
+    subnets, not from the devices). Kubelet probes come from the node, which the agent always
+    admits. Nothing in the cluster connects to them: the publisher reads readiness from
+    EndpointSlices, not from the pods."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig, placement: Placement) -> None:
         sources = (
@@ -233,8 +235,7 @@ class ServingIngress(_Policy):
             if placement.location.is_local_zone
             else [_cidr(cidr) for cidr in alb_subnet_cidrs(config)]
         )
-        publisher = k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=dict(PUBLISHER.labels)))
-        rule = k8s.NetworkPolicyIngressRule(from_=[*sources, publisher], ports=[_port(PORT_NAME)])
+        rule = k8s.NetworkPolicyIngressRule(from_=sources, ports=[_port(PORT_NAME)])
         super().__init__(
             scope,
             construct_id,
@@ -247,20 +248,17 @@ class ServingIngress(_Policy):
 
 class PublisherEgress(_Policy):
     """The publisher talks to the Kubernetes API (Services, EndpointSlices, Nodes, the Ingress) at
-    the ClusterIP of Service default/kubernetes, and health-checks the serving pods' port."""
+    the ClusterIP of Service default/kubernetes (``KUBERNETES_SERVICE_HOST``, which the kubelet sets
+    to it; runtime.inventory.cluster.KubernetesApi.in_cluster) and to nothing else in the cluster."""
 
     def __init__(self, scope: Construct, construct_id: str) -> None:
         api = k8s.NetworkPolicyEgressRule(to=[_cidr(ip) for ip in KUBERNETES_SERVICE_IPS], ports=[_port(HTTPS_PORT)])
-        serving = k8s.NetworkPolicyEgressRule(
-            to=[k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=dict(SERVING.labels)))],
-            ports=[_port(PORT_NAME)],
-        )
         super().__init__(
             scope,
             construct_id,
             name="egress-publisher",
             selected=PUBLISHER.labels,
-            egress=[api, serving],
+            egress=[api],
             policy_types=("Egress",),
         )
 

@@ -54,6 +54,13 @@ INGRESS_NAME: Final = "stable-diffusion"
 # the annotation alb.ingress.kubernetes.io/actions.<this name>.
 WEIGHTED_ACTION: Final = contract.WEIGHTED_ACTION
 ALB_ANNOTATION_PREFIX: Final = "alb.ingress.kubernetes.io"
+# On the namespace: the ALB controller's pod webhook adds a readiness gate to every pod behind one of
+# its target groups (target type ip), so a pod is Ready only once its target is healthy in the ALB.
+# Without it a rollout of a 1-replica Deployment (maxUnavailable 0) stops the old pod as soon as the
+# new one answers /readyz, while its target is still "initial": the ALB is left with no healthy
+# target (controller v2.17.1 docs/deploy/pod_readiness_gate.md; the Helm chart's mpod.elbv2.k8s.aws
+# webhook selects namespaces on this label). Only pods created after their target group exists get it.
+READINESS_GATE_INJECT_LABEL: Final = "elbv2.k8s.aws/pod-readiness-gate-inject"
 HTTPS_PORT: Final = 443
 HTTP_PORT: Final = 80
 
@@ -137,6 +144,7 @@ class ServingChart(cdk8s.Chart):
                 labels={
                     "pod-security.kubernetes.io/enforce": "restricted",
                     "pod-security.kubernetes.io/enforce-version": "latest",
+                    READINESS_GATE_INJECT_LABEL: "enabled",
                 },
             ),
         )

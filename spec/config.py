@@ -152,7 +152,7 @@ class ServingConfig:
     # How often KEDA reads CloudWatch; the HPA's 15 s syncs get its cached value (15: one read per sync).
     keda_polling_interval_s: int = 15
     # Seconds of lower demand before pods are removed: the HPA's scale-down stabilization window
-    # (and KEDA's cooldownPeriod, which acts only at 0 replicas); 300 = Kubernetes' window.
+    # (not KEDA's cooldownPeriod, which acts only at 0 replicas); 300 = Kubernetes' window.
     keda_cooldown_period_s: int = 300
     max_batch: int = contract.DEFAULT_MAX_BATCH
     max_wait_ms: int = contract.DEFAULT_MAX_WAIT_MS

@@ -50,7 +50,7 @@ def test_every_knob_shows_in_the_scaled_objects(changed: Rendered) -> None:
         assert trigger["useCachedMetrics"] is True
         # The cooldown is the HPA's scale-down window (KEDA's cooldownPeriod acts only at 0 replicas).
         assert behavior(scaled)["scaleDown"]["stabilizationWindowSeconds"] == 120
-        assert spec["cooldownPeriod"] == 120
+        assert "cooldownPeriod" not in spec
 
 
 def test_the_defaults_render_the_settings_scale_up_and_the_config_window(rendered: Rendered) -> None:
@@ -90,3 +90,34 @@ def test_the_vendored_crd_refuses_a_misspelt_behaviour(rendered: Rendered) -> No
     scaled = rendered.of_kind("ScaledObject")[0]
     broken = {**scaled, "spec": {**scaled["spec"], "advanced": {"horizontalPodAutoscalerConfig": {"behaviour": {}}}}}
     assert any("behaviour" in error for error in validate.validate_custom(broken))
+
+
+def keda_admission_warnings(scaled: dict[str, Any]) -> list[str]:
+    """The warnings KEDA 2.20.2's ScaledObject webhook returns on create and update, as it decides them
+    (apis/keda/v1alpha1/scaledobject_webhook.go, verifyScaledObjects): kubectl prints each one on
+    every apply, and the operator records it as an event."""
+    spec = scaled["spec"]
+    min_replicas = spec.get("minReplicaCount", 0)
+    idle_not_zero = spec.get("idleReplicaCount") != 0
+    cached = any(trigger.get("useCachedMetrics") for trigger in spec["triggers"])
+    warnings = []
+    if "pollingInterval" in spec and min_replicas > 0 and idle_not_zero and not cached:
+        warnings.append("PollingInterval is configured but is not relevant")
+    if "cooldownPeriod" in spec and min_replicas > 0 and idle_not_zero:
+        warnings.append("CooldownPeriod is configured but is not relevant")
+    return warnings
+
+
+@pytest.mark.parametrize("which", ["defaults", "changed"])
+def test_keda_accepts_the_scaled_objects_without_a_warning(rendered: Rendered, changed: Rendered, which: str) -> None:
+    """Every field set acts: none that KEDA's webhook calls irrelevant at these replica counts."""
+    chart = rendered if which == "defaults" else changed
+    scaled_objects = chart.of_kind("ScaledObject")
+    assert scaled_objects
+    for scaled in scaled_objects:
+        assert keda_admission_warnings(scaled) == [], scaled["metadata"]["name"]
+    # The check can fail: the same object with KEDA's own cooldownPeriod, or without cached metrics.
+    spec = scaled_objects[0]["spec"]
+    assert keda_admission_warnings({"spec": {**spec, "cooldownPeriod": 300}})
+    uncached = [{**trigger, "useCachedMetrics": False} for trigger in spec["triggers"]]
+    assert keda_admission_warnings({"spec": {**spec, "triggers": uncached}})

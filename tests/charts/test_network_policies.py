@@ -158,7 +158,6 @@ def test_service_ports_are_reachable_from_their_clients(world: World, rendered: 
             assert port["port"] == number, placement.name
             client = world.device if placement.location.is_local_zone else world.alb
             assert world.cluster.allowed(client, pod, number), (placement.name, client.name)
-            assert world.cluster.allowed(world.publisher(), pod, number), placement.name  # health checks
             assert not world.cluster.allowed(world.stranger, pod, number), placement.name
             assert not world.cluster.allowed(client, pod, number + 1), placement.name  # that port only
 
@@ -208,12 +207,14 @@ def render_policy(name: str) -> dict[str, Any]:
     return dict(policy)
 
 
-def test_the_publisher_reaches_the_kubernetes_api_and_the_serving_pods(world: World) -> None:
+def test_the_publisher_reaches_the_kubernetes_api_and_no_serving_pod(world: World) -> None:
+    """It reads readiness from EndpointSlices (runtime.inventory.cluster): the API is all it talks to
+    in the cluster, at the address the kubelet gives it."""
     publisher = world.publisher()
     for api in world.api_cluster_ips:
         assert world.cluster.allowed(publisher, api, 443), api.name
     for placement, pod in world.serving():
-        assert world.cluster.allowed(publisher, pod, contract.PORT), placement.name
+        assert not world.cluster.allowed(publisher, pod, contract.PORT), placement.name
 
 
 def test_pairs_that_must_not_talk_cannot(world: World) -> None:
@@ -265,7 +266,9 @@ def test_local_zone_pods_admit_every_client_network() -> None:
     ids=["default", "two-zones"],
 )
 def test_the_alb_subnets_are_exactly_the_regional_public_subnets(overrides: dict[str, str]) -> None:
-    """charts.network_policies.alb_subnet_cidrs agrees with the subnets stacks.network creates."""
+    """charts.network_policies.alb_subnet_cidrs agrees with the subnets the ALB controller puts an
+    internet-facing ALB in: those tagged kubernetes.io/role/elb "1" or "" (v2.17.1
+    pkg/networking/subnet_resolver.go, ResolveViaDiscovery), as stacks.network creates them."""
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
 
@@ -277,11 +280,10 @@ def test_the_alb_subnets_are_exactly_the_regional_public_subnets(overrides: dict
     stack = NetworkStack(app, "Net", config=config, env=cdk.Environment(account=config.account, region=config.region))
     subnets = Template.from_stack(stack).find_resources("AWS::EC2::Subnet")
     expected = {ipaddress.ip_network(cidr) for cidr in chart.alb_subnet_cidrs(config)}
-    local_zones = {zone.name for zone in config.local_zones}
-    regional_public = [
+    alb_subnets = [
         ipaddress.ip_network(r["Properties"]["CidrBlock"])
         for r in subnets.values()
-        if r["Properties"].get("MapPublicIpOnLaunch") and r["Properties"]["AvailabilityZone"] not in local_zones
+        if any(t["Key"] == "kubernetes.io/role/elb" and t["Value"] in ("", "1") for t in r["Properties"]["Tags"])
     ]
-    assert len(regional_public) == len(config.availability_zones)
-    assert set(regional_public) == expected
+    assert len(alb_subnets) == len(config.availability_zones)
+    assert set(alb_subnets) == expected

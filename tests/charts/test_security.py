@@ -236,3 +236,108 @@ def test_bottlerocket_without_a_snapshot_sizes_the_data_volume() -> None:
         data = next(b for b in node_class["spec"]["blockDeviceMappings"] if b["deviceName"] == "/dev/xvdb")
         assert "snapshotID" not in data["ebs"] and "volumeInitializationRate" not in data["ebs"]
         assert data["ebs"]["volumeSize"] == "200Gi"
+
+
+# Directories the runtime and its libraries write to, and where each goes when its variable is unset
+# (``{TMPDIR}``, ``{HOME}``: the resolved values of those two). Python's tempfile (the server's model
+# cache default, TLS key files, Gradio's and TorchInductor's defaults), the Hugging Face cache,
+# Triton's cache under ~/.triton (torch.compile on CUDA), the Neuron compiler's cache
+# (neuronx-cc default /var/tmp/neuron-compile-cache), matplotlib's config dir.
+WRITTEN_DIRECTORIES = {
+    "TMPDIR": "/tmp",
+    "HOME": "/home/app",  # ci_build/Dockerfile useradd --home-dir
+    "XDG_CACHE_HOME": "{HOME}/.cache",
+    "HF_HOME": "{XDG_CACHE_HOME}/huggingface",
+    contract.ENV_MODEL_CACHE_DIR: "{TMPDIR}/edge-diffusion-models",
+    "TORCHINDUCTOR_CACHE_DIR": "{TMPDIR}/torchinductor_app",
+    "TRITON_CACHE_DIR": "{HOME}/.triton/cache",
+    "GRADIO_TEMP_DIR": "{TMPDIR}/gradio",
+    "NEURON_COMPILE_CACHE_URL": "/var/tmp/neuron-compile-cache",  # neuronx-cc default
+    "MPLCONFIGDIR": "{HOME}/.config/matplotlib",
+}
+
+
+def image_env(stage: str = "app-base") -> dict[str, str]:
+    """The ENV of a ci_build/Dockerfile stage (what a pod inherits unless its spec overrides it)."""
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[2] / "ci_build" / "Dockerfile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("FROM ") and line.endswith(f" AS {stage}"))
+    env: dict[str, str] = {}
+    statement = ""
+    for line in lines[start + 1 :]:
+        if line.startswith("FROM "):
+            break
+        statement += line.rstrip("\\").strip() + " "
+        if line.endswith("\\"):
+            continue
+        if statement.startswith("ENV "):
+            for token in statement.removeprefix("ENV ").split():
+                name, _, value = token.partition("=")
+                env[name] = value
+        statement = ""
+    assert env, f"no ENV in Dockerfile stage {stage}"
+    return env
+
+
+def written_directories(env: dict[str, str]) -> dict[str, str]:
+    resolved: dict[str, str] = {}
+    for name, default in WRITTEN_DIRECTORIES.items():
+        resolved[name] = env.get(name) or default.format(**resolved)
+    return resolved
+
+
+@pytest.mark.parametrize("which", ["default", "secured"])
+def test_every_directory_the_runtime_writes_is_on_a_scratch_volume(
+    rendered: Rendered, secured: Rendered, which: str
+) -> None:
+    """With a read-only root, a cache that lands anywhere else fails at the first write, often minutes
+    into a model load: every one resolves, from the image's ENV and the pod's, into an emptyDir."""
+    from pathlib import PurePosixPath
+
+    built = rendered if which == "default" else secured
+    for name, spec in owned_pod_specs(built):
+        if name == "endpoint-inventory":
+            continue  # the publisher image writes one heartbeat file under /tmp (its own test)
+        scratch = {v["name"] for v in spec["volumes"] if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"}
+        [container] = spec["containers"]
+        mounts = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"] if m["name"] in scratch]
+        env = {**image_env(), **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+        for variable, directory in written_directories(env).items():
+            path = PurePosixPath(directory)
+            assert any(path == m or m in path.parents for m in mounts), (name, variable, directory)
+    # The check can fail: the image's own home directory is read-only.
+    assert written_directories({})["TRITON_CACHE_DIR"] == "/home/app/.triton/cache"
+
+
+def test_the_publisher_writes_its_heartbeat_into_its_scratch_volume(rendered: Rendered) -> None:
+    from runtime.inventory.publisher import HEARTBEAT_FILE
+
+    spec = pod_spec(rendered.named("Deployment", "endpoint-inventory"))
+    [container] = spec["containers"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(HEARTBEAT_FILE.parent) in mounts
+
+
+# Settings Karpenter v1.14.1 writes into a Bottlerocket node's TOML over whatever userData says
+# (pkg/providers/amifamily/bootstrap/bottlerocket.go, Script): a value for one of these in userData
+# would be silently replaced, so the node classes must set them through Karpenter instead.
+KARPENTER_OWNED_BOTTLEROCKET_SETTINGS = {
+    "cluster-name", "api-server", "cluster-certificate", "node-labels", "node-taints", "max-pods",
+    "cluster-dns-ip", "system-reserved", "kube-reserved", "eviction-hard", "eviction-soft",
+    "eviction-soft-grace-period", "eviction-max-pod-grace-period", "image-gc-high-threshold-percent",
+    "image-gc-low-threshold-percent", "cpu-cfs-quota-enforced",
+}  # fmt: skip
+
+
+def test_bottlerocket_user_data_is_toml_karpenter_keeps(bottlerocket: Rendered) -> None:
+    """Karpenter merges userData into the TOML it generates: only settings it does not own survive,
+    with their TOML types (a string "true" would not be a boolean to Bottlerocket's API)."""
+    import tomllib
+
+    for node_class in bottlerocket.of_kind("EC2NodeClass"):
+        settings = tomllib.loads(node_class["spec"]["userData"])["settings"]
+        assert set(settings) == {"kubernetes"}, node_class["metadata"]["name"]
+        kubernetes = settings["kubernetes"]
+        assert kubernetes["device-ownership-from-security-context"] is True
+        assert not set(kubernetes) & KARPENTER_OWNED_BOTTLEROCKET_SETTINGS

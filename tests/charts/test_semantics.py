@@ -149,7 +149,7 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         assert scaled["metadata"]["namespace"] == deployments[target["name"]]["metadata"]["namespace"]
         assert scaled["spec"]["maxReplicaCount"] == knobs.max_replicas
         assert scaled["spec"]["pollingInterval"] == knobs.keda_polling_interval_s
-        assert scaled["spec"]["cooldownPeriod"] == knobs.keda_cooldown_period_s
+        assert "cooldownPeriod" not in scaled["spec"]  # inert at minReplicas >= 1: the HPA window carries it
         [trigger] = scaled["spec"]["triggers"]
         assert trigger["type"] == "aws-cloudwatch"
         assert auth[trigger["authenticationRef"]["name"]]["spec"] == {"podIdentity": {"provider": "aws"}}
@@ -331,3 +331,38 @@ def test_serving_uses_the_model_baked_into_its_image(rendered: Rendered) -> None
         [container] = pod_spec(deployment)["containers"]
         names = {e["name"] for e in container.get("env", [])}
         assert contract.ENV_MODEL_SOURCE not in names, deployment["metadata"]["name"]
+
+
+def test_region_pods_are_ready_only_once_healthy_in_the_alb(rendered: Rendered) -> None:
+    """The ALB controller gates the readiness of the pods behind its ip target groups when their
+    namespace carries its label (v2.17.1 docs/deploy/pod_readiness_gate.md): a rollout of a single
+    replica then keeps the old pod until the new target is healthy. Local Zone pods sit behind no
+    target group, so no gate waits on an ALB for them."""
+    import json
+
+    from charts.serving import READINESS_GATE_INJECT_LABEL
+
+    [namespace] = rendered.of_kind("Namespace")
+    assert namespace["metadata"]["labels"][READINESS_GATE_INJECT_LABEL] == "enabled"
+    assert READINESS_GATE_INJECT_LABEL == "elbv2.k8s.aws/pod-readiness-gate-inject"
+    [ingress] = rendered.of_kind("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert ingress["metadata"]["namespace"] == namespace["metadata"]["name"]
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"  # gates exist for ip targets only
+    action = json.loads(annotations[contract.ANNOTATION_WEIGHTED_ACTION])
+    behind_alb = {group["serviceName"] for group in action["forwardConfig"]["targetGroups"]}
+    for placement in topology.placements(rendered.config):
+        service = rendered.named("Service", placement.name)
+        labels = pod_spec_labels(rendered.named("Deployment", placement.name))
+        selected = all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+        assert selected, placement.name
+        others = [name for name in behind_alb if name != placement.name]
+        for name in others:  # no target-group Service selects another placement's pods
+            selector = rendered.named("Service", name)["spec"]["selector"]
+            assert not all(labels.get(k) == v for k, v in selector.items()), (name, placement.name)
+        assert (placement.name in behind_alb) is (not placement.location.is_local_zone), placement.name
+
+
+def pod_spec_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
