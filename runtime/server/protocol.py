@@ -2,20 +2,30 @@
 
 Request bounds come from `Limits`; the request model is built once per app from them, so the
 OpenAPI document shows the real limits. Strict types: "5" is not a number of steps, true is
-not 1. Every error, whatever raised it, is answered as `ApiError.body`: one line naming the
-field and its allowed values.
+not 1 (2.0 is 2, as JSON Schema says). Every rule the model enforces is also in its JSON
+schema (blank prompts and NUL as patterns, several images only as JSON as if/then), so a
+request valid by the published schema is never refused for its shape. Every error, whatever
+raised it, is answered as `ApiError.body` (the `ErrorBody` schema): one line naming the field
+and its allowed values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from runtime.server.settings import Limits
 
 RESPONSE_FORMATS = ("png", "json")
+# What "blank" means, written once for the validator and the schema's pattern (JSON Schema and
+# Python agree on these six characters; they differ on other Unicode spaces).
+BLANK_CHARS: Final = " \t\n\r\f\v"
+_NOT_BLANK_NO_NUL: Final = r"^[^\x00]*[^\x00 \t\n\r\f\v][^\x00]*$"
+_NO_NUL: Final = r"^[^\x00]*$"
+_INTEGER_FIELDS: Final = ("steps", "width", "height", "seed", "num_images")
 
 
 class ApiError(Exception):
@@ -33,6 +43,28 @@ class ApiError(Exception):
         if self.field:
             body["field"] = self.field
         return body
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what is wrong, the field it is about, and the request id."""
+
+    error: str = Field(description="one line: the field, what is wrong, and what is allowed")
+    field: str | None = Field(default=None, description="the field, header or part of the request at fault")
+    request_id: str | None = Field(description="this request's X-Request-Id")
+
+
+class Liveness(BaseModel):
+    """GET /healthz: the process answers (nothing about the model, device or version)."""
+
+    status: Literal["alive"]
+
+
+class Readiness(BaseModel):
+    """GET /readyz: whether this pod takes images now, and why not."""
+
+    ready: bool
+    state: str = Field(description="starting, loading, warming, ready, failed or draining")
+    reason: str = Field(description="why not ready (for operators); 'ready' when ready")
 
 
 class Timings(BaseModel):
@@ -53,15 +85,36 @@ class ImagesResponse(BaseModel):
     timings: Timings
 
 
+ONE_PNG_IMAGE: Final = "a PNG response holds one image; use response_format 'json'"
+ONE_PNG_IMAGE_ERROR: Final = "one_png_image"  # its pydantic error type: describe_errors names num_images
+
+
+def _image_request_schema(schema: dict[str, Any]) -> None:
+    """The cross-field rule in JSON Schema: num_images above 1 requires response_format json."""
+    schema["if"] = {"properties": {"num_images": {"minimum": 2}}, "required": ["num_images"]}
+    schema["then"] = {"properties": {"response_format": {"const": "json"}}, "required": ["response_format"]}
+
+
 class ImageRequestBase(BaseModel):
     """Shared validators; fields and bounds are added by `build_request_model`."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra=_image_request_schema)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        """2.0 is an integer in JSON Schema: accept it where the schema says integer (2.5 stays refused)."""
+        if isinstance(data, dict):
+            for name in _INTEGER_FIELDS:
+                value = data.get(name)
+                if isinstance(value, float) and value.is_integer():
+                    data = {**data, name: int(value)}
+        return data
 
     @field_validator("prompt", check_fields=False)
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if not value.strip(BLANK_CHARS):
             raise ValueError("must not be empty or only whitespace")
         return value
 
@@ -71,6 +124,12 @@ class ImageRequestBase(BaseModel):
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
         return value
+
+    @model_validator(mode="after")
+    def _one_png_image(self) -> ImageRequestBase:
+        if getattr(self, "response_format", "png") == "png" and getattr(self, "num_images", 1) > 1:
+            raise PydanticCustomError(ONE_PNG_IMAGE_ERROR, ONE_PNG_IMAGE)
+        return self
 
 
 def allowed_ranges(limits: Limits) -> dict[str, str]:
@@ -98,8 +157,19 @@ def build_request_model(limits: Limits) -> type[ImageRequestBase]:
     return create_model(
         "ImageRequest",
         __base__=ImageRequestBase,
-        prompt=(str, Field(min_length=1, max_length=limits.max_prompt_chars, examples=["a lighthouse at dawn"])),
-        negative_prompt=(str | None, Field(default=None, max_length=limits.max_prompt_chars)),
+        prompt=(
+            str,
+            Field(
+                min_length=1,
+                max_length=limits.max_prompt_chars,
+                examples=["a lighthouse at dawn"],
+                json_schema_extra={"pattern": _NOT_BLANK_NO_NUL},
+            ),
+        ),
+        negative_prompt=(
+            str | None,
+            Field(default=None, max_length=limits.max_prompt_chars, json_schema_extra={"pattern": _NO_NUL}),
+        ),
         steps=(int | None, Field(default=None, ge=limits.min_steps, le=limits.max_steps)),
         guidance_scale=(float, Field(default=7.5, ge=limits.min_guidance, le=limits.max_guidance, allow_inf_nan=False)),
         width=size,
@@ -123,6 +193,8 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], ranges: Mapping[str, st
     err = errors[0]
     kind = str(err.get("type", ""))
     field = _field_of(err.get("loc", ()))
+    if kind == ONE_PNG_IMAGE_ERROR:
+        return "num_images", f"num_images: {ONE_PNG_IMAGE}"
     if kind == "json_invalid":
         return "body", 'body: malformed JSON (send an object like {"prompt": "a cat"})'
     if field == "body" or kind in ("model_type", "model_attributes_type", "dict_type"):

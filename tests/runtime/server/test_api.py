@@ -66,12 +66,13 @@ def test_same_seed_same_image_different_seed_different_image(server: RunningServ
 
 def test_probes_metrics_docs_and_ui(server: RunningServer) -> None:
     with server.client() as c:
-        assert c.get(contract.HEALTH_PATH).json()["status"] == "alive"
+        health = c.get(contract.HEALTH_PATH)
+        assert health.json() == {"status": "alive"}  # liveness only: no model, device or version
         ready = c.get(contract.READY_PATH)
-        assert ready.status_code == 200 and ready.json()["ready"] is True
-        assert ready.json()["device"] == "cpu"
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "state": "ready", "reason": "ready"}
         metrics = c.get(contract.METRICS_PATH)
         assert metrics.status_code == 200
+        assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         for name in (
             contract.PROM_REQUEST_DURATION,
             contract.PROM_BATCH_SIZE,
@@ -172,8 +173,9 @@ BAD_INPUTS: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("case", "body", "field"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_is_a_one_line_422_naming_the_field(server: RunningServer, case: str, body: Any, field: str) -> None:
+    raw = json.dumps(body).encode()  # httpx's json=None would send no body at all
     with server.client() as c:
-        r = c.post(contract.IMAGES_PATH, json=body)
+        r = c.post(contract.IMAGES_PATH, content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
     doc = r.json()
     assert doc["field"] == field
@@ -195,10 +197,70 @@ def test_malformed_json_is_422(server: RunningServer, raw: bytes) -> None:
     assert r.json()["field"] in ("body", "guidance_scale")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ("text/plain", b"a cat"),
+        ("text/plain", b'{"prompt": "a cat"}'),
+        (None, b'{"prompt": "a cat"}'),
+        ("application/x-www-form-urlencoded", b"prompt=a+cat"),
+        ("application/jsonx", b"{}"),
+    ],
+    ids=["text", "json as text", "no content type", "form", "lookalike"],
+)
+def test_a_body_not_declared_json_is_415(server: RunningServer, content_type: str | None, raw: bytes) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    with server.client() as c:
+        r = c.post(contract.IMAGES_PATH, content=raw, headers=headers)
+    assert r.status_code == 415, r.text
+    doc = r.json()
+    assert doc["error"].startswith("Content-Type must be application/json")
+    assert doc["field"] == "content-type" and doc["request_id"] == r.headers[contract.REQUEST_ID_HEADER]
+
+
+def test_json_with_charset_is_accepted(server: RunningServer) -> None:
+    with server.client() as c:
+        r = c.post(
+            contract.IMAGES_PATH,
+            content=b'{"prompt": "a cat", "steps": 2.0}',  # 2.0 is an integer in JSON Schema
+            headers={"content-type": "Application/JSON; charset=utf-8"},
+        )
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "field"),
+    [
+        ("GET", contract.IMAGES_PATH, 405, "method"),
+        ("DELETE", contract.HEALTH_PATH, 405, "method"),
+        ("GET", "/v2/images", 404, "path"),
+        ("POST", "/", 404, "path"),
+    ],
+)
+def test_unknown_paths_and_methods_answer_the_one_error_shape(
+    server: RunningServer, method: str, path: str, status: int, field: str
+) -> None:
+    with server.client() as c:
+        r = c.request(method, path)
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert set(doc) == {"error", "field", "request_id"} and "detail" not in doc
+    assert doc["field"] == field and doc["request_id"] == r.headers[contract.REQUEST_ID_HEADER]
+    assert "\n" not in doc["error"]
+    if status == 405:
+        assert doc["error"] == f"method: {method} is not allowed on {path}; allowed: {r.headers['allow']}"
+
+
 def test_oversized_body_is_413(server: RunningServer) -> None:
     with server.client() as c:
         r = c.post(contract.IMAGES_PATH, json={"prompt": "a", "pad": "x" * 70_000})
     assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+def _not_in(low: int, high: int) -> Any:
+    """Floats that are not an integer from low to high: 2.0 is the integer 2 (JSON Schema), 2.5 is no integer."""
+    return lambda v: not v.is_integer() or not low <= v <= high
 
 
 MIN_SIZE, MAX_SIZE = contract.IMAGE_SIZE_BOUNDS  # the request limits (runtime.server.settings.Limits)
@@ -206,7 +268,12 @@ _INVALID_VALUES = {
     "prompt": st.one_of(
         st.just(""), st.text(min_size=1001, max_size=1100), st.integers(), st.none(), st.lists(st.text())
     ),
-    "steps": st.one_of(st.integers(max_value=0), st.integers(min_value=101), st.text(), st.floats(allow_nan=True)),
+    "steps": st.one_of(
+        st.integers(max_value=0),
+        st.integers(min_value=101),
+        st.text(),
+        st.floats(allow_nan=True).filter(_not_in(1, 100)),
+    ),
     "guidance_scale": st.one_of(st.floats(max_value=-0.01), st.floats(min_value=30.01), st.text(), st.booleans()),
     "width": st.one_of(
         st.integers(max_value=MIN_SIZE - 1),
@@ -217,7 +284,9 @@ _INVALID_VALUES = {
     "height": st.one_of(
         st.integers(max_value=MIN_SIZE - 1), st.integers(min_value=MAX_SIZE + 1), st.text(), st.booleans()
     ),
-    "seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32), st.text(), st.floats()),
+    "seed": st.one_of(
+        st.integers(max_value=-1), st.integers(min_value=2**32), st.text(), st.floats().filter(_not_in(0, 2**32 - 1))
+    ),
     "num_images": st.one_of(st.integers(max_value=0), st.integers(min_value=5), st.text(), st.booleans()),
     "response_format": st.text().filter(lambda v: v not in ("png", "json")),
 }
@@ -262,7 +331,10 @@ def test_hypothesis_invalid_bodies_are_422(server: RunningServer, case: tuple[di
     )
 )
 def test_hypothesis_arbitrary_json_never_5xx(server: RunningServer, body: Any) -> None:
-    r = httpx.post(server.url + contract.IMAGES_PATH, json=body, timeout=30)
+    raw = json.dumps(body).encode()
+    r = httpx.post(
+        server.url + contract.IMAGES_PATH, content=raw, headers={"content-type": "application/json"}, timeout=30
+    )
     assert r.status_code == 422, (body, r.text)
 
 
