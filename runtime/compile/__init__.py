@@ -1,7 +1,7 @@
 """Compile job: build a model artifact for one device and publish it with its manifest.
 
-    python -m runtime.compile --model tiny|<hub id> [--revision R] --device neuron|cuda|cpu \
-        [--height H] [--width W] [--batch-size B] [--dtype float16|bfloat16|float32] \
+    python -m runtime.compile --model tiny|sd21-random|sd21-768-random|<hub id> [--revision R] \
+        --device neuron|cuda|cpu [--height H] [--width W] [--batch-size B] [--dtype float16|bfloat16|float32] \
         [--inductor-cache] --out s3://bucket/prefix | ./local-dir
 
 The artifact lands in `<out>/<model>/<revision>/<device>/` (`runtime.artifacts.store.artifact_uri`):

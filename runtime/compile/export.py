@@ -8,8 +8,9 @@ from typing import Any
 
 from runtime.artifacts.manifest import BuildSpec, library_versions
 from runtime.compile.settings import CompileConfig
-from runtime.server.backends import WARMUP_STEPS
-from runtime.server.tiny import TINY_MODEL_ID
+from runtime.server.backends import WARMUP_STEPS, optimise
+from runtime.server.models import build_pipeline, built_in
+from runtime.server.settings import Settings
 from spec import contract
 
 
@@ -74,7 +75,7 @@ def neuron_export_kwargs(cfg: CompileConfig) -> dict[str, Any]:
     else:
         kwargs["auto_cast"] = "matmul"
         kwargs["auto_cast_type"] = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
-    if cfg.model_id != TINY_MODEL_ID:
+    if built_in(cfg.model_id) is None:  # a built-in model is read from the directory it was saved to
         kwargs["revision"] = cfg.revision
     return kwargs
 
@@ -83,10 +84,8 @@ def _torch_pipeline(cfg: CompileConfig, dtype_name: str) -> Any:
     import torch
 
     dtype = getattr(torch, dtype_name)
-    if cfg.model_id == TINY_MODEL_ID:
-        from runtime.server.tiny import build_tiny_pipeline
-
-        return build_tiny_pipeline(seed=0, dtype=dtype)
+    if built_in(cfg.model_id) is not None:
+        return build_pipeline(cfg.model_id, seed=0, dtype=dtype)
     from diffusers import DiffusionPipeline
 
     return DiffusionPipeline.from_pretrained(cfg.model_id, revision=cfg.revision, torch_dtype=dtype)
@@ -96,10 +95,10 @@ def export_neuron(cfg: CompileConfig, out_dir: Path, staging: Path) -> None:
     """Compile with optimum-neuron at the static shapes and save the compiled pipeline."""
     neuron = _import_neuron()
     source = cfg.model_id
-    if cfg.model_id == TINY_MODEL_ID:  # the tiny model exists only in code: save it so the exporter can read it
-        tiny_dir = staging / "tiny-source"
-        _torch_pipeline(cfg, "float32").save_pretrained(tiny_dir, safe_serialization=True)
-        source = str(tiny_dir)
+    if built_in(cfg.model_id) is not None:  # it exists only in code: save it so the exporter can read it
+        source_dir = staging / "built-in-source"
+        _torch_pipeline(cfg, "float32").save_pretrained(source_dir, safe_serialization=True)
+        source = str(source_dir)
     pipe = neuron.NeuronStableDiffusionPipeline.from_pretrained(source, **neuron_export_kwargs(cfg))
     pipe.save_pretrained(out_dir)
 
@@ -113,19 +112,19 @@ def export_torch(cfg: CompileConfig, out_dir: Path) -> None:
 
 
 def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
-    """Run the compiled UNet once at the configured shapes so the cache holds its kernels.
+    """Run the compiled UNet and VAE decoder once at the configured shapes so the cache holds their kernels.
 
     Pods set TORCHINDUCTOR_CACHE_DIR to this directory; on the same GPU type and library
     versions (both in the manifest) their first `torch.compile` reuses it instead of
-    compiling for minutes.
+    compiling for minutes. The modules are prepared by the server's own `optimise` with its
+    default fast paths, so the graphs compiled here are the ones a pod compiles.
     """
     import torch
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
     os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
-    pipe = pipe.to("cuda")
-    pipe.unet = torch.compile(pipe.unet)
+    pipe = optimise(pipe, Settings(model_id=cfg.model_id, torch_compile=True), "cuda")
     s = cfg.shapes
     pipe(["warm-up"] * s.batch_size, height=s.height, width=s.width, num_inference_steps=WARMUP_STEPS)
     torch.cuda.synchronize()

@@ -15,7 +15,7 @@ from runtime.artifacts.manifest import (
     is_revision,
 )
 from runtime.artifacts.s3 import is_s3, s3_uri_problem
-from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
+from runtime.server.models import BUILT_IN_MODELS, built_in
 from runtime.settings import (
     BOOLEAN,
     PATH,
@@ -64,7 +64,9 @@ class CompileConfig(ProgramSettings):
     PROG: ClassVar[str] = f"python -m {contract.COMPILE_MODULE}"
     DESCRIPTION: ClassVar[str] = "Build a model artifact for one device and publish it with its manifest."
 
-    model_id: str = setting(MODEL_ID, env=contract.ENV_MODEL_ID, flag="--model", help="'tiny' or a Hub id")
+    model_id: str = setting(
+        MODEL_ID, env=contract.ENV_MODEL_ID, flag="--model", help=f"a Hub id or built in: {', '.join(BUILT_IN_MODELS)}"
+    )
     device: str = setting(
         one_of(contract.DEVICES),
         env=contract.ENV_DEVICE,
@@ -111,8 +113,9 @@ class CompileConfig(ProgramSettings):
 
     @property
     def shapes(self) -> Shapes:
-        """The configured size, else the model's native one (the tiny model's is 64)."""
-        native = TINY_IMAGE_SIZE if self.model_id == TINY_MODEL_ID else contract.DEFAULT_IMAGE_SIZE
+        """The configured size, else the model's native one (a built-in model's, e.g. 64 for tiny)."""
+        model = built_in(self.model_id)
+        native = model.native_size if model else contract.DEFAULT_IMAGE_SIZE
         return Shapes(height=self.height or native, width=self.width or native, batch_size=self.batch_size)
 
     @property

@@ -1,6 +1,8 @@
-"""Where the model comes from: the tiny model, a local directory, an S3 prefix, or the HF cache.
+"""Where the model comes from: a model built in code, a local directory, an S3 prefix, or the HF cache.
 
-A directory baked into the image (the seeds' Docker-layer cache) is loaded as is, and verified
+Built-in models (``runtime.server.models``: ``tiny``, ``sd21-random``, ``sd21-768-random``) are
+built from their configuration with random weights. A directory baked into the image (a Docker
+layer, so a new node pulls it with the image) is loaded as is, and verified
 first when it carries a manifest; an `s3://` prefix written by the compile job is always
 downloaded and verified against its manifest (runtime.artifacts) before anything reads it. A
 manifest that names another model, revision or device than configured is refused: a pod must
@@ -19,8 +21,8 @@ from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest
 from runtime.artifacts.s3 import is_s3
 from runtime.artifacts.store import fetch_verified
+from runtime.server.models import build_pipeline, built_in
 from runtime.server.settings import Settings
-from runtime.server.tiny import TINY_MODEL_ID
 from spec import contract
 from spec.model_artifacts import MANIFEST_NAME
 
@@ -33,9 +35,9 @@ class ModelSourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelLocation:
-    """A resolved model: `tiny`, a local directory (with its manifest if verified), or a Hub id."""
+    """A resolved model: built in code, a local directory (with its manifest if verified), or a Hub id."""
 
-    kind: str  # "tiny" | "dir" | "hub"
+    kind: str  # "builtin" | "dir" | "hub"
     model_id: str
     revision: str | None = None
     path: Path | None = None
@@ -43,10 +45,8 @@ class ModelLocation:
 
     def load_diffusers(self, torch_dtype: Any) -> Any:
         """A diffusers StableDiffusionPipeline (safety checker off: the server filters nothing)."""
-        if self.kind == "tiny":
-            from runtime.server.tiny import build_tiny_pipeline
-
-            return build_tiny_pipeline(dtype=torch_dtype)
+        if self.kind == "builtin":
+            return build_pipeline(self.model_id, dtype=torch_dtype)
         from diffusers import StableDiffusionPipeline
 
         common: dict[str, Any] = {"torch_dtype": torch_dtype, "safety_checker": None, "requires_safety_checker": False}
@@ -59,8 +59,8 @@ def resolve_model(settings: Settings, device: str) -> ModelLocation:
     """Resolve settings to a loadable location, downloading and verifying S3 artifacts."""
     source = settings.model_source
     if not source:
-        if settings.model_id == TINY_MODEL_ID:
-            return ModelLocation(kind="tiny", model_id=TINY_MODEL_ID)
+        if built_in(settings.model_id) is not None:
+            return ModelLocation(kind="builtin", model_id=settings.model_id)
         return ModelLocation(kind="hub", model_id=settings.model_id, revision=settings.model_revision)
     manifest: Manifest | None
     try:

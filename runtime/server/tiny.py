@@ -40,35 +40,61 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
-def tiny_vocab() -> dict[str, int]:
-    """A byte-level vocabulary with no merges: every UTF-8 text tokenizes, offline."""
+def clip_vocab(size: int = TINY_VOCAB_SIZE) -> dict[str, int]:
+    """A byte-level CLIP vocabulary with no merges, ``size`` entries: every UTF-8 text tokenizes, offline.
+
+    The layout is CLIP's: 256 byte symbols, the same 256 ending a word (``</w>``), then the
+    merged tokens, and ``<|startoftext|>``, ``<|endoftext|>`` as the last two ids. With no
+    merges the ids between are placeholders no text maps to; a model with random weights has
+    no use for learned merges, and its embedding table keeps the real size.
+    """
     symbols = list(_bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
+    if size < len(vocab) + 2:
+        raise ValueError(f"a CLIP vocabulary needs at least {len(vocab) + 2} entries, not {size}")
+    vocab.update({f"<|unused-{i}|>": i for i in range(len(vocab), size - 2)})
+    vocab["<|startoftext|>"] = size - 2
+    vocab["<|endoftext|>"] = size - 1
     return vocab
 
 
-@lru_cache(maxsize=1)
-def write_tiny_tokenizer_files() -> Path:
-    """Write vocab.json and merges.txt once per process into a temp dir and return it."""
-    directory = Path(tempfile.mkdtemp(prefix="edge-diffusion-tiny-tokenizer-"))
-    (directory / "vocab.json").write_text(json.dumps(tiny_vocab()), encoding="utf-8")
+def tiny_vocab() -> dict[str, int]:
+    """The tiny model's vocabulary: the 512 byte symbols and the two specials."""
+    return clip_vocab(TINY_VOCAB_SIZE)
+
+
+@lru_cache(maxsize=4)
+def write_clip_tokenizer_files(size: int = TINY_VOCAB_SIZE) -> Path:
+    """Write vocab.json and merges.txt once per process and size into a temp dir and return it."""
+    directory = Path(tempfile.mkdtemp(prefix=f"edge-diffusion-tokenizer-{size}-"))
+    (directory / "vocab.json").write_text(json.dumps(clip_vocab(size)), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return directory
 
 
-def build_tiny_tokenizer():  # -> transformers.CLIPTokenizer
-    """CLIPTokenizer over the tiny byte vocabulary (files written to a temp dir)."""
+def write_tiny_tokenizer_files() -> Path:
+    """The tiny vocabulary's files (see ``write_clip_tokenizer_files``)."""
+    return write_clip_tokenizer_files(TINY_VOCAB_SIZE)
+
+
+def build_clip_tokenizer(size: int = TINY_VOCAB_SIZE, pad_token: str | None = None):  # -> transformers.CLIPTokenizer
+    """CLIPTokenizer over a byte vocabulary of ``size`` entries, 77 tokens long (files in a temp dir)."""
     from transformers import CLIPTokenizer
 
-    directory = write_tiny_tokenizer_files()
+    directory = write_clip_tokenizer_files(size)
+    extra = {"pad_token": pad_token} if pad_token else {}
     return CLIPTokenizer(
         vocab=str(directory / "vocab.json"),
         merges=str(directory / "merges.txt"),
         model_max_length=TINY_MAX_TOKENS,
+        **extra,
     )
+
+
+def build_tiny_tokenizer():  # -> transformers.CLIPTokenizer
+    """CLIPTokenizer over the tiny byte vocabulary."""
+    return build_clip_tokenizer(TINY_VOCAB_SIZE)
 
 
 def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype | None = None):  # -> StableDiffusionPipeline

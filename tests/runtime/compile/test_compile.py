@@ -215,7 +215,7 @@ def test_neuron_exports_with_optimum_neuron_at_static_shapes(
         "auto_cast": "matmul",
         "auto_cast_type": "bf16",
     }
-    assert source.endswith("tiny-source")  # the tiny model was saved for the exporter to read
+    assert source.endswith("built-in-source")  # the tiny model was saved for the exporter to read
     manifest = read_remote_manifest(f"{OUT}/tiny/main/neuron/", s3)
     assert manifest is not None
     assert manifest.spec.versions["optimum-neuron"] == "0.4.1-fake"
@@ -257,6 +257,15 @@ def test_neuron_export_kwargs_for_a_hub_model() -> None:
         "auto_cast": "none",
         "revision": "5ede9e4",
     }
+
+
+@pytest.mark.parametrize(("model", "native"), [("tiny", 64), ("sd21-random", 512), ("sd21-768-random", 768)])
+def test_built_in_models_compile_at_their_native_size(model: str, native: int) -> None:
+    """Built-in models exist only in code: no revision is passed to the exporter, which reads the saved copy."""
+    cfg = CompileConfig.from_args(["--model", model, "--device", "neuron", "--out", OUT], {})
+    assert cfg.shapes == Shapes(native, native, BATCH)
+    assert "revision" not in neuron_export_kwargs(cfg)
+    assert cfg.replace(height=256).shapes == Shapes(256, native, BATCH)
 
 
 def test_neuron_without_optimum_neuron_fails_in_one_line(

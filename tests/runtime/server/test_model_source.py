@@ -82,3 +82,11 @@ def test_s3_artifact_is_downloaded_verified_and_cached(tiny_artifact: Path, tmp_
         assert location.manifest is not None and location.manifest.spec.model_id == "tiny"
         with pytest.raises(ModelSourceError, match="no manifest"):
             resolve_model(settings.replace(model_source="s3://edge-models/nothing-here"), "cpu")
+
+
+@pytest.mark.parametrize("model_id", ["tiny", "sd21-random", "sd21-768-random"])
+def test_built_in_models_resolve_without_a_source(model_id: str) -> None:
+    location = resolve_model(Settings(model_id=model_id), "cpu")
+    assert (location.kind, location.model_id, location.path, location.manifest) == ("builtin", model_id, None, None)
+    hub = resolve_model(Settings(model_id="org/sd21-random"), "cpu")  # only the exact names are built in
+    assert hub.kind == "hub"
