@@ -91,8 +91,8 @@ deploy-pipeline: deps ## deploy the self-mutating deploy pipeline (once; then it
 deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default dev) from this workstation
 	$(CDK) deploy $(DEPLOYMENT_STACKS) --require-approval broadening $(CDK_ARGS)
 
-serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth)
-	EDGE_DIFFUSION_AUTH=none EDGE_DIFFUSION_UI=1 $(PY) -m runtime.server --model tiny --host 127.0.0.1
+serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth, batches of up to 8)
+	EDGE_DIFFUSION_AUTH=none EDGE_DIFFUSION_UI=1 $(PY) -m runtime.server --model tiny --host 127.0.0.1 --max-batch 8
 
 BENCH_ARGS ?=
 bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model; BENCH_ARGS='--phases --model sd21-random ...' times each phase

@@ -238,6 +238,9 @@ class ServingChart(cdk8s.Chart):
             contract.ENV_DEPLOYMENT: placement.name,
             contract.ENV_LOCATION: placement.location.metric_value(config),
             contract.ENV_MAX_BATCH: str(serving.max_batch),
+            # the size the compile job built for (model_builds passes the same): a Neuron pod refuses another
+            contract.ENV_HEIGHT: str(serving.height),
+            contract.ENV_WIDTH: str(serving.width),
             contract.ENV_MAX_WAIT_MS: str(serving.max_wait_ms),
             contract.ENV_METRICS_SINK: settings.metrics_sink,
             contract.ENV_DRAIN_TIMEOUT_S: str(settings.drain_s),

@@ -1,7 +1,16 @@
 """Driving a server over HTTP and timing it: closed-loop clients per concurrency level, tables.
 
 Clients are threads with keep-alive `http.client` connections: the lightest client Python
-has, because on a small machine the client competes with the server for the same cores.
+has, because on a small machine the client competes with the server for the same cores
+(measured: about 0.2 ms of client CPU per request, against 0.3-0.5 ms in the server).
+
+`compare_served` answers "what does serving cost": the images/s a server started as
+`make serve` starts it delivers to 8 closed-loop clients against the same pipeline called in
+this process with batches of 8, and its concurrency-1 latency against a direct call. On a
+shared machine both figures are measured in alternating short rounds, so a change in
+background load hits both alike; the ratio of each round is reported, with their median.
+
+    python -m runtime.bench.load --rounds 6
 """
 
 from __future__ import annotations
@@ -9,16 +18,22 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Final
 
+from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
+from runtime.settings import PATH, TEXT, ProgramSettings, SettingsError, error_exit, integer, number, setting
 from spec import contract
 
 
@@ -53,7 +68,11 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int
 
 
 def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], config: str) -> LevelResult:
-    """`requests` requests from `concurrency` closed-loop clients (each sends, waits, sends again)."""
+    """`requests` requests from `concurrency` closed-loop clients (each sends, waits, sends again).
+
+    The clock starts once every client is connected: thread start-up and TCP handshakes are
+    the load generator's cost, not the server's, and would otherwise split the first batch.
+    """
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     latencies: list[float] = []
@@ -61,10 +80,15 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
     errors = 0
     lock = threading.Lock()
     counter = iter(range(requests))
+    connected = threading.Barrier(concurrency + 1)
 
     def client() -> None:
         nonlocal errors
         conn = http.client.HTTPConnection(host, port, timeout=300)
+        try:
+            conn.connect()
+        finally:
+            connected.wait()
         while True:
             with lock:
                 i = next(counter, None)
@@ -90,9 +114,10 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
 
     before = _batch_metrics(url)
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    started = time.perf_counter()
     for t in threads:
         t.start()
+    connected.wait()
+    started = time.perf_counter()
     for t in threads:
         t.join()
     seconds = time.perf_counter() - started
@@ -144,23 +169,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: str, env_overrides: dict[str, str], log_path: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    model: str,
+    env_overrides: dict[str, str],
+    log_path: str,
+    args: Sequence[str] = ("--metrics-sink", "none", "--no-ui", "--auth", "none"),
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m runtime.server --model <model>` on a free loopback port with `args`; returns once ready."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_overrides}
-    cmd = [
-        sys.executable,
-        "-m",
-        "runtime.server",
-        "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--metrics-sink",
-        "none",
-        "--no-ui",
-    ]
+    cmd = [sys.executable, "-m", "runtime.server", "--model", model, "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -217,3 +235,168 @@ def speedups(results: Sequence[LevelResult], baseline: str, other: str) -> str:
         if r.config == other and r.concurrency in base and base[r.concurrency].images_per_s:
             out.append(f"concurrency {r.concurrency}: {r.images_per_s / base[r.concurrency].images_per_s:.2f}x")
     return "; ".join(out)
+
+
+# --- served vs in process -------------------------------------------------------------------
+# `make serve`'s command line (the Makefile's serve target), less host and port.
+SERVE_ENV: Final = {contract.ENV_AUTH: "none", contract.ENV_UI: "1"}
+SERVE_ARGS: Final = ("--max-batch", "8")
+
+
+@dataclass
+class Round:
+    """One round of the comparison: each figure measured right before or after its counterpart."""
+
+    inprocess_images_per_s: float  # the pipeline called here with batches of `batch`
+    served_images_per_s: float  # `concurrency` closed-loop HTTP clients
+    mean_batch: float | None
+    direct_ms: float  # median direct single-image call
+    served_c1_ms: float  # median HTTP latency of one client
+    served_c1_device_ms: float  # median of the server's own pipeline time for those (X-Inference-Ms)
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.served_images_per_s / self.inprocess_images_per_s
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.served_c1_ms / self.direct_ms
+
+
+def inprocess_timer(model: str, threads: int) -> Callable[[dict[str, Any], int, int], list[float]]:
+    """Seconds per call of the server's own backend (runtime.server.backends) in this process.
+
+    Loaded once; the returned function times `calls` generate() calls of `batch` images.
+    """
+    from runtime.server.backends import BatchParams, ImageSpec, create_backend
+    from runtime.server.settings import Settings
+
+    backend = create_backend(Settings(model_id=model, torch_threads=threads, auth="none", metrics_sink="none"))
+    backend.load()
+
+    def timed(body: dict[str, Any], batch: int, calls: int) -> list[float]:
+        params = BatchParams(body["steps"], body["guidance_scale"], body["width"], body["height"])
+        specs = [ImageSpec(body["prompt"], "", i) for i in range(batch)]
+        backend.generate(params, specs, lambda: False)  # a new batch size pays kernel selection once
+        seconds = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            backend.generate(params, specs, lambda: False)
+            seconds.append(time.perf_counter() - started)
+        return seconds
+
+    return timed
+
+
+def compare_served(
+    body: dict[str, Any],
+    *,
+    model: str,
+    rounds: int,
+    concurrency: int = 8,
+    seconds_per_figure: float = 2.0,
+    threads: int = 0,
+    log_path: str,
+    report: Callable[[str], None] = print,
+) -> list[Round]:
+    """Alternate in-process and served measurements `rounds` times (see the module doc)."""
+    timed = inprocess_timer(model, threads)
+    proc, url = start_server(model, {**SERVE_ENV, contract.ENV_TORCH_THREADS: str(threads)}, log_path, SERVE_ARGS)
+    results: list[Round] = []
+    try:
+        run_level(url, concurrency, concurrency * 4, body, "warm-up")
+        run_level(url, 1, 4, body, "warm-up")
+        batch_s = statistics.median(timed(body, concurrency, 3))
+        single_s = statistics.median(timed(body, 1, 3))
+        batch_calls = max(3, round(seconds_per_figure / batch_s))
+        served_requests = batch_calls * concurrency
+        single_calls = max(5, round(seconds_per_figure / single_s))
+        for i in range(rounds):
+            before = timed(body, concurrency, batch_calls // 2)
+            level = run_level(url, concurrency, served_requests, body, "served")
+            after = timed(body, concurrency, batch_calls - batch_calls // 2)
+            inproc = concurrency * len(before + after) / sum(before + after)
+            direct = timed(body, 1, single_calls // 2)
+            one = run_level(url, 1, single_calls, body, "served c1")
+            direct += timed(body, 1, single_calls - single_calls // 2)
+            r = Round(
+                inproc,
+                level.images_per_s,
+                level.mean_batch,
+                statistics.median(direct) * 1000,
+                one.pct(50),
+                one.pct(50, one.inference_ms),
+            )
+            results.append(r)
+            batch = f"{r.mean_batch:.2f}" if r.mean_batch is not None else "n/a"
+            report(
+                f"round {i + 1}: in process batch {concurrency} {r.inprocess_images_per_s:.1f} images/s, served at "
+                f"concurrency {concurrency} {r.served_images_per_s:.1f} (mean batch {batch}, {level.errors} errors): "
+                f"{r.throughput_ratio:.2f}; direct call {r.direct_ms:.1f} ms, served at concurrency 1 p50 "
+                f"{r.served_c1_ms:.1f} ms: {r.latency_ratio:.2f} (its pipeline call {r.served_c1_device_ms:.1f} ms)"
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    return results
+
+
+@dataclass(frozen=True)
+class CompareSettings(ProgramSettings):
+    """How long to compare, and with which request (the tiny model's defaults)."""
+
+    PROG: ClassVar[str] = "python -m runtime.bench.load"
+    DESCRIPTION: ClassVar[str] = "Served images/s and latency against the same pipeline called in process."
+
+    model: str = setting(TEXT, flag="--model", default=TINY_MODEL_ID)
+    rounds: int = setting(integer(1), flag="--rounds", default=6)
+    concurrency: int = setting(integer(1), flag="--concurrency", default=8, help="clients, and the in-process batch")
+    seconds: float = setting(number(0, exclusive=True), flag="--seconds", default=2.0, help="per figure per round")
+    steps: int = setting(integer(1), flag="--steps", default=4)
+    width: int = setting(integer(1), flag="--width", default=TINY_IMAGE_SIZE)
+    height: int = setting(integer(1), flag="--height", default=TINY_IMAGE_SIZE)
+    torch_threads: int = setting(integer(0), flag="--torch-threads", default=0, help="0: the server's auto choice")
+    log: Path = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        PATH, flag="--log", default=Path(tempfile.gettempdir()) / "edge-diffusion-compare-server.log"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = CompareSettings.from_args(argv)
+    except SettingsError as exc:
+        return error_exit(CompareSettings.PROG, exc)
+    body = {
+        "prompt": "a lighthouse on a cliff at dawn",
+        "steps": args.steps,
+        "guidance_scale": 7.5,
+        "width": args.width,
+        "height": args.height,
+        "response_format": "png",
+    }
+    print(
+        f"{args.model} {args.width}x{args.height}, {args.steps} steps; server: `make serve` ({' '.join(SERVE_ARGS)}); "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    rounds = compare_served(
+        body,
+        model=args.model,
+        rounds=args.rounds,
+        concurrency=args.concurrency,
+        seconds_per_figure=args.seconds,
+        threads=args.torch_threads,
+        log_path=str(args.log),
+        report=lambda line: print(line, flush=True),
+    )
+    throughput = statistics.median(r.throughput_ratio for r in rounds)
+    latency = statistics.median(r.latency_ratio for r in rounds)
+    print(
+        f"median over {len(rounds)} rounds: served/in-process images/s {throughput:.2f}; "
+        f"served concurrency-1 latency / direct call {latency:.2f}; load average {os.getloadavg()[0]:.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

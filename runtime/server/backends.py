@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 NEURON_DEVICE_GLOB: Final = "/dev/neuron*"
 CGROUP_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
-DEFAULT_STEPS_SD: Final = 25
+# Steps a request without `steps` gets, per scheduler setting: DPM-Solver++ reaches high-quality
+# guided samples in 15-20 steps (Lu et al. 2022; diffusers' DPMSolverMultistepScheduler docs: 20),
+# the checkpoint's own PNDM/DDIM runs at diffusers' pipeline default of 50. Fewer steps is the
+# largest latency lever an AR request has: each step is one UNet call on the whole batch.
+DEFAULT_STEPS_BY_SCHEDULER: Final = {"dpmsolver++": 20, "model": 50}
+DEFAULT_STEPS_SD: Final = DEFAULT_STEPS_BY_SCHEDULER["dpmsolver++"]
 DEFAULT_STEPS_TINY: Final = 4
 WARMUP_STEPS: Final = 2
 
@@ -58,6 +63,16 @@ class ImageSpec:
 
 
 StopCheck = Callable[[], bool]
+StepReport = Callable[[int, int], None]  # (denoising steps done, steps in this call)
+
+
+class BatchAbandonedError(Exception):
+    """Raised from the step callback when nobody waits for the batch any more.
+
+    diffusers' own ``pipe._interrupt`` only skips the remaining steps: the pipeline still decodes
+    the half-denoised latents with the VAE (pipeline_stable_diffusion.py, diffusers 0.42.1), work
+    nobody reads. Raising leaves the call at the end of the current step instead.
+    """
 
 
 class BackendError(RuntimeError):
@@ -89,8 +104,17 @@ class Backend(ABC):
         """Load (and place) the model; slow, runs off the event loop."""
 
     @abstractmethod
-    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
-        """One float32 HxWx3 array in [0, 1] per ImageSpec, in order."""
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
+        """One float32 HxWx3 array in [0, 1] per ImageSpec, in order; fewer (any) once should_stop() is True.
+
+        `on_step(done, total)` after each denoising step, from the calling (device) thread.
+        """
 
 
 def detect_device(forced: str | None = None) -> str:
@@ -139,6 +163,46 @@ def torch_dtype_for(name: str, device: str) -> Any:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
+def default_steps(settings: Settings) -> int:
+    """Steps for a request that names none: the tiny model's few, else the scheduler's budget."""
+    if settings.model_id == TINY_MODEL_ID:
+        return DEFAULT_STEPS_TINY
+    return DEFAULT_STEPS_BY_SCHEDULER[settings.scheduler]
+
+
+def apply_scheduler(pipe: Any, name: str) -> Any:
+    """Swap in the configured scheduler, keeping the checkpoint's betas and prediction type (v for 768-v)."""
+    if name == "model":
+        return pipe
+    from diffusers import DPMSolverMultistepScheduler
+
+    if name != "dpmsolver++":
+        raise BackendError(f"scheduler {name!r} is not allowed; allowed: dpmsolver++, model")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    return pipe
+
+
+def optimise(pipe: Any, settings: Settings, device: str) -> Any:
+    """The fast paths the settings ask for (each one's reason is on its setting); returns the pipeline."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    apply_scheduler(pipe, settings.scheduler)
+    processor = AttnProcessor2_0 if settings.attention == "sdpa" else AttnProcessor
+    pipe.unet.set_attn_processor(processor())
+    pipe.vae.set_attn_processor(processor())
+    if device == "cuda":
+        pipe = pipe.to("cuda")
+        if settings.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if settings.torch_compile:
+            # reduce-overhead replays CUDA graphs: a step is a few launches instead of hundreds.
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode="reduce-overhead", fullgraph=True)
+    return pipe
+
+
 def to_float_images(images: Any) -> list[np.ndarray]:
     """Pipeline output (ndarray batch or PIL list) -> list of float32 HxWx3 arrays in [0, 1]."""
     if isinstance(images, np.ndarray):
@@ -161,15 +225,27 @@ def _negative_prompts(images: Sequence[ImageSpec]) -> list[str] | None:
     return [s.negative_prompt for s in images] if any(s.negative_prompt for s in images) else None
 
 
-def _interrupt_callback(should_stop: StopCheck) -> Callable[..., dict[str, Any]]:
-    """Stop denoising when every request of the batch is gone (deadline passed, client left)."""
+def _step_callback(should_stop: StopCheck, on_step: StepReport | None) -> Callable[..., dict[str, Any]]:
+    """diffusers' callback_on_step_end: report the step, and leave the call (BatchAbandonedError) once nobody waits."""
 
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if should_stop():
-            pipe._interrupt = True
+            raise BatchAbandonedError
+        if on_step is not None:
+            on_step(step + 1, int(getattr(pipe, "num_timesteps", 0) or 0))
         return {}
 
     return callback
+
+
+def _accepts_step_callback(pipe: Any) -> bool:
+    """Whether this pipeline's __call__ takes diffusers' callback_on_step_end (optimum-neuron's may not)."""
+    import inspect
+
+    try:
+        return "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class DiffusersBackend(Backend):
@@ -195,42 +271,48 @@ class DiffusersBackend(Backend):
             self.location = resolve_model(self.settings, self.device)
             pipe = self.location.load_diffusers(dtype)
         pipe.set_progress_bar_config(disable=True)
-        if self.device == "cuda":
-            pipe = pipe.to("cuda")
-            # diffusers uses torch SDPA attention by default on torch 2; channels_last helps convs.
-            pipe.unet.to(memory_format=torch.channels_last)
-            pipe.vae.to(memory_format=torch.channels_last)
-            if self.settings.torch_compile:
-                pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+        pipe = optimise(pipe, self.settings, self.device)
         self.pipe = pipe
-        tiny = self.settings.model_id == TINY_MODEL_ID
-        self.default_steps = DEFAULT_STEPS_TINY if tiny else DEFAULT_STEPS_SD
+        self.default_steps = default_steps(self.settings)
         sample = int(getattr(pipe.unet.config, "sample_size", 64))
-        self.default_width = self.default_height = sample * int(getattr(pipe, "vae_scale_factor", 8))
+        native = sample * int(getattr(pipe, "vae_scale_factor", 8))
+        self.default_width = self.settings.width or native
+        self.default_height = self.settings.height or native
+        s = self.settings
         self.description = (
-            f"{self.settings.model_id} on {self.device} ({str(dtype).removeprefix('torch.')}, "
+            f"{s.model_id} on {self.device} ({str(dtype).removeprefix('torch.')}, {s.attention} attention, "
+            f"{s.scheduler} scheduler{', torch.compile' if s.torch_compile and self.device == 'cuda' else ''}, "
             f"{torch.get_num_threads()} CPU threads) "
             f"loaded in {time.monotonic() - started:.1f}s"
         )
         log.info("model loaded: %s", self.description)
 
-    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
         import torch
 
         if self.pipe is None:
             raise BackendError("model is not loaded")
         with torch.inference_mode():
-            out = self.pipe(
-                prompt=[s.prompt for s in images],
-                negative_prompt=_negative_prompts(images),
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance_scale,
-                width=params.width,
-                height=params.height,
-                generator=_generators(images),
-                output_type="np",
-                callback_on_step_end=_interrupt_callback(should_stop),
-            )
+            try:
+                out = self.pipe(
+                    prompt=[s.prompt for s in images],
+                    negative_prompt=_negative_prompts(images),
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance_scale,
+                    width=params.width,
+                    height=params.height,
+                    generator=_generators(images),
+                    output_type="np",
+                    callback_on_step_end=_step_callback(should_stop, on_step),
+                )
+            except BatchAbandonedError:
+                return []
         return to_float_images(out.images)
 
 
@@ -241,6 +323,29 @@ class CompiledShape:
     width: int
     height: int
     batch_size: int
+
+
+def compiled_shape_problem(shape: CompiledShape, settings: Settings) -> str | None:
+    """Why a Neuron artifact cannot serve what the pod is configured for (one line), or None.
+
+    Neuron graphs are compiled for one batch and one size: a max batch above the compiled one
+    would split every batch into several device calls, a smaller one pads every call, and
+    another size cannot run at all. The charts set all three from the same config as the compile.
+    """
+    problems = []
+    if settings.max_batch != shape.batch_size:
+        problems.append(
+            f"{contract.ENV_MAX_BATCH}={settings.max_batch} but the artifact is compiled for batch {shape.batch_size}"
+        )
+    width, height = settings.width or shape.width, settings.height or shape.height
+    if (width, height) != (shape.width, shape.height):
+        problems.append(
+            f"{contract.ENV_WIDTH}x{contract.ENV_HEIGHT}={width}x{height} but the artifact is compiled for "
+            f"{shape.width}x{shape.height}"
+        )
+    if not problems:
+        return None
+    return "Neuron model shape mismatch: " + "; ".join(problems) + " (recompile, or serve what was compiled)"
 
 
 class NeuronBackend(Backend):
@@ -275,9 +380,13 @@ class NeuronBackend(Backend):
 
     def load(self) -> None:
         started = time.monotonic()
-        self.pipe, self.shape = self._loader() if self._loader else self._load_compiled()
+        pipe, shape = self._loader() if self._loader else self._load_compiled()
+        problem = compiled_shape_problem(shape, self.settings)
+        if problem:
+            raise BackendError(problem)
+        self.pipe, self.shape = apply_scheduler(pipe, self.settings.scheduler), shape
         self.default_width, self.default_height = self.shape.width, self.shape.height
-        self.default_steps = DEFAULT_STEPS_SD
+        self.default_steps = default_steps(self.settings)
         self.description = (
             f"{self.settings.model_id} on neuron ({self.shape.width}x{self.shape.height}, "
             f"batch {self.shape.batch_size}) loaded in {time.monotonic() - started:.1f}s"
@@ -297,9 +406,19 @@ class NeuronBackend(Backend):
         pipe = NeuronStableDiffusionPipeline.from_pretrained(str(location.path))
         return pipe, CompiledShape(width=shapes.width, height=shapes.height, batch_size=shapes.batch_size)
 
-    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
         if self.pipe is None or self.shape is None:
             raise BackendError("model is not loaded")
+        # Per-step stop and progress where the pipeline takes diffusers' callback; else between chunks.
+        extra: dict[str, Any] = {}
+        if _accepts_step_callback(self.pipe):
+            extra["callback_on_step_end"] = _step_callback(should_stop, on_step)
         problem = self.check_size(params.width, params.height)
         if problem:
             raise BackendError(problem)
@@ -309,14 +428,18 @@ class NeuronBackend(Backend):
             chunk = list(images[start : start + size])
             real = len(chunk)
             chunk += [chunk[-1]] * (size - real)  # static batch: pad, then drop the padding outputs
-            result = self.pipe(
-                prompt=[s.prompt for s in chunk],
-                negative_prompt=[s.negative_prompt for s in chunk],
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance_scale,
-                generator=_generators(chunk),
-                output_type="np",
-            )
+            try:
+                result = self.pipe(
+                    prompt=[s.prompt for s in chunk],
+                    negative_prompt=[s.negative_prompt for s in chunk],
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance_scale,
+                    generator=_generators(chunk),
+                    output_type="np",
+                    **extra,
+                )
+            except BatchAbandonedError:
+                break
             out.extend(to_float_images(result.images)[:real])
             if should_stop():
                 break

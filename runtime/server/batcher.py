@@ -14,7 +14,20 @@ getting batches of eight rather than settling into two alternating half batches.
 
 Isolation: a failing batch is retried one request at a time, so one request's failure is
 its own; a request whose deadline passes or whose client disconnects is dropped from the
-queue, or ignored in the running batch (which stops early if nobody is left waiting).
+queue, or ignored in the running batch.
+
+Stopping: the device thread asks at the end of every denoising step whether anybody still
+waits (a request is gone once it is cancelled or its deadline passed, checked on the device
+thread's own clock), so a batch whose requests are all gone stops within one step and the
+next batch starts at once. A batch that still has a live request finishes for all of its
+rows: dropping rows mid-call would change the other images (a request's images are the same
+alone or batched: the same seed gives the same image) and the batch shape (Neuron models
+and CUDA graphs are traced for one shape, a new one means recompiling), while the rows left
+cost one batch's time that the live requests wait for anyway.
+
+Progress and encoding: the device thread reports every step (the requests that asked for
+progress hear of it on the event loop) and, once a batch is done, checks and PNG-encodes
+its images itself, so a batch costs the event loop one thread hop, not one per request.
 """
 
 from __future__ import annotations
@@ -22,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
@@ -73,12 +87,17 @@ class GenerationError(BatcherError):
     reason = "error"
 
 
+ProgressListener = Callable[[int, int], None]  # (steps done, steps), called on the event loop
+Encoder = Callable[[np.ndarray], bytes]
+
+
 @dataclass
 class JobResult:
     images: list[np.ndarray]
     queue_s: float
     inference_s: float
     batch_images: int  # images in the pipeline call this request rode in
+    encoded: list[bytes] = field(default_factory=list)  # the images encoded by the batcher's encoder
 
 
 @dataclass(eq=False)
@@ -87,15 +106,24 @@ class Job:
 
     params: BatchParams
     images: tuple[ImageSpec, ...]
-    enqueued_at: float
+    enqueued_at: float  # time.monotonic(), like every time in this module
     deadline: float
     future: asyncio.Future[JobResult]
     cancelled: bool = False
     started_at: float | None = None
+    on_progress: ProgressListener | None = None
+    context: contextvars.Context | None = None  # the submitter's: its listener runs in it (Gradio's progress)
+    step: int = 0  # denoising steps done (written by the device thread)
+    steps: int = 0  # steps of the running call; 0 until it started
 
     @property
     def size(self) -> int:
         return len(self.images)
+
+    @property
+    def gone(self) -> bool:
+        """Nobody waits for this request any more: cancelled, or past its deadline (any thread may ask)."""
+        return self.cancelled or time.monotonic() >= self.deadline
 
 
 @dataclass
@@ -117,6 +145,7 @@ class Batcher:
         queue_size: int,
         metrics: PromMetrics | None = None,
         on_complete: Callable[[Job, JobResult], None] | None = None,
+        encode: Encoder | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch = max_batch
@@ -124,6 +153,7 @@ class Batcher:
         self.queue_size = queue_size
         self.metrics = metrics
         self.on_complete = on_complete
+        self.encode = encode
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._arrival = asyncio.Event()
@@ -134,7 +164,8 @@ class Batcher:
         self.draining = False
         self.stats = _Stats()
         self.expected_images = 1  # requests in the system when the last batch ended (see module doc)
-        self._idle_since = 0.0  # loop time when the device last became free
+        self._idle_since = 0.0  # when the device last became free
+        self.abandoned_batches = 0  # device calls stopped early because every request was gone
 
     # --- state --------------------------------------------------------------------------
     @property
@@ -144,6 +175,11 @@ class Batcher:
     @property
     def in_flight(self) -> int:
         return sum(1 for j in self._running if not j.cancelled)
+
+    @property
+    def device_busy(self) -> bool:
+        """A device call is running (possibly for requests that are all gone, until its next step)."""
+        return bool(self._running)
 
     @property
     def pending(self) -> int:
@@ -209,34 +245,62 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- request side -------------------------------------------------------------------
-    def submit(self, params: BatchParams, images: Sequence[ImageSpec], timeout_s: float) -> Job:
+    def submit(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        timeout_s: float,
+        on_progress: ProgressListener | None = None,
+    ) -> Job:
         """Enqueue or raise QueueFullError/DrainingError at once (never blocks)."""
         if self.draining:
             raise DrainingError("server is draining")
         if len(self._queue) >= self.queue_size:
             raise QueueFullError(self.retry_after_s())
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        job = Job(params, tuple(images), now, now + timeout_s, loop.create_future())
+        now = time.monotonic()
+        job = Job(params, tuple(images), now, now + timeout_s, asyncio.get_running_loop().create_future())
+        if on_progress is not None:
+            job.on_progress, job.context = on_progress, contextvars.copy_context()
         self._queue.append(job)
         self._arrival.set()
         self._update_gauges()
         return job
 
-    async def wait(self, job: Job, is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> JobResult:
-        """The job's result; DeadlineExceededError/ClientGoneError cancel it and free its slot."""
-        loop = asyncio.get_running_loop()
-        while True:
-            remaining = job.deadline - loop.time()
-            if remaining <= 0:
-                self.cancel(job)
-                raise DeadlineExceededError("request deadline passed")
-            done, _ = await asyncio.wait({job.future}, timeout=min(remaining, DISCONNECT_POLL_S))
-            if done:
-                return job.future.result()
-            if is_disconnected is not None and await is_disconnected():
-                self.cancel(job)
-                raise ClientGoneError("client disconnected")
+    async def wait(
+        self,
+        job: Job,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> JobResult:
+        """The job's result; DeadlineExceededError/ClientGoneError cancel it and free its slot.
+
+        `client_gone` returns when the client has left (the batcher cancels the job at once);
+        `is_disconnected` is asked every DISCONNECT_POLL_S instead, for callers without the former.
+        """
+        watcher = asyncio.ensure_future(client_gone()) if client_gone is not None else None
+        try:
+            while True:
+                remaining = job.deadline - time.monotonic()
+                if remaining <= 0:
+                    self.cancel(job)
+                    raise DeadlineExceededError(f"request deadline {job.deadline - job.enqueued_at:g} s passed")
+                waiting: set[asyncio.Future[Any]] = {job.future}
+                if watcher is not None:
+                    waiting.add(watcher)
+                timeout = min(remaining, DISCONNECT_POLL_S) if is_disconnected is not None else remaining
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if job.future in done:
+                    if job.future.cancelled():  # cancel() from elsewhere: the client is gone
+                        raise ClientGoneError("client disconnected")
+                    return job.future.result()
+                if (watcher is not None and watcher in done) or (
+                    is_disconnected is not None and await is_disconnected()
+                ):
+                    self.cancel(job)
+                    raise ClientGoneError("client disconnected")
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
 
     def cancel(self, job: Job) -> None:
         """Drop a job: out of the queue now, or ignored by its running batch."""
@@ -252,12 +316,12 @@ class Batcher:
         if not job.future.done():
             job.future.set_exception(exc)
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: float) -> None:  # now: time.monotonic()
         for job in [j for j in self._queue if j.cancelled or j.deadline <= now]:
             self._queue.remove(job)
             if not job.cancelled:
                 job.cancelled = True
-                self._fail(job, DeadlineExceededError("request deadline passed while queued"))
+                self._fail(job, DeadlineExceededError(f"request deadline {job.deadline - job.enqueued_at:g} s passed"))
 
     def _select(self) -> list[Job]:
         """The oldest job plus later compatible ones, up to max_batch images (FIFO, greedy fill)."""
@@ -272,9 +336,8 @@ class Batcher:
         return batch
 
     async def _next_batch(self) -> list[Job] | None:
-        loop = asyncio.get_running_loop()
         while True:
-            self._prune(loop.time())
+            self._prune(time.monotonic())
             self._update_gauges()
             if not self._queue:
                 self._arrival.clear()
@@ -284,7 +347,7 @@ class Batcher:
             images = sum(j.size for j in batch)
             enough = images >= min(self.max_batch, self.expected_images)
             waiting_since = max(self._queue[0].enqueued_at, self._idle_since)
-            wait_left = waiting_since + self.effective_wait_s() - loop.time()
+            wait_left = waiting_since + self.effective_wait_s() - time.monotonic()
             if enough or wait_left <= 0 or self.draining:
                 return batch
             self._arrival.clear()
@@ -303,22 +366,22 @@ class Batcher:
                 for job in batch:
                     self._fail(job, GenerationError("internal error"))
             finally:
-                images = sum(j.size for j in batch)
+                # Only requests still waiting tend to come back: gone ones are not expected company.
+                images = sum(j.size for j in batch if not j.cancelled)
                 self.expected_images = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
-                self._idle_since = asyncio.get_running_loop().time()
+                self._idle_since = time.monotonic()
                 self._running = []
                 self._update_gauges()
 
     async def _execute(self, batch: list[Job]) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         for job in batch:
             self._queue.remove(job)
             job.started_at = now
         self._running = batch
         self._update_gauges()
         try:
-            results, seconds = await self._run_on_device(batch)
+            run = await self._run_on_device(batch)
         except Exception as exc:
             if len(batch) == 1:
                 log.warning("generation failed: %s", exc)
@@ -330,55 +393,108 @@ class Batcher:
                     self._running = [job]
                     await self._execute_alone(job)
             return
-        self._deliver(batch, results, seconds)
+        self._deliver(batch, run)
 
     async def _execute_alone(self, job: Job) -> None:
         try:
-            results, seconds = await self._run_on_device([job])
+            run = await self._run_on_device([job])
         except Exception as exc:
             log.warning("generation failed: %s", exc)
             self._fail(job, GenerationError(f"generation failed: {type(exc).__name__}"))
             return
-        self._deliver([job], results, seconds)
+        self._deliver([job], run)
 
-    async def _run_on_device(self, batch: list[Job]) -> tuple[list[np.ndarray], float]:
+    async def _run_on_device(self, batch: list[Job]) -> _DeviceRun:
+        loop = asyncio.get_running_loop()
         params = batch[0].params
         specs = [spec for job in batch for spec in job.images]
+        listening = [job for job in batch if job.on_progress is not None]
 
         def should_stop() -> bool:
-            return all(job.cancelled for job in batch)
+            return all(job.gone for job in batch)
 
-        def work() -> tuple[list[np.ndarray], float]:
+        def on_step(done: int, total: int) -> None:  # device thread
+            for job in batch:
+                job.step, job.steps = done, total
+            if listening:
+                loop.call_soon_threadsafe(self._notify_progress, listening, done, total)
+
+        def work() -> _DeviceRun:
             started = time.perf_counter()
-            images = self.backend.generate(params, specs, should_stop)
-            return images, time.perf_counter() - started
+            images = self.backend.generate(params, specs, should_stop, on_step=on_step)
+            seconds = time.perf_counter() - started
+            if len(images) != len(specs):
+                if should_stop():
+                    return _DeviceRun(seconds, abandoned=True)
+                raise RuntimeError(f"backend returned {len(images)} images for {len(specs)}")
+            return _DeviceRun(seconds, per_job=self._finish(batch, images))
 
-        images, seconds = await asyncio.get_running_loop().run_in_executor(self._executor, work)
-        if len(images) != len(specs) and not should_stop():
-            raise RuntimeError(f"backend returned {len(images)} images for {len(specs)}")
-        self.observe_batch_time(seconds)
+        run = await loop.run_in_executor(self._executor, work)
+        if run.abandoned:  # not a representative batch time: the wait heuristic does not learn from it
+            self.abandoned_batches += 1
+            return run
+        self.observe_batch_time(run.seconds)
         self.stats.batches += 1
         self.stats.history.append(len(specs))
         if self.metrics:
-            self.metrics.inference_duration.observe(seconds)
+            self.metrics.inference_duration.observe(run.seconds)
             self.metrics.batch_size.observe(len(specs))
-        return images, seconds
+        return run
 
-    def _deliver(self, batch: list[Job], images: list[np.ndarray], seconds: float) -> None:
-        total = sum(j.size for j in batch)
+    def _finish(self, batch: list[Job], images: list[np.ndarray]) -> list[_JobImages | None]:
+        """On the device thread: each live request's images, checked finite and encoded (None: gone)."""
+        out: list[_JobImages | None] = []
         offset = 0
         for job in batch:
             mine = images[offset : offset + job.size]
             offset += job.size
-            if job.cancelled or job.future.done():
+            if job.cancelled:
+                out.append(None)
                 continue
-            if len(mine) != job.size or not all(np.isfinite(img).all() for img in mine):
+            finite = all(np.isfinite(img).all() for img in mine)
+            encoded = [self.encode(img) for img in mine] if self.encode is not None and finite else []
+            out.append(_JobImages(mine, encoded, finite))
+        return out
+
+    def _notify_progress(self, jobs: list[Job], done: int, total: int) -> None:
+        for job in jobs:
+            if job.on_progress is not None and not job.cancelled:
+                try:
+                    if job.context is not None:
+                        job.context.run(job.on_progress, done, total)
+                    else:
+                        job.on_progress(done, total)
+                except Exception:  # a listener's failure (a closed UI session) is not the batch's
+                    log.debug("progress listener failed", exc_info=True)
+
+    def _deliver(self, batch: list[Job], run: _DeviceRun) -> None:
+        total = sum(j.size for j in batch)
+        for job, mine in zip(batch, run.per_job or [None] * len(batch), strict=True):
+            if mine is None or job.cancelled or job.future.done():
+                continue
+            if not mine.finite:
                 self._fail(job, GenerationError("generation produced a non-finite image"))
                 continue
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
-            result = JobResult(mine, queue_s, seconds, total)
+            result = JobResult(mine.images, queue_s, run.seconds, total, mine.encoded)
             if self.metrics:
                 self.metrics.queue_wait.observe(queue_s)
             job.future.set_result(result)
             if self.on_complete:
                 self.on_complete(job, result)
+
+
+@dataclass
+class _JobImages:
+    images: list[np.ndarray]
+    encoded: list[bytes]
+    finite: bool
+
+
+@dataclass
+class _DeviceRun:
+    """What one device call gave: its time, and per request its images (None: gone), or abandoned."""
+
+    seconds: float
+    per_job: list[_JobImages | None] | None = None
+    abandoned: bool = False

@@ -4,7 +4,9 @@ The request path only touches in-memory counters. A background thread samples th
 work once a second and, every interval, writes ONE aggregated record per interval: an
 Embedded Metric Format line on stdout (the log agent turns it into metrics) or one batched
 PutMetricData call. Names, namespace and dimensions come from spec.contract, which the
-charts' KEDA triggers import.
+charts' KEDA triggers import. Every interval carries the request outcomes (answered, 429,
+5xx: zero is a datapoint too, so alarms see a healthy pod as healthy); the interval in which
+the server turned ready also carries its cold start.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Protocol
 
@@ -79,6 +81,9 @@ class PromMetrics:
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason)
         self.ready = Gauge(contract.PROM_READY, "1 when /readyz answers 200.", registry=r)
+        self.startup = Gauge(
+            contract.PROM_STARTUP_SECONDS, "Seconds from process start to each startup phase.", ["phase"], registry=r
+        )
 
 
 @dataclass
@@ -88,6 +93,18 @@ class Interval:
     pending_samples: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     images: int = 0
+    requests: int = 0  # image requests answered, whatever the status
+    rejected: int = 0  # of which 429 (queue full)
+    server_errors: int = 0  # of which 5xx
+    cold_start_s: float | None = None  # set in the interval the server turned ready
+
+    def counts(self) -> dict[str, float]:
+        """The request-outcome metrics of this interval, by contract name."""
+        return {
+            contract.METRIC_REQUESTS: float(self.requests),
+            contract.METRIC_REJECTED_REQUESTS: float(self.rejected),
+            contract.METRIC_SERVER_ERRORS: float(self.server_errors),
+        }
 
     @property
     def pending(self) -> float:
@@ -152,6 +169,12 @@ class EmfSink:
         if values:
             metrics.append({"Name": contract.METRIC_INFERENCE_LATENCY_MS, "Unit": "Milliseconds"})
             doc[contract.METRIC_INFERENCE_LATENCY_MS] = values
+        for name, value in interval.counts().items():
+            metrics.append({"Name": name, "Unit": "Count"})
+            doc[name] = value
+        if interval.cold_start_s is not None:
+            metrics.append({"Name": contract.METRIC_COLD_START_SECONDS, "Unit": "Seconds"})
+            doc[contract.METRIC_COLD_START_SECONDS] = interval.cold_start_s
         doc["_aws"] = {
             "Timestamp": int(timestamp * 1000),
             "CloudWatchMetrics": [
@@ -214,6 +237,18 @@ class CloudWatchSink:
                     "Unit": "Milliseconds",
                 }
             )
+        for name, value in interval.counts().items():
+            data.append({"MetricName": name, "Dimensions": dims, "Timestamp": when, "Value": value, "Unit": "Count"})
+        if interval.cold_start_s is not None:
+            data.append(
+                {
+                    "MetricName": contract.METRIC_COLD_START_SECONDS,
+                    "Dimensions": dims,
+                    "Timestamp": when,
+                    "Value": interval.cold_start_s,
+                    "Unit": "Seconds",
+                }
+            )
         return data
 
     def publish(self, interval: Interval, timestamp: float) -> None:
@@ -250,6 +285,20 @@ class CloudWatchAggregator:
         with self._lock:
             self._current.latencies_ms.append(latency_ms)
             self._current.images += images
+
+    def record_answer(self, status: int) -> None:
+        """Called once per answered image request (REST or UI) with the HTTP status it got."""
+        with self._lock:
+            self._current.requests += 1
+            if status == 429:
+                self._current.rejected += 1
+            elif status >= 500:
+                self._current.server_errors += 1
+
+    def record_cold_start(self, seconds: float) -> None:
+        """Process start -> ready, published with the current interval (once per process)."""
+        with self._lock:
+            self._current.cold_start_s = seconds
 
     def sample_pending(self) -> None:
         value = float(self._pending())
@@ -299,3 +348,40 @@ def build_sink(kind: str, dimensions: Dimensions, region: str | None) -> Metrics
     if kind == "cloudwatch":
         return CloudWatchSink(dimensions, region)
     return None
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AnswerCounter:
+    """ASGI middleware: the status of every answer on `path` goes to `record` (CloudWatchAggregator.record_answer).
+
+    It sits outside the routes, so refusals no handler sees (a bad token, a wrong content type,
+    an unhandled error: counted as the 500 the app answers) count like the rest.
+    """
+
+    def __init__(self, app: ASGIApp, record: Callable[[int], None], path: str = contract.IMAGES_PATH) -> None:
+        self.app = app
+        self.record = record
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the outer error middleware answers when the app raises before answering
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.record(status)

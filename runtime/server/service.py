@@ -4,6 +4,10 @@ The model loads and warms in the background (so /healthz answers during a long l
 warm model with a finite image is ready. Draining turns readiness off, refuses new work and
 lets accepted work finish. Whatever asks for images (the REST route, the Gradio UI) goes
 through `validate` and `generate`, and so through the same batcher and the same refusals.
+
+Cold start is timed from the process's own start (the kernel's record of it, so the imports
+count too) to each of contract.STARTUP_PHASES: a Prometheus gauge per phase, the /readyz
+reason while not ready, and one CloudWatch datapoint at ready.
 """
 
 from __future__ import annotations
@@ -11,33 +15,103 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 from pydantic import ValidationError
 
 from runtime.server.backends import Backend, BatchParams, ImageSpec, create_backend, warmup
-from runtime.server.batcher import Batcher, BatcherError, ClientGoneError, Job, JobResult, QueueFullError
+from runtime.server.batcher import (
+    DISCONNECT_POLL_S,
+    Batcher,
+    BatcherError,
+    ClientGoneError,
+    DeadlineExceededError,
+    Job,
+    JobResult,
+    ProgressListener,
+    QueueFullError,
+)
 from runtime.server.metrics import CloudWatchAggregator, Dimensions, PromMetrics, build_sink
 from runtime.server.protocol import ApiError, ImageRequestBase, allowed_ranges, build_request_model, describe_errors
 from runtime.server.settings import Settings
+from spec import contract
 
 log = logging.getLogger(__name__)
 
 NOT_READY_RETRY_S: Final = 5
 # What a BatcherError means to the client (anything else: 500).
 _BATCHER_STATUS: Final = {"draining": 503, "deadline": 504, "disconnected": 499}
+DEADLINE_HINT: Final = "lower steps, size or number of images"
+_IMPORTED_AT: Final = time.monotonic()
+# What the server does until each startup phase is reached (the /readyz reason says it).
+_DOING: Final = {"model_loaded": "loading the model", "warmed_up": "warming up", "ready": "checking the warm-up"}
+
+
+def process_started_at() -> float:
+    """The time.monotonic() value at which this process started (Linux /proc; else this module's import)."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(after_name[19])  # field 22 of proc(5): starttime, clock ticks since boot
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        age_s = uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+    return time.monotonic() - max(0.0, age_s)
+
+
+def asgi_client_gone(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> Callable[[], Awaitable[None]]:
+    """For an HTTP request whose body is read: returns when the client disconnects (ASGI http.disconnect).
+
+    The server hands the disconnect to the next receive() as soon as the connection drops, so a
+    request whose client left is cancelled at once rather than at the next poll.
+    """
+
+    async def gone() -> None:
+        while (await receive()).get("type") != "http.disconnect":
+            await asyncio.sleep(DISCONNECT_POLL_S)  # not expected once the body is read; never spin
+
+    return gone
+
+
+@dataclass
+class Startup:
+    """Seconds from process start to each startup phase reached so far."""
+
+    started_at: float = field(default_factory=process_started_at)  # time.monotonic() at process start
+    reached: dict[str, float] = field(default_factory=dict)  # phase -> seconds since started_at
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def reach(self, phase: str) -> float:
+        self.reached[phase] = seconds = self.elapsed()
+        return seconds
+
+    @property
+    def next_phase(self) -> str | None:
+        return next((p for p in contract.STARTUP_PHASES if p not in self.reached), None)
+
+    def describe(self) -> str:
+        """Where startup is: what the server does, how long since process start, the phases behind it."""
+        done = "".join(f"; {p} at {s:.1f} s" for p, s in self.reached.items())
+        upcoming = self.next_phase
+        doing = _DOING.get(upcoming, "starting") if upcoming else "started"
+        nxt = f"; next phase: {upcoming}" if upcoming else ""
+        return f"{doing} ({self.elapsed():.1f} s since process start{done}{nxt})"
 
 
 @dataclass
 class Generated:
     """A completed request: images as PNG bytes plus what the client is told about it."""
 
-    pngs: list[bytes]
+    pngs: list[bytes]  # PNG bytes, encoded on the device thread
     seed: int
     width: int
     height: int
@@ -67,6 +141,7 @@ class ImageService:
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=self.prom,
+            encode=encode_png,
         )
         dims = Dimensions(settings.deployment, self.backend.device, settings.metric_location)
         self.cloudwatch = CloudWatchAggregator(
@@ -77,7 +152,8 @@ class ImageService:
         self.request_model = build_request_model(settings.limits)
         self.ranges = allowed_ranges(settings.limits)
         self.state = "starting"  # starting|loading|warming|ready|failed|draining
-        self.reason = "model not loaded yet"
+        self.startup = Startup()
+        self._problem = ""  # why the load failed, or what draining means
         self._load_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -85,9 +161,24 @@ class ImageService:
     def ready(self) -> bool:
         return self.state == "ready"
 
-    def _set_state(self, state: str, reason: str) -> None:
-        self.state, self.reason = state, reason
+    @property
+    def reason(self) -> str:
+        """One line for /readyz: the model when ready, else the startup phase and seconds, or the failure."""
+        if self.state == "ready":
+            return self.backend.description
+        if self.state in ("failed", "draining"):
+            return self._problem
+        return self.startup.describe()
+
+    def _set_state(self, state: str, problem: str = "") -> None:
+        self.state, self._problem = state, problem
         self.prom.ready.set(1 if state == "ready" else 0)
+
+    def _reach(self, phase: str) -> float:
+        seconds = self.startup.reach(phase)
+        self.prom.startup.labels(phase=phase).set(seconds)
+        log.info("startup: %s after %.2fs since process start", phase, seconds)
+        return seconds
 
     async def start(self) -> None:
         self.batcher.start()
@@ -96,11 +187,13 @@ class ImageService:
 
     async def _load(self) -> None:
         try:
-            self._set_state("loading", f"loading model {self.settings.model_id}")
+            self._set_state("loading")
             await self.batcher.run_on_worker(self.backend.load)
-            self._set_state("warming", "warming up")
+            self._reach("model_loaded")
+            self._set_state("warming")
             seconds = await self.batcher.run_on_worker(warmup, self.backend, self.settings.max_batch)
             self.batcher.observe_batch_time(seconds)
+            self._reach("warmed_up")
         except Exception as exc:
             reason = " ".join(f"model load failed: {type(exc).__name__}: {exc}".split())[:500]
             log.error("%s", reason)
@@ -108,8 +201,10 @@ class ImageService:
                 self._set_state("failed", reason)
             return
         if self.state != "draining":
-            self._set_state("ready", self.backend.description)
-            log.info("ready: %s (warm-up %.2fs)", self.backend.description, seconds)
+            self._set_state("ready")
+            cold_start = self._reach("ready")
+            self.cloudwatch.record_cold_start(cold_start)
+            log.info("ready: %s (warm-up %.2fs, cold start %.1fs)", self.backend.description, seconds, cold_start)
 
     async def drain(self, timeout_s: float) -> bool:
         """Readiness off, refuse new work, wait for accepted work; True if all of it finished."""
@@ -162,16 +257,26 @@ class ImageService:
         return params, specs, seed
 
     async def generate(
-        self, req: ImageRequestBase, is_disconnected: Callable[[], Awaitable[bool]] | None = None
+        self,
+        req: ImageRequestBase,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+        on_progress: ProgressListener | None = None,
     ) -> Generated:
-        """Queue, wait, encode. Raises ApiError with the status the client should see."""
+        """Queue and wait for the images (PNG). Raises ApiError with the status the client should see.
+
+        The work stops (within one denoising step when the whole batch is gone) once the client
+        leaves: `client_gone` returns then (REST: `asgi_client_gone(request.receive)`, at once),
+        or `is_disconnected` says so (polled). `on_progress(done, steps)` hears every step.
+        """
         self.refuse_unless_ready()
         params, specs, seed = self.plan(req)
         started = time.perf_counter()
         job: Job | None = None
         try:
-            job = self.batcher.submit(params, specs, self.settings.request_timeout_s)
-            result = await self.batcher.wait(job, is_disconnected)
+            job = self.batcher.submit(params, specs, self.settings.request_timeout_s, on_progress)
+            result = await self.batcher.wait(job, is_disconnected, client_gone)
         except QueueFullError as exc:
             self.prom.rejections.labels(reason=exc.reason).inc()
             raise ApiError(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
@@ -180,12 +285,13 @@ class ImageService:
             self.prom.request_duration.labels(outcome=exc.reason).observe(time.perf_counter() - started)
             if isinstance(exc, ClientGoneError):
                 log.info("client disconnected; request dropped from its batch")
-            raise ApiError(_BATCHER_STATUS.get(exc.reason, 500), str(exc)) from None
+            message = f"{exc}: {DEADLINE_HINT}" if isinstance(exc, DeadlineExceededError) else str(exc)
+            raise ApiError(_BATCHER_STATUS.get(exc.reason, 500), message) from None
         except asyncio.CancelledError:
             if job is not None:
                 self.batcher.cancel(job)
             raise
-        pngs = await asyncio.to_thread(lambda: [encode_png(img) for img in result.images])
+        pngs = result.encoded
         elapsed = time.perf_counter() - started
         self.prom.request_duration.labels(outcome="ok").observe(elapsed)
         self.prom.images_generated.inc(len(pngs))

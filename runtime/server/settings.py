@@ -12,10 +12,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
-from runtime.settings import BOOLEAN, TEXT, ProgramSettings, integer, number, one_of, setting
+from runtime.settings import BOOLEAN, TEXT, ProgramSettings, integer, number, one_of, refusal, setting
 from spec import contract
 
 DTYPES: Final = ("auto", "float16", "bfloat16", "float32")
+ATTENTION: Final = ("sdpa", "eager")
+SCHEDULERS: Final = ("dpmsolver++", "model")
+IMAGE_SIZE: Final = integer(*contract.IMAGE_SIZE_BOUNDS, multiple=contract.IMAGE_SIZE_MULTIPLE)
 METRICS_SINKS: Final = ("emf", "cloudwatch", "none")
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 _SECONDS: Final = "seconds"
@@ -70,7 +73,30 @@ class Settings(ProgramSettings):
         help="torch device; unset: detect",
     )
     dtype: str = setting(one_of(DTYPES), env=contract.ENV_DTYPE, flag="--dtype", default="auto")
+    # Fast paths (runtime.server.backends.optimise applies them; docs/benchmarks.md has the figures).
+    # torch.compile of the UNet and the VAE decoder on cuda: SDXL on an A100 went from 3.31 to 2.54 s
+    # (PyTorch blog "Accelerating Generative AI Part III"), paid for by minutes of compilation at
+    # start-up, hence off unless the compile job shipped an Inductor cache.
     torch_compile: bool = setting(BOOLEAN, env=contract.ENV_TORCH_COMPILE, flag="--torch-compile", default=False)
+    # sdpa: torch's fused scaled_dot_product_attention (diffusers' AttnProcessor2_0, its default on
+    # torch 2); eager: the unfused matmul-softmax-matmul, kept to measure against (7.36 -> 3.31 s
+    # with bf16 in the same blog post).
+    attention: str = setting(one_of(ATTENTION), env=contract.ENV_ATTENTION, flag="--attention", default="sdpa")
+    # cuda only: NHWC convolutions feed tensor cores without layout transposes (the same post runs
+    # the compiled UNet and VAE in channels-last); on CPU the default layout is kept (not measured).
+    channels_last: bool = setting(BOOLEAN, env=contract.ENV_CHANNELS_LAST, flag="--channels-last", default=True)
+    # dpmsolver++: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"), 20 steps by default
+    # (DPM-Solver++, Lu et al. 2022: high-quality guided samples in 15-20 steps; diffusers' docs: 20
+    # steps); model: the checkpoint's own scheduler (PNDM, DDIM) at diffusers' default 50 steps.
+    scheduler: str = setting(one_of(SCHEDULERS), env=contract.ENV_SCHEDULER, flag="--scheduler", default="dpmsolver++")
+    # The size a request without one gets, and what the warm-up runs at; the charts set the config's.
+    # A Neuron pod refuses an artifact compiled for another size (or another batch than max_batch).
+    height: int | None = setting(
+        IMAGE_SIZE, env=contract.ENV_HEIGHT, flag="--height", default=None, help="unset: the model's native size"
+    )
+    width: int | None = setting(
+        IMAGE_SIZE, env=contract.ENV_WIDTH, flag="--width", default=None, help="unset: the model's native size"
+    )
     # More intra-op threads than the CPUs the pod may use makes OpenMP spin against CFS throttling
     # (a 40 ms step becomes seconds); 0 sizes the pool from the cgroup quota.
     torch_threads: int = setting(integer(0), env=contract.ENV_TORCH_THREADS, flag="--torch-threads", default=0)
@@ -100,8 +126,9 @@ class Settings(ProgramSettings):
     drain_timeout_s: float = setting(
         number(0, unit=_SECONDS), env=contract.ENV_DRAIN_TIMEOUT_S, flag="--drain-timeout-s", default=300.0
     )
+    # none unless set: a workstation run prints no EMF blobs; the charts set the sink on every pod.
     metrics_sink: str = setting(
-        one_of(METRICS_SINKS), env=contract.ENV_METRICS_SINK, flag="--metrics-sink", default="emf"
+        one_of(METRICS_SINKS), env=contract.ENV_METRICS_SINK, flag="--metrics-sink", default="none"
     )
     metrics_interval_s: float = setting(
         number(0, exclusive=True, unit=_SECONDS),
@@ -115,8 +142,69 @@ class Settings(ProgramSettings):
     )
     aws_region: str | None = setting(TEXT, env=contract.ENV_AWS_REGION, default=None)
     log_level: str = setting(one_of(LOG_LEVELS), env=contract.ENV_LOG_LEVEL, flag="--log-level", default="info")
-    ui: bool = setting(BOOLEAN, env=contract.ENV_UI, flag="--ui", default=True, help="mount the Gradio UI")
+    # Off unless asked for: pods serve the API only; `make serve` turns the UI on.
+    ui: bool = setting(BOOLEAN, env=contract.ENV_UI, flag="--ui", default=False, help="mount the Gradio UI")
+    # Device-facing security (runtime.server.tls, runtime.server.auth): HTTPS from files or one
+    # Secrets Manager secret; bearer tokens (RS256) on every inference route unless auth is none.
+    tls_cert_file: str | None = setting(
+        TEXT, env=contract.ENV_TLS_CERT_FILE, flag="--tls-cert-file", default=None, help="PEM chain: serve HTTPS"
+    )
+    tls_key_file: str | None = setting(
+        TEXT, env=contract.ENV_TLS_KEY_FILE, flag="--tls-key-file", default=None, help="PEM private key"
+    )
+    tls_secret_id: str | None = setting(
+        TEXT, env=contract.ENV_TLS_SECRET_ID, flag="--tls-secret-id", default=None, help="Secrets Manager cert+key"
+    )
+    auth: str = setting(
+        one_of(contract.AUTH_MODES),
+        env=contract.ENV_AUTH,
+        flag="--auth",
+        default="token",
+        help="token (bearer JWTs) or none",
+    )
+    token_issuer: str | None = setting(
+        TEXT, env=contract.ENV_TOKEN_ISSUER, flag="--token-issuer", default=None, help="unset: from --deployment"
+    )
+    token_audience: str = setting(
+        TEXT, env=contract.ENV_TOKEN_AUDIENCE, flag="--token-audience", default=contract.TOKEN_AUDIENCE
+    )
+    token_public_key_file: str | None = setting(
+        TEXT, env=contract.ENV_TOKEN_PUBLIC_KEY_FILE, flag="--token-public-key-file", default=None, help="PEM RSA key"
+    )
+    token_kms_key_id: str | None = setting(
+        TEXT, env=contract.ENV_TOKEN_KMS_KEY_ID, flag="--token-kms-key-id", default=None, help="KMS key id or alias"
+    )
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def tls(self) -> bool:
+        """True when the server answers HTTPS (certificate from files or from the secret)."""
+        return bool(self.tls_cert_file or self.tls_key_file or self.tls_secret_id)
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` tokens must carry: explicit (pods: the charts set it), else from ``deployment``."""
+        return self.token_issuer or contract.token_issuer(self.deployment)
+
+    def check(self) -> None:
+        super().check()
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given, missing = (
+                (contract.ENV_TLS_CERT_FILE, contract.ENV_TLS_KEY_FILE)
+                if self.tls_cert_file
+                else (contract.ENV_TLS_KEY_FILE, contract.ENV_TLS_CERT_FILE)
+            )
+            raise refusal(given, self.tls_cert_file or self.tls_key_file, f"together with {missing}")
+        if self.tls_secret_id and self.tls_cert_file:
+            raise refusal(
+                contract.ENV_TLS_SECRET_ID, self.tls_secret_id, f"either it or {contract.ENV_TLS_CERT_FILE}, not both"
+            )
+        if self.token_public_key_file and self.token_kms_key_id:
+            raise refusal(
+                contract.ENV_TOKEN_KMS_KEY_ID,
+                self.token_kms_key_id,
+                f"either it or {contract.ENV_TOKEN_PUBLIC_KEY_FILE}, not both",
+            )
 
     @property
     def metric_location(self) -> str:

@@ -120,6 +120,13 @@ def test_serving_pods_carry_auth_ui_and_metrics_settings_the_server_accepts(
             assert env[contract.ENV_METRICS_SINK] == "cloudwatch"  # explicit: the server's default is none
             settings = Settings.from_env(env)
             assert settings.issuer == naming.token_issuer(built.config) and settings.ui is (ui == "1")
+            # the shape a Neuron pod checks against its compiled artifact is the configured one
+            serving = built.config.serving
+            assert (settings.max_batch, settings.height, settings.width) == (
+                serving.max_batch,
+                serving.height,
+                serving.width,
+            )
 
 
 def test_auth_none_sets_no_token_settings() -> None:

@@ -92,7 +92,8 @@ def start_in_process(settings: Settings, backend: Backend | None = None, wait_re
 
 def tiny_settings(**changes: Any) -> Settings:
     # One intra-op thread: 64x64 tensors gain nothing from more, and the machine is shared.
-    base = Settings(model_id="tiny", metrics_sink="none", ui=False, max_wait_ms=20.0, torch_threads=1)
+    # No auth unless a test asks for tokens (test_auth does).
+    base = Settings(model_id="tiny", metrics_sink="none", ui=False, max_wait_ms=20.0, torch_threads=1, auth="none")
     return base.replace(**changes)
 
 

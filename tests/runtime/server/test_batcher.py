@@ -1,8 +1,11 @@
-"""The batcher's policy with a fake device: fast, deterministic, no model."""
+"""The batcher's policy with a fake device (fast, deterministic, no model), and stopping with the real
+tiny pipeline: a request whose client leaves frees the device within about one denoising step."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -10,26 +13,51 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from runtime.server.backends import Backend, BatchParams, ImageSpec, StopCheck
-from runtime.server.batcher import Batcher, DeadlineExceededError, GenerationError, QueueFullError
+from runtime.server.backends import Backend, BatchParams, DiffusersBackend, ImageSpec, StepReport, StopCheck
+from runtime.server.batcher import (
+    Batcher,
+    ClientGoneError,
+    DeadlineExceededError,
+    GenerationError,
+    QueueFullError,
+)
+from runtime.server.settings import Settings
 
 P = BatchParams(steps=2, guidance_scale=7.5, width=8, height=8)
 
 
 class FakeDevice(Backend):
-    """Takes `seconds` per batch; an image whose prompt is 'boom' fails the whole batch."""
+    """Takes `seconds` per batch in `steps` steps (asking should_stop after each, like diffusers);
+    an image whose prompt is 'boom' fails the whole batch."""
 
-    def __init__(self, seconds: float = 0.05) -> None:
+    def __init__(self, seconds: float = 0.05, steps: int = 1) -> None:
         super().__init__()
         self.seconds = seconds
+        self.steps = steps
         self.batches: list[list[str]] = []
+        self.steps_run: list[int] = []
+        self.threads: list[str] = []
 
     def load(self) -> None:
         pass
 
-    def generate(self, params: BatchParams, images: Sequence[ImageSpec], should_stop: StopCheck) -> list[np.ndarray]:
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
         self.batches.append([s.prompt for s in images])
-        time.sleep(self.seconds)
+        self.threads.append(threading.current_thread().name)
+        self.steps_run.append(0)
+        for step in range(1, self.steps + 1):
+            time.sleep(self.seconds / self.steps)
+            if should_stop():
+                return []
+            self.steps_run[-1] = step
+            if on_step is not None:
+                on_step(step, self.steps)
         if any(s.prompt == "boom" for s in images):
             raise RuntimeError("device error")
         return [np.full((params.height, params.width, 3), s.seed / 100, dtype=np.float32) for s in images]
@@ -117,3 +145,175 @@ def test_queue_bound_and_deadline() -> None:
         await b.stop()
 
     run(main())
+
+
+def test_progress_reaches_listeners_on_the_event_loop_step_by_step() -> None:
+    async def main() -> tuple[list[tuple[int, int]], set[str]]:
+        seen: list[tuple[int, int]] = []
+        threads: set[str] = set()
+
+        def listener(done: int, total: int) -> None:
+            seen.append((done, total))
+            threads.add(threading.current_thread().name)
+
+        b = Batcher(FakeDevice(0.1, steps=5), max_batch=4, max_wait_s=0.0, queue_size=4)
+        b.start()
+        job = b.submit(P, spec("a"), 10, on_progress=listener)
+        await b.wait(job)
+        assert (job.step, job.steps) == (5, 5)
+        await b.stop()
+        return seen, threads
+
+    seen, threads = run(main())
+    assert seen == [(i, 5) for i in range(1, 6)]
+    assert threads == {threading.main_thread().name}  # asyncio.run's loop runs on the main thread
+
+
+def test_batch_whose_requests_are_all_gone_stops_within_a_step_and_the_next_starts() -> None:
+    step_s = 0.05
+    device = FakeDevice(seconds=step_s * 40, steps=40)
+
+    async def main() -> tuple[float, float]:
+        b = Batcher(device, max_batch=4, max_wait_s=0.0, queue_size=8)
+        b.start()
+        gone = asyncio.Event()
+        long_jobs = [b.submit(P, spec(f"long{i}", i), 30) for i in range(2)]
+        while device.steps_run[-1:] != [2]:  # the batch of both is denoising
+            await asyncio.sleep(0.005)
+        waits = [asyncio.ensure_future(b.wait(j, client_gone=gone.wait)) for j in long_jobs[:1]]
+        next_job = b.submit(BatchParams(3, 7.5, 8, 8), spec("next"), 30)  # other params: its own batch
+        b.cancel(long_jobs[1])
+        left_at = time.monotonic()
+        gone.set()  # the first one's client leaves too
+        with pytest.raises(ClientGoneError):
+            await waits[0]
+        while b.device_busy and device.batches[-1] != ["next"]:
+            await asyncio.sleep(0.001)
+        freed = time.monotonic() - left_at
+        result = await b.wait(next_job)
+        started_next = (next_job.started_at or 0) - left_at
+        assert result.batch_images == 1
+        assert b.abandoned_batches == 1
+        await b.stop()
+        return freed, started_next
+
+    freed, started_next = run(main())
+    assert device.steps_run[0] < 6, device.steps_run  # stopped within a step or two of 40
+    assert freed < 3 * step_s, freed
+    assert started_next < 3 * step_s, started_next
+
+
+def test_batch_with_a_live_request_finishes_for_it_and_drops_the_gone_one() -> None:
+    device = FakeDevice(seconds=0.2, steps=4)
+
+    async def main() -> None:
+        b = Batcher(device, max_batch=4, max_wait_s=0.0, queue_size=8)
+        b.expected_images = 2
+        b.start()
+        stay, leave = b.submit(P, spec("stay", 1), 10), b.submit(P, spec("leave", 2), 10)
+        while not device.steps_run or device.steps_run[-1] < 1:
+            await asyncio.sleep(0.005)
+        b.cancel(leave)
+        result = await b.wait(stay)
+        assert result.batch_images == 2 and len(result.images) == 1
+        assert round(float(result.images[0][0, 0, 0]) * 100) == 1  # its own image, not the gone one's
+        assert leave.future.cancelled()
+        await b.stop()
+
+    run(main())
+    assert device.batches == [["stay", "leave"]] and device.steps_run == [4]
+
+
+def test_deadline_stops_the_device_even_when_nobody_polls() -> None:
+    device = FakeDevice(seconds=2.0, steps=40)
+
+    async def main() -> None:
+        b = Batcher(device, max_batch=1, max_wait_s=0.0, queue_size=2)
+        b.start()
+        b.submit(P, spec("late"), 0.2)  # nobody waits on it: only the device thread's clock can stop it
+        started = time.perf_counter()
+        await asyncio.sleep(0.05)
+        while b.device_busy:
+            await asyncio.sleep(0.005)
+        assert time.perf_counter() - started < 0.5
+        await b.stop()
+
+    run(main())
+    assert device.steps_run[0] < 10
+
+
+def test_images_are_checked_and_encoded_on_the_device_thread() -> None:
+    device = FakeDevice(0.01)
+    encoded_on: list[str] = []
+
+    def encode(image: np.ndarray) -> bytes:
+        encoded_on.append(threading.current_thread().name)
+        return image.tobytes()[:4]
+
+    async def main() -> None:
+        b = Batcher(device, max_batch=2, max_wait_s=0.0, queue_size=2, encode=encode)
+        b.start()
+        result = await b.wait(b.submit(P, spec("a", 50), 10))
+        assert result.encoded == [result.images[0].tobytes()[:4]]
+        await b.stop()
+
+    run(main())
+    assert encoded_on == device.threads and encoded_on[0].startswith("infer-")
+
+
+def test_deadline_error_names_the_limit() -> None:
+    async def main() -> None:
+        b = Batcher(FakeDevice(1.0, steps=10), max_batch=1, max_wait_s=0.0, queue_size=2)
+        b.start()
+        with pytest.raises(DeadlineExceededError, match=r"request deadline 0\.2 s passed"):
+            await b.wait(b.submit(P, spec("slow"), 0.2))
+        await b.stop()
+
+    run(main())
+
+
+# --- the same with the real pipeline (the tiny model) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_backend() -> DiffusersBackend:
+    backend = DiffusersBackend(Settings(model_id="tiny", torch_threads=1, auth="none", metrics_sink="none"), "cpu")
+    backend.load()
+    return backend
+
+
+def test_real_pipeline_stops_within_a_step_of_the_client_leaving(tiny_backend: DiffusersBackend) -> None:
+    long = BatchParams(steps=100, guidance_scale=7.5, width=128, height=128)
+    quick = BatchParams(steps=2, guidance_scale=7.5, width=64, height=64)
+
+    async def main() -> tuple[list[float], float, float, int]:
+        b = Batcher(tiny_backend, max_batch=2, max_wait_s=0.0, queue_size=4)
+        b.start()
+        step_times: list[float] = []
+        gone = asyncio.Event()
+        job = b.submit(
+            long, spec("a long walk"), 60, on_progress=lambda done, total: step_times.append(time.monotonic())
+        )
+        waiting = asyncio.ensure_future(b.wait(job, client_gone=gone.wait))
+        while len(step_times) < 6:  # measure this machine's step time now, under its current load
+            await asyncio.sleep(0.001)
+        following = b.submit(quick, spec("next"), 60)  # queued behind the long one
+        left_at = time.monotonic()
+        gone.set()
+        with pytest.raises(ClientGoneError):
+            await waiting
+        while b.device_busy and following.started_at is None:
+            await asyncio.sleep(0.001)
+        freed = time.monotonic() - left_at
+        result = await b.wait(following)
+        assert len(result.images) == 1 and result.images[0].shape == (64, 64, 3)
+        started_next = (following.started_at or 0.0) - left_at
+        await b.stop()
+        return step_times, freed, started_next, job.step
+
+    step_times, freed, started_next, steps_done = run(main())
+    step_s = max(b - a for a, b in itertools.pairwise(step_times))
+    assert steps_done < len(step_times) + 3, steps_done  # of 100 steps
+    # The current step finishes, then the device is free: within about one step (plus a thread hop).
+    assert freed <= 2 * step_s + 0.05, (freed, step_s)
+    assert started_next <= 2 * step_s + 0.05, (started_next, step_s)

@@ -1,16 +1,24 @@
-"""Overload, deadlines and disconnects against real servers: refusals are 429/504, never 5xx."""
+"""Overload, deadlines and disconnects against real servers: refusals are 429/504, never 5xx; a client
+that leaves frees the device within about a denoising step; serving costs little against the device."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
+import statistics
 import threading
 import time
+from collections.abc import Iterator, Sequence
 
 import httpx
+import numpy as np
+import pytest
 
+from runtime.bench.load import run_level
+from runtime.server.backends import Backend, BatchParams, ImageSpec, StepReport, StopCheck
 from spec import contract
-from tests.runtime.server.conftest import RunningServer, metric_value, wait_until
+from tests.runtime.server.conftest import RunningServer, metric_value, start_in_process, tiny_settings, wait_until
 
 LONG = {"prompt": "a very detailed city", "steps": 100, "width": 512, "height": 512}
 
@@ -53,7 +61,8 @@ def test_deadline_gives_504_frees_the_slot_and_stops_the_batch(deadline_server: 
     with deadline_server.client() as c:
         r = c.post(contract.IMAGES_PATH, json=LONG)
     assert r.status_code == 504, r.text
-    assert "deadline" in r.json()["error"]
+    # the limit, and what to change (the UI shows the same message)
+    assert r.json()["error"] == "request deadline 0.5 s passed: lower steps, size or number of images"
     assert time.monotonic() - started < 5
     # the running batch notices that nobody waits for it and stops denoising
     wait_until(lambda: deadline_server.service.batcher.pending == 0, timeout_s=10)
@@ -78,15 +87,91 @@ def _raw_post(url: str, body: dict[str, object]) -> socket.socket:
     return sock
 
 
-def test_disconnected_client_is_dropped_from_its_batch(server: RunningServer) -> None:
+def _step_seconds(server: RunningServer, steps: int = 4) -> float:
+    """The longest of `steps` denoising steps of the running request, timed from the test's side."""
+    (job,) = server.service.batcher._running
+    seen: list[tuple[int, float]] = []
+    while len(seen) < steps + 1:
+        if not seen or job.step != seen[-1][0]:
+            seen.append((job.step, time.monotonic()))
+        time.sleep(0.0005)
+    return max(b[1] - a[1] for a, b in itertools.pairwise(seen[1:]))  # seen[0] ends a partial step
+
+
+def test_disconnected_client_frees_the_device_within_about_a_step(server: RunningServer) -> None:
     before = metric_value(server.metrics(), contract.PROM_REJECTIONS + "_total", 'reason="disconnected"')
     sock = _raw_post(server.url, LONG)
     wait_until(lambda: server.service.batcher.in_flight == 1, timeout_s=30)
+    wait_until(lambda: server.service.batcher._running[0].step >= 1, timeout_s=60, interval_s=0.001)
+    step_s = _step_seconds(server)
     sock.close()
-    started = time.monotonic()
-    wait_until(lambda: not server.service.batcher._running, timeout_s=15)
-    assert time.monotonic() - started < 15
-    after = metric_value(server.metrics(), contract.PROM_REJECTIONS + "_total", 'reason="disconnected"')
-    assert after == before + 1
+    left_at = time.monotonic()
+    wait_until(lambda: not server.service.batcher.device_busy, timeout_s=60, interval_s=0.001)
+    freed = time.monotonic() - left_at
+    # the server hears the disconnect at once; the device finishes its current step, then stops
+    assert freed <= 2 * step_s + 0.1, (freed, step_s)
+    wait_until(
+        lambda: (
+            metric_value(server.metrics(), contract.PROM_REJECTIONS + "_total", 'reason="disconnected"') == before + 1
+        ),
+        timeout_s=10,
+    )
     r = httpx.post(server.url + contract.IMAGES_PATH, json={"prompt": "next", "steps": 2}, timeout=60)
     assert r.status_code == 200
+    assert float(r.headers["X-Queue-Ms"]) / 1000 <= 2 * step_s + 0.1  # the next request starts at once
+
+
+class FixedCost(Backend):
+    """A device whose batch takes `seconds` whatever its size (as on a GPU at small batches) and
+    sleeps rather than computes, so the CPU is left to serving: what is measured is serving's cost."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def load(self) -> None:
+        self.default_width = self.default_height = 64
+        self.default_steps = 4
+        self.description = f"fixed cost {self.seconds}s per batch"
+
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
+        time.sleep(self.seconds)
+        return [np.full((params.height, params.width, 3), (s.seed % 256) / 255, dtype=np.float32) for s in images]
+
+
+BATCH_S = 0.4
+
+
+@pytest.fixture(scope="module")
+def fixed_cost_server() -> Iterator[RunningServer]:
+    running = start_in_process(tiny_settings(max_batch=8, max_wait_ms=50.0), FixedCost(BATCH_S))
+    yield running
+    running.stop()
+
+
+def test_eight_clients_get_nearly_all_the_device_can_do(fixed_cost_server: RunningServer) -> None:
+    body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "response_format": "png"}
+    run_level(fixed_cost_server.url, 8, 16, body, "warm-up")  # the batcher learns that 8 come back
+    level = run_level(fixed_cost_server.url, 8, 8 * 8, body, "c8")
+    ideal = 8 / BATCH_S
+    assert level.errors == 0
+    # Full batches, but for one at the start the clients' threads and connections take to come up:
+    # nobody waits a whole batch for a late companion, and no batch is split for good.
+    assert level.mean_batch is not None and level.mean_batch >= 7, level.mean_batch
+    # Between two batches the server answers 8 clients and reads their next requests; that costs
+    # a few ms of a 400 ms batch when the machine is quiet, 0.8 leaves room for a busy one.
+    assert level.images_per_s >= 0.8 * ideal, (level.images_per_s, ideal)
+
+
+def test_one_client_pays_little_over_the_device(fixed_cost_server: RunningServer) -> None:
+    body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "response_format": "png"}
+    level = run_level(fixed_cost_server.url, 1, 8, body, "c1")
+    assert level.errors == 0
+    overhead_s = statistics.median(level.latencies_ms) / 1000 - BATCH_S
+    assert overhead_s <= 0.1 * BATCH_S, overhead_s  # within 10% of the device call
