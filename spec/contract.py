@@ -16,7 +16,7 @@ import re
 from typing import Final
 
 # --- HTTP --------------------------------------------------------------------------------
-PORT: Final = 7860  # the seeds' Gradio port, kept so existing device apps keep working
+PORT: Final = 7860  # Gradio's default port, kept so existing device apps keep working
 IMAGES_PATH: Final = "/v1/images"
 HEALTH_PATH: Final = "/healthz"  # liveness: the process answers
 READY_PATH: Final = "/readyz"  # readiness: model loaded, warmed, not draining

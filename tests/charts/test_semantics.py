@@ -323,7 +323,7 @@ def test_every_pod_in_the_app_namespace_passes_pod_security_restricted(rendered:
 
 
 def test_serving_uses_the_model_baked_into_its_image(rendered: Rendered) -> None:
-    """The seeds' layer cache: a serving pod must not override the image's local model source
+    """The image's layer cache: a serving pod must not override the image's local model source
     with the S3 prefix, or every new node would download the model again."""
     deployments = serving(rendered)
     assert deployments
