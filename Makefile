@@ -33,14 +33,14 @@ $(STAMP_NODE): package.json package-lock.json
 
 deps: $(STAMP_PY) $(STAMP_NODE) ## create .venv and node_modules when missing or stale
 
-synth: deps ## synthesize every CloudFormation template (cdk.out/) and Kubernetes manifest (dist/manifests/)
+synth: deps ## synthesize every CloudFormation template (cdk.out/) and Kubernetes manifest (dist/manifests/); CONTEXT='-c key=value ...'
 	rm -rf cdk.out  # no stale stack of an earlier config left beside the new ones
-	$(CDK) synth --quiet --output cdk.out
+	$(CDK) synth --quiet --output cdk.out $(CONTEXT)
 	$(MAKE) --no-print-directory manifests
 	@echo "templates: $$(ls cdk.out/*.template.json | wc -l) in cdk.out/; manifests: $$(ls dist/manifests/*.yaml 2>/dev/null | wc -l) in dist/manifests/"
 
 manifests: $(STAMP_PY) ## write the cdk8s charts as plain YAML to dist/manifests/ (kubectl apply / GitOps)
-	$(PY) -m charts.render --out dist/manifests
+	$(PY) -m charts.render --out dist/manifests $(CONTEXT)
 
 test: deps lint pytest ## lint, type-check and run every test
 
