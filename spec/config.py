@@ -22,6 +22,7 @@ from typing import Any, Final
 from spec import contract
 from spec.accelerators import ACCELERATOR_NAMES, instance_families
 from spec.local_zones import local_zone_hint
+from spec.prices import INSTANCE_TYPE_PATTERN  # the keys of onDemandPrices are the price table's
 
 # The committed context every entry point starts from (cdk.json sits at the repository root).
 CDK_JSON: Final = Path(__file__).resolve().parents[1] / "cdk.json"
@@ -29,7 +30,6 @@ DEFAULT_LOCAL_ZONE_FAMILIES: Final = ("g5",)
 REGION_PATTERN: Final = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 LOCAL_ZONE_PATTERN: Final = re.compile(r"^(?P<region>[a-z]{2}(-gov)?-[a-z]+-\d)-[a-z]{3}-\d[a-z]$")
 INSTANCE_FAMILY_PATTERN: Final = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*$")
-INSTANCE_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9-]+$")
 ARN_PATTERN: Final = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
 CLUSTER_NAME_PATTERN: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 ENDPOINT_ACCESS_MODES: Final = ("private", "public_and_private")

@@ -25,6 +25,7 @@ from spec import contract, images, versions
 from spec.accelerators import ACCELERATORS
 from spec.images import BUILD_ARGS, BUILDSPEC_COMPUTED_ARGS
 from tests.conftest import ROOT
+from tests.tls_ca import Ca
 
 CI = ROOT / "ci_build"
 DOCKERFILE = CI / "Dockerfile"
@@ -492,8 +493,6 @@ def test_healthcheck_script_exit_codes() -> None:
 
 
 def test_healthcheck_speaks_https_when_the_server_terminates_tls(tmp_path: Path) -> None:
-    from tests.runtime.server.test_tls import Ca
-
     chain, key = Ca.make("healthcheck-test-ca").issue()
     (tmp_path / "chain.pem").write_bytes(chain)
     (tmp_path / "key.pem").write_bytes(key)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import threading
@@ -18,6 +16,7 @@ from runtime.bench import breaking_point as bp
 from runtime.bench.load import LevelResult
 from scaling.model import HPA_TOLERANCE
 from spec import contract, prices
+from tests.tls_ca import LOOPBACK, Ca
 
 
 def level(clients: int, p90_ms: float, images: int = 100, errors: int = 0, seconds: float = 10.0) -> LevelResult:
@@ -167,35 +166,11 @@ def endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def tls_endpoint(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    ca_path, cert_path, key_path = Ca.make("breaking-point-test-ca").write(tmp_path, names=(LOOPBACK,))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     for url in _serve(context):
-        yield url, cert_path
+        yield url, ca_path
 
 
 def test_finds_the_breaking_point_of_a_two_slot_device(endpoint: str, tmp_path: Path) -> None:

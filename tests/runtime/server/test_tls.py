@@ -9,9 +9,7 @@ runtime.server.tls).
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
-import ipaddress
 import json
 import os
 import shutil
@@ -29,10 +27,7 @@ import boto3
 import httpx
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from runtime.server import tls
@@ -41,10 +36,9 @@ from runtime.server.settings import Settings
 from runtime.settings import SettingsError
 from spec import contract
 from tests.runtime.server.conftest import free_port, start_subprocess, wait_until
+from tests.tls_ca import LOOPBACK, Ca, PrivateKey
 
 REGION = "us-west-2"
-LOOPBACK = "127.0.0.1"
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class InstantBackend(Backend):
@@ -63,74 +57,7 @@ class InstantBackend(Backend):
         return [np.full((params.height, params.width, 3), 0.5, dtype=np.float32) for _ in images]
 
 
-# --- a CA and certificates, made here ------------------------------------------------------
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _pem_key(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-@dataclass
-class Ca:
-    key: PrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def make(cls, name: str) -> Ca:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, key: PrivateKey | None = None, *, days: float = 1.0) -> tuple[bytes, bytes]:
-        """(chain PEM, key PEM) of a server certificate for 127.0.0.1 and localhost."""
-        key = key or ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("edge-diffusion-test-server"))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=2))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        return cert.public_bytes(serialization.Encoding.PEM) + self.pem, _pem_key(key)
-
-    def client_context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=self.pem.decode())
-        for name, version in versions.items():
-            setattr(ctx, name, version)
-        return ctx
+# --- the CA (tests.tls_ca) ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
