@@ -29,7 +29,7 @@ from constructs import Construct
 from charts import pods as pod_parts
 from charts.imports.aws.k8s import karpenter as ec2nc
 from charts.imports.sh import karpenter as kpool
-from spec import naming, topology, versions
+from spec import capacity, naming, topology, versions
 from spec.accelerators import Accelerator, Taint
 from spec.config import AppConfig
 from spec.topology import Location, Placement
@@ -45,8 +45,6 @@ BOTTLEROCKET_DATA_DEVICE: Final = "/dev/xvdb"  # Bottlerocket: images, logs, the
 # Bottlerocket settings (TOML) merged by Karpenter into the user data it generates: a device
 # handed to a pod by a device plugin (/dev/neuron*) belongs to the pod's runAsUser/runAsGroup.
 BOTTLEROCKET_USER_DATA: Final = "[settings.kubernetes]\ndevice-ownership-from-security-context = true\n"
-# Compile jobs run on the regional pools next to serving (one build per accelerator at a time).
-BUILD_PODS_PER_POOL: Final = 1
 _TAINT_EFFECTS: Final = {
     "NoSchedule": kpool.NodePoolSpecTemplateSpecTaintsEffect.NO_SCHEDULE,
     "PreferNoSchedule": kpool.NodePoolSpecTemplateSpecTaintsEffect.PREFER_NO_SCHEDULE,
@@ -101,10 +99,8 @@ class NodePoolSettings:
     regional_capacity_types: tuple[str, ...] = ("on-demand",)  # serving: no Spot interruptions
     local_zone_capacity_types: tuple[str, ...] = ("on-demand",)  # Local Zones have no Spot for G/Inf
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
-    # The largest device count of one node of the pool's families (p4d/p5: 8 GPUs, trn1.32xlarge:
-    # 16 Neuron devices): limits below this would forbid those instances outright.
-    max_devices_per_node: int = 16
-    vcpus_per_cpu_pod: int = 16  # CPU pools: vCPUs of the node one CPU pod gets (c7g.4xlarge)
+    max_devices_per_node: int = capacity.MAX_DEVICES_PER_NODE  # see spec.capacity
+    vcpus_per_cpu_pod: int = capacity.VCPUS_PER_CPU_POD
 
 
 class KarpenterChart(cdk8s.Chart):
@@ -282,11 +278,14 @@ def pool_limits(
 ) -> dict[str, kpool.NodePoolSpecLimits]:
     """Cap what a pool may launch at what its pods can use: the serving maximum plus one
     build, counted in the resource that costs (devices; vCPUs for CPU pools)."""
-    pods = config.serving.max_replicas + BUILD_PODS_PER_POOL
-    if accelerator.device_resource:
-        devices = max(pods * accelerator.devices_per_pod, settings.max_devices_per_node)
-        return {accelerator.device_resource: kpool.NodePoolSpecLimits.from_number(devices)}
-    return {"cpu": kpool.NodePoolSpecLimits.from_number(pods * settings.vcpus_per_cpu_pod)}
+    limit = capacity.node_pool_limit(
+        accelerator.device_resource,
+        accelerator.devices_per_pod,
+        config.serving.max_replicas,
+        max_devices_per_node=settings.max_devices_per_node,
+        vcpus_per_cpu_pod=settings.vcpus_per_cpu_pod,
+    )
+    return {limit.resource: kpool.NodePoolSpecLimits.from_number(limit.amount)}
 
 
 def instance_sizes(placement: Placement) -> tuple[str, ...]:

@@ -143,3 +143,38 @@ def addon_daemon_requests(accelerator: str) -> tuple[int, int]:
     """(CPU millicores, memory MiB) the add-on DaemonSets request on a node of ``accelerator``."""
     daemons = [d for d in ADDON_DAEMONSETS if d.accelerators is None or accelerator in d.accelerators]
     return sum(d.cpu_millis for d in daemons), sum(d.memory_mib for d in daemons)
+
+
+# --- NodePool limits: what a pool's pods can use ----------------------------------------------
+# charts/karpenter.py renders them as the NodePools' limits; `make preflight` checks the vCPU
+# quotas against them. Compile jobs run on the regional pools next to serving, one build per
+# accelerator at a time.
+BUILD_PODS_PER_POOL: Final = 1
+# The largest device count of one node of the pools' families (p4d/p5: 8 GPUs, trn1.32xlarge:
+# 16 Neuron devices): a limit below this would forbid those instances outright.
+MAX_DEVICES_PER_NODE: Final = 16
+VCPUS_PER_CPU_POD: Final = 16  # CPU pools: vCPUs of the node one CPU pod gets (c7g.4xlarge)
+
+
+@dataclass(frozen=True)
+class PoolLimit:
+    """A NodePool's cap: ``amount`` of ``resource`` (a device resource, or "cpu" in vCPUs) for ``pods`` pods."""
+
+    resource: str
+    amount: int
+    pods: int
+
+
+def node_pool_limit(
+    device_resource: str | None,
+    devices_per_pod: int,
+    max_replicas: int,
+    *,
+    max_devices_per_node: int = MAX_DEVICES_PER_NODE,
+    vcpus_per_cpu_pod: int = VCPUS_PER_CPU_POD,
+) -> PoolLimit:
+    """The serving maximum plus one build, counted in the resource that costs (devices; vCPUs for CPU pools)."""
+    pods = max_replicas + BUILD_PODS_PER_POOL
+    if device_resource:
+        return PoolLimit(device_resource, max(pods * devices_per_pod, max_devices_per_node), pods)
+    return PoolLimit("cpu", pods * vcpus_per_cpu_pod, pods)

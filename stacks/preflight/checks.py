@@ -52,11 +52,6 @@ QUOTAS: Final = {
     "trn": ("L-2C3B7624", "Running On-Demand Trn instances"),
     "standard": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
 }
-# How charts/karpenter.py caps each NodePool (pool_limits): max replicas plus one build pod, in
-# devices (at least one node of the largest size: 16 devices) or, for CPU pools, 16 vCPUs a pod.
-BUILD_PODS_PER_POOL: Final = 1
-MAX_DEVICES_PER_NODE: Final = 16
-VCPUS_PER_CPU_POD: Final = 16
 # Accelerator devices of the smallest instance of each family (EC2 accelerated instance pages).
 DEVICES: Final = {
     "g5.xlarge": 1,
@@ -315,20 +310,22 @@ def _smallest(accelerator: Accelerator, family: str) -> str | None:
 def pool_vcpus(placement: Placement, config: AppConfig) -> dict[str, tuple[int, str]]:
     """Quota group -> (vCPUs the placement's NodePool limit allows on that group's smallest instance, why)."""
     accelerator = placement.accelerator
-    pods = config.serving.max_replicas + BUILD_PODS_PER_POOL
+    # The limit charts/karpenter.py renders for this pool (one model: spec.capacity).
+    limit = capacity.node_pool_limit(
+        accelerator.device_resource, accelerator.devices_per_pod, config.serving.max_replicas
+    )
     result: dict[str, tuple[int, str]] = {}
     for family in placement.instance_families:
         group, instance = quota_group(family), _smallest(accelerator, family)
         if instance is None:
             continue
         if accelerator.device_resource:
-            devices = max(pods * accelerator.devices_per_pod, MAX_DEVICES_PER_NODE)
             per_device = capacity.INSTANCE_TYPES[instance].vcpus / DEVICES.get(instance, 1)
-            vcpus = math.ceil(devices * per_device)
-            why = f"{placement.node_pool_name}: {devices} devices on {instance}"
+            vcpus = math.ceil(limit.amount * per_device)
+            why = f"{placement.node_pool_name}: {limit.amount} devices on {instance}"
         else:
-            vcpus = pods * VCPUS_PER_CPU_POD
-            why = f"{placement.node_pool_name}: {pods} pods x {VCPUS_PER_CPU_POD} vCPUs"
+            vcpus = limit.amount
+            why = f"{placement.node_pool_name}: {limit.pods} pods x {capacity.VCPUS_PER_CPU_POD} vCPUs"
         if vcpus > result.get(group, (0, ""))[0]:
             result[group] = (vcpus, why)
     return result

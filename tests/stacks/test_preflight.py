@@ -19,7 +19,7 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import instance_types as moto_instance_types
 from moto.ec2.models.availability_zones_and_regions import Zone
 
-from spec import naming, versions
+from spec import capacity, naming, versions
 from spec.deployments import Deployment, load_release
 from stacks.preflight import checks
 from stacks.preflight.__main__ import main
@@ -235,16 +235,16 @@ def test_quotas_below_what_the_node_pool_limits_allow_fail_with_the_increase_com
 
 def test_quota_needs_follow_the_karpenter_chart_limits() -> None:
     """Each NodePool limit of charts/karpenter.py, on its smallest instance, is what preflight asks."""
-    from charts.karpenter import BUILD_PODS_PER_POOL, NodePoolSettings, pool_limits
+    from charts.karpenter import NodePoolSettings, pool_limits
     from spec.topology import placements
 
     config = deployment(enableLargeNvidiaInstances="true").config
     settings_ = NodePoolSettings()
-    assert (
-        BUILD_PODS_PER_POOL,
-        settings_.max_devices_per_node,
-        settings_.vcpus_per_cpu_pod,
-    ) == (checks.BUILD_PODS_PER_POOL, checks.MAX_DEVICES_PER_NODE, checks.VCPUS_PER_CPU_POD)
+    # preflight computes with spec.capacity's defaults: the chart renders with the same ones
+    assert (settings_.max_devices_per_node, settings_.vcpus_per_cpu_pod) == (
+        capacity.MAX_DEVICES_PER_NODE,
+        capacity.VCPUS_PER_CPU_POD,
+    )
     for placement in placements(config):
         (limit,) = pool_limits(placement.accelerator, config, settings_).values()
         allowed = checks.pool_vcpus(placement, config)
