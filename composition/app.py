@@ -23,14 +23,22 @@ from charts import inventory as inventory_chart
 from composition.app_charts import add_app_charts
 from composition.build_infrastructure import BuildInfrastructure, add_build_infrastructure
 from spec.config import AppConfig
-from spec.deployments import DEPLOYMENTS_DIR, STACK_PREFIX, Deployment, Release, load_release
+from spec.deployments import (
+    CLUSTER,
+    DEPLOYMENTS_DIR,
+    INVENTORY,
+    NETWORK,
+    OBSERVABILITY,
+    STACK_PREFIX,
+    Deployment,
+    Release,
+    load_release,
+)
 from stacks import workload_roles
 from stacks.cluster import ClusterStack
 from stacks.inventory import InventoryStack
 from stacks.network import NetworkStack
 from stacks.observability import ObservabilityStack
-
-NETWORK, CLUSTER, INVENTORY, OBSERVABILITY = "Network", "Cluster", "Inventory", "Observability"
 
 
 @dataclass(frozen=True)

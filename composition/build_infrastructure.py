@@ -16,12 +16,10 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
-from spec.deployments import Deployment, Release
+from spec.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Release
 from stacks.deploy_pipeline import DeployPipelineStack
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack
-
-REGISTRY, IMAGE_PIPELINE, DEPLOY_PIPELINE = "Registry", "ImagePipeline", "DeployPipeline"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ DEPLOYMENT_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 # model is one too: the image pipeline bakes it into the serving images every deployment runs.
 SHARED_KEYS: Final = ("account", "region", "pipeline", "modelId", "modelRevision")
 STACK_PREFIX: Final = "EdgeDiffusion"
+# The last part of each stack name: EdgeDiffusion-<part> for the build infrastructure,
+# EdgeDiffusion-<deployment>-<part> for a deployment (composition names them; preflight looks them up).
+REGISTRY, IMAGE_PIPELINE, DEPLOY_PIPELINE = "Registry", "ImagePipeline", "DeployPipeline"
+NETWORK, CLUSTER, INVENTORY, OBSERVABILITY = "Network", "Cluster", "Inventory", "Observability"
 # The committed example values: fine to synthesize, never to deploy from the pipeline.
 EXAMPLE_ACCOUNT: Final = "111111111111"
 DOCUMENTATION_NETWORKS: Final = tuple(

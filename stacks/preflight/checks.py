@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from spec import capacity, naming, versions
 from spec.accelerators import ACCELERATOR_NAMES, Accelerator, instance_families
 from spec.config import AppConfig
-from spec.deployments import EXAMPLE_ACCOUNT, STACK_PREFIX, Deployment
+from spec.deployments import CLUSTER, EXAMPLE_ACCOUNT, IMAGE_PIPELINE, INVENTORY, REGISTRY, STACK_PREFIX, Deployment
 from spec.topology import Placement, placements
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -36,9 +36,8 @@ REQUIRED_BOOTSTRAP_VERSION: Final = 8
 CLI_BOOTSTRAP_VERSION: Final = 33
 
 # --- Stack names (as composition.app and composition.build_infrastructure name them) -------
-REGISTRY_STACK: Final = f"{STACK_PREFIX}-Registry"
-IMAGE_PIPELINE_STACK: Final = f"{STACK_PREFIX}-ImagePipeline"
-CLUSTER_PART, INVENTORY_PART = "Cluster", "Inventory"
+REGISTRY_STACK: Final = f"{STACK_PREFIX}-{REGISTRY}"
+IMAGE_PIPELINE_STACK: Final = f"{STACK_PREFIX}-{IMAGE_PIPELINE}"
 # The image pipeline's build cache repository, named as stacks/image_pipeline.py names it.
 BUILD_CACHE_REPOSITORY: Final = f"{naming.IMAGE_REPOSITORY_NAME}-buildcache"
 
@@ -495,7 +494,7 @@ def physical_names(target: Target) -> list[PhysicalName]:
         PhysicalName(
             "DynamoDB table",
             table,
-            target.stack(INVENTORY_PART),
+            target.stack(INVENTORY),
             lambda _: not _missing(lambda: ddb.describe_table(TableName=table), ("ResourceNotFoundException",)),
             adoptable=False,
             delete=f"aws dynamodb delete-table --region {config.region} --table-name {table}",
@@ -503,7 +502,7 @@ def physical_names(target: Target) -> list[PhysicalName]:
         PhysicalName(
             "IAM role",
             role,
-            target.stack(CLUSTER_PART),
+            target.stack(CLUSTER),
             lambda _: not _missing(lambda: iam.get_role(RoleName=role), ("NoSuchEntity",)),
             adoptable=False,
             delete=f"aws iam delete-role --role-name {role} (after detaching its policies)",
@@ -511,7 +510,7 @@ def physical_names(target: Target) -> list[PhysicalName]:
         PhysicalName(
             "SQS queue",
             queue,
-            target.stack(CLUSTER_PART),
+            target.stack(CLUSTER),
             lambda _: (
                 not _missing(
                     lambda: sqs.get_queue_url(QueueName=queue),

@@ -301,16 +301,16 @@ def test_physical_names_free_owned_retained_or_in_the_way(aws: None) -> None:
 
 
 def test_the_stack_names_are_the_ones_composition_gives() -> None:
-    from composition.app import CLUSTER, INVENTORY, stack_name
-    from composition.build_infrastructure import IMAGE_PIPELINE, REGISTRY
+    from composition.app import stack_name
+    from spec.deployments import CLUSTER, IMAGE_PIPELINE, INVENTORY, REGISTRY
 
     target = deployment()
     assert (
         f"EdgeDiffusion-{REGISTRY}",
         f"EdgeDiffusion-{IMAGE_PIPELINE}",
     ) == (checks.REGISTRY_STACK, checks.IMAGE_PIPELINE_STACK)
-    assert Target(target, Session()).stack(checks.CLUSTER_PART) == stack_name(target, CLUSTER)
-    assert Target(target, Session()).stack(checks.INVENTORY_PART) == stack_name(target, INVENTORY)
+    assert Target(target, Session()).stack(CLUSTER) == stack_name(target, CLUSTER)
+    assert Target(target, Session()).stack(INVENTORY) == stack_name(target, INVENTORY)
 
 
 def test_credentials_of_another_account_stop_the_checks(aws: None) -> None:
