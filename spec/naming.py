@@ -31,6 +31,8 @@ def karpenter_node_role_name(config: AppConfig) -> str:
 BUILD_PREFIX: Final = "edge-diffusion"
 # The one image repository every deployment in the account and Region pulls from.
 IMAGE_REPOSITORY_NAME: Final = f"{BUILD_PREFIX}/stable-diffusion"
+# The image pipeline's BuildKit layer cache (an ECR repository of its own).
+BUILD_CACHE_REPOSITORY_NAME: Final = f"{IMAGE_REPOSITORY_NAME}-buildcache"
 
 
 def image_repository_uri(config: AppConfig) -> str:

@@ -423,7 +423,7 @@ class ImagePipelineStack(cdk.Stack):
         self.cache_repository = ecr.Repository(
             self,
             "BuildCacheRepository",
-            repository_name=f"{naming.IMAGE_REPOSITORY_NAME}-buildcache",
+            repository_name=naming.BUILD_CACHE_REPOSITORY_NAME,
             image_scan_on_push=False,  # cache manifests, never run: the pushed images are scanned
             image_tag_mutability=ecr.TagMutability.MUTABLE,  # each build overwrites its cache ref
             encryption=ecr.RepositoryEncryption.KMS,

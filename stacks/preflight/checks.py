@@ -38,8 +38,6 @@ CLI_BOOTSTRAP_VERSION: Final = 33
 # --- Stack names (as composition.app and composition.build_infrastructure name them) -------
 REGISTRY_STACK: Final = f"{STACK_PREFIX}-{REGISTRY}"
 IMAGE_PIPELINE_STACK: Final = f"{STACK_PREFIX}-{IMAGE_PIPELINE}"
-# The image pipeline's build cache repository, named as stacks/image_pipeline.py names it.
-BUILD_CACHE_REPOSITORY: Final = f"{naming.IMAGE_REPOSITORY_NAME}-buildcache"
 
 # --- EC2 vCPU quotas (Service Quotas, service code ec2), by instance family prefix ----------
 # Codes as ListServiceQuotas names them ("Running On-Demand ... instances", vCPUs).
@@ -475,10 +473,13 @@ def physical_names(target: Target) -> list[PhysicalName]:
         ),
         PhysicalName(
             "ECR repository",
-            BUILD_CACHE_REPOSITORY,
+            naming.BUILD_CACHE_REPOSITORY_NAME,
             IMAGE_PIPELINE_STACK,
             lambda _: (
-                not _missing(lambda: ecr.describe_repositories(repositoryNames=[BUILD_CACHE_REPOSITORY]), repo_missing)
+                not _missing(
+                    lambda: ecr.describe_repositories(repositoryNames=[naming.BUILD_CACHE_REPOSITORY_NAME]),
+                    repo_missing,
+                )
             ),
             adoptable=True,
             delete="",
