@@ -53,8 +53,12 @@ def read_models_statements(config: AppConfig) -> list[iam.PolicyStatement]:
 
 
 def write_models_statement(config: AppConfig) -> iam.PolicyStatement:
+    """What a publish does under ``models/`` (``runtime.artifacts.s3.publish_s3``): upload, take the
+    old manifest off first and remove stale files last. S3 authorizes DeleteObjects per key as
+    s3:DeleteObject, and checks it before it looks for the key."""
     return iam.PolicyStatement(
-        actions=["s3:PutObject", "s3:AbortMultipartUpload"], resources=[f"{_bucket_arn(config)}/{MODELS_PREFIX}*"]
+        actions=["s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
+        resources=[f"{_bucket_arn(config)}/{MODELS_PREFIX}*"],
     )
 
 

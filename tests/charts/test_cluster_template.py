@@ -50,10 +50,11 @@ def test_charts_apply_after_their_dependencies_and_the_pod_identity_associations
     serving = next(lid for kinds, lid in by_kinds.items() if "Ingress" in kinds)
     karpenter = next(lid for kinds, lid in by_kinds.items() if "NodePool" in kinds)
     autoscaling = next(lid for kinds, lid in by_kinds.items() if "ScaledObject" in kinds)
-    builds = next(lid for kinds, lid in by_kinds.items() if "Queue" in kinds)
+    queue = next(lid for kinds, lid in by_kinds.items() if "Queue" in kinds)
+    builds = next(lid for kinds, lid in by_kinds.items() if "Job" in kinds)
     assert karpenter in resources[serving]["DependsOn"]
     assert serving in resources[autoscaling]["DependsOn"]
-    assert serving in resources[builds]["DependsOn"]
+    assert {serving, queue} <= set(resources[builds]["DependsOn"])
     associations = {lid: r for lid, r in resources.items() if r["Type"] == "AWS::EKS::PodIdentityAssociation"}
     for lid, association in associations.items():
         props = association["Properties"]
@@ -102,5 +103,11 @@ def test_serving_roles_may_put_our_metrics_read_models_and_the_token_key_only(sy
         alias = actions["kms:GetPublicKey"]["Condition"]["StringEquals"]["kms:RequestAlias"]
         assert alias == naming.token_signing_key_alias(rendered.config)
     compiler = actions_of(roles_by_account["model-compiler"])
-    assert set(compiler) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload"}
+    assert set(compiler) == {
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "s3:DeleteObject",
+    }
     assert "models/*" in json.dumps(compiler["s3:PutObject"]["Resource"])
