@@ -15,7 +15,7 @@ from charts.autoscaling import AutoscalingChart
 from charts.device_plugins import DevicePluginsChart
 from charts.inventory import InventoryChart
 from charts.karpenter import KarpenterChart
-from charts.model_builds import ModelBuildsChart
+from charts.model_builds import ModelBuildQueueChart, ModelBuildsChart
 from charts.network_policies import NetworkPoliciesChart
 from charts.serving import ServingChart
 from spec.config import AppConfig
@@ -29,6 +29,7 @@ class AppCharts:
     device_plugins: DevicePluginsChart
     serving: ServingChart
     autoscaling: AutoscalingChart
+    model_build_queue: ModelBuildQueueChart
     model_builds: ModelBuildsChart
     inventory: InventoryChart
     network_policies: NetworkPoliciesChart
@@ -40,6 +41,7 @@ class AppCharts:
             self.device_plugins,
             self.serving,
             self.autoscaling,
+            self.model_build_queue,
             self.model_builds,
             self.inventory,
             self.network_policies,
@@ -55,10 +57,13 @@ def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
     serving.add_dependency(karpenter)  # pods select NodePools by name
     autoscaling = AutoscalingChart(app, "autoscaling", config=config)
     autoscaling.add_dependency(serving)
+    model_build_queue = ModelBuildQueueChart(app, "model-build-queue", config=config)
     model_builds = ModelBuildsChart(app, "model-builds", config=config)
-    model_builds.add_dependency(serving, karpenter)
+    model_builds.add_dependency(serving, karpenter, model_build_queue)  # and the queue Open: see composition
     inventory = InventoryChart(app, "inventory", config=config)
     inventory.add_dependency(serving)  # the namespace lives in the serving chart
     network_policies = NetworkPoliciesChart(app, "network-policies", config=config)
     network_policies.add_dependency(serving)
-    return AppCharts(karpenter, device_plugins, serving, autoscaling, model_builds, inventory, network_policies)
+    return AppCharts(
+        karpenter, device_plugins, serving, autoscaling, model_build_queue, model_builds, inventory, network_policies
+    )

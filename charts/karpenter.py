@@ -20,6 +20,7 @@ pods run as a non-root user, so the nodes turn on Bottlerocket's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -29,6 +30,7 @@ from constructs import Construct
 from charts import pods as pod_parts
 from charts.imports.aws.k8s import karpenter as ec2nc
 from charts.imports.sh import karpenter as kpool
+from charts.model_builds import ModelBuildSettings
 from spec import capacity, naming, topology, versions
 from spec.accelerators import Accelerator, Taint
 from spec.config import AppConfig
@@ -90,6 +92,14 @@ class DisruptionSettings:
     drift_freeze_duration: str = "10h"
     expire_after: str = "720h"
     termination_grace_period: str = "30m"  # longer than a serving pod's drain
+    # Regional pools also run the compile jobs, whose pods Karpenter must not evict (do-not-disrupt)
+    # before their deadline: an expired or drifted node waits that long for a compile to finish.
+    build_grace_margin_s: int = 600
+
+    def regional_termination_grace_period(self, build_deadline_s: int) -> str:
+        """The grace period of a pool that runs builds: the longer of a serving drain and a build."""
+        serving_s = _duration_s(self.termination_grace_period)
+        return f"{max(serving_s, build_deadline_s + self.build_grace_margin_s) // 60}m"
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class NodePoolSettings:
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
     max_devices_per_node: int = capacity.MAX_DEVICES_PER_NODE  # see spec.capacity
     vcpus_per_cpu_pod: int = capacity.VCPUS_PER_CPU_POD
+    build_deadline_s: int = ModelBuildSettings().deadline_s  # the compile jobs' activeDeadlineSeconds
 
 
 class KarpenterChart(cdk8s.Chart):
@@ -213,11 +224,24 @@ class KarpenterChart(cdk8s.Chart):
                         requirements=requirements,
                         taints=[_taint(accelerator.taint)] if accelerator.taint else None,
                         expire_after=disruption.expire_after,
-                        termination_grace_period=disruption.termination_grace_period,
+                        termination_grace_period=(
+                            disruption.termination_grace_period
+                            if location.is_local_zone
+                            else disruption.regional_termination_grace_period(settings.build_deadline_s)
+                        ),
                     ),
                 ),
             ),
         )
+
+
+def _duration_s(duration: str) -> int:
+    """Seconds of a Karpenter duration made of hours, minutes and seconds ("30m", "1h30m")."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+    if not parts or not duration:
+        raise ValueError(f"duration {duration!r}: allowed hours, minutes and seconds such as 30m or 1h30m")
+    hours, minutes, seconds = (int(p or 0) for p in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def bottlerocket(config: AppConfig) -> bool:

@@ -3,10 +3,14 @@ model on a node of that accelerator and publishes the artifact to the model buck
 
 Each job runs ``python -m runtime.compile`` from the accelerator's runtime image (no model) on the
 accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>/<revision>/
-<device>/``, which the image pipeline bakes into the serving image's model layer. The job name carries a hash of
-what it builds: a Volcano Job's spec is immutable, so a new model, revision, shape or image
-version is a new Job, and re-applying an unchanged one changes nothing (the compile step
-itself also skips an artifact that is already published).
+<device>/``, which the image pipeline bakes into the serving image's model layer.
+
+The queue is a chart of its own, applied before the jobs: Volcano's job admission webhook admits
+a Job only once its queue is ``Open``, a state the Volcano controller sets after the queue is
+created (docs/adr/0001-volcano-queue-before-jobs.md). The job name carries a hash of the whole
+rendered job: a Volcano Job's spec is immutable, so any change is a new Job (the apply prunes
+the old one), and re-applying an unchanged one changes nothing (the compile step itself also
+skips an artifact that is already published).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from spec.config import AppConfig
 from spec.topology import Placement
 
 QUEUE_NAME: Final = "model-builds"
+QUEUE_RESOURCE: Final = "queues.scheduling.volcano.sh"  # kubectl's name for Volcano queues
+QUEUE_STATE_PATH: Final = ".status.state"  # what a Job's admission reads of its queue
 SERVICE_ACCOUNT: Final = "model-compiler"
 SCHEDULER_NAME: Final = "volcano"
 TASK_NAME: Final = "compile"
+DO_NOT_DISRUPT: Final = "karpenter.sh/do-not-disrupt"
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,51 @@ class ModelBuildSettings:
     concurrent_builds_per_accelerator: int = 1
 
 
+def spec_digest(labels: dict[str, str], spec: dict[str, object]) -> str:
+    """Eight hex digits of everything a Job is made of: two Jobs with one name are the same Job."""
+    return hashlib.sha256(json.dumps({"labels": labels, "spec": spec}, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def build_placements(config: AppConfig) -> list[Placement]:
+    """Builds run on each accelerator's regional pool (Local Zone capacity is for serving)."""
+    return [p for p in topology.placements(config) if not p.location.is_local_zone]
+
+
+def _labels(accelerator: Accelerator | None = None) -> dict[str, str]:
+    labels = {"app.kubernetes.io/name": "model-compiler", "app.kubernetes.io/part-of": topology.PART_OF}
+    if accelerator:
+        labels[contract.LABEL_ACCELERATOR] = accelerator.name
+    return labels
+
+
+class ModelBuildQueueChart(cdk8s.Chart):
+    """The Volcano queue the compile jobs are submitted to: at most
+    ``concurrent_builds_per_accelerator`` builds' worth of devices at a time."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: ModelBuildSettings | None = None
+    ) -> None:
+        super().__init__(scope, construct_id, disable_resource_name_hashes=True)
+        per = (settings or ModelBuildSettings()).concurrent_builds_per_accelerator
+        capability: dict[str, int] = {}
+        for build in build_placements(config):
+            accelerator = build.accelerator
+            if accelerator.device_resource:
+                capability[accelerator.device_resource] = per * accelerator.devices_per_pod
+        self.queue = scheduling.Queue(
+            self,
+            "Queue",
+            metadata=cdk8s.ApiObjectMetadata(name=QUEUE_NAME, labels=_labels()),
+            spec=scheduling.QueueSpec(
+                weight=1,
+                reclaimable=False,  # a half-done compile is wasted work
+                capability={k: scheduling.QueueSpecCapability.from_number(v) for k, v in capability.items()} or None,
+            ),
+        )
+
+
 class ModelBuildsChart(cdk8s.Chart):
-    """The build queue, the compile jobs' ServiceAccount and one Volcano Job per accelerator."""
+    """The compile jobs' ServiceAccount and one Volcano Job per accelerator (queue: ModelBuildQueueChart)."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, config: AppConfig, settings: ModelBuildSettings | None = None
@@ -52,42 +102,14 @@ class ModelBuildsChart(cdk8s.Chart):
         super().__init__(scope, construct_id, disable_resource_name_hashes=True)
         self.config = config
         self.settings = settings or ModelBuildSettings()
-        # Builds run on each accelerator's regional pool (Local Zone capacity is for serving).
-        builds = [p for p in topology.placements(config) if not p.location.is_local_zone]
-        self.queue = self._queue(builds)
+        builds = build_placements(config)
         k8s.KubeServiceAccount(
             self,
             "ServiceAccount",
-            metadata=k8s.ObjectMeta(name=SERVICE_ACCOUNT, namespace=topology.NAMESPACE, labels=self._labels()),
+            metadata=k8s.ObjectMeta(name=SERVICE_ACCOUNT, namespace=topology.NAMESPACE, labels=_labels()),
             automount_service_account_token=False,
         )
         self.jobs = {build.accelerator.name: self._job(build) for build in builds}
-
-    @staticmethod
-    def _labels(accelerator: Accelerator | None = None) -> dict[str, str]:
-        labels = {"app.kubernetes.io/name": "model-compiler", "app.kubernetes.io/part-of": topology.PART_OF}
-        if accelerator:
-            labels[contract.LABEL_ACCELERATOR] = accelerator.name
-        return labels
-
-    def _queue(self, builds: list[Placement]) -> scheduling.Queue:
-        """At most ``concurrent_builds_per_accelerator`` builds' worth of devices at a time."""
-        capability: dict[str, int] = {}
-        per = self.settings.concurrent_builds_per_accelerator
-        for build in builds:
-            accelerator = build.accelerator
-            if accelerator.device_resource:
-                capability[accelerator.device_resource] = per * accelerator.devices_per_pod
-        return scheduling.Queue(
-            self,
-            "Queue",
-            metadata=cdk8s.ApiObjectMetadata(name=QUEUE_NAME, labels=self._labels()),
-            spec=scheduling.QueueSpec(
-                weight=1,
-                reclaimable=False,  # a half-done compile is wasted work
-                capability={k: scheduling.QueueSpecCapability.from_number(v) for k, v in capability.items()} or None,
-            ),
-        )
 
     def build_args(self, accelerator: Accelerator) -> list[str]:
         config, serving = self.config, self.config.serving
@@ -99,6 +121,8 @@ class ModelBuildsChart(cdk8s.Chart):
             "--width", str(serving.width),
             # Neuron graphs have a static batch size: the server's largest batch (it pads short ones).
             "--batch-size", str(serving.max_batch),
+            # Recorded in the manifest: the serving image of this version is built only from it.
+            "--image-version", serving.image_version,
             "--out", naming.models_base_uri(config),
         ]  # fmt: skip
 
@@ -106,9 +130,7 @@ class ModelBuildsChart(cdk8s.Chart):
         accelerator, config = build.accelerator, self.config
         args = self.build_args(accelerator)
         image = topology.runtime_image_uri(config, accelerator)
-        digest = hashlib.sha256(json.dumps([image, *args]).encode()).hexdigest()[:8]
-        name = f"compile-{accelerator.name}-{digest}"
-        labels = self._labels(accelerator)
+        labels = _labels(accelerator)
         volumes, mounts = pods.scratch_volumes(self.settings.resources)
         pod_spec = k8s.PodSpec(
             service_account_name=SERVICE_ACCOUNT,
@@ -146,7 +168,11 @@ class ModelBuildsChart(cdk8s.Chart):
         # serving chart builds, rendered by KubePod.manifest, instead of re-typing it in Volcano's
         # generated classes. The generated Job class would re-filter that JSON through its own
         # types on synth (dropping quantities), so the rendered manifest goes into a plain ApiObject.
-        template = k8s.KubePod.manifest(metadata=k8s.ObjectMeta(labels=labels), spec=pod_spec)
+        # A compile of hours must not be cut short to consolidate or replace its node; the regional
+        # NodePools' terminationGracePeriod outlasts the job's deadline (charts/karpenter.py).
+        template = k8s.KubePod.manifest(
+            metadata=k8s.ObjectMeta(labels=labels, annotations={DO_NOT_DISRUPT: "true"}), spec=pod_spec
+        )
         manifest = batch.Job.manifest(
             spec=batch.JobSpec(
                 scheduler_name=SCHEDULER_NAME,
@@ -162,6 +188,7 @@ class ModelBuildsChart(cdk8s.Chart):
         )
         spec = manifest["spec"]
         spec["tasks"][0]["template"] = {"metadata": template["metadata"], "spec": template["spec"]}
+        name = f"compile-{accelerator.name}-{spec_digest(labels, spec)}"
         job = cdk8s.ApiObject(
             self,
             f"Job-{accelerator.name}",

@@ -2,14 +2,17 @@
 
 Each chart of ``charts.build.add_charts`` is applied with ``ClusterStack.apply_charts`` (after
 the controllers), each after the charts it depends on and after the Pod Identity roles its pods
-use: an association must exist before the pod is created for the pod to get credentials. This
-is where the stacks and the charts meet, so neither has to import the other.
+use: an association must exist before the pod is created for the pod to get credentials. The
+compile jobs also wait until the Volcano controller has opened their queue. This is where the
+stacks and the charts meet, so neither has to import the other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, cast
 
+import aws_cdk as cdk
 import cdk8s
 from aws_cdk import aws_eks_v2 as eks
 
@@ -20,6 +23,10 @@ from spec.config import AppConfig
 from stacks import workload_roles
 from stacks.cluster import ClusterStack
 from stacks.cluster.pod_identity import PodIdentityRole
+
+# How long the compile jobs' manifest waits for the Volcano controller to open their queue
+# (it does so on the queue's first sync, normally within a second).
+QUEUE_OPEN_TIMEOUT: Final = cdk.Duration.minutes(5)
 
 
 @dataclass(frozen=True)
@@ -63,4 +70,24 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
     for identity in serving_identities.values():
         manifests[charts.serving.node.id].node.add_dependency(identity)
     manifests[charts.model_builds.node.id].node.add_dependency(compile_identity)
+    manifests[charts.model_builds.node.id].node.add_dependency(
+        wait_for_queue_state(cluster, manifests[charts.model_build_queue.node.id])
+    )
     return AppChartsOnCluster(charts, manifests, serving_identities, compile_identity)
+
+
+def wait_for_queue_state(cluster: ClusterStack, queue_manifest: eks.KubernetesManifest) -> eks.KubernetesObjectValue:
+    """A read of the build queue's ``status.state`` that returns once the Volcano controller has set
+    it (the kubectl handler retries until the value is non-empty): Volcano's job webhook refuses a
+    Job whose queue is not ``Open`` yet, and the queue controller opens a new queue on its first sync."""
+    state = eks.KubernetesObjectValue(
+        cluster,
+        "ModelBuildQueueState",
+        cluster=cast(eks.ICluster, cluster.cluster),  # jsii's ICluster Protocol misses kubectl_provider_options
+        object_type=model_builds.QUEUE_RESOURCE,
+        object_name=model_builds.QUEUE_NAME,
+        json_path=model_builds.QUEUE_STATE_PATH,
+        timeout=QUEUE_OPEN_TIMEOUT,
+    )
+    state.node.add_dependency(queue_manifest)
+    return state

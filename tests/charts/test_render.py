@@ -32,11 +32,13 @@ def test_render_writes_one_yaml_file_per_chart_in_apply_order(tmp_path: Path) ->
         "device-plugins",
         "serving",
         "autoscaling",
+        "model-build-queue",
         "model-builds",
         "inventory",
         "network-policies",
     }
     assert charts.index("karpenter") < charts.index("serving") < charts.index("autoscaling")
+    assert charts.index("model-build-queue") < charts.index("model-builds")  # the queue exists first
     assert charts.index("serving") < charts.index("network-policies")  # the namespace exists first
     kinds = {doc["kind"] for name in files for doc in yaml.safe_load_all((out / name).read_text()) if doc}
     assert {"NodePool", "Deployment", "ScaledObject", "Job", "Queue", "Ingress", "NetworkPolicy"} <= kinds

@@ -19,7 +19,16 @@ def test_schemas_of_the_cluster_version_are_installed() -> None:
     assert KUBERNETES_VERSION in kubernetes_validate.utils.all_versions()
 
 
-CHARTS = ("karpenter", "device-plugins", "serving", "autoscaling", "model-builds", "inventory", "network-policies")
+CHARTS = (
+    "karpenter",
+    "device-plugins",
+    "serving",
+    "autoscaling",
+    "model-build-queue",
+    "model-builds",
+    "inventory",
+    "network-policies",
+)
 
 
 def test_every_chart_is_validated(rendered: Rendered) -> None:
