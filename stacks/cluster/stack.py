@@ -43,6 +43,7 @@ from stacks.cluster.volcano import Volcano
 from stacks.network import NetworkStack
 
 CLUSTER_ADMIN_POLICY: Final = "AmazonEKSClusterAdminPolicy"
+SECRETS_KEY_PENDING_WINDOW_DAYS: Final = 7  # KMS's shortest waiting period before a deleted key is gone
 CLOUDWATCH_NAMESPACE: Final = "amazon-cloudwatch"
 CLOUDWATCH_SERVICE_ACCOUNT: Final = "cloudwatch-agent"
 
@@ -50,6 +51,10 @@ CLOUDWATCH_SERVICE_ACCOUNT: Final = "cloudwatch-agent"
 ADDONS_BEFORE_NODES: Final = ("vpc-cni", "kube-proxy")
 # Add-ons whose pods need nodes to become ACTIVE: installed after the node group.
 ADDONS_AFTER_NODES: Final = ("coredns", "amazon-cloudwatch-observability")
+# Add-ons a controller needs until its last finalizer is done (pod networking, Services, DNS
+# for AWS endpoints): every release depends on them, so a stack delete removes them only after
+# the releases, and the releases only after the objects they clean up (apply_charts).
+ADDONS_CONTROLLERS_NEED: Final = ("vpc-cni", "kube-proxy", "coredns")
 # configurationValues per add-on (each add-on's own JSON schema: `aws eks
 # describe-addon-configuration`). vpc-cni: run the network policy agent, which enforces the
 # charts' NetworkPolicies (charts/network_policies.py). The key is a string "true" in the
@@ -123,6 +128,10 @@ class ClusterStack(cdk.Stack):
             "SecretsKey",
             description=f"Envelope encryption of Kubernetes Secrets of {config.cluster_name}",
             enable_key_rotation=True,
+            # It encrypts only this cluster's Secrets, which go with the cluster: CloudFormation
+            # deletes the cluster first (it depends on the key), then schedules the key's deletion.
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+            pending_window=cdk.Duration.days(SECRETS_KEY_PENDING_WINDOW_DAYS),
         )
         self.cluster = eks.Cluster(
             self,
@@ -156,9 +165,9 @@ class ClusterStack(cdk.Stack):
 
         pod_identity_agent = self.cluster.eks_pod_identity_agent
         assert pod_identity_agent is not None
-        addons_before = [self._addon(name) for name in ADDONS_BEFORE_NODES]
+        self.addons = {name: self._addon(name) for name in ADDONS_BEFORE_NODES}
         self.controller_nodegroup = self._add_controller_nodegroup(node_group, private_subnets)
-        for addon in (*addons_before, pod_identity_agent):
+        for addon in (*self.addons.values(), pod_identity_agent):
             self.controller_nodegroup.node.add_dependency(addon)
         self.controller_node_selector = dict(naming.CONTROLLER_NODE_LABELS)
 
@@ -172,7 +181,8 @@ class ClusterStack(cdk.Stack):
         )
         self.cloudwatch_agent_role = cloudwatch_identity.role
         for name in ADDONS_AFTER_NODES:
-            self._addon(name).node.add_dependency(self.controller_nodegroup, cloudwatch_identity)
+            self.addons[name] = self._addon(name)
+            self.addons[name].node.add_dependency(self.controller_nodegroup, cloudwatch_identity)
 
         info = ClusterInfo(
             scope=self,
@@ -423,7 +433,9 @@ class ClusterStack(cdk.Stack):
                 timeout=cdk.Duration.minutes(10),
                 skip_crds=addon.skip_crds,
             )
-            release.node.add_dependency(self.controller_nodegroup, pod_identity_agent)
+            release.node.add_dependency(
+                self.controller_nodegroup, pod_identity_agent, *(self.addons[n] for n in ADDONS_CONTROLLERS_NEED)
+            )
             if identity is not None:  # credentials exist before the first pod asks for them
                 release.node.add_dependency(identity)
             if setup.resources is not None:
