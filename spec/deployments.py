@@ -20,15 +20,25 @@ refuses them, since the pipeline's synth (``make synth``, no ``-c``) would not s
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from spec.config import CDK_JSON, AppConfig, ConfigError, is_config_key, load_config, raise_collected
+from spec.config import (
+    CDK_JSON,
+    AppConfig,
+    ConfigError,
+    cli_context,
+    is_config_key,
+    load_config,
+    raise_collected,
+)
 
 T = TypeVar("T")
 DEPLOYMENTS_DIR: Final = CDK_JSON.parent / "deployments"
@@ -38,6 +48,10 @@ DEPLOYMENT_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 # Keys of the build infrastructure, shared by every deployment: cdk.json (or -c) only. The
 # model is one too: the image pipeline bakes it into the serving images every deployment runs.
 SHARED_KEYS: Final = ("account", "region", "pipeline", "modelId", "modelRevision")
+# Serving keys the images and the compiled models are built for: the image pipeline builds one
+# serving.imageVersion, and every deployment's compile job writes the one artifact prefix of the
+# model, so its shape (height, width, static batch) is shared too.
+SHARED_SERVING_KEYS: Final = ("imageVersion", "height", "width", "maxBatch")
 STACK_PREFIX: Final = "EdgeDiffusion"
 # The last part of each stack name: EdgeDiffusion-<part> for the build infrastructure,
 # EdgeDiffusion-<deployment>-<part> for a deployment (composition names them; preflight looks them up).
@@ -108,16 +122,39 @@ def read_deployment_file(name: str, directory: Path = DEPLOYMENTS_DIR) -> dict[s
         raise ConfigError(f"deployments/{name}.json", err.msg, "a JSON object of config keys") from None
     if not isinstance(keys, dict):
         raise ConfigError(f"deployments/{name}.json", type(keys).__name__, "a JSON object of config keys")
+    serving = keys.get("serving")
+    shared_here = {key: keys[key] for key in SHARED_KEYS if key in keys}
+    shared_here |= {
+        f"serving.{sub}": value
+        for sub, value in ((serving or {}) if isinstance(serving, dict) else {}).items()
+        if sub in SHARED_SERVING_KEYS
+    }
+    shared_here |= {key: keys[key] for key in keys if key in shared_serving_keys()}
+    shared = (*SHARED_KEYS, *shared_serving_keys())
     raise_collected(
         ConfigError(
             f"deployments/{name}.json:{key}",
-            keys[key],
-            f"nothing here: {', '.join(SHARED_KEYS)} belong to the shared build infrastructure (cdk.json)",
+            value,
+            f"nothing here: {', '.join(shared)} belong to the shared build infrastructure (cdk.json)",
         )
-        for key in SHARED_KEYS
-        if key in keys
+        for key, value in shared_here.items()
     )
     return keys
+
+
+def shared_serving_keys() -> tuple[str, ...]:
+    """``serving.imageVersion`` and the other shared serving keys, as dotted context keys."""
+    return tuple(f"serving.{sub}" for sub in SHARED_SERVING_KEYS)
+
+
+def _shared_serving(shared: AppConfig | None) -> dict[str, object]:
+    """The shared serving values as dotted keys, which win over a deployment's ``serving`` object:
+    a deployment that sets other serving keys still gets the images' version and shape."""
+    if shared is None:
+        return {}
+    serving = shared.serving
+    values = (serving.image_version, serving.height, serving.width, serving.max_batch)
+    return dict(zip(shared_serving_keys(), values, strict=True))
 
 
 def _overrides(context: Mapping[str, object], committed: Mapping[str, object]) -> dict[str, object]:
@@ -154,17 +191,18 @@ def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DI
     pipeline_names = shared.pipeline.deployments if shared else _pipeline_names(context)
     # A pipeline deployment sees what the pipeline's synth sees: cdk.json, the shared keys, its file.
     base: dict[str, object] = {**committed, **{k: context[k] for k in SHARED_KEYS if k in context}}
+    pinned = _shared_serving(shared)
     pipeline: list[Deployment] = []
     for listed in pipeline_names:
         # A typo in pipeline.deployments fails here, with the list of files.
         keys = _attempt(errors, read_deployment_file, listed, directory)
         if keys is not None:
-            config = _attempt(errors, load_config, {**base, **keys}, file=(listed, keys))
+            config = _attempt(errors, load_config, {**base, **keys, **pinned}, file=(listed, keys))
             if config:
                 pipeline.append(Deployment(listed, config, PIPELINE))
     workstation: Deployment | None = None
     if name in pipeline_names:
-        changed = sorted(k for k in overrides if k not in SHARED_KEYS)
+        changed = sorted(k for k in overrides if k not in (*SHARED_KEYS, *shared_serving_keys()))
         if changed:
             errors.append(
                 ConfigError(
@@ -178,7 +216,7 @@ def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DI
         own = _attempt(errors, read_deployment_file, name, directory)
         if own is not None:
             file_keys = {k: v for k, v in own.items() if k not in overrides}
-            config = _attempt(errors, load_config, {**context, **own, **overrides}, file=(name, file_keys))
+            config = _attempt(errors, load_config, {**context, **own, **overrides, **pinned}, file=(name, file_keys))
             workstation = Deployment(name, config, WORKSTATION) if config else None
     raise_collected(errors)
     assert shared is not None
@@ -255,3 +293,38 @@ def _check_release(release: Release) -> None:
                 )
             )
     raise_collected(errors)
+
+
+def stack_names(deployment: Deployment) -> tuple[str, ...]:
+    """``EdgeDiffusion-<name>-<part>`` of each of the deployment's stacks, in create order."""
+    return tuple(f"{deployment.stack_prefix}-{part}" for part in (NETWORK, INVENTORY, CLUSTER, OBSERVABILITY))
+
+
+def stack_selectors(deployment: Deployment) -> tuple[str, ...]:
+    """How the CDK CLI names the deployment's stacks: by name at the top level of the app, by
+    path inside the deploy pipeline's stage (``EdgeDiffusion-DeployPipeline/<name>/<stack>``)."""
+    names = stack_names(deployment)
+    if deployment.deployed_by == PIPELINE:
+        return tuple(f"{STACK_PREFIX}-{DEPLOY_PIPELINE}/{deployment.name}/{name}" for name in names)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spec.deployments --stacks [-c deployment=<name>] [-c key=value ...]``: the CLI
+    selectors of one deployment's stacks, for ``make destroy``; one line per config error."""
+    parser = argparse.ArgumentParser(prog="python -m spec.deployments", description=main.__doc__)
+    parser.add_argument("--stacks", action="store_true", required=True, help="print the stack selectors")
+    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        context = cli_context([t for pair in args.context for t in ("-c", pair)])
+        release = load_release(context)
+    except ConfigError as err:
+        print("\n".join(err.lines()), file=sys.stderr)
+        return 2
+    print(" ".join(stack_selectors(release.selected)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

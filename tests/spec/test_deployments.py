@@ -115,3 +115,31 @@ def test_every_bad_value_of_every_deployment_is_reported_at_once(tmp_path: Path)
         "endpointAccess",
         "serving.maxBatch",
     ]
+
+
+def test_a_deployment_file_cannot_set_what_the_images_are_built_for(tmp_path: Path) -> None:
+    """One image version and one model shape are built: a deployment's own would pull tags never
+    built, or overwrite another deployment's compiled model."""
+    write(
+        tmp_path, "dev", {"serving": {"imageVersion": "9.9.9", "height": 768, "minReplicas": 2}, "serving.maxBatch": 8}
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_release(cdk_json_context(), tmp_path)
+    lines = caught.value.lines()
+    assert len(lines) == 3, lines
+    for key, value in (("imageVersion", "'9.9.9'"), ("height", "768"), ("maxBatch", "8")):
+        (line,) = [line for line in lines if f"deployments/dev.json:serving.{key}" in line]
+        assert value in line and "shared build infrastructure (cdk.json)" in line, line
+
+
+def test_every_deployment_gets_the_shared_serving_values_beside_its_own(tmp_path: Path) -> None:
+    """A deployment's serving object replaces cdk.json's; the shared keys are kept all the same
+    (here ``serving`` is given as ``-c``, so the workstation's dev takes it whole)."""
+    write(tmp_path, "dev", {"serving": {"minReplicas": 2}})
+    write(tmp_path, "prod", {"serving": {"maxReplicas": 6}, "clusterName": "prod", "clientCidrs": ["198.18.0.0/24"]})
+    context = {**cdk_json_context(), **PIPELINE_PROD, "serving": {"imageVersion": "2.0.0", "height": 768, "width": 768}}
+    release = load_release(context, tmp_path)
+    for deployment in release.deployments:
+        serving = deployment.config.serving
+        assert (serving.image_version, serving.height, serving.width) == ("2.0.0", 768, 768), deployment.name
+    assert release.named("prod").config.serving.max_replicas == 6
