@@ -4,16 +4,17 @@
 #   publisher  <version>-publisher-<arch>               the endpoint inventory publisher
 #   serve      <version>-<accelerator>-<arch>           the server with the compiled model in a layer
 #
-# The CodeBuild project (stacks/image_pipeline.py) sets TARGET IMAGE_TAG ARCH ACCELERATOR
+# The CodeBuild project (stacks/image_pipeline.py) sets TARGET IMAGE_TAG IMAGE_VERSION ARCH ACCELERATOR
 # MODEL_DEVICE REPOSITORY_URI CACHE_REPOSITORY_URI BUILDKIT_IMAGE and one variable per Dockerfile
 # build arg (DLC_ACCOUNT, CUDA_BASE_TAG, ...); CodeBuild sets AWS_REGION.
 #
 # Tags are immutable: an image that is already published is left alone (bump serving.imageVersion
-# to publish a new one). A serving image whose compiled model is not in S3 yet is not an error: the
-# build says so and succeeds without pushing, and the next release after the compile builds it.
+# to publish a new one). A serving image whose compiled model is not in S3 yet, or was compiled by
+# another image version's runtime, is not an error: the build says so and succeeds without
+# pushing, and the next release after that version's compile job builds it.
 set -euo pipefail
 
-: "${TARGET:?}" "${IMAGE_TAG:?}" "${ARCH:?}" "${ACCELERATOR:?}" "${MODEL_DEVICE:?}" "${MODEL_S3_PREFIX:?}"
+: "${TARGET:?}" "${IMAGE_TAG:?}" "${IMAGE_VERSION:?}" "${ARCH:?}" "${ACCELERATOR:?}" "${MODEL_DEVICE:?}" "${MODEL_S3_PREFIX:?}"
 : "${REPOSITORY_URI:?}" "${CACHE_REPOSITORY_URI:?}" "${BUILDKIT_IMAGE:?}" "${DLC_ACCOUNT:?}" "${DLC_REGION:?}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=ci_build/ecr.sh
@@ -41,9 +42,18 @@ if [ "${TARGET}" = serve ]; then
     echo "no compiled model at ${manifest_uri}: run the ${ACCELERATOR} compile job, then release the pipeline again"
     exit 0
   fi
-  MODEL_MANIFEST_SHA256=$(aws s3 cp --only-show-errors "${manifest_uri}" - | sha256sum | cut -d' ' -f1)
+  manifest=$(mktemp)
   credentials=$(mktemp)
-  trap 'rm -f "${credentials}"' EXIT
+  trap 'rm -f "${manifest}" "${credentials}"' EXIT
+  aws s3 cp --only-show-errors "${manifest_uri}" - >"${manifest}"
+  # The runtime that compiled the model (spec.model_artifacts.IMAGE_VERSION_OPTION): a new image
+  # version waits for its own compile job, so an immutable tag never carries an older runtime's model.
+  compiled_by=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("options", {}).get("image_version", ""))' "${manifest}")
+  if [ "${compiled_by}" != "${IMAGE_VERSION}" ]; then
+    echo "the model at ${manifest_uri} was compiled by runtime image version '${compiled_by}', not ${IMAGE_VERSION}: wait for the ${ACCELERATOR} compile job of ${IMAGE_VERSION}, then release the pipeline again"
+    exit 0
+  fi
+  MODEL_MANIFEST_SHA256=$(sha256sum <"${manifest}" | cut -d' ' -f1)
   chmod 600 "${credentials}"
   # The role's short-lived credentials, for the model download only (a BuildKit secret).
   aws configure export-credentials --format process >"${credentials}"

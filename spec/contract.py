@@ -74,6 +74,7 @@ ENV_COMPILE_HEIGHT: Final = "EDGE_DIFFUSION_COMPILE_HEIGHT"
 ENV_COMPILE_WIDTH: Final = "EDGE_DIFFUSION_COMPILE_WIDTH"
 ENV_COMPILE_BATCH_SIZE: Final = "EDGE_DIFFUSION_COMPILE_BATCH_SIZE"
 ENV_COMPILE_DTYPE: Final = "EDGE_DIFFUSION_COMPILE_DTYPE"  # float16|bfloat16|float32; default per device
+ENV_COMPILE_IMAGE_VERSION: Final = "EDGE_DIFFUSION_COMPILE_IMAGE_VERSION"  # serving.imageVersion of the runtime
 # Subdirectory of a CUDA artifact holding a warmed TorchInductor cache (set TORCHINDUCTOR_CACHE_DIR to it).
 INDUCTOR_CACHE_DIRNAME: Final = "torchinductor_cache"
 

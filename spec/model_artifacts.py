@@ -12,6 +12,9 @@ from typing import Final
 
 MODELS_PREFIX: Final = "models"  # key prefix of every artifact in the model bucket
 MANIFEST_NAME: Final = "manifest.json"  # the last object of a publish: its presence means complete
+# The manifest option naming the runtime image version (serving.imageVersion) that compiled an
+# artifact: a serving image of version V is built only from an artifact its own runtime compiled.
+IMAGE_VERSION_OPTION: Final = "image_version"
 
 
 def models_base_uri(bucket: str) -> str:

@@ -269,6 +269,7 @@ def pipeline_steps(
             **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
             "TARGET": dockerfile_target,
             "IMAGE_TAG": tag,
+            "IMAGE_VERSION": version,
             "ARCH": target.arch,
             "ACCELERATOR": target.accelerator.name,
             "MODEL_DEVICE": target.accelerator.device,

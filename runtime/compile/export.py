@@ -12,6 +12,7 @@ from runtime.server.backends import WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
 from runtime.server.settings import Settings
 from spec import contract
+from spec.model_artifacts import IMAGE_VERSION_OPTION
 
 
 class CompileError(Exception):
@@ -42,7 +43,9 @@ def build_spec(cfg: CompileConfig) -> BuildSpec:
         if not torch.cuda.is_available():
             raise CompileError("--inductor-cache needs a CUDA device (the cache is specific to the GPU it ran on)")
         major, minor = torch.cuda.get_device_capability()
-        options = {"inductor_cache": contract.INDUCTOR_CACHE_DIRNAME, "cuda_capability": f"{major}.{minor}"}
+        options |= {"inductor_cache": contract.INDUCTOR_CACHE_DIRNAME, "cuda_capability": f"{major}.{minor}"}
+    if cfg.image_version:
+        options[IMAGE_VERSION_OPTION] = cfg.image_version
     return BuildSpec(
         model_id=cfg.model_id,
         revision=cfg.revision,

@@ -54,6 +54,7 @@ def _out(raw: str) -> str:
 MODEL_ID: Final = Rule(MODEL_ID_ALLOWED, str.strip, is_model_id)
 REVISION: Final = Rule(REVISION_ALLOWED, str.strip, is_revision)
 OUT: Final = Rule(OUT_ALLOWED, _out, lambda value: _out_problem(value) is None)
+IMAGE_VERSION: Final = Rule("an image version: " + REVISION_ALLOWED, str.strip, is_revision)
 IMAGE_SIZE: Final = integer(*contract.IMAGE_SIZE_BOUNDS, multiple=contract.IMAGE_SIZE_MULTIPLE)
 
 
@@ -100,6 +101,13 @@ class CompileConfig(ProgramSettings):
     )
     inductor_cache: bool = setting(
         BOOLEAN, flag="--inductor-cache", default=False, help="cuda only: warm and ship a TorchInductor cache (GPU)"
+    )
+    image_version: str | None = setting(
+        IMAGE_VERSION,
+        env=contract.ENV_COMPILE_IMAGE_VERSION,
+        flag="--image-version",
+        default=None,
+        help="serving.imageVersion of this runtime image, recorded in the manifest for the serving image build",
     )
     work_dir: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
         PATH, flag="--work-dir", default=None, help="where to stage the artifact (default: the temp dir)"

@@ -25,8 +25,11 @@ from typing import Any
 
 import yaml
 
+from runtime.artifacts.manifest import BuildSpec, Manifest, Shapes
+from runtime.compile.settings import DEVICE_DTYPES
 from spec import images
 from spec.config import AppConfig
+from spec.model_artifacts import IMAGE_VERSION_OPTION
 from stacks.image_pipeline import IMAGE_STAGES, PipelineStep, pipeline_steps
 from tests.conftest import ROOT
 
@@ -386,8 +389,20 @@ class Stubs:
         for tool in ("docker", "aws"):
             (self.root / f"{tool}.log").unlink(missing_ok=True)
 
-    def put_model(self, config: AppConfig, device: str, manifest: bytes) -> str:
-        """Publish a compiled model's manifest, as a compile job does; returns its sha256."""
+    def put_model(self, config: AppConfig, device: str, *, compiled_by: str | None = None) -> str:
+        """Publish a compiled model's manifest, as the compile job of runtime image version
+        ``compiled_by`` (default: the config's) does; returns its sha256."""
+        version = config.serving.image_version if compiled_by is None else compiled_by
+        spec = BuildSpec(
+            model_id=config.model_id,
+            revision=config.model_revision,
+            device=device,
+            shapes=Shapes(config.serving.height, config.serving.width, config.serving.max_batch),
+            dtype=DEVICE_DTYPES[device],
+            versions={},
+            options={IMAGE_VERSION_OPTION: version},
+        )
+        manifest = Manifest(spec, files=()).to_json().encode()
         path = self.root / "s3" / images.model_s3_prefix(config).removeprefix("s3://") / device / "manifest.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(manifest)

@@ -165,7 +165,7 @@ def test_first_release_publishes_runtime_images_and_waits_for_the_compile(config
 
 def test_second_release_after_a_compile_builds_that_serving_image(config: AppConfig, stubs: Stubs) -> None:
     release(config, stubs)
-    sha = stubs.put_model(config, "cpu", b'{"format": 1}\n')
+    sha = stubs.put_model(config, "cpu")
     second = release(config, stubs)
     version = config.serving.image_version
     cpu_arches = [f"{version}-cpu-amd64", f"{version}-cpu-arm64"]
@@ -191,9 +191,26 @@ def test_second_release_after_a_compile_builds_that_serving_image(config: AppCon
     assert no_model_line(config, "nvidia", "cuda") in second.out("Serve-nvidia-amd64")
 
 
+def test_a_new_image_version_waits_for_a_model_its_own_runtime_compiled(config: AppConfig, stubs: Stubs) -> None:
+    """The model left by the previous version's compile job is not baked into the new immutable tag."""
+    newer = replace(config, serving=replace(config.serving, image_version="9.9.9"))
+    stubs.put_model(newer, "cpu", compiled_by=config.serving.image_version)  # the previous runtime's model
+    first = release(newer, stubs)
+    uri = f"{images.model_s3_prefix(newer)}/cpu/manifest.json"
+    assert (
+        f"the model at {uri} was compiled by runtime image version '{config.serving.image_version}', not 9.9.9: "
+        "wait for the cpu compile job of 9.9.9, then release the pipeline again"
+    ) in first.out("Serve-cpu-amd64")
+    assert not any("--target serve" in b for b in stubs.builds())
+    assert "9.9.9-cpu-amd64" not in stubs.published()
+    stubs.put_model(newer, "cpu")  # the compile job of 9.9.9 ran
+    release(newer, stubs)
+    assert {"9.9.9-cpu-amd64", "9.9.9-cpu-arm64", "9.9.9-cpu"} <= set(stubs.published())
+
+
 def test_third_release_with_nothing_changed_pushes_nothing(config: AppConfig, stubs: Stubs) -> None:
     release(config, stubs)
-    stubs.put_model(config, "cpu", b'{"format": 1}\n')
+    stubs.put_model(config, "cpu")
     release(config, stubs)
     published = stubs.published()
     third = release(config, stubs)

@@ -23,7 +23,7 @@ from runtime.compile.__main__ import main
 from runtime.compile.export import neuron_export_kwargs
 from runtime.compile.settings import CompileConfig
 from spec import contract
-from spec.model_artifacts import MANIFEST_NAME
+from spec.model_artifacts import IMAGE_VERSION_OPTION, MANIFEST_NAME
 from tests.runtime.conftest import ROOT
 from tests.runtime.s3_calls import S3Calls
 
@@ -106,6 +106,21 @@ def test_tiny_cpu_to_s3_then_rerun_uploads_nothing(s3: Any, capsys: pytest.Captu
     import torch
 
     assert pipe.unet.dtype == torch.float32
+
+
+def test_the_runtime_image_version_is_recorded_and_a_new_one_compiles_again(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The serving image build of version V takes only a model compiled by V's runtime
+    (ci_build/build-image.sh), so a new version's compile job must not skip the old artifact."""
+    assert main([*TINY_CPU, "--image-version", "1.0.0"]) == 0
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
+    assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.0"}
+    capsys.readouterr()
+    assert main([*TINY_CPU, "--image-version", "1.0.1"]) == 0
+    assert one_line(capsys.readouterr().out).startswith("published tiny@main cpu")
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
+    assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.1"}
 
 
 def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
