@@ -17,7 +17,16 @@ CRDS ?= third_party
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: help deps synth manifests test pytest lint fmt diff preflight deploy deploy-build deploy-pipeline serve bench imports clean
+.PHONY: help deps synth manifests test pytest lint fmt diff preflight deploy deploy-build deploy-pipeline destroy serve bench imports clean
+
+# One deploy path per deployment (spec/deployments.py): the build infrastructure once per account
+# and Region, then a deployment (deployments/$(DEPLOYMENT).json) from this workstation. The ones
+# named in pipeline.deployments are the deploy pipeline's, not `make deploy`'s.
+DEPLOYMENT ?= dev
+CONTEXT ?=
+CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
+# Targets that act on no deployment refuse DEPLOYMENT=... in one line rather than ignore it.
+NO_DEPLOYMENT = $(if $(filter command line environment,$(origin DEPLOYMENT)),$(error make $@ acts on no deployment: drop DEPLOYMENT=$(DEPLOYMENT) (synth, manifests, diff, preflight, deploy and destroy take it)))
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -33,21 +42,23 @@ $(STAMP_NODE): package.json package-lock.json
 
 deps: $(STAMP_PY) $(STAMP_NODE) ## create .venv and node_modules when missing or stale
 
-synth: deps ## synthesize every CloudFormation template (cdk.out/) and Kubernetes manifest (dist/manifests/); CONTEXT='-c key=value ...'
+synth: deps ## synthesize the templates (cdk.out/) and Kubernetes manifests (dist/manifests/) of DEPLOYMENT (default dev); CONTEXT='-c key=value ...'
 	rm -rf cdk.out  # no stale stack of an earlier config left beside the new ones
-	$(CDK) synth --quiet --output cdk.out $(CONTEXT)
+	$(CDK) synth --quiet --output cdk.out $(CDK_ARGS)
 	$(MAKE) --no-print-directory manifests
 	@echo "templates: $$(ls cdk.out/*.template.json | wc -l) in cdk.out/; manifests: $$(ls dist/manifests/*.yaml 2>/dev/null | wc -l) in dist/manifests/"
 
-manifests: $(STAMP_PY) ## write the cdk8s charts as plain YAML to dist/manifests/ (kubectl apply / GitOps)
-	$(PY) -m charts.render --out dist/manifests $(CONTEXT)
+manifests: $(STAMP_PY) ## write DEPLOYMENT's cdk8s charts as plain YAML to dist/manifests/ (kubectl apply / GitOps)
+	$(PY) -m charts.render --out dist/manifests $(CDK_ARGS)
 
 test: deps lint pytest ## lint, type-check and run every test
 
 pytest: deps
+	$(NO_DEPLOYMENT)
 	$(PY) -m pytest
 
 lint: $(STAMP_PY) ## ruff, mypy, import-linter (the layers), hadolint
+	$(NO_DEPLOYMENT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -55,17 +66,12 @@ lint: $(STAMP_PY) ## ruff, mypy, import-linter (the layers), hadolint
 	$(VENV)/bin/hadolint ci_build/Dockerfile
 
 fmt: $(STAMP_PY) ## fix what ruff can (imports, format)
+	$(NO_DEPLOYMENT)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# One deploy path per deployment (spec/deployments.py): the build infrastructure once per account
-# and Region, then a deployment (deployments/$(DEPLOYMENT).json) from this workstation. The ones
-# named in pipeline.deployments are the deploy pipeline's, not `make deploy`'s.
-DEPLOYMENT ?= dev
-CONTEXT ?=
-CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
 BUILD_STACKS := EdgeDiffusion-Registry EdgeDiffusion-ImagePipeline
-DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Inventory EdgeDiffusion-$(DEPLOYMENT)-Observability
+DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Inventory EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Observability
 
 # A diff or deploy talks to your account: refuse the example account with one line saying so.
 REQUIRE_ACCOUNT = $(PY) -m stacks.preflight --require-account
@@ -91,21 +97,31 @@ deploy-pipeline: deps ## deploy the self-mutating deploy pipeline (once; then it
 deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default dev) from this workstation
 	$(CDK) deploy $(DEPLOYMENT_STACKS) --require-approval broadening $(CDK_ARGS)
 
+# The deployment's stacks, by the names the CLI knows them under on the path that deploys them
+# (a pipeline deployment's sit inside the deploy pipeline's stage); the CLI deletes dependents first.
+destroy: deps ## delete DEPLOYMENT's stacks (asks first); the README's teardown table lists what is kept
+	$(REQUIRE_ACCOUNT) destroy $(CDK_ARGS)
+	$(CDK) destroy $$($(PY) -m spec.deployments --stacks $(CDK_ARGS)) $(CDK_ARGS)
+
 serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth, batches of up to 8)
+	$(NO_DEPLOYMENT)
 	EDGE_DIFFUSION_AUTH=none EDGE_DIFFUSION_UI=1 $(PY) -m runtime.server --model tiny --host 127.0.0.1 --max-batch 8
 
 BENCH_ARGS ?=
 bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model; BENCH_ARGS='--phases --model sd21-random ...' times each phase
+	$(NO_DEPLOYMENT)
 	$(PY) -m runtime.bench $(BENCH_ARGS)
 
 # The scale-out simulation (scaling/) and the breaking point of a running endpoint
 # (runtime/bench/breaking_point.py): docs/scaling.md explains both.
 .PHONY: simulate breaking-point
 simulate: $(STAMP_PY) ## simulate the autoscaling loop on traffic traces; writes docs/scaling-simulation.md and its PNG
+	$(NO_DEPLOYMENT)
 	$(PY) -m scaling.simulate --out-dir docs
 
 BREAKING_POINT_ARGS ?= --url http://127.0.0.1:7860 --slo-p90-ms 250 --steps 4 --width 64 --height 64 --step-s 10
 breaking-point: $(STAMP_PY) ## step a closed-loop load until p90 passes the SLO; BREAKING_POINT_ARGS='--url ... --slo-p90-ms N'
+	$(NO_DEPLOYMENT)
 	$(PY) -m runtime.bench.breaking_point $(BREAKING_POINT_ARGS)
 
 # One import of all CRDs together: cdk8s writes one module per API group, so importing the
@@ -115,6 +131,7 @@ breaking-point: $(STAMP_PY) ## step a closed-loop load until p90 passes the SLO;
 # charts/imports/ is replaced only once cdk8s import has succeeded.
 CRD_ORIGINS := karpenter keda volcano
 imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in third_party/{karpenter,keda,volcano}/crds
+	$(NO_DEPLOYMENT)
 	for origin in $(CRD_ORIGINS); do \
 	  compgen -G "$(CRDS)/$$origin/crds/*.yaml" >/dev/null \
 	    || { echo "imports: no CRDs in $(CRDS)/$$origin/crds/; charts/imports/ left unchanged" >&2; exit 1; }; \
@@ -129,5 +146,6 @@ imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in third_part
 	mv "$$tmp/imports" charts/imports
 
 clean: ## remove generated output (keeps .venv and node_modules)
+	$(NO_DEPLOYMENT)
 	rm -rf cdk.out dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -not -path './node_modules/*' -prune -exec rm -rf {} +

@@ -2,7 +2,7 @@
 
 Loads the deployment's config like ``app.py`` does (cdk.json, deployments/<name>.json, ``-c``),
 then runs the read-only checks with your AWS credentials. Exit 0: every check passed or was
-skipped; 1: a check failed; 2: the config is invalid. ``--require-account diff|deploy`` only
+skipped; 1: a check failed; 2: the config is invalid. ``--require-account diff|deploy|destroy`` only
 checks the config and that its account is not the example (the Makefile runs it before
 ``cdk diff`` and ``cdk deploy``, which need your account).
 """
@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--deployment", help="deployments/<NAME>.json (default: -c deployment=..., else dev)")
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument(
-        "--require-account", choices=("diff", "deploy"), help="only check the config and that account is yours"
+        "--require-account",
+        choices=("diff", "deploy", "destroy"),
+        help="only check the config and that account is yours",
     )
     return parser
 
