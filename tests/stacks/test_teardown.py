@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
+import pytest
+
+from spec.deployments import PIPELINE, WORKSTATION, stack_selectors
 from tests.conftest import ROOT
 
 # What a deployment's stacks may keep on delete: (resource type, a part of its logical id) and the
@@ -11,6 +15,8 @@ from tests.conftest import ROOT
 # leak nobody was told about.
 DOCUMENTED_RETAINED = {
     ("AWS::Logs::LogGroup", "FlowLogGroup"): "the VPC flow-log group",
+    ("AWS::Logs::LogGroup", "AccessLogs"): "the inventory API's access-log and handler log groups",
+    ("AWS::Logs::LogGroup", "HandlerLogs"): "the inventory API's access-log and handler log groups",
     ("AWS::Cognito::UserPool", "UserPool"): "the Cognito user pool",
     ("AWS::ApiGateway::Account", "Account"): "the API Gateway logging role of the account and Region",
     ("AWS::IAM::Role", "CloudWatchRole"): "the API Gateway logging role of the account and Region",
@@ -38,3 +44,31 @@ def test_a_deployment_keeps_only_what_the_readme_lists(synth: Any) -> None:
     assert not undocumented, f"retained on delete but not in the README's teardown table: {undocumented}"
     for name, kind in kept.items():
         assert str(documented(kind, name)) in teardown, (name, kind)
+
+
+def test_make_destroy_names_every_stack_of_a_deployment_on_its_deploy_path(synth: Any) -> None:
+    """``cdk destroy`` selects stacks by their construct path: a pipeline deployment's stacks sit in
+    its stage, so their bare names match nothing (``No stacks match the name(s)``)."""
+    deployments = [synth.stacks.workstation, *synth.stacks.pipeline.values()]
+    assert {d.deployment.deployed_by for d in deployments} == {WORKSTATION, PIPELINE}
+    for stacks in deployments:
+        assert set(stack_selectors(stacks.deployment)) == {s.node.path for s in stacks.all}, stacks.deployment.name
+
+
+def make_n(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("target", ["synth", "manifests", "destroy"])
+def test_make_targets_take_the_deployment_they_are_given(target: str) -> None:
+    run = make_n(target, "DEPLOYMENT=staging")
+    assert run.returncode == 0, run.stderr
+    assert "-c deployment=staging" in run.stdout
+
+
+@pytest.mark.parametrize("target", ["serve", "bench", "simulate", "pytest", "lint", "clean"])
+def test_make_targets_that_act_on_no_deployment_refuse_one(target: str) -> None:
+    run = make_n(target, "DEPLOYMENT=staging")
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert f"make {target} acts on no deployment: drop DEPLOYMENT=staging" in line
