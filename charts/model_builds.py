@@ -7,10 +7,11 @@ accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>
 
 The queue is a chart of its own, applied before the jobs: Volcano's job admission webhook admits
 a Job only once its queue is ``Open``, a state the Volcano controller sets after the queue is
-created (docs/adr/0001-volcano-queue-before-jobs.md). The job name carries a hash of the whole
-rendered job: a Volcano Job's spec is immutable, so any change is a new Job (the apply prunes
-the old one), and re-applying an unchanged one changes nothing (the compile step itself also
-skips an artifact that is already published).
+created. The job name carries a hash of the whole rendered job: a Volcano Job's spec is
+immutable, so any change is a new Job, and the cluster stack applies each Job as a manifest of
+its own so that the old one is deleted (``ClusterStack.apply_objects``); re-applying an
+unchanged one changes nothing (the compile step itself also skips an artifact that is already
+published).
 """
 
 from __future__ import annotations
@@ -183,7 +184,11 @@ class ModelBuildsChart(cdk8s.Chart):
                     batch.JobSpecPolicies(event=batch.JobSpecPoliciesEvent.POD_EVICTED, action="RestartJob"),
                     batch.JobSpecPolicies(event=batch.JobSpecPoliciesEvent.POD_FAILED, action="RestartJob"),
                 ],
-                tasks=[batch.JobSpecTasks(name=TASK_NAME, replicas=1)],
+                # Explicit, not left to Volcano's mutating webhook (create only): a re-apply of
+                # the same Job would otherwise drop the defaults and be refused as an update.
+                tasks=[
+                    batch.JobSpecTasks(name=TASK_NAME, replicas=1, min_available=1, max_retry=self.settings.max_retry)
+                ],
             ),
         )
         spec = manifest["spec"]

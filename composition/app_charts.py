@@ -32,7 +32,8 @@ QUEUE_OPEN_TIMEOUT: Final = cdk.Duration.minutes(5)
 @dataclass(frozen=True)
 class AppChartsOnCluster:
     charts: AppCharts
-    manifests: dict[str, eks.KubernetesManifest]  # chart id -> manifest
+    manifests: dict[str, eks.KubernetesManifest]  # chart id -> manifest, for charts applied whole
+    builds: list[eks.KubernetesManifest]  # the compile jobs' chart, one manifest per object
     serving_identities: dict[str, PodIdentityRole]  # service account -> role and association
     compile_identity: PodIdentityRole
 
@@ -61,19 +62,22 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
     workload_roles.acknowledge_workload_role(compile_identity.role, config, puts_metrics=False)
 
     charts = add_charts(cdk8s.App(), config)
-    manifests = dict(zip((c.node.id for c in charts.all), cluster.apply_charts(charts.all), strict=True))
+    whole = [chart for chart in charts.all if chart is not charts.model_builds]
+    manifests = dict(zip((c.node.id for c in whole), cluster.apply_charts(whole), strict=True))
+    # Compile Jobs are replaced, never updated: one manifest each, so a renamed one is deleted.
+    builds = cluster.apply_objects(charts.model_builds)
+    queue_open = wait_for_queue_state(cluster, manifests[charts.model_build_queue.node.id])
     for chart in charts.all:
-        manifest = manifests[chart.node.id]
-        for dependency in chart.node.dependencies:
-            manifest.node.add_dependency(manifests[dependency.node.id])
+        applied = builds if chart is charts.model_builds else [manifests[chart.node.id]]
+        for manifest in applied:
+            for dependency in chart.node.dependencies:
+                manifest.node.add_dependency(manifests[dependency.node.id])
     # Pods get Pod Identity credentials only if the association exists when they are admitted.
     for identity in serving_identities.values():
         manifests[charts.serving.node.id].node.add_dependency(identity)
-    manifests[charts.model_builds.node.id].node.add_dependency(compile_identity)
-    manifests[charts.model_builds.node.id].node.add_dependency(
-        wait_for_queue_state(cluster, manifests[charts.model_build_queue.node.id])
-    )
-    return AppChartsOnCluster(charts, manifests, serving_identities, compile_identity)
+    for manifest in builds:
+        manifest.node.add_dependency(compile_identity, queue_open)
+    return AppChartsOnCluster(charts, manifests, builds, serving_identities, compile_identity)
 
 
 def wait_for_queue_state(cluster: ClusterStack, queue_manifest: eks.KubernetesManifest) -> eks.KubernetesObjectValue:

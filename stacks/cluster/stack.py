@@ -254,11 +254,35 @@ class ClusterStack(cdk.Stack):
         """
         manifests = []
         for chart in charts:
-            manifest = self.cluster.add_cdk8s_chart(f"Chart{chart.node.id}", chart)
-            for release in self.controller_releases:
-                manifest.node.add_dependency(release)
-            manifests.append(manifest)
+            # What add_cdk8s_chart does, with overwrite: a create applies over objects that are
+            # already there (left by a delete whose error the handler swallowed, or moved here
+            # from another chart's manifest) instead of failing on AlreadyExists.
+            manifest = eks.KubernetesManifest(
+                self, f"Chart{chart.node.id}", cluster=self.cluster, manifest=chart.to_json(), overwrite=True
+            )
+            manifests.append(self._after_controllers(manifest))
         return manifests
+
+    def apply_objects(self, chart: cdk8s.Chart) -> list[eks.KubernetesManifest]:
+        """Apply each object of ``chart`` as a manifest of its own, named by its kind and name, after
+        every controller release.
+
+        For objects that are replaced rather than updated (a compile Job's name hashes its spec): a
+        new name is a new CloudFormation resource, created, and the old one is deleted with
+        ``kubectl delete`` in the update's cleanup. Within one chart's manifest the handler's
+        ``kubectl apply --prune`` would keep it, since kubectl prunes only built-in kinds.
+        """
+        return [
+            self._after_controllers(
+                self.cluster.add_manifest(f"Chart{chart.node.id}{obj['kind']}{obj['metadata']['name']}", obj)
+            )
+            for obj in chart.to_json()
+        ]
+
+    def _after_controllers(self, manifest: eks.KubernetesManifest) -> eks.KubernetesManifest:
+        for release in self.controller_releases:
+            manifest.node.add_dependency(release)
+        return manifest
 
     # --- cdk-nag ----------------------------------------------------------------------------------
 
