@@ -17,6 +17,9 @@ What AWS does, modelled here:
   ``DependsOn`` order.
 - A Kubernetes Job (compile, Volcano) needs its image when it runs; a Deployment retries its
   pull, so its image may arrive later in the same release.
+
+What the cluster's controllers do with the manifests a cluster stack applies (admission on
+create and update, finalizers on delete) is modelled in :mod:`tests.release.cluster_model`.
 """
 
 from __future__ import annotations
@@ -279,23 +282,24 @@ def helm_releases(template: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[s
     }
 
 
+def direct_dependencies(template: Mapping[str, Any], logical_id: str) -> set[str]:
+    """The resources ``logical_id`` names itself: DependsOn, Ref and Fn::GetAtt."""
+    resources = template["Resources"]
+    resource = resources[logical_id]
+    deps = resource.get("DependsOn", [])
+    out = set([deps] if isinstance(deps, str) else deps)
+    text = json.dumps(resource.get("Properties", {}))
+    out |= {m for m in re.findall(r'"Ref": "([A-Za-z0-9]+)"', text) if m in resources}
+    out |= {m for m in re.findall(r'"Fn::GetAtt": \["([A-Za-z0-9]+)"', text) if m in resources}
+    return out
+
+
 def depends_on(template: Mapping[str, Any], logical_id: str) -> set[str]:
     """Every resource ``logical_id`` depends on, transitively (DependsOn, Ref, Fn::GetAtt)."""
-    resources = template["Resources"]
-
-    def direct(lid: str) -> set[str]:
-        resource = resources[lid]
-        deps = resource.get("DependsOn", [])
-        out = set([deps] if isinstance(deps, str) else deps)
-        text = json.dumps(resource.get("Properties", {}))
-        out |= {m for m in re.findall(r'"Ref": "([A-Za-z0-9]+)"', text) if m in resources}
-        out |= {m for m in re.findall(r'"Fn::GetAtt": \["([A-Za-z0-9]+)"', text) if m in resources}
-        return out
-
     seen: set[str] = set()
     todo = [logical_id]
     while todo:
-        for dep in direct(todo.pop()) - seen:
+        for dep in direct_dependencies(template, todo.pop()) - seen:
             seen.add(dep)
             todo.append(dep)
     return seen

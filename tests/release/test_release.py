@@ -16,7 +16,7 @@ import yaml
 
 from spec import naming
 from spec.accelerators import ACCELERATORS
-from spec.deployments import load_release
+from spec.deployments import DEFAULT_DEPLOYMENT, load_release
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
 from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, release_context
@@ -89,9 +89,14 @@ def test_stacks_come_after_what_they_depend_on(first_release: Walk, stacks: dict
 
 
 def test_the_pipeline_synthesizes_what_a_workstation_synthesizes(stacks: dict[str, Stack], make: MakeDeploy) -> None:
-    """Its synth is `make synth` with no -c, and each stage's config is the committed file's."""
+    """Its synth is `make synth` with no -c but the default deployment's name (which selects
+    nothing the pipeline's stages read), and each stage's config is the committed file's."""
     assert rehearsal.synth_commands(stacks[DEPLOY_PIPELINE].template) == ["make synth"]
-    assert not any(" -c " in f" {line} " or "--context" in line for line in make.synth_recipe)
+    default = f"-c deployment={DEFAULT_DEPLOYMENT}"
+    assert any(default in line for line in make.synth_recipe)
+    assert not any(" -c " in f" {line.replace(default, '')} " or "--context" in line for line in make.synth_recipe), (
+        make.synth_recipe
+    )
 
 
 def test_stage_configs_are_the_committed_files(synth: Synth) -> None:
@@ -249,7 +254,7 @@ def compile_models(registry: ImageRegistry, stacks: dict[str, Stack]) -> list[st
     compiled = {w.name.split("-")[1] for _, w in workloads_of(stacks) if w.name.startswith("compile-")}
     devices = sorted(ACCELERATORS[accelerator].device for accelerator in compiled)
     for device in devices:
-        registry.stubs.put_model(registry.config, device, f'{{"device": "{device}"}}'.encode())
+        registry.stubs.put_model(registry.config, device)
     return devices
 
 
