@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -72,3 +73,18 @@ def test_make_targets_that_act_on_no_deployment_refuse_one(target: str) -> None:
     assert run.returncode == 2
     (line,) = run.stderr.strip().splitlines()
     assert f"make {target} acts on no deployment: drop DEPLOYMENT=staging" in line
+
+
+def test_the_stack_of_each_table_a_cluster_writes_comes_before_it_and_goes_after_it(synth: Any) -> None:
+    """The inventory publisher writes its table by name: the table's stack is deployed first (no
+    publisher retrying writes to a missing table) and deleted last (no writes while it goes)."""
+    for deployment in [synth.stacks.workstation, *synth.stacks.pipeline.values()]:
+        cluster = json.dumps(synth.template_json(deployment.cluster))
+        for stack in deployment.all:
+            tables = [
+                r["Properties"]["TableName"]
+                for r in synth.template_json(stack)["Resources"].values()
+                if r["Type"] == "AWS::DynamoDB::Table" and isinstance(r["Properties"].get("TableName"), str)
+            ]
+            for table in (t for t in tables if t in cluster):
+                assert stack in deployment.cluster.dependencies, f"{deployment.cluster.stack_name} writes {table}"
