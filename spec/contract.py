@@ -122,6 +122,11 @@ ENV_INVENTORY_INTERVAL_S: Final = "EDGE_DIFFUSION_INVENTORY_INTERVAL_S"  # heart
 ENV_INVENTORY_TTL_S: Final = "EDGE_DIFFUSION_INVENTORY_TTL_S"  # entry lifetime without a heartbeat
 ENV_INVENTORY_COST_WEIGHTS: Final = "EDGE_DIFFUSION_INVENTORY_COST_WEIGHTS"  # JSON {"nvidia": 50, ...}
 ENV_INVENTORY_ADDRESS_TYPES: Final = "EDGE_DIFFUSION_INVENTORY_ADDRESS_TYPES"  # node address types, in order
+ENV_INVENTORY_GATE_INTERVAL_S: Final = "EDGE_DIFFUSION_INVENTORY_GATE_INTERVAL_S"  # image-gate check period
+# Serving pods are created behind this scheduling gate; the publisher removes it once every image
+# of the pod is in the registry, so no node is launched (Karpenter provisions only pods the
+# scheduler found unschedulable, never gated ones) for a pod that could not pull its image.
+SCHEDULING_GATE_IMAGE: Final = "edge-diffusion.aws/image-published"
 
 # --- Device-facing security (TLS and tokens) ----------------------------------------------
 # TLS on the pods' port (Local Zone NodePorts): the server reads a certificate chain and key
