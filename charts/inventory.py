@@ -36,6 +36,42 @@ NAMESPACE: Final = topology.NAMESPACE
 READ_VERBS: Final = ("get", "list", "watch")
 # RBAC cannot restrict list/watch by name, and a patch names its object: patch the one Ingress only.
 INGRESS_WRITE_VERBS: Final = ("patch",)
+# Pods: read, and patch to open their image gate; IMAGE_GATE_POLICY admits no other change.
+POD_VERBS: Final = ("get", "list", "patch")
+IMAGE_GATE_POLICY: Final = f"{NAME}-opens-image-gates-only"
+
+
+def _same(field: str) -> str:
+    """CEL: ``field`` of the pod is unchanged by the update (absent before and after, or equal)."""
+    new, old = f"object.{field}", f"oldObject.{field}"
+    return f"has({new}) == has({old}) && (!has({new}) || {new} == {old})"
+
+
+# What an update by the publisher may do to a pod: remove our scheduling gate, and nothing else
+# a pod update can change (images, scheduling constraints of a gated pod, deadline, metadata).
+IMAGE_GATE_RULE: Final = " && ".join(
+    [
+        "has(oldObject.spec.schedulingGates)",
+        f"oldObject.spec.schedulingGates.exists(g, g.name == '{contract.SCHEDULING_GATE_IMAGE}')",
+        "(has(object.spec.schedulingGates) ? object.spec.schedulingGates : [])"
+        f" == oldObject.spec.schedulingGates.filter(g, g.name != '{contract.SCHEDULING_GATE_IMAGE}')",
+        "object.spec.containers == oldObject.spec.containers",
+        *(
+            _same(field)
+            for field in (
+                "spec.initContainers",
+                "spec.nodeSelector",
+                "spec.affinity",
+                "spec.tolerations",
+                "spec.activeDeadlineSeconds",
+                "metadata.labels",
+                "metadata.annotations",
+                "metadata.ownerReferences",
+                "metadata.finalizers",
+            )
+        ),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +83,11 @@ class PublisherProps:
     cpu_request: str = "50m"
     memory: str = "256Mi"
     address_types: tuple[str, ...] = ("ExternalIP",)
+
+
+def publisher_username() -> str:
+    """How the API server names the publisher in an admission request."""
+    return f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
 
 
 class InventoryChart(cdk8s.Chart):
@@ -79,8 +120,10 @@ class InventoryChart(cdk8s.Chart):
                     resource_names=[serving.INGRESS_NAME],
                     verbs=list(INGRESS_WRITE_VERBS),
                 ),
+                k8s.PolicyRule(api_groups=[""], resources=["pods"], verbs=list(POD_VERBS)),
             ],
         )
+        self._image_gate_policy(labels)
         k8s.KubeRoleBinding(
             self,
             "RoleBinding",
@@ -171,4 +214,46 @@ class InventoryChart(cdk8s.Chart):
                     name="scratch", empty_dir=k8s.EmptyDirVolumeSource(size_limit=k8s.Quantity.from_string("16Mi"))
                 )
             ],
+        )
+
+    def _image_gate_policy(self, labels: dict[str, str]) -> None:
+        """Pod patches by the publisher may only open the image gate (ValidatingAdmissionPolicy):
+        RBAC cannot narrow a pod patch to one field, and an image change would be code execution."""
+        meta = k8s.ObjectMeta(name=IMAGE_GATE_POLICY, labels=labels)
+        k8s.KubeValidatingAdmissionPolicy(
+            self,
+            "ImageGatePolicy",
+            metadata=meta,
+            spec=k8s.ValidatingAdmissionPolicySpec(
+                failure_policy="Fail",
+                match_constraints=k8s.MatchResources(
+                    namespace_selector=k8s.LabelSelector(
+                        match_labels={"kubernetes.io/metadata.name": topology.NAMESPACE}
+                    ),
+                    resource_rules=[
+                        k8s.NamedRuleWithOperations(
+                            api_groups=[""], api_versions=["v1"], operations=["UPDATE"], resources=["pods"]
+                        )
+                    ],
+                ),
+                match_conditions=[
+                    k8s.MatchCondition(
+                        name="by-the-publisher", expression=f"request.userInfo.username == '{publisher_username()}'"
+                    )
+                ],
+                validations=[
+                    k8s.Validation(
+                        expression=IMAGE_GATE_RULE,
+                        message=f"the inventory publisher may only remove the {contract.SCHEDULING_GATE_IMAGE} "
+                        "scheduling gate of a pod",
+                        reason="Forbidden",
+                    )
+                ],
+            ),
+        )
+        k8s.KubeValidatingAdmissionPolicyBinding(
+            self,
+            "ImageGatePolicyBinding",
+            metadata=meta,
+            spec=k8s.ValidatingAdmissionPolicyBindingSpec(policy_name=IMAGE_GATE_POLICY, validation_actions=["Deny"]),
         )

@@ -271,6 +271,9 @@ class ServingChart(cdk8s.Chart):
             tolerations=pods.tolerations(accelerator) or None,
             security_context=pods.pod_security_context(),
             termination_grace_period_seconds=settings.termination_grace_s,
+            # Not scheduled (so no node launched for it) until the publisher sees the image in the
+            # registry: the first release applies this before the image pipeline has built it.
+            scheduling_gates=[k8s.PodSchedulingGate(name=contract.SCHEDULING_GATE_IMAGE)],
             containers=[
                 k8s.Container(
                     name="server",

@@ -113,7 +113,11 @@ def add_deployment_stacks(scope: Construct, deployment: Deployment) -> Deploymen
         "InventoryPublisher",
         namespace=inventory_chart.NAMESPACE,
         service_account=inventory_chart.SERVICE_ACCOUNT,
-        statements=[*inventory.publisher_statements(), workload_roles.metrics_statement()],
+        statements=[
+            *inventory.publisher_statements(),
+            workload_roles.metrics_statement(),
+            workload_roles.describe_images_statement(config),
+        ],
     )
     workload_roles.acknowledge_workload_role(publisher_identity.role, config, puts_metrics=True, reads_models=False)
     # Pod Identity injects credentials when a pod is admitted: the association must exist first.

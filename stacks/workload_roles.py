@@ -62,6 +62,17 @@ def write_models_statement(config: AppConfig) -> iam.PolicyStatement:
     )
 
 
+def describe_images_statement(config: AppConfig) -> iam.PolicyStatement:
+    """ecr:DescribeImages on the app's image repository: the publisher opens a serving pod's
+    scheduling gate once its image is there (``runtime.inventory.gates``)."""
+    return iam.PolicyStatement(
+        actions=["ecr:DescribeImages"],
+        resources=[
+            f"arn:{cdk.Aws.PARTITION}:ecr:{config.region}:{config.account}:repository/{naming.IMAGE_REPOSITORY_NAME}"
+        ],
+    )
+
+
 def _kms_key_arns() -> str:
     return f"arn:{cdk.Aws.PARTITION}:kms:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:key/*"
 

@@ -1,4 +1,5 @@
-"""``python -m runtime.inventory``: run the publisher, or ``--check`` its liveness (the chart's probe)."""
+"""``python -m runtime.inventory``: run the publisher and the image gate beside it, or ``--check`` its
+liveness (the chart's probe)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from runtime.inventory.cluster import KubernetesApi
+from runtime.inventory.gates import ImageGate, start_gates
 from runtime.inventory.metrics import CapacityMetrics
 from runtime.inventory.publisher import HEARTBEAT_FILE, InventoryPublisher, healthy, run
 from runtime.inventory.settings import PublisherSettings
@@ -44,15 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info(
-        "publishing %s/%s to %s every %gs",
+        "publishing %s/%s to %s every %gs; opening image gates every %gs",
         settings.cluster,
         settings.namespace,
         settings.table_name,
         settings.interval_s,
+        settings.gate_interval_s,
     )
+    gate = ImageGate(
+        api,
+        boto3.client("ecr", region_name=settings.region),
+        settings.namespace,
+        ecr_in=lambda region: boto3.client("ecr", region_name=region),
+    )
+    gates = start_gates(gate, settings.gate_interval_s, stop)
     try:
         run(api, InventoryPublisher(table, settings), settings, stop, metrics=metrics, weights=weights)
     finally:
+        stop.set()  # also when run() failed: the gate loop ends with it
+        gates.join(timeout=settings.gate_interval_s + 15)  # a cycle in flight finishes (API timeout: 10 s)
         api.close()
     return 0
 

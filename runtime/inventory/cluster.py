@@ -4,8 +4,9 @@
 can reach: one per (Local Zone Service, node with a ready endpoint of it), carrying the Service's
 TLS server name when it serves https, and one per accelerator serving behind the Region's ALB.
 ``ready_pods`` counts the ready serving pods of every Service (the publisher's metrics and the
-ALB weights). ``KubernetesApi`` lists them with the pod's service account, and patches one
-annotation of the serving Ingress (its weighted forward action).
+ALB weights). ``KubernetesApi`` lists them with the pod's service account, patches one
+annotation of the serving Ingress (its weighted forward action) and removes the image scheduling
+gate of serving pods (``gates``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SCHEMES: Final = ("https", "http")
 # The charts always set it; the publisher says so in a warning rather than publish a scheme nobody serves.
 DEFAULT_SCHEME: Final = "http"
 MERGE_PATCH: Final = "application/merge-patch+json"
+JSON_PATCH: Final = "application/json-patch+json"
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,8 @@ def discover(
 
 class KubernetesApi:
     """Lists against the API server with the pod's service account token (re-read on every call:
-    bound tokens rotate), and the one write the publisher makes: the Ingress's weights annotation.
+    bound tokens rotate), and the two writes the publisher makes: the Ingress's weights annotation and
+    the removal of a pod's image scheduling gate.
     Plain HTTPS; the kubernetes client would add nothing here."""
 
     def __init__(
@@ -415,6 +418,23 @@ class KubernetesApi:
             headers={**self._headers(), "Content-Type": MERGE_PATCH},
         )
         response.raise_for_status()
+
+    def remove_scheduling_gate(self, namespace: str, pod: str, index: int, gate: str) -> bool:
+        """Remove ``spec.schedulingGates[index]`` of ``pod`` if it still is ``gate`` (a JSON patch's test op).
+
+        False when there was nothing to do: the pod is gone (404) or its gates changed since the
+        read (422: the test op failed); any other failure raises."""
+        path = f"/spec/schedulingGates/{index}"
+        patch = [{"op": "test", "path": f"{path}/name", "value": gate}, {"op": "remove", "path": path}]
+        response = self._client.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{pod}",
+            content=json.dumps(patch),
+            headers={**self._headers(), "Content-Type": JSON_PATCH},
+        )
+        if response.status_code in (404, 422):
+            return False
+        response.raise_for_status()
+        return True
 
     def close(self) -> None:
         self._client.close()

@@ -38,6 +38,10 @@ class PublisherSettings(ProgramSettings):
     region: str = setting(TEXT, env=contract.ENV_AWS_REGION)
     default_model: str = setting(TEXT, env=contract.ENV_MODEL_ID)
     interval_s: float = setting(number(1, 600, unit="seconds"), env=contract.ENV_INVENTORY_INTERVAL_S, default=15.0)
+    # How often gated serving pods are checked for their images (contract.SCHEDULING_GATE_IMAGE, see gates.py).
+    gate_interval_s: float = setting(
+        number(0.5, 60, unit="seconds"), env=contract.ENV_INVENTORY_GATE_INTERVAL_S, default=2.0
+    )
     # Four heartbeats: a slow API call or a throttled write does not unpublish.
     ttl_s: int = setting(integer(1, MAX_TTL_S), env=contract.ENV_INVENTORY_TTL_S, default=60)
     cost_weights: Mapping[str, int] = setting(

@@ -258,7 +258,11 @@ class ClusterStack(cdk.Stack):
             # already there (left by a delete whose error the handler swallowed, or moved here
             # from another chart's manifest) instead of failing on AlreadyExists.
             manifest = eks.KubernetesManifest(
-                self, f"Chart{chart.node.id}", cluster=self.cluster, manifest=chart.to_json(), overwrite=True
+                self,
+                f"Chart{chart.node.id}",
+                cluster=cast(eks.ICluster, self.cluster),  # jsii's ICluster Protocol misses kubectl_provider_options
+                manifest=chart.to_json(),
+                overwrite=True,
             )
             manifests.append(self._after_controllers(manifest))
         return manifests

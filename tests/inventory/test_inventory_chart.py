@@ -3,9 +3,11 @@ lists, and an environment the publisher accepts."""
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
+import celpy
 import kubernetes_validate
 import pytest
 
@@ -34,6 +36,8 @@ def test_objects_validate_against_the_cluster_version(objects: dict[str, dict[st
         "Role",
         "RoleBinding",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     for obj in objects.values():
         kubernetes_validate.validate(obj, f"{versions.KUBERNETES_VERSION}.0", strict=True)
@@ -59,10 +63,12 @@ def test_rbac_reads_in_the_namespace_and_nodes_and_patches_the_serving_ingress_o
         ("discovery.k8s.io", "endpointslices"),
         ("networking.k8s.io", "ingresses"),
         ("", "nodes"),
+        ("", "pods"),
     }
     writes = {(g, r, v, names) for g, r, v, names in granted if v not in ("get", "list", "watch")}
-    # The one write: patch the serving Ingress by name (its ALB weights); no create, delete or update.
-    assert writes == {("networking.k8s.io", "ingresses", "patch", (serving.INGRESS_NAME,))}
+    # Patch the serving Ingress by name (its ALB weights) and pods (their image gate, which the
+    # admission policy below is the only change it admits); no create, delete or update.
+    assert writes == {("networking.k8s.io", "ingresses", "patch", (serving.INGRESS_NAME,)), ("", "pods", "patch", ())}
     assert [r["resources"] for r in cluster_role["rules"]] == [["nodes"]]  # cluster-wide: nodes only
     for binding in (objects["RoleBinding"], objects["ClusterRoleBinding"]):
         assert binding["subjects"] == [
@@ -186,3 +192,67 @@ def test_the_publisher_carries_the_charts_tls_server_name_into_https_entries() -
     assert found and {(e.url, e.server_name) for e in found} == {
         ("https://198.51.100.20:30443", f"{zone}.lz.example.com")
     }
+
+
+# --- The admission policy that narrows the publisher's pod patches to opening the image gate ----
+
+GATE = {"name": contract.SCHEDULING_GATE_IMAGE}
+POD: dict[str, Any] = {
+    "metadata": {"name": "stable-diffusion-nvidia-abc", "labels": {"app": "x"}},
+    "spec": {
+        "schedulingGates": [{"name": "other.example/gate"}, GATE],
+        "containers": [{"name": "server", "image": "111111111111.dkr.ecr.us-west-2.amazonaws.com/r:1.0.0-nvidia"}],
+        "nodeSelector": {"karpenter.sh/nodepool": "nvidia"},
+    },
+}
+
+
+def admits(objects: dict[str, dict[str, Any]], old: dict[str, Any], new: dict[str, Any], user: str) -> bool:
+    """What the API server decides for a pod UPDATE by ``user``: match conditions, then validations."""
+    policy = objects["ValidatingAdmissionPolicy"]["spec"]
+    env = celpy.Environment()
+    activation = {
+        "object": celpy.json_to_cel(new),
+        "oldObject": celpy.json_to_cel(old),
+        "request": celpy.json_to_cel({"userInfo": {"username": user}, "operation": "UPDATE"}),
+    }
+
+    def holds(expression: str) -> bool:
+        return bool(env.program(env.compile(expression)).evaluate(activation))
+
+    if not all(holds(condition["expression"]) for condition in policy["matchConditions"]):
+        return True  # not the publisher: the policy does not apply
+    return all(holds(validation["expression"]) for validation in policy["validations"])
+
+
+def changed(**changes: Any) -> dict[str, Any]:
+    pod = copy.deepcopy(POD)
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node: Any = pod
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return pod
+
+
+def test_the_publisher_may_only_open_the_image_gate(objects: dict[str, dict[str, Any]]) -> None:
+    publisher = chart.publisher_username()
+    opened = changed(spec__schedulingGates=[{"name": "other.example/gate"}])
+    assert admits(objects, POD, opened, publisher)
+    assert admits(objects, changed(spec__schedulingGates=[GATE]), changed(spec__schedulingGates=None), publisher)
+    image = [{"name": "server", "image": "evil.example/miner:latest"}]
+    refused = {
+        "an image": changed(spec__schedulingGates=[{"name": "other.example/gate"}], spec__containers=image),
+        "another gate": changed(spec__schedulingGates=[GATE]),
+        "a label": changed(spec__schedulingGates=[{"name": "other.example/gate"}], metadata__labels={"app": "y"}),
+        "a node selector": changed(spec__schedulingGates=[{"name": "other.example/gate"}], spec__nodeSelector=None),
+        "nothing to open": changed(spec__containers=image),
+    }
+    for what, new in refused.items():
+        old = POD if what != "nothing to open" else changed(spec__schedulingGates=None)
+        assert not admits(objects, old, new, publisher), what
+    assert admits(objects, POD, refused["an image"], "system:serviceaccount:kube-system:replicaset-controller")

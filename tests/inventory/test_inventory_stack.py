@@ -222,7 +222,9 @@ def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: A
         if {"Ref": role_id} in p["Properties"]["Roles"]
     ]
     (policy,) = policies
-    table, *others = policy["PolicyDocument"]["Statement"]
+    statements = {_list(st["Action"])[0].split(":")[0]: st for st in policy["PolicyDocument"]["Statement"]}
+    assert sorted(statements) == ["cloudwatch", "dynamodb", "ecr"]
+    table = statements["dynamodb"]
     assert table["Effect"] == "Allow"
     assert sorted(_list(table["Action"])) == sorted(PUBLISH_ACTIONS)
     assert table["Resource"] == {
@@ -231,9 +233,14 @@ def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: A
             ["arn:", {"Ref": "AWS::Partition"}, ":dynamodb:us-west-2:123456789012:table/edge-diffusion-endpoints"],
         ]
     }
-    for statement in others:  # its metrics: PutMetricData (no resource-level ARNs) in the app's namespace only
-        assert (statement["Action"], statement["Resource"]) == ("cloudwatch:PutMetricData", "*")
-        assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": contract.METRIC_NAMESPACE}}
+    # Its metrics: PutMetricData (no resource-level ARNs) in the app's namespace only.
+    metrics = statements["cloudwatch"]
+    assert (metrics["Action"], metrics["Resource"]) == ("cloudwatch:PutMetricData", "*")
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": contract.METRIC_NAMESPACE}}
+    # Whether a serving image is published yet (the pods' image gate): that repository only.
+    images = statements["ecr"]
+    assert images["Action"] == "ecr:DescribeImages"
+    assert "repository/edge-diffusion/stable-diffusion" in json.dumps(images["Resource"])
 
 
 def test_publisher_manifest_waits_for_its_pod_identity_association(synth: Any) -> None:

@@ -240,6 +240,7 @@ class Workload:
     kind: str  # Deployment, Job, DaemonSet, ...
     name: str
     images: tuple[str, ...]
+    scheduling_gates: tuple[str, ...] = ()  # a gated pod is not scheduled, and Karpenter launches nothing for it
 
     @property
     def runs_to_completion(self) -> bool:
@@ -268,8 +269,9 @@ def workloads(template: Mapping[str, Any]) -> list[Workload]:
                 for pod in _pod_spec(obj)
                 for c in (*pod.get("initContainers", []), *pod.get("containers", []))
             )
+            gates = tuple(g["name"] for pod in _pod_spec(obj) for g in pod.get("schedulingGates", []))
             if images:
-                found.append(Workload(obj["kind"], obj["metadata"]["name"], images))
+                found.append(Workload(obj["kind"], obj["metadata"]["name"], images, gates))
     return found
 
 

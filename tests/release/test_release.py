@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from spec import naming
+from spec import contract, naming
 from spec.accelerators import ACCELERATORS
 from spec.deployments import DEFAULT_DEPLOYMENT, load_release
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
@@ -242,6 +242,18 @@ def missing_images(registry: ImageRegistry, stacks: dict[str, Stack], *, jobs_on
     )
 
 
+def ungated_pods_without_images(registry: ImageRegistry, stacks: dict[str, Stack]) -> list[str]:
+    """Workloads that would get a node for pods that cannot pull their image yet."""
+    return sorted(
+        f"{stack} {w.kind}/{w.name}: {image} is not built and its pods are not gated ({contract.SCHEDULING_GATE_IMAGE})"
+        for stack, w in workloads_of(stacks)
+        for image in w.images
+        if not image.startswith(EXTERNAL_REGISTRIES)
+        and not registry.has(image)
+        and contract.SCHEDULING_GATE_IMAGE not in w.scheduling_gates
+    )
+
+
 @pytest.fixture
 def registry(synth: Synth, tmp_path: Path) -> ImageRegistry:
     config = synth.stacks.release.shared
@@ -268,6 +280,9 @@ def test_first_release_has_every_image_before_a_pod_needs_it(
     assert first and all("-runtime" in tag or "-publisher" in tag for tag in first), first  # no serving image yet
     # The clusters apply their charts: the compile Jobs run now and need their images now.
     assert missing_images(registry, stacks, jobs_only=True) == []
+    # A Deployment whose image is not built yet waits behind the gate the publisher opens once it
+    # is: a pod that cannot pull must not make Karpenter launch (and bill) an accelerator node.
+    assert ungated_pods_without_images(registry, stacks) == []
     assert compile_models(registry, stacks) == ["cpu", "cuda", "neuron"]
     second = registry.run_pipeline()  # "release the pipeline again"
     assert {t.rpartition("-")[2] for t in second} >= {"nvidia", "neuron", "cpu"}, second
