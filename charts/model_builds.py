@@ -7,11 +7,11 @@ accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>
 
 The queue is a chart of its own, applied before the jobs: Volcano's job admission webhook admits
 a Job only once its queue is ``Open``, a state the Volcano controller sets after the queue is
-created (docs/adr/0001-compile-jobs-on-a-live-cluster.md). The job name carries a hash of the whole rendered job: a Volcano Job's spec is
+created. The job name carries a hash of the whole rendered job: a Volcano Job's spec is
 immutable, so any change is a new Job, and the cluster stack applies each Job as a manifest of
 its own so that the old one is deleted (``ClusterStack.apply_objects``); re-applying an
 unchanged one changes nothing (the compile step itself also skips an artifact that is already
-published).
+published). Why, and the rules behind it: docs/adr/0001-compile-jobs-on-a-live-cluster.md.
 """
 
 from __future__ import annotations
