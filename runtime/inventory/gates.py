@@ -2,11 +2,10 @@
 
 Serving pods are created behind ``contract.SCHEDULING_GATE_IMAGE``
 (docs/adr/0002-serving-pods-wait-for-their-image.md). Karpenter launches nodes only for pods the
-scheduler found unschedulable, never
-for gated ones, so a pod whose image is not pushed yet (a deploy that ran ahead of the image
-pipeline) costs no GPU node that would sit in ImagePullBackOff. Every ``gate_interval_s`` the
-publisher lists the pods of its namespace, and for each pod carrying the gate checks its images
-(init containers and containers):
+scheduler found unschedulable, never for gated ones, so a pod whose image is not pushed yet (a
+deploy that ran ahead of the image pipeline) costs no GPU node that would sit in ImagePullBackOff.
+Every ``gate_interval_s`` the publisher lists the pods of its namespace, and for each pod carrying
+the gate checks its images (init containers and containers):
 
 * an ECR image (``<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>`` or ``@sha256:...``)
   is published when ``DescribeImages`` returns it; ``ImageNotFoundException`` and
