@@ -1,13 +1,20 @@
 """Artifacts under an S3 prefix: reading the manifest, publishing (manifest last) and downloading.
 
-Uploads carry each file's sha256 as object metadata, so a re-run sends only what changed.
+Uploads carry each file's sha256 as object metadata, so a re-run sends only what changed; one
+writer at a time publishes a prefix (``publish_lock``).
 boto3 is imported only when S3 is used: the artifacts CLI verifies local dirs without it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -20,6 +27,11 @@ SCHEME: Final = "s3://"
 SHA256_METADATA_KEY: Final = "sha256"  # S3 object metadata (x-amz-meta-sha256) set on upload
 _BUCKET_RE: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _DELETE_BATCH: Final = 1000  # DeleteObjects' limit
+LOCK_SUFFIX: Final = ".publishing"
+LOCK_STALE_AFTER_S: Final = 1800.0  # a publish uploads a few GB in minutes: a lock this old lost its writer
+LOCK_POLL_S: Final = 10.0
+# A conditional put of a key that exists (412), or racing another conditional write of it (409).
+LOCK_HELD_CODES: Final = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def is_s3(uri: str) -> bool:
@@ -61,13 +73,14 @@ def s3_client() -> S3Client:
     return boto3.client("s3")
 
 
-def _is_not_found(exc: Exception) -> bool:
+def _error_code(exc: Exception) -> str:
     from botocore.exceptions import ClientError
 
-    if not isinstance(exc, ClientError):
-        return False
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
 
 def _list_keys(s3: S3Client, bucket: str, prefix: str) -> dict[str, int]:
@@ -94,23 +107,84 @@ def read_remote_manifest(uri: str, s3: S3Client | None = None) -> Manifest | Non
 
 def find_published_s3(uri: str, spec: BuildSpec, s3: S3Client) -> Manifest | None:
     """The manifest of a complete artifact built from ``spec`` at ``uri`` (every file present
-    with its recorded size), else None; an unreadable manifest counts as absent."""
+    with its recorded size), else None; an unreadable manifest counts as absent.
+
+    The prefix is listed before the manifest is read: S3 answers a GET of a missing key with 403,
+    not 404, unless the caller may list the bucket, and the compile role may list only ``models/``."""
+    bucket, prefix = parse_s3_uri(uri)
+    keys = _list_keys(s3, bucket, prefix)
+    if prefix + MANIFEST_NAME not in keys:
+        return None
     try:
         manifest = read_remote_manifest(uri, s3)
     except ArtifactError:
         return None
     if manifest is None or not manifest.matches(spec):
         return None
-    bucket, prefix = parse_s3_uri(uri)
-    keys = _list_keys(s3, bucket, prefix)
     if any(keys.get(prefix + f.path) != f.size for f in manifest.files):
         return None
     return manifest
 
 
+def lock_key(prefix: str) -> str:
+    """The publish lock of an artifact prefix: a sibling key (``.../cuda.publishing``), so neither a
+    listing of the artifact nor the image build's ``aws s3 sync`` of it ever sees it."""
+    return prefix.rstrip("/") + LOCK_SUFFIX
+
+
+@contextmanager
+def publish_lock(
+    s3: S3Client,
+    bucket: str,
+    prefix: str,
+    *,
+    stale_after_s: float = LOCK_STALE_AFTER_S,
+    poll_s: float = LOCK_POLL_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
+    """Hold the prefix's publish lock: an object created only if absent (S3 conditional write).
+
+    Compile jobs of several deployments may finish one model at once; interleaved publishes would
+    delete each other's files or pair a manifest with the other's. The second waits; a lock older
+    than ``stale_after_s`` (its writer died) is taken over.
+    """
+    key = lock_key(prefix)
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+    while True:
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            break
+        except Exception as exc:
+            if _error_code(exc) not in LOCK_HELD_CODES:
+                raise
+        try:
+            held_since = s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+        except Exception as exc:
+            if _is_not_found(exc):
+                continue  # released meanwhile
+            raise
+        if (datetime.now(UTC) - held_since).total_seconds() > stale_after_s:
+            s3.delete_object(Bucket=bucket, Key=key)  # its writer died: the conditional put decides who goes on
+            continue
+        sleep(poll_s)
+    try:
+        yield
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
 def publish_s3(local_dir: Path, manifest: Manifest, uri: str, s3: S3Client) -> PublishResult:
-    """Upload a verified artifact: old manifest off, changed files, stale keys out, manifest last."""
+    """Upload a verified artifact under the prefix's lock: old manifest off, changed files, stale
+    keys out, manifest last. An equal artifact another writer published meanwhile is kept."""
     bucket, prefix = parse_s3_uri(uri)
+    with publish_lock(s3, bucket, prefix):
+        published = find_published_s3(uri, manifest.spec, s3)
+        if published is not None:
+            return PublishResult(f"{SCHEME}{bucket}/{prefix}", (), tuple(f.path for f in published.files), ())
+        return _publish_unlocked(local_dir, manifest, bucket, prefix, s3)
+
+
+def _publish_unlocked(local_dir: Path, manifest: Manifest, bucket: str, prefix: str, s3: S3Client) -> PublishResult:
     s3.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
     existing = _list_keys(s3, bucket, prefix)
     sent: list[str] = []
@@ -128,7 +202,13 @@ def publish_s3(local_dir: Path, manifest: Manifest, uri: str, s3: S3Client) -> P
     stale = sorted(k for k in existing if k not in wanted)
     for start in range(0, len(stale), _DELETE_BATCH):
         batch = stale[start : start + _DELETE_BATCH]
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        # DeleteObjects answers 200 and lists per-key failures (AccessDenied, ...) in Errors.
+        for error in answer.get("Errors", [])[:1]:
+            raise ArtifactError(
+                f"{SCHEME}{bucket}/{error.get('Key')}: not removed ({error.get('Code')}: {error.get('Message')}); "
+                "the artifact has no manifest until a publish completes"
+            )
     s3.put_object(
         Bucket=bucket,
         Key=prefix + MANIFEST_NAME,
@@ -159,7 +239,9 @@ def download(uri: str, dest: Path, s3: S3Client | None = None) -> Manifest:
     """
     s3 = s3 or s3_client()
     bucket, prefix = parse_s3_uri(uri)
-    manifest = read_remote_manifest(uri, s3)
+    # Listed first: without s3:ListBucket on the key, S3 answers a GET of a missing one with 403.
+    listed = _list_keys(s3, bucket, prefix + MANIFEST_NAME)
+    manifest = read_remote_manifest(uri, s3) if prefix + MANIFEST_NAME in listed else None
     if manifest is None:
         raise ArtifactError(
             f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}: no manifest (nothing published there, or an upload "

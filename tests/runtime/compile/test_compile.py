@@ -83,7 +83,7 @@ def test_tiny_cpu_to_s3_then_rerun_uploads_nothing(s3: Any, capsys: pytest.Captu
     assert TINY_CPU_PREFIX + MANIFEST_NAME in keys
     assert TINY_CPU_PREFIX + "unet/diffusion_pytorch_model.safetensors" in keys
     assert not [k for k in keys if k.endswith((".bin", ".pt", ".ckpt"))]  # safetensors only
-    assert calls.count(*UPLOAD_OPS) == len(keys)  # each file once, manifest included
+    assert calls.count(*UPLOAD_OPS) == len(keys) + 1  # each file once, manifest included, and the publish lock
 
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
     assert manifest["model_id"] == "tiny" and manifest["revision"] == "main" and manifest["device"] == "cpu"
@@ -127,7 +127,7 @@ def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
     s3: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls = S3Calls(boto3._get_default_session().events)
-    calls.fail_after["PutObject"] = 3
+    calls.fail_after["PutObject"] = 4  # the publish lock, then three files
     assert main(TINY_CPU) == 1
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("python -m runtime.compile: error:")]
@@ -149,7 +149,7 @@ def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
     manifest = read_remote_manifest(f"s3://{BUCKET}/{TINY_CPU_PREFIX}", s3)
     assert manifest is not None
     # the tiny build is deterministic, so only the missing files and then the manifest were sent
-    assert calls.count(*UPLOAD_OPS) == len(manifest.files) - 3 + 1
+    assert calls.count(*UPLOAD_OPS) == len(manifest.files) - 3 + 2  # the lock, the rest, the manifest
     assert calls.calls[-1] == ("PutObject", TINY_CPU_PREFIX + MANIFEST_NAME)
 
 
