@@ -353,6 +353,7 @@ def pod_identity_role(template: Mapping[str, Any], namespace: str, service_accou
 @dataclass(frozen=True)
 class Container:
     name: str
+    image: str
     env: Mapping[str, str]  # literal values only: valueFrom entries are left out
     command: tuple[str, ...]
     args: tuple[str, ...]
@@ -403,6 +404,7 @@ def pods(template: Mapping[str, Any], kind: str) -> list[Pod]:
             containers = tuple(
                 Container(
                     name=c["name"],
+                    image=c["image"],
                     env={e["name"]: e["value"] for e in c.get("env", []) if "value" in e},
                     command=tuple(c.get("command", ())),
                     args=tuple(c.get("args", ())),

@@ -11,12 +11,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 import runtime.inventory.__main__ as publisher_main
 from runtime.inventory import api
 from runtime.inventory.cluster import KubernetesApi
+from runtime.inventory.gates import ImageGate
 from runtime.server.auth import TokenVerifier
 from spec import contract
 from tests.iam.conftest import World
@@ -126,3 +128,37 @@ def test_the_token_route_signs_with_the_key_as_its_role_and_the_token_verifies(
     env = function.env
     verifier = TokenVerifier(public, env[api.ENV_TOKEN_ISSUER], env[api.ENV_TOKEN_AUDIENCE])  # type: ignore[arg-type]
     assert verifier.verify(token)["sub"] == CALLER
+
+
+class GatedPods:
+    """The pods list and the gate removal of the Kubernetes API, as ``ImageGate`` uses them."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods, self.opened = pods, list[str]()
+
+    def list_items(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return self.pods
+
+    def remove_scheduling_gate(self, namespace: str, name: str, index: int, gate: str) -> bool:
+        self.opened.append(name)
+        return True
+
+
+def test_the_publisher_opens_a_serving_pods_image_gate_as_its_role(world: World) -> None:
+    """The gate asks ECR for the image of a real serving Deployment; its role may, on that repository."""
+    serving = world.pod("Deployment", "stable-diffusion-nvidia")
+    image = serving.container.image
+    repository = image.split("/", 1)[1].split(":", 1)[0]
+    ecr = world.aws.client("ecr")
+    ecr.create_repository(repositoryName=repository)
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+    ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=image.rsplit(":", 1)[1])
+    gated = {"metadata": {"name": "sd-1"}, "spec": {"schedulingGates": [{"name": contract.SCHEDULING_GATE_IMAGE}]}}
+    pods = GatedPods([{**gated, "spec": {**gated["spec"], "containers": [{"name": "server", "image": image}]}}])
+    pod = world.pod("Deployment", PUBLISHER)
+    with world.aws.acting_as(world.pod_workload(pod), pod_env(pod)):
+        gate = ImageGate(pods, boto3.client("ecr", region_name="us-west-2"), serving.namespace)
+        assert gate.cycle().opened == 1
+    assert pods.opened == ["sd-1"]
+    (call,) = world.aws.authorized(PUBLISHER, "ecr:DescribeImages")
+    assert call.request.resource == f"arn:aws:ecr:us-west-2:123456789012:repository/{repository}"
