@@ -8,6 +8,7 @@ boto3 is imported only when S3 is used: the artifacts CLI verifies local dirs wi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -21,6 +22,8 @@ from typing import Any, Final, TypeAlias
 from runtime.artifacts.local import atomic_write, entry_problem, remove_unlisted, verify_dir
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, PublishResult
 from spec.model_artifacts import MANIFEST_NAME
+
+log = logging.getLogger("edge_diffusion.artifacts")
 
 S3Client: TypeAlias = Any  # a boto3 S3 client
 SCHEME: Final = "s3://"
@@ -146,31 +149,46 @@ def publish_lock(
 
     Compile jobs of several deployments may finish one model at once; interleaved publishes would
     delete each other's files or pair a manifest with the other's. The second waits; a lock older
-    than ``stale_after_s`` (its writer died) is taken over.
+    than ``stale_after_s`` (its writer died) is taken over. Lock and release are conditional on the
+    lock's ETag (S3 conditional deletes), so no writer removes a lock another writer holds.
     """
     key = lock_key(prefix)
     body = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
     while True:
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            ours = s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"]
             break
         except Exception as exc:
             if _error_code(exc) not in LOCK_HELD_CODES:
                 raise
         try:
-            held_since = s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+            held = s3.head_object(Bucket=bucket, Key=key)
         except Exception as exc:
             if _is_not_found(exc):
                 continue  # released meanwhile
             raise
-        if (datetime.now(UTC) - held_since).total_seconds() > stale_after_s:
-            s3.delete_object(Bucket=bucket, Key=key)  # its writer died: the conditional put decides who goes on
+        if (datetime.now(UTC) - held["LastModified"]).total_seconds() > stale_after_s:
+            # Its writer died. Delete that lock only (If-Match: another waiter may have taken it
+            # over already); then the conditional put decides who goes on.
+            _delete_if(s3, bucket, key, held["ETag"])
             continue
         sleep(poll_s)
     try:
         yield
     finally:
-        s3.delete_object(Bucket=bucket, Key=key)
+        if not _delete_if(s3, bucket, key, ours):
+            log.warning("s3://%s/%s: the publish lock was taken over before this publish released it", bucket, key)
+
+
+def _delete_if(s3: S3Client, bucket: str, key: str, etag: str) -> bool:
+    """Delete ``key`` if it is still the object with ``etag``; False when it is not (or is gone)."""
+    try:
+        s3.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+    except Exception as exc:
+        if _error_code(exc) in (*LOCK_HELD_CODES, "NoSuchKey", "404"):
+            return False
+        raise
+    return True
 
 
 def publish_s3(local_dir: Path, manifest: Manifest, uri: str, s3: S3Client) -> PublishResult:

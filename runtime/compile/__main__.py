@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -30,5 +31,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (the job deleted, a node drained) unwinds the job, so a publish releases its lock.
+    As PID 1 of its container the process would otherwise ignore it until SIGKILL."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

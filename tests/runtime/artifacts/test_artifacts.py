@@ -14,6 +14,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
+import runtime.compile.__main__ as compile_main
 from runtime.artifacts.__main__ import main
 from runtime.artifacts.local import read_manifest, verify_dir, write_manifest
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, Shapes, library_versions
@@ -387,3 +388,19 @@ def test_stale_files_that_s3_refuses_to_delete_fail_the_publish_in_one_line(mode
         "the artifact has no manifest until a publish completes"
     )
     assert read_remote_manifest(dest, s3) is None
+
+
+def test_a_writer_releases_only_its_own_lock(s3: Any) -> None:
+    """Held past the stale age, a lock is taken over; its first writer must not delete the new one."""
+    bucket, prefix = parse_s3_uri(f"{BASE}/m/")
+    with publish_lock(s3, bucket, prefix):
+        s3.put_object(Bucket=bucket, Key=lock_key(prefix), Body=b'{"pid": "the next writer"}')  # took it over
+    assert s3.get_object(Bucket=bucket, Key=lock_key(prefix))["Body"].read() == b'{"pid": "the next writer"}'
+
+
+def test_the_lock_is_released_when_the_job_is_terminated(s3: Any) -> None:
+    """SIGTERM raises SystemExit in the compile job (runtime.compile.__main__): the lock goes with it."""
+    bucket, prefix = parse_s3_uri(f"{BASE}/m/")
+    with pytest.raises(SystemExit), publish_lock(s3, bucket, prefix):
+        compile_main._terminate(15, None)
+    assert lock_key(prefix) not in keys(s3, "compiled/")
