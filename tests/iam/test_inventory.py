@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -153,11 +153,13 @@ def test_the_publisher_opens_a_serving_pods_image_gate_as_its_role(world: World)
     ecr.create_repository(repositoryName=repository)
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
     ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=image.rsplit(":", 1)[1])
-    gated = {"metadata": {"name": "sd-1"}, "spec": {"schedulingGates": [{"name": contract.SCHEDULING_GATE_IMAGE}]}}
-    pods = GatedPods([{**gated, "spec": {**gated["spec"], "containers": [{"name": "server", "image": image}]}}])
+    gates = [{"name": contract.SCHEDULING_GATE_IMAGE}]
+    pods = GatedPods(
+        [{"metadata": {"name": "sd-1"}, "spec": {"schedulingGates": gates, "containers": [{"image": image}]}}]
+    )
     pod = world.pod("Deployment", PUBLISHER)
     with world.aws.acting_as(world.pod_workload(pod), pod_env(pod)):
-        gate = ImageGate(pods, boto3.client("ecr", region_name="us-west-2"), serving.namespace)
+        gate = ImageGate(cast(KubernetesApi, pods), boto3.client("ecr", region_name="us-west-2"), serving.namespace)
         assert gate.cycle().opened == 1
     assert pods.opened == ["sd-1"]
     (call,) = world.aws.authorized(PUBLISHER, "ecr:DescribeImages")
