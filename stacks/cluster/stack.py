@@ -172,7 +172,10 @@ class ClusterStack(cdk.Stack):
         self.controller_node_selector = dict(naming.CONTROLLER_NODE_LABELS)
 
         # Container Insights: the agent's credentials via Pod Identity, so only the agent's
-        # service account gets CloudWatchAgentServerPolicy, not every pod on every node.
+        # service account gets CloudWatchAgentServerPolicy, not every pod on every node. The
+        # add-on runs its agent with hostNetwork (amazon-cloudwatch-observability chart values,
+        # agent.hostNetwork: true), so the nodes' IMDS hop limit of 1 does not hide the instance
+        # metadata its node metrics are labelled with.
         cloudwatch_identity = self.add_pod_identity_role(
             "CloudWatchAgent",
             namespace=CLOUDWATCH_NAMESPACE,
