@@ -108,7 +108,7 @@ def add_deployment_stacks(scope: Construct, deployment: Deployment) -> Deploymen
     inventory = InventoryStack(scope, inventory_name, stack_name=inventory_name, config=config, env=env)
     # The publisher writes the table by name (no export couples the stacks): its role may write items, nothing else.
     # The table exists before the publisher starts, and the publisher is gone before the table is deleted.
-    cluster.add_dependency(inventory, "the inventory publisher writes the endpoint table")
+    cluster.add_stack_dependency(inventory, "the inventory publisher writes the endpoint table")
     publisher_identity = cluster.add_pod_identity_role(
         "InventoryPublisher",
         namespace=inventory_chart.NAMESPACE,
