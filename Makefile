@@ -19,7 +19,7 @@ STAMP_NODE := node_modules/.installed
 
 .PHONY: help deps synth manifests test pytest lint fmt diff preflight deploy deploy-build deploy-pipeline destroy serve bench imports clean
 
-# One deploy path per deployment (spec/deployments.py): the build infrastructure once per account
+# One deploy path per deployment (plan/deployments.py): the build infrastructure once per account
 # and Region, then a deployment (deployments/$(DEPLOYMENT).json) from this workstation. The ones
 # named in pipeline.deployments are the deploy pipeline's, not `make deploy`'s.
 DEPLOYMENT ?= dev
@@ -101,7 +101,7 @@ deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default 
 # (a pipeline deployment's sit inside the deploy pipeline's stage); the CLI deletes dependents first.
 destroy: deps ## delete DEPLOYMENT's stacks (asks first); the README's teardown table lists what is kept
 	$(REQUIRE_ACCOUNT) destroy $(CDK_ARGS)
-	$(CDK) destroy $$($(PY) -m spec.deployments --stacks $(CDK_ARGS)) $(CDK_ARGS)
+	$(CDK) destroy $$($(PY) -m plan.deployments --stacks $(CDK_ARGS)) $(CDK_ARGS)
 
 serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth, batches of up to 8)
 	$(NO_DEPLOYMENT)

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from spec.config import ConfigError, cli_context, config_warnings
-from spec.deployments import Release, load_release
+from plan.config import ConfigError, cli_context, config_warnings
+from plan.deployments import Release, load_release
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUTDIR = ROOT / "cdk.out"

@@ -36,9 +36,9 @@ import cdk8s
 from constructs import Construct
 
 from charts.imports.sh import keda
-from spec import contract, topology
-from spec.config import AppConfig, ServingConfig
-from spec.topology import Placement
+from plan import contract, topology
+from plan.config import AppConfig, ServingConfig
+from plan.topology import Placement
 
 TRIGGER_AUTHENTICATION: Final = "aws-pod-identity"
 TRIGGER_TYPE: Final = "aws-cloudwatch"

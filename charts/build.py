@@ -2,7 +2,7 @@
 
 Used by ``python -m charts.render`` (dist/manifests) and by the cluster stack, which applies
 the same charts, so the YAML files and the cluster template carry the same objects. Every
-name comes from ``spec.naming`` and the config: no CloudFormation token reaches a manifest.
+name comes from ``plan.naming`` and the config: no CloudFormation token reaches a manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from charts.karpenter import KarpenterChart
 from charts.model_builds import ModelBuildQueueChart, ModelBuildsChart
 from charts.network_policies import NetworkPoliciesChart
 from charts.serving import ServingChart
-from spec.config import AppConfig
+from plan.config import AppConfig
 
 
 @dataclass(frozen=True)

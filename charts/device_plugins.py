@@ -33,9 +33,9 @@ from cdk8s_plus_35 import k8s
 from constructs import Construct
 
 from charts import pods
-from spec import topology, versions
-from spec.accelerators import ACCELERATORS, Accelerator
-from spec.config import AppConfig
+from plan import topology, versions
+from plan.accelerators import ACCELERATORS, Accelerator
+from plan.config import AppConfig
 
 NAMESPACE: Final = "kube-system"
 DEVICE_PLUGINS_DIR: Final = "/var/lib/kubelet/device-plugins"
@@ -45,7 +45,7 @@ DEVICE_PLUGINS_DIR: Final = "/var/lib/kubelet/device-plugins"
 class DevicePlugin:
     """One accelerator's device plugin: what differs between vendors, nothing more."""
 
-    accelerator: str  # row of spec.accelerators
+    accelerator: str  # row of plan.accelerators
     name: str
     image: str
     host_paths: tuple[tuple[str, str], ...]  # (volume name, host path), mounted at the same path

@@ -27,8 +27,8 @@ from cdk8s_plus_35 import k8s
 from constructs import Construct
 
 from charts import pods, serving
-from spec import contract, images, naming, topology
-from spec.config import AppConfig
+from plan import contract, images, naming, topology
+from plan.config import AppConfig
 
 NAME: Final = "endpoint-inventory"
 SERVICE_ACCOUNT: Final = NAME  # the Pod Identity association names it

@@ -1,7 +1,7 @@
 """Karpenter v1 capacity: EC2NodeClasses per location and a NodePool per accelerator placement.
 
 The Region gets one EC2NodeClass (private subnets) and every Local Zone its own (the zone's
-public subnet, gp2 root volumes); each placement of :func:`spec.topology.placements` gets
+public subnet, gp2 root volumes); each placement of :func:`plan.topology.placements` gets
 a NodePool restricted to its instance families and, in a Local Zone, to the zone and to
 on-demand capacity. Serving pods select their pool by name (``karpenter.sh/nodepool``).
 
@@ -31,10 +31,10 @@ from charts import pods as pod_parts
 from charts.imports.aws.k8s import karpenter as ec2nc
 from charts.imports.sh import karpenter as kpool
 from charts.model_builds import ModelBuildSettings
-from spec import capacity, naming, topology, versions
-from spec.accelerators import Accelerator, Taint
-from spec.config import AppConfig
-from spec.topology import Location, Placement
+from plan import capacity, naming, topology, versions
+from plan.accelerators import Accelerator, Taint
+from plan.config import AppConfig
+from plan.topology import Location, Placement
 
 # EKS tags the cluster security group it creates with this key (value: cluster name). Nodes
 # need that group to reach the control plane and the other nodes.
@@ -109,7 +109,7 @@ class NodePoolSettings:
     regional_capacity_types: tuple[str, ...] = ("on-demand",)  # serving: no Spot interruptions
     local_zone_capacity_types: tuple[str, ...] = ("on-demand",)  # Local Zones have no Spot for G/Inf
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
-    max_devices_per_node: int = capacity.MAX_DEVICES_PER_NODE  # see spec.capacity
+    max_devices_per_node: int = capacity.MAX_DEVICES_PER_NODE  # see plan.capacity
     vcpus_per_cpu_pod: int = capacity.VCPUS_PER_CPU_POD
     build_deadline_s: int = ModelBuildSettings().deadline_s  # the compile jobs' activeDeadlineSeconds
 
@@ -249,7 +249,7 @@ def bottlerocket(config: AppConfig) -> bool:
 
 
 def ami_alias(config: AppConfig) -> str:
-    """The pinned alias of the configured node image family (spec.versions)."""
+    """The pinned alias of the configured node image family (plan.versions)."""
     return versions.BOTTLEROCKET_AMI_ALIAS if bottlerocket(config) else versions.AL2023_AMI_ALIAS
 
 

@@ -27,10 +27,10 @@ from constructs import Construct
 
 from charts import pods
 from charts.imports.sh.volcano import batch, scheduling
-from spec import contract, naming, topology
-from spec.accelerators import Accelerator
-from spec.config import AppConfig
-from spec.topology import Placement
+from plan import contract, naming, topology
+from plan.accelerators import Accelerator
+from plan.config import AppConfig
+from plan.topology import Placement
 
 QUEUE_NAME: Final = "model-builds"
 QUEUE_RESOURCE: Final = "queues.scheduling.volcano.sh"  # kubectl's name for Volcano queues
@@ -139,7 +139,7 @@ class ModelBuildsChart(cdk8s.Chart):
             restart_policy="Never",  # Volcano restarts the job (maxRetry), not the kubelet
             active_deadline_seconds=self.settings.deadline_s,
             node_selector=build.node_selector,
-            # The compile's own node sizes (spec.accelerators.CompileResources): a Neuron compile
+            # The compile's own node sizes (plan.accelerators.CompileResources): a Neuron compile
             # needs an inf2.8xlarge's host memory, which the pool's smallest (serving) size lacks.
             affinity=pods.instance_size_affinity(accelerator.compile.instance_sizes),
             tolerations=pods.tolerations(accelerator) or None,

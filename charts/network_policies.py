@@ -41,9 +41,9 @@ from constructs import Construct
 
 from charts import inventory
 from charts.serving import PORT_NAME
-from spec import topology
-from spec.config import AppConfig
-from spec.topology import Placement
+from plan import topology
+from plan.config import AppConfig
+from plan.topology import Placement
 
 DNS_PORT: Final = 53
 HTTPS_PORT: Final = 443

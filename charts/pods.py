@@ -13,9 +13,9 @@ from typing import Final
 
 from cdk8s_plus_35 import k8s
 
-from spec import contract
-from spec.accelerators import Accelerator
-from spec.config import AppConfig
+from plan import contract
+from plan.accelerators import Accelerator
+from plan.config import AppConfig
 
 # The app user of ci_build/Dockerfile (`USER 10001:10001` in every image: numeric, and above the
 # host's system range, so runAsNonRoot can verify it and it maps to no user of the node).

@@ -15,8 +15,8 @@ from pathlib import Path
 import cdk8s
 
 from charts.build import add_charts
-from spec.config import ConfigError, cli_context
-from spec.deployments import load_release
+from plan.config import ConfigError, cli_context
+from plan.deployments import load_release
 
 ROOT = Path(__file__).resolve().parents[1]
 

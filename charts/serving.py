@@ -44,9 +44,9 @@ from cdk8s_plus_35 import k8s
 from constructs import Construct
 
 from charts import pods
-from spec import contract, naming, topology
-from spec.config import AppConfig, ConfigError
-from spec.topology import Placement
+from plan import contract, naming, topology
+from plan.config import AppConfig, ConfigError
+from plan.topology import Placement
 
 PORT_NAME: Final = "http"  # the pods' one port (HTTP, or HTTPS in a Local Zone with tls.localZoneSecret)
 INGRESS_NAME: Final = "stable-diffusion"
@@ -115,7 +115,7 @@ def url_scheme(tls: bool) -> str:
 def auth_env(config: AppConfig) -> dict[str, str]:
     """How the server authorizes inference requests: tokens signed by the deployment's KMS key.
 
-    The issuer is the one the inventory API's token route signs (``spec.naming.token_issuer``);
+    The issuer is the one the inventory API's token route signs (``plan.naming.token_issuer``);
     the server fetches the public key once at startup by the key's alias (kms:GetPublicKey).
     """
     env = {contract.ENV_AUTH: config.auth.mode}

@@ -46,7 +46,7 @@ if [ "${TARGET}" = serve ]; then
   credentials=$(mktemp)
   trap 'rm -f "${manifest}" "${credentials}"' EXIT
   aws s3 cp --only-show-errors "${manifest_uri}" - >"${manifest}"
-  # The runtime that compiled the model (spec.model_artifacts.IMAGE_VERSION_OPTION): a new image
+  # The runtime that compiled the model (plan.model_artifacts.IMAGE_VERSION_OPTION): a new image
   # version waits for its own compile job, so an immutable tag never carries an older runtime's model.
   compiled_by=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("options", {}).get("image_version", ""))' "${manifest}")
   if [ "${compiled_by}" != "${IMAGE_VERSION}" ]; then

@@ -3,7 +3,7 @@
     python healthcheck.py /healthz
 
 Standard library only (runs in every image); the port is the server's own setting
-(EDGE_DIFFUSION_PORT, default 7860 as in spec.contract.PORT). When the server terminates TLS
+(EDGE_DIFFUSION_PORT, default 7860 as in plan.contract.PORT). When the server terminates TLS
 (a certificate file or secret is configured) the check speaks HTTPS to loopback without
 verifying the certificate: it asks whether this container's own process answers, and the
 certificate names the endpoint's DNS name, not 127.0.0.1. Devices always verify.
@@ -19,7 +19,7 @@ import urllib.request
 
 DEFAULT_PORT = 7860
 TIMEOUT_S = 4.0
-# The server's TLS settings (spec.contract.ENV_TLS_*): any of them set means it serves HTTPS.
+# The server's TLS settings (plan.contract.ENV_TLS_*): any of them set means it serves HTTPS.
 TLS_ENV = ("EDGE_DIFFUSION_TLS_CERT_FILE", "EDGE_DIFFUSION_TLS_SECRET_ID")
 
 

@@ -1,7 +1,7 @@
 """How the app's stacks fit together: one function used by app.py, the tests and the deploy
 pipeline's stages, so every entry point builds the same thing.
 
-One synth builds one release (``spec.deployments``): the build infrastructure shared by every
+One synth builds one release (``plan.deployments``): the build infrastructure shared by every
 deployment in the account and Region (``EdgeDiffusion-Registry``, ``EdgeDiffusion-ImagePipeline``
 and, when ``pipeline.deployments`` names any, ``EdgeDiffusion-DeployPipeline``), the workstation
 deployment's stacks (``EdgeDiffusion-<name>-Network|Cluster|Inventory|Observability``) unless the pipeline
@@ -22,8 +22,8 @@ from constructs import Construct
 from charts import inventory as inventory_chart
 from composition.app_charts import add_app_charts
 from composition.build_infrastructure import BuildInfrastructure, add_build_infrastructure
-from spec.config import AppConfig
-from spec.deployments import (
+from plan.config import AppConfig
+from plan.deployments import (
     CLUSTER,
     DEPLOYMENTS_DIR,
     INVENTORY,

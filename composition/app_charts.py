@@ -18,8 +18,8 @@ from aws_cdk import aws_eks_v2 as eks
 
 from charts import model_builds
 from charts.build import AppCharts, add_charts
-from spec import topology
-from spec.config import AppConfig
+from plan import topology
+from plan.config import AppConfig
 from stacks import workload_roles
 from stacks.cluster import ClusterStack
 from stacks.cluster.pod_identity import PodIdentityRole

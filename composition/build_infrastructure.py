@@ -16,7 +16,7 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
-from spec.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Release
+from plan.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Release
 from stacks.deploy_pipeline import DeployPipelineStack
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack

@@ -1,6 +1,6 @@
 """Settings of every runtime program: environment variables and command-line flags, read one way.
 
-Pods are configured through the environment only (the charts set ``spec.contract``'s ``ENV_*``
+Pods are configured through the environment only (the charts set ``plan.contract``'s ``ENV_*``
 variables); people and ``make`` use flags. Each program declares its settings once, as a frozen
 dataclass deriving from ``ProgramSettings`` whose fields are ``setting(rule, env=..., flag=...)``.
 A flag wins over its variable, which wins over the default. A value the program cannot run with

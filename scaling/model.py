@@ -1,7 +1,7 @@
 """What the simulation is made of: the autoscaling loop as deployed, the cold-start chain, one pod.
 
 Every default is written once, here, with where it comes from; docs/scaling.md gives the sources.
-The autoscaling knobs default to ``spec.config.ServingConfig``; the HPA behaviour, the trigger's
+The autoscaling knobs default to ``plan.config.ServingConfig``; the HPA behaviour, the trigger's
 metric caching and the scale-down window are what ``charts/autoscaling.py`` renders (this package
 may not import the charts: tests/scaling/test_model.py renders them and compares).
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from spec import contract
-from spec.config import ServingConfig
+from plan import contract
+from plan.config import ServingConfig
 
 PolicyKind = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
@@ -144,7 +144,7 @@ class PodModel:
 @dataclass(frozen=True)
 class Nodes:
     consolidate_after_s: float = 600.0  # charts/karpenter.py DisruptionSettings.consolidate_after "10m"
-    pods_per_node: int = 1  # serving pods request 3 of 4 vCPUs and the node's one device (spec/accelerators.py)
+    pods_per_node: int = 1  # serving pods request 3 of 4 vCPUs and the node's one device (plan/accelerators.py)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, NoReturn
 
+from plan import prices
 from scaling.engine import Result, run
 from scaling.model import (
     KUBERNETES_SCALE_DOWN,
@@ -30,22 +31,21 @@ from scaling.model import (
     pod_from_breaking_point,
 )
 from scaling.traffic import TRACE_KINDS, Cosine, FlashCrowd, Ramp, Step, Trace
-from spec import prices
 
 PROG: Final = "python -m scaling.simulate"
-PRICED_INSTANCE: Final = "g5.xlarge"  # the node one NVIDIA serving pod fills (spec/accelerators.py)
+PRICED_INSTANCE: Final = "g5.xlarge"  # the node one NVIDIA serving pod fills (plan/accelerators.py)
 SWEEP_POINTS: Final = 5  # phases per period in phase_sweep: 5 HPA syncs x 5 KEDA polls
 
 
 @dataclass(frozen=True)
 class Recommendation:
     key: str  # the serving config key
-    attr: str  # its spec.config.ServingConfig field, whose default it is
+    attr: str  # its plan.config.ServingConfig field, whose default it is
     value: int
     reason: str
 
 
-# The serving defaults this simulation argues for; spec.config.ServingConfig holds them
+# The serving defaults this simulation argues for; plan.config.ServingConfig holds them
 # (tests/scaling/test_simulate.py checks) and docs/scaling.md has the runs behind each reason.
 RECOMMENDED: Final = (
     Recommendation(
@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sweep,
         ]
     if args.trace is None:
-        lines += ["", "Recommended serving defaults (spec/config.py ServingConfig):", ""]
+        lines += ["", "Recommended serving defaults (plan/config.py ServingConfig):", ""]
         lines += [f"- `{r.key}` = {r.value}: {r.reason}" for r in RECOMMENDED]
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)

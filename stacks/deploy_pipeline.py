@@ -30,9 +30,9 @@ from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import pipelines
 from constructs import Construct
 
-from spec import versions
-from spec.config import AppConfig
-from spec.deployments import Deployment
+from plan import versions
+from plan.config import AppConfig
+from plan.deployments import Deployment
 from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
 from stacks.image_pipeline import acknowledge_codebuild_defaults

@@ -54,10 +54,10 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from spec import images, model_artifacts, naming, versions
-from spec.accelerators import ACCELERATORS, Accelerator
-from spec.config import AppConfig, ConfigError
-from spec.images import ImageTarget
+from plan import images, model_artifacts, naming, versions
+from plan.accelerators import ACCELERATORS, Accelerator
+from plan.config import AppConfig, ConfigError
+from plan.images import ImageTarget
 from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
 from stacks.pipeline_source import PipelineSource
@@ -71,7 +71,7 @@ SNAPSHOT_SPEC: Final = "ci_build/buildspec-snapshot.yml"
 SNAPSHOT_STAGE: Final = "DataVolumeSnapshot"
 SNAPSHOT_ACTION: Final = "DataVolumeSnapshot"
 PIPELINE_STAGES: Final = (*IMAGE_STAGES, SNAPSHOT_STAGE)  # the snapshot stage only when configured
-# The build infrastructure's one snapshot parameter (spec.naming.BUILD_PREFIX): the latest snapshot id.
+# The build infrastructure's one snapshot parameter (plan.naming.BUILD_PREFIX): the latest snapshot id.
 DATA_VOLUME_SNAPSHOT_PARAMETER: Final = naming.DATA_VOLUME_SNAPSHOT_PARAMETER
 # What the snapshot project may create, stop, terminate and snapshot: resources with this tag.
 SNAPSHOT_TAG_KEY: Final = "edge-diffusion.aws/purpose"
@@ -407,7 +407,7 @@ class ImagePipelineStack(cdk.Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        # By its config-derived name (spec/naming.py), as the charts do: no CloudFormation export
+        # By its config-derived name (plan/naming.py), as the charts do: no CloudFormation export
         # that would pin the registry stack, and IAM statements with plain ARNs.
         model_bucket = s3.Bucket.from_bucket_name(self, "ModelBucket", naming.model_bucket_name(config))
         props = props or ImagePipelineProps()
@@ -874,7 +874,7 @@ def _nag_resource(arn: str) -> str:
 
 
 def model_key_prefix(config: AppConfig, accelerator: Accelerator) -> str:
-    """The model-bucket key prefix of one accelerator's compiled artifact (spec.model_artifacts)."""
+    """The model-bucket key prefix of one accelerator's compiled artifact (plan.model_artifacts)."""
     return model_artifacts.artifact_prefix(
         model_artifacts.MODELS_PREFIX, config.model_id, config.model_revision, accelerator.device
     )

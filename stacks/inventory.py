@@ -14,7 +14,7 @@ sign (the key policy names it); the account may administer the key and read its 
 through IAM policies, which the serving pods' roles get
 (``workload_roles.token_public_key_statement``).
 
-The table's physical name comes from ``spec/naming.py``: the publisher's Pod Identity role and
+The table's physical name comes from ``plan/naming.py``: the publisher's Pod Identity role and
 the chart refer to it by name, so no CloudFormation export couples the stacks.
 """
 
@@ -34,9 +34,9 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from plan import contract, naming
+from plan.config import AppConfig
 from runtime.inventory import api as layout
-from spec import contract, naming
-from spec.config import AppConfig
 
 HANDLER_DIR: Final = Path(__file__).resolve().parents[1] / "runtime" / "inventory"
 HANDLER_FILE: Final = "api.py"

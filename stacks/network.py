@@ -21,8 +21,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from spec import naming
-from spec.config import AppConfig
+from plan import naming
+from plan.config import AppConfig
 from stacks import nag
 
 NODE_PORT_RANGE: Final = (30000, 32767)  # Kubernetes' default --service-node-port-range

@@ -1,6 +1,6 @@
 """ObservabilityStack: one deployment's CloudWatch dashboard, its alarms and the topic they notify.
 
-Everything reads metrics by name and dimension values computed from config (``spec.topology``):
+Everything reads metrics by name and dimension values computed from config (``plan.topology``):
 no resource of another stack is referenced, so the stack deploys beside the deployment's others
 in any order. Three constructs, one concern each:
 
@@ -14,7 +14,7 @@ in any order. Three constructs, one concern each:
 
 Metric sources (names and dimensions exactly as published):
 
-* ``EdgeDiffusion`` (``spec.contract``): the serving pods publish ``Requests``,
+* ``EdgeDiffusion`` (``plan.contract``): the serving pods publish ``Requests``,
   ``RejectedRequests``, ``ServerErrors`` and ``PendingRequests`` every interval (zero too),
   ``InferenceLatencyMs`` in intervals that answered requests, and ``ColdStartSeconds`` once per
   pod (in the interval it turned ready), all with
@@ -58,9 +58,9 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from spec import contract, topology
-from spec.config import AppConfig
-from spec.topology import Placement
+from plan import contract, topology
+from plan.config import AppConfig
+from plan.topology import Placement
 
 CONTAINER_INSIGHTS_NAMESPACE: Final = "ContainerInsights"
 CI_CLUSTER: Final = "ClusterName"
@@ -70,7 +70,7 @@ CI_REPLICAS_DESIRED: Final = "replicas_desired"
 CI_REPLICAS_READY: Final = "replicas_ready"
 CI_POD_PENDING: Final = "pod_status_pending"  # 1 per pending pod, 0 per other pod, each collection
 CI_CLUSTER_NODES: Final = "cluster_node_count"
-# Device utilization (percent) of a placement's pods, by accelerator (spec.accelerators).
+# Device utilization (percent) of a placement's pods, by accelerator (plan.accelerators).
 DEVICE_UTILIZATION: Final[Mapping[str, str]] = {
     "nvidia": "pod_gpu_utilization",
     "neuron": "pod_neuroncore_utilization",

@@ -17,7 +17,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import pipelines
 from constructs import Construct
 
-from spec.config import PipelineConfig
+from plan.config import PipelineConfig
 
 SOURCE_ACTION_NAME = "Source"
 

@@ -22,8 +22,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from spec import versions
-from spec.config import PipelineConfig
+from plan import versions
+from plan.config import PipelineConfig
 from stacks import nag
 from stacks.image_pipeline import acknowledge_codebuild_defaults
 

@@ -15,8 +15,8 @@ from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from spec import naming
-from spec.config import AppConfig
+from plan import naming
+from plan.config import AppConfig
 from stacks.access_logs import access_log_bucket
 
 

@@ -15,9 +15,9 @@ from typing import Final
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 
-from spec import contract, model_artifacts, naming
-from spec.config import AppConfig
-from spec.topology import Placement
+from plan import contract, model_artifacts, naming
+from plan.config import AppConfig
+from plan.topology import Placement
 from stacks import nag
 
 MODELS_PREFIX: Final = f"{model_artifacts.MODELS_PREFIX}/"  # s3://<bucket>/models/: every artifact

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from spec.config import AppConfig, load_config
+from plan.config import AppConfig, load_config
 from tests.conftest import cdk_json_context
 
 # Edge of what config allows: six AZs, eight Local Zones, the smallest VPC (/20), an IPv6 client.

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, FileEntry, Manifest, PublishResult
-from spec.model_artifacts import MANIFEST_NAME
 
 _CHUNK: Final = 1024 * 1024
 

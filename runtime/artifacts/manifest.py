@@ -1,6 +1,6 @@
 """What a compiled artifact is: its build spec, its files, and the manifest JSON describing both.
 
-A manifest (``spec.model_artifacts.MANIFEST_NAME``) records what identifies a build (model id,
+A manifest (``plan.model_artifacts.MANIFEST_NAME``) records what identifies a build (model id,
 revision, device, shapes, dtype, library versions, options) and the size and sha256 of every
 file. Parsing validates every field, so a malformed or hostile manifest (``..`` paths, bad
 digests) is refused with a one-line ``ArtifactError`` before any file is touched.
@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from spec import contract
-from spec.model_artifacts import MANIFEST_NAME
+from plan import contract
+from plan.model_artifacts import MANIFEST_NAME
 
 MANIFEST_FORMAT: Final = 2  # 2 names the torch device "device"; older manifests are refused (rebuild)
 DTYPES: Final = ("float16", "bfloat16", "float32")

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import atomic_write, entry_problem, remove_unlisted, verify_dir
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, PublishResult
-from spec.model_artifacts import MANIFEST_NAME
 
 log = logging.getLogger("edge_diffusion.artifacts")
 

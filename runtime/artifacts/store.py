@@ -1,6 +1,6 @@
 """Where artifacts live, S3 or a local directory alike: locate, find, publish, fetch.
 
-Every location is ``spec.model_artifacts.artifact_prefix(base, model, revision, device)``, the
+Every location is ``plan.model_artifacts.artifact_prefix(base, model, revision, device)``, the
 layout the compile job publishes, the image build fetches and the IAM policies are scoped to.
 Invariant: the manifest is written LAST. A prefix without a manifest is incomplete (an upload
 was interrupted) and is redone by the next compile run; readers treat it as missing.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from plan.model_artifacts import artifact_prefix
 from runtime.artifacts.local import find_published_dir, publish_dir, verify_dir
 from runtime.artifacts.manifest import (
     Artifact,
@@ -21,7 +22,6 @@ from runtime.artifacts.manifest import (
     check_revision,
 )
 from runtime.artifacts.s3 import S3Client, download, find_published_s3, is_s3, normalize_s3_uri, publish_s3, s3_client
-from spec.model_artifacts import artifact_prefix
 
 
 def artifact_uri(base: str, model_id: str, revision: str, device: str) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from plan import contract
 from runtime.bench.load import (
     LevelResult,
     direct_pipeline_ms,
@@ -53,7 +54,6 @@ from runtime.settings import (
     one_of,
     setting,
 )
-from spec import contract
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ SLO is the sustainable load: divided by the pods behind the URL it is the pendin
 plus in flight) one pod holds at the SLO, which is what ``serving.targetPendingPerReplica`` means
 to KEDA; its images/s priced per instance hour is the cost per 1,000 images.
 
-Workstation tool: it is not in the serving image and reads prices from ``spec.prices``.
+Workstation tool: it is not in the serving image and reads prices from ``plan.prices``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+from plan import contract, prices
 from runtime.bench.load import LevelResult
 from runtime.settings import (
     PATH,
@@ -40,7 +41,6 @@ from runtime.settings import (
     refusal,
     setting,
 )
-from spec import contract, prices
 
 REQUEST_TIMEOUT_S: Final = 300.0
 READY_TIMEOUT_S: Final = 60.0

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+from plan import contract
 from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
 from runtime.settings import PATH, TEXT, ProgramSettings, SettingsError, error_exit, integer, number, setting
-from spec import contract
 
 
 @dataclass

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from plan import contract
 from runtime.inventory import api as layout
-from spec import contract
 
 REFRESH_BEFORE_S: Final = 60.0  # a cached token is renewed this long before it expires (capped at a fifth of its TTL)
 

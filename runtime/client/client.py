@@ -19,7 +19,7 @@ the caller gave it), with one warning each. Every inference request carries ``Au
 Bearer <token>`` when the inventory says endpoints require tokens, or when a token was given.
 
 This module needs httpx (and botocore only to sign inventory requests); it does not import the
-CDK app: cost weights travel in the inventory, not in a table copied from ``spec/``.
+CDK app: cost weights travel in the inventory, not in a table copied from ``plan/``.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from typing import Any, Final
 
 import httpx
 
+from plan import contract
 from runtime.client.auth import SigV4Auth, TokenError, TokenSource, region_of, token_url_for
 from runtime.inventory import api as layout
 from runtime.inventory.endpoint import Endpoint
-from spec import contract
 
 log = logging.getLogger("edge_diffusion.client")
 

@@ -14,6 +14,6 @@ The artifact lands in `<out>/<model>/<revision>/<device>/` (`runtime.artifacts.s
 
 When a complete artifact with an identical `BuildSpec` (model, revision, device, shapes, dtype,
 library versions) is already at the destination, nothing is built or uploaded. Every flag
-falls back to an environment variable from `spec.contract` so the Volcano Job sets them by
+falls back to an environment variable from `plan.contract` so the Volcano Job sets them by
 env (`settings`). Exit codes: 0 done or skipped, 1 the build or upload failed, 2 bad flags or values.
 """

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from plan import contract
+from plan.model_artifacts import IMAGE_VERSION_OPTION
 from runtime.artifacts.manifest import BuildSpec, library_versions
 from runtime.compile.settings import CompileConfig
 from runtime.server.backends import WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
 from runtime.server.settings import Settings
-from spec import contract
-from spec.model_artifacts import IMAGE_VERSION_OPTION
 
 
 class CompileError(Exception):

@@ -7,14 +7,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from plan import contract
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import write_manifest
 from runtime.artifacts.manifest import BuildSpec, Manifest, PublishResult
 from runtime.artifacts.s3 import S3Client, is_s3, s3_client
 from runtime.artifacts.store import artifact_uri, find_published, publish
 from runtime.compile.export import build_spec, export
 from runtime.compile.settings import CompileConfig
-from spec import contract
-from spec.model_artifacts import MANIFEST_NAME
 
 log = logging.getLogger(contract.COMPILE_MODULE)
 

@@ -1,4 +1,4 @@
-"""What one compile run builds: flags over the Volcano Job's environment over spec.contract's defaults."""
+"""What one compile run builds: flags over the Volcano Job's environment over plan.contract's defaults."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final
 
+from plan import contract
 from runtime.artifacts.manifest import (
     DTYPES,
     MODEL_ID_ALLOWED,
@@ -27,7 +28,6 @@ from runtime.settings import (
     one_of,
     setting,
 )
-from spec import contract
 
 # What a device serves at unless told otherwise: neuron casts matmuls to bf16, cpu has no fast fp16.
 DEVICE_DTYPES: Final = {"cuda": "float16", "cpu": "float32", "neuron": "bfloat16"}

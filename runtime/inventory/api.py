@@ -5,7 +5,7 @@ through ``runtime.inventory.endpoint``), the Lambda that reads it (``handler`` b
 Gateway) and the stack that creates it agree on every attribute name. The layout lives here, in
 the handler's file, because the stack ships this single file as the function's code: it depends
 on nothing but the standard library and boto3 (which the Lambda runtime provides), never on
-``runtime`` or ``spec``.
+``runtime`` or ``plan``.
 
 Layout: partition key ``model`` (a device asks for the model it can use; one deployment's
 endpoints of one model are one small partition), sort key ``location#accelerator#endpoint_id``
@@ -18,7 +18,7 @@ expired entry disappears from the API the second its TTL passes.
 ``GET /token`` (``token_handler``) issues the bearer tokens inference endpoints require: an RS256
 JWT whose signature KMS makes over ``base64url(header).base64url(payload)`` (``MessageType=RAW``),
 so the private key never leaves KMS and the Lambda needs no JWT library. Because this file cannot
-import ``spec.contract``, the few contract names it uses are written here again; a test checks
+import ``plan.contract``, the few contract names it uses are written here again; a test checks
 they are equal.
 """
 
@@ -41,7 +41,7 @@ ATTR_MODEL: Final = "model"  # partition key
 ATTR_SORT_KEY: Final = "endpoint_key"  # sort key: location#accelerator#endpoint_id
 ATTR_ENDPOINT_ID: Final = "endpoint_id"  # cluster/namespace/service/node
 ATTR_LOCATION: Final = "location"  # Region name, or Local Zone name such as us-west-2-lax-1a
-ATTR_ACCELERATOR: Final = "accelerator"  # nvidia | neuron | cpu (spec.accelerators names)
+ATTR_ACCELERATOR: Final = "accelerator"  # nvidia | neuron | cpu (plan.accelerators names)
 ATTR_URL: Final = "url"  # http(s)://<node external IP>:<nodePort>, or the ALB: http(s)://<hostname>
 ATTR_HEALTH: Final = "health"  # ready (only ready endpoints are published)
 ATTR_LAST_HEARTBEAT: Final = "last_heartbeat"  # epoch seconds of the publisher's last write
@@ -57,7 +57,7 @@ HEALTH_READY: Final = "ready"
 # --- Lambda configuration (set by stacks/inventory.py) -------------------------------------------
 ENV_TABLE: Final = "INVENTORY_TABLE_NAME"
 ENV_DEFAULT_MODEL: Final = "INVENTORY_DEFAULT_MODEL"
-# Written again from spec.contract (this file ships alone; tests/runtime/inventory checks they match).
+# Written again from plan.contract (this file ships alone; tests/runtime/inventory checks they match).
 ENV_AUTH: Final = "EDGE_DIFFUSION_AUTH"  # token | none: what inference endpoints require
 ENV_TOKEN_KEY_ID: Final = "EDGE_DIFFUSION_TOKEN_KEY_ID"  # noqa: S105 - a name, not a secret
 ENV_TOKEN_TTL_S: Final = "EDGE_DIFFUSION_TOKEN_TTL_S"  # noqa: S105 - a name, not a secret

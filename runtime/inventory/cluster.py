@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from plan import contract
 from runtime.inventory.endpoint import Endpoint
 from runtime.inventory.settings import PublisherSettings
 from runtime.settings import SettingsError
-from spec import contract
 
 log = logging.getLogger("edge_diffusion.inventory")
 

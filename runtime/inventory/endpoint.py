@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from plan import contract
 from runtime.inventory import api as layout
-from spec import contract
 
 KINDS: Final = (contract.ENDPOINT_KIND_LOCAL_ZONE, contract.ENDPOINT_KIND_REGION)
 

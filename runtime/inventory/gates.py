@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from plan import contract
 from runtime.inventory.cluster import KubernetesApi
-from spec import contract
 
 log = logging.getLogger("edge_diffusion.inventory")
 

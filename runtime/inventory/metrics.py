@@ -13,8 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
+from plan import contract
 from runtime.inventory.cluster import PodCount
-from spec import contract
 
 log = logging.getLogger("edge_diffusion.inventory")
 

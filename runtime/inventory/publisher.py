@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from plan import contract
 from runtime.inventory import api as layout
 from runtime.inventory.cluster import KubernetesApi, ServingState, discover, ready_pods, serving_ingress
 from runtime.inventory.endpoint import Endpoint
 from runtime.inventory.metrics import CapacityMetrics
 from runtime.inventory.settings import PublisherSettings
 from runtime.inventory.weights import WeightController, reconcile
-from spec import contract
 
 log = logging.getLogger("edge_diffusion.inventory")
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
+from plan import contract
 from runtime.settings import (
     BOOLEAN,
     JSON_INT_MAP,
@@ -18,7 +19,6 @@ from runtime.settings import (
     refusal,
     setting,
 )
-from spec import contract
 
 ADDRESS_TYPES: Final = ("ExternalIP", "InternalIP", "ExternalDNS", "InternalDNS")
 MAX_TTL_S: Final = 86400

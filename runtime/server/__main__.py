@@ -20,13 +20,13 @@ from typing import Any
 
 import uvicorn
 
+from plan import contract
 from runtime.server.app import create_app
 from runtime.server.auth import verifier_from_settings
 from runtime.server.service import ImageService
 from runtime.server.settings import Settings
 from runtime.server.tls import context_from_settings
 from runtime.settings import SettingsError, error_exit
-from spec import contract
 
 log = logging.getLogger("runtime.server")
 

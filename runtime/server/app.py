@@ -27,6 +27,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
+from plan import contract
 from runtime.server.auth import TokenError, TokenVerifier, verifier_from_settings
 from runtime.server.backends import Backend
 from runtime.server.metrics import AnswerCounter
@@ -34,7 +35,6 @@ from runtime.server.protocol import ApiError, describe_errors
 from runtime.server.routes import build_router, request_id
 from runtime.server.service import ImageService
 from runtime.server.settings import Settings
-from spec import contract
 
 log = logging.getLogger(__name__)
 

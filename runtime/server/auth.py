@@ -33,10 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Request
 from fastapi.security import HTTPBearer
 
+from plan import contract
 from runtime.server.protocol import ApiError
 from runtime.server.settings import Settings
 from runtime.settings import SettingsError
-from spec import contract
 
 log = logging.getLogger(__name__)
 

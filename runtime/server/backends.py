@@ -24,10 +24,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from plan import contract
 from runtime.server.model_source import ModelLocation, resolve_model
 from runtime.server.settings import Settings
 from runtime.server.tiny import TINY_MODEL_ID
-from spec import contract
 
 log = logging.getLogger(__name__)
 

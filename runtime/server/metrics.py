@@ -3,7 +3,7 @@
 The request path only touches in-memory counters. A background thread samples the pending
 work once a second and, every interval, writes ONE aggregated record per interval: an
 Embedded Metric Format line on stdout (the log agent turns it into metrics) or one batched
-PutMetricData call. Names, namespace and dimensions come from spec.contract, which the
+PutMetricData call. Names, namespace and dimensions come from plan.contract, which the
 charts' KEDA triggers import. Every interval carries the request outcomes (answered, 429,
 5xx: zero is a datapoint too, so alarms see a healthy pod as healthy); the interval in which
 the server turned ready also carries its cold start.
@@ -23,7 +23,7 @@ from typing import IO, Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from spec import contract
+from plan import contract
 
 log = logging.getLogger(__name__)
 

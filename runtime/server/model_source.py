@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plan import contract
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest
 from runtime.artifacts.s3 import is_s3
 from runtime.artifacts.store import fetch_verified
 from runtime.server.models import build_pipeline, built_in
 from runtime.server.settings import Settings
-from spec import contract
-from spec.model_artifacts import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 

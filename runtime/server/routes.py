@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from plan import contract
 from runtime.server.auth import BearerToken, TokenVerifier
 from runtime.server.protocol import ApiError, ErrorBody, ImagesResponse, Liveness, Readiness, Timings
 from runtime.server.service import ImageService, asgi_client_gone
-from spec import contract
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MALFORMED_JSON: Final = 'body: malformed JSON (send an object like {"prompt": "a cat"})'

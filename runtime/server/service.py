@@ -26,6 +26,7 @@ from typing import Any, Final
 import numpy as np
 from pydantic import ValidationError
 
+from plan import contract
 from runtime.server.backends import Backend, BatchParams, ImageSpec, create_backend, warmup
 from runtime.server.batcher import (
     DISCONNECT_POLL_S,
@@ -41,7 +42,6 @@ from runtime.server.batcher import (
 from runtime.server.metrics import CloudWatchAggregator, Dimensions, PromMetrics, build_sink
 from runtime.server.protocol import ApiError, ImageRequestBase, allowed_ranges, build_request_model, describe_errors
 from runtime.server.settings import Settings
-from spec import contract
 
 log = logging.getLogger(__name__)
 

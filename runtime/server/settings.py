@@ -1,7 +1,7 @@
 """The server's settings: one environment variable each (the charts set them), flags override.
 
 Defaults and bounds that the config also knows (model, batching, image sizes) come from
-``spec.contract``; ``python -m runtime.server --help`` lists the flags (that is how
+``plan.contract``; ``python -m runtime.server --help`` lists the flags (that is how
 ``make serve`` picks the tiny model).
 """
 
@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
+from plan import contract
 from runtime.settings import BOOLEAN, TEXT, ProgramSettings, integer, number, one_of, refusal, setting
-from spec import contract
 
 DTYPES: Final = ("auto", "float16", "bfloat16", "float32")
 ATTENTION: Final = ("sdpa", "eager")

@@ -2,7 +2,7 @@
 
 Local Zone pods answer devices directly (NodePort, no load balancer in front), so they
 terminate TLS themselves. The chain and key come from two PEM files or, in pods, from one
-Secrets Manager secret (JSON fields ``spec.contract.TLS_SECRET_*``) fetched once at startup.
+Secrets Manager secret (JSON fields ``plan.contract.TLS_SECRET_*``) fetched once at startup.
 The secret's key is written to a 0600 file in a private 0700 directory only for as long as
 ``ssl`` needs a path to load it, then removed; neither the secret nor the key is ever logged.
 Every problem (missing, unreadable, not PEM, expired, key not matching the certificate, a
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from plan import contract
 from runtime.server.settings import Settings
 from runtime.settings import SettingsError
-from spec import contract
 
 MINIMUM_VERSION: Final = ssl.TLSVersion.TLSv1_2
 # TLS 1.2 suites: ECDHE (forward secrecy) with AES-GCM or ChaCha20-Poly1305 only. TLS 1.3 suites are

@@ -19,10 +19,10 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from plan import contract
 from runtime.server.backends import DEFAULT_STEPS_SD
 from runtime.server.protocol import ApiError
 from runtime.server.service import ImageService
-from spec import contract
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

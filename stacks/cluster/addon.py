@@ -2,7 +2,7 @@
 
 The cdk-eks-blueprints add-on pattern (``HelmAddOn`` with pinned defaults, ``@dependable``)
 in Python. A :class:`ControllerAddOn` declares the chart it installs (pinned in
-``spec.versions``), its default Helm values, the Pod Identity role of its service account,
+``plan.versions``), its default Helm values, the Pod Identity role of its service account,
 the controllers it must be installed after, and the cdk-nag findings it accepts, with the
 reason for each. :class:`~stacks.cluster.stack.ClusterStack` does what is common to all of
 them: it orders them (:func:`install_order`), creates their roles, and installs one Helm
@@ -26,8 +26,8 @@ from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from spec import versions
-from spec.config import AppConfig
+from plan import versions
+from plan.config import AppConfig
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ControllerSetup:
 
 @dataclass(frozen=True, kw_only=True)
 class ControllerAddOn(ABC):
-    """One controller, installed as one Helm release of a chart pinned in ``spec.versions``.
+    """One controller, installed as one Helm release of a chart pinned in ``plan.versions``.
 
     ``values`` are the user's Helm values, deep-merged over the add-on's defaults
     (:func:`deep_merge`: the user wins, defaults they do not mention stay). Values naming the

@@ -12,8 +12,8 @@ wildcard and no reason fails synth). Differences from upstream, on purpose:
 
 * the controller role is trusted by EKS Pod Identity, not IRSA;
 * the queue policy admits ``events.amazonaws.com`` per rule ARN (``aws:SourceArn``) instead
-  of any EventBridge rule or SQS, and the queue's name comes from ``spec.naming``;
-* the node role's name comes from ``spec.naming`` (the EC2NodeClass refers to it by name);
+  of any EventBridge rule or SQS, and the queue's name comes from ``plan.naming``;
+* the node role's name comes from ``plan.naming`` (the EC2NodeClass refers to it by name);
   the controller policies' names are CloudFormation's, not ``KarpenterController<...>-<cluster>``.
 """
 
@@ -33,8 +33,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from spec import naming, versions
-from spec.config import AppConfig
+from plan import naming, versions
+from plan.config import AppConfig
 from stacks import nag
 from stacks.cluster.addon import ClusterInfo, ControllerAddOn, ControllerSetup, PodIdentityGrant
 from stacks.cluster.upstream import THIRD_PARTY, load_cloudformation, statement_resources, substitute

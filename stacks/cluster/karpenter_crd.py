@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from spec import versions
+from plan import versions
 from stacks.cluster.addon import ClusterInfo, ControllerAddOn, ControllerSetup
 from stacks.cluster.karpenter import Karpenter
 

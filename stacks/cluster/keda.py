@@ -10,7 +10,7 @@ from typing import ClassVar, Final
 
 from aws_cdk import aws_iam as iam
 
-from spec import versions
+from plan import versions
 from stacks import nag
 from stacks.cluster.addon import ClusterInfo, ControllerAddOn, ControllerSetup, PodIdentityGrant
 from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController

@@ -30,8 +30,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk.lambda_layer_kubectl_v35 import KubectlV35Layer
 from constructs import Construct
 
-from spec import naming, versions
-from spec.config import AppConfig
+from plan import naming, versions
+from plan.config import AppConfig
 from stacks import nag
 from stacks.cluster.addon import ClusterInfo, ControllerAddOn, install_order
 from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Final
 
 import yaml
 
-from spec import versions
+from plan import versions
 from stacks.cluster.addon import ClusterInfo, ControllerAddOn, ControllerSetup
 from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController
 

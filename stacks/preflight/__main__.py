@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spec.config import ConfigError, cli_context, config_warnings
-from spec.deployments import DEPLOYMENT_KEY, EXAMPLE_ACCOUNT, load_release
+from plan.config import ConfigError, cli_context, config_warnings
+from plan.deployments import DEPLOYMENT_KEY, EXAMPLE_ACCOUNT, load_release
 from stacks.preflight.checks import FAIL, run_checks, summary
 
 

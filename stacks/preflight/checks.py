@@ -15,11 +15,11 @@ from typing import Any, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from spec import capacity, naming, versions
-from spec.accelerators import ACCELERATOR_NAMES, Accelerator, instance_families
-from spec.config import AppConfig
-from spec.deployments import CLUSTER, EXAMPLE_ACCOUNT, IMAGE_PIPELINE, INVENTORY, REGISTRY, STACK_PREFIX, Deployment
-from spec.topology import Placement, placements
+from plan import capacity, naming, versions
+from plan.accelerators import ACCELERATOR_NAMES, Accelerator, instance_families
+from plan.config import AppConfig
+from plan.deployments import CLUSTER, EXAMPLE_ACCOUNT, IMAGE_PIPELINE, INVENTORY, REGISTRY, STACK_PREFIX, Deployment
+from plan.topology import Placement, placements
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -181,12 +181,12 @@ def check_kubernetes_version(target: Target) -> list[Result]:
                 FAIL,
                 check,
                 f"EKS in {target.config.region} does not offer Kubernetes {wanted}",
-                "wait for EKS to release it there, or pin an offered version in spec/versions.py",
+                "wait for EKS to release it there, or pin an offered version in plan/versions.py",
             )
         ]
     status = str(rows[0].get("versionStatus") or rows[0].get("status") or "")
     if status.upper() == "UNSUPPORTED":
-        return [Result(FAIL, check, f"Kubernetes {wanted} is unsupported by EKS", "upgrade spec/versions.py")]
+        return [Result(FAIL, check, f"Kubernetes {wanted} is unsupported by EKS", "upgrade plan/versions.py")]
     extended = "; extended support costs extra per cluster hour" if status.upper() == "EXTENDED_SUPPORT" else ""
     return [Result(PASS, check, f"Kubernetes {wanted} is offered ({status or 'listed'}){extended}")]
 
@@ -298,7 +298,7 @@ def quota_group(family: str) -> str:
 
 
 def _smallest(accelerator: Accelerator, family: str) -> str | None:
-    """The smallest instance of ``family`` the accelerator's NodePool may launch (spec.capacity knows)."""
+    """The smallest instance of ``family`` the accelerator's NodePool may launch (plan.capacity knows)."""
     sizes = (*accelerator.serving_instance_sizes, *accelerator.compile.instance_sizes)
     known = [f"{family}.{s}" for s in sizes if f"{family}.{s}" in capacity.INSTANCE_TYPES]
     return min(known, key=lambda t: capacity.INSTANCE_TYPES[t].vcpus) if known else None
@@ -307,7 +307,7 @@ def _smallest(accelerator: Accelerator, family: str) -> str | None:
 def pool_vcpus(placement: Placement, config: AppConfig) -> dict[str, tuple[int, str]]:
     """Quota group -> (vCPUs the placement's NodePool limit allows on that group's smallest instance, why)."""
     accelerator = placement.accelerator
-    # The limit charts/karpenter.py renders for this pool (one model: spec.capacity).
+    # The limit charts/karpenter.py renders for this pool (one model: plan.capacity).
     limit = capacity.node_pool_limit(
         accelerator.device_resource, accelerator.devices_per_pod, config.serving.max_replicas
     )

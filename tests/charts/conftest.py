@@ -22,7 +22,7 @@ _TALLY = Tally()
 class Rendered:
     """The synthesized charts: chart id -> its objects (plain dicts, as written to YAML)."""
 
-    config: Any  # spec.config.AppConfig
+    config: Any  # plan.config.AppConfig
     objects: dict[str, list[dict[str, Any]]]
 
     def all(self) -> list[tuple[str, dict[str, Any]]]:
@@ -42,7 +42,7 @@ def render(context: dict[str, Any]) -> Rendered:
     import yaml
 
     from charts.render import render as render_files
-    from spec.config import load_config
+    from plan.config import load_config
 
     with tempfile.TemporaryDirectory() as out:
         files = render_files(context, Path(out) / "manifests")

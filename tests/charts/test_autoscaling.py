@@ -12,7 +12,7 @@ from tests.charts.conftest import Rendered, render
 from tests.charts.validate import Tally
 from tests.conftest import cdk_json_context
 
-# Not the defaults (spec/config.py ServingConfig): each differs, so each must show in the manifest.
+# Not the defaults (plan/config.py ServingConfig): each differs, so each must show in the manifest.
 CHANGED = {
     "minReplicas": 2,
     "maxReplicas": 9,

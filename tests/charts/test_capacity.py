@@ -1,6 +1,6 @@
 """Every serving pod fits the smallest instance its NodePool allows, and every compile pod the
 smallest its compile node affinity allows, together with the DaemonSets of those nodes
-(ours from the rendered manifests, the EKS add-ons' from spec.capacity)."""
+(ours from the rendered manifests, the EKS add-ons' from plan.capacity)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from spec import capacity
-from spec.accelerators import ACCELERATORS
-from spec.topology import NODE_LABEL_ACCELERATOR
+from plan import capacity
+from plan.accelerators import ACCELERATORS
+from plan.topology import NODE_LABEL_ACCELERATOR
 
 SIZE = "karpenter.k8s.aws/instance-size"
 FAMILY = "karpenter.k8s.aws/instance-family"
@@ -57,7 +57,7 @@ def smallest_per_family(families: list[str], sizes: list[str]) -> dict[str, str]
     result = {}
     for family in families:
         known = [name for name in capacity.INSTANCE_TYPES if name.split(".")[0] == family]
-        assert known, f"spec.capacity.INSTANCE_TYPES lists no {family} instance"
+        assert known, f"plan.capacity.INSTANCE_TYPES lists no {family} instance"
         allowed = [name for name in known if name.split(".")[1] in sizes]
         if allowed:
             result[family] = min(allowed, key=lambda n: capacity.INSTANCE_TYPES[n].memory_mib)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spec import contract, naming
+from plan import contract, naming
 from tests.charts.conftest import Rendered, render
 from tests.conftest import RELEASE_ACCOUNT, cdk_json_context
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from charts.model_builds import DO_NOT_DISRUPT
-from spec.topology import NODEPOOL_LABEL
+from plan.topology import NODEPOOL_LABEL
 from tests.charts.conftest import Rendered
 
 

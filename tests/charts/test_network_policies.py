@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from charts import network_policies as chart
-from spec import contract, topology
+from plan import contract, topology
 from tests.charts.conftest import Rendered, render
 from tests.charts.netpol import Cluster, Endpoint, in_ip_block, selector_matches
 from tests.charts.test_semantics import pod_spec
@@ -200,7 +200,7 @@ def test_the_dns_rule_covers_the_kube_dns_service_cluster_ip() -> None:
 def render_policy(name: str) -> dict[str, Any]:
     import cdk8s
 
-    from spec.config import load_config
+    from plan.config import load_config
 
     built = chart.NetworkPoliciesChart(cdk8s.App(), "np", config=load_config(cdk_json_context()))
     [policy] = [o for o in built.to_json() if o["metadata"]["name"] == name]
@@ -272,7 +272,7 @@ def test_the_alb_subnets_are_exactly_the_regional_public_subnets(overrides: dict
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
 
-    from spec.config import load_config
+    from plan.config import load_config
     from stacks.network import NetworkStack
 
     config = load_config({**cdk_json_context(), **overrides})

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from plan import contract, naming, topology, versions
 from runtime.server.settings import Settings
-from spec import contract, naming, topology, versions
 from tests.charts import validate
 from tests.charts.conftest import Rendered, render
 from tests.charts.test_semantics import pod_spec

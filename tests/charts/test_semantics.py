@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from spec import contract, images, naming, topology, versions
-from spec.accelerators import ACCELERATORS
+from plan import contract, images, naming, topology, versions
+from plan.accelerators import ACCELERATORS
 from tests.charts.conftest import Rendered, render
 from tests.conftest import cdk_json_context
 
@@ -284,14 +284,14 @@ def test_config_changes_flow_into_the_charts() -> None:
 
 
 def test_all_zero_ingress_weights_are_a_config_error() -> None:
-    from spec.config import ConfigError
+    from plan.config import ConfigError
 
     with pytest.raises(ConfigError, match="ingressWeights"):
         render({**cdk_json_context(), "ingressWeights": {"nvidia": 0, "neuron": 0, "cpu": 0}})
 
 
 def test_the_alb_admits_only_ipv4_client_networks() -> None:
-    from spec.config import ConfigError
+    from plan.config import ConfigError
 
     rendered = render({**cdk_json_context(), "clientCidrs": ["198.51.100.0/24", "2001:db8::/32"]})
     [ingress] = rendered.of_kind("Ingress")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from spec import versions
+from plan import versions
 from tests.charts import validate
 from tests.charts.conftest import Rendered
 from tests.charts.validate import Tally

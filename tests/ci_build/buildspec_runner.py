@@ -25,11 +25,11 @@ from typing import Any
 
 import yaml
 
+from plan import images
+from plan.config import AppConfig
+from plan.model_artifacts import IMAGE_VERSION_OPTION
 from runtime.artifacts.manifest import BuildSpec, Manifest, Shapes
 from runtime.compile.settings import DEVICE_DTYPES
-from spec import images
-from spec.config import AppConfig
-from spec.model_artifacts import IMAGE_VERSION_OPTION
 from stacks.image_pipeline import IMAGE_STAGES, PipelineStep, pipeline_steps
 from tests.conftest import ROOT
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spec import images
-from spec.config import AppConfig, load_config
+from plan import images
+from plan.config import AppConfig, load_config
 from stacks.image_pipeline import (
     BUILD_RUN_ORDER,
     BUILD_SPEC,

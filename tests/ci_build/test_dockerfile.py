@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from spec import contract, images, versions
-from spec.accelerators import ACCELERATORS
-from spec.images import BUILD_ARGS, BUILDSPEC_COMPUTED_ARGS
+from plan import contract, images, versions
+from plan.accelerators import ACCELERATORS
+from plan.images import BUILD_ARGS, BUILDSPEC_COMPUTED_ARGS
 from tests.conftest import ROOT
 from tests.tls_ca import Ca
 
@@ -184,7 +184,7 @@ def test_build_script_passes_every_build_arg_and_nothing_else() -> None:
 
 
 def test_every_build_arg_variable_has_a_source() -> None:
-    from spec.config import AppConfig
+    from plan.config import AppConfig
 
     target = images.image_targets(["cpu"])[0]
     from_project = {name.upper() for name in images.build_arg_values(AppConfig(), target)}
@@ -243,7 +243,7 @@ def test_serve_puts_the_model_layer_below_the_code_layer(dockerfile: Dockerfile)
 # the ones they must not carry.
 SHIPPED_PACKAGES = ("runtime/server", "runtime/compile", "runtime/artifacts", "runtime/inventory")
 UNSHIPPED_PACKAGES = ("runtime/client", "runtime/bench")
-FIRST_PARTY = ("runtime", "spec")
+FIRST_PARTY = ("runtime", "plan")
 CODE_DIR = "/opt/edge-diffusion/"
 CODE_COPY = f"--from=code {CODE_DIR} {CODE_DIR}"
 
@@ -268,7 +268,7 @@ def imported_modules(path: Path) -> set[str]:
             parent = package.rsplit(".", node.level - 1)[0] if node.level else ""
             base = ".".join(part for part in (parent, node.module or "") if part)
             found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from spec import contract`
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from plan import contract`
     return {m for m in found if m.split(".")[0] in FIRST_PARTY and module_file(m)}
 
 

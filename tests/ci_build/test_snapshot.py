@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spec.config import AppConfig, load_config
+from plan.config import AppConfig, load_config
 from stacks.image_pipeline import (
     DATA_VOLUME_SNAPSHOT_PARAMETER,
     SNAPSHOT_SPEC,

@@ -57,7 +57,7 @@ def tls_templates(session_templates: Templates) -> Templates:
     import aws_cdk as cdk
 
     from composition.app import add_deployment_stacks
-    from spec.deployments import load_release
+    from plan.deployments import load_release
 
     context = {**release_context(), "tls": {"localZoneSecret": TLS_SECRET, "localZoneServerName": TLS_SERVER_NAME}}
     app = cdk.App(context=context)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from spec import images
-from spec.config import load_config
+from plan import images
+from plan.config import load_config
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
 from tests.conftest import ROOT, Synth, release_context
 from tests.iam.ci_calls import Context, aws_requests, docker_requests

@@ -10,10 +10,10 @@ import pytest
 
 import runtime.compile.export as export_module
 import runtime.compile.job as job_module
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.s3 import read_remote_manifest
 from runtime.artifacts.store import find_published
 from runtime.compile.__main__ import main
-from spec.model_artifacts import MANIFEST_NAME
 from tests.iam.conftest import World
 from tests.iam.templates import Pod, RolePolicies
 from tests.iam.workloads import FIRST_BUILD, SECOND_BUILD, compile_job, destination, fake_export, pod_env

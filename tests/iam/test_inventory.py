@@ -16,11 +16,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 import runtime.inventory.__main__ as publisher_main
+from plan import contract
 from runtime.inventory import api
 from runtime.inventory.cluster import KubernetesApi
 from runtime.inventory.gates import ImageGate
 from runtime.server.auth import TokenVerifier
-from spec import contract
 from tests.iam.conftest import World
 from tests.iam.workloads import pod_env
 from tests.runtime.inventory.kube import FakeKube, endpoint_slice, ingress, node, service

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from plan import contract
 from runtime.server.auth import verifier_from_settings
 from runtime.server.model_source import resolve_model
 from runtime.server.service import ImageService
 from runtime.server.settings import Settings
 from runtime.server.tls import context_from_settings
-from spec import contract
 from tests.iam.conftest import TLS_SERVER_NAME, Templates, World, make_world
 from tests.iam.harness import AwsHarness
 from tests.iam.templates import pods

@@ -14,8 +14,8 @@ from typing import Any, Final
 import pytest
 
 import runtime.compile.job as job_module
+from plan import contract
 from runtime.artifacts.store import artifact_uri
-from spec import contract
 from tests.iam.conftest import World
 from tests.iam.templates import Pod, pods
 

@@ -12,10 +12,10 @@ import kubernetes_validate
 import pytest
 
 from charts import inventory as chart
+from plan import contract, images, naming, versions
+from plan.accelerators import ACCELERATORS
+from plan.config import load_config
 from runtime.inventory.settings import PublisherSettings
-from spec import contract, images, naming, versions
-from spec.accelerators import ACCELERATORS
-from spec.config import load_config
 from tests.conftest import cdk_json_context
 
 

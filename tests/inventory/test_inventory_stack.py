@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
+from plan import contract
 from runtime.inventory import api as layout
-from spec import contract
 from stacks.inventory import KEY_ADMIN_ACTIONS, PUBLISH_ACTIONS
 
 
@@ -173,7 +173,7 @@ def synth_alone(tmp_path: Any, **keys: Any) -> Any:
     from aws_cdk.assertions import Template
     from cdk_nag import AwsSolutionsChecks
 
-    from spec.config import load_config
+    from plan.config import load_config
     from stacks.inventory import InventoryStack
     from tests.conftest import cdk_json_context
 

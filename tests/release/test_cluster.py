@@ -17,8 +17,8 @@ from cdk8s_plus_35 import k8s
 from charts import pods
 from charts.build import add_charts
 from charts.model_builds import ModelBuildsChart, ModelBuildSettings
-from spec.config import AppConfig
-from spec.deployments import load_release
+from plan.config import AppConfig
+from plan.deployments import load_release
 from tests.conftest import FIXTURE_DEPLOYMENTS, release_context
 from tests.release import cluster_model, rehearsal
 from tests.release.cluster_model import Cluster, ClusterTemplate, KubeObject, Manifest

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from spec import contract, naming
-from spec.accelerators import ACCELERATORS
-from spec.deployments import DEFAULT_DEPLOYMENT, load_release
+from plan import contract, naming
+from plan.accelerators import ACCELERATORS
+from plan.deployments import DEFAULT_DEPLOYMENT, load_release
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
 from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, release_context

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from charts.karpenter import DisruptionSettings
+from plan.config import ServingConfig
 from runtime.server.settings import Settings
 from scaling.model import Autoscaling, HpaPolicy, HpaRules, MetricPipeline, Nodes, PodModel
-from spec.config import ServingConfig
 from tests.charts.conftest import Rendered, render
 from tests.conftest import cdk_json_context
 

@@ -1,11 +1,11 @@
-"""spec/prices.py: the table covers the serving instance types; cost maths by hand."""
+"""plan/prices.py: the table covers the serving instance types; cost maths by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from spec import prices
-from spec.accelerators import ACCELERATORS
+from plan import prices
+from plan.accelerators import ACCELERATORS
 
 # Sizes the families do not offer (EC2 instance types).
 NOT_OFFERED = {

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from plan.config import ServingConfig
 from runtime.bench.breaking_point import Verdict, to_json
 from runtime.bench.load import LevelResult
 from scaling.engine import run
 from scaling.model import Autoscaling, ColdStart, ModelError, PodModel, Simulation, pod_from_breaking_point
 from scaling.simulate import PREVIOUS_DEFAULTS, RECOMMENDED, main, phase_sweep, sweep_table
 from scaling.traffic import Step
-from spec.config import ServingConfig
 
 
 def test_the_default_run_writes_the_table_and_the_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from composition.app import DeploymentStacks
-from spec.config import load_config
-from spec.deployments import load_release
+from plan.config import load_config
+from plan.deployments import load_release
 from stacks.deploy_pipeline import SYNTH_COMMANDS, DeployPipelineStack, approval_step, cdk_cli_version
 from stacks.pr_diff import PR_EVENTS, lookup_role_arn
 from tests.conftest import FIXTURE_DEPLOYMENTS, PIPELINE_DEPLOYMENTS, ROOT, Synth, cdk_json_context, release_context
@@ -114,7 +114,7 @@ def test_a_stage_has_the_config_a_workstation_deploy_of_the_same_file_gets(stack
 
 
 def test_pipeline_deployments_refuse_command_line_overrides() -> None:
-    from spec.config import ConfigError
+    from plan.config import ConfigError
 
     with pytest.raises(ConfigError, match="no -c overrides for staging"):
         load_release({**release_context(), "deployment": "staging", "clientCidrs": "10.0.0.0/8"}, FIXTURE_DEPLOYMENTS)

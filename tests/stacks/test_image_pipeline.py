@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from spec import images, topology, versions
-from spec.accelerators import ACCELERATORS
-from spec.config import AppConfig, load_config
+from plan import images, topology, versions
+from plan.accelerators import ACCELERATORS
+from plan.config import AppConfig, load_config
 from stacks.image_pipeline import (
     BOTTLEROCKET_ECR_ACCOUNTS,
     BUILD_RUN_ORDER,
@@ -486,7 +486,7 @@ def test_the_builder_instance_can_boot_bottlerocket_without_a_cluster(snapshot_t
 def test_a_region_without_bottlerocket_registries_is_one_clear_error(snapshot_config: AppConfig) -> None:
     import aws_cdk as cdk
 
-    from spec.config import ConfigError
+    from plan.config import ConfigError
     from stacks.image_pipeline import SnapshotBuilder
 
     stack = cdk.Stack(cdk.App(), "Probe", env=cdk.Environment(account="123456789012", region="xx-nowhere-1"))

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from spec import naming
-from spec.config import AppConfig
+from plan import naming
+from plan.config import AppConfig
 from tests.conftest import Synth
 from tests.stack_variants import EDGE_NETWORK, variant
 
@@ -183,7 +183,7 @@ def _network_validation(tmp_path: Any, **overrides: str) -> tuple[dict[str, Any]
     import aws_cdk as cdk
     from cdk_nag import AwsSolutionsChecks
 
-    from spec.config import load_config
+    from plan.config import load_config
     from stacks.network import NetworkStack
     from tests.conftest import cdk_json_context
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from charts.autoscaling import metric_dimensions
+from plan import contract, topology
+from plan.accelerators import ACCELERATORS
+from plan.config import AppConfig, load_config
 from runtime.server.metrics import Dimensions
-from spec import contract, topology
-from spec.accelerators import ACCELERATORS
-from spec.config import AppConfig, load_config
 from stacks import observability as obs
 from tests.conftest import RELEASE_ACCOUNT, Synth, cdk_json_context
 

@@ -19,8 +19,8 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import instance_types as moto_instance_types
 from moto.ec2.models.availability_zones_and_regions import Zone
 
-from spec import capacity, naming, versions
-from spec.deployments import Deployment, load_release
+from plan import capacity, naming, versions
+from plan.deployments import Deployment, load_release
 from stacks.preflight import checks
 from stacks.preflight.__main__ import main
 from stacks.preflight.checks import FAIL, PASS, SKIP, Result, Target, quota_needs, run_checks
@@ -236,11 +236,11 @@ def test_quotas_below_what_the_node_pool_limits_allow_fail_with_the_increase_com
 def test_quota_needs_follow_the_karpenter_chart_limits() -> None:
     """Each NodePool limit of charts/karpenter.py, on its smallest instance, is what preflight asks."""
     from charts.karpenter import NodePoolSettings, pool_limits
-    from spec.topology import placements
+    from plan.topology import placements
 
     config = deployment(enableLargeNvidiaInstances="true").config
     settings_ = NodePoolSettings()
-    # preflight computes with spec.capacity's defaults: the chart renders with the same ones
+    # preflight computes with plan.capacity's defaults: the chart renders with the same ones
     assert (settings_.max_devices_per_node, settings_.vcpus_per_cpu_pod) == (
         capacity.MAX_DEVICES_PER_NODE,
         capacity.VCPUS_PER_CPU_POD,
@@ -302,7 +302,7 @@ def test_physical_names_free_owned_retained_or_in_the_way(aws: None) -> None:
 
 def test_the_stack_names_are_the_ones_composition_gives() -> None:
     from composition.app import stack_name
-    from spec.deployments import CLUSTER, IMAGE_PIPELINE, INVENTORY, REGISTRY
+    from plan.deployments import CLUSTER, IMAGE_PIPELINE, INVENTORY, REGISTRY
 
     target = deployment()
     assert (

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
-from spec import naming
+from plan import naming
 from tests.conftest import Synth
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from spec.deployments import PIPELINE, WORKSTATION, stack_selectors
+from plan.deployments import PIPELINE, WORKSTATION, stack_selectors
 from tests.conftest import ROOT
 
 # What a deployment's stacks may keep on delete: (resource type, a part of its logical id) and the

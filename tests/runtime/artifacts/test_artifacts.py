@@ -15,12 +15,12 @@ from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
 import runtime.compile.__main__ as compile_main
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.__main__ import main
 from runtime.artifacts.local import read_manifest, verify_dir, write_manifest
 from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, Shapes, library_versions
 from runtime.artifacts.s3 import _publish_unlocked, lock_key, parse_s3_uri, publish_lock, read_remote_manifest
 from runtime.artifacts.store import artifact_uri, fetch_verified, find_published, publish
-from spec.model_artifacts import MANIFEST_NAME
 from tests.runtime.s3_calls import S3Calls
 
 BUCKET = "edge-models"

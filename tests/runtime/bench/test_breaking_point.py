@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from plan import contract, prices
 from runtime.bench import breaking_point as bp
 from runtime.bench.load import LevelResult
 from scaling.model import HPA_TOLERANCE
-from spec import contract, prices
 from tests.tls_ca import LOOPBACK, Ca
 
 

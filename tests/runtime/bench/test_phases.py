@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from plan import contract
 from runtime.bench import phases
 from runtime.bench.__main__ import BenchSettings, main
 from runtime.server.backends import BatchParams, ImageSpec
 from runtime.server.settings import Settings
-from spec import contract
 
 STEPS = 3
 

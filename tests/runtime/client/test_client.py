@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from plan import contract
 from runtime.client import client as c
 from runtime.client.auth import cognito_credentials
 from runtime.client.cli import main
 from runtime.inventory.endpoint import Endpoint
-from spec import contract
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 

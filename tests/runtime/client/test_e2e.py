@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
+from plan import contract
 from runtime.client import client as c
-from spec import contract
 from tests.runtime.conftest import ROOT
 from tests.tls_ca import Ca
 

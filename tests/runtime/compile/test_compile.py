@@ -15,6 +15,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from plan import contract
+from plan.model_artifacts import IMAGE_VERSION_OPTION, MANIFEST_NAME
 from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import ArtifactError, Shapes
 from runtime.artifacts.s3 import read_remote_manifest
@@ -22,8 +24,6 @@ from runtime.artifacts.store import fetch_verified
 from runtime.compile.__main__ import main
 from runtime.compile.export import neuron_export_kwargs
 from runtime.compile.settings import CompileConfig
-from spec import contract
-from spec.model_artifacts import IMAGE_VERSION_OPTION, MANIFEST_NAME
 from tests.runtime.conftest import ROOT
 from tests.runtime.s3_calls import S3Calls
 

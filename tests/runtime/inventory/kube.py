@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from spec import contract
+from plan import contract
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NAMESPACE = "edge-diffusion"

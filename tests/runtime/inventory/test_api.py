@@ -170,8 +170,8 @@ def test_the_handler_file_runs_alone_on_the_standard_library_and_boto3(tmp_path:
 
 
 def test_names_written_again_equal_the_contracts() -> None:
-    """api.py ships alone and cannot import spec.contract: its copies must not drift."""
-    from spec import contract
+    """api.py ships alone and cannot import plan.contract: its copies must not drift."""
+    from plan import contract
 
     assert (api.ENV_AUTH, api.ENV_TOKEN_KEY_ID, api.ENV_TOKEN_TTL_S) == (
         contract.ENV_AUTH,
@@ -310,7 +310,7 @@ def test_no_caller_identity_is_403_and_kms_failure_is_503(kms: Any) -> None:
 
 
 def test_token_entrypoint_reads_its_settings_from_env(kms: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spec import contract
+    from plan import contract
 
     for name, value in {
         contract.ENV_TOKEN_KEY_ID: "alias/edge-diffusion-token-signing",

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from plan import contract
 from runtime.inventory import api as layout
 from runtime.inventory.cluster import KubernetesApi, ready_pods
 from runtime.inventory.metrics import CapacityMetrics, metric_data
 from runtime.inventory.publisher import InventoryPublisher, run
 from runtime.inventory.settings import PublisherSettings
 from runtime.inventory.weights import WeightController, WeightPolicy, scale
-from spec import contract
 from tests.runtime.inventory.kube import ALB_HOSTNAME, NAMESPACE, FakeKube, endpoint_slice, ingress, node, service
 
 PREFERENCE = {"nvidia": 50, "neuron": 60, "cpu": 10}

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from plan import contract
 from runtime.inventory import __main__ as entry
 from runtime.inventory.cluster import JSON_PATCH, KubernetesApi
 from runtime.inventory.gates import EcrImage, ImageGate, parse_image, run_gates, start_gates
 from runtime.inventory.settings import PublisherSettings
 from runtime.settings import SettingsError
-from spec import contract
 
 REGION = "us-west-2"
 ACCOUNT = "123456789012"  # moto's account

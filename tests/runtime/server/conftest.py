@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from plan import contract
 from runtime.server.backends import Backend
 from runtime.server.settings import Settings
-from spec import contract
 from tests.runtime.conftest import ROOT
 
 

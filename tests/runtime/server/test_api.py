@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from spec import contract
+from plan import contract
 from tests.runtime.server.conftest import RunningServer, metric_value
 
 

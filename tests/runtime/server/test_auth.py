@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 
+from plan import contract
 from runtime.server.auth import CHALLENGE, AuthSetupError, TokenError, public_key_from_kms, verifier_from_settings
 from runtime.server.settings import Settings
 from runtime.settings import SettingsError
-from spec import contract
 from tests.runtime.server.conftest import RunningServer, metric_value, start_in_process, tiny_settings
 
 REGION = "us-west-2"

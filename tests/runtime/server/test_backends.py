@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from plan import contract
 from runtime.server import backends
 from runtime.server.backends import BatchParams, CompiledShape, ImageSpec, NeuronBackend, detect_device
 from runtime.server.settings import Settings
-from spec import contract
 
 
 def test_detect_device(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from plan import contract
 from runtime.server.backends import BatchParams, DiffusersBackend, ImageSpec, StepReport, StopCheck
-from spec import contract
 from tests.runtime.server.conftest import (
     metric_value,
     start_in_process,

@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
+from plan import contract
 from runtime.bench.load import run_level
 from runtime.server.backends import Backend, BatchParams, ImageSpec, StepReport, StopCheck
-from spec import contract
 from tests.runtime.server.conftest import RunningServer, metric_value, start_in_process, tiny_settings, wait_until
 
 LONG = {"prompt": "a very detailed city", "steps": 100, "width": 512, "height": 512}

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from plan import contract
 from runtime.server.metrics import (
     AnswerCounter,
     CloudWatchAggregator,
@@ -21,7 +22,6 @@ from runtime.server.metrics import (
     Interval,
     compress,
 )
-from spec import contract
 
 DIMS = Dimensions("sd-cuda-usw2-lax-1a", "cuda", "us-west-2-lax-1a")
 OUTCOMES = {contract.METRIC_REQUESTS, contract.METRIC_REJECTED_REQUESTS, contract.METRIC_SERVER_ERRORS}

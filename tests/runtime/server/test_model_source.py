@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
+from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import write_manifest
 from runtime.artifacts.manifest import BuildSpec, Shapes, library_versions
 from runtime.artifacts.store import artifact_uri, publish
@@ -17,7 +18,6 @@ from runtime.server import backends
 from runtime.server.backends import BatchParams, ImageSpec
 from runtime.server.model_source import ModelSourceError, resolve_model
 from runtime.server.settings import Settings
-from spec.model_artifacts import MANIFEST_NAME
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
 from schemathesis.python import asgi
 
+from plan import contract
 from runtime.server.app import STATIC_PATH, create_app
 from runtime.server.auth import SCHEME_NAME, TokenVerifier
 from runtime.server.settings import Settings
-from spec import contract
 from tests.runtime.server.test_auth import mint
 from tests.runtime.server.test_tls import InstantBackend
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from plan import contract
 from runtime.server.settings import Settings
 from runtime.settings import SettingsError
-from spec import contract
 
 
 def test_settings_from_env_and_flags_override() -> None:

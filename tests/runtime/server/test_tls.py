@@ -30,11 +30,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 
+from plan import contract
 from runtime.server import tls
 from runtime.server.backends import Backend, BatchParams, ImageSpec
 from runtime.server.settings import Settings
 from runtime.settings import SettingsError
-from spec import contract
 from tests.runtime.server.conftest import free_port, start_subprocess, wait_until
 from tests.tls_ca import LOOPBACK, Ca, PrivateKey
 

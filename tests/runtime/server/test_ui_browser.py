@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spec import contract
+from plan import contract
 from tests.runtime.conftest import ROOT
 from tests.runtime.server.conftest import free_port, metric_value, wait_until
 

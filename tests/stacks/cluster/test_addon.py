@@ -9,7 +9,7 @@ from typing import Any, ClassVar, cast
 
 import pytest
 
-from spec import naming, versions
+from plan import naming, versions
 from stacks.cluster import default_controllers
 from stacks.cluster.addon import (
     ClusterInfo,
@@ -231,7 +231,7 @@ def custom_cluster() -> dict[str, Any]:
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
 
-    from spec.config import load_config
+    from plan.config import load_config
     from stacks.cluster import ClusterStack
     from stacks.network import NetworkStack
     from tests.conftest import cdk_json_context

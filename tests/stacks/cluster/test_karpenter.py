@@ -66,7 +66,7 @@ def test_a_new_upstream_sid_without_a_reason_fails_synth(monkeypatch: pytest.Mon
     import aws_cdk as cdk
     from aws_cdk import aws_eks_v2 as eks
 
-    from spec.config import load_config
+    from plan.config import load_config
     from tests.conftest import cdk_json_context
 
     resources = copy.deepcopy(dict(upstream_resources()))

@@ -18,7 +18,7 @@ import aws_cdk
 import pytest
 import yaml
 
-from spec import naming, versions
+from plan import naming, versions
 from stacks.cluster.aws_load_balancer_controller import POLICY_FILE as ALB_POLICY_FILE
 from stacks.cluster.karpenter import upstream_controller_policies
 from tests.conftest import ROOT, Synth

@@ -9,8 +9,8 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 
-from spec import naming, topology
-from spec.config import load_config
+from plan import naming, topology
+from plan.config import load_config
 from stacks import workload_roles
 from tests.conftest import cdk_json_context
 

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from spec import contract, images, naming
-from spec.accelerators import ACCELERATORS, Accelerator
-from spec.config import AppConfig
-from spec.local_zones import LOCAL_ZONES as LOCAL_ZONES  # where the app can run: the Region's real Local Zones
+from plan import contract, images, naming
+from plan.accelerators import ACCELERATORS, Accelerator
+from plan.config import AppConfig
+from plan.local_zones import LOCAL_ZONES as LOCAL_ZONES  # where the app can run: the Region's real Local Zones
 
 NAMESPACE: Final = "edge-diffusion"  # serving Deployments, KEDA objects and compile jobs
 APP_NAME: Final = "stable-diffusion"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spec.config import AppConfig, ConfigError, LocalZoneConfig, context_keys, load_config
+from plan.config import AppConfig, ConfigError, LocalZoneConfig, context_keys, load_config
 from tests.conftest import cdk_json_context
 
 

@@ -2,7 +2,7 @@
 
 A zone missing here is still accepted (`make preflight` asks EC2 which zones exist and are opted
 in); the table only keeps error messages from suggesting a zone that does not exist. Plain data,
-imported by ``spec.config`` and ``spec.topology``.
+imported by ``plan.config`` and ``plan.topology``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from spec import contract, model_artifacts
-from spec.config import AppConfig
+from plan import contract, model_artifacts
+from plan.config import AppConfig
 
 # Karpenter discovers subnets and security groups by this tag (value: cluster name).
 DISCOVERY_TAG_KEY: Final = "karpenter.sh/discovery"
@@ -27,7 +27,7 @@ def karpenter_node_role_name(config: AppConfig) -> str:
 
 
 # Prefix of the build infrastructure's names: one per account and Region, shared by every
-# deployment (spec.deployments), so it does not come from a deployment's cluster name.
+# deployment (plan.deployments), so it does not come from a deployment's cluster name.
 BUILD_PREFIX: Final = "edge-diffusion"
 # The one image repository every deployment in the account and Region pulls from.
 IMAGE_REPOSITORY_NAME: Final = f"{BUILD_PREFIX}/stable-diffusion"

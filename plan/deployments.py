@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from spec.config import (
+from plan.config import (
     CDK_JSON,
     AppConfig,
     ConfigError,
@@ -310,9 +310,9 @@ def stack_selectors(deployment: Deployment) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spec.deployments --stacks [-c deployment=<name>] [-c key=value ...]``: the CLI
+    """``python -m plan.deployments --stacks [-c deployment=<name>] [-c key=value ...]``: the CLI
     selectors of one deployment's stacks, for ``make destroy``; one line per config error."""
-    parser = argparse.ArgumentParser(prog="python -m spec.deployments", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m plan.deployments", description=main.__doc__)
     parser.add_argument("--stacks", action="store_true", required=True, help="print the stack selectors")
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spec.config import ConfigError, PipelineConfig, load_config
+from plan.config import ConfigError, PipelineConfig, load_config
 
 ARN = "arn:aws:codeconnections:us-west-2:123456789012:connection/12345678-1234-1234-1234-123456789012"
 

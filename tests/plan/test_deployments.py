@@ -1,4 +1,4 @@
-"""spec.deployments: named deployments in committed files, one deploy path each, one-line errors."""
+"""plan.deployments: named deployments in committed files, one deploy path each, one-line errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spec.config import ConfigError
-from spec.deployments import DEPLOYMENTS_DIR, PIPELINE, WORKSTATION, load_release
+from plan.config import ConfigError
+from plan.deployments import DEPLOYMENTS_DIR, PIPELINE, WORKSTATION, load_release
 from tests.conftest import FIXTURE_DEPLOYMENTS, cdk_json_context, release_context
 
 PIPELINE_PROD = {"account": "123456789012", "pipeline": {"deployments": ["prod"]}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from spec import contract
-from spec.config import (
+from plan import contract
+from plan.config import (
     DEFAULT_ALB_SECURITY_POLICY,
     AlarmsConfig,
     AppConfig,

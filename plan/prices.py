@@ -3,7 +3,7 @@
 The table is a snapshot: prices change, so every row carries where it was read and when. A
 deployment overrides any row with config ``onDemandPrices`` (``AppConfig.on_demand_prices``)
 and the breaking-point tool with ``--on-demand-prices`` / ``--price-per-hour``. Standard library
-only and no other ``spec`` import, so the workstation tools in ``runtime.bench`` may read it.
+only and no other ``plan`` import, so the workstation tools in ``runtime.bench`` may read it.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ _KARPENTER_US_EAST_1: Final = PriceSource(
 )
 REFERENCE_REGION: Final = _KARPENTER_US_EAST_1.region
 
-# USD per hour, Linux, On-Demand: the serving families of spec/accelerators.py at the sizes
-# spec/accelerators.py allows for serving (sizes a family does not offer are absent).
+# USD per hour, Linux, On-Demand: the serving families of plan/accelerators.py at the sizes
+# plan/accelerators.py allows for serving (sizes a family does not offer are absent).
 _US_EAST_1: Final[Mapping[str, float]] = {
     "g5.xlarge": 1.006,
     "g5.2xlarge": 1.212,

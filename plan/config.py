@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from spec import contract
-from spec.accelerators import ACCELERATOR_NAMES, instance_families
-from spec.local_zones import local_zone_hint
-from spec.prices import INSTANCE_TYPE_PATTERN  # the keys of onDemandPrices are the price table's
+from plan import contract
+from plan.accelerators import ACCELERATOR_NAMES, instance_families
+from plan.local_zones import local_zone_hint
+from plan.prices import INSTANCE_TYPE_PATTERN  # the keys of onDemandPrices are the price table's
 
 # The committed context every entry point starts from (cdk.json sits at the repository root).
 CDK_JSON: Final = Path(__file__).resolve().parents[1] / "cdk.json"
@@ -253,7 +253,7 @@ class AppConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     node_image: NodeImageConfig = field(default_factory=NodeImageConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
-    # Instance type -> USD per On-Demand hour; overrides the dated table in spec/prices.py.
+    # Instance type -> USD per On-Demand hour; overrides the dated table in plan/prices.py.
     on_demand_prices: Mapping[str, float] = field(default_factory=dict)
 
     @property

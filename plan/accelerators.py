@@ -40,7 +40,7 @@ class Accelerator:
     """One kind of compute the model can be served on."""
 
     name: str  # config and Kubernetes name: nvidia | neuron | cpu
-    device: str  # what torch runs on (spec.contract.DEVICES): cuda | neuron | cpu
+    device: str  # what torch runs on (plan.contract.DEVICES): cuda | neuron | cpu
     arch: str  # kubernetes.io/arch of its nodes
     instance_families: tuple[str, ...]  # families Karpenter may launch in the Region
     large_instance_families: tuple[str, ...]  # added only when config enables them (cost)
@@ -71,7 +71,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             taint=Taint("nvidia.com/gpu"),
             default_replicas=1,
             cost_weight=50,
-            # One pod per g5/g6.xlarge (4 vCPU, 16 GiB, 58 max pods; spec.capacity):
+            # One pod per g5/g6.xlarge (4 vCPU, 16 GiB, 58 max pods; plan.capacity):
             # allocatable 16384 - ceil(7.5 %) = 15155 - kube-reserved (11 * 58 + 255 = 893) - eviction
             # 100 = 14162 MiB; DaemonSets: nvidia-device-plugin 64 + cloudwatch-agent 128 + fluent-bit 25
             # + dcgm-exporter 128 + pod identity agent 64 (assumed) = 409 MiB -> 13753 MiB free >= 13Gi
