@@ -45,7 +45,7 @@ from constructs import Construct
 
 from charts import pods
 from plan import contract, naming, topology
-from plan.config import AppConfig, ConfigError
+from plan.config import AppConfig
 from plan.topology import Placement
 
 PORT_NAME: Final = "http"  # the pods' one port (HTTP, or HTTPS in a Local Zone with tls.localZoneSecret)
@@ -320,16 +320,12 @@ class ServingChart(cdk8s.Chart):
             for p in topology.placements(self.config)
             if not p.location.is_local_zone and weights[p.accelerator.name] > 0
         ]
-        if not target_groups:
-            raise ConfigError("ingressWeights", dict(weights), "at least one enabled accelerator with a weight above 0")
         action = {
             "type": "forward",
             "forwardConfig": {"targetGroups": target_groups, "targetGroupStickinessConfig": {"enabled": False}},
         }
         # The ALB is IPv4; without inbound-cidrs the controller would admit 0.0.0.0/0.
         inbound = [cidr for cidr in self.config.client_cidrs if ipaddress.ip_network(cidr).version == 4]
-        if not inbound:
-            raise ConfigError("clientCidrs", ",".join(self.config.client_cidrs), "at least one IPv4 CIDR for the ALB")
         prefix = ALB_ANNOTATION_PREFIX
         tls = self.config.tls
         annotations = {

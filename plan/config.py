@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from plan import contract
-from plan.accelerators import ACCELERATOR_NAMES, instance_families
+from plan.accelerators import ACCELERATOR_NAMES, ACCELERATORS, instance_families
+from plan.bottlerocket import BOTTLEROCKET_ECR_ACCOUNTS
 from plan.local_zones import local_zone_hint
 from plan.prices import INSTANCE_TYPE_PATTERN  # the keys of onDemandPrices are the price table's
 
@@ -663,6 +664,13 @@ def _validate_zones(config: AppConfig, errors: _Errors) -> None:
                 )
 
 
+def _ip_version(cidr: str) -> int | None:
+    try:
+        return ipaddress.ip_network(cidr).version
+    except ValueError:
+        return None
+
+
 def _validate_network(config: AppConfig, errors: _Errors) -> None:
     vpc_allowed = "an IPv4 CIDR from /16 to /20 such as 10.0.0.0/16 (host bits zero)"
     ok, vpc_cidr = errors.attempt(_cidr, "vpcCidr", config.vpc_cidr, vpc_allowed)
@@ -676,6 +684,10 @@ def _validate_network(config: AppConfig, errors: _Errors) -> None:
             errors.add(
                 "clientCidrs", cidr, "specific client networks; 0.0.0.0/0 or ::/0 only with allowPublicNodePorts=true"
             )
+    versions = {_ip_version(cidr) for cidr in config.client_cidrs}
+    if 4 not in versions and not any(error.key == "clientCidrs" for error in errors.found):  # one line per key
+        # The ALB is IPv4: without an IPv4 client network its controller would admit 0.0.0.0/0.
+        errors.add("clientCidrs", ",".join(config.client_cidrs), "at least one IPv4 CIDR for the ALB")
     if config.inventory_auth not in INVENTORY_AUTH_MODES:
         errors.add("inventoryAuth", config.inventory_auth, " or ".join(INVENTORY_AUTH_MODES))
     if config.endpoint_access not in ENDPOINT_ACCESS_MODES:
@@ -726,6 +738,17 @@ def _validate_workloads(config: AppConfig, errors: _Errors) -> None:
                 image.data_volume_snapshot_id,
                 "a snapshot only with nodeImage.family=bottlerocket (AL2023 nodes do not mount a data volume)",
             )
+    if image.build_snapshot and config.region not in BOTTLEROCKET_ECR_ACCOUNTS:
+        errors.add(
+            "nodeImage.buildSnapshot",
+            True,
+            "a Region with Bottlerocket host-container registries "
+            f"({', '.join(sorted(BOTTLEROCKET_ECR_ACCOUNTS))}), not {config.region}",
+        )
+    enabled = [name for name in config.accelerators if name in ACCELERATORS]
+    weights = {name: config.ingress_weights.get(name, ACCELERATORS[name].cost_weight) for name in enabled}
+    if enabled and not any(weights.values()):
+        errors.add("ingressWeights", weights, "at least one enabled accelerator with a weight above 0")
     for email in config.alarms.emails:
         if not EMAIL_PATTERN.match(email):
             errors.add("alarms.emails", email, "email addresses like ops@example.com")

@@ -56,7 +56,8 @@ from constructs import Construct
 
 from plan import images, model_artifacts, naming, versions
 from plan.accelerators import ACCELERATORS, Accelerator
-from plan.config import AppConfig, ConfigError
+from plan.bottlerocket import BOTTLEROCKET_ECR_ACCOUNTS
+from plan.config import AppConfig
 from plan.images import ImageTarget
 from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
@@ -80,47 +81,6 @@ SNAPSHOT_TAG_VALUE: Final = "data-volume-snapshot"
 BOTTLEROCKET_AMI_PARAMETER: Final = (
     f"/aws/service/bottlerocket/aws-k8s-{versions.KUBERNETES_VERSION}/x86_64/latest/image_id"
 )
-# Registry of Bottlerocket's host containers (admin, control: the SSM agent) per Region: the
-# `ecr-prefix` map of bottlerocket-os/bottlerocket sources/api/schnauzer/src/helpers.rs (ECR_MAP),
-# commercial partition. A Region missing here makes Bottlerocket pull from us-east-1, which the
-# builder's subnet (no internet route) cannot reach.
-BOTTLEROCKET_ECR_ACCOUNTS: Final[Mapping[str, str]] = {
-    **dict.fromkeys(
-        (
-            "ap-northeast-1",
-            "ap-northeast-2",
-            "ap-northeast-3",
-            "ap-south-1",
-            "ap-southeast-1",
-            "ap-southeast-2",
-            "ca-central-1",
-            "eu-central-1",
-            "eu-north-1",
-            "eu-west-1",
-            "eu-west-2",
-            "eu-west-3",
-            "sa-east-1",
-            "us-east-1",
-            "us-east-2",
-            "us-west-1",
-            "us-west-2",
-        ),
-        "328549459982",
-    ),
-    "af-south-1": "917644944286",
-    "ap-east-1": "375569722642",
-    "ap-south-2": "764716012617",
-    "ap-southeast-3": "386774335080",
-    "ap-southeast-4": "731751899352",
-    "ap-southeast-5": "851725293737",
-    "ca-west-1": "253897149516",
-    "eu-central-2": "861738308508",
-    "eu-south-1": "586180183710",
-    "eu-south-2": "620625777247",
-    "il-central-1": "288123944683",
-    "me-central-1": "553577323255",
-    "me-south-1": "509306038620",
-}
 BOTTLEROCKET_HOST_CONTAINERS: Final = ("bottlerocket-admin", "bottlerocket-control")
 # Interface endpoints the builder's subnet needs: the SSM agent (ssm, ssmmessages, ec2messages),
 # image pulls (ecr.api, ecr.dkr; layers from S3 through the gateway endpoint) and Bottlerocket's
@@ -591,13 +551,6 @@ class SnapshotBuilder(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig) -> None:
         super().__init__(scope, construct_id)
-        if config.region not in BOTTLEROCKET_ECR_ACCOUNTS:
-            raise ConfigError(
-                "nodeImage.buildSnapshot",
-                True,
-                "a Region with Bottlerocket host-container registries "
-                f"({', '.join(sorted(BOTTLEROCKET_ECR_ACCOUNTS))}), not {config.region}",
-            )
         stack = cdk.Stack.of(self)
         self.vpc = ec2.Vpc(
             self,

@@ -117,3 +117,25 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(
 def test_every_context_key_in_cdk_json_is_known() -> None:
     ours = {k for k in cdk_json_context() if not k.startswith("@")}
     assert ours <= set(context_keys())
+
+
+def test_what_charts_and_stacks_would_refuse_is_refused_with_every_other_error() -> None:
+    """An ALB with no target group, an ALB with no IPv4 client network and a snapshot builder in a
+    Region without Bottlerocket registries: refused by the config, beside the other bad values."""
+    context = {
+        **cdk_json_context(),
+        "region": "mx-central-1",
+        "availabilityZones": ["mx-central-1a", "mx-central-1b"],
+        "localZones": [],
+        "ingressWeights": {name: 0 for name in cdk_json_context()["accelerators"]},
+        "clientCidrs": ["2001:db8::/32"],
+        "nodeImage": {"family": "bottlerocket", "buildSnapshot": True},
+        "serving": {"maxBatch": 0},
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(context)
+    lines = caught.value.lines()
+    assert any(line.startswith("error: invalid config ingressWeights=") and "weight above 0" in line for line in lines)
+    assert "error: invalid config clientCidrs='2001:db8::/32': allowed at least one IPv4 CIDR for the ALB" in lines
+    assert any("nodeImage.buildSnapshot=True: allowed a Region with Bottlerocket" in line for line in lines)
+    assert any(line.startswith("error: invalid config serving.maxBatch=0") for line in lines)

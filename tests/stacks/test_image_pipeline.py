@@ -5,7 +5,6 @@ encrypted artifacts, retained logs, the S3 source trigger."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -481,16 +480,3 @@ def test_the_builder_instance_can_boot_bottlerocket_without_a_cluster(snapshot_t
         if a.startswith("ec2:")
     }
     assert ec2_actions == {"ec2:DescribeInstances"}  # answered through the builder's ec2 endpoint
-
-
-def test_a_region_without_bottlerocket_registries_is_one_clear_error(snapshot_config: AppConfig) -> None:
-    import aws_cdk as cdk
-
-    from plan.config import ConfigError
-    from stacks.image_pipeline import SnapshotBuilder
-
-    stack = cdk.Stack(cdk.App(), "Probe", env=cdk.Environment(account="123456789012", region="xx-nowhere-1"))
-    with pytest.raises(
-        ConfigError, match=r"nodeImage.buildSnapshot=True: allowed a Region with Bottlerocket .* not xx-nowhere-1"
-    ):
-        SnapshotBuilder(stack, "Builder", config=replace(snapshot_config, region="xx-nowhere-1"))
