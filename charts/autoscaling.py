@@ -1,29 +1,10 @@
 """KEDA: each serving Deployment scales on the pending-request metric its own pods publish.
 
-The trigger reads ``contract.METRIC_PENDING_REQUESTS`` in ``contract.METRIC_NAMESPACE`` with
-exactly the dimensions the runtime attaches (Placement, Accelerator, Location; see
-``runtime.server.metrics.Dimensions``), summed over all pods of the Deployment; KEDA divides that
-sum by the per-replica target. KEDA's operator authenticates with its own Pod Identity
-role (``podIdentity.provider: aws``), which may read CloudWatch metrics.
-
-Every ``serving`` knob acts on 1..N scaling (KEDA 2.20 ScaledObject spec,
-https://keda.sh/docs/2.20/reference/scaledobject-spec/):
-
-- ``kedaPollingIntervalSeconds`` is how often KEDA reads CloudWatch: the trigger sets
-  ``useCachedMetrics``, so the HPA's syncs (every 15 s) get the value of KEDA's last poll. Without
-  it every sync would read CloudWatch and ``pollingInterval`` would pace only scaling from 0, which
-  ``minReplicas`` >= 1 excludes.
-- ``kedaCooldownPeriodSeconds`` is how long demand must stay lower before pods are removed. KEDA's
-  own ``cooldownPeriod`` applies only to scaling to 0, which ``minReplicas`` >= 1 excludes, so the
-  knob is rendered as the HPA's ``behavior.scaleDown.stabilizationWindowSeconds`` only. Not as
-  ``cooldownPeriod`` as well: KEDA's admission webhook answers every apply of such a ScaledObject
-  with the warning "CooldownPeriod is configured but is not relevant" (v2.20.2
-  apis/keda/v1alpha1/scaledobject_webhook.go, verifyScaledObjects), and a manifest field that does
-  nothing reads as if it did. The key keeps its name rather than a new
-  ``scaleDownStabilizationSeconds`` beside it: one knob for one concept, and deployments that set it
-  get the behaviour they asked for.
-- The HPA's scale-up rules are written out (the Kubernetes defaults) so that what runs is in the
-  manifest, and scaling/model.py simulates the same rules (tests/scaling/test_model.py).
+The trigger reads ``contract.METRIC_PENDING_REQUESTS`` with exactly the dimensions the runtime
+attaches (``runtime.server.metrics.Dimensions``), summed over the Deployment's pods, which KEDA
+divides by the per-replica target; KEDA authenticates with its own Pod Identity role. Every
+``serving`` knob acts on 1..N scaling (minReplicas >= 1), which is why the cooldown is the HPA's
+scale-down window: docs/adr/0007-keda-cooldown-is-the-hpa-scale-down-window.md.
 """
 
 from __future__ import annotations
@@ -75,7 +56,7 @@ class AutoscalingSettings:
 def hpa_behavior(
     serving: ServingConfig, settings: AutoscalingSettings
 ) -> keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehavior:
-    """The HPA's behaviour: the scale-down window is ``serving.kedaCooldownPeriodSeconds``."""
+    """The HPA's behaviour: the scale-down window is ``serving.scaleDownWindowSeconds``."""
     return keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehavior(
         scale_up=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleUp(
             stabilization_window_seconds=settings.scale_up_stabilization_s,
@@ -88,7 +69,7 @@ def hpa_behavior(
             ],
         ),
         scale_down=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleDown(
-            stabilization_window_seconds=serving.keda_cooldown_period_s,
+            stabilization_window_seconds=serving.scale_down_window_s,
             select_policy=settings.select_policy,
             policies=[
                 keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfigBehaviorScaleDownPolicies(
@@ -103,7 +84,7 @@ def hpa_behavior(
 def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
     """The dimension values the runtime publishes for the pods of ``placement``.
 
-    They come from the environment the serving chart sets: ENV_DEPLOYMENT, the backend's
+    They come from the environment the serving chart sets: ENV_PLACEMENT, the backend's
     device (ENV_DEVICE) and ENV_LOCATION.
     """
     values = {

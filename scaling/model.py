@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 
 from plan import contract
 from plan.config import ServingConfig
+from plan.config.sections import MAX_STABILIZATION_WINDOW_S  # the HPA API's limit, one home
 
 PolicyKind = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
@@ -43,12 +44,11 @@ class HpaRules:
 KUBERNETES_SCALE_UP: Final = HpaRules(0, (HpaPolicy("Percent", 100, 15), HpaPolicy("Pods", 4, 15)), "Max")
 KUBERNETES_SCALE_DOWN: Final = HpaRules(300, (HpaPolicy("Percent", 100, 15),), "Max")
 # What charts/autoscaling.py renders: the same scale-up rules, written out; scale-down by up to
-# 100 % per 15 s once the window (serving.kedaCooldownPeriodSeconds) has passed.
+# 100 % per 15 s once the window (serving.scaleDownWindowSeconds) has passed.
 RENDERED_SCALE_UP: Final = KUBERNETES_SCALE_UP
 RENDERED_SCALE_DOWN_POLICIES: Final = KUBERNETES_SCALE_DOWN.policies
 HPA_SYNC_PERIOD_S: Final = 15  # kube-controller-manager --horizontal-pod-autoscaler-sync-period default
 HPA_TOLERANCE: Final = 0.1  # cluster-wide default tolerance
-MAX_STABILIZATION_WINDOW_S: Final = 3600  # autoscaling/v2 HPAScalingRules.stabilizationWindowSeconds limit
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ class Autoscaling:
     keda_poll_phase_s: float | None = None  # None: half the polling interval
     tolerance: float = HPA_TOLERANCE
     scale_up: HpaRules = RENDERED_SCALE_UP
-    # The window is serving.kedaCooldownPeriodSeconds: the chart renders it as the HPA's
+    # The window is serving.scaleDownWindowSeconds: the chart renders it as the HPA's
     # scaleDown.stabilizationWindowSeconds (KEDA's own cooldownPeriod acts only at 0 replicas).
-    scale_down: HpaRules = HpaRules(ServingConfig.keda_cooldown_period_s, RENDERED_SCALE_DOWN_POLICIES, "Max")
+    scale_down: HpaRules = HpaRules(ServingConfig.scale_down_window_s, RENDERED_SCALE_DOWN_POLICIES, "Max")
 
     @property
     def poll_phase_s(self) -> float:
@@ -174,7 +174,7 @@ def check(sim: Simulation) -> None:
         ("targetPendingPerReplica", a.target_pending_per_replica, a.target_pending_per_replica >= 1, ">= 1"),
         ("kedaPollingIntervalSeconds", a.keda_polling_interval_s, a.keda_polling_interval_s >= 1, ">= 1"),
         (
-            "kedaCooldownPeriodSeconds",
+            "scaleDownWindowSeconds",
             a.scale_down.stabilization_window_s,
             0 <= a.scale_down.stabilization_window_s <= MAX_STABILIZATION_WINDOW_S,
             f"0 to {MAX_STABILIZATION_WINDOW_S} (the HPA's scale-down stabilization window)",

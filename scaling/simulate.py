@@ -57,8 +57,8 @@ RECOMMENDED: Final = (
         "an interval to every reaction",
     ),
     Recommendation(
-        "kedaCooldownPeriodSeconds",
-        "keda_cooldown_period_s",
+        "scaleDownWindowSeconds",
+        "scale_down_window_s",
         300,
         "the HPA's scale-down stabilization window (the Kubernetes default): pods go after 300 s of lower demand; "
         "600 refuses less only when demand swings at some periods (a 60 min cosine, not 45 or 90) and costs up "
@@ -274,9 +274,10 @@ def parser() -> _Parser:
         help="useCachedMetrics (the chart sets it): the HPA reads KEDA's last poll; --no-cached-metrics: CloudWatch",
     )
     p.add_argument(
-        "--cooldown-s",
+        "--scale-down-window-s",
+        "--cooldown-s",  # its name before serving.kedaCooldownPeriodSeconds was renamed
         type=_number(int, zero=True),
-        help="kedaCooldownPeriodSeconds: the HPA's scaleDown.stabilizationWindowSeconds",
+        help="scaleDownWindowSeconds: the HPA's scaleDown.stabilizationWindowSeconds",
     )
     p.add_argument("--snapshot", action="store_true", help="Bottlerocket data volume snapshot holds the image")
     return p
@@ -308,8 +309,8 @@ def _configured(sim: Simulation, args: argparse.Namespace) -> Simulation:
         "use_cached_metrics": args.cached_metrics,
     }
     a = replace(a, **{k: v for k, v in changes.items() if v is not None})
-    if args.cooldown_s is not None:
-        a = replace(a, scale_down=replace(a.scale_down, stabilization_window_s=int(args.cooldown_s)))
+    if args.scale_down_window_s is not None:
+        a = replace(a, scale_down=replace(a.scale_down, stabilization_window_s=int(args.scale_down_window_s)))
     cold = replace(sim.cold_start, snapshot=True) if args.snapshot else sim.cold_start
     return replace(sim, autoscaling=a, cold_start=cold)
 
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sweep,
         ]
     if args.trace is None:
-        lines += ["", "Recommended serving defaults (plan/config.py ServingConfig):", ""]
+        lines += ["", "Recommended serving defaults (plan/config/sections.py ServingConfig):", ""]
         lines += [f"- `{r.key}` = {r.value}: {r.reason}" for r in RECOMMENDED]
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)

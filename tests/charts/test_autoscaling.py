@@ -12,13 +12,13 @@ from tests.charts.conftest import Rendered, render
 from tests.charts.validate import Tally
 from tests.conftest import cdk_json_context
 
-# Not the defaults (plan/config.py ServingConfig): each differs, so each must show in the manifest.
+# Not the defaults (plan/config/sections.py ServingConfig): each differs, so each must show in the manifest.
 CHANGED = {
     "minReplicas": 2,
     "maxReplicas": 9,
     "targetPendingPerReplica": 5,
     "kedaPollingIntervalSeconds": 45,
-    "kedaCooldownPeriodSeconds": 120,
+    "scaleDownWindowSeconds": 120,
 }
 # autoscaling/v2 HPAScalingRules limits, as the released KEDA CRD enforces them (its kustomize patch
 # adds min 0 / max 3600 to stabilizationWindowSeconds; third_party/keda/SOURCES.md) and as the
@@ -64,7 +64,7 @@ def test_the_defaults_render_the_settings_scale_up_and_the_config_window(rendere
         assert [(p["type"], p["value"], p["periodSeconds"]) for p in b["scaleDown"]["policies"]] == [
             (p.kind, p.value, p.period_s) for p in settings.scale_down_policies
         ]
-        assert b["scaleDown"]["stabilizationWindowSeconds"] == knobs.keda_cooldown_period_s
+        assert b["scaleDown"]["stabilizationWindowSeconds"] == knobs.scale_down_window_s
         assert scaled["spec"]["pollingInterval"] == knobs.keda_polling_interval_s
 
 

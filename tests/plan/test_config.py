@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from plan.config import AppConfig, ConfigError, LocalZoneConfig, context_keys, load_config
+from plan.config import AppConfig, ConfigError, LocalZoneConfig, config_warnings, context_keys, load_config
 from tests.conftest import cdk_json_context
 
 
@@ -96,6 +98,7 @@ def test_public_node_ports_need_the_explicit_opt_in() -> None:
         ({"serving": '{"height": 500}'}, "serving.height", 500),
         ({"serving": '{"minReplicas": 5, "maxReplicas": 2}'}, "serving.minReplicas", 5),
         ({"serving": '{"replicas": 2}'}, "serving.replicas", 2),
+        ({"serving": '{"scaleDownWindowSeconds": 3601}'}, "serving.scaleDownWindowSeconds", 3601),
         ({"serving": '{"kedaCooldownPeriodSeconds": 3601}'}, "serving.kedaCooldownPeriodSeconds", 3601),
         ({"ingressWeights": '{"tpu": 1}'}, "ingressWeights", "tpu"),
         ({"localZone": "us-west-2-lax-1a"}, "localZone", "us-west-2-lax-1a"),
@@ -139,3 +142,87 @@ def test_what_charts_and_stacks_would_refuse_is_refused_with_every_other_error()
     assert "error: invalid config clientCidrs='2001:db8::/32': allowed at least one IPv4 CIDR for the ALB" in lines
     assert any("nodeImage.buildSnapshot=True: allowed a Region with Bottlerocket" in line for line in lines)
     assert any(line.startswith("error: invalid config serving.maxBatch=0") for line in lines)
+
+
+def test_one_availability_zone_is_refused_in_one_line() -> None:
+    """EKS wants subnets in two AZs, and so does the ALB: a one-AZ VPC would fail at deploy."""
+    with pytest.raises(ConfigError) as err:
+        load(availabilityZones="us-west-2a")
+    assert err.value.lines() == [
+        "error: invalid config availabilityZones='us-west-2a': allowed two or more distinct AZs of us-west-2 "
+        "such as us-west-2a,us-west-2b (EKS and the ALB need two)"
+    ]
+    assert load(availabilityZones="us-west-2a,us-west-2b").availability_zones == ("us-west-2a", "us-west-2b")
+
+
+def test_the_scale_down_window_keeps_its_old_key_with_one_warning() -> None:
+    old = load(**{"serving.kedaCooldownPeriodSeconds": "600"})
+    assert old.serving.scale_down_window_s == 600
+    deprecated = [line for line in config_warnings(old) if "deprecated" in line]
+    assert deprecated == [
+        "warning: serving.kedaCooldownPeriodSeconds is deprecated: use serving.scaleDownWindowSeconds "
+        "(the HPA's scale-down window)"
+    ]
+    new = load(**{"serving.scaleDownWindowSeconds": "600"})
+    assert new.serving.scale_down_window_s == 600
+    assert not [line for line in config_warnings(new) if "deprecated" in line]
+    assert replace(old.serving, image_version="2.0.0").scale_down_window_s == 600  # variants keep it
+
+
+def test_setting_the_scale_down_window_under_both_names_is_an_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(serving='{"kedaCooldownPeriodSeconds": 600, "scaleDownWindowSeconds": 120}')
+    (error,) = err.value.errors
+    assert (error.key, error.value) == ("serving.kedaCooldownPeriodSeconds", 600)
+    assert "serving.scaleDownWindowSeconds alone" in error.allowed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        ({"serving.max_batch": "8"}, "serving.max_batch", "one of imageVersion, minReplicas"),  # keys, not fields
+        ({"serving.ui": "yes"}, "serving.ui", "true or false"),
+        ({"serving.maxBatch": True}, "serving.maxBatch", "an integer from 1 to 64"),
+        ({"serving.height": "100"}, "serving.height", "a multiple of 8 from 64 to 2048"),
+        ({"alarms.serverErrorPercent": "nan"}, "alarms.serverErrorPercent", "a number above 0 up to 100"),
+        ({"accelerators": "[nvidia"}, "accelerators", "a JSON list or comma-separated values"),
+        ({"ingressWeights": '{"nvidia": "x"}'}, "ingressWeights.nvidia", "an integer from 0 to 999"),
+        ({"serving": "5"}, "serving", "a JSON object"),
+    ],
+)
+def test_the_allowed_text_comes_from_the_field(overrides: dict[str, object], key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(**overrides)
+    (error,) = err.value.errors
+    assert error.key == key and error.allowed.startswith(allowed), error
+
+
+def test_eight_bad_values_are_eight_lines_in_the_order_of_the_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(
+            availabilityZones="us-west-2a",
+            clientCidrs="not-a-cidr",
+            accelerators="nvidia,tpu",
+            endpointAccess="open",
+            **{"serving.maxBatch": "0", "serving.height": "100", "serving.minReplicas": "9", "alarms.emails": "bad"},
+        )
+    assert [error.key for error in err.value.errors] == [
+        "availabilityZones",
+        "clientCidrs",
+        "endpointAccess",
+        "accelerators",
+        "serving.minReplicas",
+        "serving.maxBatch",
+        "serving.height",
+        "alarms.emails",
+    ]
+
+
+def test_a_rule_that_read_a_bad_value_is_not_reported() -> None:
+    """Rules over several values run on the defaults of bad ones: what they find then is not news."""
+    with pytest.raises(ConfigError) as err:
+        load(region="Oregon", availabilityZones="eu-west-1a")
+    assert [error.key for error in err.value.errors] == ["region"]
+    with pytest.raises(ConfigError) as err:
+        load(serving='{"minReplicas": 5, "maxReplicas": "x"}')
+    assert [error.key for error in err.value.errors] == ["serving.maxReplicas"]

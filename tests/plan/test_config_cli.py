@@ -29,6 +29,21 @@ CASES = [
     ("tls.certificateArn=arn:aws:acm:us-east-1:111111111111:certificate/x", "tls.certificateArn", "us-east-1"),
 ]
 THREE_BAD = ("-c", "vpcCidr=10.0.0.0/33", "-c", "localZones=us-west-2-lax-1a:h100", "-c", "auth.mode=open")
+# Bad values at every level: a value, a list item, an object's key, a rule of an object, a rule of the app.
+EIGHT_BAD = tuple(
+    arg
+    for pair in (
+        "availabilityZones=us-west-2a",
+        "serving.maxBatch=0",
+        "serving.height=100",
+        "clientCidrs=not-a-cidr",
+        "accelerators=nvidia,tpu",
+        "serving.minReplicas=9",
+        "alarms.emails=bad",
+        "endpointAccess=open",
+    )
+    for arg in ("-c", pair)
+)
 
 
 OPT_IN = ("-c", "clientCidrs=0.0.0.0/0", "-c", "allowPublicNodePorts=true", "-c", "accelerators=tpu")
@@ -45,7 +60,7 @@ class Run:
 def runs() -> dict[tuple[str, ...], Run]:
     """Every CLI run of this module, started at once: each is mostly interpreter start-up."""
     env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    argvs = [("-c", override) for override, _, _ in CASES] + [OPT_IN, THREE_BAD]
+    argvs = [("-c", override) for override, _, _ in CASES] + [OPT_IN, THREE_BAD, EIGHT_BAD]
     procs = {
         argv: subprocess.Popen(
             [sys.executable, "app.py", *argv],
@@ -94,4 +109,16 @@ def test_three_bad_values_are_three_lines_of_one_run(runs: dict[tuple[str, ...],
         key for key in ("vpcCidr=", "instanceFamilies=", "auth.mode=") for line in lines if key in line
     }
     assert "an IPv4 CIDR from /16 to /20" in result.stderr and "IPv6" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_eight_bad_values_are_eight_lines_of_one_run(runs: dict[tuple[str, ...], Run]) -> None:
+    result = runs[EIGHT_BAD]
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 8 and all(line.startswith("error: invalid config ") for line in lines), lines
+    for pair in EIGHT_BAD[1::2]:
+        key, _, value = pair.partition("=")
+        (line,) = [line for line in lines if line.startswith(f"error: invalid config {key}=")]
+        assert value.split(",")[-1] in line and ": allowed " in line, line
     assert "Traceback" not in result.stderr + result.stdout

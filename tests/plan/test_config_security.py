@@ -170,12 +170,12 @@ def test_a_local_zone_of_another_region_suggests_real_zones_or_says_there_are_no
         load(localZones="us-east-1-bos-1a")
     assert "us-west-2-lax-1a" in err.value.allowed and "us-west-2-den-1a" in err.value.allowed
     with pytest.raises(ConfigError) as errs:
-        load(region="eu-west-1", availabilityZones="eu-west-1a")
+        load(region="eu-west-1", availabilityZones="eu-west-1a,eu-west-1b")
     (zone_error,) = errs.value.errors
     assert zone_error.key == "localZones"
     assert "eu-west-1 has no Local Zones" in zone_error.allowed
     assert "eu-west-1-lax-1a" not in str(errs.value)
-    assert load(region="eu-west-1", availabilityZones="eu-west-1a", localZones="[]").region == "eu-west-1"
+    assert load(region="eu-west-1", availabilityZones="eu-west-1a,eu-west-1b", localZones="[]").region == "eu-west-1"
 
 
 def test_warnings_say_what_is_plain_http_and_unauthenticated() -> None:

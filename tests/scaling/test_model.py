@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -37,7 +36,7 @@ def test_autoscaling_defaults_are_the_serving_config_defaults() -> None:
         serving.target_pending_per_replica,
         serving.keda_polling_interval_s,
     )
-    assert a.scale_down.stabilization_window_s == serving.keda_cooldown_period_s
+    assert a.scale_down.stabilization_window_s == serving.scale_down_window_s
 
 
 def test_the_simulated_hpa_is_the_rendered_one(scaled_objects: list[dict[str, Any]]) -> None:
@@ -68,7 +67,7 @@ def test_the_metric_pipeline_is_the_rendered_trigger(scaled_objects: list[dict[s
 
 
 def test_pod_and_node_defaults_are_the_servers_and_karpenters() -> None:
-    server_queue = next(f for f in dataclasses.fields(Settings) if f.name == "queue_size").default
+    server_queue = Settings.model_fields["queue_size"].default
     assert PodModel().queue_size == server_queue
     after = DisruptionSettings().consolidate_after
     assert after.endswith("m")

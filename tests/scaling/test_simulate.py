@@ -78,9 +78,9 @@ def _row(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
     return capsys.readouterr().out.splitlines()[-1].split(" | ")
 
 
-def test_the_cooldown_sets_when_pods_go(capsys: pytest.CaptureFixture[str]) -> None:
-    # After a flash crowd pods go one cooldown after the demand fell: a shorter one saves node-hours.
-    short, long = (_row(capsys, ["--trace", "flash", "--cooldown-s", c]) for c in ("0", "3600"))
+def test_the_scale_down_window_sets_when_pods_go(capsys: pytest.CaptureFixture[str]) -> None:
+    # After a flash crowd pods go one window after the demand fell: a shorter one saves node-hours.
+    short, long = (_row(capsys, ["--trace", "flash", "--scale-down-window-s", c]) for c in ("0", "3600"))
     assert float(short[7]) < float(long[7])
 
 
@@ -100,10 +100,10 @@ def test_polling_paces_scale_out_only_with_cached_metrics(capsys: pytest.Capture
     [
         (["--target", "0"], "'0' is not allowed; allowed: a number > 0"),
         (["--trace", "sawtooth"], "invalid choice: 'sawtooth'"),
-        (["--cooldown-s", "-1"], "'-1' is not allowed; allowed: a number >= 0"),
+        (["--scale-down-window-s", "-1"], "'-1' is not allowed; allowed: a number >= 0"),
         (
-            ["--trace", "step", "--cooldown-s", "3601"],
-            "kedaCooldownPeriodSeconds: 3601 is not allowed; allowed: 0 to 3600",
+            ["--trace", "step", "--cooldown-s", "3601"],  # the old name of the option still works
+            "scaleDownWindowSeconds: 3601 is not allowed; allowed: 0 to 3600",
         ),
         (
             ["--min-replicas", "5", "--max-replicas", "2"],

@@ -1,0 +1,53 @@
+"""Allowed but weaker choices, and keys with a new name: one ``warning: ...`` line each.
+
+app.py prints them once per synth (and preflight once per run), so a config that works but
+serves plain HTTP, skips authentication or uses a deprecated key says so without failing.
+"""
+
+from __future__ import annotations
+
+from plan import contract
+from plan.accelerators import instance_families
+from plan.config.models import AppConfig
+from plan.config.rules import config_key
+from plan.config.sections import RENAMED
+
+
+def config_warnings(config: AppConfig) -> list[str]:
+    """One ``warning: ...`` line per weaker choice or renamed key of ``config``."""
+    warnings: list[str] = []
+    for old, (new, what) in RENAMED.items():
+        if getattr(config.serving, old) is not None:
+            warnings.append(f"warning: serving.{config_key(old)} is deprecated: use serving.{config_key(new)} ({what})")
+    if not config.tls.certificate_arn:
+        warnings.append(
+            "warning: no tls.certificateArn: the Region's ALB serves plain HTTP; "
+            f"set tls.certificateArn to an ACM certificate of {config.region} for HTTPS"
+        )
+    if config.local_zones and not config.tls.local_zone_secret:
+        zones = ", ".join(zone.name for zone in config.local_zones)
+        warnings.append(
+            f"warning: no tls.localZoneSecret: the Local Zone NodePorts ({zones}) serve plain HTTP; set "
+            "tls.localZoneSecret to a Secrets Manager secret holding "
+            f'{{"{contract.TLS_SECRET_CERTIFICATE_FIELD}": ..., "{contract.TLS_SECRET_PRIVATE_KEY_FIELD}": ...}} '
+            "for HTTPS"
+        )
+    if config.tls.local_zone_server_name and not config.tls.local_zone_secret:
+        warnings.append(
+            f"warning: tls.localZoneServerName={config.tls.local_zone_server_name} without tls.localZoneSecret: "
+            "no Local Zone endpoint serves TLS, so no device verifies that name"
+        )
+    usable = instance_families(config.accelerators, large=config.enable_large_nvidia_instances)
+    for zone in config.local_zones:
+        unused = [family for family in zone.instance_families if family not in usable]
+        if unused:
+            warnings.append(
+                f"warning: localZones[{zone.name}].instanceFamilies {', '.join(unused)}: no enabled accelerator "
+                f"({', '.join(config.accelerators)}) runs on them, so the zone gets no NodePool for them"
+            )
+    if config.auth.mode == "none":
+        warnings.append(
+            "warning: auth.mode=none: anyone who can reach the endpoints can generate images; "
+            "auth.mode=token requires a token from the inventory API"
+        )
+    return warnings
