@@ -6,17 +6,25 @@ with a one-line error (2 for bad arguments).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import Artifact, ArtifactError
 from runtime.artifacts.store import fetch_verified
-from runtime.settings import OneLineParser, SettingsError, error_exit
+from runtime.settings import SettingsError, error_exit
 
 PROG: Final = "python -m runtime.artifacts"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse (for its subcommands) whose errors are a SettingsError: one line, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(" ".join(message.split()))
 
 
 def build_parser() -> OneLineParser:

@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from plan import contract
 from runtime.bench.load import (
@@ -39,24 +40,13 @@ from runtime.bench.load import (
     start_server,
     wait_ready,
 )
-from runtime.server.settings import ATTENTION, DTYPES, IMAGE_SIZE, SCHEDULERS, Settings
+from runtime.server.settings import ATTENTION, DTYPES, SCHEDULERS, ImageSize, Settings
 from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
-from runtime.settings import (
-    BOOLEAN,
-    PATH,
-    TEXT,
-    ProgramSettings,
-    SettingsError,
-    error_exit,
-    integer,
-    integers,
-    number,
-    one_of,
-    setting,
-)
+from runtime.settings import ProgramSettings, SettingsError, error_exit, setting
+
+Count = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
 class BenchSettings(ProgramSettings):
     """What to drive, how hard, and with which request."""
 
@@ -64,40 +54,38 @@ class BenchSettings(ProgramSettings):
     DESCRIPTION: ClassVar[str] = "Benchmark the real server over HTTP: images/s and latency percentiles."
 
     url: str | None = setting(
-        TEXT, flag="--url", default=None, help="drive this running server instead of starting tiny-model servers"
+        flag="--url", default=None, help="drive this running server instead of starting tiny-model servers"
     )
-    model: str = setting(TEXT, flag="--model", default=TINY_MODEL_ID, help="model for the servers this script starts")
-    concurrency: tuple[int, ...] = setting(integers(1), flag="--concurrency", default=(1, 4, 8, 16))
-    requests: int = setting(integer(1), flag="--requests", default=96, help="requests per concurrency level")
-    steps: int = setting(integer(1), flag="--steps", default=4)
-    width: int = setting(IMAGE_SIZE, flag="--width", default=TINY_IMAGE_SIZE)
-    height: int = setting(IMAGE_SIZE, flag="--height", default=TINY_IMAGE_SIZE)
-    guidance_scale: float = setting(number(0), flag="--guidance-scale", default=7.5)
+    model: str = setting(flag="--model", default=TINY_MODEL_ID, help="model for the servers this script starts")
+    concurrency: tuple[Count, ...] = setting(flag="--concurrency", default=(1, 4, 8, 16), min_length=1)
+    requests: int = setting(flag="--requests", default=96, ge=1, help="requests per concurrency level")
+    steps: int = setting(flag="--steps", default=4, ge=1)
+    width: ImageSize = setting(flag="--width", default=TINY_IMAGE_SIZE)
+    height: ImageSize = setting(flag="--height", default=TINY_IMAGE_SIZE)
+    guidance_scale: float = setting(flag="--guidance-scale", default=7.5, ge=0)
     torch_threads: int | None = setting(
-        integer(0),
         flag="--torch-threads",
         default=None,
+        ge=0,
         help="CPU threads for the servers started here and the direct call (0: the server's auto choice); "
         "default 1 (64x64 tensors gain nothing from a second), 0 with --phases",
     )
     direct_calls: int = setting(
-        integer(1), flag="--direct-calls", default=30, help="direct pipeline calls for the baseline (tiny)"
+        flag="--direct-calls", default=30, ge=1, help="direct pipeline calls for the baseline (tiny)"
     )
-    log: Path = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--log", default=Path(tempfile.gettempdir()) / "edge-diffusion-bench-server.log"
+    log: Path = setting(flag="--log", default=Path(tempfile.gettempdir()) / "edge-diffusion-bench-server.log")
+    phases: bool = setting(flag="--phases", default=False, help="time each phase in process, then served")
+    device: str = setting(flag="--device", default="cpu", choices=contract.DEVICES, help="--phases: torch device")
+    dtype: str = setting(flag="--dtype", default="auto", choices=DTYPES, help="--phases: the server's dtype")
+    scheduler: str = setting(flag="--scheduler", default="dpmsolver++", choices=SCHEDULERS, help="--phases")
+    attention: str = setting(flag="--attention", default="sdpa", choices=ATTENTION, help="--phases")
+    torch_compile: bool = setting(flag="--torch-compile", default=False, help="--phases: cuda only")
+    batches: tuple[Count, ...] = setting(
+        flag="--batches", default=(1, 2, 4, 8), min_length=1, help="--phases: images per pipeline call"
     )
-    phases: bool = setting(BOOLEAN, flag="--phases", default=False, help="time each phase in process, then served")
-    device: str = setting(one_of(contract.DEVICES), flag="--device", default="cpu", help="--phases: torch device")
-    dtype: str = setting(one_of(DTYPES), flag="--dtype", default="auto", help="--phases: the server's dtype")
-    scheduler: str = setting(one_of(SCHEDULERS), flag="--scheduler", default="dpmsolver++", help="--phases")
-    attention: str = setting(one_of(ATTENTION), flag="--attention", default="sdpa", help="--phases")
-    torch_compile: bool = setting(BOOLEAN, flag="--torch-compile", default=False, help="--phases: cuda only")
-    batches: tuple[int, ...] = setting(
-        integers(1), flag="--batches", default=(1, 2, 4, 8), help="--phases: images per pipeline call"
-    )
-    calls: int = setting(integer(1), flag="--calls", default=2, help="--phases: timed calls per batch size")
+    calls: int = setting(flag="--calls", default=2, ge=1, help="--phases: timed calls per batch size")
     rounds: int = setting(
-        integer(1), flag="--rounds", default=2, help="--phases: batches per served level (requests = batch x rounds)"
+        flag="--rounds", default=2, ge=1, help="--phases: batches per served level (requests = batch x rounds)"
     )
 
     def check(self) -> None:

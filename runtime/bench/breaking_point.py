@@ -28,19 +28,7 @@ from typing import Any, ClassVar, Final
 
 from plan import contract, prices
 from runtime.bench.load import LevelResult
-from runtime.settings import (
-    PATH,
-    TEXT,
-    InvalidValueError,
-    ProgramSettings,
-    Rule,
-    SettingsError,
-    error_exit,
-    integer,
-    number,
-    refusal,
-    setting,
-)
+from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, error_exit, refusal, setting
 
 REQUEST_TIMEOUT_S: Final = 300.0
 READY_TIMEOUT_S: Final = 60.0
@@ -60,31 +48,17 @@ def _price_map(raw: str) -> dict[str, float]:
     return value
 
 
-PRICE_MAP: Final = Rule(
-    'a JSON object of USD per hour like {"g5.xlarge": 1.006} (the onDemandPrices config key)',
-    _price_map,
-    lambda value: (
-        isinstance(value, Mapping)
-        and all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in value.values())
-    ),
-)
+PRICES_ALLOWED: Final = 'a JSON object of USD per hour like {"g5.xlarge": 1.006} (the onDemandPrices config key)'
 
 
-def _instance_types(raw: str) -> tuple[str, ...]:
-    value = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not value:
-        raise InvalidValueError()
-    return value
+def _are_prices(value: Mapping[str, float]) -> bool:
+    return all(price >= 0 for price in value.values())
 
 
-INSTANCE_TYPES: Final = Rule(
-    "a comma-separated list of EC2 instance types such as g5.xlarge,g6.xlarge",
-    _instance_types,
-    lambda value: isinstance(value, tuple) and all(prices.INSTANCE_TYPE_PATTERN.match(v) for v in value),
-)
+def _are_instance_types(value: tuple[str, ...]) -> bool:
+    return all(prices.INSTANCE_TYPE_PATTERN.match(v) for v in value)
 
 
-@dataclass(frozen=True)
 class BreakingPointSettings(ProgramSettings):
     """The endpoint, the load steps, the SLO, and what the pods behind the URL cost."""
 
@@ -94,48 +68,48 @@ class BreakingPointSettings(ProgramSettings):
         "concurrency per pod, the KEDA target it implies and the cost per 1,000 images."
     )
 
-    url: str = setting(
-        TEXT, flag="--url", help="the endpoint, e.g. https://203.0.113.10:30443 or http://127.0.0.1:7860"
-    )
-    slo_p90_ms: float = setting(number(0, exclusive=True, unit="milliseconds"), flag="--slo-p90-ms")
-    max_clients: int = setting(integer(1, 1000), flag="--max-clients", default=25, help="last step of the load")
-    step_s: float = setting(number(0, exclusive=True, unit="seconds"), flag="--step-s", default=30.0)
+    url: str = setting(flag="--url", help="the endpoint, e.g. https://203.0.113.10:30443 or http://127.0.0.1:7860")
+    slo_p90_ms: float = setting(flag="--slo-p90-ms", gt=0, unit="milliseconds")
+    max_clients: int = setting(flag="--max-clients", default=25, ge=1, le=1000, help="last step of the load")
+    step_s: float = setting(flag="--step-s", default=30.0, gt=0, unit="seconds")
     max_error_rate: float = setting(
-        number(0, 1), flag="--max-error-rate", default=0.0, help="share of failed requests a step may have (0-1)"
+        flag="--max-error-rate", default=0.0, ge=0, le=1, help="share of failed requests a step may have (0-1)"
     )
-    pods: int = setting(integer(1), flag="--pods", default=1, help="ready serving pods behind the URL")
-    token: str | None = setting(TEXT, flag="--token", default=None, help="bearer token (Authorization header)")
-    token_file: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--token-file", default=None, help="file holding the bearer token"
-    )
-    ca_bundle: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--ca-bundle", default=None, help="PEM CA bundle to verify TLS with"
-    )
+    pods: int = setting(flag="--pods", default=1, ge=1, help="ready serving pods behind the URL")
+    token: str | None = setting(flag="--token", default=None, help="bearer token (Authorization header)")
+    token_file: Path | None = setting(flag="--token-file", default=None, help="file holding the bearer token")
+    ca_bundle: Path | None = setting(flag="--ca-bundle", default=None, help="PEM CA bundle to verify TLS with")
     server_name: str | None = setting(
-        TEXT,
         flag="--server-name",
         default=None,
         help="DNS name the certificate names, sent as SNI and verified (a Local Zone --url names a node IP)",
     )
-    steps: int = setting(integer(1), flag="--steps", default=25, help="denoising steps per image")
-    width: int = setting(integer(1), flag="--width", default=contract.DEFAULT_IMAGE_SIZE)
-    height: int = setting(integer(1), flag="--height", default=contract.DEFAULT_IMAGE_SIZE)
-    guidance_scale: float = setting(number(0), flag="--guidance-scale", default=7.5)
-    warmup_requests: int = setting(integer(0), flag="--warmup-requests", default=4)
+    steps: int = setting(flag="--steps", default=25, ge=1, help="denoising steps per image")
+    width: int = setting(flag="--width", default=contract.DEFAULT_IMAGE_SIZE, ge=1)
+    height: int = setting(flag="--height", default=contract.DEFAULT_IMAGE_SIZE, ge=1)
+    guidance_scale: float = setting(flag="--guidance-scale", default=7.5, ge=0)
+    warmup_requests: int = setting(flag="--warmup-requests", default=4, ge=0)
     instance_types: tuple[str, ...] = setting(
-        INSTANCE_TYPES, flag="--instance-type", default=(), help="instance types the pods run on, to price"
+        flag="--instance-type",
+        default=(),
+        check=_are_instance_types,
+        allowed="a comma-separated list of EC2 instance types such as g5.xlarge,g6.xlarge",
+        help="instance types the pods run on, to price",
     )
-    pods_per_instance: int = setting(integer(1), flag="--pods-per-instance", default=1)
-    region: str = setting(TEXT, flag="--region", default=prices.REFERENCE_REGION, help="Region whose prices to use")
+    pods_per_instance: int = setting(flag="--pods-per-instance", default=1, ge=1)
+    region: str = setting(flag="--region", default=prices.REFERENCE_REGION, help="Region whose prices to use")
     on_demand_prices: Mapping[str, float] = setting(
-        PRICE_MAP, flag="--on-demand-prices", default_factory=dict, help="overrides of the dated price table"
+        flag="--on-demand-prices",
+        default_factory=dict,
+        parse=_price_map,
+        check=_are_prices,
+        allowed=PRICES_ALLOWED,
+        help="overrides of the dated price table",
     )
     price_per_hour: float | None = setting(
-        number(0, unit="USD"), flag="--price-per-hour", default=None, help="price of the one --instance-type"
+        flag="--price-per-hour", default=None, ge=0, unit="USD", help="price of the one --instance-type"
     )
-    json_out: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--json", default=None, help="also write the result as JSON here"
-    )
+    json_out: Path | None = setting(flag="--json", default=None, help="also write the result as JSON here")
 
     def check(self) -> None:
         scheme = urllib.parse.urlparse(self.url).scheme

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Final
 
 from plan import contract
 from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
-from runtime.settings import PATH, TEXT, ProgramSettings, SettingsError, error_exit, integer, number, setting
+from runtime.settings import ProgramSettings, SettingsError, error_exit, setting
 
 
 @dataclass
@@ -341,24 +341,21 @@ def compare_served(
     return results
 
 
-@dataclass(frozen=True)
 class CompareSettings(ProgramSettings):
     """How long to compare, and with which request (the tiny model's defaults)."""
 
     PROG: ClassVar[str] = "python -m runtime.bench.load"
     DESCRIPTION: ClassVar[str] = "Served images/s and latency against the same pipeline called in process."
 
-    model: str = setting(TEXT, flag="--model", default=TINY_MODEL_ID)
-    rounds: int = setting(integer(1), flag="--rounds", default=6)
-    concurrency: int = setting(integer(1), flag="--concurrency", default=8, help="clients, and the in-process batch")
-    seconds: float = setting(number(0, exclusive=True), flag="--seconds", default=2.0, help="per figure per round")
-    steps: int = setting(integer(1), flag="--steps", default=4)
-    width: int = setting(integer(1), flag="--width", default=TINY_IMAGE_SIZE)
-    height: int = setting(integer(1), flag="--height", default=TINY_IMAGE_SIZE)
-    torch_threads: int = setting(integer(0), flag="--torch-threads", default=0, help="0: the server's auto choice")
-    log: Path = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--log", default=Path(tempfile.gettempdir()) / "edge-diffusion-compare-server.log"
-    )
+    model: str = setting(flag="--model", default=TINY_MODEL_ID)
+    rounds: int = setting(flag="--rounds", default=6, ge=1)
+    concurrency: int = setting(flag="--concurrency", default=8, ge=1, help="clients, and the in-process batch")
+    seconds: float = setting(flag="--seconds", default=2.0, gt=0, help="per figure per round")
+    steps: int = setting(flag="--steps", default=4, ge=1)
+    width: int = setting(flag="--width", default=TINY_IMAGE_SIZE, ge=1)
+    height: int = setting(flag="--height", default=TINY_IMAGE_SIZE, ge=1)
+    torch_threads: int = setting(flag="--torch-threads", default=0, ge=0, help="0: the server's auto choice")
+    log: Path = setting(flag="--log", default=Path(tempfile.gettempdir()) / "edge-diffusion-compare-server.log")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

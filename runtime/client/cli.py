@@ -6,28 +6,15 @@ the timings; exit 1 with one line when no image could be made, 2 for bad flags.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from runtime.client.client import DEFAULT_DEADLINE_S, ClientError, EdgeDiffusionClient, GenerationResult, ImageRequest
-from runtime.settings import (
-    PATH,
-    TEXT,
-    InvalidValueError,
-    ProgramSettings,
-    Rule,
-    SettingsError,
-    error_exit,
-    integer,
-    number,
-    setting,
-)
+from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, error_exit, setting
 
 # The client's own environment (devices and app backends, not pods).
 ENV_TOKEN: Final = "EDGE_DIFFUSION_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -36,96 +23,65 @@ ENV_CA_BUNDLE: Final = "EDGE_DIFFUSION_CA_BUNDLE"
 _URL: Final = re.compile(r"^https?://[^\s/?#]+(/[^\s]*)?$")
 
 
-def _urls(raw: str) -> tuple[str, ...]:
-    urls = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
+def _are_urls(urls: tuple[str, ...]) -> bool:
     for url in urls:
         if not _URL.match(url):
             raise InvalidValueError(f"{url!r} is not an http(s)://host[:port] URL")
-    return urls
+    return True
 
 
-URLS: Final = Rule(
-    "http(s)://host[:port] URLs",
-    _urls,
-    lambda value: isinstance(value, tuple) and all(isinstance(v, str) and _URL.match(v) for v in value),
-)
-
-
-class _Repeated(argparse.Action):
-    """``--fallback-url`` may be given many times: kept as one raw string for its rule (URLS)."""
-
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
-        given = getattr(namespace, self.dest, None)
-        joined = f"{given[1]} {values}" if given else str(values)
-        setattr(namespace, self.dest, (option_string or self.dest, joined))
-
-
-@dataclass(frozen=True)
 class GenerateCommand(ProgramSettings):
     """The command line: what to generate, where the inventory is, which endpoints qualify."""
 
     PROG: ClassVar[str] = "python -m runtime.client"
     DESCRIPTION: ClassVar[str] = "Generate an image on the nearest healthy Edge Diffusion endpoint."
 
-    prompt: str = setting(TEXT, flag="prompt")
-    output: Path = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--output", aliases=("-o",), default=Path("out.png"), help="PNG path (more images: out-2.png, ...)"
+    prompt: str = setting(flag="prompt")
+    output: Path = setting(
+        flag="--output", aliases=("-o",), default=Path("out.png"), help="PNG path (more images: out-2.png, ...)"
     )
     inventory_url: str | None = setting(
-        TEXT, flag="--inventory-url", default=None, help="the InventoryStack's InventoryUrl output (SigV4, IAM auth)"
+        flag="--inventory-url", default=None, help="the InventoryStack's InventoryUrl output (SigV4, IAM auth)"
     )
-    endpoints_file: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--endpoints-file", default=None, help="inventory JSON on disk (tests, demos)"
+    endpoints_file: Path | None = setting(
+        flag="--endpoints-file", default=None, help="inventory JSON on disk (tests, demos)"
     )
-    # Added by arg_parser below (repeatable), and read from its variable.
-    fallback_urls: tuple[str, ...] = setting(URLS, env=ENV_FALLBACK_URLS, default=())
+    fallback_urls: tuple[str, ...] = setting(
+        env=ENV_FALLBACK_URLS,
+        flag="--fallback-url",
+        repeatable=True,
+        metavar="URL",
+        default=(),
+        check=_are_urls,
+        allowed="http(s)://host[:port] URLs",
+        help="an endpoint to try last, with or without an inventory (the variable: space-separated)",
+    )
     token: str | None = setting(
-        TEXT,
         flag="--token",
         env=ENV_TOKEN,
         default=None,
         help="bearer token to send instead of fetching one (prefer the variable: flags show in ps)",
     )
-    ca_bundle: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--ca-bundle", env=ENV_CA_BUNDLE, default=None, help="PEM file of a private CA to trust too"
+    ca_bundle: Path | None = setting(
+        flag="--ca-bundle", env=ENV_CA_BUNDLE, default=None, help="PEM file of a private CA to trust too"
     )
     deadline: float = setting(
-        number(0, exclusive=True, unit="seconds"),
-        flag="--deadline",
-        default=DEFAULT_DEADLINE_S,
-        help="total seconds, failovers included",
+        flag="--deadline", default=DEFAULT_DEADLINE_S, gt=0, unit="seconds", help="total seconds, failovers included"
     )
-    region: str | None = setting(
-        TEXT, flag="--region", default=None, help="Region of the inventory API (default: its URL's)"
-    )
-    model: str | None = setting(TEXT, flag="--model", default=None, help="only endpoints serving this model id")
-    location: str | None = setting(
-        TEXT, flag="--location", default=None, help="only endpoints in this Region or Local Zone"
-    )
+    region: str | None = setting(flag="--region", default=None, help="Region of the inventory API (default: its URL's)")
+    model: str | None = setting(flag="--model", default=None, help="only endpoints serving this model id")
+    location: str | None = setting(flag="--location", default=None, help="only endpoints in this Region or Local Zone")
     accelerator: str | None = setting(
-        TEXT, flag="--accelerator", default=None, help="only endpoints on this accelerator (nvidia, neuron, cpu)"
+        flag="--accelerator", default=None, help="only endpoints on this accelerator (nvidia, neuron, cpu)"
     )
-    negative_prompt: str | None = setting(TEXT, flag="--negative-prompt", default=None)
+    negative_prompt: str | None = setting(flag="--negative-prompt", default=None)
     # The server checks the image parameters (its 422 names the field and the allowed values).
-    steps: int | None = setting(integer(), flag="--steps", default=None)
-    guidance_scale: float | None = setting(number(), flag="--guidance-scale", default=None)
-    width: int | None = setting(integer(), flag="--width", default=None)
-    height: int | None = setting(integer(), flag="--height", default=None)
-    seed: int | None = setting(integer(), flag="--seed", default=None)
-    num_images: int = setting(integer(), flag="--num-images", default=1)
-
-    @classmethod
-    def arg_parser(cls) -> Any:
-        parser = super().arg_parser()
-        parser.add_argument(
-            "--fallback-url",
-            dest="fallback_urls",
-            action=_Repeated,
-            metavar="URL",
-            help="an endpoint to try last, with or without an inventory (repeatable) "
-            f"(env {ENV_FALLBACK_URLS}, space-separated)",
-        )
-        return parser
+    steps: int | None = setting(flag="--steps", default=None)
+    guidance_scale: float | None = setting(flag="--guidance-scale", default=None)
+    width: int | None = setting(flag="--width", default=None)
+    height: int | None = setting(flag="--height", default=None)
+    seed: int | None = setting(flag="--seed", default=None)
+    num_images: int = setting(flag="--num-images", default=1)
 
     def check(self) -> None:
         if self.inventory_url is not None and self.endpoints_file is not None:

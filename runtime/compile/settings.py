@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final
 
@@ -17,17 +16,8 @@ from runtime.artifacts.manifest import (
 )
 from runtime.artifacts.s3 import is_s3, s3_uri_problem
 from runtime.server.models import BUILT_IN_MODELS, built_in
-from runtime.settings import (
-    BOOLEAN,
-    PATH,
-    InvalidValueError,
-    ProgramSettings,
-    Rule,
-    SettingsError,
-    integer,
-    one_of,
-    setting,
-)
+from runtime.server.settings import ImageSize
+from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, setting
 
 # What a device serves at unless told otherwise: neuron casts matmuls to bf16, cpu has no fast fp16.
 DEVICE_DTYPES: Final = {"cuda": "float16", "cpu": "float32", "neuron": "bfloat16"}
@@ -35,30 +25,16 @@ DTYPE_ALIASES: Final = {"fp16": "float16", "half": "float16", "bf16": "bfloat16"
 OUT_ALLOWED: Final = "s3://bucket[/prefix] or a local directory"
 
 
-def _out_problem(value: object) -> str | None:
-    """Why ``value`` is not an S3 base or a local directory ("" when no more can be said), or None."""
-    if not isinstance(value, str) or not value:
-        return ""
+def _is_out(value: str) -> bool:
+    """An S3 base or a local directory; an S3 URI that is not one says why (InvalidValueError)."""
     if is_s3(value):
-        return s3_uri_problem(value)
-    return "" if "://" in value else None
+        problem = s3_uri_problem(value)
+        if problem is not None:
+            raise InvalidValueError(problem)
+        return True
+    return "://" not in value
 
 
-def _out(raw: str) -> str:
-    problem = _out_problem(raw)
-    if problem is not None:
-        raise InvalidValueError(problem)
-    return raw
-
-
-MODEL_ID: Final = Rule(MODEL_ID_ALLOWED, str.strip, is_model_id)
-REVISION: Final = Rule(REVISION_ALLOWED, str.strip, is_revision)
-OUT: Final = Rule(OUT_ALLOWED, _out, lambda value: _out_problem(value) is None)
-IMAGE_VERSION: Final = Rule("an image version: " + REVISION_ALLOWED, str.strip, is_revision)
-IMAGE_SIZE: Final = integer(*contract.IMAGE_SIZE_BOUNDS, multiple=contract.IMAGE_SIZE_MULTIPLE)
-
-
-@dataclass(frozen=True)
 class CompileConfig(ProgramSettings):
     """Everything one compile run needs, validated."""
 
@@ -66,51 +42,62 @@ class CompileConfig(ProgramSettings):
     DESCRIPTION: ClassVar[str] = "Build a model artifact for one device and publish it with its manifest."
 
     model_id: str = setting(
-        MODEL_ID, env=contract.ENV_MODEL_ID, flag="--model", help=f"a Hub id or built in: {', '.join(BUILT_IN_MODELS)}"
+        env=contract.ENV_MODEL_ID,
+        flag="--model",
+        check=is_model_id,
+        allowed=MODEL_ID_ALLOWED,
+        help=f"a Hub id or built in: {', '.join(BUILT_IN_MODELS)}",
     )
     device: str = setting(
-        one_of(contract.DEVICES),
         env=contract.ENV_DEVICE,
         flag="--device",
         aliases=("--accelerator",),  # the former spelling, still passed by the compile jobs (charts)
+        choices=contract.DEVICES,
         help="the torch device the artifact is for",
     )
-    out: str = setting(OUT, env=contract.ENV_COMPILE_OUT, flag="--out", help=OUT_ALLOWED)
+    out: str = setting(env=contract.ENV_COMPILE_OUT, flag="--out", check=_is_out, allowed=OUT_ALLOWED)
     revision: str = setting(
-        REVISION, env=contract.ENV_MODEL_REVISION, flag="--revision", default=contract.DEFAULT_MODEL_REVISION
+        env=contract.ENV_MODEL_REVISION,
+        flag="--revision",
+        default=contract.DEFAULT_MODEL_REVISION,
+        check=is_revision,
+        allowed=REVISION_ALLOWED,
     )
-    height: int | None = setting(
-        IMAGE_SIZE, env=contract.ENV_COMPILE_HEIGHT, flag="--height", default=None, help="default: the model's"
+    height: ImageSize | None = setting(
+        env=contract.ENV_COMPILE_HEIGHT, flag="--height", default=None, help="default: the model's"
     )
-    width: int | None = setting(
-        IMAGE_SIZE, env=contract.ENV_COMPILE_WIDTH, flag="--width", default=None, help="default: the model's"
+    width: ImageSize | None = setting(
+        env=contract.ENV_COMPILE_WIDTH, flag="--width", default=None, help="default: the model's"
     )
     batch_size: int = setting(
-        integer(1, contract.MAX_BATCH_LIMIT),
         env=contract.ENV_COMPILE_BATCH_SIZE,
         flag="--batch-size",
         default=contract.DEFAULT_MAX_BATCH,
+        ge=1,
+        le=contract.MAX_BATCH_LIMIT,
         help="prompts per device call; static for neuron",
     )
     dtype: str | None = setting(
-        one_of(DTYPES, DTYPE_ALIASES),
         env=contract.ENV_COMPILE_DTYPE,
         flag="--dtype",
         default=None,
+        choices=DTYPES,
+        synonyms=DTYPE_ALIASES,
         help=f"serving dtype; default per device {DEVICE_DTYPES}",
     )
     inductor_cache: bool = setting(
-        BOOLEAN, flag="--inductor-cache", default=False, help="cuda only: warm and ship a TorchInductor cache (GPU)"
+        flag="--inductor-cache", default=False, help="cuda only: warm and ship a TorchInductor cache (GPU)"
     )
     image_version: str | None = setting(
-        IMAGE_VERSION,
         env=contract.ENV_COMPILE_IMAGE_VERSION,
         flag="--image-version",
         default=None,
+        check=is_revision,
+        allowed="an image version: " + REVISION_ALLOWED,
         help="serving.imageVersion of this runtime image, recorded in the manifest for the serving image build",
     )
-    work_dir: Path | None = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
-        PATH, flag="--work-dir", default=None, help="where to stage the artifact (default: the temp dir)"
+    work_dir: Path | None = setting(
+        flag="--work-dir", default=None, help="where to stage the artifact (default: the temp dir)"
     )
 
     def check(self) -> None:

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Final
+
+from pydantic import Field
 
 from plan import contract
-from runtime.settings import BOOLEAN, TEXT, ProgramSettings, integer, number, one_of, refusal, setting
+from runtime.settings import ProgramSettings, refusal, setting
 
 DTYPES: Final = ("auto", "float16", "bfloat16", "float32")
 ATTENTION: Final = ("sdpa", "eager")
 SCHEDULERS: Final = ("dpmsolver++", "model")
-IMAGE_SIZE: Final = integer(*contract.IMAGE_SIZE_BOUNDS, multiple=contract.IMAGE_SIZE_MULTIPLE)
+# An image height or width: what the server serves, the compile job builds and the benchmark asks for.
+ImageSize = Annotated[
+    int,
+    Field(ge=contract.IMAGE_SIZE_BOUNDS[0], le=contract.IMAGE_SIZE_BOUNDS[1], multiple_of=contract.IMAGE_SIZE_MULTIPLE),
+]
 METRICS_SINKS: Final = ("emf", "cloudwatch", "none")
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 _SECONDS: Final = "seconds"
@@ -40,7 +46,6 @@ class Limits:
     max_seed: int = 2**32 - 1
 
 
-@dataclass(frozen=True)
 class Settings(ProgramSettings):
     """Every server knob."""
 
@@ -48,133 +53,132 @@ class Settings(ProgramSettings):
     DESCRIPTION: ClassVar[str] = "Edge Diffusion inference server (REST API, Gradio UI, Prometheus metrics)."
 
     model_id: str = setting(
-        TEXT, env=contract.ENV_MODEL_ID, flag="--model", default=contract.DEFAULT_MODEL_ID, help="model id, or 'tiny'"
+        env=contract.ENV_MODEL_ID, flag="--model", default=contract.DEFAULT_MODEL_ID, help="model id, or 'tiny'"
     )
     model_revision: str = setting(
-        TEXT, env=contract.ENV_MODEL_REVISION, flag="--model-revision", default=contract.DEFAULT_MODEL_REVISION
+        env=contract.ENV_MODEL_REVISION, flag="--model-revision", default=contract.DEFAULT_MODEL_REVISION
     )
     # A directory baked into the image or s3://bucket/prefix from the compile job; unset with
     # model "tiny" builds the tiny model, unset otherwise loads the id from the HF cache/Hub.
     model_source: str | None = setting(
-        TEXT, env=contract.ENV_MODEL_SOURCE, flag="--model-source", default=None, help="dir or s3:// prefix"
+        env=contract.ENV_MODEL_SOURCE, flag="--model-source", default=None, help="dir or s3:// prefix"
     )
     model_cache_dir: str = setting(
-        TEXT,
         env=contract.ENV_MODEL_CACHE_DIR,
         flag="--model-cache-dir",
         default=os.path.join(tempfile.gettempdir(), "edge-diffusion-models"),
     )
     device: str | None = setting(
-        one_of(contract.DEVICES),
         env=contract.ENV_DEVICE,
         flag="--device",
         aliases=("--accelerator",),  # the former spelling: existing command lines keep working
         default=None,
+        choices=contract.DEVICES,
         help="torch device; unset: detect",
     )
-    dtype: str = setting(one_of(DTYPES), env=contract.ENV_DTYPE, flag="--dtype", default="auto")
+    dtype: str = setting(env=contract.ENV_DTYPE, flag="--dtype", default="auto", choices=DTYPES)
     # Fast paths (runtime.server.backends.optimise applies them; docs/benchmarks.md has the figures).
     # torch.compile of the UNet and the VAE decoder on cuda: SDXL on an A100 went from 3.31 to 2.54 s
     # (PyTorch blog "Accelerating Generative AI Part III"), paid for by minutes of compilation at
     # start-up, hence off unless the compile job shipped an Inductor cache.
-    torch_compile: bool = setting(BOOLEAN, env=contract.ENV_TORCH_COMPILE, flag="--torch-compile", default=False)
+    torch_compile: bool = setting(env=contract.ENV_TORCH_COMPILE, flag="--torch-compile", default=False)
     # sdpa: torch's fused scaled_dot_product_attention (diffusers' AttnProcessor2_0, its default on
     # torch 2); eager: the unfused matmul-softmax-matmul, kept to measure against (7.36 -> 3.31 s
     # with bf16 in the same blog post).
-    attention: str = setting(one_of(ATTENTION), env=contract.ENV_ATTENTION, flag="--attention", default="sdpa")
+    attention: str = setting(env=contract.ENV_ATTENTION, flag="--attention", default="sdpa", choices=ATTENTION)
     # cuda only: NHWC convolutions feed tensor cores without layout transposes (the same post runs
     # the compiled UNet and VAE in channels-last); on CPU the default layout is kept (not measured).
-    channels_last: bool = setting(BOOLEAN, env=contract.ENV_CHANNELS_LAST, flag="--channels-last", default=True)
+    channels_last: bool = setting(env=contract.ENV_CHANNELS_LAST, flag="--channels-last", default=True)
     # dpmsolver++: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"), 20 steps by default
     # (DPM-Solver++, Lu et al. 2022: high-quality guided samples in 15-20 steps; diffusers' docs: 20
     # steps); model: the checkpoint's own scheduler (PNDM, DDIM) at diffusers' default 50 steps.
-    scheduler: str = setting(one_of(SCHEDULERS), env=contract.ENV_SCHEDULER, flag="--scheduler", default="dpmsolver++")
+    scheduler: str = setting(env=contract.ENV_SCHEDULER, flag="--scheduler", default="dpmsolver++", choices=SCHEDULERS)
     # The size a request without one gets, and what the warm-up runs at; the charts set the config's.
     # A Neuron pod refuses an artifact compiled for another size (or another batch than max_batch).
-    height: int | None = setting(
-        IMAGE_SIZE, env=contract.ENV_HEIGHT, flag="--height", default=None, help="unset: the model's native size"
+    height: ImageSize | None = setting(
+        env=contract.ENV_HEIGHT, flag="--height", default=None, help="unset: the model's native size"
     )
-    width: int | None = setting(
-        IMAGE_SIZE, env=contract.ENV_WIDTH, flag="--width", default=None, help="unset: the model's native size"
+    width: ImageSize | None = setting(
+        env=contract.ENV_WIDTH, flag="--width", default=None, help="unset: the model's native size"
     )
     # More intra-op threads than the CPUs the pod may use makes OpenMP spin against CFS throttling
     # (a 40 ms step becomes seconds); 0 sizes the pool from the cgroup quota.
-    torch_threads: int = setting(integer(0), env=contract.ENV_TORCH_THREADS, flag="--torch-threads", default=0)
-    host: str = setting(TEXT, env=contract.ENV_HOST, flag="--host", default="0.0.0.0")  # noqa: S104 - pods
-    port: int = setting(integer(1, 65535), env=contract.ENV_PORT, flag="--port", default=contract.PORT)
+    torch_threads: int = setting(env=contract.ENV_TORCH_THREADS, flag="--torch-threads", default=0, ge=0)
+    host: str = setting(env=contract.ENV_HOST, flag="--host", default="0.0.0.0")  # noqa: S104 - pods
+    port: int = setting(env=contract.ENV_PORT, flag="--port", default=contract.PORT, ge=1, le=65535)
     max_batch: int = setting(
-        integer(1, contract.MAX_BATCH_LIMIT),
         env=contract.ENV_MAX_BATCH,
         flag="--max-batch",
         default=contract.DEFAULT_MAX_BATCH,
+        ge=1,
+        le=contract.MAX_BATCH_LIMIT,
     )
     # Upper bound on how long the oldest request waits for the requests the batcher expects
     # (as many as in its last batch); a lone client never waits. See runtime.server.batcher.
     max_wait_ms: float = setting(
-        number(0, contract.MAX_WAIT_MS_LIMIT),
         env=contract.ENV_MAX_WAIT_MS,
         flag="--max-wait-ms",
         default=float(contract.DEFAULT_MAX_WAIT_MS),
+        ge=0,
+        le=contract.MAX_WAIT_MS_LIMIT,
     )
-    queue_size: int = setting(integer(1), env=contract.ENV_QUEUE_SIZE, flag="--queue-size", default=64)
+    queue_size: int = setting(env=contract.ENV_QUEUE_SIZE, flag="--queue-size", default=64, ge=1)
     request_timeout_s: float = setting(
-        number(0, exclusive=True, unit=_SECONDS),
-        env=contract.ENV_REQUEST_TIMEOUT_S,
-        flag="--request-timeout-s",
-        default=120.0,
+        env=contract.ENV_REQUEST_TIMEOUT_S, flag="--request-timeout-s", default=120.0, gt=0, unit=_SECONDS
     )
     drain_timeout_s: float = setting(
-        number(0, unit=_SECONDS), env=contract.ENV_DRAIN_TIMEOUT_S, flag="--drain-timeout-s", default=300.0
+        env=contract.ENV_DRAIN_TIMEOUT_S, flag="--drain-timeout-s", default=300.0, ge=0, unit=_SECONDS
     )
     # none unless set: a workstation run prints no EMF blobs; the charts set the sink on every pod.
     metrics_sink: str = setting(
-        one_of(METRICS_SINKS), env=contract.ENV_METRICS_SINK, flag="--metrics-sink", default="none"
+        env=contract.ENV_METRICS_SINK, flag="--metrics-sink", default="none", choices=METRICS_SINKS
     )
     metrics_interval_s: float = setting(
-        number(0, exclusive=True, unit=_SECONDS),
         env=contract.ENV_METRICS_INTERVAL_S,
         flag="--metrics-interval-s",
         default=float(contract.METRIC_PUBLISH_INTERVAL_S),
+        gt=0,
+        unit=_SECONDS,
     )
-    placement: str = setting(TEXT, env=contract.ENV_PLACEMENT, flag="--placement", default="edge-diffusion-local")
+    placement: str = setting(env=contract.ENV_PLACEMENT, flag="--placement", default="edge-diffusion-local")
     location: str | None = setting(
-        TEXT, env=contract.ENV_LOCATION, flag="--location", default=None, help="metric location; unset: the Region"
+        env=contract.ENV_LOCATION, flag="--location", default=None, help="metric location; unset: the Region"
     )
-    aws_region: str | None = setting(TEXT, env=contract.ENV_AWS_REGION, default=None)
-    log_level: str = setting(one_of(LOG_LEVELS), env=contract.ENV_LOG_LEVEL, flag="--log-level", default="info")
+    aws_region: str | None = setting(env=contract.ENV_AWS_REGION, default=None)
+    log_level: str = setting(env=contract.ENV_LOG_LEVEL, flag="--log-level", default="info", choices=LOG_LEVELS)
     # Off unless asked for: pods serve the API only; `make serve` turns the UI on.
-    ui: bool = setting(BOOLEAN, env=contract.ENV_UI, flag="--ui", default=False, help="mount the Gradio UI")
+    ui: bool = setting(env=contract.ENV_UI, flag="--ui", default=False, help="mount the Gradio UI")
     # Device-facing security (runtime.server.tls, runtime.server.auth): HTTPS from files or one
     # Secrets Manager secret; bearer tokens (RS256) on every inference route unless auth is none.
     tls_cert_file: str | None = setting(
-        TEXT, env=contract.ENV_TLS_CERT_FILE, flag="--tls-cert-file", default=None, help="PEM chain: serve HTTPS"
+        env=contract.ENV_TLS_CERT_FILE, flag="--tls-cert-file", default=None, help="PEM chain: serve HTTPS"
     )
     tls_key_file: str | None = setting(
-        TEXT, env=contract.ENV_TLS_KEY_FILE, flag="--tls-key-file", default=None, help="PEM private key"
+        env=contract.ENV_TLS_KEY_FILE, flag="--tls-key-file", default=None, help="PEM private key"
     )
     tls_secret_id: str | None = setting(
-        TEXT, env=contract.ENV_TLS_SECRET_ID, flag="--tls-secret-id", default=None, help="Secrets Manager cert+key"
+        env=contract.ENV_TLS_SECRET_ID, flag="--tls-secret-id", default=None, help="Secrets Manager cert+key"
     )
     auth: str = setting(
-        one_of(contract.AUTH_MODES),
         env=contract.ENV_AUTH,
         flag="--auth",
         default="token",
+        choices=contract.AUTH_MODES,
         help="token (bearer JWTs) or none",
     )
     token_issuer: str | None = setting(
-        TEXT, env=contract.ENV_TOKEN_ISSUER, flag="--token-issuer", default=None, help="unset: from --placement"
+        env=contract.ENV_TOKEN_ISSUER, flag="--token-issuer", default=None, help="unset: from --placement"
     )
     token_audience: str = setting(
-        TEXT, env=contract.ENV_TOKEN_AUDIENCE, flag="--token-audience", default=contract.TOKEN_AUDIENCE
+        env=contract.ENV_TOKEN_AUDIENCE, flag="--token-audience", default=contract.TOKEN_AUDIENCE
     )
     token_public_key_file: str | None = setting(
-        TEXT, env=contract.ENV_TOKEN_PUBLIC_KEY_FILE, flag="--token-public-key-file", default=None, help="PEM RSA key"
+        env=contract.ENV_TOKEN_PUBLIC_KEY_FILE, flag="--token-public-key-file", default=None, help="PEM RSA key"
     )
     token_kms_key_id: str | None = setting(
-        TEXT, env=contract.ENV_TOKEN_KMS_KEY_ID, flag="--token-kms-key-id", default=None, help="KMS key id or alias"
+        env=contract.ENV_TOKEN_KMS_KEY_ID, flag="--token-kms-key-id", default=None, help="KMS key id or alias"
     )
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = Field(default_factory=Limits)
 
     @property
     def tls(self) -> bool:
