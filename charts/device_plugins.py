@@ -1,25 +1,9 @@
 """Device plugins: they advertise ``nvidia.com/gpu`` and ``aws.amazon.com/neuron`` to the kubelet.
 
-Static DaemonSets adapted from the upstream manifests vendored in third_party/ (NVIDIA
-v0.20.0 static manifest; Neuron k8s-neuron-device-plugin*.yml), not the vendors' Helm
-charts: each plugin is one DaemonSet (plus RBAC for Neuron) and nothing else of those charts
-is wanted here (NFD, GPU feature discovery, the Neuron scheduler extension), and a plain
-manifest shows in dist/manifests exactly what runs. Changes from upstream: the DaemonSets
-run only on the nodes of our accelerator NodePools (selected by the NodePools' accelerator
-label instead of upstream's stale instance-type list), tolerate exactly that accelerator's
-taint, pull pinned images from the versions catalog (IfNotPresent, not upstream's Always),
-and add the RuntimeDefault seccomp profile and resource requests.
-
-On Bottlerocket nodes (``nodeImage.family=bottlerocket``) the NVIDIA plugin is part of the
-image, so its DaemonSet is left out; the Neuron plugin is installed on either image (EKS user
-guide, "Install Kubernetes device plugin for GPUs": Bottlerocket's NVIDIA AMIs include the NVIDIA
-plugin; AL2023 and Bottlerocket with Inferentia or Trainium need the Neuron plugin).
-
-What upstream requires and is kept: the plugins run as root (they create their socket in the
-kubelet's root-owned /var/lib/kubelet/device-plugins), mount that directory (and Neuron's /run
-device map) from the host, and Neuron's reads the API server (RBAC below). What is added on top of
-upstream: seccomp RuntimeDefault, no privilege escalation, no capabilities, and the API token only
-where the plugin calls the API.
+Static DaemonSets adapted from the upstream manifests vendored in third_party/, not the vendors'
+Helm charts, because each plugin is one DaemonSet and nothing else of those charts is wanted. What
+changes from upstream, what is kept, and why Bottlerocket nodes get no NVIDIA DaemonSet:
+docs/adr/0011-device-plugins-as-static-daemonsets.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
-"""The endpoint inventory publisher: one Deployment of ``python -m runtime.inventory`` with
-read-only RBAC, writing the inventory table through its EKS Pod Identity role.
+"""The endpoint inventory publisher: one Deployment of ``python -m runtime.inventory`` writing the
+inventory table through its EKS Pod Identity role, with RBAC that reads and makes two narrow writes.
 
-Why an in-cluster watcher and not self-registering pods: see ``runtime/inventory.py``. The
-publisher reads Services, EndpointSlices and Ingresses in the app namespace only (a Role) and
-Nodes (the one cluster-scoped read it needs: their ExternalIP and zone). Its one write is a patch
-of the serving Ingress, named in the rule (``resourceNames``), which keeps the ALB's weights in
-step with the accelerators that have ready pods; it can create, delete or change nothing else.
-Its AWS permissions (write items of the inventory table; put metrics into
-``contract.METRIC_NAMESPACE`` only) are the Pod Identity role ``ClusterStack.add_pod_identity_role``
-creates for :data:`SERVICE_ACCOUNT` in the composition.
-
-It runs on the controller node group (Graviton, on-demand, always present), not on accelerator
-nodes that Karpenter may scale to zero, with its own small image (``<version>-publisher``, multi-arch:
-the Dockerfile target ``publisher``, which the image pipeline builds in its first stage). Not the
-CPU serving image: that exists only after a CPU compile, and never when ``cpu`` is not enabled.
+It reads Services, EndpointSlices, Ingresses and Pods of the app namespace (a Role) and Nodes;
+it patches the serving Ingress only (``resourceNames``: the ALB's weights) and pods only to open
+their image gate (:data:`IMAGE_GATE_POLICY`). It runs on the controller node group, which is always
+present. Why one in-cluster publisher, its role and its image:
+docs/adr/0005-one-inventory-publisher-not-self-registering-pods.md.
 """
 
 from __future__ import annotations
@@ -91,7 +83,7 @@ def publisher_username() -> str:
 
 
 class InventoryChart(cdk8s.Chart):
-    """ServiceAccount, Role/ClusterRole (reads, and the one Ingress patch) and bindings, and the publisher."""
+    """ServiceAccount, Role/ClusterRole (reads, the Ingress patch, image gate pod patches), bindings, the publisher."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, config: AppConfig, props: PublisherProps | None = None
@@ -181,7 +173,7 @@ class InventoryChart(cdk8s.Chart):
         return k8s.PodSpec(
             service_account_name=SERVICE_ACCOUNT,
             # The one workload of the app that calls the Kubernetes API (Services, EndpointSlices,
-            # Nodes, the Ingress): it needs the token; Pod Identity injects its own beside it.
+            # Nodes, the Ingress, Pods): it needs the token; Pod Identity injects its own beside it.
             automount_service_account_token=True,
             node_selector=dict(naming.CONTROLLER_NODE_LABELS),  # set on them by ClusterStack
             security_context=pods.pod_security_context(),

@@ -4,18 +4,8 @@ The Region gets one EC2NodeClass (private subnets) and every Local Zone its own 
 public subnet, gp2 root volumes); each placement of :func:`plan.topology.placements` gets
 a NodePool restricted to its instance families and, in a Local Zone, to the zone and to
 on-demand capacity. Serving pods select their pool by name (``karpenter.sh/nodepool``).
-
-Node image: EKS-optimized AL2023 by default; ``nodeImage.family=bottlerocket`` selects
-Bottlerocket, whose two volumes Karpenter v1.14 maps as ``/dev/xvda`` (the OS, 4Gi by default)
-and ``/dev/xvdb`` (the data volume: container images, logs, the kubelet's root; Karpenter
-``pkg/providers/amifamily/bottlerocket.go`` ``EphemeralBlockDevice``, and the EC2NodeClass
-docs, "Block Device Mappings"). With ``nodeImage.dataVolumeSnapshotId`` the data volume is
-restored from an EBS snapshot that already holds the serving images, so a new node starts
-without pulling 20+ GB. Inferentia/Trainium are supported: Karpenter resolves the x86_64
-``aws-k8s-<version>`` variant for Neuron instances (``DescribeImageQuery``, same file); the
-pods run as a non-root user, so the nodes turn on Bottlerocket's
-``device-ownership-from-security-context`` (Bottlerocket v1.30.0+, the EC2NodeClass docs'
-"Device ownership in Bottlerocket", which names it for Neuron workloads).
+Node image: AL2023 by default, or Bottlerocket with a data volume restored from a snapshot
+(docs/adr/0013-bottlerocket-nodes-with-a-snapshot-data-volume.md).
 """
 
 from __future__ import annotations

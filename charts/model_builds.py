@@ -2,16 +2,10 @@
 model on a node of that accelerator and publishes the artifact to the model bucket.
 
 Each job runs ``python -m runtime.compile`` from the accelerator's runtime image (no model) on the
-accelerator's regional NodePool, and writes ``s3://<model bucket>/models/<model>/<revision>/
-<device>/``, which the image pipeline bakes into the serving image's model layer.
-
-The queue is a chart of its own, applied before the jobs: Volcano's job admission webhook admits
-a Job only once its queue is ``Open``, a state the Volcano controller sets after the queue is
-created. The job name carries a hash of the whole rendered job: a Volcano Job's spec is
-immutable, so any change is a new Job, and the cluster stack applies each Job as a manifest of
-its own so that the old one is deleted (``ClusterStack.apply_objects``); re-applying an
-unchanged one changes nothing (the compile step itself also skips an artifact that is already
-published). Why, and the rules behind it: docs/adr/0001-compile-jobs-on-a-live-cluster.md.
+accelerator's regional NodePool and writes ``s3://<model bucket>/models/<model>/<revision>/<device>/``,
+which the image pipeline bakes into the serving image's model layer. The queue is a chart of its
+own and a job's name carries a hash of its spec, so that a live cluster admits, replaces and lets
+finish every job: docs/adr/0001-compile-jobs-on-a-live-cluster.md.
 """
 
 from __future__ import annotations
@@ -52,7 +46,10 @@ class ModelBuildSettings:
 
 
 def spec_digest(labels: dict[str, str], spec: dict[str, object]) -> str:
-    """Eight hex digits of everything a Job is made of: two Jobs with one name are the same Job."""
+    """Eight hex digits of everything a Job is made of: two Jobs with one name are the same Job.
+
+    A Volcano Job's spec is immutable, so a changed Job is a new one; the cluster stack applies each
+    Job as a manifest of its own so that the old one is deleted (``ClusterStack.apply_objects``)."""
     return hashlib.sha256(json.dumps({"labels": labels, "spec": spec}, sort_keys=True).encode()).hexdigest()[:8]
 
 

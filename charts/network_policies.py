@@ -1,30 +1,9 @@
 """NetworkPolicies of the app namespace: nothing in or out by default, then one construct per
 kind of traffic the app's pods need, derived from the placements.
 
-Enforced by the Amazon VPC CNI's network policy agent (the vpc-cni add-on with
-``enableNetworkPolicy``, set by ``stacks.cluster.stack``). What that implementation does, from
-its sources, and how it shapes the rules below:
-
-* The agent always admits traffic from the pod's own node: ``ComputeMapEntriesFromEndpointRules``
-  adds the node IP to every pod's map ("Traffic from the local node should always be allowed",
-  aws/aws-network-policy-agent pkg/fwruleprocessor/fw_rule_processor.go, since v0.1.0). Kubelet
-  probes come from the node IP, so they need no rule; no other node-local traffic is relied on.
-* The agent's eBPF programs sit on the pod's host-side veth, before kube-proxy's DNAT: an egress
-  rule sees a Service's ClusterIP, not the endpoint behind it. The controller adds the ClusterIPs
-  of Services whose selector matches a rule's podSelector (``getMatchingServiceClusterIPs``,
-  aws/amazon-network-policy-controller-k8s pkg/resolvers/endpoints.go), which covers kube-dns;
-  the API server's Service ``kubernetes`` has no selector, so the publisher's rule names the
-  ClusterIP itself (:data:`KUBERNETES_SERVICE_IPS`).
-* Named ports resolve against destination pods only. In an ingress rule those are the pods the
-  policy selects, so ``from: ipBlock`` with a named port works (``resolveIngressPorts``, since
-  controller v1.0.3); in an egress rule an ipBlock peer with a named port is dropped ("Couldn't
-  resolve ports from given CIDR list, skipping peer", same file). Egress ipBlock rules here use
-  numbers.
-* Only pods with an owner get policies (EKS user guide, "Considerations" of network policies):
-  Deployment and Volcano Job pods have one.
-
-The cluster is IPv4 (EKS applies the rules of one family only; the IPv6 Pod Identity address is
-listed for an IPv6 cluster and ignored on this one).
+Enforced by the Amazon VPC CNI's network policy agent (``enableNetworkPolicy``, set by
+``stacks.cluster.stack``), whose behaviour (node traffic always admitted, ClusterIPs in egress
+rules, named ports) shapes the rules: docs/adr/0006-network-policies-shaped-by-the-vpc-cni-agent.md.
 """
 
 from __future__ import annotations

@@ -4,32 +4,8 @@ Service and a PodDisruptionBudget; in the Region one ALB Ingress weighted across
 Deployments are low-level ``KubeDeployment`` objects: cdk8s-plus cannot request extended
 resources (``nvidia.com/gpu``, ``aws.amazon.com/neuron``), and its defaults (a 512 MiB memory
 limit, probes and a read-only root without scratch space) would break a 20+ GB model image.
-No replica count is set: KEDA's ScaledObject owns it, and a count in the manifest would reset
-the Deployment on every apply.
-
-HTTPS. In the Region the ALB terminates TLS (``tls.certificateArn``: an HTTPS listener on 443
-only, with ``tls.albSecurityPolicy``; no port 80, so a bearer token is never sent in the clear
-before a redirect) and forwards HTTP to the pods inside the VPC. In a Local Zone the pods
-terminate TLS themselves with the certificate and key of ``tls.localZoneSecret``
-(``contract.ENV_TLS_SECRET_ID``; the pod's role may read that one secret), instead of an ALB
-in the zone, because:
-
-* an ALB is offered only in some Local Zones (the "AWS Local Zones features" list,
-  https://aws.amazon.com/about-aws/global-infrastructure/localzones/features/, linked from
-  https://docs.aws.amazon.com/local-zones/latest/ug/how-local-zones-work.html);
-* an ALB cannot span a Local Zone and the Region's Availability Zones ("If you enable multiple
-  zones for your load balancer, the zones must be of the same type. For example, you can't
-  enable both an Availability Zone and a Local Zone.",
-  https://docs.aws.amazon.com/elasticloadbalancing/latest/application/application-load-balancers.html),
-  so every zone would need an ALB of its own;
-* each ALB adds its hourly charge and LCU charges
-  (https://aws.amazon.com/elasticloadbalancing/pricing/) and a proxy hop between the device and
-  the pod, where the point of a Local Zone is the shortest path.
-
-What pod-terminated TLS costs: TLS 1.3 adds one round trip to a new connection (its full
-handshake is 1-RTT, RFC 8446 section 2, https://www.rfc-editor.org/rfc/rfc8446#section-2) and
-none to a request on a kept-alive connection; the certificate in the secret is renewed by
-whoever owns it, and pods read it at startup (a rollout picks up a new one).
+HTTPS: the ALB terminates TLS in the Region, the pods themselves in a Local Zone
+(docs/adr/0003-local-zone-pods-terminate-tls.md).
 """
 
 from __future__ import annotations
@@ -58,8 +34,9 @@ ALB_ANNOTATION_PREFIX: Final = "alb.ingress.kubernetes.io"
 # its target groups (target type ip), so a pod is Ready only once its target is healthy in the ALB.
 # Without it a rollout of a 1-replica Deployment (maxUnavailable 0) stops the old pod as soon as the
 # new one answers /readyz, while its target is still "initial": the ALB is left with no healthy
-# target (controller v2.17.1 docs/deploy/pod_readiness_gate.md; the Helm chart's mpod.elbv2.k8s.aws
-# webhook selects namespaces on this label). Only pods created after their target group exists get it.
+# target (docs/deploy/pod_readiness_gate.md of the controller, read at the version of the chart pinned as
+# `versions.AWS_LOAD_BALANCER_CONTROLLER`, whose mpod.elbv2.k8s.aws webhook selects namespaces on this
+# label). Only pods created after their target group exists get it.
 READINESS_GATE_INJECT_LABEL: Final = "elbv2.k8s.aws/pod-readiness-gate-inject"
 HTTPS_PORT: Final = 443
 HTTP_PORT: Final = 80
@@ -168,6 +145,7 @@ class ServingChart(cdk8s.Chart):
             name,
             metadata=k8s.ObjectMeta(name=name, namespace=topology.NAMESPACE, labels=labels),
             spec=k8s.DeploymentSpec(
+                # No replicas: KEDA's ScaledObject owns the count, and one here would reset it on every apply.
                 selector=k8s.LabelSelector(match_labels=placement.selector_labels),
                 # Never fewer ready pods during a rollout: a new pod needs minutes to load.
                 strategy=k8s.DeploymentStrategy(
@@ -299,8 +277,9 @@ class ServingChart(cdk8s.Chart):
 
     def _listener_annotations(self) -> dict[str, str]:
         """HTTPS on 443 only with a certificate (the ALB controller then creates no port 80), plain
-        HTTP on 80 without one. Annotations of AWS Load Balancer Controller v2.17 (listen-ports,
-        certificate-arn, ssl-policy: docs/guide/ingress/annotations.md at that tag)."""
+        HTTP on 80 without one. Annotations of the AWS Load Balancer Controller of the chart pinned as
+        ``versions.AWS_LOAD_BALANCER_CONTROLLER`` (listen-ports, certificate-arn, ssl-policy:
+        docs/guide/ingress/annotations.md, read at the pinned version)."""
         prefix, tls = ALB_ANNOTATION_PREFIX, self.config.tls
         if not tls.certificate_arn:
             return {f"{prefix}/listen-ports": json.dumps([{"HTTP": HTTP_PORT}])}

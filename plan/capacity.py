@@ -1,25 +1,9 @@
 """What of an EC2 instance a pod can request on an EKS AL2023 node launched by Karpenter.
 
-The model, in one place (tests/charts/test_capacity.py checks every serving and compile pod
-against it):
-
-* memory capacity = instance memory - Karpenter's VM overhead estimate (``vmMemoryOverheadPercent``,
-  default 7.5 %, rounded up to whole MiB);
-* kube-reserved memory = 11 MiB * max pods + 255 MiB (the EKS AMI / Karpenter formula);
-* eviction threshold (hard) = 100 MiB;
-* kube-reserved CPU = 6 % of the first core + 1 % of the second + 0.5 % of the third and
-  fourth + 0.25 % of every further core;
-* max pods = ENIs * (IPv4 addresses per ENI - 1) + 2 (awslabs/amazon-eks-ami eni-max-pods.txt:
-  https://github.com/awslabs/amazon-eks-ami/blob/main/templates/shared/runtime/eni-max-pods.txt,
-  e.g. g5.xlarge: 4 ENIs x 15 IPv4 -> 58).
-
-Sources: https://wcarlsen.github.io/2026-06-16-aws-eks-node-resource-reservation/ (kube-reserved
-CPU and memory formulas), https://deepwiki.com/awslabs/amazon-eks-ami/3.4-eni-max-pods (max pods),
-https://github.com/aws/karpenter-provider-aws/issues/5161 (vmMemoryOverheadPercent).
-
-Worked example, g5.xlarge / g6.xlarge / inf2.xlarge (4 vCPU, 16 GiB, 58 pods):
-16384 - ceil(16384 * 0.075) = 15155 MiB; - (11 * 58 + 255 = 893) - 100 = 14162 MiB allocatable;
-CPU 4000m - (60 + 10 + 5 + 5 = 80) = 3920m allocatable.
+One model (VM overhead, kube-reserved memory and CPU, hard eviction, ENI-limited max pods) that
+tests/charts/test_capacity.py checks every serving and compile pod against, because a request a
+little above a size's allocatable silently buys the next size. The formulas, their sources and a
+worked example: docs/adr/0010-pod-requests-checked-against-a-node-capacity-model.md.
 """
 
 from __future__ import annotations
@@ -38,6 +22,7 @@ def max_pods(enis: int, ipv4_per_eni: int) -> int:
 
 
 def kube_reserved_memory_mib(pods: int) -> int:
+    """11 MiB per pod + 255 MiB (the EKS AMI / Karpenter formula)."""
     return 11 * pods + 255
 
 

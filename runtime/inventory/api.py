@@ -1,25 +1,9 @@
 """The endpoint inventory: its DynamoDB item layout, the devices' read API and token route (Lambda handlers).
 
-One module owns the table's layout, so the publisher that writes it (``runtime.inventory``,
-through ``runtime.inventory.endpoint``), the Lambda that reads it (``handler`` below, behind API
-Gateway) and the stack that creates it agree on every attribute name. The layout lives here, in
-the handler's file, because the stack ships this single file as the function's code: it depends
-on nothing but the standard library and boto3 (which the Lambda runtime provides), never on
-``runtime`` or ``plan``.
-
-Layout: partition key ``model`` (a device asks for the model it can use; one deployment's
-endpoints of one model are one small partition), sort key ``location#accelerator#endpoint_id``
-(so "this Local Zone" and "this Local Zone on Neuron" are key-condition prefixes, not scans).
-``expires_at`` (epoch seconds) is the table's TTL attribute: the publisher pushes it forward
-on every heartbeat, so an entry whose publisher died expires. DynamoDB deletes expired items
-lazily (typically within a few days), so readers also filter on ``expires_at > now``: an
-expired entry disappears from the API the second its TTL passes.
-
-``GET /token`` (``token_handler``) issues the bearer tokens inference endpoints require: an RS256
-JWT whose signature KMS makes over ``base64url(header).base64url(payload)`` (``MessageType=RAW``),
-so the private key never leaves KMS and the Lambda needs no JWT library. Because this file cannot
-import ``plan.contract``, the few contract names it uses are written here again; a test checks
-they are equal.
+The layout lives in the handler's file because the stack ships this single file as the function's
+code (standard library and boto3 only, never ``runtime`` or ``plan``), so the publisher, the
+Lambda and the stack share one definition. Why these keys and the TTL:
+docs/adr/0009-inventory-table-keyed-by-model-expired-by-ttl.md.
 """
 
 from __future__ import annotations
@@ -229,7 +213,10 @@ def sign_token(
     now: float,
     token_id: str | None = None,
 ) -> tuple[str, int]:
-    """(compact JWT, exp): RS256 over ``header.payload``, signed by the KMS key ``key_id``."""
+    """(compact JWT, exp): RS256 over ``header.payload``, signed by the KMS key ``key_id``.
+
+    KMS signs the signing input itself (``MessageType=RAW``), so the private key never leaves KMS
+    and this file needs no JWT library."""
     issued = int(now)
     expires = issued + int(ttl_s)
     header = {"alg": TOKEN_ALGORITHM, "typ": "JWT"}

@@ -1,25 +1,10 @@
 """The image gate: a serving pod is scheduled only once every image it runs is in its registry.
 
-Serving pods are created behind ``contract.SCHEDULING_GATE_IMAGE``
-(docs/adr/0002-serving-pods-wait-for-their-image.md). Karpenter launches nodes only for pods the
-scheduler found unschedulable, never for gated ones, so a pod whose image is not pushed yet (a
-deploy that ran ahead of the image pipeline) costs no GPU node that would sit in ImagePullBackOff.
-Every ``gate_interval_s`` the publisher lists the pods of its namespace, and for each pod carrying
-the gate checks its images (init containers and containers):
-
-* an ECR image (``<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>`` or ``@sha256:...``)
-  is published when ``DescribeImages`` returns it; ``ImageNotFoundException`` and
-  ``RepositoryNotFoundException`` mean not yet; an image of any other registry counts as published
-  (there is nothing to wait for);
-* a published image stays published (the repository's tags are immutable): positives are kept for
-  the process's lifetime; a negative is checked again at most once per ``negative_ttl_s``, so a
-  fleet of waiting pods costs one call per distinct image per TTL;
-* any other error (access denied, throttling, network) keeps the gate: one log line, retried the
-  next cycle. A gate is never removed on an error.
-
-When all images are published the gate is removed with a JSON patch whose ``test`` op makes it
-conditional on the gate still being at the index read (Kubernetes lets gates only be removed);
-other gates of the pod are left alone.
+Serving pods are created behind ``contract.SCHEDULING_GATE_IMAGE``, so a pod whose image is not
+pushed yet costs no node (docs/adr/0002-serving-pods-wait-for-their-image.md). Every
+``gate_interval_s`` the publisher checks the gated pods' images in ECR and removes the gate of
+those whose images are all published; what counts as published, the caching and the error rules:
+docs/adr/0008-image-gate-opens-only-on-a-published-answer.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,10 @@
 """The endpoint inventory publisher: keeps the DynamoDB inventory equal to what is really serving.
 
-Design: one small in-cluster Deployment (``python -m runtime.inventory``), not self-registering
-serving pods. Why:
-
-* A device reaches a pod through a NodePort: the URL is the *node's* external IP plus the
-  Service's nodePort. A pod knows neither without asking the Kubernetes API, and IMDS is out
-  of reach (the nodes set the IMDSv2 hop limit to 1, so pods cannot read instance metadata).
-* Readiness is already decided by Kubernetes: an EndpointSlice endpoint is ``ready`` when the
-  pod's ``/readyz`` passes and stops being ready when it drains. The publisher mirrors that;
-  a self-registering pod would re-implement it, and its SIGTERM hook races the drain.
-* One writer with one Pod Identity role that may write this one table, instead of write access
-  in every serving pod (the pods that parse untrusted prompts keep no AWS write permission).
-
-Each cycle lists the serving Services (``contract.LABEL_ACCELERATOR``), their EndpointSlices, the
-Nodes and the Ingress labelled ``contract.LABEL_INVENTORY``; derives one entry per (Local Zone
-Service, node with a ready endpoint) at that node's NodePort, and one per accelerator serving
-behind the Region's ALB (its hostname: the last resort devices keep); puts every entry with
-``expires_at = now + ttl`` (the heartbeat) and deletes those it published before that are gone.
-It also publishes the ready pod counts to CloudWatch (``metrics``) and keeps the ALB's weights
-equal to the Region's ready capacity (``weights``: the one write it makes to the cluster). It is
-level-triggered (a full list every ``interval``, like a controller's resync), so a missed event
-cannot leave a stale entry. Nothing is read back from the table: entries written by a publisher
-that crashed, or before a restart, stop being refreshed and expire by TTL (and the read API hides
-them from the second they expire). If the Kubernetes API cannot be read, the cycle publishes
-nothing and deletes nothing: an outage of the API server must not empty the inventory while the
-endpoints keep serving. On SIGTERM the publisher just stops: a rollout of the publisher must not
-unpublish endpoints that are still serving; its successor refreshes them.
+Every ``interval`` it lists what serves, puts each entry with ``expires_at = now + ttl`` (the
+heartbeat), deletes the entries it published that are gone, publishes the ready pod counts and
+keeps the ALB's weights. It is level-triggered, so a missed event cannot leave a stale entry. Why
+one publisher and not self-registering pods, and what it does on errors and SIGTERM:
+docs/adr/0005-one-inventory-publisher-not-self-registering-pods.md.
 """
 
 from __future__ import annotations

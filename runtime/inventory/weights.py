@@ -1,22 +1,8 @@
 """Capacity-aware ALB weights: each regional target group gets ready pods x its accelerator's cost preference.
 
-The serving Ingress splits Region traffic with one weighted forward action (the charts write it
-with the configured preference). A fixed split keeps sending an accelerator its share when it has
-no ready pod (those requests fail) and ignores that one accelerator may have scaled to many pods.
-So the publisher keeps the weights current:
-
-* weight of a target group = ready pods of its Service x the preference of its accelerator
-  (``ENV_INVENTORY_COST_WEIGHTS``; 0 keeps an accelerator out), scaled into the ALB's 0-999;
-* no ready pod -> weight 0, at once: the others absorb its share (urgent, not rate limited);
-* a new non-zero count counts only once it held for ``settle_s`` (hysteresis: a pod blinking
-  unready and back does not move traffic);
-* at most one patch per ``min_interval_s`` otherwise, and only when the vector differs from the
-  one on the Ingress (so a restart or a re-applied manifest converges without extra patches);
-* never all zero: with no ready pod anywhere the ALB gets the configured preference back. Why not
-  the last non-zero vector: that one sends everything to where capacity *was*, so whichever
-  accelerator recovers first would get no traffic until the next patch, and a restarted publisher
-  would not know it; the preference is deterministic, is what the charts deploy, and gives every
-  accelerator a share the moment its pods return.
+The serving Ingress splits Region traffic with one weighted forward action; a fixed split keeps
+sending an accelerator its share when it has no ready pod. So the publisher keeps the weights
+current, with hysteresis and never all zero: docs/adr/0012-alb-weights-follow-ready-capacity.md.
 """
 
 from __future__ import annotations

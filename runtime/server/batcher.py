@@ -1,33 +1,9 @@
 """Dynamic micro-batching: coalesce compatible requests, one inference worker per device.
 
-Requests wait in a bounded FIFO. The dispatcher (a task on the event loop) takes the oldest
-request, adds later requests with the same BatchParams up to `max_batch` images, and runs the
-batch on the device's single worker thread; while it runs, new arrivals queue up and form the
-next batch.
-
-How long to wait for company: when a batch finishes, the requests then in the system (queued
-plus the ones just answered, whose clients tend to come back) are what the next batch expects,
-up to `max_batch`. Once the device is free it dispatches as soon as that many images are
-queued, else after `effective_wait_s()` (at most `max_wait_s`, at most `WAIT_FRACTION` of a
-measured batch). A lone client therefore never waits (it expects 1), while eight clients keep
-getting batches of eight rather than settling into two alternating half batches.
-
-Isolation: a failing batch is retried one request at a time, so one request's failure is
-its own; a request whose deadline passes or whose client disconnects is dropped from the
-queue, or ignored in the running batch.
-
-Stopping: the device thread asks at the end of every denoising step whether anybody still
-waits (a request is gone once it is cancelled or its deadline passed, checked on the device
-thread's own clock), so a batch whose requests are all gone stops within one step and the
-next batch starts at once. A batch that still has a live request finishes for all of its
-rows: dropping rows mid-call would change the other images (a request's images are the same
-alone or batched: the same seed gives the same image) and the batch shape (Neuron models
-and CUDA graphs are traced for one shape, a new one means recompiling), while the rows left
-cost one batch's time that the live requests wait for anyway.
-
-Progress and encoding: the device thread reports every step (the requests that asked for
-progress hear of it on the event loop) and, once a batch is done, checks and PNG-encodes
-its images itself, so a batch costs the event loop one thread hop, not one per request.
+Requests wait in a bounded FIFO; the dispatcher takes the oldest, adds later ones with the same
+BatchParams up to `max_batch` images and runs them on the device's single worker thread, because a
+denoising step is one call on the whole batch. How long a batch waits for company, how failures stay
+isolated and when a batch stops: docs/adr/0004-micro-batches-wait-for-expected-company.md.
 """
 
 from __future__ import annotations

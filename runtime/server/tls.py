@@ -1,30 +1,10 @@
 """HTTPS on the pods' port: the certificate and key, checked once at startup, and the TLS context.
 
-Local Zone pods answer devices directly (NodePort, no load balancer in front), so they
-terminate TLS themselves. The chain and key come from two PEM files or, in pods, from one
-Secrets Manager secret (JSON fields ``plan.contract.TLS_SECRET_*``) fetched once at startup.
-The secret's key is written to a 0600 file in a private 0700 directory only for as long as
-``ssl`` needs a path to load it, then removed; neither the secret nor the key is ever logged.
-Every problem (missing, unreadable, not PEM, expired, key not matching the certificate, a
-secret lacking a field) is one line naming the setting: the server exits 2 instead of
-serving plain HTTP or a broken handshake.
-
-The context accepts TLS 1.2 and 1.3 only; TLS 1.2 is limited to ECDHE key exchange with AEAD
-ciphers (forward secrecy), and ALPN offers http/1.1 (what uvicorn speaks).
-
-What TLS costs on loopback, measured with
-``python -m tests.runtime.server.test_tls --measure --samples 300`` (GET /healthz on two in-process
-servers, HTTP and HTTPS samples interleaved, medians of 300; 2 shared cores with a load average of
-7-8 from other work, three runs):
-
-- a new connection (TCP connect, TLS 1.3 handshake, one request): 2.2-2.6 ms over HTTPS vs
-  0.54-0.58 ms over HTTP with an ECDSA P-256 certificate, 2.0-3.4 ms vs 0.55-0.93 ms with RSA 2048:
-  the handshake adds about 1.5-2.5 ms;
-- a request on a kept-alive connection: 0.41-0.42 ms vs 0.35-0.36 ms (ECDSA), 0.44-0.63 ms vs
-  0.34-0.55 ms (RSA): about 0.05-0.13 ms of record encryption for a small answer.
-
-A client that keeps its connection open pays the handshake once, not per request; over a real
-network a TLS 1.3 handshake also adds one round trip before the first request.
+Local Zone pods answer devices directly (NodePort, no load balancer in front), so they terminate
+TLS themselves (docs/adr/0003-local-zone-pods-terminate-tls.md, with what TLS costs, measured).
+The pair comes from two PEM files or one Secrets Manager secret (``plan.contract.TLS_SECRET_*``);
+any problem with it is one line naming the setting, and the server exits 2 rather than serve
+plain HTTP or a broken handshake.
 """
 
 from __future__ import annotations
