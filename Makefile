@@ -57,31 +57,36 @@ pytest: deps
 	$(NO_DEPLOYMENT)
 	$(PY) -m pytest
 
-lint: $(STAMP_PY) ## ruff, mypy, import-linter (the layers), hadolint
+lint: $(STAMP_PY) ## ruff, mypy, import-linter (the layers), hadolint, shellcheck
 	$(NO_DEPLOYMENT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/hadolint ci_build/Dockerfile
+	$(VENV)/bin/shellcheck --external-sources ci_build/*.sh .ci/run
 
 fmt: $(STAMP_PY) ## fix what ruff can (imports, format)
 	$(NO_DEPLOYMENT)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-BUILD_STACKS := EdgeDiffusion-Registry EdgeDiffusion-ImagePipeline
-DEPLOYMENT_STACKS = EdgeDiffusion-$(DEPLOYMENT)-Network EdgeDiffusion-$(DEPLOYMENT)-Inventory EdgeDiffusion-$(DEPLOYMENT)-Cluster EdgeDiffusion-$(DEPLOYMENT)-Observability
+# Stack names from plan.deployments, whose functions composition names the stacks with:
+# $(call STACKS,--build-stacks|--workstation-stacks|--stacks). make stops where it refuses (a config
+# error; a deployment the deploy pipeline deploys, for diff and deploy): its lines say why.
+STACKS = $(shell $(PY) -m plan.deployments $(1) $(CDK_ARGS))$(if $(filter-out 0,$(.SHELLSTATUS)),$(error make $@: no stacks for DEPLOYMENT=$(DEPLOYMENT) (the lines above say why)))
+BUILD_STACKS = $(call STACKS,--build-stacks)
+DEPLOYMENT_STACKS = $(call STACKS,--workstation-stacks)
 
 # A diff or deploy talks to your account: refuse the example account with one line saying so.
-REQUIRE_ACCOUNT = $(PY) -m stacks.preflight --require-account
+REQUIRE_ACCOUNT = $(PY) -m preflight --require-account
 
 diff: deps ## cdk diff of the build infrastructure and DEPLOYMENT (needs AWS credentials); CONTEXT='-c key=value ...'
 	$(REQUIRE_ACCOUNT) diff $(CDK_ARGS)
 	$(CDK) diff $(BUILD_STACKS) $(DEPLOYMENT_STACKS) $(CDK_ARGS)
 
 preflight: $(STAMP_PY) ## read-only checks of the AWS account before a deploy (needs AWS credentials); CONTEXT='-c key=value ...'
-	$(PY) -m stacks.preflight $(CDK_ARGS)
+	$(PY) -m preflight $(CDK_ARGS)
 
 # --import-existing-resources: the image repository and the model bucket are retained with fixed
 # names; after a `cdk destroy` the next deploy adopts them (CloudFormation auto-import) instead of
@@ -101,7 +106,7 @@ deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default 
 # (a pipeline deployment's sit inside the deploy pipeline's stage); the CLI deletes dependents first.
 destroy: deps ## delete DEPLOYMENT's stacks (asks first); the README's teardown table lists what is kept
 	$(REQUIRE_ACCOUNT) destroy $(CDK_ARGS)
-	$(CDK) destroy $$($(PY) -m plan.deployments --stacks $(CDK_ARGS)) $(CDK_ARGS)
+	$(CDK) destroy $(call STACKS,--stacks) $(CDK_ARGS)
 
 serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth, batches of up to 8)
 	$(NO_DEPLOYMENT)

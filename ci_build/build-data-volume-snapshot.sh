@@ -9,7 +9,7 @@
 # subnet, IMDSv2 required, every volume encrypted, the instance terminated on every exit path,
 # and nothing rebuilt when a snapshot of exactly these images exists.
 #
-# The CodeBuild project (stacks/image_pipeline.py) sets:
+# The CodeBuild project (stacks/snapshot_builder.py) sets:
 #   REPOSITORY_URI     the image repository
 #   IMAGE_VERSION      serving.imageVersion (a snapshot tag)
 #   SERVING_IMAGES     "<tag>=<platform> ...", e.g. "1.2.3-nvidia=linux/amd64 1.2.3-cpu=linux/arm64"

@@ -29,10 +29,10 @@ from plan.deployments import (
     INVENTORY,
     NETWORK,
     OBSERVABILITY,
-    STACK_PREFIX,
     Deployment,
     Release,
     load_release,
+    stack_name,
 )
 from stacks import workload_roles
 from stacks.cluster import ClusterStack
@@ -92,16 +92,11 @@ class ReleaseStacks:
         return self.workstation
 
 
-def stack_name(deployment: Deployment, part: str) -> str:
-    """``EdgeDiffusion-<deployment>-<part>``: the CloudFormation name on either deploy path."""
-    return f"{deployment.stack_prefix}-{part}"
-
-
 def add_deployment_stacks(scope: Construct, deployment: Deployment) -> DeploymentStacks:
     """Add one deployment's stacks under ``scope`` (the App, or a deploy pipeline Stage)."""
     config: AppConfig = deployment.config
     env = cdk.Environment(account=config.account, region=config.region)
-    network_name, cluster_name, inventory_name = (stack_name(deployment, p) for p in (NETWORK, CLUSTER, INVENTORY))
+    network_name, cluster_name, inventory_name = (stack_name(p, deployment) for p in (NETWORK, CLUSTER, INVENTORY))
     network = NetworkStack(scope, network_name, stack_name=network_name, config=config, env=env)
     cluster = ClusterStack(scope, cluster_name, stack_name=cluster_name, config=config, network=network, env=env)
     on_cluster = add_app_charts(cluster, config)  # workload Pod Identity roles, then every cdk8s chart
@@ -125,7 +120,7 @@ def add_deployment_stacks(scope: Construct, deployment: Deployment) -> Deploymen
     publisher_manifest.node.add_dependency(publisher_identity)
     # Dashboard, alarms and their topic read metrics by name and dimension values from config: no
     # reference to another stack, so it deploys (and is destroyed) in any order beside them.
-    observability_name = stack_name(deployment, OBSERVABILITY)
+    observability_name = stack_name(OBSERVABILITY, deployment)
     observability = ObservabilityStack(scope, observability_name, stack_name=observability_name, config=config, env=env)
     return DeploymentStacks(
         deployment=deployment, network=network, cluster=cluster, inventory=inventory, observability=observability
@@ -144,7 +139,7 @@ def build_app(
     """
     app = cdk.App(context=dict(context or {}), outdir=outdir)
     release = load_release(app.node.get_all_context(), deployments_dir)
-    build = add_build_infrastructure(app, release, prefix=STACK_PREFIX, add_deployment_stacks=add_deployment_stacks)
+    build = add_build_infrastructure(app, release, add_deployment_stacks=add_deployment_stacks)
     workstation = add_deployment_stacks(app, release.workstation) if release.workstation else None
     pipeline = build.deploy.deployment_stacks if build.deploy else {}
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))

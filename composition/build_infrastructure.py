@@ -16,7 +16,7 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
-from plan.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Release
+from plan.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Release, stack_name
 from stacks.deploy_pipeline import DeployPipelineStack
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack
@@ -37,20 +37,19 @@ def add_build_infrastructure(
     scope: Construct,
     release: Release,
     *,
-    prefix: str,
     add_deployment_stacks: Callable[[Construct, Deployment], Any],
 ) -> BuildInfrastructure:
     """Add the shared stacks; the deploy pipeline's stages are built by ``add_deployment_stacks``."""
     config = release.shared
     env = cdk.Environment(account=config.account, region=config.region)
-    registry = RegistryStack(scope, f"{prefix}-{REGISTRY}", config=config, env=env)
+    registry = RegistryStack(scope, stack_name(REGISTRY), config=config, env=env)
     images = ImagePipelineStack(
-        scope, f"{prefix}-{IMAGE_PIPELINE}", config=config, repository=registry.repository, env=env
+        scope, stack_name(IMAGE_PIPELINE), config=config, repository=registry.repository, env=env
     )
     deploy = (
         DeployPipelineStack(
             scope,
-            f"{prefix}-{DEPLOY_PIPELINE}",
+            stack_name(DEPLOY_PIPELINE),
             config=config,
             source=images.source,
             deployments=release.pipeline,

@@ -53,10 +53,12 @@ SHARED_KEYS: Final = ("account", "region", "pipeline", "modelId", "modelRevision
 # model, so its shape (height, width, static batch) is shared too.
 SHARED_SERVING_KEYS: Final = ("imageVersion", "height", "width", "maxBatch")
 STACK_PREFIX: Final = "EdgeDiffusion"
-# The last part of each stack name: EdgeDiffusion-<part> for the build infrastructure,
-# EdgeDiffusion-<deployment>-<part> for a deployment (composition names them; preflight looks them up).
+# The last part of each stack name (stack_name: composition names the stacks with it, preflight
+# looks them up with it, the Makefile asks `python -m plan.deployments` for them).
 REGISTRY, IMAGE_PIPELINE, DEPLOY_PIPELINE = "Registry", "ImagePipeline", "DeployPipeline"
 NETWORK, CLUSTER, INVENTORY, OBSERVABILITY = "Network", "Cluster", "Inventory", "Observability"
+BUILD_PARTS: Final = (REGISTRY, IMAGE_PIPELINE)  # what `make deploy-build` deploys, in this order
+DEPLOYMENT_PARTS: Final = (NETWORK, INVENTORY, CLUSTER, OBSERVABILITY)  # a deployment's, in create order
 # The committed example values: fine to synthesize, never to deploy from the pipeline.
 EXAMPLE_ACCOUNT: Final = "111111111111"
 DOCUMENTATION_NETWORKS: Final = tuple(
@@ -73,11 +75,6 @@ class Deployment:
     name: str
     config: AppConfig
     deployed_by: str  # WORKSTATION or PIPELINE
-
-    @property
-    def stack_prefix(self) -> str:
-        """``EdgeDiffusion-<name>``: its stacks' names, the same on either deploy path."""
-        return f"{STACK_PREFIX}-{self.name}"
 
 
 @dataclass(frozen=True)
@@ -295,9 +292,20 @@ def _check_release(release: Release) -> None:
     raise_collected(errors)
 
 
+def stack_name(part: str, deployment: Deployment | None = None) -> str:
+    """The CloudFormation name of a stack, the same on either deploy path: ``EdgeDiffusion-<part>``
+    of the build infrastructure, ``EdgeDiffusion-<deployment>-<part>`` of a deployment's."""
+    return "-".join((STACK_PREFIX, *((deployment.name,) if deployment else ()), part))
+
+
+def build_stack_names() -> tuple[str, ...]:
+    """The build infrastructure's stacks ``make deploy-build`` deploys, in deploy order."""
+    return tuple(stack_name(part) for part in BUILD_PARTS)
+
+
 def stack_names(deployment: Deployment) -> tuple[str, ...]:
     """``EdgeDiffusion-<name>-<part>`` of each of the deployment's stacks, in create order."""
-    return tuple(f"{deployment.stack_prefix}-{part}" for part in (NETWORK, INVENTORY, CLUSTER, OBSERVABILITY))
+    return tuple(stack_name(part, deployment) for part in DEPLOYMENT_PARTS)
 
 
 def stack_selectors(deployment: Deployment) -> tuple[str, ...]:
@@ -305,24 +313,43 @@ def stack_selectors(deployment: Deployment) -> tuple[str, ...]:
     path inside the deploy pipeline's stage (``EdgeDiffusion-DeployPipeline/<name>/<stack>``)."""
     names = stack_names(deployment)
     if deployment.deployed_by == PIPELINE:
-        return tuple(f"{STACK_PREFIX}-{DEPLOY_PIPELINE}/{deployment.name}/{name}" for name in names)
+        return tuple(f"{stack_name(DEPLOY_PIPELINE)}/{deployment.name}/{name}" for name in names)
     return names
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m plan.deployments --stacks [-c deployment=<name>] [-c key=value ...]``: the CLI
-    selectors of one deployment's stacks, for ``make destroy``; one line per config error."""
+    """``python -m plan.deployments --stacks|--workstation-stacks|--build-stacks [-c deployment=<name>]
+    [-c key=value ...]``: stack names for the Makefile's ``cdk`` commands, from the functions
+    composition names the stacks with; one line per config error (exit 2)."""
     parser = argparse.ArgumentParser(prog="python -m plan.deployments", description=main.__doc__)
-    parser.add_argument("--stacks", action="store_true", required=True, help="print the stack selectors")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stacks", action="store_true", help="the deployment's stack selectors (make destroy)")
+    which.add_argument(
+        "--workstation-stacks",
+        action="store_true",
+        help="the deployment's stack names (make diff, make deploy); refuses one the deploy pipeline deploys",
+    )
+    which.add_argument("--build-stacks", action="store_true", help="the build infrastructure's (make deploy-build)")
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    if args.build_stacks:
+        print(" ".join(build_stack_names()))
+        return 0
     try:
         context = cli_context([t for pair in args.context for t in ("-c", pair)])
         release = load_release(context)
     except ConfigError as err:
         print("\n".join(err.lines()), file=sys.stderr)
         return 2
-    print(" ".join(stack_selectors(release.selected)))
+    deployment = release.selected
+    if args.workstation_stacks and deployment.deployed_by == PIPELINE:
+        print(
+            f"error: the deploy pipeline deploys {deployment.name} (pipeline.deployments): commit "
+            f"deployments/{deployment.name}.json and push, or take it out of pipeline.deployments",
+            file=sys.stderr,
+        )
+        return 2
+    print(" ".join(stack_selectors(deployment)))
     return 0
 
 

@@ -35,7 +35,7 @@ from plan.config import AppConfig
 from plan.deployments import Deployment
 from stacks import nag
 from stacks.ci_storage import CiStorage, CiStorageProps
-from stacks.image_pipeline import acknowledge_codebuild_defaults
+from stacks.codebuild_projects import acknowledge_codebuild_defaults
 from stacks.pipeline_source import PipelineSource
 from stacks.pr_diff import PullRequestDiff, acknowledge_pr_diff_findings
 

@@ -25,7 +25,7 @@ from constructs import Construct
 from plan import versions
 from plan.config import PipelineConfig
 from stacks import nag
-from stacks.image_pipeline import acknowledge_codebuild_defaults
+from stacks.codebuild_projects import acknowledge_codebuild_defaults
 
 PR_EVENTS: Final = (
     codebuild.EventAction.PULL_REQUEST_CREATED,

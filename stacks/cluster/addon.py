@@ -5,8 +5,9 @@ in Python. A :class:`ControllerAddOn` declares the chart it installs (pinned in
 ``plan.versions``), its default Helm values, the Pod Identity role of its service account,
 the controllers it must be installed after, and the cdk-nag findings it accepts, with the
 reason for each. :class:`~stacks.cluster.stack.ClusterStack` does what is common to all of
-them: it orders them (:func:`install_order`), creates their roles, and installs one Helm
-release per add-on on the controller node group, each after the previous one.
+them: it checks that their list is an install order (:func:`check_install_order`), creates
+their roles, and installs one Helm release per add-on on the controller node group, each after
+the previous one in the list.
 
 Add-ons are plain objects, as in cdk-eks-blueprints, not constructs: they create their
 resources in the scope :class:`ClusterInfo` gives them, so the construct paths (and the
@@ -129,51 +130,32 @@ def _copy(value: Any) -> Any:
 
 
 class ControllerOrderError(ValueError):
-    """The add-ons' declared order cannot be satisfied (unknown or duplicate name, or a cycle)."""
+    """The add-ons' list contradicts what they declare (unknown, duplicate or misplaced name)."""
 
 
-def install_order(addons: Sequence[ControllerAddOn]) -> list[ControllerAddOn]:
-    """``addons`` in an order where each comes after every add-on it must follow.
+def check_install_order(addons: Sequence[ControllerAddOn]) -> None:
+    """Refuse a list of add-ons that is not an install order: every add-on's ``after`` must be
+    listed earlier and its ``before`` later. One line naming the add-on and the other one.
 
-    Where the declarations leave a choice, the given order is kept, so the result (and with it
-    the releases' dependency chain in the template) is stable.
+    The list is the order (no sort): the releases' dependency chain in the template is exactly
+    the list a reader sees, and a declaration only guards it.
     """
-    by_name: dict[str, ControllerAddOn] = {}
-    for addon in addons:
-        if addon.name in by_name:
+    position: dict[str, int] = {}
+    for index, addon in enumerate(addons):
+        if addon.name in position:
             raise ControllerOrderError(f"two controller add-ons are named {addon.name!r}")
-        by_name[addon.name] = addon
-    predecessors: dict[str, list[str]] = {name: [] for name in by_name}
+        position[addon.name] = index
     for addon in addons:
         for relation, others in (("after", addon.after), ("before", addon.before)):
             for other in others:
-                if other not in by_name:
+                if other not in position:
                     raise ControllerOrderError(
                         f"controller {addon.name!r} must be installed {relation} {other!r}, which is not one of "
-                        f"the cluster's controllers ({', '.join(by_name)})"
+                        f"the cluster's controllers ({', '.join(position)})"
                     )
                 earlier, later = (other, addon.name) if relation == "after" else (addon.name, other)
-                predecessors[later].append(earlier)
-
-    ordered: list[ControllerAddOn] = []
-    placed: set[str] = set()
-    while len(ordered) < len(addons):
-        ready = next(
-            (a for a in addons if a.name not in placed and all(p in placed for p in predecessors[a.name])), None
-        )
-        if ready is None:
-            cycle = _a_cycle([a.name for a in addons if a.name not in placed], predecessors)
-            raise ControllerOrderError(f"the controllers' declared install order has a cycle: {' after '.join(cycle)}")
-        ordered.append(ready)
-        placed.add(ready.name)
-    return ordered
-
-
-def _a_cycle(unplaced: list[str], predecessors: Mapping[str, list[str]]) -> list[str]:
-    """A cycle among ``unplaced`` (each of which has an unplaced predecessor), as [a, b, ..., a]."""
-    trail = [unplaced[0]]
-    while True:
-        earlier = next(p for p in predecessors[trail[-1]] if p in unplaced)
-        if earlier in trail:
-            return [*trail[trail.index(earlier) :], earlier]
-        trail.append(earlier)
+                if position[earlier] >= position[later]:  # >=: an add-on that names itself
+                    raise ControllerOrderError(
+                        f"controller {addon.name!r} must be installed {relation} {other!r}: list {earlier!r} "
+                        f"before {later!r}"
+                    )

@@ -9,9 +9,9 @@ Local Zones and cannot run next to a self-managed Karpenter.
 Every in-cluster AWS caller gets its own EKS Pod Identity role (:meth:`add_pod_identity_role`);
 the node roles carry only what nodes need. The controllers are add-ons, one module each
 (:mod:`stacks.cluster.addon`): their Helm releases are installed one after the other in the
-order their declared dependencies give (:func:`~stacks.cluster.addon.install_order`), and
-every cdk8s chart applied with :meth:`apply_charts` waits for all of them, so CRDs and
-admission webhooks exist before anything uses them.
+order they are listed (:func:`default_controllers`; their declared dependencies only check the
+list), and every cdk8s chart applied with :meth:`apply_charts` waits for all of them, so CRDs
+and admission webhooks exist before anything uses them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from constructs import Construct
 from plan import naming, versions
 from plan.config import AppConfig
 from stacks import nag
-from stacks.cluster.addon import ClusterInfo, ControllerAddOn, install_order
+from stacks.cluster.addon import ClusterInfo, ControllerAddOn, check_install_order
 from stacks.cluster.aws_load_balancer_controller import AwsLoadBalancerController
 from stacks.cluster.karpenter import Karpenter
 from stacks.cluster.karpenter_crd import KarpenterCrd
@@ -64,8 +64,10 @@ ADDON_CONFIGURATION: Final[dict[str, dict[str, str]]] = {"vpc-cni": {"enableNetw
 
 
 def default_controllers() -> list[ControllerAddOn]:
-    """The controllers of this app, with its default values. Each add-on declares what it must
-    follow; where that leaves a choice, this list's order is kept (see install_order)."""
+    """The controllers of this app, with its default values, in install order: Karpenter's CRDs,
+    Karpenter (the nodes everything else may need), the ALB controller (its webhooks mutate the
+    Services and Pods created after it), then KEDA and Volcano. Each add-on declares what it must
+    follow; :func:`~stacks.cluster.addon.check_install_order` holds the list to that."""
     return [KarpenterCrd(), Karpenter(), AwsLoadBalancerController(), Keda(), Volcano()]
 
 
@@ -100,10 +102,11 @@ ALL_CONTROL_PLANE_LOGS: Final = (
 
 
 class ClusterStack(cdk.Stack):
-    """EKS 1.35 cluster on the regional private subnets, with Karpenter, KEDA, Volcano and the ALB controller.
+    """EKS cluster (``versions.KUBERNETES_VERSION``) on the regional private subnets, with the controllers.
 
     ``controllers`` replaces :func:`default_controllers` (to pass user ``values`` to an
-    add-on, or to add one); their releases are installed in :func:`install_order`.
+    add-on, or to add one); their releases are installed in the order listed, which must
+    respect every add-on's declared ``after`` and ``before``.
     """
 
     def __init__(
@@ -236,16 +239,16 @@ class ClusterStack(cdk.Stack):
         resources, see :meth:`_install_controllers`), so those go only after the release, and
         the release only after these manifests. Each edge is a ``DependsOn`` in the template.
 
-        What the kubectl handler does on delete (aws-cdk-lib 2.275, custom-resource-handlers
-        aws-eks-v2/kubectl-handler/apply/__init__.py) bounds what that order guarantees: it runs
-        ``kubectl delete -f <manifest>`` with kubectl's defaults (``--wait=true``, no timeout),
-        inside the handler Lambda's 15 minutes, and it *catches and only logs any error* of that
-        command, reporting the delete as a success.
+        What the kubectl handler does on delete (the aws-cdk-lib requirements.txt pins,
+        custom-resource-handlers aws-eks-v2/kubectl-handler/apply/__init__.py) bounds what that
+        order guarantees: it runs ``kubectl delete -f <manifest>`` with kubectl's defaults
+        (``--wait=true``, no timeout), inside the handler Lambda's 15 minutes, and it *catches and
+        only logs any error* of that command, reporting the delete as a success.
 
         * Guaranteed: the manifests' objects are deleted before the Karpenter release is
           uninstalled and before the node access entry and the queue are deleted, and, while the
           handler waits, the EC2NodeClass finalizer (karpenter.k8s.aws/termination, held until no
-          NodeClaim uses the class; aws/karpenter-provider-aws@v1.14.1:
+          NodeClaim uses the class; aws/karpenter-provider-aws at ``versions.KARPENTER``'s tag:
           pkg/controllers/nodeclass/controller.go) keeps the delete from finishing until
           Karpenter has drained and terminated the class's nodes.
         * Not guaranteed: if ``kubectl delete`` fails (API unreachable, a CRD already gone) the
@@ -429,10 +432,11 @@ class ClusterStack(cdk.Stack):
     def _install_controllers(
         self, addons: Sequence[ControllerAddOn], info: ClusterInfo, pod_identity_agent: eks.IAddon
     ) -> dict[str, InstalledController]:
-        """Every add-on's AWS side and role first, then one Helm release per add-on in install
+        """Every add-on's AWS side and role first, then one Helm release per add-on in the listed
         order, each waiting for the previous one (wait=True: its webhooks serve, its CRDs exist)."""
+        check_install_order(addons)
         prepared = []
-        for addon in install_order(addons):
+        for addon in addons:
             setup = addon.setup(info)
             identity = None
             if (grant := setup.identity) is not None:

@@ -30,7 +30,8 @@ from plan.config import AppConfig
 from plan.model_artifacts import IMAGE_VERSION_OPTION
 from runtime.artifacts.manifest import BuildSpec, Manifest, Shapes
 from runtime.compile.settings import DEVICE_DTYPES
-from stacks.image_pipeline import IMAGE_STAGES, PipelineStep, pipeline_steps
+from stacks.codebuild_projects import PipelineStep
+from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
 from tests.conftest import ROOT
 
 PHASES = ("install", "pre_build", "build", "post_build")

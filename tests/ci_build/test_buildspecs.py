@@ -14,6 +14,7 @@ import pytest
 
 from plan import images
 from plan.config import AppConfig, load_config
+from stacks.codebuild_projects import PipelineStep
 from stacks.image_pipeline import (
     BUILD_RUN_ORDER,
     BUILD_SPEC,
@@ -22,7 +23,6 @@ from stacks.image_pipeline import (
     MANIFEST_SPEC,
     RUNTIME_STAGE,
     SERVING_STAGE,
-    PipelineStep,
 )
 from tests.ci_build.buildspec_runner import (
     CACHE_REPOSITORY_URI,

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from plan.config import AppConfig, load_config
-from stacks.image_pipeline import (
+from stacks.codebuild_projects import PipelineStep
+from stacks.image_pipeline import ImagePipelineProps, pipeline_steps
+from stacks.snapshot_builder import (
     DATA_VOLUME_SNAPSHOT_PARAMETER,
     SNAPSHOT_SPEC,
     SNAPSHOT_STAGE,
     SNAPSHOT_TAG_KEY,
     SNAPSHOT_TAG_VALUE,
-    ImagePipelineProps,
-    PipelineStep,
     SnapshotHost,
-    pipeline_steps,
+    SnapshotProps,
 )
 from tests.ci_build.buildspec_runner import (
     CACHE_REPOSITORY_URI,
@@ -37,7 +37,7 @@ from tests.conftest import ROOT, release_context
 SCRIPT = ROOT / "ci_build" / "build-data-volume-snapshot.sh"
 HOST = SnapshotHost(subnet_id="subnet-0builder", security_group_id="sg-0builder", instance_profile="builder-profile")
 # No waiting between polls; a short SSM deadline so the offline case ends quickly.
-FAST = replace(ImagePipelineProps(), snapshot_poll_seconds=0, snapshot_ssm_online_timeout_s=2)
+FAST = SnapshotProps(poll_seconds=0, ssm_online_timeout_s=2)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def snapshot_step(config: AppConfig) -> PipelineStep:
         repository_uri=REPOSITORY_URI,
         cache_repository_uri=CACHE_REPOSITORY_URI,
         snapshot_host=HOST,
-        props=FAST,
+        props=ImagePipelineProps(snapshot=FAST),
     )
     (step,) = [s for s in steps if s.stage == SNAPSHOT_STAGE]
     return step
@@ -141,12 +141,12 @@ def test_a_build_launches_pulls_stops_snapshots_publishes_and_terminates(config:
         ["sg-0builder"],
         "Name=builder-profile",
     )
-    assert instance["type"] == FAST.snapshot_instance_type
+    assert instance["type"] == FAST.instance_type
     assert instance["metadata"]["HttpTokens"] == "required" and instance["metadata"]["HttpPutResponseHopLimit"] == "1"
     devices = {d["DeviceName"]: d["Ebs"] for d in instance["devices"]}
     assert set(devices) == {"/dev/xvda", "/dev/xvdb"}
     assert all(ebs["Encrypted"] is True and ebs["DeleteOnTermination"] is True for ebs in devices.values())
-    assert devices["/dev/xvdb"]["VolumeSize"] == FAST.snapshot_volume_gib
+    assert devices["/dev/xvdb"]["VolumeSize"] == FAST.volume_gib
     assert set(instance["tags"]) == {"instance", "volume", "network-interface"}
     assert all(tags[SNAPSHOT_TAG_KEY] == SNAPSHOT_TAG_VALUE for tags in instance["tags"].values())
     assert "[settings.host-containers.admin]\nenabled = true" in instance["user_data"]
@@ -163,7 +163,7 @@ def test_a_build_launches_pulls_stops_snapshots_publishes_and_terminates(config:
     for command, (tag, arch) in zip(commands[1:], expected, strict=True):
         assert command.startswith(f"{ctr} --label io.cri-containerd.image=managed --platform linux/{arch} ")
         assert command.endswith(f" {REPOSITORY_URI}:{tag}") and "--user AWS:token " in command
-    assert all(c["timeout"] == [str(FAST.snapshot_command_timeout_s)] for c in state["commands"].values())
+    assert all(c["timeout"] == [str(FAST.command_timeout_s)] for c in state["commands"].values())
     assert "token" not in " ".join(c["comment"] for c in state["commands"].values()), "the token is not in comments"
 
     # Stopped before the snapshot, of the data volume, holding every pull; tagged with its content.

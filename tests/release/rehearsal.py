@@ -25,7 +25,9 @@ create and update, finalizers on delete) is modelled in :mod:`tests.release.clus
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,29 +180,58 @@ class MakeDeploy:
 
 
 def read_makefile(path: Path, deployment: str) -> MakeDeploy:
-    text = path.read_text()
-    variables = dict(re.findall(r"^([A-Z_]+) *:?= *(.*)$", text, re.M))
-
-    def expand(value: str) -> str:
-        value = value.replace("$(DEPLOYMENT)", deployment)
-        return re.sub(r"\$\(([A-Z_]+)\)", lambda m: expand(variables.get(m[1], "")), value)
-
-    def recipe(target: str) -> tuple[str, ...]:
-        match = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", text, re.M)
-        if not match:
-            raise ReleaseError(f"Makefile has no {target} target")
-        return tuple(expand(line.strip()) for line in match[1].splitlines())
-
-    build, deploy = recipe("deploy-build"), recipe("deploy")
-    if any("--all" in line for line in (*build, *deploy)):
+    """What ``make deploy-build`` and ``make deploy DEPLOYMENT=<deployment>`` run, and what the deploy
+    pipeline's ``make synth`` runs, as ``make -n`` prints them: make itself expands the stack lists
+    (it asks ``python -m plan.deployments``), so these are the commands a person runs."""
+    build = _cdk_deploys(make_dry_run(path, "deploy-build", f"DEPLOYMENT={deployment}"))
+    both = _cdk_deploys(make_dry_run(path, "deploy", f"DEPLOYMENT={deployment}"))
+    deploy = [command for command in both if command not in build]  # make deploy runs deploy-build first
+    if any("--all" in command for command in (*build, *deploy)):
         raise ReleaseError("make deploy runs `cdk deploy --all`: every deploy path of every deployment at once")
     return MakeDeploy(
-        build_stacks=tuple(expand(variables["BUILD_STACKS"]).split()),
-        deployment_stacks=tuple(expand(variables["DEPLOYMENT_STACKS"]).split()),
-        build_imports_existing=any("--import-existing-resources" in line for line in build),
-        deployment_imports_existing=any("--import-existing-resources" in line for line in deploy),
-        synth_recipe=recipe("synth"),
+        build_stacks=tuple(stack for command in build for stack in _stacks(command)),
+        deployment_stacks=tuple(stack for command in deploy for stack in _stacks(command)),
+        build_imports_existing=any("--import-existing-resources" in command for command in build),
+        deployment_imports_existing=any("--import-existing-resources" in command for command in deploy),
+        synth_recipe=tuple(make_dry_run(path, "synth")),  # as the pipeline runs it: no DEPLOYMENT
     )
+
+
+def make_dry_run(path: Path, target: str, *variables: str) -> list[str]:
+    """The commands of ``make <target>`` (and of what it depends on), one per line, run nowhere."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    run = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-C", str(path.parent), "-f", path.name, target, *variables],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if run.returncode != 0:
+        raise ReleaseError(f"make -n {target} {' '.join(variables)} fails: {run.stderr.strip()}")
+    return run.stdout.splitlines()
+
+
+def _cdk_deploys(lines: Iterable[str]) -> list[tuple[str, ...]]:
+    """The arguments after ``cdk deploy`` of each command that runs it."""
+    found = []
+    for line in lines:
+        words = line.split()
+        for i, word in enumerate(words[:-1]):
+            if Path(word).name == "cdk" and words[i + 1] == "deploy":
+                found.append(tuple(words[i + 2 :]))
+                break
+    return found
+
+
+def _stacks(arguments: Sequence[str]) -> list[str]:
+    """The stack selectors of ``cdk deploy <stacks> --option ...``: the words before the first option."""
+    stacks = []
+    for word in arguments:
+        if word.startswith("-"):
+            break
+        stacks.append(word)
+    return stacks
 
 
 # --- What the deploy pipeline runs ----------------------------------------------------------

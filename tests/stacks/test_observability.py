@@ -16,7 +16,14 @@ from plan import contract, topology
 from plan.accelerators import ACCELERATORS
 from plan.config import AppConfig, load_config
 from runtime.server.metrics import Dimensions
-from stacks import observability as obs
+from stacks.observability import ObservabilityStack
+from stacks.observability.dashboard import NODES_PER_NODEPOOL_NOTE
+from stacks.observability.metrics import (
+    CONTAINER_INSIGHTS_NAMESPACE,
+    DEVICE_UTILIZATION,
+    ready_pods_dimensions,
+    serving_dimensions,
+)
 from tests.conftest import RELEASE_ACCOUNT, Synth, cdk_json_context
 
 # A deployment with two Local Zones (one without GPUs), emails and a non-default SLO.
@@ -48,7 +55,7 @@ def template(config: AppConfig) -> dict[str, Any]:
     from cdk_nag import AwsSolutionsChecks
 
     app = cdk.App(context={k: v for k, v in cdk_json_context().items() if k.startswith("@")})
-    stack = obs.ObservabilityStack(
+    stack = ObservabilityStack(
         app, "Observability", config=config, env=cdk.Environment(account=config.account, region=config.region)
     )
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
@@ -120,7 +127,7 @@ def test_every_deployment_has_its_observability_stack(synth: Synth) -> None:
     assert len(deployments) == 3
     for stacks in deployments:
         stack = stacks.observability
-        assert isinstance(stack, obs.ObservabilityStack)
+        assert isinstance(stack, ObservabilityStack)
         assert stack.stack_name == f"EdgeDiffusion-{stacks.deployment.name}-Observability"
         assert stack in stacks.all
         config = stacks.deployment.config
@@ -149,9 +156,9 @@ def test_serving_dimensions_are_what_the_server_and_keda_use(config: AppConfig) 
     for placement in topology.placements(config):
         location = placement.location.metric_value(config)
         published = Dimensions(placement=placement.name, device=placement.accelerator.device, location=location)
-        assert obs.serving_dimensions(placement, config) == published.as_dict()
-        assert obs.serving_dimensions(placement, config) == metric_dimensions(placement, config)
-        ready = obs.ready_pods_dimensions(placement, config)
+        assert serving_dimensions(placement, config) == published.as_dict()
+        assert serving_dimensions(placement, config) == metric_dimensions(placement, config)
+        ready = ready_pods_dimensions(placement, config)
         assert ready[contract.DIMENSION_ACCELERATOR] == placement.accelerator.name, "the Service label, not the device"
         assert set(ready) == set(contract.METRIC_DIMENSIONS)
 
@@ -162,7 +169,7 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
     body = dashboard_body(template)
     metrics = list(graphed(body))
     for placement in topology.placements(config):
-        serving = obs.serving_dimensions(placement, config)
+        serving = serving_dimensions(placement, config)
         workload = {"ClusterName": "edge-obs", "Namespace": topology.NAMESPACE, "PodName": placement.name}
         mine = {(ns, name, json.dumps(dims, sort_keys=True)): opts for ns, name, dims, opts in metrics}
 
@@ -182,7 +189,7 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
             if (ns, name, dims) == ("EdgeDiffusion", contract.METRIC_INFERENCE_LATENCY_MS, serving)
         }
         assert latency == {"p50", "p99"}
-        ready = obs.ready_pods_dimensions(placement, config)
+        ready = ready_pods_dimensions(placement, config)
         assert stats("EdgeDiffusion", contract.METRIC_READY_SERVING_PODS, ready)
         assert stats("ContainerInsights", "replicas_desired", workload)["stat"] == "Maximum"
         assert stats("ContainerInsights", "replicas_ready", workload)["stat"] == "Maximum"
@@ -202,7 +209,7 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
     # Nothing graphed outside the two namespaces, nor for a placement that does not exist.
     names = {p.name for p in topology.placements(config)}
     for namespace, _, dims, _ in metrics:
-        assert namespace in {contract.METRIC_NAMESPACE, obs.CONTAINER_INSIGHTS_NAMESPACE}
+        assert namespace in {contract.METRIC_NAMESPACE, CONTAINER_INSIGHTS_NAMESPACE}
         named = next(
             dims[k]
             for k in (contract.DIMENSION_PLACEMENT, "PodName", contract.DIMENSION_CLUSTER, "ClusterName")
@@ -260,13 +267,13 @@ def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(t
 
 
 def test_every_accelerator_has_its_device_utilization_metric() -> None:
-    assert set(obs.DEVICE_UTILIZATION) == set(ACCELERATORS)
+    assert set(DEVICE_UTILIZATION) == set(ACCELERATORS)
 
 
 def test_the_dashboard_says_nodes_per_nodepool_have_no_cloudwatch_source(template: dict[str, Any]) -> None:
     body = dashboard_body(template)
     texts = [w["properties"]["markdown"] for w in body["widgets"] if w["type"] == "text"]
-    assert obs.NODES_PER_NODEPOOL_NOTE in texts
+    assert NODES_PER_NODEPOOL_NOTE in texts
     assert ("ContainerInsights", "cluster_node_count", {"ClusterName": "edge-obs"}) in [
         (ns, name, dims) for ns, name, dims, _ in graphed(body)
     ]
@@ -284,7 +291,7 @@ def test_p99_latency_alarm_per_placement(config: AppConfig, template: dict[str, 
         assert metric_of(alarm) == {
             "namespace": "EdgeDiffusion",
             "name": contract.METRIC_INFERENCE_LATENCY_MS,
-            "dimensions": obs.serving_dimensions(placement, config),
+            "dimensions": serving_dimensions(placement, config),
             "stat": "p99",
             "period": 60,
         }
@@ -301,7 +308,7 @@ def test_5xx_rate_alarm_is_metric_math_over_requests(config: AppConfig, template
         (expression,) = [m for m in alarm["Metrics"] if "Expression" in m]
         assert expression["ReturnData"] is True
         assert expression["Expression"] == "IF(requests > 0, 100 * errors / requests, 0)"
-        dims = obs.serving_dimensions(placement, config)
+        dims = serving_dimensions(placement, config)
         assert metric_of(alarm, "requests")["name"] == contract.METRIC_REQUESTS
         assert metric_of(alarm, "errors")["name"] == contract.METRIC_SERVER_ERRORS
         for metric_id in ("requests", "errors"):
@@ -320,7 +327,7 @@ def test_a_location_without_a_ready_pod_alarms_and_missing_data_counts(
         metric = metric_of(alarm)
         assert (metric["name"], metric["dimensions"], metric["stat"]) == (
             contract.METRIC_READY_SERVING_PODS,
-            obs.ready_pods_dimensions(placement, config),
+            ready_pods_dimensions(placement, config),
             "Maximum",
         )
         assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1

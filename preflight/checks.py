@@ -18,26 +18,31 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from plan import capacity, naming, versions
 from plan.accelerators import ACCELERATOR_NAMES, Accelerator, instance_families
 from plan.config import AppConfig
-from plan.deployments import CLUSTER, EXAMPLE_ACCOUNT, IMAGE_PIPELINE, INVENTORY, REGISTRY, STACK_PREFIX, Deployment
+from plan.deployments import (
+    CLUSTER,
+    EXAMPLE_ACCOUNT,
+    IMAGE_PIPELINE,
+    INVENTORY,
+    REGISTRY,
+    STACK_PREFIX,
+    Deployment,
+    stack_name,
+)
 from plan.topology import Placement, placements
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 # --- CDK bootstrap ------------------------------------------------------------------------
 BOOTSTRAP_STACK: Final = "CDKToolkit"
-# What the synthesized stacks require of the bootstrap stack: aws-cdk-lib 2.275.0's
-# DefaultStackSynthesizer asks version 6 to deploy (MIN_BOOTSTRAP_STACK_VERSION) and version 8
-# for its lookup role (MIN_LOOKUP_ROLE_BOOTSTRAP_STACK_VERSION), which `cdk diff` uses;
-# core/lib/stack-synthesizers/default-synthesizer.js. tests/stacks/test_preflight.py checks the
+# What the synthesized stacks require of the bootstrap stack: the DefaultStackSynthesizer of the
+# aws-cdk-lib requirements.txt pins asks version 6 to deploy (MIN_BOOTSTRAP_STACK_VERSION) and
+# version 8 for its lookup role (MIN_LOOKUP_ROLE_BOOTSTRAP_STACK_VERSION), which `cdk diff` uses;
+# core/lib/stack-synthesizers/default-synthesizer.js. tests/preflight/test_preflight.py checks the
 # synthesized manifest asks no more.
 REQUIRED_BOOTSTRAP_VERSION: Final = 8
-# What `npx cdk bootstrap` of the pinned CLI (aws-cdk 2.1148.1, package.json) deploys today:
+# What `npx cdk bootstrap` of the CLI package.json pins (aws-cdk) deploys today:
 # node_modules/aws-cdk/lib/api/bootstrap/bootstrap-template.yaml, Outputs.BootstrapVersion.
 CLI_BOOTSTRAP_VERSION: Final = 33
-
-# --- Stack names (as composition.app and composition.build_infrastructure name them) -------
-REGISTRY_STACK: Final = f"{STACK_PREFIX}-{REGISTRY}"
-IMAGE_PIPELINE_STACK: Final = f"{STACK_PREFIX}-{IMAGE_PIPELINE}"
 
 # --- EC2 vCPU quotas (Service Quotas, service code ec2), by instance family prefix ----------
 # Codes as ListServiceQuotas names them ("Running On-Demand ... instances", vCPUs).
@@ -97,7 +102,8 @@ class Target:
         return self._clients[service]
 
     def stack(self, part: str) -> str:
-        return f"{self.deployment.stack_prefix}-{part}"
+        """The name of one of the deployment's stacks (plan.deployments.stack_name, as composition names it)."""
+        return stack_name(part, self.deployment)
 
 
 def _refused(check: str, err: Exception, action: str) -> Result:
@@ -445,7 +451,7 @@ def _missing(call: Callable[[], Any], codes: Iterable[str]) -> bool:
 
 
 def physical_names(target: Target) -> list[PhysicalName]:
-    """The fixed names of spec/naming a deploy of this deployment and the build infrastructure creates."""
+    """The fixed names of plan/naming a deploy of this deployment and the build infrastructure creates."""
     config = target.config
     bucket, table = naming.model_bucket_name(config), naming.inventory_table_name(config)
     role, queue = naming.karpenter_node_role_name(config), naming.interruption_queue_name(config)
@@ -462,7 +468,7 @@ def physical_names(target: Target) -> list[PhysicalName]:
         PhysicalName(
             "ECR repository",
             naming.IMAGE_REPOSITORY_NAME,
-            REGISTRY_STACK,
+            stack_name(REGISTRY),
             lambda _: (
                 not _missing(
                     lambda: ecr.describe_repositories(repositoryNames=[naming.IMAGE_REPOSITORY_NAME]), repo_missing
@@ -474,7 +480,7 @@ def physical_names(target: Target) -> list[PhysicalName]:
         PhysicalName(
             "ECR repository",
             naming.BUILD_CACHE_REPOSITORY_NAME,
-            IMAGE_PIPELINE_STACK,
+            stack_name(IMAGE_PIPELINE),
             lambda _: (
                 not _missing(
                     lambda: ecr.describe_repositories(repositoryNames=[naming.BUILD_CACHE_REPOSITORY_NAME]),
@@ -487,7 +493,7 @@ def physical_names(target: Target) -> list[PhysicalName]:
         PhysicalName(
             "S3 bucket",
             bucket,
-            REGISTRY_STACK,
+            stack_name(REGISTRY),
             lambda _: not _missing(lambda: s3.head_bucket(Bucket=bucket), ("404", "NoSuchBucket", "NotFound")),
             adoptable=True,
             delete="",

@@ -20,11 +20,11 @@ from moto.ec2.models import instance_types as moto_instance_types
 from moto.ec2.models.availability_zones_and_regions import Zone
 
 from plan import capacity, naming, versions
-from plan.deployments import Deployment, load_release
-from stacks.preflight import checks
-from stacks.preflight.__main__ import main
-from stacks.preflight.checks import FAIL, PASS, SKIP, Result, Target, quota_needs, run_checks
-from tests.conftest import ROOT, cdk_json_context
+from plan.deployments import INVENTORY, STACK_PREFIX, Deployment, load_release, stack_name
+from preflight import checks
+from preflight.__main__ import main
+from preflight.checks import FAIL, PASS, SKIP, Result, Target, quota_needs, run_checks
+from tests.conftest import ROOT, Synth, cdk_json_context
 
 ACCOUNT, REGION = "123456789012", "us-west-2"  # moto's account
 LINE = re.compile(r"^(PASS|FAIL|SKIP) [^:]+: .+$")
@@ -287,7 +287,7 @@ def test_physical_names_free_owned_retained_or_in_the_way(aws: None) -> None:
         },
     }
     boto3.client("cloudformation", region_name=REGION).create_stack(
-        StackName=f"{target.stack_prefix}-Inventory", TemplateBody=json.dumps({"Resources": {"Table": table}})
+        StackName=stack_name(INVENTORY, target), TemplateBody=json.dumps({"Resources": {"Table": table}})
     )
     boto3.client("sqs", region_name=REGION).create_queue(QueueName=naming.interruption_queue_name(config))
     results = by_check(checks.check_physical_names(Target(target, Session())))
@@ -300,17 +300,15 @@ def test_physical_names_free_owned_retained_or_in_the_way(aws: None) -> None:
     assert bucket.status == PASS and bucket.detail.startswith("free")
 
 
-def test_the_stack_names_are_the_ones_composition_gives() -> None:
-    from composition.app import stack_name
-    from plan.deployments import CLUSTER, IMAGE_PIPELINE, INVENTORY, REGISTRY
-
-    target = deployment()
-    assert (
-        f"EdgeDiffusion-{REGISTRY}",
-        f"EdgeDiffusion-{IMAGE_PIPELINE}",
-    ) == (checks.REGISTRY_STACK, checks.IMAGE_PIPELINE_STACK)
-    assert Target(target, Session()).stack(CLUSTER) == stack_name(target, CLUSTER)
-    assert Target(target, Session()).stack(INVENTORY) == stack_name(target, INVENTORY)
+def test_each_name_is_looked_up_in_the_synthesized_stack_that_creates_it(synth: Synth) -> None:
+    """Preflight names stacks with plan.deployments.stack_name, as composition does: the stack it
+    looks each physical name up in is the synthesized one that creates the name."""
+    target = Target(synth.stacks.release.selected, Session())
+    assert synth.stacks.workstation is not None
+    built = {stack.stack_name: stack for stack in (*synth.stacks.build.all, *synth.stacks.workstation.all)}
+    for item in checks.physical_names(target):
+        if item.stack.startswith(STACK_PREFIX):
+            assert f'"{item.name}"' in json.dumps(synth.template_json(built[item.stack])), (item.stack, item.name)
 
 
 def test_credentials_of_another_account_stop_the_checks(aws: None) -> None:
@@ -327,7 +325,7 @@ def test_main_prints_one_line_per_check_and_exits_1_on_a_fail(aws: None, capsys:
 
 
 def test_config_errors_exit_2_and_the_example_account_is_refused_for_diff() -> None:
-    run = [sys.executable, "-m", "stacks.preflight"]
+    run = [sys.executable, "-m", "preflight"]
     bad = subprocess.run(
         [*run, "-c", "vpcCidr=10.0.0.0/33", "-c", "auth.mode=x"], cwd=ROOT, capture_output=True, text=True
     )

@@ -1,4 +1,4 @@
-"""``python -m stacks.preflight [--deployment NAME] [-c key=value ...]`` (``make preflight``).
+"""``python -m preflight [--deployment NAME] [-c key=value ...]`` (``make preflight``).
 
 Loads the deployment's config like ``app.py`` does (cdk.json, deployments/<name>.json, ``-c``),
 then runs the read-only checks with your AWS credentials. Exit 0: every check passed or was
@@ -14,11 +14,11 @@ import sys
 
 from plan.config import ConfigError, cli_context, config_warnings
 from plan.deployments import DEPLOYMENT_KEY, EXAMPLE_ACCOUNT, load_release
-from stacks.preflight.checks import FAIL, run_checks, summary
+from preflight.checks import FAIL, run_checks, summary
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stacks.preflight", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m preflight", description=__doc__.split("\n\n")[1])
     parser.add_argument("--deployment", help="deployments/<NAME>.json (default: -c deployment=..., else dev)")
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument(
