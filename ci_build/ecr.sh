@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # ECR helpers for ci_build/build-image.sh and ci_build/publish-manifests.sh (sourced, not run).
 # Expects REPOSITORY_URI (<account>.dkr.ecr.<region>.amazonaws.com/<name>).
 
+# shellcheck disable=SC2034  # REGISTRY is read by the scripts that source this file
 REGISTRY="${REPOSITORY_URI%%/*}"
 REPOSITORY_NAME="${REPOSITORY_URI#*/}"
 

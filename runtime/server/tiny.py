@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import torch
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
 TINY_MODEL_ID: Final = "tiny"
 TINY_IMAGE_SIZE: Final = 64  # pixels; latents are 8x8 because the VAE downsamples by 8
@@ -78,7 +80,7 @@ def write_tiny_tokenizer_files() -> Path:
     return write_clip_tokenizer_files(TINY_VOCAB_SIZE)
 
 
-def build_clip_tokenizer(size: int = TINY_VOCAB_SIZE, pad_token: str | None = None):  # -> transformers.CLIPTokenizer
+def build_clip_tokenizer(size: int = TINY_VOCAB_SIZE, pad_token: str | None = None) -> CLIPTokenizer:
     """CLIPTokenizer over a byte vocabulary of ``size`` entries, 77 tokens long (files in a temp dir)."""
     from transformers import CLIPTokenizer
 
@@ -92,12 +94,12 @@ def build_clip_tokenizer(size: int = TINY_VOCAB_SIZE, pad_token: str | None = No
     )
 
 
-def build_tiny_tokenizer():  # -> transformers.CLIPTokenizer
+def build_tiny_tokenizer() -> CLIPTokenizer:
     """CLIPTokenizer over the tiny byte vocabulary."""
     return build_clip_tokenizer(TINY_VOCAB_SIZE)
 
 
-def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype | None = None):  # -> StableDiffusionPipeline
+def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
     """Build a tiny random SD pipeline (float32 unless ``dtype``); the same seed gives the same weights.
 
     The safety checker is None (as in the server's production configuration, where the
