@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from plan.config import ConfigError, cli_context, config_warnings
-from plan.deployments import Release, load_release
+from plan.deployments import Plan, load_plan
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUTDIR = ROOT / "cdk.out"
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     outdir = Path(os.environ.get("CDK_OUTDIR") or DEFAULT_OUTDIR).resolve()
     try:
         context = cli_context(argv)
-        load_release(context)  # fail fast on bad config, before the CDK and every stack are imported
+        load_plan(context)  # fail fast on bad config, before the CDK and every stack are imported
         from composition.app import build_app
 
         outdir.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
         try:
             app, stacks = build_app(context, outdir=str(staging))  # with the CLI's -c values too
-            for line in release_warnings(stacks.release):
+            for line in plan_warnings(stacks.plan):
                 print(line, file=sys.stderr)
             return synthesize(app, staging, outdir, announce=not by_cli)
         finally:
@@ -56,13 +56,13 @@ def main(argv: list[str]) -> int:
         return 2
 
 
-def release_warnings(release: Release) -> list[str]:
+def plan_warnings(plan: Plan) -> list[str]:
     """Each deployment's config warnings, each text once (naming the deployments when several)."""
     by_text: dict[str, list[str]] = {}
-    for deployment in release.deployments:
+    for deployment in plan.deployments:
         for line in config_warnings(deployment.config):
             by_text.setdefault(line, []).append(deployment.name)
-    if len(release.deployments) <= 1:
+    if len(plan.deployments) <= 1:
         return list(by_text)
     return [f"{line} [{', '.join(names)}]" for line, names in by_text.items()]
 

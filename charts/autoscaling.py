@@ -1,7 +1,7 @@
-"""KEDA: each serving Deployment scales on the pending-request metric its own pods publish.
+"""KEDA: each serving Kubernetes Deployment scales on the pending-request metric its own pods publish.
 
 The trigger reads ``contract.METRIC_PENDING_REQUESTS`` with exactly the dimensions the runtime
-attaches (``runtime.server.metrics.Dimensions``), summed over the Deployment's pods, which KEDA
+attaches (``runtime.server.metrics.Dimensions``), summed over the Kubernetes Deployment's pods, which KEDA
 divides by the per-replica target; KEDA authenticates with its own Pod Identity role. Every
 ``serving`` knob acts on 1..N scaling (minReplicas >= 1), which is why the cooldown is the HPA's
 scale-down window: docs/adr/0007-keda-cooldown-is-the-hpa-scale-down-window.md.
@@ -115,7 +115,7 @@ def trigger_metadata(placement: Placement, config: AppConfig, settings: Autoscal
 
 
 class AutoscalingChart(cdk8s.Chart):
-    """One TriggerAuthentication for the namespace and a ScaledObject per serving Deployment."""
+    """One TriggerAuthentication for the namespace and a ScaledObject per serving Kubernetes Deployment."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, config: AppConfig, settings: AutoscalingSettings | None = None

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import cdk8s
 
 from charts.autoscaling import AutoscalingChart
+from charts.compile_jobs import JOBS_CHART_ID, QUEUE_CHART_ID, CompileJobsChart, CompileQueueChart
 from charts.device_plugins import DevicePluginsChart
 from charts.inventory import InventoryChart
 from charts.karpenter import KarpenterChart
-from charts.model_builds import ModelBuildQueueChart, ModelBuildsChart
 from charts.network_policies import NetworkPoliciesChart
 from charts.serving import ServingChart
 from plan.config import AppConfig
@@ -29,8 +29,8 @@ class AppCharts:
     device_plugins: DevicePluginsChart
     serving: ServingChart
     autoscaling: AutoscalingChart
-    model_build_queue: ModelBuildQueueChart
-    model_builds: ModelBuildsChart
+    compile_queue: CompileQueueChart
+    compile_jobs: CompileJobsChart
     inventory: InventoryChart
     network_policies: NetworkPoliciesChart
 
@@ -41,8 +41,8 @@ class AppCharts:
             self.device_plugins,
             self.serving,
             self.autoscaling,
-            self.model_build_queue,
-            self.model_builds,
+            self.compile_queue,
+            self.compile_jobs,
             self.inventory,
             self.network_policies,
         )
@@ -57,13 +57,13 @@ def add_charts(app: cdk8s.App, config: AppConfig) -> AppCharts:
     serving.add_dependency(karpenter)  # pods select NodePools by name
     autoscaling = AutoscalingChart(app, "autoscaling", config=config)
     autoscaling.add_dependency(serving)
-    model_build_queue = ModelBuildQueueChart(app, "model-build-queue", config=config)
-    model_builds = ModelBuildsChart(app, "model-builds", config=config)
-    model_builds.add_dependency(serving, karpenter, model_build_queue)  # and the queue Open: see composition
+    compile_queue = CompileQueueChart(app, QUEUE_CHART_ID, config=config)
+    compile_jobs = CompileJobsChart(app, JOBS_CHART_ID, config=config)
+    compile_jobs.add_dependency(serving, karpenter, compile_queue)  # and the queue Open: see composition
     inventory = InventoryChart(app, "inventory", config=config)
     inventory.add_dependency(serving)  # the namespace lives in the serving chart
     network_policies = NetworkPoliciesChart(app, "network-policies", config=config)
     network_policies.add_dependency(serving)
     return AppCharts(
-        karpenter, device_plugins, serving, autoscaling, model_build_queue, model_builds, inventory, network_policies
+        karpenter, device_plugins, serving, autoscaling, compile_queue, compile_jobs, inventory, network_policies
     )

@@ -1,4 +1,4 @@
-"""The endpoint inventory publisher: one Deployment of ``python -m runtime.inventory`` writing the
+"""The endpoint inventory publisher: one Kubernetes Deployment of ``python -m runtime.inventory`` writing the
 inventory table through its EKS Pod Identity role, with RBAC that reads and makes two narrow writes.
 
 It reads Services, EndpointSlices, Ingresses and Pods of the app namespace (a Role) and Nodes;
@@ -137,7 +137,7 @@ class InventoryChart(cdk8s.Chart):
             role_ref=k8s.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=NAME),
             subjects=[subject],
         )
-        self.deployment = k8s.KubeDeployment(
+        self.workload = k8s.KubeDeployment(
             self,
             "Deployment",
             metadata=meta,

@@ -18,9 +18,9 @@ import cdk8s
 from constructs import Construct
 
 from charts import pods as pod_parts
+from charts.compile_jobs import CompileJobSettings
 from charts.imports.aws.k8s import karpenter as ec2nc
 from charts.imports.sh import karpenter as kpool
-from charts.model_builds import ModelBuildSettings
 from plan import capacity, naming, topology, versions
 from plan.accelerators import Accelerator, Taint
 from plan.config import AppConfig
@@ -84,12 +84,12 @@ class DisruptionSettings:
     termination_grace_period: str = "30m"  # longer than a serving pod's drain
     # Regional pools also run the compile jobs, whose pods Karpenter must not evict (do-not-disrupt)
     # before their deadline: an expired or drifted node waits that long for a compile to finish.
-    build_grace_margin_s: int = 600
+    compile_grace_margin_s: int = 600
 
-    def regional_termination_grace_period(self, build_deadline_s: int) -> str:
-        """The grace period of a pool that runs builds: the longer of a serving drain and a build."""
+    def regional_termination_grace_period(self, compile_deadline_s: int) -> str:
+        """The grace period of a pool that runs compile jobs: the longer of a serving drain and a compile."""
         serving_s = _duration_s(self.termination_grace_period)
-        return f"{max(serving_s, build_deadline_s + self.build_grace_margin_s) // 60}m"
+        return f"{max(serving_s, compile_deadline_s + self.compile_grace_margin_s) // 60}m"
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class NodePoolSettings:
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
     max_devices_per_node: int = capacity.MAX_DEVICES_PER_NODE  # see plan.capacity
     vcpus_per_cpu_pod: int = capacity.VCPUS_PER_CPU_POD
-    build_deadline_s: int = ModelBuildSettings().deadline_s  # the compile jobs' activeDeadlineSeconds
+    compile_deadline_s: int = CompileJobSettings().deadline_s  # the compile jobs' activeDeadlineSeconds
 
 
 class KarpenterChart(cdk8s.Chart):
@@ -217,7 +217,7 @@ class KarpenterChart(cdk8s.Chart):
                         termination_grace_period=(
                             disruption.termination_grace_period
                             if location.is_local_zone
-                            else disruption.regional_termination_grace_period(settings.build_deadline_s)
+                            else disruption.regional_termination_grace_period(settings.compile_deadline_s)
                         ),
                     ),
                 ),
@@ -291,7 +291,7 @@ def pool_limits(
     accelerator: Accelerator, config: AppConfig, settings: NodePoolSettings
 ) -> dict[str, kpool.NodePoolSpecLimits]:
     """Cap what a pool may launch at what its pods can use: the serving maximum plus one
-    build, counted in the resource that costs (devices; vCPUs for CPU pools)."""
+    compile job, counted in the resource that costs (devices; vCPUs for CPU pools)."""
     limit = capacity.node_pool_limit(
         accelerator.device_resource,
         accelerator.devices_per_pod,
@@ -303,7 +303,7 @@ def pool_limits(
 
 
 def instance_sizes(placement: Placement) -> tuple[str, ...]:
-    """The serving sizes of the accelerator and, in the Region (where builds run), its compile
+    """The serving sizes of the accelerator and, in the Region (where compile jobs run), its compile
     sizes: a compile pod selects its sizes by node affinity, serving pods fit the smallest."""
     accelerator = placement.accelerator
     sizes = accelerator.serving_instance_sizes

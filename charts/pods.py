@@ -1,7 +1,7 @@
 """The pod pieces every workload of the app shares: scheduling on an accelerator's nodes,
 resources including the device, and the restricted security context.
 
-Serving Deployments and compile jobs run the same image on the same nodes, so they build
+Serving Kubernetes Deployments and compile jobs run the same image on the same nodes, so they make
 their pod specs from these functions instead of repeating them per accelerator.
 """
 

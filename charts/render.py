@@ -16,14 +16,14 @@ import cdk8s
 
 from charts.build import add_charts
 from plan.config import ConfigError, cli_context
-from plan.deployments import load_release
+from plan.deployments import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def render(config_context: dict[str, object], out: Path) -> list[Path]:
     """Synthesize into ``out`` (replaced) and return the files written, in apply order."""
-    config = load_release(config_context).selected.config
+    config = load_plan(config_context).selected.config
     if out.exists():
         shutil.rmtree(out)
     app = cdk8s.App(

@@ -1,4 +1,4 @@
-"""Serving: per placement a Deployment of the runtime server, its ServiceAccount, a NodePort
+"""Serving: per placement a Kubernetes Deployment of the runtime server, its ServiceAccount, a NodePort
 Service and a PodDisruptionBudget; in the Region one ALB Ingress weighted across accelerators.
 
 Deployments are low-level ``KubeDeployment`` objects: cdk8s-plus cannot request extended
@@ -32,7 +32,7 @@ WEIGHTED_ACTION: Final = contract.WEIGHTED_ACTION
 ALB_ANNOTATION_PREFIX: Final = "alb.ingress.kubernetes.io"
 # On the namespace: the ALB controller's pod webhook adds a readiness gate to every pod behind one of
 # its target groups (target type ip), so a pod is Ready only once its target is healthy in the ALB.
-# Without it a rollout of a 1-replica Deployment (maxUnavailable 0) stops the old pod as soon as the
+# Without it a rollout of a 1-replica Kubernetes Deployment (maxUnavailable 0) stops the old pod as soon as the
 # new one answers /readyz, while its target is still "initial": the ALB is left with no healthy
 # target (docs/deploy/pod_readiness_gate.md of the controller, read at the version of the chart pinned as
 # `versions.AWS_LOAD_BALANCER_CONTROLLER`, whose mpod.elbv2.k8s.aws webhook selects namespaces on this
@@ -63,7 +63,7 @@ class ProbeSettings:
 
 @dataclass(frozen=True)
 class ServingSettings:
-    """Defaults of every serving Deployment, in one place."""
+    """Defaults of every serving Kubernetes Deployment, in one place."""
 
     probes: ProbeSettings = field(default_factory=ProbeSettings)
     resources: pods.PodResources = field(default_factory=pods.PodResources)
@@ -125,7 +125,7 @@ class ServingChart(cdk8s.Chart):
                 },
             ),
         )
-        self.deployments: dict[str, k8s.KubeDeployment] = {}
+        self.workloads: dict[str, k8s.KubeDeployment] = {}
         self.services: dict[str, k8s.KubeService] = {}
         for placement in topology.placements(config):
             self._serve(placement)
@@ -140,7 +140,7 @@ class ServingChart(cdk8s.Chart):
             # The server never calls the Kubernetes API; Pod Identity does not need this token.
             automount_service_account_token=False,
         )
-        self.deployments[name] = k8s.KubeDeployment(
+        self.workloads[name] = k8s.KubeDeployment(
             self,
             name,
             metadata=k8s.ObjectMeta(name=name, namespace=topology.NAMESPACE, labels=labels),
@@ -216,7 +216,7 @@ class ServingChart(cdk8s.Chart):
             contract.ENV_PLACEMENT: placement.name,
             contract.ENV_LOCATION: placement.location.metric_value(config),
             contract.ENV_MAX_BATCH: str(serving.max_batch),
-            # the size the compile job built for (model_builds passes the same): a Neuron pod refuses another
+            # the size the compile job compiled for (compile_jobs passes the same): a Neuron pod refuses another
             contract.ENV_HEIGHT: str(serving.height),
             contract.ENV_WIDTH: str(serving.width),
             contract.ENV_MAX_WAIT_MS: str(serving.max_wait_ms),

@@ -65,7 +65,7 @@ for entry in ${SERVING_IMAGES}; do
   found=0
   digest=$(digest_of "${tag}") || found=$?
   if [ "${found}" -eq 1 ]; then
-    echo "${REPOSITORY_URI}:${tag} not published yet: the data-volume snapshot waits for every serving image; it is built by the release after the compile"
+    echo "${REPOSITORY_URI}:${tag} not published yet: the data-volume snapshot waits for every serving image; it is built by the pipeline run after the compile"
     exit 0
   elif [ "${found}" -ne 0 ]; then
     exit "${found}"

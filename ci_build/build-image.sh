@@ -11,7 +11,7 @@
 # Tags are immutable: an image that is already published is left alone (bump serving.imageVersion
 # to publish a new one). A serving image whose compiled model is not in S3 yet, or was compiled by
 # another image version's runtime, is not an error: the build says so and succeeds without
-# pushing, and the next release after that version's compile job builds it.
+# pushing, and the next pipeline run after that version's compile job builds it.
 set -euo pipefail
 
 : "${TARGET:?}" "${IMAGE_TAG:?}" "${IMAGE_VERSION:?}" "${ARCH:?}" "${ACCELERATOR:?}" "${MODEL_DEVICE:?}" "${MODEL_S3_PREFIX:?}"

@@ -4,7 +4,7 @@
 #   SOURCE_TAGS  its architecture images, space-separated (1.2.3-cpu-amd64-runtime 1.2.3-cpu-arm64-runtime)
 #   IF_MISSING   what a missing architecture image means: `fail` (its build should have pushed it)
 #                or `skip` (a serving image waits for its compile: the list is created by the
-#                release after the compile)
+#                pipeline run after the compile)
 # The CodeBuild project (stacks/image_pipeline.py) sets them and REPOSITORY_URI.
 # Tags are immutable: a manifest list that is already published is left alone.
 set -euo pipefail
@@ -27,7 +27,7 @@ for tag in ${SOURCE_TAGS}; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "${IF_MISSING}" = skip ]; then
-    echo "${list} not created yet: ${missing[*]} not published (no compiled model); the release after the compile creates it"
+    echo "${list} not created yet: ${missing[*]} not published (no compiled model); the pipeline run after the compile creates it"
     exit 0
   fi
   echo "${list}: ${missing[*]} not published, though its build succeeded" >&2

@@ -1,7 +1,7 @@
 """How the app's stacks fit together: one function used by app.py, the tests and the deploy
 pipeline's stages, so every entry point builds the same thing.
 
-One synth builds one release (``plan.deployments``): the build infrastructure shared by every
+One synth builds the stacks of one plan (``plan.deployments.Plan``): the build infrastructure shared by every
 deployment in the account and Region (``EdgeDiffusion-Registry``, ``EdgeDiffusion-ImagePipeline``
 and, when ``pipeline.deployments`` names any, ``EdgeDiffusion-DeployPipeline``), the workstation
 deployment's stacks (``EdgeDiffusion-<name>-Network|Cluster|Inventory|Observability``) unless the pipeline
@@ -30,8 +30,8 @@ from plan.deployments import (
     NETWORK,
     OBSERVABILITY,
     Deployment,
-    Release,
-    load_release,
+    Plan,
+    load_plan,
     stack_name,
 )
 from stacks import workload_roles
@@ -57,10 +57,10 @@ class DeploymentStacks:
 
 
 @dataclass(frozen=True)
-class ReleaseStacks:
+class PlanStacks:
     """Every stack one synth builds: the shared build infrastructure and the deployments on it."""
 
-    release: Release
+    plan: Plan
     build: BuildInfrastructure
     workstation: DeploymentStacks | None
     pipeline: dict[str, DeploymentStacks] = field(default_factory=dict)
@@ -88,7 +88,7 @@ class ReleaseStacks:
 
     @property
     def _workstation(self) -> DeploymentStacks:
-        assert self.workstation is not None, f"{self.release.pipeline} are all deployed by the pipeline"
+        assert self.workstation is not None, f"{self.plan.pipeline} are all deployed by the pipeline"
         return self.workstation
 
 
@@ -131,16 +131,16 @@ def build_app(
     context: Mapping[str, object] | None = None,
     outdir: str | None = None,
     deployments_dir: Path = DEPLOYMENTS_DIR,
-) -> tuple[cdk.App, ReleaseStacks]:
+) -> tuple[cdk.App, PlanStacks]:
     """Build the whole CDK app with cdk-nag registered; raises ConfigError on bad config.
 
     ``context`` (tests) is merged over cdk.json's when run by the CLI; the CLI passes its
     context (cdk.json + -c) through the environment, which ``cdk.App`` reads itself.
     """
     app = cdk.App(context=dict(context or {}), outdir=outdir)
-    release = load_release(app.node.get_all_context(), deployments_dir)
-    build = add_build_infrastructure(app, release, add_deployment_stacks=add_deployment_stacks)
-    workstation = add_deployment_stacks(app, release.workstation) if release.workstation else None
+    plan = load_plan(app.node.get_all_context(), deployments_dir)
+    build = add_build_infrastructure(app, plan, add_deployment_stacks=add_deployment_stacks)
+    workstation = add_deployment_stacks(app, plan.workstation) if plan.workstation else None
     pipeline = build.deploy.deployment_stacks if build.deploy else {}
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    return app, ReleaseStacks(release=release, build=build, workstation=workstation, pipeline=pipeline)
+    return app, PlanStacks(plan=plan, build=build, workstation=workstation, pipeline=pipeline)

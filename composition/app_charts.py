@@ -16,7 +16,7 @@ import aws_cdk as cdk
 import cdk8s
 from aws_cdk import aws_eks_v2 as eks
 
-from charts import model_builds
+from charts import compile_jobs
 from charts.build import AppCharts, add_charts
 from plan import topology
 from plan.config import AppConfig
@@ -33,7 +33,7 @@ QUEUE_OPEN_TIMEOUT: Final = cdk.Duration.minutes(5)
 class AppChartsOnCluster:
     charts: AppCharts
     manifests: dict[str, eks.KubernetesManifest]  # chart id -> manifest, for charts applied whole
-    builds: list[eks.KubernetesManifest]  # the compile jobs' chart, one manifest per object
+    compile_jobs: list[eks.KubernetesManifest]  # the compile jobs' chart, one manifest per object
     serving_identities: dict[str, PodIdentityRole]  # service account -> role and association
     compile_identity: PodIdentityRole
 
@@ -52,7 +52,7 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
     compile_identity = cluster.add_pod_identity_role(
         "ModelCompiler",
         namespace=topology.NAMESPACE,
-        service_account=model_builds.SERVICE_ACCOUNT,
+        service_account=compile_jobs.SERVICE_ACCOUNT,
         statements=[*workload_roles.read_models_statements(config), workload_roles.write_models_statement(config)],
     )
     for identity in serving_identities.values():
@@ -62,35 +62,35 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
     workload_roles.acknowledge_workload_role(compile_identity.role, config, puts_metrics=False)
 
     charts = add_charts(cdk8s.App(), config)
-    whole = [chart for chart in charts.all if chart is not charts.model_builds]
+    whole = [chart for chart in charts.all if chart is not charts.compile_jobs]
     manifests = dict(zip((c.node.id for c in whole), cluster.apply_charts(whole), strict=True))
     # Compile Jobs are replaced, never updated: one manifest each, so a renamed one is deleted.
-    builds = cluster.apply_objects(charts.model_builds)
-    queue_open = wait_for_queue_state(cluster, manifests[charts.model_build_queue.node.id])
+    job_manifests = cluster.apply_objects(charts.compile_jobs)
+    queue_open = wait_for_queue_state(cluster, manifests[charts.compile_queue.node.id])
     for chart in charts.all:
-        applied = builds if chart is charts.model_builds else [manifests[chart.node.id]]
+        applied = job_manifests if chart is charts.compile_jobs else [manifests[chart.node.id]]
         for manifest in applied:
             for dependency in chart.node.dependencies:
                 manifest.node.add_dependency(manifests[dependency.node.id])
     # Pods get Pod Identity credentials only if the association exists when they are admitted.
     for identity in serving_identities.values():
         manifests[charts.serving.node.id].node.add_dependency(identity)
-    for manifest in builds:
+    for manifest in job_manifests:
         manifest.node.add_dependency(compile_identity, queue_open)
-    return AppChartsOnCluster(charts, manifests, builds, serving_identities, compile_identity)
+    return AppChartsOnCluster(charts, manifests, job_manifests, serving_identities, compile_identity)
 
 
 def wait_for_queue_state(cluster: ClusterStack, queue_manifest: eks.KubernetesManifest) -> eks.KubernetesObjectValue:
-    """A read of the build queue's ``status.state`` that returns once the Volcano controller has set
+    """A read of the compile queue's ``status.state`` that returns once the Volcano controller has set
     it (the kubectl handler retries until the value is non-empty): Volcano's job webhook refuses a
     Job whose queue is not ``Open`` yet, and the queue controller opens a new queue on its first sync."""
     state = eks.KubernetesObjectValue(
         cluster,
-        "ModelBuildQueueState",
+        "ModelBuildQueueState",  # a CloudFormation logical id: keeps its published name
         cluster=cast(eks.ICluster, cluster.cluster),  # jsii's ICluster Protocol misses kubectl_provider_options
-        object_type=model_builds.QUEUE_RESOURCE,
-        object_name=model_builds.QUEUE_NAME,
-        json_path=model_builds.QUEUE_STATE_PATH,
+        object_type=compile_jobs.QUEUE_RESOURCE,
+        object_name=compile_jobs.QUEUE_NAME,
+        json_path=compile_jobs.QUEUE_STATE_PATH,
         timeout=QUEUE_OPEN_TIMEOUT,
     )
     state.node.add_dependency(queue_manifest)

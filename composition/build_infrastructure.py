@@ -16,7 +16,7 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
-from plan.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Release, stack_name
+from plan.deployments import DEPLOY_PIPELINE, IMAGE_PIPELINE, REGISTRY, Deployment, Plan, stack_name
 from stacks.deploy_pipeline import DeployPipelineStack
 from stacks.image_pipeline import ImagePipelineStack
 from stacks.registry import RegistryStack
@@ -35,12 +35,12 @@ class BuildInfrastructure:
 
 def add_build_infrastructure(
     scope: Construct,
-    release: Release,
+    plan: Plan,
     *,
     add_deployment_stacks: Callable[[Construct, Deployment], Any],
 ) -> BuildInfrastructure:
     """Add the shared stacks; the deploy pipeline's stages are built by ``add_deployment_stacks``."""
-    config = release.shared
+    config = plan.shared
     env = cdk.Environment(account=config.account, region=config.region)
     registry = RegistryStack(scope, stack_name(REGISTRY), config=config, env=env)
     images = ImagePipelineStack(
@@ -52,11 +52,11 @@ def add_build_infrastructure(
             stack_name(DEPLOY_PIPELINE),
             config=config,
             source=images.source,
-            deployments=release.pipeline,
+            deployments=plan.pipeline,
             add_deployment_stacks=add_deployment_stacks,
             env=env,
         )
-        if release.pipeline
+        if plan.pipeline
         else None
     )
     return BuildInfrastructure(registry=registry, images=images, deploy=deploy)

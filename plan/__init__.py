@@ -1,4 +1,4 @@
-"""The deployment model: what the stacks, the charts and the runtime all describe, and none builds.
+"""The plan: what the stacks, the charts and the runtime all describe, and none builds.
 
 Typed config and its ``-c`` parsing, the accelerator table, the versions catalog, physical names,
 image tags, placements (which accelerator serves in which location), the model-artifact layout

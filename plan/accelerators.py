@@ -1,7 +1,7 @@
 """The accelerator table: the one place that says what an accelerator is.
 
 Every per-accelerator object of the app (Karpenter NodePools, device plugins, serving
-Deployments, KEDA ScaledObjects, Volcano compile jobs, image variants) is generated from
+Kubernetes Deployments, KEDA ScaledObjects, Volcano compile jobs, image variants) is generated from
 these rows; adding an accelerator is adding a row here.
 """
 

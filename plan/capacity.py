@@ -1,9 +1,9 @@
 """What of an EC2 instance a pod can request on an EKS AL2023 node launched by Karpenter.
 
-One model (VM overhead, kube-reserved memory and CPU, hard eviction, ENI-limited max pods) that
+One calculation (VM overhead, kube-reserved memory and CPU, hard eviction, ENI-limited max pods) that
 tests/charts/test_capacity.py checks every serving and compile pod against, because a request a
 little above a size's allocatable silently buys the next size. The formulas, their sources and a
-worked example: docs/adr/0010-pod-requests-checked-against-a-node-capacity-model.md.
+worked example: docs/adr/0010-pod-requests-checked-against-a-node-capacity-calculation.md.
 """
 
 from __future__ import annotations
@@ -132,9 +132,9 @@ def addon_daemon_requests(accelerator: str) -> tuple[int, int]:
 
 # --- NodePool limits: what a pool's pods can use ----------------------------------------------
 # charts/karpenter.py renders them as the NodePools' limits; `make preflight` checks the vCPU
-# quotas against them. Compile jobs run on the regional pools next to serving, one build per
-# accelerator at a time.
-BUILD_PODS_PER_POOL: Final = 1
+# quotas against them. Compile jobs run on the regional pools next to serving, one compile job
+# per accelerator at a time.
+COMPILE_PODS_PER_POOL: Final = 1
 # The largest device count of one node of the pools' families (p4d/p5: 8 GPUs, trn1.32xlarge:
 # 16 Neuron devices): a limit below this would forbid those instances outright.
 MAX_DEVICES_PER_NODE: Final = 16
@@ -158,8 +158,8 @@ def node_pool_limit(
     max_devices_per_node: int = MAX_DEVICES_PER_NODE,
     vcpus_per_cpu_pod: int = VCPUS_PER_CPU_POD,
 ) -> PoolLimit:
-    """The serving maximum plus one build, counted in the resource that costs (devices; vCPUs for CPU pools)."""
-    pods = max_replicas + BUILD_PODS_PER_POOL
+    """The serving maximum plus one compile job, counted in the resource that costs (devices; vCPUs for CPU pools)."""
+    pods = max_replicas + COMPILE_PODS_PER_POOL
     if device_resource:
         return PoolLimit(device_resource, max(pods * devices_per_pod, max_devices_per_node), pods)
     return PoolLimit("cpu", pods * vcpus_per_cpu_pod, pods)

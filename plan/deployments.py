@@ -1,4 +1,4 @@
-"""Deployments: named, committed configurations of the app, and the one release that builds them.
+"""Deployments: named, committed configurations of the app, and the plan of one synth that holds them.
 
 The build infrastructure (image repository, model bucket, image pipeline, deploy pipeline and
 its source) exists once per account and Region; every deployment of the app (``dev``,
@@ -48,7 +48,7 @@ DEPLOYMENT_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 # Keys of the build infrastructure, shared by every deployment: cdk.json (or -c) only. The
 # model is one too: the image pipeline bakes it into the serving images every deployment runs.
 SHARED_KEYS: Final = ("account", "region", "pipeline", "modelId", "modelRevision")
-# Serving keys the images and the compiled models are built for: the image pipeline builds one
+# Serving keys the images are built and the models compiled for: the image pipeline builds one
 # serving.imageVersion, and every deployment's compile job writes the one artifact prefix of the
 # model, so its shape (height, width, static batch) is shared too.
 SHARED_SERVING_KEYS: Final = ("imageVersion", "height", "width", "maxBatch")
@@ -78,7 +78,7 @@ class Deployment:
 
 
 @dataclass(frozen=True)
-class Release:
+class Plan:
     """What one synth builds: the shared build infrastructure and the deployments on it."""
 
     shared: AppConfig  # account, region and pipeline of the build infrastructure
@@ -161,7 +161,7 @@ def _overrides(context: Mapping[str, object], committed: Mapping[str, object]) -
 
 def check_deployable_from_pipeline(deployment: Deployment) -> None:
     """A pipeline deploys unattended: the committed example networks must have been replaced
-    (the example account is the shared config's, checked once in ``_check_release``)."""
+    (the example account is the shared config's, checked once in ``_check_plan``)."""
     where = f"deployments/{deployment.name}.json"
     raise_collected(
         ConfigError(f"{where}:clientCidrs", cidr, "the networks your devices come from, not a documentation range")
@@ -174,8 +174,8 @@ def _documentation_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> 
     return any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS)  # type: ignore[arg-type]
 
 
-def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) -> Release:
-    """Build the release from the CDK context (cdk.json plus ``-c``) and the deployment files.
+def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) -> Plan:
+    """Build the plan from the CDK context (cdk.json plus ``-c``) and the deployment files.
 
     Every bad value of every deployment is reported at once (ConfigErrors), each once.
     """
@@ -217,9 +217,9 @@ def load_release(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DI
             workstation = Deployment(name, config, WORKSTATION) if config else None
     raise_collected(errors)
     assert shared is not None
-    release = Release(shared=shared, selected_name=name, workstation=workstation, pipeline=tuple(pipeline))
-    _check_release(release)
-    return release
+    plan = Plan(shared=shared, selected_name=name, workstation=workstation, pipeline=tuple(pipeline))
+    _check_plan(plan)
+    return plan
 
 
 def _attempt(
@@ -255,22 +255,22 @@ def _pipeline_names(context: Mapping[str, object]) -> tuple[str, ...]:
     return ()
 
 
-def _check_release(release: Release) -> None:
+def _check_plan(plan: Plan) -> None:
     errors: list[ConfigError] = []
-    if release.pipeline:
-        if release.shared.account == EXAMPLE_ACCOUNT:
+    if plan.pipeline:
+        if plan.shared.account == EXAMPLE_ACCOUNT:
             errors.append(
                 ConfigError(
                     "account",
-                    release.shared.account,
+                    plan.shared.account,
                     "your AWS account id, not the example, when pipeline.deployments is set",
                 )
             )
-        for deployment in release.pipeline:
+        for deployment in plan.pipeline:
             _attempt(errors, check_deployable_from_pipeline, deployment)
     clusters: dict[str, str] = {}
-    built = release.shared.accelerators
-    for deployment in release.deployments:
+    built = plan.shared.accelerators
+    for deployment in plan.deployments:
         for accelerator in deployment.config.accelerators:
             if accelerator not in built:
                 errors.append(
@@ -337,11 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         context = cli_context([t for pair in args.context for t in ("-c", pair)])
-        release = load_release(context)
+        plan = load_plan(context)
     except ConfigError as err:
         print("\n".join(err.lines()), file=sys.stderr)
         return 2
-    deployment = release.selected
+    deployment = plan.selected
     if args.workstation_stacks and deployment.deployed_by == PIPELINE:
         print(
             f"error: the deploy pipeline deploys {deployment.name} (pipeline.deployments): commit "

@@ -59,7 +59,7 @@ def inventory_table_name(config: AppConfig) -> str:
 
 
 # Labels of the controllers' managed node group (set by ClusterStack): the controllers' Helm
-# releases and any other always-on system pod (the inventory publisher) select these nodes.
+# Helm releases and any other always-on system pod (the inventory publisher) select these nodes.
 CONTROLLER_NODE_LABELS: Final = {"edge-diffusion.aws/role": "controllers"}
 
 

@@ -1,7 +1,7 @@
 """Where the app runs: which accelerator serves from which location, and what every object is called.
 
 Every chart derives its per-accelerator and per-location objects from :func:`placements`, so
-the NodePool a Deployment selects, the ScaledObject that scales it and the Service in front
+the NodePool a Kubernetes Deployment selects, the ScaledObject that scales it and the Service in front
 of it always agree on names, labels and zones.
 """
 
@@ -16,7 +16,7 @@ from plan.accelerators import ACCELERATORS, Accelerator
 from plan.config import AppConfig
 from plan.local_zones import LOCAL_ZONES as LOCAL_ZONES  # where the app can run: the Region's real Local Zones
 
-NAMESPACE: Final = "edge-diffusion"  # serving Deployments, KEDA objects and compile jobs
+NAMESPACE: Final = "edge-diffusion"  # serving Kubernetes Deployments, KEDA objects and compile jobs
 APP_NAME: Final = "stable-diffusion"
 PART_OF: Final = "edge-diffusion"
 # Node labels set by our NodePools: the device plugins select their nodes with them.
@@ -82,7 +82,7 @@ def regional_families(accelerator: Accelerator, config: AppConfig) -> tuple[str,
 
 @dataclass(frozen=True)
 class Placement:
-    """One accelerator serving from one location: one NodePool, Deployment, Service, ScaledObject."""
+    """One accelerator serving from one location: one NodePool, Kubernetes Deployment, Service, ScaledObject."""
 
     accelerator: Accelerator
     location: Location
@@ -94,7 +94,7 @@ class Placement:
 
     @property
     def name(self) -> str:
-        """The Deployment, its Service, ServiceAccount, PodDisruptionBudget and ScaledObject."""
+        """The Kubernetes Deployment, its Service, ServiceAccount, PodDisruptionBudget and ScaledObject."""
         return f"{APP_NAME}-{self.accelerator.name}{self.location.suffix}"
 
     @property

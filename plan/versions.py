@@ -18,12 +18,12 @@ KUBECTL_LAYER_PACKAGE: Final = "aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 
 @dataclass(frozen=True)
 class HelmChart:
-    """A Helm chart pinned to one version, installed as one release in one namespace."""
+    """A Helm chart pinned to one version, installed as one Helm release in one namespace."""
 
     chart: str
     repository: str
     version: str
-    release: str
+    release_name: str  # the Helm release's name
     namespace: str
 
 
@@ -32,7 +32,7 @@ KARPENTER: Final = HelmChart(
     chart="karpenter",
     repository="oci://public.ecr.aws/karpenter/karpenter",
     version="1.14.1",
-    release="karpenter",
+    release_name="karpenter",
     namespace="kube-system",
 )
 # Karpenter's CRDs, from its own chart, at the controller's version: Helm installs the crds/ of
@@ -42,21 +42,21 @@ KARPENTER_CRD: Final = HelmChart(
     chart="karpenter-crd",
     repository="oci://public.ecr.aws/karpenter/karpenter-crd",
     version=KARPENTER.version,
-    release="karpenter-crd",
+    release_name="karpenter-crd",
     namespace=KARPENTER.namespace,
 )
 KEDA: Final = HelmChart(
     chart="keda",
     repository="https://kedacore.github.io/charts",
     version="2.20.2",
-    release="keda",
+    release_name="keda",
     namespace="keda",
 )
 VOLCANO: Final = HelmChart(
     chart="volcano",
     repository="https://volcano-sh.github.io/helm-charts",
     version="1.15.1",
-    release="volcano",
+    release_name="volcano",
     namespace="volcano-system",
 )
 # Chart 1.17.1 ships controller v2.17.1 (eks-charts); IngressClass "alb" comes with it.
@@ -64,7 +64,7 @@ AWS_LOAD_BALANCER_CONTROLLER: Final = HelmChart(
     chart="aws-load-balancer-controller",
     repository="https://aws.github.io/eks-charts",
     version="1.17.1",
-    release="aws-load-balancer-controller",
+    release_name="aws-load-balancer-controller",
     namespace="kube-system",
 )
 

@@ -5,8 +5,8 @@ type offerings, EC2 vCPU quotas, the EKS version, the TLS certificate and secret
 physical names a deploy creates are free or adoptable. One line per check,
 ``PASS|FAIL|SKIP <check>: <detail>[; fix: <what to do>]``; exit 1 on any FAIL, 2 on config errors.
 
-A package of its own, not one of the stacks: it builds nothing and reads only the model (plan/),
-so it runs with boto3 and without the CDK (the import-linter contract ``preflight-on-the-model``).
+A package of its own, not one of the stacks: it builds nothing and reads only the plan (plan/),
+so it runs with boto3 and without the CDK (the import-linter contract ``preflight-on-the-plan``).
 """
 
 from preflight.checks import Result, run_checks

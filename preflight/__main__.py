@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from plan.config import ConfigError, cli_context, config_warnings
-from plan.deployments import DEPLOYMENT_KEY, EXAMPLE_ACCOUNT, load_release
+from plan.deployments import DEPLOYMENT_KEY, EXAMPLE_ACCOUNT, load_plan
 from preflight.checks import FAIL, run_checks, summary
 
 
@@ -35,12 +35,12 @@ def main(argv: list[str]) -> int:
         context = cli_context([token for pair in args.context for token in ("-c", pair)])
         if args.deployment:
             context[DEPLOYMENT_KEY] = args.deployment
-        release = load_release(context)
+        plan = load_plan(context)
     except ConfigError as err:
         for line in err.lines():
             print(line, file=sys.stderr)
         return 2
-    deployment = release.selected
+    deployment = plan.selected
     if args.require_account:
         if deployment.config.account != EXAMPLE_ACCOUNT:
             return 0

@@ -313,7 +313,7 @@ def _smallest(accelerator: Accelerator, family: str) -> str | None:
 def pool_vcpus(placement: Placement, config: AppConfig) -> dict[str, tuple[int, str]]:
     """Quota group -> (vCPUs the placement's NodePool limit allows on that group's smallest instance, why)."""
     accelerator = placement.accelerator
-    # The limit charts/karpenter.py renders for this pool (one model: plan.capacity).
+    # The limit charts/karpenter.py renders for this pool (one calculation: plan.capacity).
     limit = capacity.node_pool_limit(
         accelerator.device_resource, accelerator.devices_per_pod, config.serving.max_replicas
     )

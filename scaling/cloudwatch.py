@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from scaling.model import MetricPipeline
+from scaling.loop import MetricPipeline
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from scaling.cloudwatch import PendingMetric
 from scaling.hpa import Hpa
-from scaling.model import Simulation, check
+from scaling.loop import Simulation, check
 from scaling.queue import advance, p90_ms
 from scaling.traffic import Trace
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from scaling.model import Autoscaling, HpaRules
+from scaling.loop import Autoscaling, HpaRules
 
 
 @dataclass

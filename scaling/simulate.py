@@ -21,13 +21,13 @@ from typing import Final, NoReturn
 
 from plan import prices
 from scaling.engine import Result, run
-from scaling.model import (
+from scaling.loop import (
     KUBERNETES_SCALE_DOWN,
     KUBERNETES_SCALE_UP,
     Autoscaling,
     HpaRules,
-    ModelError,
     Simulation,
+    SimulationError,
     pod_from_breaking_point,
 )
 from scaling.traffic import TRACE_KINDS, Cosine, FlashCrowd, Ramp, Step, Trace
@@ -229,7 +229,7 @@ def plot(runs: dict[str, list[tuple[str, Result]]], sim: Simulation, path: Path)
 # --- CLI -----------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise ModelError(" ".join(message.split()))
+        raise SimulationError(" ".join(message.split()))
 
 
 def _number(kind: Callable[[str], float], *, zero: bool = False) -> Callable[[str], float]:
@@ -339,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: dict[str, list[tuple[str, Result]]] = {}
         for trace in traces:
             runs[trace.name] = [(label, run(sim, trace, args.duration_s)) for label, sim in configs]
-    except ModelError as exc:
+    except SimulationError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     price = prices.on_demand_price(PRICED_INSTANCE, prices.REFERENCE_REGION)

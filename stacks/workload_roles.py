@@ -1,9 +1,9 @@
 """The AWS side of the app's pods: what the serving and compile service accounts may do.
 
-Each serving Deployment's service account gets its own Pod Identity role that may publish
+Each serving Kubernetes Deployment's service account gets its own Pod Identity role that may publish
 the runtime's metrics (only into ``contract.METRIC_NAMESPACE``), read the compiled models and
 read the public half of the deployment's token-signing key (by its alias); a Local Zone
-Deployment's role may also read the one TLS secret its pods terminate HTTPS with. The compile
+Kubernetes Deployment's role may also read the one TLS secret its pods terminate HTTPS with. The compile
 jobs' service account may also write the models (``composition.app_charts`` creates the roles
 next to the charts whose pods use them).
 """

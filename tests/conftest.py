@@ -21,18 +21,18 @@ def cdk_json_context() -> dict[str, Any]:
     return dict(json.loads((ROOT / "cdk.json").read_text())["context"])
 
 
-# The session's release: the committed config with a real-looking account, a deploy pipeline
+# The session's plan: the committed config with a real-looking account, a deploy pipeline
 # deploying staging and production (tests/fixtures/deployments), and the workstation's dev
 # deployment beside it: both deploy paths in one synthesis.
-RELEASE_ACCOUNT = "123456789012"
+PLAN_ACCOUNT = "123456789012"
 PIPELINE_DEPLOYMENTS = ("staging", "production")
 FIXTURE_DEPLOYMENTS = ROOT / "tests" / "fixtures" / "deployments"
 
 
-def release_context() -> dict[str, Any]:
+def plan_context() -> dict[str, Any]:
     """The context of the session's synthesis (cdk.json plus what ``-c`` would set)."""
     pipeline = {**dict(cdk_json_context().get("pipeline", {})), "deployments": list(PIPELINE_DEPLOYMENTS)}
-    return {**cdk_json_context(), "account": RELEASE_ACCOUNT, "pipeline": pipeline}
+    return {**cdk_json_context(), "account": PLAN_ACCOUNT, "pipeline": pipeline}
 
 
 @dataclass
@@ -68,6 +68,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     from composition.app import build_app
 
     outdir = tmp_path_factory.mktemp("cdk.out")
-    app, stacks = build_app(release_context(), outdir=str(outdir), deployments_dir=FIXTURE_DEPLOYMENTS)
+    app, stacks = build_app(plan_context(), outdir=str(outdir), deployments_dir=FIXTURE_DEPLOYMENTS)
     assembly = app.synth()
     return Synth(app=app, stacks=stacks, assembly=assembly, outdir=outdir)

@@ -367,10 +367,10 @@ class _Session:
 
 def _preflight(check: str, **clients: _Client) -> list[str]:
     from plan.config import cli_context
-    from plan.deployments import load_release
+    from plan.deployments import load_plan
 
     checks = _preflight_checks()
-    deployment = load_release(cli_context(["-c", "deployment=dev"])).selected
+    deployment = load_plan(cli_context(["-c", "deployment=dev"])).selected
     return [result.line for result in getattr(checks, check)(checks.Target(deployment, _Session(**clients)))]
 
 

@@ -133,7 +133,7 @@ class AppConfig:
         default=False, description="p4d/p5 in the NVIDIA NodePool: fast, and costly"
     )
     model_id: Annotated[str, matching(MODEL_ID_PATTERN, "a Hugging Face model id like org/name, or tiny")] = Field(
-        default=contract.DEFAULT_MODEL_ID, description="the model the compile jobs build and the servers load"
+        default=contract.DEFAULT_MODEL_ID, description="the model the compile jobs compile and the servers load"
     )
     model_revision: str = Field(
         default=contract.DEFAULT_MODEL_REVISION, min_length=1, description="its revision on the Hub"

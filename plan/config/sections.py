@@ -101,7 +101,7 @@ class LocalZoneConfig:
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class ServingConfig:
-    """Serving and autoscaling knobs shared by every serving Deployment (docs/scaling.md: why each default)."""
+    """Serving and autoscaling knobs of every serving Kubernetes Deployment (docs/scaling.md: why each default)."""
 
     image_version: str = Field(default="1.0.0", min_length=1, description="tag of the serving images to run")
     # At least 1: the pods publish the metric KEDA scales on, so at 0 nothing would scale up.
@@ -141,7 +141,7 @@ class ServingConfig:
         default=contract.DEFAULT_MAX_BATCH,
         ge=1,
         le=contract.MAX_BATCH_LIMIT,
-        description="images per device call at most, what the Neuron compile is built for",
+        description="images per device call at most, the static batch the Neuron compile is for",
     )
     max_wait_ms: Integer = Field(
         default=contract.DEFAULT_MAX_WAIT_MS,
@@ -154,7 +154,7 @@ class ServingConfig:
         ge=contract.IMAGE_SIZE_BOUNDS[0],
         le=contract.IMAGE_SIZE_BOUNDS[1],
         multiple_of=contract.IMAGE_SIZE_MULTIPLE,  # the VAE downsamples by 8
-        description="image height in pixels that the pods serve and the compile job builds",
+        description="image height in pixels that the pods serve and the compile job compiles for",
     )
     width: Integer = Field(
         default=contract.DEFAULT_IMAGE_SIZE,

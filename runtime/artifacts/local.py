@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from plan.model_artifacts import MANIFEST_NAME
-from runtime.artifacts.manifest import ArtifactError, BuildSpec, FileEntry, Manifest, PublishResult
+from runtime.artifacts.manifest import ArtifactError, ArtifactSpec, FileEntry, Manifest, PublishResult
 
 _CHUNK: Final = 1024 * 1024
 
@@ -50,7 +50,7 @@ def scan_dir(root: Path) -> tuple[FileEntry, ...]:
     return tuple(FileEntry(rel, *file_digest(root / rel)) for rel in list_files(root))
 
 
-def write_manifest(root: Path, spec: BuildSpec) -> Manifest:
+def write_manifest(root: Path, spec: ArtifactSpec) -> Manifest:
     """Hash ``root`` and write its manifest atomically."""
     manifest = Manifest(spec=spec, files=scan_dir(root), created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     atomic_write(root / MANIFEST_NAME, manifest.to_json().encode())
@@ -114,8 +114,8 @@ def remove_unlisted(root: Path, manifest: Manifest) -> tuple[str, ...]:
     return stale
 
 
-def find_published_dir(root: Path, spec: BuildSpec) -> Manifest | None:
-    """The manifest of a complete artifact built from ``spec`` at ``root``, else None."""
+def find_published_dir(root: Path, spec: ArtifactSpec) -> Manifest | None:
+    """The manifest of a complete artifact compiled from ``spec`` at ``root``, else None."""
     if not (root / MANIFEST_NAME).is_file():
         return None
     try:

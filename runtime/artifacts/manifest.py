@@ -1,6 +1,6 @@
-"""What a compiled artifact is: its build spec, its files, and the manifest JSON describing both.
+"""What a compiled artifact is: its artifact spec, its files, and the manifest JSON describing both.
 
-A manifest (``plan.model_artifacts.MANIFEST_NAME``) records what identifies a build (model id,
+A manifest (``plan.model_artifacts.MANIFEST_NAME``) records what identifies an artifact (model id,
 revision, device, shapes, dtype, library versions, options) and the size and sha256 of every
 file. Parsing validates every field, so a malformed or hostile manifest (``..`` paths, bad
 digests) is refused with a one-line ``ArtifactError`` before any file is touched.
@@ -19,7 +19,7 @@ from typing import Any, Final
 from plan import contract
 from plan.model_artifacts import MANIFEST_NAME
 
-MANIFEST_FORMAT: Final = 2  # 2 names the torch device "device"; older manifests are refused (rebuild)
+MANIFEST_FORMAT: Final = 2  # 2 names the torch device "device"; older manifests are refused (compile again)
 DTYPES: Final = ("float16", "bfloat16", "float32")
 MODEL_ID_ALLOWED: Final = "a Hub id like 'org/name' or a plain name like 'tiny'"
 REVISION_ALLOWED: Final = "letters, digits, '.', '_' or '-' (no '/')"
@@ -94,8 +94,8 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class BuildSpec:
-    """What identifies a build: two builds with equal specs are interchangeable."""
+class ArtifactSpec:
+    """What identifies a compiled artifact: two artifacts with equal specs are interchangeable."""
 
     model_id: str
     revision: str
@@ -113,7 +113,7 @@ class BuildSpec:
         check_revision(self.revision)
 
     def identity(self) -> dict[str, Any]:
-        """The JSON-comparable fields that decide whether a published build can be reused."""
+        """The JSON-comparable fields that decide whether a published artifact can be reused."""
         return {
             "model_id": self.model_id,
             "revision": self.revision,
@@ -132,9 +132,9 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A build's spec plus the size and sha256 of every file (sorted by path)."""
+    """An artifact's spec plus the size and sha256 of every file (sorted by path)."""
 
-    spec: BuildSpec
+    spec: ArtifactSpec
     files: tuple[FileEntry, ...]
     created_at: str = ""
 
@@ -142,7 +142,7 @@ class Manifest:
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
-    def matches(self, spec: BuildSpec) -> bool:
+    def matches(self, spec: ArtifactSpec) -> bool:
         return self.spec.identity() == spec.identity()
 
     def to_json(self) -> str:
@@ -163,7 +163,7 @@ class Manifest:
             if doc.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"format {doc.get('format')!r}, expected {MANIFEST_FORMAT}")
             shapes = doc["shapes"]
-            spec = BuildSpec(
+            spec = ArtifactSpec(
                 model_id=_str(doc["model_id"]),
                 revision=_str(doc["revision"]),
                 device=_str(doc["device"]),

@@ -21,7 +21,7 @@ from typing import Any, Final, TypeAlias
 
 from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import atomic_write, entry_problem, remove_unlisted, verify_dir
-from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, PublishResult
+from runtime.artifacts.manifest import ArtifactError, ArtifactSpec, Manifest, PublishResult
 
 log = logging.getLogger("edge_diffusion.artifacts")
 
@@ -108,8 +108,8 @@ def read_remote_manifest(uri: str, s3: S3Client | None = None) -> Manifest | Non
     return Manifest.from_json(body, origin=f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}")
 
 
-def find_published_s3(uri: str, spec: BuildSpec, s3: S3Client) -> Manifest | None:
-    """The manifest of a complete artifact built from ``spec`` at ``uri`` (every file present
+def find_published_s3(uri: str, spec: ArtifactSpec, s3: S3Client) -> Manifest | None:
+    """The manifest of a complete artifact compiled from ``spec`` at ``uri`` (every file present
     with its recorded size), else None; an unreadable manifest counts as absent.
 
     The prefix is listed before the manifest is read: S3 answers a GET of a missing key with 403,

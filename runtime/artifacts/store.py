@@ -14,7 +14,7 @@ from plan.model_artifacts import artifact_prefix
 from runtime.artifacts.local import find_published_dir, publish_dir, verify_dir
 from runtime.artifacts.manifest import (
     Artifact,
-    BuildSpec,
+    ArtifactSpec,
     Manifest,
     PublishResult,
     check_device,
@@ -25,7 +25,7 @@ from runtime.artifacts.s3 import S3Client, download, find_published_s3, is_s3, n
 
 
 def artifact_uri(base: str, model_id: str, revision: str, device: str) -> str:
-    """Where a build lives: ``<base>/<model>/<revision>/<device>/`` (an S3 URI or a local path)."""
+    """Where an artifact lives: ``<base>/<model>/<revision>/<device>/`` (an S3 URI or a local path)."""
     check_model_id(model_id)
     check_revision(revision)
     check_device(device)
@@ -33,8 +33,8 @@ def artifact_uri(base: str, model_id: str, revision: str, device: str) -> str:
     return artifact_prefix(root, model_id, revision, device)
 
 
-def find_published(dest: str, spec: BuildSpec, s3: S3Client | None = None) -> Manifest | None:
-    """A complete artifact at ``dest`` built from an identical spec, or None (so: build it).
+def find_published(dest: str, spec: ArtifactSpec, s3: S3Client | None = None) -> Manifest | None:
+    """A complete artifact at ``dest`` compiled from an identical spec, or None (so: compile it).
 
     Complete means a readable manifest whose spec matches and whose every file is present
     with the recorded size (S3) or verifies fully (local).

@@ -148,7 +148,7 @@ def run_phases(args: BenchSettings, body: dict[str, Any]) -> int:
     params = BatchParams(args.steps, args.guidance_scale, args.width, args.height)
     print(phases.PHASE_HEAD, flush=True)
     results = phases.measure(backend, params, args.batches, args.calls, lambda line: print(line, flush=True))
-    phases.release(backend)
+    phases.drop_pipeline(backend)
     del backend
 
     served: dict[int, tuple[float, float | None]] = {}

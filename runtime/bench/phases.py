@@ -168,7 +168,7 @@ def summarise(batch: int, samples: Sequence[PhaseTimes]) -> PhaseResult:
     )
 
 
-def release(backend: DiffusersBackend) -> None:
+def drop_pipeline(backend: DiffusersBackend) -> None:
     """Drop the pipeline before the server starts, so the two never hold the model at once."""
     backend.pipe = None
     gc.collect()

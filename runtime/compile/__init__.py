@@ -1,4 +1,4 @@
-"""Compile job: build a model artifact for one device and publish it with its manifest.
+"""Compile job: compile a model artifact for one device and publish it with its manifest.
 
     python -m runtime.compile --model tiny|sd21-random|sd21-768-random|<hub id> [--revision R] \
         --device neuron|cuda|cpu [--height H] [--width W] [--batch-size B] [--dtype float16|bfloat16|float32] \
@@ -12,8 +12,8 @@ The artifact lands in `<out>/<model>/<revision>/<device>/` (`runtime.artifacts.s
   float32 for cpu) so pods load it without conversion; for cuda, `--inductor-cache` also warms a
   TorchInductor cache on the GPU and ships it in `contract.INDUCTOR_CACHE_DIRNAME/`.
 
-When a complete artifact with an identical `BuildSpec` (model, revision, device, shapes, dtype,
+When a complete artifact with an identical `ArtifactSpec` (model, revision, device, shapes, dtype,
 library versions) is already at the destination, nothing is built or uploaded. Every flag
 falls back to an environment variable from `plan.contract` so the Volcano Job sets them by
-env (`settings`). Exit codes: 0 done or skipped, 1 the build or upload failed, 2 bad flags or values.
+env (`settings`). Exit codes: 0 done or skipped, 1 the compile or upload failed, 2 bad flags or values.
 """

@@ -1,4 +1,4 @@
-"""Building an artifact's files: optimum-neuron export for neuron, safetensors for cuda and cpu."""
+"""Producing an artifact's files: optimum-neuron export for neuron, safetensors for cuda and cpu."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from plan import contract
 from plan.model_artifacts import IMAGE_VERSION_OPTION
-from runtime.artifacts.manifest import BuildSpec, library_versions
+from runtime.artifacts.manifest import ArtifactSpec, library_versions
 from runtime.compile.settings import CompileConfig
 from runtime.server.backends import WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
@@ -16,11 +16,11 @@ from runtime.server.settings import Settings
 
 
 class CompileError(Exception):
-    """The build could not run here, e.g. no GPU for --inductor-cache (exit 1)."""
+    """The compile could not run here, e.g. no GPU for --inductor-cache (exit 1)."""
 
 
 def _import_neuron() -> Any:
-    """optimum.neuron, imported only for neuron builds (it exists only in the Neuron image)."""
+    """optimum.neuron, imported only for neuron compiles (it exists only in the Neuron image)."""
     try:
         import optimum.neuron as neuron
     except ImportError as exc:
@@ -30,8 +30,8 @@ def _import_neuron() -> Any:
     return neuron
 
 
-def build_spec(cfg: CompileConfig) -> BuildSpec:
-    """The identity of the artifact this config would produce (decides skip vs build)."""
+def artifact_spec(cfg: CompileConfig) -> ArtifactSpec:
+    """The identity of the artifact this config would produce (decides skip vs compile)."""
     versions = library_versions(cfg.device)
     options: dict[str, str] = {}
     if cfg.device == "neuron":
@@ -46,7 +46,7 @@ def build_spec(cfg: CompileConfig) -> BuildSpec:
         options |= {"inductor_cache": contract.INDUCTOR_CACHE_DIRNAME, "cuda_capability": f"{major}.{minor}"}
     if cfg.image_version:
         options[IMAGE_VERSION_OPTION] = cfg.image_version
-    return BuildSpec(
+    return ArtifactSpec(
         model_id=cfg.model_id,
         revision=cfg.revision,
         device=cfg.device,

@@ -1,4 +1,4 @@
-"""One compile run: skip when an identical build is published, else build, manifest, publish."""
+"""One compile run: skip when an identical artifact is published, else compile, manifest, publish."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 from plan import contract
 from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import write_manifest
-from runtime.artifacts.manifest import BuildSpec, Manifest, PublishResult
+from runtime.artifacts.manifest import ArtifactSpec, Manifest, PublishResult
 from runtime.artifacts.s3 import S3Client, is_s3, s3_client
 from runtime.artifacts.store import artifact_uri, find_published, publish
-from runtime.compile.export import build_spec, export
+from runtime.compile.export import artifact_spec, export
 from runtime.compile.settings import CompileConfig
 
 log = logging.getLogger(contract.COMPILE_MODULE)
@@ -24,7 +24,7 @@ class Outcome:
     """What a run did, for the one-line summary."""
 
     destination: str
-    spec: BuildSpec
+    spec: ArtifactSpec
     manifest: Manifest
     published: PublishResult | None  # None: skipped, a matching artifact was already there
 
@@ -43,11 +43,11 @@ class Outcome:
 
 
 def run(cfg: CompileConfig, s3: S3Client | None = None) -> Outcome:
-    """Skip if published, else build into a temp dir, write the manifest, publish (manifest last)."""
+    """Skip if published, else compile into a temp dir, write the manifest, publish (manifest last)."""
     if is_s3(cfg.out) and s3 is None:
         s3 = s3_client()
     destination = artifact_uri(cfg.out, cfg.model_id, cfg.revision, cfg.device)
-    spec = build_spec(cfg)
+    spec = artifact_spec(cfg)
     existing = find_published(destination, spec, s3)
     if existing is not None:
         return Outcome(destination, spec, existing, None)
@@ -56,7 +56,7 @@ def run(cfg: CompileConfig, s3: S3Client | None = None) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="edge-diffusion-compile-", dir=cfg.work_dir) as tmp:
         staging = Path(tmp)
         out_dir = staging / "artifact"
-        log.info("building %s into %s", spec.describe(), out_dir)
+        log.info("compiling %s into %s", spec.describe(), out_dir)
         export(cfg, out_dir, staging)
         manifest = write_manifest(out_dir, spec)
         log.info("publishing %d files (%d bytes) to %s", len(manifest.files), manifest.total_size, destination)

@@ -1,4 +1,4 @@
-"""What one compile run builds: flags over the Volcano Job's environment over plan.contract's defaults."""
+"""What one compile run produces: flags over the Volcano Job's environment over plan.contract's defaults."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class CompileConfig(ProgramSettings):
     """Everything one compile run needs, validated."""
 
     PROG: ClassVar[str] = f"python -m {contract.COMPILE_MODULE}"
-    DESCRIPTION: ClassVar[str] = "Build a model artifact for one device and publish it with its manifest."
+    DESCRIPTION: ClassVar[str] = "Compile a model artifact for one device and publish it with its manifest."
 
     model_id: str = setting(
         env=contract.ENV_MODEL_ID,

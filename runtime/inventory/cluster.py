@@ -52,7 +52,7 @@ class ServingState:
 
 @dataclass(frozen=True)
 class PodCount:
-    """Ready serving pods of one Service (one Deployment: the charts name both alike)."""
+    """Ready serving pods of one Service (one Kubernetes Deployment: the charts name both alike)."""
 
     service: str
     accelerator: str

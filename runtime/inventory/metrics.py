@@ -1,9 +1,9 @@
 """The publisher's CloudWatch metrics, every heartbeat: ready serving pods and the inventory's size.
 
 Alarms need a data point to fire on: an accelerator with no ready pod publishes 0 (not nothing),
-and an empty inventory publishes 0 endpoints. Dimensions: ``ReadyServingPods`` by (Deployment =
-the serving Deployment, named like its Service; Accelerator; Location), as the servers publish
-theirs; ``InventoryEndpoints`` by Deployment = the cluster name (the app deployment's name prefix),
+and an empty inventory publishes 0 endpoints. Dimensions: ``ReadyServingPods`` by (Placement =
+the serving Kubernetes Deployment, named like its Service; Accelerator; Location), as the servers
+publish theirs; ``InventoryEndpoints`` by Cluster = the cluster name (the deployment's name prefix),
 the one publisher's scope.
 """
 

@@ -6,7 +6,7 @@ layer, so a new node pulls it with the image) is loaded as is, and verified
 first when it carries a manifest; an `s3://` prefix written by the compile job is always
 downloaded and verified against its manifest (runtime.artifacts) before anything reads it. A
 manifest that names another model, revision or device than configured is refused: a pod must
-never serve something other than what its Deployment says.
+never serve something other than what its Kubernetes Deployment says.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from plan import contract
 from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import verify_dir
-from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest
+from runtime.artifacts.manifest import ArtifactError, ArtifactSpec, Manifest
 from runtime.artifacts.s3 import is_s3
 from runtime.artifacts.store import fetch_verified
 from runtime.server.models import build_pipeline, built_in
@@ -88,8 +88,8 @@ def resolve_model(settings: Settings, device: str) -> ModelLocation:
     )
 
 
-def check_manifest(spec: BuildSpec, settings: Settings, device: str) -> None:
-    """Refuse an artifact built for another model, revision or device."""
+def check_manifest(spec: ArtifactSpec, settings: Settings, device: str) -> None:
+    """Refuse an artifact compiled for another model, revision or device."""
     if spec.model_id != settings.model_id:
         raise ModelSourceError(
             f"artifact is model {spec.model_id!r} but {contract.ENV_MODEL_ID} is {settings.model_id!r}"

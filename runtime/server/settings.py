@@ -20,7 +20,7 @@ from runtime.settings import ProgramSettings, refusal, setting
 DTYPES: Final = ("auto", "float16", "bfloat16", "float32")
 ATTENTION: Final = ("sdpa", "eager")
 SCHEDULERS: Final = ("dpmsolver++", "model")
-# An image height or width: what the server serves, the compile job builds and the benchmark asks for.
+# An image height or width: what the server serves, the compile job compiles for and the benchmark asks for.
 ImageSize = Annotated[
     int,
     Field(ge=contract.IMAGE_SIZE_BOUNDS[0], le=contract.IMAGE_SIZE_BOUNDS[1], multiple_of=contract.IMAGE_SIZE_MULTIPLE),

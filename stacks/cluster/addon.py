@@ -51,7 +51,7 @@ class PodIdentityGrant:
     """The AWS permissions of a controller's service account, given through EKS Pod Identity.
 
     The cluster stack makes the role with ``ClusterStack.add_pod_identity_role(construct_id,
-    ...)`` in the release's namespace, and the release waits for it: Pod Identity injects
+    ...)`` in the Helm release's namespace, and the Helm release waits for it: Pod Identity injects
     credentials only at pod admission. ``acknowledgements`` are the cdk-nag findings on that
     role the add-on accepts, finding id -> the reason a reviewer reads.
     """
@@ -69,7 +69,7 @@ class ControllerSetup:
 
     values: Mapping[str, Any]  # the add-on's default Helm values; the user's ``values`` are merged over them
     identity: PodIdentityGrant | None = None  # None: the controller calls no AWS API
-    # The add-on's own AWS resources, if any (Karpenter's node role, queue, ...). The release depends
+    # The add-on's own AWS resources, if any (Karpenter's node role, queue, ...). The Helm release depends
     # on all of them: created before it, and on stack delete removed only after it.
     resources: Construct | None = None
 
@@ -88,12 +88,12 @@ class ControllerAddOn(ABC):
 
     name: ClassVar[str]  # what other add-ons' ``after``/``before`` refer to
     chart: ClassVar[versions.HelmChart]
-    # Add-ons whose releases must be installed, and ready, before this one (CRDs, webhooks).
+    # Add-ons whose Helm releases must be installed, and ready, before this one (CRDs, webhooks).
     after: ClassVar[tuple[str, ...]] = ()
     # Add-ons that must be installed after this one: lets a prerequisite (a CRD chart, say)
     # declare itself in its own module, without editing the add-on that needs it.
     before: ClassVar[tuple[str, ...]] = ()
-    # True when another add-on installs (and upgrades) the chart's CRDs: the release is installed
+    # True when another add-on installs (and upgrades) the chart's CRDs: the Helm release is installed
     # with ``helm --skip-crds`` (``eks.HelmChart(skip_crds=True)``).
     skip_crds: ClassVar[bool] = False
 
@@ -102,7 +102,7 @@ class ControllerAddOn(ABC):
         """Create the controller's own AWS resources, if any; return its identity and default values."""
 
     def helm_values(self, setup: ControllerSetup) -> dict[str, Any]:
-        """The release's values: the add-on's defaults with the user's ``values`` merged over them."""
+        """The Helm release's values: the add-on's defaults with the user's ``values`` merged over them."""
         return deep_merge(setup.values, self.values)
 
 
@@ -137,7 +137,7 @@ def check_install_order(addons: Sequence[ControllerAddOn]) -> None:
     """Refuse a list of add-ons that is not an install order: every add-on's ``after`` must be
     listed earlier and its ``before`` later. One line naming the add-on and the other one.
 
-    The list is the order (no sort): the releases' dependency chain in the template is exactly
+    The list is the order (no sort): the Helm releases' dependency chain in the template is exactly
     the list a reader sees, and a declaration only guards it.
     """
     position: dict[str, int] = {}

@@ -35,7 +35,7 @@ WILDCARD_REASON: Final = (
 
 class AwsLoadBalancerController(ControllerAddOn):
     """The ALB controller. Its webhooks mutate every Service and Pod created after it, so the
-    releases that create Services come after it (they declare it)."""
+    Helm releases that create Services come after it (they declare it)."""
 
     name: ClassVar[str] = "aws-load-balancer-controller"
     chart: ClassVar[versions.HelmChart] = versions.AWS_LOAD_BALANCER_CONTROLLER

@@ -281,13 +281,13 @@ class Karpenter(ControllerAddOn):
     Its controller role gets upstream's six managed policies and nothing else.
 
     The CRDs come from the ``karpenter-crd`` add-on (:mod:`stacks.cluster.karpenter_crd`), so this
-    release skips the chart's ``crds/`` (``skip_crds``). aws-cdk-lib 2.275's eks-v2 Helm handler
+    Helm release skips the chart's ``crds/`` (``skip_crds``). aws-cdk-lib 2.275's eks-v2 Helm handler
     reads ``SkipCrds`` but does not pass it on to ``helm upgrade --install`` (the fix of
     aws/aws-cdk#31831 reached only the aws-eks handler); that is harmless here because the CRDs
-    exist before this release is installed, and Helm skips a ``crds/`` CRD that is already present
+    exist before this Helm release is installed, and Helm skips a ``crds/`` CRD that is already present
     on install and never touches ``crds/`` on upgrade.
 
-    The release depends on :class:`KarpenterInfrastructure` (the stack makes every release depend
+    The Helm release depends on :class:`KarpenterInfrastructure` (the stack makes every Helm release depend
     on its add-on's resources), so on stack delete it goes before the node role's access entry and
     the interruption queue and rules; see :meth:`~stacks.cluster.stack.ClusterStack.apply_charts`
     for what goes before it.

@@ -1,4 +1,4 @@
-"""Karpenter's CRDs (NodePool, NodeClaim, EC2NodeClass, NodeOverlay, CapacityBuffer) as their own release.
+"""Karpenter's CRDs (NodePool, NodeClaim, EC2NodeClass, NodeOverlay, CapacityBuffer) as their own Helm release.
 
 Helm installs the CRDs in a chart's ``crds/`` directory on the first install only and never
 upgrades them (https://helm.sh/docs/chart_best_practices/custom_resource_definitions/), so with
@@ -8,10 +8,10 @@ CRDs. Karpenter's upgrade guide, "CRD Upgrades"
 https://karpenter.sh/docs/upgrading/upgrade-guide/#crd-upgrades), recommends the independent
 ``karpenter-crd`` chart (oci://public.ecr.aws/karpenter/karpenter-crd), at the controller's
 version, in the controller's namespace: its CRDs are templates, so ``helm upgrade`` updates them.
-This add-on installs it before the ``karpenter`` release, which skips its own copy.
+This add-on installs it before the ``karpenter`` Helm release, which skips its own copy.
 
 A cluster deployed before this add-on existed holds CRDs created by the ``karpenter`` chart's
-``crds/``, without Helm's ownership metadata: the first install of this release fails with
+``crds/``, without Helm's ownership metadata: the first install of this Helm release fails with
 ``invalid ownership metadata`` until they are labelled and annotated as Karpenter's
 troubleshooting guide says ("Helm Error when installing the karpenter-crd chart"):
 ``kubectl label crd <crds> app.kubernetes.io/managed-by=Helm --overwrite`` and
@@ -29,7 +29,7 @@ from stacks.cluster.karpenter import Karpenter
 
 # Helm's "do not delete on uninstall" policy (https://helm.sh/docs/howto/charts_tips_and_tricks/,
 # "Tell Helm Not To Uninstall a Resource"). Deleting the NodePool CRD deletes every NodePool and
-# NodeClaim, and with them every node Karpenter launched: a replaced or renamed release must never
+# NodeClaim, and with them every node Karpenter launched: a replaced or renamed Helm release must never
 # do that. It keeps what Helm did with the karpenter chart's crds/, which it never deletes either.
 KEEP_ON_UNINSTALL: Final = {"helm.sh/resource-policy": "keep"}
 

@@ -1,4 +1,4 @@
-"""KEDA: scales the serving Deployments on the CloudWatch metrics the runtime publishes.
+"""KEDA: scales the serving Kubernetes Deployments on the CloudWatch metrics the runtime publishes.
 
 Only its operator calls AWS (the aws-cloudwatch scaler), so only the operator's service
 account gets a role, and that role may only read metrics.
@@ -30,7 +30,7 @@ class Keda(ControllerAddOn):
 
     name: ClassVar[str] = "keda"
     chart: ClassVar[versions.HelmChart] = versions.KEDA
-    # Its release creates Services: the ALB controller's webhooks must be serving first.
+    # Its Helm release creates Services: the ALB controller's webhooks must be serving first.
     after: ClassVar[tuple[str, ...]] = (AwsLoadBalancerController.name,)
 
     def setup(self, info: ClusterInfo) -> ControllerSetup:

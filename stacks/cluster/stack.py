@@ -52,8 +52,8 @@ ADDONS_BEFORE_NODES: Final = ("vpc-cni", "kube-proxy")
 # Add-ons whose pods need nodes to become ACTIVE: installed after the node group.
 ADDONS_AFTER_NODES: Final = ("coredns", "amazon-cloudwatch-observability")
 # Add-ons a controller needs until its last finalizer is done (pod networking, Services, DNS
-# for AWS endpoints): every release depends on them, so a stack delete removes them only after
-# the releases, and the releases only after the objects they clean up (apply_charts).
+# for AWS endpoints): every Helm release depends on them, so a stack delete removes them only after
+# the Helm releases, and the Helm releases only after the objects they clean up (apply_charts).
 ADDONS_CONTROLLERS_NEED: Final = ("vpc-cni", "kube-proxy", "coredns")
 # configurationValues per add-on (each add-on's own JSON schema: `aws eks
 # describe-addon-configuration`). vpc-cni: run the network policy agent, which enforces the
@@ -76,7 +76,7 @@ class InstalledController:
     """One add-on as installed on the cluster."""
 
     addon: ControllerAddOn
-    release: eks.HelmChart
+    helm_release: eks.HelmChart
     identity: PodIdentityRole | None  # its service account's role, with the association
     resources: Construct | None  # its own AWS resources, if any (Karpenter's node role, queue, ...)
 
@@ -105,7 +105,7 @@ class ClusterStack(cdk.Stack):
     """EKS cluster (``versions.KUBERNETES_VERSION``) on the regional private subnets, with the controllers.
 
     ``controllers`` replaces :func:`default_controllers` (to pass user ``values`` to an
-    add-on, or to add one); their releases are installed in the order listed, which must
+    add-on, or to add one); their Helm releases are installed in the order listed, which must
     respect every add-on's declared ``after`` and ``before``.
     """
 
@@ -200,7 +200,7 @@ class ClusterStack(cdk.Stack):
         self.controllers = self._install_controllers(
             default_controllers() if controllers is None else controllers, info, pod_identity_agent
         )
-        self.controller_releases = [installed.release for installed in self.controllers.values()]
+        self.helm_releases = [installed.helm_release for installed in self.controllers.values()]
         self._acknowledge_findings()
 
     # --- API for the other stacks and the charts -------------------------------------------
@@ -230,14 +230,14 @@ class ClusterStack(cdk.Stack):
         )
 
     def apply_charts(self, charts: Sequence[cdk8s.Chart]) -> list[eks.KubernetesManifest]:
-        """Apply cdk8s charts to the cluster after every controller release is installed.
+        """Apply cdk8s charts to the cluster after every controller's Helm release is installed.
 
-        Every manifest depends on every release, so on stack delete CloudFormation deletes the
+        Every manifest depends on every Helm release, so on stack delete CloudFormation deletes the
         manifests first, while the controllers still run. That is what lets the Karpenter chart's
-        NodePools and EC2NodeClasses take their nodes with them: the Karpenter release depends on
+        NodePools and EC2NodeClasses take their nodes with them: the Karpenter Helm release depends on
         its node role's access entry and its interruption queue and rules (the add-on's
-        resources, see :meth:`_install_controllers`), so those go only after the release, and
-        the release only after these manifests. Each edge is a ``DependsOn`` in the template.
+        resources, see :meth:`_install_controllers`), so those go only after the Helm release,
+        and the Helm release only after these manifests. Each edge is a ``DependsOn`` in the template.
 
         What the kubectl handler does on delete (the aws-cdk-lib requirements.txt pins,
         custom-resource-handlers aws-eks-v2/kubectl-handler/apply/__init__.py) bounds what that
@@ -245,7 +245,7 @@ class ClusterStack(cdk.Stack):
         (``--wait=true``, no timeout), inside the handler Lambda's 15 minutes, and it *catches and
         only logs any error* of that command, reporting the delete as a success.
 
-        * Guaranteed: the manifests' objects are deleted before the Karpenter release is
+        * Guaranteed: the manifests' objects are deleted before the Karpenter Helm release is
           uninstalled and before the node access entry and the queue are deleted, and, while the
           handler waits, the EC2NodeClass finalizer (karpenter.k8s.aws/termination, held until no
           NodeClaim uses the class; aws/karpenter-provider-aws at ``versions.KARPENTER``'s tag:
@@ -275,7 +275,7 @@ class ClusterStack(cdk.Stack):
 
     def apply_objects(self, chart: cdk8s.Chart) -> list[eks.KubernetesManifest]:
         """Apply each object of ``chart`` as a manifest of its own, named by its kind and name, after
-        every controller release.
+        every controller's Helm release.
 
         For objects that are replaced rather than updated (a compile Job's name hashes its spec): a
         new name is a new CloudFormation resource, created, and the old one is deleted with
@@ -290,8 +290,8 @@ class ClusterStack(cdk.Stack):
         ]
 
     def _after_controllers(self, manifest: eks.KubernetesManifest) -> eks.KubernetesManifest:
-        for release in self.controller_releases:
-            manifest.node.add_dependency(release)
+        for helm_release in self.helm_releases:
+            manifest.node.add_dependency(helm_release)
         return manifest
 
     # --- cdk-nag ----------------------------------------------------------------------------------
@@ -455,12 +455,12 @@ class ClusterStack(cdk.Stack):
         previous: eks.HelmChart | None = None
         for addon, setup, identity in prepared:
             chart = addon.chart
-            release = self.cluster.add_helm_chart(
-                chart.release,
+            helm_release = self.cluster.add_helm_chart(
+                chart.release_name,
                 chart=chart.chart,
                 repository=chart.repository,
                 version=chart.version,
-                release=chart.release,
+                release=chart.release_name,
                 namespace=chart.namespace,
                 create_namespace=True,
                 values=addon.helm_values(setup),
@@ -468,18 +468,18 @@ class ClusterStack(cdk.Stack):
                 timeout=cdk.Duration.minutes(10),
                 skip_crds=addon.skip_crds,
             )
-            release.node.add_dependency(
+            helm_release.node.add_dependency(
                 self.controller_nodegroup, pod_identity_agent, *(self.addons[n] for n in ADDONS_CONTROLLERS_NEED)
             )
             if identity is not None:  # credentials exist before the first pod asks for them
-                release.node.add_dependency(identity)
+                helm_release.node.add_dependency(identity)
             if setup.resources is not None:
-                # Explicit, not only through the values' Refs: on stack delete the release (and
+                # Explicit, not only through the values' Refs: on stack delete the Helm release (and
                 # with it what apply_charts applied) goes before the add-on's own resources;
                 # Karpenter's nodes need its node access entry and queue until they are gone.
-                release.node.add_dependency(setup.resources)
+                helm_release.node.add_dependency(setup.resources)
             if previous is not None:  # the chain implies every declared dependency
-                release.node.add_dependency(previous)
-            previous = release
-            installed[addon.name] = InstalledController(addon, release, identity, setup.resources)
+                helm_release.node.add_dependency(previous)
+            previous = helm_release
+            installed[addon.name] = InstalledController(addon, helm_release, identity, setup.resources)
         return installed

@@ -1,4 +1,4 @@
-"""Volcano: schedules the model build Jobs (its Job, Queue and PodGroup CRDs). It calls no AWS API.
+"""Volcano: schedules the compile jobs (its Job, Queue and PodGroup CRDs). It calls no AWS API.
 
 The scheduler's configuration is the chart's default (volcano-sh/volcano@v1.15.1:
 installer/helm/chart/volcano/config/volcano-scheduler.conf) without the ``enqueue`` action, given
@@ -82,7 +82,7 @@ class Volcano(ControllerAddOn):
 
     name: ClassVar[str] = "volcano"
     chart: ClassVar[versions.HelmChart] = versions.VOLCANO
-    # Its release creates Services (the admission webhook's): the ALB controller's webhooks must be serving first.
+    # Its Helm release creates Services (the admission webhook's): the ALB controller's webhooks must be serving first.
     after: ClassVar[tuple[str, ...]] = (AwsLoadBalancerController.name,)
 
     def setup(self, info: ClusterInfo) -> ControllerSetup:

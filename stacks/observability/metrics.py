@@ -25,7 +25,7 @@ Metric sources (names and dimensions exactly as published):
   ``pod_cpu_utilization``, ``pod_gpu_utilization`` (NVIDIA, DCGM) and
   ``pod_neuroncore_utilization`` (Neuron monitor) with the dimension set
   {ClusterName, Namespace, PodName}. PodName is the *workload* name: for a pod owned by a
-  ReplicaSet the receiver reports its Deployment's name (awscontainerinsightreceiver
+  ReplicaSet the receiver reports its Kubernetes Deployment's name (awscontainerinsightreceiver
   ``addPodOwnersAndPodName``; pending pods, which no node reports, come from the cluster-level
   collector with the same naming, ``getPendingPodStatusMetrics``).
 * Nodes per NodePool: no CloudWatch source. Container Insights' node metrics carry ClusterName,
@@ -49,7 +49,7 @@ from plan.topology import Placement
 CONTAINER_INSIGHTS_NAMESPACE: Final = "ContainerInsights"
 CI_CLUSTER: Final = "ClusterName"
 CI_NAMESPACE: Final = "Namespace"
-CI_WORKLOAD: Final = "PodName"  # the Deployment's name for a Deployment's pods (see the module docstring)
+CI_WORKLOAD: Final = "PodName"  # the Kubernetes Deployment's name for its pods (see the module docstring)
 CI_REPLICAS_DESIRED: Final = "replicas_desired"
 CI_REPLICAS_READY: Final = "replicas_ready"
 CI_POD_PENDING: Final = "pod_status_pending"  # 1 per pending pod, 0 per other pod, each collection
@@ -82,7 +82,7 @@ def inventory_dimensions(config: AppConfig) -> dict[str, str]:
 
 
 def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
-    """Container Insights' workload dimension set for the placement's Deployment."""
+    """Container Insights' workload dimension set for the placement's Kubernetes Deployment."""
     return {CI_CLUSTER: config.cluster_name, CI_NAMESPACE: topology.NAMESPACE, CI_WORKLOAD: placement.name}
 
 

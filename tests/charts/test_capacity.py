@@ -82,8 +82,8 @@ def test_allocatable_model_matches_documented_figures() -> None:
 def test_serving_pods_fit_smallest_pool_instance(rendered: Any) -> None:
     pools = {p["metadata"]["name"]: p for p in rendered.of_kind("NodePool")}
     checked = 0
-    for deployment in rendered.of_kind("Deployment"):
-        spec = deployment["spec"]["template"]["spec"]
+    for workload in rendered.of_kind("Deployment"):
+        spec = workload["spec"]["template"]["spec"]
         pool_name = spec.get("nodeSelector", {}).get("karpenter.sh/nodepool")
         if pool_name is None:
             continue
@@ -93,7 +93,7 @@ def test_serving_pods_fit_smallest_pool_instance(rendered: Any) -> None:
         assert smallest, f"NodePool {pool_name} allows no known instance type"
         for instance in smallest.values():
             assert_fits(
-                deployment["metadata"]["name"], pod_requests(spec), daemon_requests(rendered, accelerator), instance
+                workload["metadata"]["name"], pod_requests(spec), daemon_requests(rendered, accelerator), instance
             )
             checked += 1
     assert checked

@@ -8,7 +8,7 @@ from typing import Any
 
 from plan import contract, naming
 from tests.charts.conftest import Rendered, render
-from tests.conftest import RELEASE_ACCOUNT, cdk_json_context
+from tests.conftest import PLAN_ACCOUNT, cdk_json_context
 
 MANIFEST_TYPE = "Custom::AWSCDK-EKS-KubernetesResource"
 
@@ -28,7 +28,7 @@ def applied_manifests(template: dict[str, Any]) -> list[str]:
 
 def test_cluster_template_carries_the_same_objects_as_dist(synth: Any) -> None:
     """``make manifests`` of the workstation deployment writes what its cluster stack applies."""
-    rendered = render({**cdk_json_context(), "account": RELEASE_ACCOUNT})
+    rendered = render({**cdk_json_context(), "account": PLAN_ACCOUNT})
     template = synth.template_json(synth.stacks.cluster)
     applied: set[tuple[str, str, str, str]] = set()
     for manifest in applied_manifests(template):
@@ -51,16 +51,16 @@ def test_charts_apply_after_their_dependencies_and_the_pod_identity_associations
     karpenter = next(lid for kinds, lid in by_kinds.items() if "NodePool" in kinds)
     autoscaling = next(lid for kinds, lid in by_kinds.items() if "ScaledObject" in kinds)
     queue = next(lid for kinds, lid in by_kinds.items() if "Queue" in kinds)
-    builds = next(lid for kinds, lid in by_kinds.items() if "Job" in kinds)
+    compile_jobs = next(lid for kinds, lid in by_kinds.items() if "Job" in kinds)
     assert karpenter in resources[serving]["DependsOn"]
     assert serving in resources[autoscaling]["DependsOn"]
-    assert {serving, queue} <= set(resources[builds]["DependsOn"])
+    assert {serving, queue} <= set(resources[compile_jobs]["DependsOn"])
     associations = {lid: r for lid, r in resources.items() if r["Type"] == "AWS::EKS::PodIdentityAssociation"}
     for lid, association in associations.items():
         props = association["Properties"]
         if props["Namespace"] != "edge-diffusion":
             continue
-        dependent = builds if props["ServiceAccount"] == "model-compiler" else serving
+        dependent = compile_jobs if props["ServiceAccount"] == "model-compiler" else serving
         if props["ServiceAccount"].startswith("stable-diffusion-") or props["ServiceAccount"] == "model-compiler":
             assert lid in resources[dependent]["DependsOn"], props["ServiceAccount"]
 

@@ -34,8 +34,8 @@ def secured() -> Rendered:
     )
 
 
-def env_of(deployment: dict[str, Any]) -> dict[str, str]:
-    [container] = pod_spec(deployment)["containers"]
+def env_of(workload: dict[str, Any]) -> dict[str, str]:
+    [container] = pod_spec(workload)["containers"]
     return {e["name"]: e["value"] for e in container["env"]}
 
 
@@ -68,9 +68,9 @@ def test_local_zone_pods_terminate_tls_with_the_secret_and_probe_https(secured: 
     placements = topology.placements(secured.config)
     assert any(p.location.is_local_zone for p in placements)
     for placement in placements:
-        deployment = secured.named("Deployment", placement.name)
-        env = env_of(deployment)
-        [container] = pod_spec(deployment)["containers"]
+        workload = secured.named("Deployment", placement.name)
+        env = env_of(workload)
+        [container] = pod_spec(workload)["containers"]
         schemes = {container[p]["httpGet"]["scheme"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
         service = secured.named("Service", placement.name)
         annotations = service["metadata"]["annotations"]
@@ -109,8 +109,8 @@ def test_serving_pods_carry_auth_ui_and_metrics_settings_the_server_accepts(
     rendered: Rendered, secured: Rendered
 ) -> None:
     for built, ui in ((rendered, "0"), (secured, "1")):
-        for deployment in [d for d in built.of_kind("Deployment") if d["metadata"]["name"].startswith("stable-")]:
-            env = env_of(deployment)
+        for workload in [d for d in built.of_kind("Deployment") if d["metadata"]["name"].startswith("stable-")]:
+            env = env_of(workload)
             assert env[contract.ENV_AUTH] == "token"
             assert env[contract.ENV_TOKEN_ISSUER] == naming.token_issuer(built.config)
             assert env[contract.ENV_TOKEN_AUDIENCE] == contract.TOKEN_AUDIENCE
@@ -131,8 +131,8 @@ def test_serving_pods_carry_auth_ui_and_metrics_settings_the_server_accepts(
 
 def test_auth_none_sets_no_token_settings() -> None:
     built = render({**cdk_json_context(), "auth": {"mode": "none"}})
-    for deployment in [d for d in built.of_kind("Deployment") if d["metadata"]["name"].startswith("stable-")]:
-        env = env_of(deployment)
+    for workload in [d for d in built.of_kind("Deployment") if d["metadata"]["name"].startswith("stable-")]:
+        env = env_of(workload)
         assert env[contract.ENV_AUTH] == "none"
         assert not {contract.ENV_TOKEN_ISSUER, contract.ENV_TOKEN_KMS_KEY_ID} & set(env)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from charts.compile_jobs import JOBS_CHART_ID
 from plan import contract, images, naming, topology, versions
 from plan.accelerators import ACCELERATORS
 from tests.charts.conftest import Rendered, render
@@ -22,14 +23,14 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def serving(rendered: Rendered) -> list[dict[str, Any]]:
-    """The serving Deployments (other charts, e.g. the inventory publisher, have their own)."""
+    """The serving Kubernetes Deployments (other charts, e.g. the inventory publisher, have their own)."""
     objs = [d for d in rendered.objects["serving"] if d["kind"] == "Deployment"]
     assert objs
     return objs
 
 
 def compile_jobs(rendered: Rendered) -> list[dict[str, Any]]:
-    objs = [j for j in rendered.objects["model-builds"] if j["kind"] == "Job"]
+    objs = [j for j in rendered.objects[JOBS_CHART_ID] if j["kind"] == "Job"]
     assert objs
     return objs
 
@@ -117,8 +118,8 @@ def test_local_zone_pools_and_deployments_are_pinned_to_their_zone(rendered: Ren
         [term] = node_class["spec"]["subnetSelectorTerms"]
         assert term["tags"][naming.LOCATION_TAG_KEY] == placement.location.zone
         assert node_class["spec"]["blockDeviceMappings"][0]["ebs"]["volumeType"] == "gp2"
-        deployment = rendered.named("Deployment", placement.name)
-        assert pod_spec(deployment)["nodeSelector"][topology.ZONE_LABEL] == placement.location.zone
+        workload = rendered.named("Deployment", placement.name)
+        assert pod_spec(workload)["nodeSelector"][topology.ZONE_LABEL] == placement.location.zone
     for pool in rendered.of_kind("NodePool"):  # regional pools never reach into a Local Zone
         if pool["metadata"]["name"] not in {p.node_pool_name for p in local}:
             reqs = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
@@ -140,13 +141,13 @@ def test_node_classes_require_imdsv2_one_hop_and_encrypted_large_root_volumes(re
 
 
 def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(rendered: Rendered) -> None:
-    deployments = {d["metadata"]["name"]: d for d in serving(rendered)}
+    workloads = {d["metadata"]["name"]: d for d in serving(rendered)}
     auth = {a["metadata"]["name"]: a for a in rendered.of_kind("TriggerAuthentication")}
     knobs = rendered.config.serving
     for scaled in rendered.of_kind("ScaledObject"):
         target = scaled["spec"]["scaleTargetRef"]
-        assert target["name"] in deployments
-        assert scaled["metadata"]["namespace"] == deployments[target["name"]]["metadata"]["namespace"]
+        assert target["name"] in workloads
+        assert scaled["metadata"]["namespace"] == workloads[target["name"]]["metadata"]["namespace"]
         assert scaled["spec"]["maxReplicaCount"] == knobs.max_replicas
         assert scaled["spec"]["pollingInterval"] == knobs.keda_polling_interval_s
         assert "cooldownPeriod" not in scaled["spec"]  # inert at minReplicas >= 1: the HPA window carries it
@@ -158,7 +159,7 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         assert meta["namespace"] == contract.METRIC_NAMESPACE
         assert meta["metricName"] == contract.METRIC_PENDING_REQUESTS
         # The dimensions the runtime publishes, with the values the pod's environment gives it.
-        env = {e["name"]: e["value"] for e in pod_spec(deployments[target["name"]])["containers"][0]["env"]}
+        env = {e["name"]: e["value"] for e in pod_spec(workloads[target["name"]])["containers"][0]["env"]}
         published = {
             contract.DIMENSION_PLACEMENT: env[contract.ENV_PLACEMENT],
             contract.DIMENSION_ACCELERATOR: env[contract.ENV_DEVICE],
@@ -171,8 +172,8 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
 
 
 def test_probes_use_the_runtime_routes_on_its_port(rendered: Rendered) -> None:
-    for deployment in serving(rendered):
-        [container] = pod_spec(deployment)["containers"]
+    for workload in serving(rendered):
+        [container] = pod_spec(workload)["containers"]
         [port] = container["ports"]
         assert port["containerPort"] == contract.PORT
         assert container["livenessProbe"]["httpGet"]["path"] == contract.HEALTH_PATH
@@ -325,12 +326,12 @@ def test_every_pod_in_the_app_namespace_passes_pod_security_restricted(rendered:
 def test_serving_uses_the_model_baked_into_its_image(rendered: Rendered) -> None:
     """The image's layer cache: a serving pod must not override the image's local model source
     with the S3 prefix, or every new node would download the model again."""
-    deployments = serving(rendered)
-    assert deployments
-    for deployment in deployments:
-        [container] = pod_spec(deployment)["containers"]
+    workloads = serving(rendered)
+    assert workloads
+    for workload in workloads:
+        [container] = pod_spec(workload)["containers"]
         names = {e["name"] for e in container.get("env", [])}
-        assert contract.ENV_MODEL_SOURCE not in names, deployment["metadata"]["name"]
+        assert contract.ENV_MODEL_SOURCE not in names, workload["metadata"]["name"]
 
 
 def test_region_pods_are_ready_only_once_healthy_in_the_alb(rendered: Rendered) -> None:
@@ -363,6 +364,6 @@ def test_region_pods_are_ready_only_once_healthy_in_the_alb(rendered: Rendered) 
         assert (placement.name in behind_alb) is (not placement.location.is_local_zone), placement.name
 
 
-def pod_spec_labels(deployment: dict[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+def pod_spec_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
     return labels

@@ -14,10 +14,10 @@ from tests.charts.validate import Tally
 
 
 def test_core_validation_rejects_an_unknown_field(rendered: Rendered) -> None:
-    deployment = copy.deepcopy(rendered.named("Deployment", "stable-diffusion-nvidia"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    workload = copy.deepcopy(rendered.named("Deployment", "stable-diffusion-nvidia"))
+    workload["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
-        validate.validate_core(deployment, KUBERNETES_VERSION)
+        validate.validate_core(workload, KUBERNETES_VERSION)
 
 
 def test_crd_validation_rejects_unknown_fields_and_bad_values(rendered: Rendered) -> None:

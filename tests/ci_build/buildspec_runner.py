@@ -7,7 +7,7 @@ end of the previous command (no shell functions, no unexported variables, no she
 
 :func:`make_stubs` puts stub ``aws`` and ``docker`` on a PATH; they record their calls and keep a
 small registry (the tags pushed) and model bucket (the manifests compile jobs publish) on disk,
-so :func:`release` can replay whole executions of the image pipeline
+so :func:`run_pipeline` can replay whole executions of the image pipeline
 (:func:`stacks.image_pipeline.pipeline_steps`, in stage and run order).
 """
 
@@ -28,7 +28,7 @@ import yaml
 from plan import images
 from plan.config import AppConfig
 from plan.model_artifacts import IMAGE_VERSION_OPTION
-from runtime.artifacts.manifest import BuildSpec, Manifest, Shapes
+from runtime.artifacts.manifest import ArtifactSpec, Manifest, Shapes
 from runtime.compile.settings import DEVICE_DTYPES
 from stacks.codebuild_projects import PipelineStep
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
@@ -394,7 +394,7 @@ class Stubs:
         """Publish a compiled model's manifest, as the compile job of runtime image version
         ``compiled_by`` (default: the config's) does; returns its sha256."""
         version = config.serving.image_version if compiled_by is None else compiled_by
-        spec = BuildSpec(
+        spec = ArtifactSpec(
             model_id=config.model_id,
             revision=config.model_revision,
             device=device,
@@ -441,14 +441,14 @@ def run_step(step: PipelineStep, stubs: Stubs) -> BuildspecRun:
 
 
 @dataclass
-class Release:
+class PipelineRun:
     runs: dict[str, BuildspecRun]
 
     def out(self, action: str) -> str:
         return self.runs[action].stdout
 
 
-def release(config: AppConfig, stubs: Stubs) -> Release:
+def run_pipeline(config: AppConfig, stubs: Stubs) -> PipelineRun:
     """One pipeline execution: the image stages in order, each run order after the one before;
     a failed action stops the execution (as CodePipeline does)."""
     stubs.reset_logs()
@@ -460,4 +460,4 @@ def release(config: AppConfig, stubs: Stubs) -> Release:
                 runs[step.action_name] = run = run_step(step, stubs)
                 if run.returncode:
                     raise AssertionError(f"{step.action_name} failed: {run.stderr}")
-    return Release(runs)
+    return PipelineRun(runs)

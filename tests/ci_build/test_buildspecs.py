@@ -1,6 +1,6 @@
 """ci_build/ buildspecs and build scripts, run the way CodeBuild runs them (one shell per command,
 only the working directory and the exported environment carried over: tests.ci_build.buildspec_runner)
-against stub aws and docker; whole releases of the image pipeline replayed from nothing."""
+against stub aws and docker; whole runs of the image pipeline replayed from nothing."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ from tests.ci_build.buildspec_runner import (
     inline_spec,
     load_buildspec,
     make_stubs,
-    release,
     run_buildspec,
+    run_pipeline,
     run_step,
     steps_of,
 )
-from tests.conftest import ROOT, release_context
+from tests.conftest import ROOT, plan_context
 
 CI = ROOT / "ci_build"
 SCRIPTS = ("build-image.sh", "publish-manifests.sh")
@@ -96,7 +96,7 @@ def stubs(tmp_path: Path) -> Stubs:
 
 @pytest.fixture(scope="module")
 def config() -> AppConfig:
-    return load_config(release_context())
+    return load_config(plan_context())
 
 
 def tags_of(steps: Iterable[PipelineStep], stage: str, *, build: bool) -> set[str]:
@@ -139,12 +139,12 @@ def test_the_publisher_is_built_for_both_arches_without_a_cpu_accelerator(config
     assert not any(s.env.get("ACCELERATOR") == "cpu" for s in steps if s.dockerfile_target != images.PUBLISHER_TARGET)
 
 
-# --- releases, replayed ------------------------------------------------------------------------------
+# --- pipeline runs, replayed -------------------------------------------------------------------------
 
 
-def test_first_release_publishes_runtime_images_and_waits_for_the_compile(config: AppConfig, stubs: Stubs) -> None:
+def test_first_run_publishes_runtime_images_and_waits_for_the_compile(config: AppConfig, stubs: Stubs) -> None:
     steps = steps_of(config)
-    first = release(config, stubs)
+    first = run_pipeline(config, stubs)
     runtime = tags_of(steps, RUNTIME_STAGE, build=True) | tags_of(steps, RUNTIME_STAGE, build=False)
     assert set(stubs.published()) == runtime, "runtime and publisher images and their lists, nothing else"
     assert len(stubs.published()) == len(runtime), "each tag pushed once"
@@ -163,10 +163,10 @@ def test_first_release_publishes_runtime_images_and_waits_for_the_compile(config
     assert not any("--secret" in build for build in stubs.builds())
 
 
-def test_second_release_after_a_compile_builds_that_serving_image(config: AppConfig, stubs: Stubs) -> None:
-    release(config, stubs)
+def test_second_run_after_a_compile_builds_that_serving_image(config: AppConfig, stubs: Stubs) -> None:
+    run_pipeline(config, stubs)
     sha = stubs.put_model(config, "cpu")
-    second = release(config, stubs)
+    second = run_pipeline(config, stubs)
     version = config.serving.image_version
     cpu_arches = [f"{version}-cpu-amd64", f"{version}-cpu-arm64"]
     builds = stubs.builds()
@@ -195,7 +195,7 @@ def test_a_new_image_version_waits_for_a_model_its_own_runtime_compiled(config: 
     """The model left by the previous version's compile job is not baked into the new immutable tag."""
     newer = replace(config, serving=replace(config.serving, image_version="9.9.9"))
     stubs.put_model(newer, "cpu", compiled_by=config.serving.image_version)  # the previous runtime's model
-    first = release(newer, stubs)
+    first = run_pipeline(newer, stubs)
     uri = f"{images.model_s3_prefix(newer)}/cpu/manifest.json"
     assert (
         f"the model at {uri} was compiled by runtime image version '{config.serving.image_version}', not 9.9.9: "
@@ -204,16 +204,16 @@ def test_a_new_image_version_waits_for_a_model_its_own_runtime_compiled(config: 
     assert not any("--target serve" in b for b in stubs.builds())
     assert "9.9.9-cpu-amd64" not in stubs.published()
     stubs.put_model(newer, "cpu")  # the compile job of 9.9.9 ran
-    release(newer, stubs)
+    run_pipeline(newer, stubs)
     assert {"9.9.9-cpu-amd64", "9.9.9-cpu-arm64", "9.9.9-cpu"} <= set(stubs.published())
 
 
-def test_third_release_with_nothing_changed_pushes_nothing(config: AppConfig, stubs: Stubs) -> None:
-    release(config, stubs)
+def test_third_run_with_nothing_changed_pushes_nothing(config: AppConfig, stubs: Stubs) -> None:
+    run_pipeline(config, stubs)
     stubs.put_model(config, "cpu")
-    release(config, stubs)
+    run_pipeline(config, stubs)
     published = stubs.published()
-    third = release(config, stubs)
+    third = run_pipeline(config, stubs)
     assert stubs.published() == published
     assert stubs.builds() == [] and stubs.creates() == []
     assert not any(" login " in line or "buildx create" in line for line in stubs.log("docker"))

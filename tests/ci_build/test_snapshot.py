@@ -32,7 +32,7 @@ from tests.ci_build.buildspec_runner import (
     make_stubs,
     run_step,
 )
-from tests.conftest import ROOT, release_context
+from tests.conftest import ROOT, plan_context
 
 SCRIPT = ROOT / "ci_build" / "build-data-volume-snapshot.sh"
 HOST = SnapshotHost(subnet_id="subnet-0builder", security_group_id="sg-0builder", instance_profile="builder-profile")
@@ -42,7 +42,7 @@ FAST = SnapshotProps(poll_seconds=0, ssm_online_timeout_s=2)
 
 @pytest.fixture(scope="module")
 def config() -> AppConfig:
-    context = release_context()
+    context = plan_context()
     return load_config({**context, "nodeImage": {"family": "bottlerocket", "buildSnapshot": True}})
 
 

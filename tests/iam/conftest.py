@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import FIXTURE_DEPLOYMENTS, Synth, release_context
+from tests.conftest import FIXTURE_DEPLOYMENTS, Synth, plan_context
 from tests.iam.harness import AwsHarness, Workload
 from tests.iam.templates import (
     LambdaFunction,
@@ -57,13 +57,13 @@ def tls_templates(session_templates: Templates) -> Templates:
     import aws_cdk as cdk
 
     from composition.app import add_deployment_stacks
-    from plan.deployments import load_release
+    from plan.deployments import load_plan
 
-    context = {**release_context(), "tls": {"localZoneSecret": TLS_SECRET, "localZoneServerName": TLS_SERVER_NAME}}
+    context = {**plan_context(), "tls": {"localZoneSecret": TLS_SECRET, "localZoneServerName": TLS_SERVER_NAME}}
     app = cdk.App(context=context)
-    release = load_release(app.node.get_all_context(), FIXTURE_DEPLOYMENTS)
-    assert release.workstation is not None
-    stacks = add_deployment_stacks(app, release.workstation)
+    plan = load_plan(app.node.get_all_context(), FIXTURE_DEPLOYMENTS)
+    assert plan.workstation is not None
+    stacks = add_deployment_stacks(app, plan.workstation)
     assembly = app.synth()
 
     def template(stack: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ pipeline, in stage and run order, runs its buildspec (``ci_build/build-image.sh`
 and ``docker`` of ``tests.ci_build.buildspec_runner``; each recorded call is mapped to what AWS
 authorizes (:mod:`tests.iam.ci_calls`) and evaluated against that project's role policies and the
 model bucket's policy with :func:`tests.iam.policy.decide` (moto's evaluator ignores conditions such
-as ``s3:prefix``: see :mod:`tests.iam.policy`). Two releases: before any compile (serving builds
+as ``s3:prefix``: see :mod:`tests.iam.policy`). Two pipeline runs: before any compile (serving builds
 stop after listing the model prefix) and after one per device (they read the manifest, export the
 role's credentials and download the model in the build).
 
@@ -25,7 +25,7 @@ import pytest
 from plan import images
 from plan.config import load_config
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
-from tests.conftest import ROOT, Synth, release_context
+from tests.conftest import ROOT, Synth, plan_context
 from tests.iam.ci_calls import Context, aws_requests, docker_requests
 from tests.iam.harness import ACCOUNT
 from tests.iam.policy import Principal, Request, UnmodeledError, decide
@@ -113,7 +113,7 @@ class Evaluated:
         return f"{where}: {r.action} on {r.resource} denied by {self.reason} [{self.command}]"
 
 
-def run_release(
+def run_pipeline(
     projects: list[Project], bucket_policies: Mapping[str, Any], stubs: Stubs, tmp_path: Path
 ) -> tuple[list[Evaluated], list[str]]:
     """Run every action once; evaluate each recorded call. Returns the evaluations and the failures."""
@@ -152,7 +152,7 @@ def run_release(
     return evaluated, failures
 
 
-def two_releases(
+def two_pipeline_runs(
     templates: Templates, tmp_path: Path, change: Callable[[Project], Project] | None = None
 ) -> tuple[list[Evaluated], list[str]]:
     projects, bucket_policies = pipeline_projects(templates)
@@ -160,18 +160,18 @@ def two_releases(
         projects = [change(p) for p in projects]
     (repository,) = {p.env["REPOSITORY_URI"] for p in projects}
     stubs = make_stubs(tmp_path, repository_uri=repository)
-    evaluated, failures = run_release(projects, bucket_policies, stubs, tmp_path / "first")
-    config = load_config(release_context())
+    evaluated, failures = run_pipeline(projects, bucket_policies, stubs, tmp_path / "first")
+    config = load_config(plan_context())
     serving = [p for p in projects if p.env.get("TARGET") == images.SERVE_TARGET]
     assert {p.env["MODEL_S3_PREFIX"] for p in serving} == {images.model_s3_prefix(config)}
     for device in sorted({p.env["MODEL_DEVICE"] for p in serving}):
         stubs.put_model(config, device)
-    more, also = run_release(projects, bucket_policies, stubs, tmp_path / "second")
+    more, also = run_pipeline(projects, bucket_policies, stubs, tmp_path / "second")
     return evaluated + more, failures + also
 
 
-def test_every_call_of_two_releases_is_allowed_by_its_projects_role(templates: Templates, tmp_path: Path) -> None:
-    evaluated, failures = two_releases(templates, tmp_path)
+def test_every_call_of_two_pipeline_runs_is_allowed_by_its_projects_role(templates: Templates, tmp_path: Path) -> None:
+    evaluated, failures = two_pipeline_runs(templates, tmp_path)
     assert not failures, "\n".join(failures)
     seen = {(e.request.operation, e.request.action) for e in evaluated}
     assert seen >= {
@@ -210,7 +210,7 @@ def test_a_serving_build_without_its_list_grant_is_denied_naming_project_action_
             project.role.without_action("s3:ListBucket"),
         )
 
-    _, failures = two_releases(templates, tmp_path, without_list)
+    _, failures = two_pipeline_runs(templates, tmp_path, without_list)
     assert failures
     assert all(f.startswith("Serve-cpu-arm64 (ServeCpuArm64Project") for f in failures), failures
     first = failures[0]

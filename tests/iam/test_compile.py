@@ -16,7 +16,7 @@ from runtime.artifacts.store import find_published
 from runtime.compile.__main__ import main
 from tests.iam.conftest import World
 from tests.iam.templates import Pod, RolePolicies
-from tests.iam.workloads import FIRST_BUILD, SECOND_BUILD, compile_job, destination, fake_export, pod_env
+from tests.iam.workloads import FIRST_ARTIFACT, SECOND_ARTIFACT, compile_job, destination, fake_export, pod_env
 
 
 def run_compile_job(
@@ -30,14 +30,14 @@ def run_compile_job(
     args, published = list(job.container.args), destination(job)
     lines = []
     with world.aws.acting_as(world.pod_workload(job, change), pod_env(job)):
-        monkeypatch.setattr(job_module, "export", fake_export(FIRST_BUILD))
+        monkeypatch.setattr(job_module, "export", fake_export(FIRST_ARTIFACT))
         assert main(args) == 0
         lines.append(capsys.readouterr().out.strip())
         assert main(args) == 0
         lines.append(capsys.readouterr().out.strip())
         upgraded = {**export_module.library_versions("cuda"), "diffusers": "99.0.0"}
         monkeypatch.setattr(export_module, "library_versions", lambda device: dict(upgraded))
-        monkeypatch.setattr(job_module, "export", fake_export(SECOND_BUILD))
+        monkeypatch.setattr(job_module, "export", fake_export(SECOND_ARTIFACT))
         assert main(args) == 0
         lines.append(capsys.readouterr().out.strip())
         manifest = read_remote_manifest(published)  # what the image build and serving pods read

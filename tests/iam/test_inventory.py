@@ -1,5 +1,5 @@
 """The endpoint inventory as its roles: the in-cluster publisher (``python -m runtime.inventory`` with
-its Deployment's environment, as the InventoryPublisher Pod Identity role) writing and deleting
+its Kubernetes Deployment's environment, as the InventoryPublisher Pod Identity role) writing and deleting
 entries and putting its metrics, then the read API's and the token route's Lambda handlers (their
 functions' environment and roles from the inventory template) reading those entries and signing a
 token with the KMS key."""
@@ -145,7 +145,7 @@ class GatedPods:
 
 
 def test_the_publisher_opens_a_serving_pods_image_gate_as_its_role(world: World) -> None:
-    """The gate asks ECR for the image of a real serving Deployment; its role may, on that repository."""
+    """The gate asks ECR for the image of a real serving Kubernetes Deployment; its role may, on that repository."""
     serving = world.pod("Deployment", "stable-diffusion-nvidia")
     image = serving.container.image
     repository = image.split("/", 1)[1].split(":", 1)[0]

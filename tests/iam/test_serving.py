@@ -20,16 +20,16 @@ from runtime.server.tls import context_from_settings
 from tests.iam.conftest import TLS_SERVER_NAME, Templates, World, make_world
 from tests.iam.harness import AwsHarness
 from tests.iam.templates import pods
-from tests.iam.workloads import FIRST_BUILD, pod_env, publish_as_compiler
+from tests.iam.workloads import FIRST_ARTIFACT, pod_env, publish_as_compiler
 from tests.tls_ca import Ca
 
 REGIONAL = "stable-diffusion-nvidia"
 LOCAL_ZONE = "stable-diffusion-nvidia-us-west-2-lax-1a"
 
 
-def serve(world: World, deployment: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ImageService:
+def serve(world: World, workload: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ImageService:
     """What a serving pod does with AWS: TLS (if configured), token key, model, one metrics interval."""
-    pod = world.pod("Deployment", deployment)
+    pod = world.pod("Deployment", workload)
     device = pod.container.env[contract.ENV_DEVICE]
     source = publish_as_compiler(world, monkeypatch, device)
     env = pod_env(pod, **{contract.ENV_MODEL_SOURCE: source, contract.ENV_MODEL_CACHE_DIR: str(tmp_path / "models")})
@@ -45,7 +45,7 @@ def serve(world: World, deployment: str, monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert (service.cloudwatch.published, service.cloudwatch.failures) == (1, 0)
     assert location.path is not None and (
         location.path / "unet/diffusion_pytorch_model.safetensors"
-    ).stat().st_size == len(FIRST_BUILD["unet/diffusion_pytorch_model.safetensors"])
+    ).stat().st_size == len(FIRST_ARTIFACT["unet/diffusion_pytorch_model.safetensors"])
     assert (tls is not None) == (contract.ENV_TLS_SECRET_ID in env)
     assert verifier is not None
     public = world.aws.client("kms").get_public_key(KeyId=env[contract.ENV_TOKEN_KMS_KEY_ID])["PublicKey"]
@@ -99,10 +99,10 @@ def test_a_local_zone_serving_pod_reads_its_tls_secret_as_its_role(
 
 
 def test_every_serving_placement_reads_the_token_key_and_publishes_metrics_as_its_role(world: World) -> None:
-    """Each serving Deployment of the cluster template (every accelerator and location) with its own role."""
-    deployments = [p for p in pods(world.templates.cluster, "Deployment") if contract.ENV_DEVICE in p.container.env]
-    assert {p.name for p in deployments} >= {REGIONAL, LOCAL_ZONE}
-    for pod in deployments:
+    """Each serving Kubernetes Deployment of the cluster template (every accelerator and location) with its own role."""
+    workloads = [p for p in pods(world.templates.cluster, "Deployment") if contract.ENV_DEVICE in p.container.env]
+    assert {p.name for p in workloads} >= {REGIONAL, LOCAL_ZONE}
+    for pod in workloads:
         with world.aws.acting_as(world.pod_workload(pod), pod_env(pod)):
             settings = Settings.from_args([])
             assert verifier_from_settings(settings) is not None

@@ -20,15 +20,15 @@ from tests.iam.conftest import World
 from tests.iam.templates import Pod, pods
 
 LARGE: Final = "unet/diffusion_pytorch_model.safetensors"  # over s3transfer's 8 MiB multipart threshold
-FIRST_BUILD: Final[Mapping[str, bytes]] = {
+FIRST_ARTIFACT: Final[Mapping[str, bytes]] = {
     "model_index.json": b'{"_class_name": "StableDiffusionPipeline"}',
     "scheduler/scheduler_config.json": b"{}",
     "text_encoder/model.safetensors": b"te" * 1000,
     LARGE: b"\x01" * (9 * 1024 * 1024),
 }
 # After a library upgrade: the scheduler config changed, the text encoder is gone.
-SECOND_BUILD: Final[Mapping[str, bytes]] = {
-    **{k: v for k, v in FIRST_BUILD.items() if k != "text_encoder/model.safetensors"},
+SECOND_ARTIFACT: Final[Mapping[str, bytes]] = {
+    **{k: v for k, v in FIRST_ARTIFACT.items() if k != "text_encoder/model.safetensors"},
     "scheduler/scheduler_config.json": b'{"steps": 25}',
 }
 # The pods' filesystem layout is not reproduced here; everything else of their environment is.
@@ -72,7 +72,7 @@ def publish_as_compiler(world: World, monkeypatch: pytest.MonkeyPatch, device: s
     from runtime.compile.__main__ import main
 
     job = compile_job(world, device)
-    monkeypatch.setattr(job_module, "export", fake_export(FIRST_BUILD))
+    monkeypatch.setattr(job_module, "export", fake_export(FIRST_ARTIFACT))
     with world.aws.acting_as(world.pod_workload(job), pod_env(job)):
         assert main(list(job.container.args)) == 0
     return destination(job)

@@ -131,7 +131,7 @@ def test_publisher_discovers_the_serving_charts_local_zone_services() -> None:
     ]
     env = {
         e["name"]: e["value"]
-        for e in built.inventory.deployment.to_json()["spec"]["template"]["spec"]["containers"][0]["env"]
+        for e in built.inventory.workload.to_json()["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     found = discover(services, slices, [node], PublisherSettings.from_env(env))
     assert len(found) == len(services)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from plan.config import ConfigError
-from plan.deployments import DEPLOYMENTS_DIR, PIPELINE, WORKSTATION, load_release
-from tests.conftest import FIXTURE_DEPLOYMENTS, cdk_json_context, release_context
+from plan.deployments import DEPLOYMENTS_DIR, PIPELINE, WORKSTATION, load_plan
+from tests.conftest import FIXTURE_DEPLOYMENTS, cdk_json_context, plan_context
 
 PIPELINE_PROD = {"account": "123456789012", "pipeline": {"deployments": ["prod"]}}
 
@@ -20,34 +20,34 @@ def write(directory: Path, name: str, keys: dict[str, object]) -> None:
 
 
 def test_the_committed_default_is_the_dev_deployment_from_a_workstation() -> None:
-    release = load_release(cdk_json_context())
-    assert release.workstation is not None and release.workstation.name == "dev"
-    assert release.workstation.deployed_by == WORKSTATION and release.pipeline == ()
-    assert release.selected is release.workstation
+    plan = load_plan(cdk_json_context())
+    assert plan.workstation is not None and plan.workstation.name == "dev"
+    assert plan.workstation.deployed_by == WORKSTATION and plan.pipeline == ()
+    assert plan.selected is plan.workstation
 
 
 def test_the_committed_deployment_files_all_load() -> None:
     for path in sorted(DEPLOYMENTS_DIR.glob("*.json")):
-        assert load_release({**cdk_json_context(), "deployment": path.stem}).selected.name == path.stem
+        assert load_plan({**cdk_json_context(), "deployment": path.stem}).selected.name == path.stem
 
 
 def test_pipeline_deployments_come_from_their_files_in_order() -> None:
-    release = load_release(release_context(), FIXTURE_DEPLOYMENTS)
-    assert [d.name for d in release.pipeline] == ["staging", "production"]
-    assert all(d.deployed_by == PIPELINE for d in release.pipeline)
-    assert release.named("staging").config.local_zones == ()
-    assert release.named("production").config.cluster_name == "edge-diffusion-production"
+    plan = load_plan(plan_context(), FIXTURE_DEPLOYMENTS)
+    assert [d.name for d in plan.pipeline] == ["staging", "production"]
+    assert all(d.deployed_by == PIPELINE for d in plan.pipeline)
+    assert plan.named("staging").config.local_zones == ()
+    assert plan.named("production").config.cluster_name == "edge-diffusion-production"
 
 
 def test_a_workstation_override_applies_to_the_workstation_deployment_only() -> None:
-    release = load_release({**release_context(), "clientCidrs": "10.1.0.0/16"}, FIXTURE_DEPLOYMENTS)
-    assert release.workstation is not None and release.workstation.config.client_cidrs == ("10.1.0.0/16",)
-    assert release.named("staging").config.client_cidrs == ("198.18.0.0/15",)
+    plan = load_plan({**plan_context(), "clientCidrs": "10.1.0.0/16"}, FIXTURE_DEPLOYMENTS)
+    assert plan.workstation is not None and plan.workstation.config.client_cidrs == ("10.1.0.0/16",)
+    assert plan.named("staging").config.client_cidrs == ("198.18.0.0/15",)
 
 
 def test_cdk_internal_context_is_not_an_override() -> None:
-    context = {**release_context(), "deployment": "staging", "aws:cdk:enable-path-metadata": True}
-    assert load_release(context, FIXTURE_DEPLOYMENTS).selected.name == "staging"
+    context = {**plan_context(), "deployment": "staging", "aws:cdk:enable-path-metadata": True}
+    assert load_plan(context, FIXTURE_DEPLOYMENTS).selected.name == "staging"
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_bad_releases_name_the_key_one_line_each(
     for name, keys in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(keys))
     with pytest.raises(ConfigError) as err:
-        load_release({**cdk_json_context(), **context}, tmp_path)
+        load_plan({**cdk_json_context(), **context}, tmp_path)
     (named,) = [error for error in err.value.errors if error.key == key]
     assert message in str(named)
     assert all("\n" not in str(error) for error in err.value.errors)
@@ -109,7 +109,7 @@ def test_every_bad_value_of_every_deployment_is_reported_at_once(tmp_path: Path)
     write(tmp_path, "prod", {"clusterName": "p", "clientCidrs": ["198.18.0.0/15"], "vpcCidr": "10.0.0.0/8"})
     context = {**cdk_json_context(), **PIPELINE_PROD, "region": "us-west-2", "serving": '{"maxBatch": 0}'}
     with pytest.raises(ConfigError) as err:
-        load_release({**context, "endpointAccess": "public"}, tmp_path)
+        load_plan({**context, "endpointAccess": "public"}, tmp_path)
     assert sorted(error.key for error in err.value.errors) == [
         "deployments/prod.json:vpcCidr",
         "endpointAccess",
@@ -124,7 +124,7 @@ def test_a_deployment_file_cannot_set_what_the_images_are_built_for(tmp_path: Pa
         tmp_path, "dev", {"serving": {"imageVersion": "9.9.9", "height": 768, "minReplicas": 2}, "serving.maxBatch": 8}
     )
     with pytest.raises(ConfigError) as caught:
-        load_release(cdk_json_context(), tmp_path)
+        load_plan(cdk_json_context(), tmp_path)
     lines = caught.value.lines()
     assert len(lines) == 3, lines
     for key, value in (("imageVersion", "'9.9.9'"), ("height", "768"), ("maxBatch", "8")):
@@ -138,8 +138,8 @@ def test_every_deployment_gets_the_shared_serving_values_beside_its_own(tmp_path
     write(tmp_path, "dev", {"serving": {"minReplicas": 2}})
     write(tmp_path, "prod", {"serving": {"maxReplicas": 6}, "clusterName": "prod", "clientCidrs": ["198.18.0.0/24"]})
     context = {**cdk_json_context(), **PIPELINE_PROD, "serving": {"imageVersion": "2.0.0", "height": 768, "width": 768}}
-    release = load_release(context, tmp_path)
-    for deployment in release.deployments:
+    plan = load_plan(context, tmp_path)
+    for deployment in plan.deployments:
         serving = deployment.config.serving
         assert (serving.image_version, serving.height, serving.width) == ("2.0.0", 768, 768), deployment.name
-    assert release.named("prod").config.serving.max_replicas == 6
+    assert plan.named("prod").config.serving.max_replicas == 6

@@ -20,7 +20,7 @@ from moto.ec2.models import instance_types as moto_instance_types
 from moto.ec2.models.availability_zones_and_regions import Zone
 
 from plan import capacity, naming, versions
-from plan.deployments import INVENTORY, STACK_PREFIX, Deployment, load_release, stack_name
+from plan.deployments import INVENTORY, STACK_PREFIX, Deployment, load_plan, stack_name
 from preflight import checks
 from preflight.__main__ import main
 from preflight.checks import FAIL, PASS, SKIP, Result, Target, quota_needs, run_checks
@@ -31,7 +31,7 @@ LINE = re.compile(r"^(PASS|FAIL|SKIP) [^:]+: .+$")
 
 
 def deployment(**overrides: object) -> Deployment:
-    return load_release({**cdk_json_context(), "account": ACCOUNT, **overrides}).selected
+    return load_plan({**cdk_json_context(), "account": ACCOUNT, **overrides}).selected
 
 
 class Session:
@@ -303,7 +303,7 @@ def test_physical_names_free_owned_retained_or_in_the_way(aws: None) -> None:
 def test_each_name_is_looked_up_in_the_synthesized_stack_that_creates_it(synth: Synth) -> None:
     """Preflight names stacks with plan.deployments.stack_name, as composition does: the stack it
     looks each physical name up in is the synthesized one that creates the name."""
-    target = Target(synth.stacks.release.selected, Session())
+    target = Target(synth.stacks.plan.selected, Session())
     assert synth.stacks.workstation is not None
     built = {stack.stack_name: stack for stack in (*synth.stacks.build.all, *synth.stacks.workstation.all)}
     for item in checks.physical_names(target):

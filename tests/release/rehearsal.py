@@ -15,11 +15,11 @@ What AWS does, modelled here:
 - Deleting a stack keeps its ``Retain`` resources, unowned; a stack cannot be deleted while a
   stack that depends on it exists; inside a stack, resources are deleted in reverse
   ``DependsOn`` order.
-- A Kubernetes Job (compile, Volcano) needs its image when it runs; a Deployment retries its
+- A Kubernetes Job (compile, Volcano) needs its image when it runs; a Kubernetes Deployment retries its
   pull, so its image may arrive later in the same release.
 
 What the cluster's controllers do with the manifests a cluster stack applies (admission on
-create and update, finalizers on delete) is modelled in :mod:`tests.release.cluster_model`.
+create and update, finalizers on delete) is modelled in :mod:`tests.release.cluster_sim`.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ class Workload:
 
     @property
     def runs_to_completion(self) -> bool:
-        """A Job fails after its retries when its image is missing; a Deployment keeps pulling."""
+        """A Job fails after its retries when its image is missing; a Kubernetes Deployment keeps pulling."""
         return self.kind == "Job"
 
 
@@ -307,7 +307,7 @@ def workloads(template: Mapping[str, Any]) -> list[Workload]:
 
 
 def helm_releases(template: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]]:
-    """Release name -> (logical id, properties) of the Helm releases a cluster stack installs."""
+    """Helm release name -> (logical id, properties) of the Helm releases a cluster stack installs."""
     return {
         r["Properties"]["Release"]: (logical_id, r["Properties"])
         for logical_id, r in template["Resources"].items()

@@ -16,10 +16,10 @@ import yaml
 
 from plan import contract, naming
 from plan.accelerators import ACCELERATORS
-from plan.deployments import DEFAULT_DEPLOYMENT, load_release
+from plan.deployments import DEFAULT_DEPLOYMENT, load_plan
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
-from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, release_context
+from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, plan_context
 from tests.release import rehearsal
 from tests.release.rehearsal import Account, MakeDeploy, ReleaseError, Stack
 
@@ -101,7 +101,7 @@ def test_the_pipeline_synthesizes_what_a_workstation_synthesizes(stacks: dict[st
 
 def test_stage_configs_are_the_committed_files(synth: Synth) -> None:
     for name, stage in synth.stacks.pipeline.items():
-        alone = load_release({**release_context(), "deployment": name, "pipeline": {}}, FIXTURE_DEPLOYMENTS)
+        alone = load_plan({**plan_context(), "deployment": name, "pipeline": {}}, FIXTURE_DEPLOYMENTS)
         assert alone.workstation is not None
         assert alone.workstation.config.cluster_name == stage.deployment.config.cluster_name
         assert alone.workstation.config.client_cidrs == stage.deployment.config.client_cidrs
@@ -140,9 +140,9 @@ def cluster_stacks(stacks: dict[str, Stack]) -> list[Stack]:
 def test_karpenter_crds_are_upgraded_by_their_own_chart_first(stacks: dict[str, Stack]) -> None:
     """Helm never upgrades a chart's crds/: a second release with a new Karpenter needs karpenter-crd."""
     for stack in cluster_stacks(stacks):
-        releases = rehearsal.helm_releases(stack.template)
-        crd_id, crds = releases["karpenter-crd"]
-        karpenter_id, karpenter = releases["karpenter"]
+        helm = rehearsal.helm_releases(stack.template)
+        crd_id, crds = helm["karpenter-crd"]
+        karpenter_id, karpenter = helm["karpenter"]
         assert crds["Version"] == karpenter["Version"]
         assert crd_id in rehearsal.depends_on(stack.template, karpenter_id)
         assert str(karpenter.get("SkipCrds")).lower() == "true"
@@ -156,8 +156,8 @@ def test_compile_jobs_get_pods_karpenter_can_see(stacks: dict[str, Stack]) -> No
         assert "allocate" in actions and "enqueue" not in actions, actions
 
 
-def scheduler_actions(release: Mapping[str, Any]) -> list[str]:
-    values = yaml.safe_load(release["Values"]) if isinstance(release.get("Values"), str) else {}
+def scheduler_actions(helm_release: Mapping[str, Any]) -> list[str]:
+    values = yaml.safe_load(helm_release["Values"]) if isinstance(helm_release.get("Values"), str) else {}
     config_text = _find_scheduler_config(values)
     if config_text is None:  # the chart's default scheduler config (volcano-scheduler.conf)
         return ["enqueue", "allocate", "backfill"]
@@ -179,8 +179,8 @@ def _find_scheduler_config(values: Any) -> str | None:
 def test_deleting_a_cluster_drains_karpenter_nodes_before_their_access_goes(stacks: dict[str, Stack]) -> None:
     for stack in cluster_stacks(stacks):
         template = stack.template
-        releases = rehearsal.helm_releases(template)
-        karpenter_id, _ = releases["karpenter"]
+        helm = rehearsal.helm_releases(template)
+        karpenter_id, _ = helm["karpenter"]
         (pools,) = [lid for lid in template["Resources"] if "Chartkarpenter" in lid]
         (access,) = [
             lid
@@ -256,7 +256,7 @@ def ungated_pods_without_images(registry: ImageRegistry, stacks: dict[str, Stack
 
 @pytest.fixture
 def registry(synth: Synth, tmp_path: Path) -> ImageRegistry:
-    config = synth.stacks.release.shared
+    config = synth.stacks.plan.shared
     uri = naming.image_repository_uri(config)
     return ImageRegistry(config=config, stubs=make_stubs(tmp_path, uri), repository_uri=uri)
 
@@ -280,15 +280,15 @@ def test_first_release_has_every_image_before_a_pod_needs_it(
     assert first and all("-runtime" in tag or "-publisher" in tag for tag in first), first  # no serving image yet
     # The clusters apply their charts: the compile Jobs run now and need their images now.
     assert missing_images(registry, stacks, jobs_only=True) == []
-    # A Deployment whose image is not built yet waits behind the gate the publisher opens once it
+    # A Kubernetes Deployment whose image is not built yet waits behind the gate the publisher opens once it
     # is: a pod that cannot pull must not make Karpenter launch (and bill) an accelerator node.
     assert ungated_pods_without_images(registry, stacks) == []
     assert compile_models(registry, stacks) == ["cpu", "cuda", "neuron"]
     second = registry.run_pipeline()  # "release the pipeline again"
     assert {t.rpartition("-")[2] for t in second} >= {"nvidia", "neuron", "cpu"}, second
-    # Every Deployment (serving, publisher) now pulls an image that exists.
+    # Every Kubernetes Deployment (serving, publisher) now pulls an image that exists.
     assert missing_images(registry, stacks, jobs_only=False) == []
-    assert registry.run_pipeline() == []  # a release with nothing changed rebuilds nothing
+    assert registry.run_pipeline() == []  # a pipeline run with nothing changed rebuilds nothing
 
 
 # --- The rehearsal catches the old designs ---------------------------------------------------
@@ -344,10 +344,10 @@ def test_the_default_volcano_scheduler_is_refused(stacks: dict[str, Stack]) -> N
 def test_the_old_delete_order_is_caught() -> None:
     template = {
         "Resources": {
-            "ClusterChartkarpenterX": {"Type": rehearsal.MANIFEST_TYPE, "DependsOn": ["Release"]},
-            "Release": {"Type": rehearsal.HELM_TYPE, "Properties": {"Release": "karpenter"}},
+            "ClusterChartkarpenterX": {"Type": rehearsal.MANIFEST_TYPE, "DependsOn": ["Karpenter"]},
+            "Karpenter": {"Type": rehearsal.HELM_TYPE, "Properties": {"Release": "karpenter"}},
             "Access": {"Type": "AWS::EKS::AccessEntry", "Properties": {}},
         }
     }
-    assert rehearsal.deleted_before(template, "ClusterChartkarpenterX", "Release")
-    assert not rehearsal.deleted_before(template, "Release", "Access")
+    assert rehearsal.deleted_before(template, "ClusterChartkarpenterX", "Karpenter")
+    assert not rehearsal.deleted_before(template, "Karpenter", "Access")

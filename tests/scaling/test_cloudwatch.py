@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scaling.cloudwatch import PendingMetric
-from scaling.model import MetricPipeline
+from scaling.loop import MetricPipeline
 
 
 def test_a_point_is_read_once_its_period_ends_a_full_offset_ago() -> None:

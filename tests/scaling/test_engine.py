@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from scaling.engine import _Node, _place, initial_replicas, run
-from scaling.model import Autoscaling, ColdStart, PodModel, Simulation
+from scaling.loop import Autoscaling, ColdStart, PodProfile, Simulation
 from scaling.traffic import Cosine, FlashCrowd, Ramp, Step
 
 INSTANT = ColdStart(
     karpenter_decision_s=0, node_launch_s=0, image_pull_s=0, image_pull_from_snapshot_s=0, model_load_s=0, warmup_s=0
 )
-POD = PodModel(images_per_s=2.0, concurrency=4.0, p90_ms=1000.0)
+POD = PodProfile(images_per_s=2.0, concurrency=4.0, p90_ms=1000.0)
 # Every HPA sync reads CloudWatch (no caching), on the minute: the delays are the metric's alone.
 ALIGNED = Autoscaling(
     min_replicas=1, max_replicas=10, target_pending_per_replica=4, hpa_sync_phase_s=0, use_cached_metrics=False

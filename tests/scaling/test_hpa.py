@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from scaling.hpa import Hpa
-from scaling.model import KUBERNETES_SCALE_DOWN, KUBERNETES_SCALE_UP, Autoscaling, HpaPolicy, HpaRules
+from scaling.loop import KUBERNETES_SCALE_DOWN, KUBERNETES_SCALE_UP, Autoscaling, HpaPolicy, HpaRules
 
 KUBERNETES = Autoscaling(
     min_replicas=1,

@@ -12,7 +12,7 @@ from plan.config import ServingConfig
 from runtime.bench.breaking_point import Verdict, to_json
 from runtime.bench.load import LevelResult
 from scaling.engine import run
-from scaling.model import Autoscaling, ColdStart, ModelError, PodModel, Simulation, pod_from_breaking_point
+from scaling.loop import Autoscaling, ColdStart, PodProfile, Simulation, SimulationError, pod_from_breaking_point
 from scaling.simulate import PREVIOUS_DEFAULTS, RECOMMENDED, main, phase_sweep, sweep_table
 from scaling.traffic import Step
 
@@ -42,7 +42,7 @@ def test_the_phase_sweep_runs_every_sync_and_poll_phase_on_the_grid() -> None:
     # No cold start: a step at 600 s is readable from 780 s; a sync at phase 0, 3, ..., 12 s acts
     # 0, 3, ..., 12 s after that, and with cached metrics a poll at phase p must come first.
     instant = ColdStart(0, 0, 0, 0, 0, 0)
-    pod = PodModel(images_per_s=2.0, concurrency=4.0, p90_ms=1000.0)
+    pod = PodProfile(images_per_s=2.0, concurrency=4.0, p90_ms=1000.0)
     uncached = Autoscaling(max_replicas=10, target_pending_per_replica=4, use_cached_metrics=False)
     sim = Simulation(autoscaling=uncached, cold_start=instant, pod=pod)
     step = Step(1.0, 3.0, 600.0)
@@ -124,13 +124,13 @@ def test_the_pod_comes_from_a_breaking_point_run(tmp_path: Path) -> None:
     result = Verdict(sustainable=steps[1], breaking=steps[2], pods=2)
     path = tmp_path / "bp.json"
     path.write_text(json.dumps(to_json(result, steps, 250.0, [])))
-    pod = pod_from_breaking_point(path, PodModel(queue_size=10))
+    pod = pod_from_breaking_point(path, PodProfile(queue_size=10))
     assert (pod.images_per_s, pod.concurrency, pod.p90_ms, pod.queue_size) == (5.0, 1.0, 200.0, 10)
 
 
 def test_a_breaking_point_without_a_sustainable_step_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "none.json"
     path.write_text(json.dumps({"images_per_s_per_pod": 0.0}))
-    with pytest.raises(ModelError, match="has no sustainable step"):
+    with pytest.raises(SimulationError, match="has no sustainable step"):
         pod_from_breaking_point(path)
     assert main(["--breaking-point", str(tmp_path / "missing.json")]) == 2

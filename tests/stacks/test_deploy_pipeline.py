@@ -13,10 +13,10 @@ import pytest
 
 from composition.app import DeploymentStacks
 from plan.config import load_config
-from plan.deployments import load_release
+from plan.deployments import load_plan
 from stacks.deploy_pipeline import SYNTH_COMMANDS, DeployPipelineStack, approval_step, cdk_cli_version
 from stacks.pr_diff import PR_EVENTS, lookup_role_arn
-from tests.conftest import FIXTURE_DEPLOYMENTS, PIPELINE_DEPLOYMENTS, ROOT, Synth, cdk_json_context, release_context
+from tests.conftest import FIXTURE_DEPLOYMENTS, PIPELINE_DEPLOYMENTS, ROOT, Synth, cdk_json_context, plan_context
 
 STACK_ID = "EdgeDiffusion-DeployPipeline"
 CONNECTION = "arn:aws:codeconnections:us-west-2:111111111111:connection/12345678-1234-1234-1234-123456789012"
@@ -106,7 +106,7 @@ def test_a_stage_has_the_config_a_workstation_deploy_of_the_same_file_gets(stack
     ``add_deployment_stacks`` builds the same stacks (the stage's come from that function)."""
     for stage in stack.stages:
         name = stage.deployment.name
-        alone = load_release({**release_context(), "deployment": name, "pipeline": {}}, FIXTURE_DEPLOYMENTS)
+        alone = load_plan({**plan_context(), "deployment": name, "pipeline": {}}, FIXTURE_DEPLOYMENTS)
         assert alone.workstation is not None
         # Everything but the pipeline's own key, which the workstation synth left empty on purpose.
         assert replace(alone.workstation.config, pipeline=stage.deployment.config.pipeline) == stage.deployment.config
@@ -117,7 +117,7 @@ def test_pipeline_deployments_refuse_command_line_overrides() -> None:
     from plan.config import ConfigError
 
     with pytest.raises(ConfigError, match="no -c overrides for staging"):
-        load_release({**release_context(), "deployment": "staging", "clientCidrs": "10.0.0.0/8"}, FIXTURE_DEPLOYMENTS)
+        load_plan({**plan_context(), "deployment": "staging", "clientCidrs": "10.0.0.0/8"}, FIXTURE_DEPLOYMENTS)
 
 
 def test_pipeline_artifacts_are_kms_encrypted(template: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from stacks.image_pipeline import (
     SERVING_STAGE,
     ImagePipelineStack,
 )
-from tests.conftest import RELEASE_ACCOUNT, Synth, release_context
+from tests.conftest import PLAN_ACCOUNT, Synth, plan_context
 from tests.stacks.pipeline_templates import (
     action_projects,
     as_list,
@@ -39,7 +39,7 @@ BUILD_IMAGES = {"amd64": versions.CODEBUILD_X86_IMAGE, "arm64": versions.CODEBUI
 
 @pytest.fixture(scope="module")
 def config() -> AppConfig:
-    return load_config(release_context())
+    return load_config(plan_context())
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_build_projects_set_every_build_arg(template: dict[str, Any], config: Ap
         assert env["BUILDKIT_IMAGE"] == versions.BUILDKIT_IMAGE
         assert env["BUILDKIT_IMAGE"].startswith("public.ecr.aws/"), "no anonymous Docker Hub pull"
         assert env["MODEL_S3_PREFIX"] == (
-            f"s3://edge-diffusion-models-{RELEASE_ACCOUNT}-us-west-2/models/{config.model_id}/main"
+            f"s3://edge-diffusion-models-{PLAN_ACCOUNT}-us-west-2/models/{config.model_id}/main"
         )
 
 

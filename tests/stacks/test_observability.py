@@ -24,11 +24,11 @@ from stacks.observability.metrics import (
     ready_pods_dimensions,
     serving_dimensions,
 )
-from tests.conftest import RELEASE_ACCOUNT, Synth, cdk_json_context
+from tests.conftest import PLAN_ACCOUNT, Synth, cdk_json_context
 
 # A deployment with two Local Zones (one without GPUs), emails and a non-default SLO.
 VARIANT = {
-    "account": RELEASE_ACCOUNT,
+    "account": PLAN_ACCOUNT,
     "clusterName": "edge-obs",
     "localZones": [
         {"name": "us-west-2-lax-1a", "instanceFamilies": ["g5", "c7g"]},
@@ -392,8 +392,8 @@ def test_topic_is_encrypted_and_only_this_deployments_alarms_may_use_key_and_top
     ]
     assert sorted(for_cloudwatch["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
     source_arn = json.dumps(for_cloudwatch["Condition"]["ArnLike"]["aws:SourceArn"])
-    assert re.search(rf":cloudwatch:us-west-2:{RELEASE_ACCOUNT}:alarm:edge-obs-\*", source_arn)
-    assert for_cloudwatch["Condition"]["StringEquals"] == {"aws:SourceAccount": RELEASE_ACCOUNT}
+    assert re.search(rf":cloudwatch:us-west-2:{PLAN_ACCOUNT}:alarm:edge-obs-\*", source_arn)
+    assert for_cloudwatch["Condition"]["StringEquals"] == {"aws:SourceAccount": PLAN_ACCOUNT}
     (policy,) = resources(template, "AWS::SNS::TopicPolicy").values()
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     (publish,) = [s for s in statements if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]

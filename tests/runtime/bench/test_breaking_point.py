@@ -15,7 +15,7 @@ import pytest
 from plan import contract, prices
 from runtime.bench import breaking_point as bp
 from runtime.bench.load import LevelResult
-from scaling.model import HPA_TOLERANCE
+from scaling.loop import HPA_TOLERANCE
 from tests.tls_ca import LOOPBACK, Ca
 
 

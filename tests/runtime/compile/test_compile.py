@@ -148,7 +148,7 @@ def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
     assert "already there 3" in out
     manifest = read_remote_manifest(f"s3://{BUCKET}/{TINY_CPU_PREFIX}", s3)
     assert manifest is not None
-    # the tiny build is deterministic, so only the missing files and then the manifest were sent
+    # the tiny compile is deterministic, so only the missing files and then the manifest were sent
     assert calls.count(*UPLOAD_OPS) == len(manifest.files) - 3 + 2  # the lock, the rest, the manifest
     assert calls.calls[-1] == ("PutObject", TINY_CPU_PREFIX + MANIFEST_NAME)
 

@@ -148,7 +148,7 @@ def test_results_are_bounded(table: Any, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_the_handler_file_runs_alone_on_the_standard_library_and_boto3(tmp_path: Path) -> None:
-    """The stack ships api.py as the whole Lambda: importing runtime/ or spec/ there would break it."""
+    """The stack ships api.py as the whole Lambda: importing runtime/ or plan/ there would break it."""
     source = Path(api.__file__)
     tree = ast.parse(source.read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.local import write_manifest
-from runtime.artifacts.manifest import BuildSpec, Shapes, library_versions
+from runtime.artifacts.manifest import ArtifactSpec, Shapes, library_versions
 from runtime.artifacts.store import artifact_uri, publish
 from runtime.server import backends
 from runtime.server.backends import BatchParams, ImageSpec
@@ -26,7 +26,7 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     build_tiny_pipeline().save_pretrained(root)
-    spec = BuildSpec(
+    spec = ArtifactSpec(
         model_id="tiny",
         revision="main",
         device="cpu",

@@ -59,7 +59,7 @@ def test_deep_merge_keeps_the_defaults_key_order_and_modifies_neither_input() ->
     before = json.dumps(DEFAULTS)
     overrides = {"extra": {"a": 1}, "settings": {"clusterName": "other"}}
     merged = deep_merge(DEFAULTS, overrides)
-    assert list(merged) == [*DEFAULTS, "extra"]  # the release's Values string depends on this order
+    assert list(merged) == [*DEFAULTS, "extra"]  # the Helm release's Values string depends on this order
     assert list(merged["settings"]) == list(DEFAULTS["settings"])
     merged["settings"]["clusterName"] = "mutated"
     merged["tolerations"].append("mutated")
@@ -208,7 +208,7 @@ class Probe(ControllerAddOn):
         chart="probe",
         repository="https://example.com/charts",
         version="0.1.0",
-        release="probe",
+        release_name="probe",
         namespace="probe",
     )
     after: ClassVar[tuple[str, ...]] = (AwsLoadBalancerController.name,)
@@ -259,14 +259,14 @@ def test_the_stack_installs_the_given_add_ons_in_their_order(custom_cluster: dic
     crd_id, crd = helm["karpenter-crd"]
     assert crd_id in set(helm["karpenter"][1].get("DependsOn", [])), "Karpenter waits for its CRDs"
     assert not {lid for lid, _ in helm.values()} & set(crd.get("DependsOn", [])), "installed first"
-    release_of = {lid: release for release, (lid, _) in helm.items()}
+    helm_release_of = {lid: helm_release for helm_release, (lid, _) in helm.items()}
     waits_for = {
-        release: {release_of[d] for d in props.get("DependsOn", []) if d in release_of}
-        for release, (_, props) in helm.items()
+        helm_release: {helm_release_of[d] for d in props.get("DependsOn", []) if d in helm_release_of}
+        for helm_release, (_, props) in helm.items()
     }
-    chain = ["karpenter-crd"]  # each release waits for exactly the one before it
+    chain = ["karpenter-crd"]  # each Helm release waits for exactly the one before it
     while len(chain) < len(helm):
-        (following,) = [release for release, earlier in waits_for.items() if earlier == {chain[-1]}]
+        (following,) = [helm_release for helm_release, earlier in waits_for.items() if earlier == {chain[-1]}]
         chain.append(following)
     assert chain.index("aws-load-balancer-controller") < chain.index("probe") < chain.index("keda")
     keda_values = json.loads(helm["keda"][1]["Properties"]["Values"])

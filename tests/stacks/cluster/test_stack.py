@@ -26,7 +26,7 @@ from tests.stack_variants import PUBLIC_ENDPOINT, variant
 
 UPSTREAM_KARPENTER = ROOT / "third_party" / "karpenter" / "cloudformation.yaml"
 HELM = "Custom::AWSCDK-EKS-HelmChart"
-# Every chart the versions catalog pins is installed, as one release each.
+# Every chart the versions catalog pins is installed, as one Helm release each.
 CATALOG_CHARTS = tuple(pin for pin in vars(versions).values() if isinstance(pin, versions.HelmChart))
 KUBERNETES_MANIFEST = "Custom::AWSCDK-EKS-KubernetesResource"
 REQUIRED_ADDONS = {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "amazon-cloudwatch-observability"}
@@ -389,7 +389,7 @@ def test_interruption_rules_are_upstreams_rules_targeting_the_queue(
 # --- Helm releases --------------------------------------------------------------------------
 
 
-def releases(template: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+def helm_releases(template: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     return {props["Release"]: (lid, props) for lid, props in props_of_type(template, HELM).items()}
 
 
@@ -399,27 +399,27 @@ def values_json(props: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
 
 
 def test_helm_releases_are_pinned_to_the_catalog(template: dict[str, Any]) -> None:
-    found = releases(template)
-    assert set(found) == {chart.release for chart in CATALOG_CHARTS}
+    found = helm_releases(template)
+    assert set(found) == {chart.release_name for chart in CATALOG_CHARTS}
     for chart in CATALOG_CHARTS:
-        _, props = found[chart.release]
+        _, props = found[chart.release_name]
         assert (props["Chart"], props["Repository"], props["Version"], props["Namespace"]) == (
             chart.chart,
             chart.repository,
             chart.version,
             chart.namespace,
         )
-        assert props["Wait"] is True, "the next release must see this one ready"
+        assert props["Wait"] is True, "the next Helm release must see this one ready"
 
 
 def test_helm_releases_install_in_dependency_order(template: dict[str, Any]) -> None:
-    found = releases(template)
+    found = helm_releases(template)
     (nodegroup_id,) = of_type(template, "AWS::EKS::Nodegroup")
 
     def after(later: str, earlier: str) -> bool:
         return found[earlier][0] in depends_on(template, found[later][0])
 
-    # Karpenter first; the ALB controller's Service/Pod webhooks before releases that create Services.
+    # Karpenter first; the ALB controller's Service/Pod webhooks before Helm releases that create Services.
     assert after("aws-load-balancer-controller", "karpenter")
     assert after("keda", "aws-load-balancer-controller")
     assert after("volcano", "keda")
@@ -430,7 +430,7 @@ def test_helm_releases_install_in_dependency_order(template: dict[str, Any]) -> 
 def test_karpenter_values_name_the_cluster_and_queue(synth: Synth, template: dict[str, Any]) -> None:
     config = synth.stacks.cluster.config
     (queue_id,) = of_type(template, "AWS::SQS::Queue")
-    values = values_json(releases(template)["karpenter"][1], {f"{queue_id}.QueueName": "QUEUE"})
+    values = values_json(helm_releases(template)["karpenter"][1], {f"{queue_id}.QueueName": "QUEUE"})
     assert values["settings"] == {"clusterName": config.cluster_name, "interruptionQueue": "QUEUE"}
     (association,) = [
         a
@@ -444,12 +444,12 @@ def test_every_controller_is_pinned_to_the_controller_node_group(template: dict[
     """Karpenter must not run on nodes it manages; no controller should land on accelerator nodes."""
     (nodegroup,) = props_of_type(template, "AWS::EKS::Nodegroup").values()
     labels = nodegroup["Labels"]
-    for release, (_, props) in releases(template).items():
-        if release == "karpenter-crd":  # CRDs only: no pods to place
+    for helm_release, (_, props) in helm_releases(template).items():
+        if helm_release == "karpenter-crd":  # CRDs only: no pods to place
             continue
         values = values_json(props, {})
         selector = values.get("nodeSelector") or values.get("custom", {}).get("default_ns")
-        assert selector and selector.items() <= labels.items(), release
+        assert selector and selector.items() <= labels.items(), helm_release
 
 
 def test_keda_operator_may_only_read_cloudwatch_metrics(template: dict[str, Any]) -> None:
@@ -499,7 +499,7 @@ def test_alb_controller_policy_is_the_upstream_policy_aws_cdk_lib_ships(template
 def test_volcano_creates_pods_without_waiting_for_idle_capacity(template: dict[str, Any]) -> None:
     """No ``enqueue`` action: a PodGroup is not held Pending until current idle capacity fits it,
     so its pods are created, go Pending, and Karpenter adds the GPU/Neuron node they need."""
-    _, props = releases(template)[versions.VOLCANO.release]
+    _, props = helm_releases(template)[versions.VOLCANO.release_name]
     custom = values_json(props, {})["custom"]
     config = yaml.safe_load(custom["scheduler_config_override"])
     actions = [action.strip() for action in config["actions"].split(",")]
@@ -516,11 +516,11 @@ def test_volcano_creates_pods_without_waiting_for_idle_capacity(template: dict[s
 
 def test_karpenter_crds_come_from_the_karpenter_crd_chart_installed_first(template: dict[str, Any]) -> None:
     """Helm never upgrades a chart's crds/ directory: the CRDs come from the karpenter-crd chart, at
-    Karpenter's version, installed before the karpenter release, which skips its own copy."""
-    found = releases(template)
-    assert "karpenter-crd" in found, "no karpenter-crd release"
+    Karpenter's version, installed before the karpenter Helm release, which skips its own copy."""
+    found = helm_releases(template)
+    assert "karpenter-crd" in found, "no karpenter-crd Helm release"
     crd_id, crd = found["karpenter-crd"]
-    karpenter_id, karpenter = found[versions.KARPENTER.release]
+    karpenter_id, karpenter = found[versions.KARPENTER.release_name]
     assert crd["Chart"] == "karpenter-crd"
     assert crd["Repository"] == "oci://public.ecr.aws/karpenter/karpenter-crd"
     assert crd["Version"] == karpenter["Version"] == versions.KARPENTER.version
@@ -538,7 +538,7 @@ def test_stack_delete_removes_node_pools_then_karpenter_then_its_node_access(
     while Karpenter runs (its finalizers terminate their instances), Karpenter before the node
     role's access entry and the interruption queue and rules it reads."""
     resources = template["Resources"]
-    (karpenter_id, _) = releases(template)[versions.KARPENTER.release]
+    (karpenter_id, _) = helm_releases(template)[versions.KARPENTER.release_name]
     (node_pools_id,) = [lid for lid in of_type(template, KUBERNETES_MANIFEST) if "Chartkarpenter" in lid]
     assert "NodePool" in json.dumps(resources[node_pools_id]["Properties"]["Manifest"])
     node_role_name = naming.karpenter_node_role_name(synth.stacks.cluster.config)
@@ -555,9 +555,9 @@ def test_stack_delete_removes_node_pools_then_karpenter_then_its_node_access(
     for kind in ("AWS::SQS::Queue", "AWS::SQS::QueuePolicy", "AWS::Events::Rule"):
         assert set(of_type(template, kind)) <= before_karpenter, kind
     assert karpenter_id in depends_on_transitively(template, node_pools_id)
-    # Every applied chart waits for every release (so goes first on delete).
+    # Every applied chart waits for every Helm release (so goes first on delete).
     for manifest_id in of_type(template, KUBERNETES_MANIFEST):
-        assert {lid for lid, _ in releases(template).values()} <= depends_on_transitively(template, manifest_id)
+        assert {lid for lid, _ in helm_releases(template).values()} <= depends_on_transitively(template, manifest_id)
 
 
 # --- the API other stacks and charts use ------------------------------------------------------
@@ -575,7 +575,7 @@ def test_add_pod_identity_role_and_apply_charts(public_variant: Any) -> None:
     role = template["Resources"][probe["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "pods.eks.amazonaws.com"}
 
-    found = releases(template)
+    found = helm_releases(template)
     manifests = [
         lid
         for lid, props in props_of_type(template, "Custom::AWSCDK-EKS-KubernetesResource").items()

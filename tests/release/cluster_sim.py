@@ -33,10 +33,10 @@ Modelled, with the upstream source each rule is read from (at the versions the a
   the manifest dropped since the last apply; a list that differs is replaced whole.
 * An object of a kind a CRD defines is created only once the CRD is installed (kubectl: ``no
   matches for kind``), by the Helm release whose chart carries it (``crds/`` skipped with
-  ``SkipCrds``); an Ingress of class ``alb`` needs the AWS Load Balancer Controller's release
+  ``SkipCrds``); an Ingress of class ``alb`` needs the AWS Load Balancer Controller's Helm release
   (its IngressClass and webhooks). A namespaced object needs its namespace (admission plugin
   NamespaceLifecycle).
-* Volcano v1.15.1 (volcano-sh/volcano@v1.15.1). The job webhooks act outside the release's
+* Volcano v1.15.1 (volcano-sh/volcano@v1.15.1). The job webhooks act outside the Helm release's
   namespace and kube-system (``installer/helm/chart/volcano/templates/webhooks.yaml``). On
   CREATE only, ``pkg/webhooks/admission/jobs/mutate/mutate_job.go`` fills in defaults (queue
   ``default``, ``maxRetry`` 3, each task's ``minAvailable`` and ``maxRetry``, the job's
@@ -48,7 +48,7 @@ Modelled, with the upstream source each rule is read from (at the versions the a
   factory.go``: state "" is handled as open; ``queue_controller_action.go`` ``syncQueue`` writes
   ``Open`` to the status), so within one ``kubectl create`` its state is always empty.
 * Finalizers, and what their controller needs to remove them (see :func:`finalizers_of`):
-  each object a controller finalizes must be deleted before the controller's release, its Pod
+  each object a controller finalizes must be deleted before the controller's Helm release, its Pod
   Identity association and role, the node group its pods run on, and the EKS add-ons its pods
   need to reach AWS (``vpc-cni``, ``kube-proxy``, ``coredns``, ``eks-pod-identity-agent``; one
   with ``PreserveOnDelete`` keeps running). A Namespace is removed only once everything in it is
@@ -242,7 +242,7 @@ class HelmRelease:
     """A ``Custom::AWSCDK-EKS-HelmChart``."""
 
     logical_id: str
-    name: str  # the release name
+    name: str  # the Helm release's name
     chart: str
     namespace: str
     create_namespace: bool
@@ -347,8 +347,8 @@ class ClusterTemplate:
         return found
 
     @cached_property
-    def releases(self) -> dict[str, HelmRelease]:
-        """Helm releases by release name."""
+    def helm_releases(self) -> dict[str, HelmRelease]:
+        """Helm releases by name."""
         found = {}
         for lid in self.of_type(HELM_TYPE):
             props = self.props(lid)
@@ -366,8 +366,8 @@ class ClusterTemplate:
             )
         return found
 
-    def release_of_chart(self, chart: str) -> HelmRelease | None:
-        return next((r for r in self.releases.values() if r.chart == chart), None)
+    def helm_release_of_chart(self, chart: str) -> HelmRelease | None:
+        return next((r for r in self.helm_releases.values() if r.chart == chart), None)
 
     @cached_property
     def object_values(self) -> dict[str, ObjectValue]:
@@ -423,13 +423,13 @@ class Served:
         return Served(self.groups, self.charts, self.namespaces, self.queues, self.queues, self.webhook_exempt)
 
 
-def release_effects(release: HelmRelease) -> Served:
-    chart = CHARTS.get(release.chart)
-    exempt = frozenset({release.namespace, "kube-system"}) if release.chart == VOLCANO_CHART else frozenset()
+def helm_release_effects(helm_release: HelmRelease) -> Served:
+    chart = CHARTS.get(helm_release.chart)
+    exempt = frozenset({helm_release.namespace, "kube-system"}) if helm_release.chart == VOLCANO_CHART else frozenset()
     return Served(
-        groups=frozenset(release.groups),
-        charts=frozenset({release.chart}),
-        namespaces=frozenset({release.namespace}) if release.create_namespace else frozenset(),
+        groups=frozenset(helm_release.groups),
+        charts=frozenset({helm_release.chart}),
+        namespaces=frozenset({helm_release.namespace}) if helm_release.create_namespace else frozenset(),
         queues=frozenset(chart.queues) if chart else frozenset(),
         webhook_exempt=exempt,
     )
@@ -732,11 +732,11 @@ class Cluster:
         refusals: list[str] = []
         old_manifests = old.manifests if old else {}
         old_values = old.object_values if old else {}
-        releases = {r.logical_id: r for r in new.releases.values()}
+        helm_releases = {r.logical_id: r for r in new.helm_releases.values()}
         for lid in new.creation_order:
             seen = baseline | Served.union(effects.get(dep, Served()) for dep in new.depends_on(lid))
-            if lid in releases:
-                effects[lid] = release_effects(releases[lid])
+            if lid in helm_releases:
+                effects[lid] = helm_release_effects(helm_releases[lid])
             elif lid in new.manifests:
                 manifest = new.manifests[lid]
                 previous = old_manifests.get(lid)
@@ -785,7 +785,7 @@ def create_stack(stack: str, template: Mapping[str, Any]) -> Cluster:
 
 
 def cluster_after(stack: str, charts: Iterable[str], objects: Sequence[KubeObject]) -> Cluster:
-    """A cluster an earlier release left with the releases of ``charts`` installed and
+    """A cluster an earlier release left with the Helm releases of ``charts`` installed and
     ``objects`` created, the controllers caught up (its queues open)."""
     served = Served.union(
         Served(
@@ -890,20 +890,20 @@ def _role_policies(template: ClusterTemplate, role: str) -> list[str]:
     return [*attached, *named]
 
 
-def controller_needs(template: ClusterTemplate, release: HelmRelease) -> list[Need]:
+def controller_needs(template: ClusterTemplate, helm_release: HelmRelease) -> list[Need]:
     """What a controller's pods need until they have removed the last finalizer."""
-    needs = [Need(release.logical_id, _label(template, release.logical_id))]
-    path, default = SERVICE_ACCOUNTS.get(release.chart, ((), release.name))
-    account = _at(release.values, path) or default
+    needs = [Need(helm_release.logical_id, _label(template, helm_release.logical_id))]
+    path, default = SERVICE_ACCOUNTS.get(helm_release.chart, ((), helm_release.name))
+    account = _at(helm_release.values, path) or default
     for lid in template.of_type(POD_IDENTITY_TYPE):
         props = template.props(lid)
-        if props.get("Namespace") == release.namespace and props.get("ServiceAccount") == account:
+        if props.get("Namespace") == helm_release.namespace and props.get("ServiceAccount") == account:
             needs.append(Need(lid, _label(template, lid)))
             role = _target(template, props.get("RoleArn"))
             if role is not None:
                 needs.append(Need(role, _label(template, role)))
                 needs += [Need(p, _label(template, p)) for p in _role_policies(template, role)]
-    selector = release.values.get("nodeSelector") or {}
+    selector = helm_release.values.get("nodeSelector") or {}
     for lid in template.of_type(NODEGROUP_TYPE):
         labels = template.props(lid).get("Labels") or {}
         if all(labels.get(k) == v for k, v in selector.items()):
@@ -915,7 +915,7 @@ def controller_needs(template: ClusterTemplate, release: HelmRelease) -> list[Ne
     return needs
 
 
-def karpenter_needs(template: ClusterTemplate, release: HelmRelease, obj: KubeObject) -> list[Need]:
+def karpenter_needs(template: ClusterTemplate, helm_release: HelmRelease, obj: KubeObject) -> list[Need]:
     """What Karpenter needs besides its pods to remove the nodes of ``obj``: the node role's
     access entry (the nodes' kubelets must stay authorized while they drain) and the
     interruption queue its settings name."""
@@ -929,23 +929,23 @@ def karpenter_needs(template: ClusterTemplate, release: HelmRelease, obj: KubeOb
     for lid in template.of_type(ACCESS_ENTRY_TYPE):
         if _target(template, template.props(lid).get("PrincipalArn")) in roles:
             needs.append(Need(lid, f"{ACCESS_ENTRY_TYPE} of {role_name}"))
-    queue = _target(template, _at(release.values, ("settings", "interruptionQueue")))
+    queue = _target(template, _at(helm_release.values, ("settings", "interruptionQueue")))
     if queue is not None:
         needs.append(Need(queue, _label(template, queue)))
     return needs
 
 
 def _object_needs(template: ClusterTemplate, obj: KubeObject) -> list[tuple[str, Need, str]]:
-    """``(controller release, need, finalizer)`` for each finalizer of ``obj``."""
+    """``(controller's Helm release, need, finalizer)`` for each finalizer of ``obj``."""
     found = []
     for finalizer in finalizers_of(obj):
-        release = template.release_of_chart(finalizer.chart)
-        if release is None:
+        helm_release = template.helm_release_of_chart(finalizer.chart)
+        if helm_release is None:
             continue  # no controller in the stack: create_refusal already refuses the object
-        needs = controller_needs(template, release)
+        needs = controller_needs(template, helm_release)
         if finalizer.chart == KARPENTER_CHART:
-            needs += karpenter_needs(template, release, obj)
-        found += [(release.name, need, finalizer.name) for need in needs]
+            needs += karpenter_needs(template, helm_release, obj)
+        found += [(helm_release.name, need, finalizer.name) for need in needs]
     return found
 
 

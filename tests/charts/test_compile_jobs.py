@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from charts.model_builds import DO_NOT_DISRUPT
+from charts.compile_jobs import DO_NOT_DISRUPT, JOBS_CHART_ID
 from plan.topology import NODEPOOL_LABEL
 from tests.charts.conftest import Rendered
 
@@ -22,7 +22,7 @@ def test_compile_pods_outlive_node_disruption_until_their_deadline(rendered: Ren
     controls"; core pkg/controllers/disruption/types.go EventualDisruptionClass): that period must
     outlast the compile's deadline on every pool a compile pod can land on."""
     pools = {o["metadata"]["name"]: o for o in rendered.objects["karpenter"] if o["kind"] == "NodePool"}
-    jobs = [o for o in rendered.objects["model-builds"] if o["kind"] == "Job"]
+    jobs = [o for o in rendered.objects[JOBS_CHART_ID] if o["kind"] == "Job"]
     assert jobs
     for job in jobs:
         template: dict[str, Any] = job["spec"]["tasks"][0]["template"]

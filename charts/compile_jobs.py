@@ -1,4 +1,4 @@
-"""Volcano: a queue for model builds and, per enabled accelerator, a job that compiles the
+"""Volcano: a queue for the compile jobs and, per enabled accelerator, a job that compiles the
 model on a node of that accelerator and publishes the artifact to the model bucket.
 
 Each job runs ``python -m runtime.compile`` from the accelerator's runtime image (no model) on the
@@ -26,7 +26,10 @@ from plan.accelerators import Accelerator
 from plan.config import AppConfig
 from plan.topology import Placement
 
+# The queue and the charts keep their published names: a rename replaces live objects (queue deleted under its jobs).
 QUEUE_NAME: Final = "model-builds"
+QUEUE_CHART_ID: Final = "model-build-queue"  # cdk8s chart id, kept (see above)
+JOBS_CHART_ID: Final = "model-builds"  # cdk8s chart id, kept (see above)
 QUEUE_RESOURCE: Final = "queues.scheduling.volcano.sh"  # kubectl's name for Volcano queues
 QUEUE_STATE_PATH: Final = ".status.state"  # what a Job's admission reads of its queue
 SERVICE_ACCOUNT: Final = "model-compiler"
@@ -36,13 +39,13 @@ DO_NOT_DISRUPT: Final = "karpenter.sh/do-not-disrupt"
 
 
 @dataclass(frozen=True)
-class ModelBuildSettings:
+class CompileJobSettings:
     """Defaults of every compile job, in one place."""
 
     resources: pods.PodResources = field(default_factory=lambda: pods.PodResources(scratch_size="100Gi"))
     max_retry: int = 2
     deadline_s: int = 4 * 3600  # a Neuron compile of SD 2.1 takes tens of minutes; a hung one is stopped
-    concurrent_builds_per_accelerator: int = 1
+    concurrent_jobs_per_accelerator: int = 1
 
 
 def spec_digest(labels: dict[str, str], spec: dict[str, object]) -> str:
@@ -53,8 +56,8 @@ def spec_digest(labels: dict[str, str], spec: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps({"labels": labels, "spec": spec}, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def build_placements(config: AppConfig) -> list[Placement]:
-    """Builds run on each accelerator's regional pool (Local Zone capacity is for serving)."""
+def compile_placements(config: AppConfig) -> list[Placement]:
+    """Compile jobs run on each accelerator's regional pool (Local Zone capacity is for serving)."""
     return [p for p in topology.placements(config) if not p.location.is_local_zone]
 
 
@@ -65,18 +68,18 @@ def _labels(accelerator: Accelerator | None = None) -> dict[str, str]:
     return labels
 
 
-class ModelBuildQueueChart(cdk8s.Chart):
+class CompileQueueChart(cdk8s.Chart):
     """The Volcano queue the compile jobs are submitted to: at most
-    ``concurrent_builds_per_accelerator`` builds' worth of devices at a time."""
+    ``concurrent_jobs_per_accelerator`` compile jobs' worth of devices at a time."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: ModelBuildSettings | None = None
+        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: CompileJobSettings | None = None
     ) -> None:
         super().__init__(scope, construct_id, disable_resource_name_hashes=True)
-        per = (settings or ModelBuildSettings()).concurrent_builds_per_accelerator
+        per = (settings or CompileJobSettings()).concurrent_jobs_per_accelerator
         capability: dict[str, int] = {}
-        for build in build_placements(config):
-            accelerator = build.accelerator
+        for placement in compile_placements(config):
+            accelerator = placement.accelerator
             if accelerator.device_resource:
                 capability[accelerator.device_resource] = per * accelerator.devices_per_pod
         self.queue = scheduling.Queue(
@@ -91,25 +94,25 @@ class ModelBuildQueueChart(cdk8s.Chart):
         )
 
 
-class ModelBuildsChart(cdk8s.Chart):
-    """The compile jobs' ServiceAccount and one Volcano Job per accelerator (queue: ModelBuildQueueChart)."""
+class CompileJobsChart(cdk8s.Chart):
+    """The compile jobs' ServiceAccount and one Volcano Job per accelerator (queue: CompileQueueChart)."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: ModelBuildSettings | None = None
+        self, scope: Construct, construct_id: str, *, config: AppConfig, settings: CompileJobSettings | None = None
     ) -> None:
         super().__init__(scope, construct_id, disable_resource_name_hashes=True)
         self.config = config
-        self.settings = settings or ModelBuildSettings()
-        builds = build_placements(config)
+        self.settings = settings or CompileJobSettings()
+        placements = compile_placements(config)
         k8s.KubeServiceAccount(
             self,
             "ServiceAccount",
             metadata=k8s.ObjectMeta(name=SERVICE_ACCOUNT, namespace=topology.NAMESPACE, labels=_labels()),
             automount_service_account_token=False,
         )
-        self.jobs = {build.accelerator.name: self._job(build) for build in builds}
+        self.jobs = {placement.accelerator.name: self._job(placement) for placement in placements}
 
-    def build_args(self, accelerator: Accelerator) -> list[str]:
+    def compile_args(self, accelerator: Accelerator) -> list[str]:
         config, serving = self.config, self.config.serving
         return [
             "--model", config.model_id,
@@ -124,9 +127,9 @@ class ModelBuildsChart(cdk8s.Chart):
             "--out", naming.models_base_uri(config),
         ]  # fmt: skip
 
-    def _job(self, build: Placement) -> cdk8s.ApiObject:
-        accelerator, config = build.accelerator, self.config
-        args = self.build_args(accelerator)
+    def _job(self, placement: Placement) -> cdk8s.ApiObject:
+        accelerator, config = placement.accelerator, self.config
+        args = self.compile_args(accelerator)
         image = topology.runtime_image_uri(config, accelerator)
         labels = _labels(accelerator)
         volumes, mounts = pods.scratch_volumes(self.settings.resources)
@@ -135,7 +138,7 @@ class ModelBuildsChart(cdk8s.Chart):
             automount_service_account_token=False,
             restart_policy="Never",  # Volcano restarts the job (maxRetry), not the kubelet
             active_deadline_seconds=self.settings.deadline_s,
-            node_selector=build.node_selector,
+            node_selector=placement.node_selector,
             # The compile's own node sizes (plan.accelerators.CompileResources): a Neuron compile
             # needs an inf2.8xlarge's host memory, which the pool's smallest (serving) size lacks.
             affinity=pods.instance_size_affinity(accelerator.compile.instance_sizes),
@@ -148,7 +151,7 @@ class ModelBuildsChart(cdk8s.Chart):
                     image_pull_policy="IfNotPresent",
                     command=["python", "-m", contract.COMPILE_MODULE],
                     args=args,
-                    # The serving image is built for offline serving; a build downloads from the Hub.
+                    # The serving image is built for offline serving; a compile job downloads from the Hub.
                     env=pods.env_vars({**pods.model_env(config, accelerator), "HF_HUB_OFFLINE": "0"}),
                     resources=pods.resources(
                         accelerator,

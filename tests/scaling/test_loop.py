@@ -9,7 +9,7 @@ import pytest
 from charts.karpenter import DisruptionSettings
 from plan.config import ServingConfig
 from runtime.server.settings import Settings
-from scaling.model import Autoscaling, HpaPolicy, HpaRules, MetricPipeline, Nodes, PodModel
+from scaling.loop import Autoscaling, HpaPolicy, HpaRules, MetricPipeline, Nodes, PodProfile
 from tests.charts.conftest import Rendered, render
 from tests.conftest import cdk_json_context
 
@@ -23,7 +23,7 @@ def scaled_objects() -> list[dict[str, Any]]:
 
 
 def rules(rendered: dict[str, Any]) -> HpaRules:
-    """The model's HpaRules from one direction of a rendered HPA behaviour."""
+    """The loop's HpaRules from one direction of a rendered HPA behaviour."""
     policies = tuple(HpaPolicy(p["type"], p["value"], p["periodSeconds"]) for p in rendered["policies"])
     return HpaRules(rendered["stabilizationWindowSeconds"], policies, rendered["selectPolicy"])
 
@@ -68,7 +68,7 @@ def test_the_metric_pipeline_is_the_rendered_trigger(scaled_objects: list[dict[s
 
 def test_pod_and_node_defaults_are_the_servers_and_karpenters() -> None:
     server_queue = Settings.model_fields["queue_size"].default
-    assert PodModel().queue_size == server_queue
+    assert PodProfile().queue_size == server_queue
     after = DisruptionSettings().consolidate_after
     assert after.endswith("m")
     assert Nodes().consolidate_after_s == int(after[:-1]) * 60

@@ -3,7 +3,7 @@
 Every default is written once, here, with where it comes from; docs/scaling.md gives the sources.
 The autoscaling knobs default to ``plan.config.ServingConfig``; the HPA behaviour, the trigger's
 metric caching and the scale-down window are what ``charts/autoscaling.py`` renders (this package
-may not import the charts: tests/scaling/test_model.py renders them and compares).
+may not import the charts: tests/scaling/test_loop.py renders them and compares).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class ColdStart:
 
 
 @dataclass(frozen=True)
-class PodModel:
+class PodProfile:
     """One serving pod, from a breaking-point run (python -m runtime.bench.breaking_point --json).
 
     The defaults are an estimate for Stable Diffusion 2.1 base, 512x512, 25 steps, batch 4 on one
@@ -152,7 +152,7 @@ class Simulation:
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     metrics: MetricPipeline = field(default_factory=MetricPipeline)
     cold_start: ColdStart = field(default_factory=ColdStart)
-    pod: PodModel = field(default_factory=PodModel)
+    pod: PodProfile = field(default_factory=PodProfile)
     nodes: Nodes = field(default_factory=Nodes)
     slo_p90_ms: float | None = None  # None: the pod's p90 at its sustainable concurrency
     dt_s: float = 1.0
@@ -162,7 +162,7 @@ class Simulation:
         return self.pod.p90_ms if self.slo_p90_ms is None else self.slo_p90_ms
 
 
-class ModelError(ValueError):
+class SimulationError(ValueError):
     """A parameter the simulation cannot run with; one line naming it and what is allowed."""
 
 
@@ -185,20 +185,20 @@ def check(sim: Simulation) -> None:
     ]
     for name, value, ok, allowed in rules:
         if not ok:
-            raise ModelError(f"{name}: {value!r} is not allowed; allowed: {allowed}")
+            raise SimulationError(f"{name}: {value!r} is not allowed; allowed: {allowed}")
 
 
-def pod_from_breaking_point(path: Path, base: PodModel | None = None) -> PodModel:
-    """The pod model from the JSON the breaking-point tool writes (--json)."""
+def pod_from_breaking_point(path: Path, base: PodProfile | None = None) -> PodProfile:
+    """The pod profile from the JSON the breaking-point tool writes (--json)."""
     try:
         doc: Mapping[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--breaking-point: cannot read {str(path)!r}: {exc}") from None
+        raise SimulationError(f"--breaking-point: cannot read {str(path)!r}: {exc}") from None
     values = (doc.get("images_per_s_per_pod"), doc.get("concurrency_per_pod"), doc.get("p90_ms_at_sustainable"))
     if not all(isinstance(v, int | float) and v > 0 for v in values):
-        raise ModelError(
+        raise SimulationError(
             f"--breaking-point: {str(path)!r} has no sustainable step (images_per_s_per_pod, concurrency_per_pod, "
             "p90_ms_at_sustainable must be > 0); allowed: the --json of a run that found one"
         )
     images_per_s, concurrency, p90 = (float(v) for v in values)  # type: ignore[arg-type]
-    return replace(base or PodModel(), images_per_s=images_per_s, concurrency=concurrency, p90_ms=p90)
+    return replace(base or PodProfile(), images_per_s=images_per_s, concurrency=concurrency, p90_ms=p90)
