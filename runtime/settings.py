@@ -30,13 +30,11 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from runtime.errors import SettingsError, error_exit  # noqa: F401 (re-exported: every program imports them from here)
+
 _MAX_SHOWN_CHARS: Final = 120  # a refused value is quoted, not dumped
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off")
-
-
-class SettingsError(ValueError):
-    """A setting cannot be used; the message is one line naming it, its value and what is allowed."""
 
 
 class InvalidValueError(ValueError):
@@ -506,9 +504,3 @@ def _refusal(
     where, value = given or (spec.name, values.get(name, first["input"]))
     detail = str(cause) if isinstance(cause, InvalidValueError) else ""
     return refusal(where, value, allowed_words(info), detail)
-
-
-def error_exit(prog: str, error: object, code: int = 2) -> int:
-    """Print ``prog: error: <one line>`` to stderr and return ``code`` (2: bad settings)."""
-    print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-    return code

@@ -15,7 +15,7 @@ from typing import Final, NoReturn
 from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import Artifact, ArtifactError
 from runtime.artifacts.store import fetch_verified
-from runtime.settings import SettingsError, error_exit
+from runtime.errors import SettingsError, error_exit  # not runtime.settings: this runs where only the AWS CLI is
 
 PROG: Final = "python -m runtime.artifacts"
 

@@ -521,3 +521,20 @@ def test_healthcheck_speaks_https_when_the_server_terminates_tls(tmp_path: Path)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_serving_build_verifies_its_model_with_the_standard_library_alone(tmp_path: Path) -> None:
+    """The assets stage runs ``python -m runtime.artifacts verify`` on a base image with only the AWS
+    CLI installed: the command must import nothing beyond the standard library (``-S``: no
+    site-packages at all), and still say in one line what is wrong."""
+    run = subprocess.run(
+        [sys.executable, "-S", "-m", "runtime.artifacts", "verify", str(tmp_path)],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 1, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("python -m runtime.artifacts: error: ") and "manifest" in line, line
