@@ -72,18 +72,20 @@ fmt: $(STAMP_PY) ## fix what ruff can (imports, format)
 	$(VENV)/bin/ruff format .
 
 # Stack names from plan.deployments, whose functions composition names the stacks with:
-# $(call STACKS,--build-stacks|--workstation-stacks|--stacks). make stops where it refuses (a config
-# error; a deployment the deploy pipeline deploys, for diff and deploy): its lines say why.
-STACKS = $(shell $(PY) -m plan.deployments $(1) $(CDK_ARGS))$(if $(filter-out 0,$(.SHELLSTATUS)),$(error make $@: no stacks for DEPLOYMENT=$(DEPLOYMENT) (the lines above say why)))
-BUILD_STACKS = $(call STACKS,--build-stacks)
-DEPLOYMENT_STACKS = $(call STACKS,--workstation-stacks)
+# $(call stacks_of,--build-stacks|--workstation-stacks|--stacks). Lowercase names: make exports a
+# variable that also comes from the environment, and CodeBuild sets STACKS for the pull-request diff.
+# make stops where it refuses (a config error; a deployment the deploy pipeline deploys, for diff
+# and deploy): its lines say why.
+stacks_of = $(shell $(PY) -m plan.deployments $(1) $(CDK_ARGS))$(if $(filter-out 0,$(.SHELLSTATUS)),$(error make $@: no stacks for DEPLOYMENT=$(DEPLOYMENT) (the lines above say why)))
+build_stacks = $(call stacks_of,--build-stacks)
+deployment_stacks = $(call stacks_of,--workstation-stacks)
 
 # A diff or deploy talks to your account: refuse the example account with one line saying so.
 REQUIRE_ACCOUNT = $(PY) -m preflight --require-account
 
 diff: deps ## cdk diff of the build infrastructure and DEPLOYMENT (needs AWS credentials); CONTEXT='-c key=value ...'
 	$(REQUIRE_ACCOUNT) diff $(CDK_ARGS)
-	$(CDK) diff $(BUILD_STACKS) $(DEPLOYMENT_STACKS) $(CDK_ARGS)
+	$(CDK) diff $(build_stacks) $(deployment_stacks) $(CDK_ARGS)
 
 preflight: $(STAMP_PY) ## read-only checks of the AWS account before a deploy (needs AWS credentials); CONTEXT='-c key=value ...'
 	$(PY) -m preflight $(CDK_ARGS)
@@ -93,20 +95,20 @@ preflight: $(STAMP_PY) ## read-only checks of the AWS account before a deploy (n
 # failing on "already exists".
 deploy-build: deps ## deploy the shared build infrastructure: registry and image pipeline (once per account and Region)
 	$(REQUIRE_ACCOUNT) deploy $(CDK_ARGS)
-	$(CDK) deploy $(BUILD_STACKS) --import-existing-resources --require-approval broadening $(CDK_ARGS)
+	$(CDK) deploy $(build_stacks) --import-existing-resources --require-approval broadening $(CDK_ARGS)
 
 deploy-pipeline: deps ## deploy the self-mutating deploy pipeline (once; then it updates itself)
 	$(REQUIRE_ACCOUNT) deploy $(CDK_ARGS)
 	$(CDK) deploy EdgeDiffusion-DeployPipeline --require-approval broadening $(CDK_ARGS)
 
 deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default dev) from this workstation
-	$(CDK) deploy $(DEPLOYMENT_STACKS) --require-approval broadening $(CDK_ARGS)
+	$(CDK) deploy $(deployment_stacks) --require-approval broadening $(CDK_ARGS)
 
 # The deployment's stacks, by the names the CLI knows them under on the path that deploys them
 # (a pipeline deployment's sit inside the deploy pipeline's stage); the CLI deletes dependents first.
 destroy: deps ## delete DEPLOYMENT's stacks (asks first); the README's teardown table lists what is kept
 	$(REQUIRE_ACCOUNT) destroy $(CDK_ARGS)
-	$(CDK) destroy $(call STACKS,--stacks) $(CDK_ARGS)
+	$(CDK) destroy $(call stacks_of,--stacks) $(CDK_ARGS)
 
 serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth, batches of up to 8)
 	$(NO_DEPLOYMENT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from typing import Any
 
@@ -88,3 +89,13 @@ def test_the_stack_of_each_table_a_cluster_writes_comes_before_it_and_goes_after
             ]
             for table in (t for t in tables if t in cluster):
                 assert stack in deployment.cluster.dependencies, f"{deployment.cluster.stack_name} writes {table}"
+
+
+@pytest.mark.parametrize("name", ["STACKS", "BUILD_STACKS", "DEPLOYMENT_STACKS"])
+def test_an_environment_variable_does_not_break_make(name: str) -> None:
+    """CodeBuild's pull-request diff sets STACKS in the environment; make exports a variable that
+    comes from the environment with the Makefile's value, into every recipe, make deps included."""
+    run = subprocess.run(
+        ["make", "-n", "deps", "synth"], cwd=ROOT, env={**os.environ, name: "X/**"}, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
