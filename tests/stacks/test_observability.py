@@ -352,7 +352,7 @@ def test_pods_pending_for_the_configured_minutes_alarm(config: AppConfig, templa
 def test_an_empty_inventory_alarms(template: dict[str, Any]) -> None:
     alarm = alarms_by_name(template)["edge-obs-inventory-empty"]
     assert metric_of(alarm)["name"] == contract.METRIC_INVENTORY_ENDPOINTS
-    assert metric_of(alarm)["dimensions"] == {"Cluster": "edge-obs"}
+    assert metric_of(alarm)["dimensions"] == {"Deployment": "edge-obs"}
     assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
     assert alarm["TreatMissingData"] == "breaching"
 

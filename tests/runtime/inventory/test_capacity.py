@@ -263,9 +263,9 @@ def test_every_heartbeat_puts_ready_pods_and_inventory_size(table: Any, tmp_path
     dimensions = {(m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]))) for m in listed}
     assert (
         contract.METRIC_READY_SERVING_PODS,
-        (("Accelerator", "neuron"), ("Location", "us-west-2"), ("Placement", "sd-neuron")),
+        (("Accelerator", "neuron"), ("Deployment", "sd-neuron"), ("Location", "us-west-2")),
     ) in dimensions
-    assert (contract.METRIC_INVENTORY_ENDPOINTS, (("Cluster", "edge-diffusion"),)) in dimensions
+    assert (contract.METRIC_INVENTORY_ENDPOINTS, (("Deployment", "edge-diffusion"),)) in dimensions
     assert len(dimensions) == 5  # four serving Services and the inventory
 
     def value(name: str, **dims: str) -> float:
@@ -282,13 +282,13 @@ def test_every_heartbeat_puts_ready_pods_and_inventory_size(table: Any, tmp_path
         return float(points[0]["Maximum"])
 
     ready_nvidia = value(
-        contract.METRIC_READY_SERVING_PODS, Placement="sd-nvidia", Accelerator="nvidia", Location="us-west-2"
+        contract.METRIC_READY_SERVING_PODS, Deployment="sd-nvidia", Accelerator="nvidia", Location="us-west-2"
     )
     ready_neuron = value(
-        contract.METRIC_READY_SERVING_PODS, Placement="sd-neuron", Accelerator="neuron", Location="us-west-2"
+        contract.METRIC_READY_SERVING_PODS, Deployment="sd-neuron", Accelerator="neuron", Location="us-west-2"
     )
     assert (ready_nvidia, ready_neuron) == (2.0, 0.0)  # 0 is published: the alarm has a point to fire on
-    assert value(contract.METRIC_INVENTORY_ENDPOINTS, Cluster="edge-diffusion") == 1.0  # the Region's nvidia
+    assert value(contract.METRIC_INVENTORY_ENDPOINTS, Deployment="edge-diffusion") == 1.0  # the Region's nvidia
 
 
 def test_a_failing_put_metric_data_does_not_stop_the_heartbeat(caplog: pytest.LogCaptureFixture) -> None:
