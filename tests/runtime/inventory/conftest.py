@@ -13,12 +13,8 @@ TABLE_NAME = "edge-diffusion-endpoints"
 REGION = "us-west-2"
 
 
-@pytest.fixture
-def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An empty endpoints table in moto (keys as in stacks/inventory.py; TTL is checked on the template)."""
-    import boto3
-    from moto import mock_aws
-
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials and a Region for moto, so no test reaches for the developer's own."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -26,6 +22,15 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         "AWS_DEFAULT_REGION": REGION,
     }.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An empty endpoints table in moto (keys as in stacks/inventory.py; TTL is checked on the template)."""
+    import boto3
+    from moto import mock_aws
+
+    fake_aws_credentials(monkeypatch)
     with mock_aws():
         resource = boto3.resource("dynamodb", region_name=REGION)
         created = resource.create_table(

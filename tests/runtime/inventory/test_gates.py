@@ -20,8 +20,8 @@ from runtime.inventory.cluster import JSON_PATCH, KubernetesApi
 from runtime.inventory.gates import EcrImage, ImageGate, parse_image, run_gates, start_gates
 from runtime.inventory.settings import PublisherSettings
 from runtime.settings import SettingsError
+from tests.runtime.inventory.conftest import REGION, fake_aws_credentials
 
-REGION = "us-west-2"
 ACCOUNT = "123456789012"  # moto's account
 NAMESPACE = "edge-diffusion"
 REPOSITORY = "edge-diffusion"
@@ -143,13 +143,7 @@ def ecr(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingEcr]:
     import boto3
     from moto import mock_aws
 
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_aws_credentials(monkeypatch)
     with mock_aws():
         client = boto3.client("ecr", region_name=REGION)
         client.create_repository(repositoryName=REPOSITORY)
