@@ -88,11 +88,13 @@ def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]
     device (ENV_DEVICE) and ENV_LOCATION.
     """
     values = {
-        contract.DIMENSION_PLACEMENT: placement.name,
+        contract.LEGACY_DIMENSION_DEPLOYMENT: placement.name,
         contract.DIMENSION_ACCELERATOR: placement.accelerator.device,
         contract.DIMENSION_LOCATION: placement.location.metric_value(config),
     }
-    return {name: values[name] for name in contract.METRIC_DIMENSIONS}
+    # The legacy set: pods of every image version publish it, so KEDA counts the pending requests of
+    # the previous version's pods too while a rollout waits for the new images (docs/adr/0015).
+    return {name: values[name] for name in contract.LEGACY_METRIC_DIMENSIONS}
 
 
 def trigger_metadata(placement: Placement, config: AppConfig, settings: AutoscalingSettings) -> dict[str, str]:

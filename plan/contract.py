@@ -67,13 +67,18 @@ METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
 OLDEST_IMAGE_VERSION: Final = "1.1.0"
 
 
-# Metric dimensions. Their published names stay until a migration renames them: running images
-# publish them and KEDA triggers and alarms read them (docs/adr/0015-published-names-change-with-a-migration.md).
-DIMENSION_PLACEMENT: Final = "Deployment"  # serving metrics: the placement (its Kubernetes Deployment's name)
-DIMENSION_CLUSTER: Final = "Deployment"  # the inventory's metric: the cluster it publishes
+# Metric dimensions (docs/adr/0015-published-names-change-with-a-migration.md). Serving metrics and
+# ReadyServingPods carry the placement (its Kubernetes Deployment's name) under Placement, the
+# inventory's InventoryEndpoints the cluster under Cluster; dashboards and alarms read these. Images
+# since OLDEST_IMAGE_VERSION also publish the legacy set, where one Deployment dimension carried
+# both: KEDA reads that set while images older than that may still serve during a rollout.
+DIMENSION_PLACEMENT: Final = "Placement"
+DIMENSION_CLUSTER: Final = "Cluster"
 DIMENSION_ACCELERATOR: Final = "Accelerator"
 DIMENSION_LOCATION: Final = "Location"
 METRIC_DIMENSIONS: Final = (DIMENSION_PLACEMENT, DIMENSION_ACCELERATOR, DIMENSION_LOCATION)
+LEGACY_DIMENSION_DEPLOYMENT: Final = "Deployment"  # the placement or the cluster, as images before 1.1.0 publish
+LEGACY_METRIC_DIMENSIONS: Final = (LEGACY_DIMENSION_DEPLOYMENT, DIMENSION_ACCELERATOR, DIMENSION_LOCATION)
 METRIC_PUBLISH_INTERVAL_S: Final = 60
 
 # --- Compile job ------------------------------------------------------------------------

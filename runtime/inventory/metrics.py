@@ -22,28 +22,32 @@ MAX_DATA_PER_CALL: Final = 1000  # PutMetricData's limit of metric data per requ
 
 
 def metric_data(counts: Sequence[PodCount], endpoints: int, cluster: str) -> list[dict[str, Any]]:
-    """PutMetricData ``MetricData`` for one heartbeat."""
-    data: list[dict[str, Any]] = [
-        {
-            "MetricName": contract.METRIC_READY_SERVING_PODS,
-            "Dimensions": [
-                {"Name": contract.DIMENSION_PLACEMENT, "Value": count.service},
-                {"Name": contract.DIMENSION_ACCELERATOR, "Value": count.accelerator},
-                {"Name": contract.DIMENSION_LOCATION, "Value": count.location},
-            ],
-            "Value": float(count.ready),
-            "Unit": "Count",
-        }
-        for count in counts
-    ]
-    data.append(
+    """PutMetricData ``MetricData`` for one heartbeat, under the current and the legacy dimension
+    names (``contract.LEGACY_METRIC_DIMENSIONS``: what images before 1.1.0 published)."""
+    data: list[dict[str, Any]] = []
+    for placement_key in (contract.DIMENSION_PLACEMENT, contract.LEGACY_DIMENSION_DEPLOYMENT):
+        data += [
+            {
+                "MetricName": contract.METRIC_READY_SERVING_PODS,
+                "Dimensions": [
+                    {"Name": placement_key, "Value": count.service},
+                    {"Name": contract.DIMENSION_ACCELERATOR, "Value": count.accelerator},
+                    {"Name": contract.DIMENSION_LOCATION, "Value": count.location},
+                ],
+                "Value": float(count.ready),
+                "Unit": "Count",
+            }
+            for count in counts
+        ]
+    data += [
         {
             "MetricName": contract.METRIC_INVENTORY_ENDPOINTS,
-            "Dimensions": [{"Name": contract.DIMENSION_CLUSTER, "Value": cluster}],
+            "Dimensions": [{"Name": cluster_key, "Value": cluster}],
             "Value": float(endpoints),
             "Unit": "Count",
         }
-    )
+        for cluster_key in (contract.DIMENSION_CLUSTER, contract.LEGACY_DIMENSION_DEPLOYMENT)
+    ]
     return data
 
 

@@ -146,11 +146,22 @@ class Dimensions:
     location: str
 
     def as_dict(self) -> dict[str, str]:
+        """Every dimension this pod publishes, the legacy one included (one EMF record holds all)."""
         return {
             contract.DIMENSION_PLACEMENT: self.placement,
+            contract.LEGACY_DIMENSION_DEPLOYMENT: self.placement,
             contract.DIMENSION_ACCELERATOR: self.device,
             contract.DIMENSION_LOCATION: self.location,
         }
+
+    def sets(self) -> list[list[dict[str, str]]]:
+        """The dimension sets each metric is published under: the current and the legacy one
+        (``contract.LEGACY_METRIC_DIMENSIONS``, which KEDA reads during a rollout from older images)."""
+        values = self.as_dict()
+        return [
+            [{"Name": name, "Value": values[name]} for name in names]
+            for names in (contract.METRIC_DIMENSIONS, contract.LEGACY_METRIC_DIMENSIONS)
+        ]
 
 
 class EmfSink:
@@ -180,7 +191,7 @@ class EmfSink:
             "CloudWatchMetrics": [
                 {
                     "Namespace": contract.METRIC_NAMESPACE,
-                    "Dimensions": [list(contract.METRIC_DIMENSIONS)],
+                    "Dimensions": [list(contract.METRIC_DIMENSIONS), list(contract.LEGACY_METRIC_DIMENSIONS)],
                     "Metrics": metrics,
                 }
             ],
@@ -207,8 +218,12 @@ class CloudWatchSink:
     def metric_data(self, interval: Interval, timestamp: float) -> list[dict[str, Any]]:
         from datetime import UTC, datetime
 
-        dims = [{"Name": k, "Value": v} for k, v in self.dimensions.as_dict().items()]
         when = datetime.fromtimestamp(timestamp, tz=UTC)
+        return [datum for dims in self.dimensions.sets() for datum in self._metric_data(interval, when, dims)]
+
+    @staticmethod
+    def _metric_data(interval: Interval, when: Any, dims: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """Every metric of the interval under one dimension set."""
         data: list[dict[str, Any]] = [
             {
                 "MetricName": contract.METRIC_PENDING_REQUESTS,

@@ -160,13 +160,13 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         assert meta["metricName"] == contract.METRIC_PENDING_REQUESTS
         # The dimensions the runtime publishes, with the values the pod's environment gives it.
         env = {e["name"]: e["value"] for e in pod_spec(workloads[target["name"]])["containers"][0]["env"]}
-        published = {
-            contract.DIMENSION_PLACEMENT: env[contract.ENV_PLACEMENT],
+        published = {  # the legacy set: every image version publishes it (docs/adr/0015)
+            contract.LEGACY_DIMENSION_DEPLOYMENT: env[contract.ENV_PLACEMENT],
             contract.DIMENSION_ACCELERATOR: env[contract.ENV_DEVICE],
             contract.DIMENSION_LOCATION: env[contract.ENV_LOCATION],
         }
         names, values = meta["dimensionName"].split(";"), meta["dimensionValue"].split(";")
-        assert names == list(contract.METRIC_DIMENSIONS)
+        assert names == list(contract.LEGACY_METRIC_DIMENSIONS)
         assert dict(zip(names, values, strict=True)) == published
         assert meta["targetMetricValue"] == str(knobs.target_pending_per_replica)
 

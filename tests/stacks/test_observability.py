@@ -156,8 +156,10 @@ def test_serving_dimensions_are_what_the_server_and_keda_use(config: AppConfig) 
     for placement in topology.placements(config):
         location = placement.location.metric_value(config)
         published = Dimensions(placement=placement.name, device=placement.accelerator.device, location=location)
-        assert serving_dimensions(placement, config) == published.as_dict()
-        assert serving_dimensions(placement, config) == metric_dimensions(placement, config)
+        dashboards = serving_dimensions(placement, config)
+        assert dashboards == {name: published.as_dict()[name] for name in contract.METRIC_DIMENSIONS}
+        keda = metric_dimensions(placement, config)  # the legacy set, which every image version publishes
+        assert keda == {name: published.as_dict()[name] for name in contract.LEGACY_METRIC_DIMENSIONS}
         ready = ready_pods_dimensions(placement, config)
         assert ready[contract.DIMENSION_ACCELERATOR] == placement.accelerator.name, "the Service label, not the device"
         assert set(ready) == set(contract.METRIC_DIMENSIONS)
@@ -218,8 +220,9 @@ def test_dashboard_graphs_each_placement_on_the_published_dimensions(
         assert named in names | {"edge-obs"}, dims
 
 
-def published_dimension_sets() -> dict[str, set[str]]:
-    """Metric name -> dimension names, as the server's two sinks and the inventory publisher write them."""
+def published_dimension_sets() -> dict[str, set[frozenset[str]]]:
+    """Metric name -> the dimension-name sets it is published under, as the server's two sinks and
+    the inventory publisher write them (the current names and the legacy ones)."""
     from runtime.inventory.cluster import PodCount
     from runtime.inventory.metrics import metric_data
     from runtime.server.metrics import CloudWatchSink, EmfSink, Interval
@@ -227,18 +230,20 @@ def published_dimension_sets() -> dict[str, set[str]]:
     interval = Interval(pending_samples=[1.0], latencies_ms=[10.0], images=1, requests=2, server_errors=1)
     interval.cold_start_s = 42.0
     dims = Dimensions(placement="d", device="cuda", location="us-west-2")
-    server = {
-        d["MetricName"]: {x["Name"] for x in d["Dimensions"]}
-        for d in CloudWatchSink(dims, region=None, client=object()).metric_data(interval, 0.0)
-    }
+    published: dict[str, set[frozenset[str]]] = {}
+    server_data = CloudWatchSink(dims, region=None, client=object()).metric_data(interval, 0.0)
+    publisher_data = metric_data([PodCount("s", "nvidia", "us-west-2", 1)], 1, "c")
+    for datum in (*server_data, *publisher_data):
+        published.setdefault(datum["MetricName"], set()).add(frozenset(x["Name"] for x in datum["Dimensions"]))
     (emf,) = EmfSink(dims).record(interval, 0.0)["_aws"]["CloudWatchMetrics"]
-    assert {m["Name"] for m in emf["Metrics"]} == set(server), "both sinks publish the same metrics"
-    assert all(set(group) == set(contract.METRIC_DIMENSIONS) for group in emf["Dimensions"])
-    publisher = {
-        d["MetricName"]: {x["Name"] for x in d["Dimensions"]}
-        for d in metric_data([PodCount("s", "nvidia", "us-west-2", 1)], 1, "c")
-    }
-    return {**server, **publisher}
+    server = {d["MetricName"] for d in server_data}
+    assert {m["Name"] for m in emf["Metrics"]} == server, "both sinks publish the same metrics"
+    assert [set(group) for group in emf["Dimensions"]] == [
+        set(contract.METRIC_DIMENSIONS),
+        set(contract.LEGACY_METRIC_DIMENSIONS),
+    ]
+    assert all(published[name] == {frozenset(g) for g in emf["Dimensions"]} for name in server)
+    return published
 
 
 def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(template: dict[str, Any]) -> None:
@@ -263,7 +268,7 @@ def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(t
     assert read
     for name, dims in read:
         assert name in published, f"{name} is read but never published"
-        assert dims == published[name], f"{name} read with {sorted(dims)}, published with {sorted(published[name])}"
+        assert frozenset(dims) in published[name], f"{name} read with {sorted(dims)}, published with {published[name]}"
 
 
 def test_every_accelerator_has_its_device_utilization_metric() -> None:
@@ -352,7 +357,7 @@ def test_pods_pending_for_the_configured_minutes_alarm(config: AppConfig, templa
 def test_an_empty_inventory_alarms(template: dict[str, Any]) -> None:
     alarm = alarms_by_name(template)["edge-obs-inventory-empty"]
     assert metric_of(alarm)["name"] == contract.METRIC_INVENTORY_ENDPOINTS
-    assert metric_of(alarm)["dimensions"] == {"Deployment": "edge-obs"}
+    assert metric_of(alarm)["dimensions"] == {"Cluster": "edge-obs"}
     assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
     assert alarm["TreatMissingData"] == "breaching"
 

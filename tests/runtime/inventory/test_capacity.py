@@ -261,12 +261,14 @@ def test_every_heartbeat_puts_ready_pods_and_inventory_size(table: Any, tmp_path
     run(world.api, world.publisher, world.settings, stop, None, metrics=CapacityMetrics(cloudwatch, "edge-diffusion"))
     listed = cloudwatch.list_metrics(Namespace=contract.METRIC_NAMESPACE)["Metrics"]
     dimensions = {(m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]))) for m in listed}
-    assert (
-        contract.METRIC_READY_SERVING_PODS,
-        (("Accelerator", "neuron"), ("Deployment", "sd-neuron"), ("Location", "us-west-2")),
-    ) in dimensions
+    for placement_key in ("Placement", "Deployment"):  # the current names, and the legacy ones KEDA reads
+        assert (
+            contract.METRIC_READY_SERVING_PODS,
+            tuple(sorted((("Accelerator", "neuron"), (placement_key, "sd-neuron"), ("Location", "us-west-2")))),
+        ) in dimensions
+    assert (contract.METRIC_INVENTORY_ENDPOINTS, (("Cluster", "edge-diffusion"),)) in dimensions
     assert (contract.METRIC_INVENTORY_ENDPOINTS, (("Deployment", "edge-diffusion"),)) in dimensions
-    assert len(dimensions) == 5  # four serving Services and the inventory
+    assert len(dimensions) == 10  # four serving Services and the inventory, under both names
 
     def value(name: str, **dims: str) -> float:
         now = datetime.now(UTC)
@@ -282,13 +284,13 @@ def test_every_heartbeat_puts_ready_pods_and_inventory_size(table: Any, tmp_path
         return float(points[0]["Maximum"])
 
     ready_nvidia = value(
-        contract.METRIC_READY_SERVING_PODS, Deployment="sd-nvidia", Accelerator="nvidia", Location="us-west-2"
+        contract.METRIC_READY_SERVING_PODS, Placement="sd-nvidia", Accelerator="nvidia", Location="us-west-2"
     )
     ready_neuron = value(
-        contract.METRIC_READY_SERVING_PODS, Deployment="sd-neuron", Accelerator="neuron", Location="us-west-2"
+        contract.METRIC_READY_SERVING_PODS, Placement="sd-neuron", Accelerator="neuron", Location="us-west-2"
     )
     assert (ready_nvidia, ready_neuron) == (2.0, 0.0)  # 0 is published: the alarm has a point to fire on
-    assert value(contract.METRIC_INVENTORY_ENDPOINTS, Deployment="edge-diffusion") == 1.0  # the Region's nvidia
+    assert value(contract.METRIC_INVENTORY_ENDPOINTS, Cluster="edge-diffusion") == 1.0  # the Region's nvidia
 
 
 def test_a_failing_put_metric_data_does_not_stop_the_heartbeat(caplog: pytest.LogCaptureFixture) -> None:
@@ -298,8 +300,12 @@ def test_a_failing_put_metric_data_does_not_stop_the_heartbeat(caplog: pytest.Lo
 
     assert CapacityMetrics(Denied(), "edge").publish([], 0) is False
     assert "PutMetricData failed" in caplog.text
-    (only,) = metric_data([], 0, "edge")
-    assert only["MetricName"] == contract.METRIC_INVENTORY_ENDPOINTS and only["Value"] == 0.0
+    data = metric_data([], 0, "edge")
+    assert [d["Dimensions"] for d in data] == [
+        [{"Name": "Cluster", "Value": "edge"}],
+        [{"Name": "Deployment", "Value": "edge"}],
+    ]
+    assert all(d["MetricName"] == contract.METRIC_INVENTORY_ENDPOINTS and d["Value"] == 0.0 for d in data)
 
 
 def test_metrics_sink_setting() -> None:

@@ -43,7 +43,8 @@ def test_emf_record_names_namespace_dimensions_and_values() -> None:
     assert meta["Timestamp"] == 1_700_000_000_000
     (directive,) = meta["CloudWatchMetrics"]
     assert directive["Namespace"] == contract.METRIC_NAMESPACE
-    assert directive["Dimensions"] == [list(contract.METRIC_DIMENSIONS)]
+    # Dashboards and alarms read the current set, KEDA the legacy one every image version publishes.
+    assert directive["Dimensions"] == [list(contract.METRIC_DIMENSIONS), list(contract.LEGACY_METRIC_DIMENSIONS)]
     names = {m["Name"] for m in directive["Metrics"]}
     assert names == {
         contract.METRIC_PENDING_REQUESTS,
@@ -54,7 +55,7 @@ def test_emf_record_names_namespace_dimensions_and_values() -> None:
     }
     units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
     assert units[contract.METRIC_COLD_START_SECONDS] == "Seconds" and units[contract.METRIC_REQUESTS] == "Count"
-    for dim in contract.METRIC_DIMENSIONS:  # every dimension is a string member of the record
+    for dim in {*contract.METRIC_DIMENSIONS, *contract.LEGACY_METRIC_DIMENSIONS}:  # a string member each
         assert isinstance(doc[dim], str)
     assert doc[contract.DIMENSION_LOCATION] == "us-west-2-lax-1a"
     assert doc[contract.METRIC_PENDING_REQUESTS] == 3
@@ -101,8 +102,13 @@ def test_cloudwatch_sink_with_moto_one_call_per_interval(monkeypatch: Any) -> No
             contract.METRIC_COLD_START_SECONDS,
             *OUTCOMES,
         }
+        published = {tuple(sorted(d["Name"] for d in m["Dimensions"])) for m in listed}
+        assert published == {
+            tuple(sorted(contract.METRIC_DIMENSIONS)),
+            tuple(sorted(contract.LEGACY_METRIC_DIMENSIONS)),
+        }
         for m in listed:
-            assert {d["Name"]: d["Value"] for d in m["Dimensions"]} == DIMS.as_dict()
+            assert all(DIMS.as_dict()[d["Name"]] == d["Value"] for d in m["Dimensions"])
         data = CloudWatchSink(DIMS, "us-west-2", client=client).metric_data(
             Interval(pending_samples=[1, 3], latencies_ms=[10.0, 10.0, 20.0], images=3), 1_700_000_000.0
         )
@@ -113,7 +119,7 @@ def test_cloudwatch_sink_with_moto_one_call_per_interval(monkeypatch: Any) -> No
         stats = client.get_metric_statistics(
             Namespace=contract.METRIC_NAMESPACE,
             MetricName=contract.METRIC_REJECTED_REQUESTS,
-            Dimensions=[{"Name": k, "Value": v} for k, v in DIMS.as_dict().items()],
+            Dimensions=[{"Name": k, "Value": DIMS.as_dict()[k]} for k in contract.METRIC_DIMENSIONS],
             StartTime="2000-01-01T00:00:00Z",
             EndTime="2100-01-01T00:00:00Z",
             Period=60,
