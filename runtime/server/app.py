@@ -22,9 +22,10 @@ from uuid import uuid4
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
 from plan import contract
@@ -36,6 +37,8 @@ from runtime.server.routes import build_router, request_id
 from runtime.server.service import ImageService
 from runtime.server.settings import Settings
 
+# nginx's status for a client that closed the connection before the answer: not a server error.
+CLIENT_CLOSED_REQUEST: Final = 499
 log = logging.getLogger(__name__)
 
 _REQUEST_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -206,6 +209,12 @@ def create_app(settings: Settings, backend: Backend | None = None, verifier: Tok
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error_response(request, _http_error(request, exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client left while sending its body: nobody reads an answer, and it is no server error."""
+        log.info("client left before its request body arrived on %s", request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

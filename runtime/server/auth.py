@@ -116,6 +116,8 @@ class TokenVerifier:
     issuer: str
     audience: str
     leeway_s: int = contract.TOKEN_LEEWAY_S
+    # The longest lifetime the token route issues: a token claiming more was not minted by it.
+    max_lifetime_s: int = contract.TOKEN_TTL_BOUNDS[1]
 
     def verify_header(self, authorization: str | None) -> Mapping[str, Any]:
         """The claims of ``Authorization: Bearer <jwt>``; TokenError (401, one line) otherwise."""
@@ -137,6 +139,16 @@ class TokenVerifier:
         if alg != contract.TOKEN_ALGORITHM:
             shown = repr(alg) if isinstance(alg, str) and _SHOWN_ALG.match(alg) else "this algorithm"
             raise TokenError(f"token: alg {shown} is not allowed; allowed: {contract.TOKEN_ALGORITHM}")
+        claims = self._decode(token)
+        lifetime = claims["exp"] - claims["iat"]
+        if not isinstance(lifetime, int | float) or lifetime > self.max_lifetime_s + self.leeway_s:
+            raise TokenError(
+                f"token: lifetime (exp - iat) of {lifetime} s is longer than the {self.max_lifetime_s} s allowed; "
+                "get a new token"
+            )
+        return claims
+
+    def _decode(self, token: str) -> Mapping[str, Any]:
         try:
             return jwt.decode(
                 token,

@@ -25,6 +25,7 @@ from runtime.server.service import ImageService, asgi_client_gone
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MALFORMED_JSON: Final = 'body: malformed JSON (send an object like {"prompt": "a cat"})'
+TOO_DEEP_JSON: Final = 'body: JSON nested too deeply (send a flat object like {"prompt": "a cat"})'
 JSON_MEDIA_TYPE: Final = "application/json"
 # Prometheus text exposition 0.0.4: what every Prometheus version scrapes (the names are all legacy-safe).
 METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
@@ -67,6 +68,8 @@ async def read_json(request: Request) -> Any:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, MALFORMED_JSON, "body") from None
+    except RecursionError:  # json.loads recurses per nesting level: a small body can exhaust the stack
+        raise ApiError(422, TOO_DEEP_JSON, "body") from None
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:

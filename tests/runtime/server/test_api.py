@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import socket
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -344,3 +347,33 @@ def test_worker_still_serves_after_bad_input(server: RunningServer) -> None:
             assert c.post(contract.IMAGES_PATH, json=body).status_code == 422
         assert c.post(contract.IMAGES_PATH, json={"prompt": "still fine", "steps": 2}).status_code == 200
     assert metric_value(server.metrics(), contract.PROM_REJECTIONS + "_total", 'reason="invalid"') >= 3
+
+
+def test_json_nested_deeper_than_the_parser_allows_is_a_one_line_422(server: RunningServer) -> None:
+    """A 40 KB body of nested arrays exhausts json.loads' recursion: a client error, not a 500."""
+    raw = b'{"prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    with server.client() as c:
+        r = c.post(contract.IMAGES_PATH, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    doc = r.json()
+    assert doc["field"] == "body" and doc["error"].startswith("body: JSON nested too deeply"), doc
+
+
+def test_a_client_gone_mid_body_is_no_server_error(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The body stops short and the connection closes: the server answers nobody and logs no traceback."""
+    host, port = httpx.URL(server.url).host, httpx.URL(server.url).port
+    assert port is not None
+    caplog.set_level(logging.INFO)
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {contract.IMAGES_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n".encode()
+            + b'{"prompt": "a'
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("client left" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    assert any("client left before its request body arrived" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    with server.client() as c:  # and the server goes on serving
+        assert c.get(contract.HEALTH_PATH).status_code == 200

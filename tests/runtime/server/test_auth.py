@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 
 from plan import contract
-from runtime.server.auth import CHALLENGE, AuthSetupError, TokenError, public_key_from_kms, verifier_from_settings
+from runtime.server.auth import (
+    CHALLENGE,
+    AuthSetupError,
+    TokenError,
+    TokenVerifier,
+    public_key_from_kms,
+    verifier_from_settings,
+)
 from runtime.server.settings import Settings
 from runtime.settings import SettingsError
 from tests.runtime.server.conftest import RunningServer, metric_value, start_in_process, tiny_settings
@@ -121,6 +128,11 @@ BAD_TOKENS: list[tuple[str, Callable[[], dict[str, str]], str]] = [
     ("no exp", lambda: bearer(mint(KEY, exp=None)), "claim 'exp' is missing"),
     ("no iat", lambda: bearer(mint(KEY, iat=None)), "claim 'iat' is missing"),
     ("sub not a string", lambda: bearer(mint(KEY, sub=42)), "token: invalid"),
+    (
+        "a ten-year lifetime",
+        lambda: bearer(mint(KEY, exp=int(NOW) + 10 * 365 * 86400)),
+        "s is longer than the 3600 s allowed",
+    ),
 ]
 
 
@@ -294,3 +306,11 @@ def test_auth_none_serves_without_a_token() -> None:
         assert "security" not in running.app.openapi()["paths"][contract.IMAGES_PATH]["post"]
     finally:
         running.stop()
+
+
+def test_a_token_of_the_longest_lifetime_the_token_route_issues_is_accepted() -> None:
+    verifier = TokenVerifier(KEY.public_key(), ISSUER, contract.TOKEN_AUDIENCE)
+    longest = contract.TOKEN_TTL_BOUNDS[1]
+    assert verifier.verify(mint(KEY, exp=int(time.time()) + longest))["sub"] == "device-1"
+    with pytest.raises(TokenError, match="lifetime"):
+        verifier.verify(mint(KEY, exp=int(time.time()) + longest + contract.TOKEN_LEEWAY_S + 60))
