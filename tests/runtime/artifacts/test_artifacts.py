@@ -21,6 +21,7 @@ from runtime.artifacts.local import read_manifest, verify_dir, write_manifest
 from runtime.artifacts.manifest import ArtifactError, ArtifactSpec, Manifest, Shapes, library_versions
 from runtime.artifacts.s3 import _publish_unlocked, lock_key, parse_s3_uri, publish_lock, read_remote_manifest
 from runtime.artifacts.store import artifact_uri, fetch_verified, find_published, publish
+from tests.runtime.conftest import fake_aws_credentials
 from tests.runtime.s3_calls import S3Calls
 
 BUCKET = "edge-models"
@@ -61,13 +62,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_aws_credentials(monkeypatch, "us-east-1")
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)

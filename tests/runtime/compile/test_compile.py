@@ -24,7 +24,7 @@ from runtime.artifacts.store import fetch_verified
 from runtime.compile.__main__ import main
 from runtime.compile.export import neuron_export_kwargs
 from runtime.compile.settings import CompileConfig
-from tests.runtime.conftest import ROOT
+from tests.runtime.conftest import ROOT, fake_aws_credentials
 from tests.runtime.s3_calls import S3Calls
 
 BUCKET = "edge-models"
@@ -42,14 +42,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("EDGE_DIFFUSION_"):
             monkeypatch.delenv(name)
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "HF_HUB_OFFLINE": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_aws_credentials(monkeypatch, "us-east-1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

@@ -8,20 +8,10 @@ from typing import Any
 import pytest
 
 from runtime.inventory import api as layout
+from tests.runtime.conftest import fake_aws_credentials
 
 TABLE_NAME = "edge-diffusion-endpoints"
 REGION = "us-west-2"
-
-
-def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials and a Region for moto, so no test reaches for the developer's own."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
@@ -30,7 +20,7 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import boto3
     from moto import mock_aws
 
-    fake_aws_credentials(monkeypatch)
+    fake_aws_credentials(monkeypatch, REGION)
     with mock_aws():
         resource = boto3.resource("dynamodb", region_name=REGION)
         created = resource.create_table(

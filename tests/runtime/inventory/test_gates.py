@@ -20,7 +20,8 @@ from runtime.inventory.cluster import JSON_PATCH, KubernetesApi
 from runtime.inventory.gates import EcrImage, ImageGate, parse_image, run_gates, start_gates
 from runtime.inventory.settings import PublisherSettings
 from runtime.settings import SettingsError
-from tests.runtime.inventory.conftest import REGION, fake_aws_credentials
+from tests.runtime.conftest import fake_aws_credentials
+from tests.runtime.inventory.conftest import REGION
 
 ACCOUNT = "123456789012"  # moto's account
 NAMESPACE = "edge-diffusion"
@@ -143,7 +144,7 @@ def ecr(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingEcr]:
     import boto3
     from moto import mock_aws
 
-    fake_aws_credentials(monkeypatch)
+    fake_aws_credentials(monkeypatch, REGION)
     with mock_aws():
         client = boto3.client("ecr", region_name=REGION)
         client.create_repository(repositoryName=REPOSITORY)
