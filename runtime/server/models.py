@@ -2,7 +2,9 @@
 
 - ``tiny``: a few channels of the SD architecture (``runtime.server.tiny``), for tests and ``make serve``;
 - ``sd21-random``: Stable Diffusion 2.1 base (512x512, epsilon prediction, PNDM), and
-- ``sd21-768-random``: Stable Diffusion 2.1 (768x768, v-prediction, DDIM),
+- ``sd21-768-random``: Stable Diffusion 2.1 (768x768, v-prediction, DDIM), and
+- ``sd-turbo-random``: SD-Turbo (SD 2.1 base distilled to 1-4 steps without guidance: the same
+  networks, Euler with trailing timesteps),
 
 the real 865M-parameter UNet, the OpenCLIP ViT-H text encoder (23 layers) and the SD VAE, so
 latency and memory measured on them are the real model's; only the images are noise. The
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 SD21_MODEL_ID: Final = "sd21-random"
 SD21_768_MODEL_ID: Final = "sd21-768-random"
+SD_TURBO_MODEL_ID: Final = "sd-turbo-random"
 
 # stabilityai/stable-diffusion-2-1-base unet/config.json (diffusers names; absent keys keep
 # diffusers' defaults, as when the file is loaded).
@@ -123,6 +126,17 @@ SD21_768_SCHEDULER: Final[Mapping[str, Any]] = {
     "prediction_type": "v_prediction",
     "skip_prk_steps": True,
 }
+# stabilityai/sd-turbo scheduler/scheduler_config.json: Euler with timesteps from the end of the
+# schedule ("trailing"), so one step starts from pure noise at t=999 as the distillation trained it.
+SD_TURBO_SCHEDULER: Final[Mapping[str, Any]] = {
+    "_class_name": "EulerDiscreteScheduler",
+    **_SD_BETAS,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "use_karras_sigmas": False,
+}
+_SD21_VARIANTS: Final = (SD21_MODEL_ID, SD21_768_MODEL_ID, SD_TURBO_MODEL_ID)
 
 
 @dataclass(frozen=True)
@@ -178,18 +192,31 @@ def build_sd21_pipeline(seed: int = 0, dtype: Any = None, variant: str = SD21_MO
     """
     import torch
     from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from runtime.server.tiny import build_clip_tokenizer
 
-    if variant not in (SD21_MODEL_ID, SD21_768_MODEL_ID):
-        raise ValueError(f"SD 2.1 variant {variant!r} is not allowed; allowed: {SD21_MODEL_ID}, {SD21_768_MODEL_ID}")
-    base = variant == SD21_MODEL_ID
+    if variant not in _SD21_VARIANTS:
+        raise ValueError(f"SD 2.1 variant {variant!r} is not allowed; allowed: {', '.join(_SD21_VARIANTS)}")
+    base = variant != SD21_768_MODEL_ID  # SD-Turbo is the base model's architecture
     dtype = dtype or torch.float32
     unet_cfg, vae_cfg = (SD21_BASE_UNET, SD21_BASE_VAE) if base else (SD21_768_UNET, SD21_768_VAE)
-    scheduler_cfg = dict(SD21_BASE_SCHEDULER if base else SD21_768_SCHEDULER)
-    scheduler_cls = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler}[scheduler_cfg.pop("_class_name")]
+    scheduler_cfg = dict(
+        {SD21_MODEL_ID: SD21_BASE_SCHEDULER, SD21_768_MODEL_ID: SD21_768_SCHEDULER}.get(variant, SD_TURBO_SCHEDULER)
+    )
+    scheduler_cls = {
+        "PNDMScheduler": PNDMScheduler,
+        "DDIMScheduler": DDIMScheduler,
+        "EulerDiscreteScheduler": EulerDiscreteScheduler,
+    }[scheduler_cfg.pop("_class_name")]
     with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (position ids) real
         unet = UNet2DConditionModel(**unet_cfg)
         vae = AutoencoderKL(**vae_cfg)
@@ -224,6 +251,11 @@ BUILT_IN_MODELS: Final[Mapping[str, BuiltInModel]] = {
         SD21_768_MODEL_ID,
         int(SD21_768_UNET["sample_size"]) * 8,
         lambda s, d: build_sd21_pipeline(s, d, SD21_768_MODEL_ID),
+    ),
+    SD_TURBO_MODEL_ID: BuiltInModel(
+        SD_TURBO_MODEL_ID,
+        int(SD21_BASE_UNET["sample_size"]) * 8,
+        lambda s, d: build_sd21_pipeline(s, d, SD_TURBO_MODEL_ID),
     ),
 }
 
