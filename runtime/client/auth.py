@@ -4,11 +4,16 @@ Inference endpoints require ``Authorization: Bearer <token>`` (unless the deploy
 ``auth.mode=none``). ``TokenSource`` holds either a token given explicitly (``--token``) or one it
 gets from the inventory API's token route with the same SigV4 credentials, cached until shortly
 before it expires and fetched again when an endpoint says it is no longer valid.
+
+A token is valid on every endpoint of the deployment for its whole lifetime, so it never travels
+unencrypted beyond the machine: ``carries_credentials`` allows https, and plain http only to a
+loopback address (a development server on the same machine).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -22,10 +27,36 @@ from plan import contract
 from runtime.inventory import api as layout
 
 REFRESH_BEFORE_S: Final = 60.0  # a cached token is renewed this long before it expires (capped at a fifth of its TTL)
+LOOPBACK_V4: Final = ipaddress.IPv4Network("127.0.0.0/8")
+LOOPBACK_V6: Final = ipaddress.IPv6Address("::1")
+LOOPBACK_NAME: Final = "localhost"
+CREDENTIAL_URLS: Final = "https, or http to a loopback address (127.0.0.0/8, ::1, localhost) for development"
 
 
 class TokenError(Exception):
     """No usable token; the message is one line for a person."""
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``, written as such: traffic to it stays on this machine.
+
+    Other spellings (``127.1``, ``::ffff:127.0.0.1``, names that merely resolve to loopback) are
+    not loopback here: what the URL says is what is checked, not what a resolver might answer.
+    """
+    if host.lower() == LOOPBACK_NAME:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address in LOOPBACK_V4 if isinstance(address, ipaddress.IPv4Address) else address == LOOPBACK_V6
+
+
+def carries_credentials(url: str) -> bool:
+    """Whether a bearer token or a signed request may go to ``url``: https, or http to loopback."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme == "https" or (scheme == "http" and is_loopback(parts.hostname or ""))
 
 
 class SigV4Auth(httpx.Auth):
@@ -102,6 +133,8 @@ class TokenSource:
     ) -> None:
         if (token is None) == (token_url is None):
             raise ValueError("give exactly one of token or token_url")
+        if token_url is not None and not carries_credentials(token_url):
+            raise TokenError(f"token route {token_url} refused: tokens come only over {CREDENTIAL_URLS}")
         self._token, self._url, self._auth, self._http = token, token_url, auth, http
         self._timeout_s, self._clock = timeout_s, clock
         self._expires_at: float | None = token_expiry(token) if token else None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Final
 
+from runtime.client.auth import CREDENTIAL_URLS, carries_credentials
 from runtime.client.client import DEFAULT_DEADLINE_S, ClientError, EdgeDiffusionClient, GenerationResult, ImageRequest
 from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, error_exit, setting
 
@@ -30,6 +31,13 @@ def _are_urls(urls: tuple[str, ...]) -> bool:
     return True
 
 
+def _carries_credentials(url: str) -> bool:
+    """The inventory URL: SigV4-signed, and its answer decides where tokens go, so never plain http elsewhere."""
+    if not carries_credentials(url):
+        raise InvalidValueError("its answer decides where tokens go")
+    return True
+
+
 class GenerateCommand(ProgramSettings):
     """The command line: what to generate, where the inventory is, which endpoints qualify."""
 
@@ -41,7 +49,11 @@ class GenerateCommand(ProgramSettings):
         flag="--output", aliases=("-o",), default=Path("out.png"), help="PNG path (more images: out-2.png, ...)"
     )
     inventory_url: str | None = setting(
-        flag="--inventory-url", default=None, help="the InventoryStack's InventoryUrl output (SigV4, IAM auth)"
+        flag="--inventory-url",
+        default=None,
+        check=_carries_credentials,
+        allowed=CREDENTIAL_URLS,
+        help="the InventoryStack's InventoryUrl output (SigV4, IAM auth)",
     )
     endpoints_file: Path | None = setting(
         flag="--endpoints-file", default=None, help="inventory JSON on disk (tests, demos)"
@@ -54,7 +66,8 @@ class GenerateCommand(ProgramSettings):
         default=(),
         check=_are_urls,
         allowed="http(s)://host[:port] URLs",
-        help="an endpoint to try last, with or without an inventory (the variable: space-separated)",
+        help="an endpoint to try last, with or without an inventory (the variable: space-separated); "
+        "with a token, https or loopback only",
     )
     token: str | None = setting(
         flag="--token",

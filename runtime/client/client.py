@@ -17,6 +17,10 @@ that name instead (probes included); entries without one, and fallback URLs, ver
 host. A plain-http endpoint is used only when its URL says http (the inventory marks it so, or
 the caller gave it), with one warning each. Every inference request carries ``Authorization:
 Bearer <token>`` when the inventory says endpoints require tokens, or when a token was given.
+A token is good on every endpoint of the deployment until it expires, so it goes only over https
+or to a loopback address: with a token, a plain-http endpoint elsewhere is skipped (one warning)
+and failover goes on; the inventory and token URLs must be https (or loopback) in any case, since
+the inventory's answer decides where tokens go.
 
 This module needs httpx (and botocore only to sign inventory requests); it does not import the
 CDK app: cost weights travel in the inventory, not in a table copied from ``plan/``.
@@ -34,11 +38,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 
 from plan import contract
-from runtime.client.auth import SigV4Auth, TokenError, TokenSource, region_of, token_url_for
+from runtime.client.auth import (
+    CREDENTIAL_URLS,
+    SigV4Auth,
+    TokenError,
+    TokenSource,
+    carries_credentials,
+    region_of,
+    token_url_for,
+)
 from runtime.inventory import api as layout
 from runtime.inventory.endpoint import Endpoint
 
@@ -258,6 +271,11 @@ class EdgeDiffusionClient:
         sources = [s is not None for s in (inventory_url, endpoints_file, endpoints)]
         if sum(sources) > 1 or (sum(sources) == 0 and not fallback_urls):
             raise ClientError("give one of inventory_url, endpoints_file or endpoints, or fallback_urls")
+        if inventory_url is not None and not carries_credentials(inventory_url):
+            why = "its answer decides where tokens go"
+            raise ClientError(f"inventory URL {inventory_url!r} refused: {why}; allowed: {CREDENTIAL_URLS}")
+        if token_url is not None and not carries_credentials(token_url):
+            raise ClientError(f"token URL {token_url!r} refused: it hands out tokens; allowed: {CREDENTIAL_URLS}")
         self._inventory_url, self._endpoints_file, self._endpoints = inventory_url, endpoints_file, endpoints
         self._fallbacks = [fallback_endpoint(url) for url in fallback_urls]
         self._filters = {k: v for k, v in (filters or {}).items() if v}
@@ -267,6 +285,7 @@ class EdgeDiffusionClient:
         self._owns_http = http is None
         self._clock = clock
         self._warned_http: set[str] = set()
+        self._warned_refused: set[str] = set()
         self._explicit_token = token is not None
         self._tokens: TokenSource | None = None
         if token is not None:
@@ -362,9 +381,19 @@ class EdgeDiffusionClient:
             raise ClientError(f"inventory {url} did not answer JSON") from None
 
     def _warn_plain_http(self, url: str, what: str) -> None:
-        if url.startswith("http://") and url not in self._warned_http:
+        if urlsplit(url).scheme.lower() == "http" and url not in self._warned_http:
             self._warned_http.add(url)
-            log.warning("%s %s is plain http (no TLS): requests and tokens to it are not encrypted", what, url)
+            log.warning("%s %s is plain http (no TLS): requests to it are not encrypted", what, url)
+
+    def _refuse(self, endpoint: Endpoint) -> None:
+        """One warning per URL: this endpoint would get the token in the clear, so it is skipped."""
+        if endpoint.url not in self._warned_refused:
+            self._warned_refused.add(endpoint.url)
+            log.warning(
+                "%s skipped: plain http to a non-loopback host would expose the bearer token (allowed: %s)",
+                _described(endpoint),
+                CREDENTIAL_URLS,
+            )
 
     # --- probing and ranking --------------------------------------------------------------------
 
@@ -438,8 +467,15 @@ class EdgeDiffusionClient:
                 raise NoEndpointError(inventory.unmatched)
             skipped = inventory.skipped
             raise NoEndpointError("the inventory lists no usable endpoint" + (f" ({skipped[0]})" if skipped else ""))
-        probes = self.probe_all(inventory.endpoints)
-        ordered = self.order(probes)
+        refused: list[Endpoint] = []
+        if token is not None:
+            refused = [e for e in (*inventory.endpoints, *self._fallbacks) if not carries_credentials(e.url)]
+            for endpoint in refused:
+                self._refuse(endpoint)
+            if len(refused) == len(inventory.endpoints) + len(self._fallbacks):
+                raise NoEndpointError(self._all_refused(refused, inventory))
+        probes = self.probe_all([e for e in inventory.endpoints if e not in refused])
+        ordered = [e for e in self.order(probes) if e not in refused]
         probe_done = self._clock()
         unreachable = [p for p in probes if p.rtt_ms is None]
         attempts: list[Attempt] = []
@@ -451,6 +487,11 @@ class EdgeDiffusionClient:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
+            if token is not None and not carries_credentials(endpoint.url):  # a token came with a 401's renewal
+                self._refuse(endpoint)
+                refused.append(endpoint)
+                queue.pop(0)
+                continue
             self._warn_plain_http(endpoint.url, "endpoint")
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             began = self._clock()
@@ -516,13 +557,27 @@ class EdgeDiffusionClient:
                 server_timings=dict(meta.get("timings") or {}),
                 skipped_entries=tuple(inventory.skipped),
             )
-        raise NoEndpointError(self._failure(deadline_s, attempts, unreachable, inventory), attempts)
+        raise NoEndpointError(self._failure(deadline_s, attempts, unreachable, refused, inventory), attempts)
+
+    def _all_refused(self, refused: Sequence[Endpoint], inv: Inventory) -> str:
+        """One line: every candidate is plain http elsewhere than loopback, and a token would go along."""
+        urls = ", ".join(dict.fromkeys(e.url for e in refused))
+        hint = " (or give no token, if these endpoints need none)" if self._explicit_token else ""
+        context = "".join(f"; {why}" for why in (inv.unmatched, inv.error) if why)
+        return f"refused to send the bearer token over plain http to {urls}; allowed: {CREDENTIAL_URLS}{hint}{context}"
 
     @staticmethod
-    def _failure(deadline_s: float, attempts: Sequence[Attempt], unreachable: Sequence[Probe], inv: Inventory) -> str:
+    def _failure(
+        deadline_s: float,
+        attempts: Sequence[Attempt],
+        unreachable: Sequence[Probe],
+        refused: Sequence[Endpoint],
+        inv: Inventory,
+    ) -> str:
         """One line: every endpoint tried and why it did not serve, and what was never tried."""
         parts = [f"{_described(a.endpoint)}: {a.outcome}" for a in attempts]
         parts += [f"{_described(p.endpoint)}: not tried, {contract.HEALTH_PATH} {p.error}" for p in unreachable]
+        parts += [f"{_described(e)}: skipped, plain http would expose the bearer token" for e in refused]
         if inv.unmatched:
             parts.append(inv.unmatched)
         if inv.error:

@@ -32,6 +32,11 @@ def entry(name: str, port: int, **changes: Any) -> dict[str, Any]:
     return {**base, **changes}
 
 
+def tls_entry(name: str) -> dict[str, Any]:
+    """An https entry: a token may go to it (the fake transport does no TLS)."""
+    return entry(name, 1, url=f"https://{name}.test:1")
+
+
 MALFORMED = [
     "not an object",
     {"endpoint_id": "x", "location": "l", "accelerator": "a"},  # no url
@@ -278,6 +283,7 @@ class Net:
         self.tokens = list(tokens or [])
         self.posts: list[tuple[str, str | None]] = []  # (host, Authorization)
         self.token_calls: list[httpx.Request] = []
+        self.contacted: set[str] = set()  # every endpoint host that got a request, probes included
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host.split(".")[0]
@@ -291,6 +297,7 @@ class Net:
             if self.inventory is None:
                 return httpx.Response(502, json={"message": "Internal server error"})
             return httpx.Response(200, json=self.inventory)
+        self.contacted.add(host)
         action = self.behaviour[host]
         if request.url.path == contract.HEALTH_PATH:
             if action == "down":
@@ -420,8 +427,8 @@ def test_a_token_is_fetched_signed_when_the_inventory_requires_one_and_sent_to_e
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
-    net = Net({"a": "503", "b": "token:t1"}, inventory={"auth": "token", "endpoints": [entry("a", 1), entry("b", 1)]})
-    net.tokens = ["t1"]
+    endpoints = [tls_entry("a"), tls_entry("b")]
+    net = Net({"a": "503", "b": "token:t1"}, inventory={"auth": "token", "endpoints": endpoints}, tokens=["t1"])
     client = world_client(net, inventory_url=INVENTORY_URL)
     result = client.generate(c.ImageRequest(prompt="a cat"))
     assert result.endpoint.endpoint_id.endswith("/b")
@@ -440,7 +447,7 @@ def test_no_token_is_fetched_when_the_inventory_says_none() -> None:
 
 
 def test_a_refused_fetched_token_is_renewed_and_retried_once_on_the_same_endpoint() -> None:
-    net = Net({"a": "token:t2"}, inventory={"auth": "token", "endpoints": [entry("a", 1)]}, tokens=["t1", "t2"])
+    net = Net({"a": "token:t2"}, inventory={"auth": "token", "endpoints": [tls_entry("a")]}, tokens=["t1", "t2"])
     result = world_client(net, inventory_url=INVENTORY_URL).generate(c.ImageRequest(prompt="a cat"))
     assert net.posts == [("a", "Bearer t1"), ("a", "Bearer t2")]
     assert [a.outcome for a in result.attempts] == ["401: token renewed", "ok"]
@@ -450,7 +457,7 @@ def test_a_refused_explicit_token_fails_at_once_with_the_servers_reason(monkeypa
     monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
     net = Net({"a": "token:other", "b": "ok"})
     with pytest.raises(c.RequestRejectedError, match=r"^request rejected \(401\): token: expired"):
-        world_client(net, endpoints=[entry("a", 1), entry("b", 1)], token="mine").generate(
+        world_client(net, endpoints=[tls_entry("a"), tls_entry("b")], token="mine").generate(
             c.ImageRequest(prompt="a cat")
         )
     assert net.posts == [("a", "Bearer mine")]  # every endpoint checks the same key: no failover
@@ -529,6 +536,139 @@ def test_plain_http_endpoints_are_used_with_one_warning_each(caplog: pytest.LogC
         client.generate(c.ImageRequest(prompt="a cat"))
         client.generate(c.ImageRequest(prompt="a cat"))
     assert caplog.text.count("http://a.test:1 is plain http (no TLS)") == 1
+
+
+ALLOWED = "allowed: https, or http to a loopback address (127.0.0.0/8, ::1, localhost) for development"
+
+
+@pytest.mark.parametrize(
+    ("loopback", "host"), [("127.0.0.1", "127"), ("127.8.9.10", "127"), ("[::1]", "::1"), ("LocalHost", "localhost")]
+)
+def test_a_token_skips_plain_http_off_loopback_and_fails_over_to_https_then_loopback(
+    loopback: str, host: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # inventory order
+    endpoints = [entry("plain", 1), tls_entry("tls")]  # the plain one first: it would be tried first
+    inventory = {"auth": "token", "endpoints": endpoints}
+    net = Net({"plain": "ok", "tls": "503", host: "ok"}, inventory=inventory, tokens=["t1"])
+    client = world_client(net, inventory_url=INVENTORY_URL, fallback_urls=[f"http://{loopback}:7860"])
+    with caplog.at_level(logging.WARNING, logger="edge_diffusion.client"):
+        result = client.generate(c.ImageRequest(prompt="a cat"))
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts[:2] == [("tls", "Bearer t1"), (host, "Bearer t1")]
+    assert "plain" not in net.contacted  # not even probed
+    assert result.endpoint.url == f"http://{loopback}:7860"
+    assert [p.endpoint.endpoint_id for p in result.probes] == ["edge/serving/sd/tls"]
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [  # one line, once per client
+        "edge/serving/sd/plain (http://plain.test:1) skipped: plain http to a non-loopback host would expose "
+        f"the bearer token ({ALLOWED})"
+    ]
+
+
+@pytest.mark.parametrize(("token", "hint"), [(None, ""), ("mine", " (or give no token, if these endpoints need none)")])
+def test_every_candidate_refused_is_one_line_and_nothing_is_sent(token: str | None, hint: str) -> None:
+    endpoints = [entry("lz", 1), {**region_entry("nvidia"), "url": "http://alb.test"}]
+    net = Net({}, inventory={"auth": "token", "endpoints": endpoints}, tokens=["t1"])
+    client = world_client(net, inventory_url=INVENTORY_URL, fallback_urls=["http://backup.test:80"], token=token)
+    with pytest.raises(c.NoEndpointError) as err:
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert str(err.value) == (
+        "refused to send the bearer token over plain http to http://lz.test:1, http://alb.test, "
+        f"http://backup.test:80; {ALLOWED}{hint}"
+    )
+    assert net.contacted == set() and net.posts == []
+
+
+def test_auth_none_lets_plain_http_serve_without_a_token(caplog: pytest.LogCaptureFixture) -> None:
+    net = Net({"a": "503", "backup": "ok"}, inventory={"auth": "none", "endpoints": [entry("a", 1)]}, tokens=["t1"])
+    client = world_client(net, inventory_url=INVENTORY_URL, fallback_urls=["http://backup.test:80"])
+    with caplog.at_level(logging.WARNING, logger="edge_diffusion.client"):
+        result = client.generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == [("a", None), ("backup", None)] and net.token_calls == []
+    assert result.endpoint.url == "http://backup.test:80"
+    assert "skipped" not in caplog.text and caplog.text.count("is plain http (no TLS)") == 2
+
+
+def test_a_token_fetched_after_a_401_is_not_sent_over_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inventory says none, a plain-http endpoint answers 401: the token the client then fetches
+    goes on to the next (https) endpoint, never back to the plain-http one."""
+    monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
+    endpoints = [entry("a", 1), tls_entry("b")]
+    net = Net({"a": "token:t1", "b": "token:t1"}, inventory={"auth": "none", "endpoints": endpoints}, tokens=["t1"])
+    result = world_client(net, inventory_url=INVENTORY_URL).generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == [("a", None), ("b", "Bearer t1")]
+    assert result.endpoint.endpoint_id.endswith("/b")
+
+
+def test_a_token_renewed_for_plain_http_with_nothing_else_left_says_so() -> None:
+    net = Net({"a": "token:t1"}, inventory={"auth": "none", "endpoints": [entry("a", 1)]}, tokens=["t1"])
+    with pytest.raises(c.NoEndpointError) as err:
+        world_client(net, inventory_url=INVENTORY_URL).generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == [("a", None)]
+    assert str(err.value) == (
+        "no endpoint produced an image within 120s (edge/serving/sd/a (http://a.test:1): 401: token renewed; "
+        "edge/serving/sd/a (http://a.test:1): skipped, plain http would expose the bearer token)"
+    )
+
+
+def test_a_skipped_endpoint_is_named_when_the_others_fail() -> None:
+    net = Net({"tls": "503"}, inventory={"auth": "token", "endpoints": [entry("plain", 1), tls_entry("tls")]})
+    with pytest.raises(c.NoEndpointError) as err:
+        world_client(net, inventory_url=INVENTORY_URL, token="mine").generate(c.ImageRequest(prompt="a cat"))
+    assert net.posts == [("tls", "Bearer mine")] and "plain" not in net.contacted
+    assert str(err.value) == (
+        "no endpoint produced an image within 120s (edge/serving/sd/tls (https://tls.test:1): 503; "
+        "edge/serving/sd/plain (http://plain.test:1): skipped, plain http would expose the bearer token)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example.com/v1/endpoints", True),
+        ("HTTPS://api.example.com", True),
+        ("http://127.0.0.1:8080", True),
+        ("http://127.255.255.254", True),
+        ("http://[::1]:7860", True),
+        ("http://localhost", True),
+        ("http://api.example.com", False),
+        ("http://128.0.0.1", False),
+        ("http://10.0.0.1:7860", False),
+        ("http://0.0.0.0:7860", False),
+        ("http://[::]:7860", False),
+        ("http://[::ffff:127.0.0.1]", False),  # loopback only by mapping: not written as loopback
+        ("http://127.1", False),  # a shorthand the resolver may expand; the URL does not say loopback
+        ("http://localhost.example.com", False),
+        ("http://127.0.0.1.example.com", False),
+        ("ftp://127.0.0.1", False),
+    ],
+)
+def test_which_urls_may_carry_a_token(url: str, allowed: bool) -> None:
+    from runtime.client.auth import carries_credentials
+
+    assert carries_credentials(url) is allowed
+
+
+def test_inventory_and_token_urls_over_plain_http_elsewhere_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.client.auth import TokenError, TokenSource
+
+    with pytest.raises(c.ClientError) as err:
+        c.EdgeDiffusionClient(inventory_url="http://api.example.com/v1/endpoints")
+    assert str(err.value) == (
+        f"inventory URL 'http://api.example.com/v1/endpoints' refused: its answer decides where tokens go; {ALLOWED}"
+    )
+    with pytest.raises(c.ClientError) as err:
+        c.EdgeDiffusionClient(inventory_url=INVENTORY_URL, token_url="http://api.example.com/v1/token")
+    assert str(err.value) == f"token URL 'http://api.example.com/v1/token' refused: it hands out tokens; {ALLOWED}"
+    with pytest.raises(TokenError, match=r"^token route http://api\.test/v1/token refused: tokens come only over"):
+        TokenSource(token_url="http://api.test/v1/token")
+    c.EdgeDiffusionClient(inventory_url="http://127.0.0.1:8080/v1/endpoints").close()  # development: allowed
+    assert main(["a cat", "--inventory-url", "http://api.example.com/v1/endpoints"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m runtime.client: error: argument --inventory-url: 'http://api.example.com/v1/endpoints' is not "
+        f"allowed: its answer decides where tokens go; {ALLOWED}"
+    )
 
 
 def test_a_ca_bundle_that_is_not_a_certificate_is_one_line(tmp_path: Path) -> None:

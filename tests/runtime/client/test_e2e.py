@@ -463,6 +463,50 @@ def test_cli_over_tls_with_a_token_from_the_environment(secure: SecureWorld, tmp
     assert "plain http" not in done.stderr
 
 
+# --- A token never travels in the clear beyond loopback -------------------------------------------
+# 192.0.2.0/24 and 198.51.100.0/24 are documentation networks (RFC 5737): nothing answers there, so an
+# attempt to reach one would show as a probe or an attempt, or time out.
+PLAIN_ELSEWHERE = "http://192.0.2.10:7860"
+ALLOWED = "allowed: https, or http to a loopback address (127.0.0.0/8, ::1, localhost) for development"
+
+
+def test_cli_with_a_token_skips_plain_http_elsewhere_and_serves_over_tls(secure: SecureWorld, tmp_path: Path) -> None:
+    plain = {**secure.entry(), "endpoint_id": "lz/plain", "url": PLAIN_ELSEWHERE}
+    plain.pop("server_name")
+    endpoints = tmp_path / "endpoints.json"
+    endpoints.write_text(json.dumps({"auth": "token", "endpoints": [plain, secure.entry()]}))
+    out = tmp_path / "secure.png"
+    command = [sys.executable, "-m", "runtime.client", "a cat", "-o", str(out), "--endpoints-file", str(endpoints)]
+    command += ["--ca-bundle", str(secure.ca), "--steps", "2", "--width", "64", "--height", "64", "--deadline", "60"]
+    env = {**os.environ, "EDGE_DIFFUSION_TOKEN": vended_token(secure)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert "served by lz/tls" in done.stdout and "lz/plain" not in done.stdout  # neither probed nor tried
+    assert done.stderr.splitlines() == [
+        f"warning: lz/plain ({PLAIN_ELSEWHERE}) skipped: plain http to a non-loopback host would expose the "
+        f"bearer token ({ALLOWED})"
+    ]
+
+
+def test_cli_with_every_candidate_refused_is_one_line(tmp_path: Path) -> None:
+    endpoints = tmp_path / "endpoints.json"
+    entry = {"endpoint_id": "lz", "url": PLAIN_ELSEWHERE, "location": "us-west-2-lax-1a", "accelerator": "cpu"}
+    endpoints.write_text(json.dumps({"endpoints": [entry]}))
+    out = tmp_path / "o.png"
+    command = [sys.executable, "-m", "runtime.client", "a cat", "-o", str(out), "--endpoints-file", str(endpoints)]
+    command += ["--fallback-url", "http://198.51.100.7:80", "--deadline", "5"]
+    env = {**os.environ, "EDGE_DIFFUSION_TOKEN": "a.b.c"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    (line,) = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+    assert line == (
+        "python -m runtime.client: error: refused to send the bearer token over plain http to "
+        f"{PLAIN_ELSEWHERE}, http://198.51.100.7:80; {ALLOWED} (or give no token, if these endpoints need none)"
+    )
+    assert not out.exists()
+
+
 # --- One DNS name for node IPs that change ----------------------------------------------------------
 
 
