@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 from plan.config import (
     CDK_JSON,
+    DEVELOPMENT_KEY,
     AppConfig,
     ConfigError,
     cli_context,
@@ -174,6 +175,12 @@ def _documentation_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> 
     return any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS)  # type: ignore[arg-type]
 
 
+def _without_development(context: Mapping[str, object]) -> dict[str, object]:
+    """The context less ``development``: a deployment file that leaves it out gets false (HTTPS
+    required), whatever cdk.json says; cdk.json's value covers the shared build configuration only."""
+    return {k: v for k, v in context.items() if k != DEVELOPMENT_KEY}
+
+
 def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) -> Plan:
     """Build the plan from the CDK context (cdk.json plus ``-c``) and the deployment files.
 
@@ -187,7 +194,11 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
     shared = _attempt(errors, load_config, context)
     pipeline_names = shared.pipeline.deployments if shared else _pipeline_names(context)
     # A pipeline deployment sees what the pipeline's synth sees: cdk.json, the shared keys, its file.
-    base: dict[str, object] = {**committed, **{k: context[k] for k in SHARED_KEYS if k in context}}
+    # `development` is never inherited: a deployment serves plain HTTP only if its own file says so.
+    base: dict[str, object] = {
+        **_without_development(committed),
+        **{k: context[k] for k in SHARED_KEYS if k in context},
+    }
     pinned = _shared_serving(shared)
     pipeline: list[Deployment] = []
     for listed in pipeline_names:
@@ -213,7 +224,8 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
         own = _attempt(errors, read_deployment_file, name, directory)
         if own is not None:
             file_keys = {k: v for k, v in own.items() if k not in overrides}
-            config = _attempt(errors, load_config, {**context, **own, **overrides, **pinned}, file=(name, file_keys))
+            keys = {**_without_development(context), **own, **overrides, **pinned}
+            config = _attempt(errors, load_config, keys, file=(name, file_keys))
             workstation = Deployment(name, config, WORKSTATION) if config else None
     raise_collected(errors)
     assert shared is not None

@@ -10,9 +10,14 @@ require SigV4 (IAM auth): the caller's credentials are either IAM credentials it
 The same callers get the bearer tokens inference endpoints require from ``GET /token`` (unless
 ``auth.mode`` is ``none``): a second Lambda asks a KMS RSA key, created here under the alias
 ``naming.token_signing_key_alias``, to sign a short-lived RS256 JWT. Only that Lambda's role may
-sign (the key policy names it); the account may administer the key and read its public half
-through IAM policies, which the serving pods' roles get
-(``workload_roles.token_public_key_statement``).
+sign, and no principal may grant itself signing (the key policy's explicit Denies,
+``token_key_policy``); the account may administer the key and read its public half through IAM
+policies, which the serving pods' roles get (``workload_roles.token_public_key_statement``).
+
+Each handler also counts its calls per caller (the IAM or Cognito identity API Gateway's IAM auth
+names) in a small table of counters (``CallerRateTable``): a caller over ``InventoryProps``'
+``caller_limit`` per ``caller_window_s`` gets 429 with Retry-After, before its token is signed, while
+other callers' calls go on; the stage's throttle still bounds all callers together.
 
 The table's physical name comes from ``plan/naming.py``: the publisher's Pod Identity role and
 the chart refer to it by name, so no CloudFormation export couples the stacks.
@@ -32,6 +37,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from plan import contract, naming
@@ -43,13 +49,16 @@ HANDLER_FILE: Final = "api.py"
 # What a publisher may do: write and remove entries. No reads: it reconciles from the cluster's
 # state, and entries it forgot across a restart expire by TTL.
 PUBLISH_ACTIONS: Final = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+# What a handler may do to the per-caller counters: count a call (one conditional UpdateItem).
+RATE_ACTIONS: Final = ("dynamodb:UpdateItem",)
 ENDPOINTS_RESOURCE: Final = "endpoints"
 TOKEN_RESOURCE: Final = contract.TOKEN_PATH.strip("/")
 TOKEN_HANDLER: Final = f"{Path(HANDLER_FILE).stem}.token_handler"
 # What the account's administrators may do with the token signing key: manage it, never sign.
-# (The AWS console's "key administrators" list; kms:Sign is granted to the token Lambda alone.)
+# (The AWS console's "key administrators" list, less kms:CreateGrant: kms:Sign is the token
+# Lambda's alone, and the key policy's Denies, token_key_policy, hold whatever IAM policies say.)
 KEY_ADMIN_ACTIONS: Final = (
-    "kms:Create*",
+    "kms:CreateAlias",
     "kms:Describe*",
     "kms:Enable*",
     "kms:List*",
@@ -66,19 +75,66 @@ KEY_ADMIN_ACTIONS: Final = (
 )
 # What IAM policies in the account may be given on the key: reading its public half (the servers).
 KEY_PUBLIC_ACTIONS: Final = ("kms:GetPublicKey", "kms:DescribeKey")
+# What would let a principal sign tokens, or trust another key's: signing itself, a grant (a grant
+# for kms:Sign needs no key policy change), rewriting the policy, moving or removing the alias the
+# servers read the public key by. Explicit Denies: an IAM Allow cannot outweigh them.
+SIGN_ACTIONS: Final = ("kms:Sign",)
+GRANT_ACTIONS: Final = ("kms:CreateGrant",)
+DEPLOYER_ACTIONS: Final = ("kms:PutKeyPolicy", "kms:UpdateAlias", "kms:DeleteAlias")
+PRINCIPAL_ARN: Final = "aws:PrincipalArn"
+# AWS WAF rate-based rules: a limit from 10 requests per evaluation window, windows of 1, 2, 5 or 10 minutes.
+WAF_RATE_BOUNDS: Final = (10, 2_000_000_000)
+WAF_WINDOWS_S: Final = (60, 120, 300, 600)
+# SigV4 requests signed with temporary credentials (Cognito identity-pool credentials, assumed roles)
+# carry the session token: one value per device session, where the Authorization header changes
+# with every signature.
+CREDENTIAL_HEADER: Final = "x-amz-security-token"
 
 
 @dataclass(frozen=True)
 class InventoryProps:
-    """Knobs of the inventory; defaults in one place."""
+    """Knobs of the inventory; defaults in one place, bounds checked on construction."""
 
     stage_name: str = "v1"
     throttle_rate_per_s: float = 50.0  # devices pull once per session, not per image
     throttle_burst: int = 100
+    # Per caller (IAM or Cognito identity) and route, in the handlers (api.RateLimit): at most
+    # caller_limit calls of GET /token, and as many of GET /endpoints, per caller_window_s.
+    caller_limit: int = layout.DEFAULT_RATE_LIMIT
+    caller_window_s: int = layout.DEFAULT_RATE_WINDOW_S
+    # Per credential and per source address, at the edge (CallerRateLimits, a WAF web ACL evaluated
+    # before the stage's throttle): one caller's flood is blocked before it spends the stage's
+    # shared rate. Requests per waf_window_s; WAF's bounds.
+    waf_per_credential: int = 300
+    waf_per_address: int = 1200
+    waf_window_s: int = 60
     log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS
     handler_memory_mib: int = 256
     handler_timeout_s: int = 10
     key_deletion_window_days: int = 7  # tokens live minutes: a deleted key needs no long recovery window
+
+    def __post_init__(self) -> None:
+        for name, value, (low, high) in (
+            ("caller_limit", self.caller_limit, layout.RATE_LIMIT_BOUNDS),
+            ("caller_window_s", self.caller_window_s, layout.RATE_WINDOW_BOUNDS_S),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"InventoryProps.{name}={value!r}: allowed an integer from {low} to {high}")
+        for name, value in (("waf_per_credential", self.waf_per_credential), ("waf_per_address", self.waf_per_address)):
+            low, high = WAF_RATE_BOUNDS
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"InventoryProps.{name}={value!r}: allowed an integer from {low} to {high}")
+        if self.waf_window_s not in WAF_WINDOWS_S:
+            allowed = ", ".join(map(str, WAF_WINDOWS_S))
+            raise ValueError(f"InventoryProps.waf_window_s={self.waf_window_s!r}: allowed one of {allowed}")
+
+    def rate_environment(self, table: dynamodb.ITable) -> dict[str, str]:
+        """The handlers' environment for ``api.RateLimit.from_env``."""
+        return {
+            layout.ENV_RATE_TABLE: table.table_name,
+            layout.ENV_RATE_LIMIT: str(self.caller_limit),
+            layout.ENV_RATE_WINDOW_S: str(self.caller_window_s),
+        }
 
 
 def table_arn(config: AppConfig) -> str:
@@ -120,6 +176,40 @@ class EndpointTable(Construct):
         )
 
 
+def rate_table_name(config: AppConfig) -> str:
+    """The per-caller counters' table, named like the endpoint table from the cluster's name."""
+    return f"{config.cluster_name}-caller-rates"
+
+
+class CallerRateTable(Construct):
+    """The per-caller call counters of the device routes (``api.RateLimit``).
+
+    A table of its own rather than items in the endpoint table: the endpoint table is keyed by
+    model and read by devices (a counter there would sit one query away from the endpoints), its
+    writers are the publishers, and its backups are of endpoints; here each handler's role gets
+    ``dynamodb:UpdateItem`` on counters only, which expire by TTL a window after they start."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.table = dynamodb.Table(
+            self,
+            "Table",
+            table_name=rate_table_name(config),
+            partition_key=dynamodb.Attribute(name=layout.ATTR_RATE_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            time_to_live_attribute=layout.ATTR_EXPIRES_AT,
+            removal_policy=cdk.RemovalPolicy.DESTROY,  # counters of the current window, nothing to keep
+        )
+        cdk.Validations.of(self.table).acknowledge(
+            cdk.Acknowledgment(
+                id="AwsSolutions-DDB3",
+                reason="Call counters of a window of at most an hour that expire by TTL: a point-in-time "
+                "restore would bring back only counts that no longer apply.",
+            )
+        )
+
+
 class InventoryReadApi(Construct):
     """GET /endpoints: a Lambda behind an IAM-authorized, throttled, logged and traced REST API."""
 
@@ -130,15 +220,17 @@ class InventoryReadApi(Construct):
         *,
         config: AppConfig,
         table: dynamodb.ITable,
+        rate_table: dynamodb.ITable,
         props: InventoryProps,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.rate_table = rate_table
         handler_logs = logs.LogGroup(self, "HandlerLogs", retention=props.log_retention)
         role = iam.Role(
             self,
             "HandlerRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Inventory read API: query the endpoint table, write its own logs and traces",
+            description="Inventory read API: query the endpoint table, count calls, write its own logs and traces",
         )
         # Own log group instead of AWSLambdaBasicExecutionRole (which allows every log group);
         # the group's Arn attribute already ends in ":*", which covers its streams.
@@ -149,6 +241,7 @@ class InventoryReadApi(Construct):
             )
         )
         table.grant(role, "dynamodb:Query")
+        rate_table.grant(role, *RATE_ACTIONS)
         self.function = lambda_.Function(
             self,
             "Handler",
@@ -166,6 +259,7 @@ class InventoryReadApi(Construct):
                 layout.ENV_TABLE: table.table_name,
                 layout.ENV_DEFAULT_MODEL: config.model_id,
                 contract.ENV_AUTH: config.auth.mode,  # the answer tells clients whether to fetch a token
+                **props.rate_environment(rate_table),
             },
             description="Returns the live serving endpoints of the endpoint inventory as JSON",
         )
@@ -238,11 +332,6 @@ class InventoryReadApi(Construct):
         self.props = props
         cdk.Validations.of(self.api).acknowledge(
             cdk.Acknowledgment(
-                id="AwsSolutions-APIG3",
-                reason="Every method requires SigV4 (IAM auth) and the stage is throttled; a WAF web ACL "
-                "adds cost without a rule that IAM auth does not already enforce for this read-only API.",
-            ),
-            cdk.Acknowledgment(
                 id="AwsSolutions-COG4",
                 reason="The API authorizes with IAM (SigV4); Cognito users reach it through identity-pool "
                 "credentials (inventoryAuth=cognito), not a user-pool authorizer.",
@@ -256,6 +345,88 @@ class InventoryReadApi(Construct):
         )
 
 
+def deployer_role_arn(stack: cdk.Stack) -> str:
+    """The role CloudFormation deploys ``stack`` as: the CDK bootstrap's execution role (cfn-exec),
+    which both ``cdk deploy`` and the deploy pipeline's stages pass to CloudFormation."""
+    synthesizer = stack.synthesizer
+    if not isinstance(synthesizer, cdk.DefaultStackSynthesizer):
+        raise TypeError(
+            f"{stack.stack_name}: the token key policy names the CloudFormation execution role of a "
+            f"DefaultStackSynthesizer, not a {type(synthesizer).__name__}"
+        )
+    return cdk.Fn.sub(synthesizer.cloud_formation_execution_role_arn)  # ${AWS::Partition} in it
+
+
+def token_key_policy(signer_role_arn: str, deployer_role_arn: str) -> iam.PolicyDocument:
+    """The token signing key's policy: only ``signer_role_arn`` signs, nobody grants signing, and
+    only ``deployer_role_arn`` (CloudFormation) rewrites the policy or moves the alias.
+
+    The account keeps administering the key through IAM (describe, tag, disable, schedule its
+    deletion: CloudFormation deletes it on destroy), but explicit Denies on ``aws:PrincipalArn``
+    outweigh any IAM Allow: an administrator's ``kms:*`` cannot sign, cannot ``kms:CreateGrant``
+    itself ``kms:Sign``, cannot ``kms:PutKeyPolicy`` the Denies away, and cannot point the alias
+    the servers read the public key by at a key of its own. KMS refuses a policy that would lock
+    out its own caller, so CloudFormation, which creates the key as ``deployer_role_arn``, fails
+    the deploy rather than leave a key no one can update.
+
+    Residual risk (no key policy can close it): whoever can act as either role can sign. The
+    account's IAM administrators could change the execution role's trust policy and assume it,
+    change the token Lambda's code or trust policy, or pass its role to a function of their own;
+    and anyone allowed to deploy a CloudFormation change with the execution role can rewrite this
+    policy, as they can any resource. Restrict ``iam:UpdateAssumeRolePolicy``, ``iam:PassRole`` and
+    ``lambda:UpdateFunctionCode`` on those roles and functions (an SCP or permissions boundary) to
+    close it. A new bootstrap qualifier means a new execution role: update the key from the old
+    one first, or CloudFormation cannot update this policy.
+    """
+    root = iam.AccountRootPrincipal()
+    anyone = iam.AnyPrincipal()
+    return iam.PolicyDocument(
+        statements=[
+            iam.PolicyStatement(
+                sid="AccountAdministersTheKey",
+                principals=[root],
+                actions=list(KEY_ADMIN_ACTIONS),
+                resources=["*"],  # in a key policy "*" is this key
+            ),
+            iam.PolicyStatement(
+                sid="IamPoliciesMayReadThePublicKey",
+                principals=[root],
+                actions=list(KEY_PUBLIC_ACTIONS),
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="OnlyTheTokenRouteSigns",
+                principals=[iam.ArnPrincipal(signer_role_arn)],
+                actions=list(SIGN_ACTIONS),
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="NoOneElseSigns",
+                effect=iam.Effect.DENY,
+                principals=[anyone],
+                actions=list(SIGN_ACTIONS),
+                resources=["*"],
+                conditions={"ArnNotEquals": {PRINCIPAL_ARN: signer_role_arn}},
+            ),
+            iam.PolicyStatement(
+                sid="NoGrants",  # nothing here needs one; a grant for kms:Sign would sign
+                effect=iam.Effect.DENY,
+                principals=[anyone],
+                actions=list(GRANT_ACTIONS),
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="OnlyCloudFormationRewritesThePolicyOrTheAlias",
+                effect=iam.Effect.DENY,
+                principals=[anyone],
+                actions=list(DEPLOYER_ACTIONS),
+                resources=["*"],
+                conditions={"ArnNotEquals": {PRINCIPAL_ARN: deployer_role_arn}},
+            ),
+        ]
+    )
+
+
 class TokenSigning(Construct):
     """GET /token: a Lambda that has the deployment's KMS RSA key sign short-lived RS256 tokens."""
 
@@ -267,49 +438,31 @@ class TokenSigning(Construct):
             self,
             "HandlerRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Inventory token route: sign tokens with the token signing key, write its own logs and traces",
+            description=(
+                "Inventory token route: sign tokens with the token signing key, count calls, write its own logs and "
+                "traces"
+            ),
         )
         self.role.add_to_policy(
             iam.PolicyStatement(
                 actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[handler_logs.log_group_arn]
             )
         )
-        root = iam.AccountRootPrincipal()
         self.key = kms.Key(
             self,
             "Key",
             description=f"Signs the bearer tokens of Edge Diffusion deployment {config.cluster_name} (RS256)",
             key_spec=kms.KeySpec.RSA_2048,
-            key_usage=kms.KeyUsage.SIGN_VERIFY,
+            key_usage=kms.KeyUsage.SIGN_VERIFY,  # asymmetric: KMS rotates none, enableKeyRotation stays unset
             alias=naming.token_signing_key_alias(config),
             pending_window=cdk.Duration.days(props.key_deletion_window_days),
             # Tokens live minutes and servers re-read the public key at start: a new key after a
             # destroy and create only means fresh tokens, so the key goes with its deployment.
             removal_policy=cdk.RemovalPolicy.DESTROY,
-            policy=iam.PolicyDocument(
-                statements=[
-                    iam.PolicyStatement(
-                        sid="AccountAdministersTheKey",
-                        principals=[root],
-                        actions=list(KEY_ADMIN_ACTIONS),
-                        resources=["*"],  # in a key policy "*" is this key
-                    ),
-                    iam.PolicyStatement(
-                        sid="IamPoliciesMayReadThePublicKey",
-                        principals=[root],
-                        actions=list(KEY_PUBLIC_ACTIONS),
-                        resources=["*"],
-                    ),
-                    iam.PolicyStatement(
-                        sid="OnlyTheTokenRouteSigns",
-                        principals=[iam.ArnPrincipal(self.role.role_arn)],
-                        actions=["kms:Sign"],
-                        resources=["*"],
-                    ),
-                ]
-            ),
+            policy=token_key_policy(self.role.role_arn, deployer_role_arn(cdk.Stack.of(self))),
         )
         self.role.add_to_policy(iam.PolicyStatement(actions=["kms:Sign"], resources=[self.key.key_arn]))
+        read_api.rate_table.grant(self.role, *RATE_ACTIONS)
         self.function = lambda_.Function(
             self,
             "Handler",
@@ -327,6 +480,7 @@ class TokenSigning(Construct):
                 contract.ENV_TOKEN_ISSUER: naming.token_issuer(config),
                 contract.ENV_TOKEN_AUDIENCE: contract.TOKEN_AUDIENCE,
                 contract.ENV_TOKEN_TTL_S: str(config.auth.token_ttl_s),
+                **props.rate_environment(read_api.rate_table),
             },
             description="Issues RS256 bearer tokens for the inference endpoints, signed by KMS",
         )
@@ -416,6 +570,92 @@ class DeviceIdentityPool(Construct):
         )
 
 
+class CallerRateLimits(Construct):
+    """A regional WAF web ACL on the inventory's stage: rate-based rules per credential and per address.
+
+    The stage's throttle is one bucket for every caller, so one credential above it would make
+    everyone's calls 429; WAF is evaluated first and blocks that caller alone (with 429). Per
+    credential: the session token of temporary credentials (Cognito devices); per source address:
+    everything, including long-term IAM keys that carry no session token, at a limit high enough for
+    devices behind one NAT. WAF counts over a sliding window and acts within tens of seconds, so a
+    flood's first seconds still spend the stage's rate; the handlers' per-identity counters
+    (``CallerRateTable``) bound what gets through.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, stage: apigw.Stage, props: InventoryProps) -> None:
+        super().__init__(scope, construct_id)
+        name = cdk.Names.unique_id(self)[-48:]
+
+        def rule(rule_name: str, priority: int, statement: wafv2.CfnWebACL.RateBasedStatementProperty) -> Any:
+            return wafv2.CfnWebACL.RuleProperty(
+                name=rule_name,
+                priority=priority,
+                statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=statement),
+                action=wafv2.CfnWebACL.RuleActionProperty(
+                    block=wafv2.CfnWebACL.BlockActionProperty(
+                        custom_response=wafv2.CfnWebACL.CustomResponseProperty(
+                            response_code=429,
+                            custom_response_body_key=TOO_MANY_BODY,
+                            response_headers=[
+                                wafv2.CfnWebACL.CustomHTTPHeaderProperty(
+                                    name="Retry-After", value=str(props.waf_window_s)
+                                )
+                            ],
+                        )
+                    )
+                ),
+                visibility_config=_visibility(f"{name}-{rule_name}"),
+            )
+
+        per_credential = wafv2.CfnWebACL.RateBasedStatementProperty(
+            limit=props.waf_per_credential,
+            evaluation_window_sec=props.waf_window_s,
+            aggregate_key_type="CUSTOM_KEYS",
+            custom_keys=[
+                wafv2.CfnWebACL.RateBasedStatementCustomKeyProperty(
+                    header=wafv2.CfnWebACL.RateLimitHeaderProperty(
+                        name=CREDENTIAL_HEADER,
+                        text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+                    )
+                )
+            ],
+        )
+        per_address = wafv2.CfnWebACL.RateBasedStatementProperty(
+            limit=props.waf_per_address, evaluation_window_sec=props.waf_window_s, aggregate_key_type="IP"
+        )
+        self.web_acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            description="Per-caller rate limits of the endpoint inventory API",
+            custom_response_bodies={
+                TOO_MANY_BODY: wafv2.CfnWebACL.CustomResponseBodyProperty(
+                    content_type="APPLICATION_JSON",
+                    content=(
+                        '{"error": "too many requests from this caller: at most '
+                        f"{props.waf_per_credential} per credential and {props.waf_per_address} per address "
+                        f'every {props.waf_window_s} s; retry after Retry-After seconds"}}'
+                    ),
+                )
+            },
+            rules=[rule("PerCredential", 0, per_credential), rule("PerAddress", 1, per_address)],
+            visibility_config=_visibility(name),
+        )
+        self.association = wafv2.CfnWebACLAssociation(
+            self, "Association", resource_arn=stage.stage_arn, web_acl_arn=self.web_acl.attr_arn
+        )
+
+
+TOO_MANY_BODY: Final = "too-many-requests"
+
+
+def _visibility(metric_name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    return wafv2.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True, metric_name=metric_name[:128], sampled_requests_enabled=True
+    )
+
+
 class InventoryStack(cdk.Stack):
     """Endpoint table, its device read API, and the reader policy devices' roles attach."""
 
@@ -432,7 +672,13 @@ class InventoryStack(cdk.Stack):
         props = props or InventoryProps()
         self.config = config
         self.table = EndpointTable(self, "EndpointTable", config=config).table
-        self.read_api = InventoryReadApi(self, "InventoryReadApi", config=config, table=self.table, props=props)
+        self.rate_table = CallerRateTable(self, "CallerRateTable", config=config).table
+        self.read_api = InventoryReadApi(
+            self, "InventoryReadApi", config=config, table=self.table, rate_table=self.rate_table, props=props
+        )
+        self.rate_limits = CallerRateLimits(
+            self, "CallerRateLimits", stage=self.read_api.api.deployment_stage, props=props
+        )
         self.token: TokenSigning | None = None
         invoke_arns = [self.read_api.get_endpoints_arn]
         if config.auth.mode != "none":

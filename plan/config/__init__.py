@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from plan.config.errors import ConfigError, ConfigErrors, raise_collected
 from plan.config.loading import config_errors, load_config
-from plan.config.models import AppConfig
+from plan.config.models import DEVELOPMENT_KEY, AppConfig
 from plan.config.reading import CDK_JSON, cli_context, context_keys, is_config_key
 from plan.config.reference import reference_table
 from plan.config.sections import (
@@ -35,6 +35,7 @@ from plan.config.warnings import config_warnings
 __all__ = [
     "CDK_JSON",
     "DEFAULT_ALB_SECURITY_POLICY",
+    "DEVELOPMENT_KEY",
     "LOG_RETENTION_DAYS",
     "AlarmsConfig",
     "AppConfig",

@@ -34,6 +34,7 @@ from plan.config.rules import (
 )
 from plan.config.sections import (
     ACM_ARN_PATTERN,
+    EXAMPLE_CERTIFICATE_ARN,
     AlarmsConfig,
     AuthConfig,
     LocalZoneConfig,
@@ -54,6 +55,8 @@ ENDPOINT_ACCESS_MODES: Final = ("private", "public_and_private")
 # How devices authenticate to the endpoint inventory's read API: SigV4 with IAM credentials
 # they already have, or credentials from a Cognito identity pool (signed-in users only).
 INVENTORY_AUTH_MODES: Final = ("iam", "cognito")
+# The key that allows a deployment plain HTTP (cdk.json's dev deployment sets it).
+DEVELOPMENT_KEY: Final = "development"
 MIN_AVAILABILITY_ZONES: Final = 2  # EKS wants subnets in two AZs, and so does an internet-facing ALB
 MAX_LOCAL_ZONES: Final = 8
 LARGE_FAMILIES: Final = frozenset(instance_families(ACCELERATOR_NAMES, large=True)) - frozenset(
@@ -119,6 +122,13 @@ class AppConfig:
     allow_public_node_ports: Flag = Field(
         default=False, description="required to put `0.0.0.0/0` or `::/0` in `clientCidrs`"
     )
+    development: Flag = Field(
+        default=False,
+        description=(
+            "may serve plain HTTP (warned); read from the deployment's own file only, never inherited "
+            "(`deployments/dev.json` sets it) ([more](docs/configuration.md#tls))"
+        ),
+    )
     admin_principal_arns: tuple[
         Annotated[str, matching(ARN_PATTERN, "IAM role or user ARNs like arn:aws:iam::123456789012:role/Admin")], ...
     ] = Field(default=(), description="IAM roles and users given cluster-admin access entries")
@@ -163,6 +173,12 @@ class AppConfig:
     def env_name(self) -> str:
         return f"{self.account}/{self.region}"
 
+    @property
+    def serving_local_zones(self) -> tuple[str, ...]:
+        """The Local Zones that get serving pods: those with a family an enabled accelerator runs on."""
+        usable = instance_families(self.accelerators, large=self.enable_large_nvidia_instances)
+        return tuple(zone.name for zone in self.local_zones if any(f in usable for f in zone.instance_families))
+
     @model_validator(mode="after")
     def _rules(self) -> Self:
         refuse(
@@ -171,6 +187,7 @@ class AppConfig:
                 *self._networks(),
                 *self._weights(),
                 *self._region_services(),
+                *self._transport(),
             ]
         )
         return self
@@ -244,3 +261,30 @@ class AppConfig:
                 f"({', '.join(sorted(BOTTLEROCKET_ECR_ACCOUNTS))}), not {self.region}"
             )
             yield refusal("node_image.build_snapshot", True, allowed, reads=["region"])
+
+    def _transport(self) -> Iterator[Refusal]:
+        """HTTPS on every path devices take, unless this is a development deployment.
+
+        Devices send their bearer tokens, prompts and images to the Region's ALB and to the NodePorts
+        of each Local Zone that gets serving pods; without a certificate each is plain HTTP. Whatever
+        ``auth.mode`` is: without tokens, prompts and images still cross the network, and
+        ``auth.mode=none`` must not be the way around this rule.
+        """
+        if self.development:
+            return
+        plain = f"over plain HTTP; plain HTTP only with {DEVELOPMENT_KEY}=true"
+        if not self.tls.certificate_arn:
+            allowed = (
+                f"an ACM certificate of {self.region} and account {self.account} ({EXAMPLE_CERTIFICATE_ARN}): "
+                f"without one the Region's ALB serves tokens, prompts and images {plain}"
+            )
+            yield refusal("tls.certificate_arn", "", allowed, reads=["development", "region", "account"])
+        zones = ", ".join(self.serving_local_zones)
+        if zones and not self.tls.local_zone_secret:
+            allowed = (
+                "a Secrets Manager secret name holding the Local Zone pods' certificate (docs/configuration.md#tls), "
+                f"with tls.localZoneServerName: without one the NodePorts of {zones} serve tokens, prompts and images "
+                f"{plain}"
+            )
+            reads = ["development", "local_zones", "accelerators", "enable_large_nvidia_instances"]
+            yield refusal("tls.local_zone_secret", "", allowed, reads=reads)

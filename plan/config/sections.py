@@ -249,16 +249,23 @@ class PipelineConfig:
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class TlsConfig:
-    """HTTPS of the device-facing endpoints; empty values mean plain HTTP (with a warning)."""
+    """HTTPS of the device-facing endpoints; empty values mean plain HTTP, which only a development
+    deployment may have (``AppConfig.development``, with a warning)."""
 
     certificate_arn: Annotated[
         str, matching(ACM_ARN_PATTERN, f"an ACM certificate ARN: {EXAMPLE_CERTIFICATE_ARN}", optional=True)
-    ] = Field(default="", description="ACM certificate (this account and Region) of the ALB's HTTPS-only listener")
+    ] = Field(
+        default="",
+        description=(
+            "ACM certificate (this account and Region) of the ALB's HTTPS-only listener; required unless `development`"
+        ),
+    )
     # Its SecretString is JSON {"certificate", "privateKey"} (contract.TLS_SECRET_*_FIELD).
     local_zone_secret: SecretName = Field(
         default="",
         description=(
-            "Secrets Manager secret name of the Local Zone pods' certificate ([format](docs/configuration.md#tls))"
+            "Secrets Manager secret name of the Local Zone pods' certificate ([format](docs/configuration.md#tls)); "
+            "required with Local Zones unless `development`"
         ),
     )
     # Devices reach changing node IPs, so they send this name as SNI and verify the certificate

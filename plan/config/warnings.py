@@ -24,8 +24,8 @@ def config_warnings(config: AppConfig) -> list[str]:
             "warning: no tls.certificateArn: the Region's ALB serves plain HTTP; "
             f"set tls.certificateArn to an ACM certificate of {config.region} for HTTPS"
         )
-    if config.local_zones and not config.tls.local_zone_secret:
-        zones = ", ".join(zone.name for zone in config.local_zones)
+    if config.serving_local_zones and not config.tls.local_zone_secret:
+        zones = ", ".join(config.serving_local_zones)
         warnings.append(
             f"warning: no tls.localZoneSecret: the Local Zone NodePorts ({zones}) serve plain HTTP; set "
             "tls.localZoneSecret to a Secrets Manager secret holding "

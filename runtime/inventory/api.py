@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -56,6 +57,22 @@ FIELD_AUTH: Final = "auth"
 # GET /token answers {"token": <JWT>, "expiresAt": <epoch seconds>}.
 FIELD_TOKEN: Final = "token"  # noqa: S105 - a name, not a secret
 FIELD_EXPIRES_AT: Final = "expiresAt"
+
+# --- Per-caller rate limit of GET /endpoints and GET /token (set by stacks/inventory.py) -----------
+# A fixed window per route and caller, counted in a table of its own (stacks/inventory.py says why
+# not the endpoint table): its partition key is route#caller#window start, its TTL ATTR_EXPIRES_AT.
+ATTR_RATE_KEY: Final = "caller_window"
+ATTR_HITS: Final = "hits"
+ENV_RATE_TABLE: Final = "INVENTORY_RATE_TABLE_NAME"
+ENV_RATE_LIMIT: Final = "INVENTORY_RATE_LIMIT"  # calls per caller and route in one window
+ENV_RATE_WINDOW_S: Final = "INVENTORY_RATE_WINDOW_S"
+DEFAULT_RATE_LIMIT: Final = 60  # a device fetches a token per 15 minutes and the inventory per session
+DEFAULT_RATE_WINDOW_S: Final = 60
+RATE_LIMIT_BOUNDS: Final = (1, 10_000)
+RATE_WINDOW_BOUNDS_S: Final = (1, 3600)
+ROUTE_ENDPOINTS: Final = "endpoints"
+ROUTE_TOKEN: Final = "token"  # noqa: S105 - a name, not a secret
+ANONYMOUS: Final = "-"  # the caller of a request without identity (IAM auth always gives one)
 
 # --- Query parameters of GET /endpoints ---------------------------------------------------------
 PARAM_MODEL: Final = "model"
@@ -136,18 +153,129 @@ def live_endpoints(table: Any, filters: Mapping[str, str], now: float) -> list[d
     return [{name: _plain(item[name]) for name in fields if name in item} for item in items[:MAX_RESULTS]]
 
 
-def _response(status: int, body: Mapping[str, Any]) -> dict[str, Any]:
+def _response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "statusCode": status,
-        "headers": {"Content-Type": "application/json", "Cache-Control": "no-store"},
+        "headers": {"Content-Type": "application/json", "Cache-Control": "no-store", **(headers or {})},
         "body": json.dumps(body, separators=(",", ":")),
     }
 
 
+log = logging.getLogger("edge_diffusion.inventory")
+
+
+def _identity(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (event.get("requestContext") or {}).get("identity") or {}
+
+
+def caller(event: Mapping[str, Any]) -> str | None:
+    """The token's ``sub``: the Cognito identity when there is one, else the IAM caller's ARN.
+
+    Both come from API Gateway's IAM authorizer (``requestContext.identity``), never from the
+    request: a caller cannot name someone else."""
+    identity = _identity(event)
+    for name in ("cognitoIdentityId", "userArn"):
+        value = identity.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def rate_caller(event: Mapping[str, Any]) -> str:
+    """Whom a call counts against: :func:`caller`, else the IAM ``caller`` (access key or role id)."""
+    found = caller(event) or _identity(event).get("caller")
+    return found if isinstance(found, str) and found else ANONYMOUS
+
+
+def _bounded(environ: Mapping[str, str], name: str, default: int, bounds: tuple[int, int]) -> int:
+    raw = environ.get(name) or str(default)
+    value = int(raw) if raw.isdigit() else -1
+    if not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"invalid {name}={raw!r}: allowed an integer from {bounds[0]} to {bounds[1]}")
+    return value
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``limit`` calls of a route per caller in each fixed window of ``window_s`` seconds.
+
+    Each call is one conditional UpdateItem (``ADD hits``, only while ``hits < limit``) on the item
+    of its route, caller and window, which expires by TTL after its window: no read, no race
+    between concurrent Lambdas, one write unit per call. A fixed window lets a caller make up to
+    twice ``limit`` calls across a window's edge; a token bucket would need a read and a write per
+    call. The count happens in the handler, after API Gateway's stage throttle: it keeps one caller
+    from taking more than its share of tokens and of the KMS signing quota, not from spending the
+    stage's rate (requests over it are refused at the stage before any handler runs).
+    """
+
+    table: Any
+    limit: int = DEFAULT_RATE_LIMIT
+    window_s: int = DEFAULT_RATE_WINDOW_S
+
+    def __post_init__(self) -> None:
+        if not RATE_LIMIT_BOUNDS[0] <= self.limit <= RATE_LIMIT_BOUNDS[1]:
+            raise ValueError(f"invalid rate limit {self.limit}: allowed {RATE_LIMIT_BOUNDS[0]}-{RATE_LIMIT_BOUNDS[1]}")
+        if not RATE_WINDOW_BOUNDS_S[0] <= self.window_s <= RATE_WINDOW_BOUNDS_S[1]:
+            allowed = f"{RATE_WINDOW_BOUNDS_S[0]}-{RATE_WINDOW_BOUNDS_S[1]} seconds"
+            raise ValueError(f"invalid rate window {self.window_s}: allowed {allowed}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], table: Any) -> RateLimit:
+        return cls(
+            table=table,
+            limit=_bounded(environ, ENV_RATE_LIMIT, DEFAULT_RATE_LIMIT, RATE_LIMIT_BOUNDS),
+            window_s=_bounded(environ, ENV_RATE_WINDOW_S, DEFAULT_RATE_WINDOW_S, RATE_WINDOW_BOUNDS_S),
+        )
+
+    def retry_after(self, route: str, who: str, now: float) -> int | None:
+        """Count this call of ``route`` by ``who``: None within the limit, else the seconds to wait.
+
+        A failure of the table other than the limit lets the call through, logged: the stage
+        throttle still bounds every caller together, and an outage of the counter must not stop
+        every device from getting tokens."""
+        start = int(now) - int(now) % self.window_s
+        end = start + self.window_s
+        try:
+            self.table.update_item(
+                Key={ATTR_RATE_KEY: KEY_SEPARATOR.join((route, who, str(start)))},
+                UpdateExpression="ADD #hits :one SET #expires = if_not_exists(#expires, :end)",
+                ConditionExpression="attribute_not_exists(#hits) OR #hits < :limit",
+                ExpressionAttributeNames={"#hits": ATTR_HITS, "#expires": ATTR_EXPIRES_AT},
+                ExpressionAttributeValues={":one": 1, ":limit": self.limit, ":end": end},
+            )
+        except Exception as err:
+            code = getattr(err, "response", {}).get("Error", {}).get("Code")
+            if code == "ConditionalCheckFailedException":
+                return max(1, math.ceil(end - now))
+            log.error("counting a %s call of %s failed, letting it through: %s", route, who, err)
+        return None
+
+    def refusal(self, route: str, who: str, now: float) -> dict[str, Any] | None:
+        """The 429 answer to a call over the limit (one-line JSON and Retry-After), else None."""
+        wait = self.retry_after(route, who, now)
+        if wait is None:
+            return None
+        log.warning("refused a %s call of %s: over %d per %d s", route, who, self.limit, self.window_s)
+        message = (
+            f"too many GET /{route} calls from this caller: at most {self.limit} per {self.window_s} s; "
+            f"retry after {wait} s"
+        )
+        return _response(429, {"message": message}, {"Retry-After": str(wait)})
+
+
 def handle(
-    event: Mapping[str, Any], *, table: Any, default_model: str, now: float, auth: str = AUTH_NONE
+    event: Mapping[str, Any],
+    *,
+    table: Any,
+    default_model: str,
+    now: float,
+    auth: str = AUTH_NONE,
+    limit: RateLimit | None = None,
 ) -> dict[str, Any]:
-    """API Gateway proxy event -> response; ``table`` and ``now`` injected (tests, clock)."""
+    """API Gateway proxy event -> response; ``table``, ``now`` and ``limit`` injected (tests, clock)."""
+    refused = limit.refusal(ROUTE_ENDPOINTS, rate_caller(event), now) if limit else None
+    if refused:
+        return refused
     try:
         filters = parse_filters(event.get("queryStringParameters"), default_model)
     except BadRequestError as err:
@@ -158,6 +286,17 @@ def handle(
 
 
 _table: Any = None
+_rate_table: Any = None
+
+
+def _rate_limit() -> RateLimit:
+    """The entrypoints' limit: its table created once per container, its settings from the stack."""
+    global _rate_table  # one boto3 resource per Lambda container, reused across invocations
+    if _rate_table is None:
+        import boto3
+
+        _rate_table = boto3.resource("dynamodb").Table(os.environ[ENV_RATE_TABLE])
+    return RateLimit.from_env(os.environ, _rate_table)
 
 
 def handler(event: Mapping[str, Any], context: object, clock: Callable[[], float] = time.time) -> dict[str, Any]:
@@ -173,12 +312,13 @@ def handler(event: Mapping[str, Any], context: object, clock: Callable[[], float
         default_model=os.environ[ENV_DEFAULT_MODEL],
         now=clock(),
         auth=os.environ.get(ENV_AUTH, AUTH_NONE),
+        limit=_rate_limit(),
     )
 
 
 # --- GET /token --------------------------------------------------------------------------------
 
-log = logging.getLogger("edge_diffusion.inventory.token")
+token_log = logging.getLogger("edge_diffusion.inventory.token")
 
 
 def _b64url(data: bytes) -> str:
@@ -187,19 +327,6 @@ def _b64url(data: bytes) -> str:
 
 def _json_segment(value: Mapping[str, Any]) -> str:
     return _b64url(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
-
-
-def caller(event: Mapping[str, Any]) -> str | None:
-    """The token's ``sub``: the Cognito identity when there is one, else the IAM caller's ARN.
-
-    Both come from API Gateway's IAM authorizer (``requestContext.identity``), never from the
-    request: a caller cannot name someone else."""
-    identity = (event.get("requestContext") or {}).get("identity") or {}
-    for name in ("cognitoIdentityId", "userArn"):
-        value = identity.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 def sign_token(
@@ -258,11 +385,17 @@ class TokenSettings:
         )
 
 
-def handle_token(event: Mapping[str, Any], *, kms: Any, settings: TokenSettings, now: float) -> dict[str, Any]:
-    """API Gateway proxy event -> ``{"token", "expiresAt"}``; 403 without a caller, 503 if KMS fails."""
+def handle_token(
+    event: Mapping[str, Any], *, kms: Any, settings: TokenSettings, now: float, limit: RateLimit | None = None
+) -> dict[str, Any]:
+    """API Gateway proxy event -> ``{"token", "expiresAt"}``; 403 without a caller, 429 over the
+    caller's ``limit`` (before KMS is asked), 503 if KMS fails."""
     subject = caller(event)
     if subject is None:
         return _response(403, {"message": "no caller identity: call GET /token with SigV4 (IAM auth)"})
+    refused = limit.refusal(ROUTE_TOKEN, rate_caller(event), now) if limit else None
+    if refused:
+        return refused
     try:
         token, expires = sign_token(
             kms,
@@ -274,9 +407,9 @@ def handle_token(event: Mapping[str, Any], *, kms: Any, settings: TokenSettings,
             now=now,
         )
     except Exception as err:  # KMS throttled or unavailable: the caller retries, nothing is half-issued
-        log.error("signing a token for %s failed: %s", subject, err)
+        token_log.error("signing a token for %s failed: %s", subject, err)
         return _response(503, {"message": "token signing is unavailable, retry shortly"})
-    log.info("issued a token for %s until %d", subject, expires)
+    token_log.info("issued a token for %s until %d", subject, expires)
     return _response(200, {FIELD_TOKEN: token, FIELD_EXPIRES_AT: expires})
 
 
@@ -290,4 +423,5 @@ def token_handler(event: Mapping[str, Any], context: object, clock: Callable[[],
         import boto3
 
         _kms = boto3.client("kms")
-    return handle_token(event, kms=_kms, settings=TokenSettings.from_env(os.environ), now=clock())
+    settings = TokenSettings.from_env(os.environ)
+    return handle_token(event, kms=_kms, settings=settings, now=clock(), limit=_rate_limit())

@@ -12,7 +12,7 @@ from aws_cdk.assertions import Match
 
 from plan import contract
 from runtime.inventory import api as layout
-from stacks.inventory import KEY_ADMIN_ACTIONS, PUBLISH_ACTIONS
+from stacks.inventory import KEY_ADMIN_ACTIONS, PUBLISH_ACTIONS, InventoryProps
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,49 @@ def test_every_api_method_requires_iam_auth(template: Any) -> None:
     assert "RequestParameters" not in by_path["token"]  # GET /token takes nothing from the caller
 
 
+def test_a_waf_web_acl_on_the_stage_limits_each_credential_and_address_before_the_shared_throttle(
+    template: Any,
+) -> None:
+    """The stage's throttle is one bucket for all callers: WAF (evaluated first) blocks one caller's flood."""
+    (stage_id,) = resources(template, "AWS::ApiGateway::Stage")
+    (acl_id, acl) = next(iter(resources(template, "AWS::WAFv2::WebACL").items()))
+    props = acl["Properties"]
+    assert props["Scope"] == "REGIONAL" and props["DefaultAction"] == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in props["Rules"]}
+    defaults = InventoryProps()
+    per_credential = rules["PerCredential"]["Statement"]["RateBasedStatement"]
+    assert per_credential["Limit"] == defaults.waf_per_credential
+    assert per_credential["AggregateKeyType"] == "CUSTOM_KEYS"
+    assert per_credential["CustomKeys"] == [
+        {"Header": {"Name": "x-amz-security-token", "TextTransformations": [{"Priority": 0, "Type": "NONE"}]}}
+    ]
+    per_address = rules["PerAddress"]["Statement"]["RateBasedStatement"]
+    assert per_address["AggregateKeyType"] == "IP" and per_address["Limit"] == defaults.waf_per_address
+    for rule in rules.values():
+        assert rule["Statement"]["RateBasedStatement"]["EvaluationWindowSec"] == defaults.waf_window_s
+        blocked = rule["Action"]["Block"]["CustomResponse"]
+        assert blocked["ResponseCode"] == 429
+        assert blocked["ResponseHeaders"] == [{"Name": "Retry-After", "Value": str(defaults.waf_window_s)}]
+        body = props["CustomResponseBodies"][blocked["CustomResponseBodyKey"]]
+        assert json.loads(body["Content"])["error"].startswith("too many requests from this caller")
+    (association,) = resources(template, "AWS::WAFv2::WebACLAssociation").values()
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": [acl_id, "Arn"]}
+    assert stage_id in json.dumps(association["Properties"]["ResourceArn"])
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "allowed"),
+    [
+        ("waf_per_credential", 9, "from 10 to 2000000000"),
+        ("waf_per_address", True, "from 10 to 2000000000"),
+        ("waf_window_s", 90, "one of 60, 120, 300, 600"),
+    ],
+)
+def test_waf_limits_outside_what_waf_accepts_are_refused(knob: str, value: object, allowed: str) -> None:
+    with pytest.raises(ValueError, match=f"InventoryProps.{knob}={value!r}: allowed .*{allowed}"):
+        InventoryProps(**{knob: value})  # type: ignore[arg-type]
+
+
 def test_stage_is_throttled_logged_and_traced(template: Any) -> None:
     (stage,) = resources(template, "AWS::ApiGateway::Stage").values()
     props = stage["Properties"]
@@ -72,20 +115,83 @@ def test_stage_is_throttled_logged_and_traced(template: Any) -> None:
     template.has_resource_properties("AWS::Lambda::Function", {"TracingConfig": {"Mode": "Active"}})
 
 
-def test_handler_is_python_with_only_query_on_the_table(template: Any) -> None:
+def table_id(template: Any, name: str) -> str:
+    (found,) = [
+        k for k, t in resources(template, "AWS::DynamoDB::Table").items() if t["Properties"]["TableName"] == name
+    ]
+    return found
+
+
+def dynamodb_grants(template: Any, handler: str) -> list[tuple[list[str], Any]]:
+    """(actions, resource) of every DynamoDB statement of ``handler``'s role."""
+    (function,) = [
+        f["Properties"]
+        for f in resources(template, "AWS::Lambda::Function").values()
+        if f["Properties"]["Handler"] == handler
+    ]
+    role = {"Ref": function["Role"]["Fn::GetAtt"][0]}
+    return [
+        (_list(statement["Action"]), statement["Resource"])
+        for policy in resources(template, "AWS::IAM::Policy").values()
+        if role in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if any(str(a).startswith("dynamodb:") for a in _list(statement["Action"]))
+    ]
+
+
+def test_handlers_query_the_endpoints_and_count_calls_and_nothing_else(template: Any) -> None:
     for handler in ("api.handler", "api.token_handler"):
         template.has_resource_properties(
             "AWS::Lambda::Function",
             {"Runtime": Match.string_like_regexp(r"^python3\.1[23]$"), "Handler": handler},
         )
-    statements = [
-        statement
-        for policy in resources(template, "AWS::IAM::Policy").values()
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    endpoints = {"Fn::GetAtt": [table_id(template, "edge-diffusion-endpoints"), "Arn"]}
+    rates = {"Fn::GetAtt": [table_id(template, "edge-diffusion-caller-rates"), "Arn"]}
+    assert dynamodb_grants(template, "api.handler") == [
+        (["dynamodb:Query"], endpoints),
+        (["dynamodb:UpdateItem"], rates),
     ]
-    dynamodb = [s for s in statements if any(str(a).startswith("dynamodb:") for a in _list(s["Action"]))]
-    assert [_list(s["Action"]) for s in dynamodb] == [["dynamodb:Query"]]
+    assert dynamodb_grants(template, "api.token_handler") == [(["dynamodb:UpdateItem"], rates)]
     assert not any("AWSLambdaBasicExecutionRole" in str(r) for r in resources(template, "AWS::IAM::Role").values())
+
+
+def test_the_caller_counters_have_their_own_table_that_expires_them(template: Any) -> None:
+    table = resources(template, "AWS::DynamoDB::Table")[table_id(template, "edge-diffusion-caller-rates")]
+    assert table["DeletionPolicy"] == "Delete"
+    assert table["Properties"]["KeySchema"] == [{"AttributeName": layout.ATTR_RATE_KEY, "KeyType": "HASH"}]
+    assert table["Properties"]["TimeToLiveSpecification"] == {"AttributeName": layout.ATTR_EXPIRES_AT, "Enabled": True}
+    assert table["Properties"]["SSESpecification"] == {"SSEEnabled": True}
+    assert table["Properties"]["BillingMode"] == "PAY_PER_REQUEST"
+    for handler in ("api.handler", "api.token_handler"):
+        template.has_resource_properties(
+            "AWS::Lambda::Function",
+            {
+                "Handler": handler,
+                "Environment": {
+                    "Variables": Match.object_like(
+                        {
+                            layout.ENV_RATE_TABLE: {"Ref": table_id(template, "edge-diffusion-caller-rates")},
+                            layout.ENV_RATE_LIMIT: str(layout.DEFAULT_RATE_LIMIT),
+                            layout.ENV_RATE_WINDOW_S: str(layout.DEFAULT_RATE_WINDOW_S),
+                        }
+                    )
+                },
+            },
+        )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"caller_limit": 0}, "InventoryProps.caller_limit=0: allowed an integer from 1 to 10000"),
+        ({"caller_limit": True}, "InventoryProps.caller_limit=True: allowed an integer from 1 to 10000"),
+        ({"caller_window_s": 3601}, "InventoryProps.caller_window_s=3601: allowed an integer from 1 to 3600"),
+    ],
+)
+def test_the_per_caller_limit_is_bounded(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        InventoryProps(**changes)
+    assert str(err.value) == message
 
 
 def test_handler_code_is_the_one_boto3_only_file(synth: Any, template: Any) -> None:
@@ -120,11 +226,29 @@ def test_token_signing_key_is_rsa_and_only_the_token_role_may_sign(template: Any
     key, role_id = key_and_token_role(template)
     assert (key["KeySpec"], key["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
     assert key["PendingWindowInDays"] == 7
+    assert "EnableKeyRotation" not in key  # KMS rotates no asymmetric key
+    (resource,) = resources(template, "AWS::KMS::Key").values()
+    assert resource["DeletionPolicy"] == "Delete"  # goes with its deployment (after the pending window)
     statements = {s["Sid"]: s for s in key["KeyPolicy"]["Statement"]}
-    assert set(statements) == {"AccountAdministersTheKey", "IamPoliciesMayReadThePublicKey", "OnlyTheTokenRouteSigns"}
-    signers = [s for s in statements.values() if "kms:Sign" in _list(s["Action"]) or "kms:*" in _list(s["Action"])]
+    assert set(statements) == {
+        "AccountAdministersTheKey",
+        "IamPoliciesMayReadThePublicKey",
+        "OnlyTheTokenRouteSigns",
+        "NoOneElseSigns",
+        "NoGrants",
+        "OnlyCloudFormationRewritesThePolicyOrTheAlias",
+    }
+    allows = [s for s in statements.values() if s["Effect"] == "Allow"]
+    signers = [s for s in allows if "kms:Sign" in _list(s["Action"]) or "kms:*" in _list(s["Action"])]
     (signer,) = signers  # no kms:* for the account: IAM policies cannot hand out kms:Sign
     assert signer["Principal"] == {"AWS": {"Fn::GetAtt": [role_id, "Arn"]}}
+    assert not [
+        s for s in allows if any(str(a).startswith("kms:Create") and a != "kms:CreateAlias" for a in _list(s["Action"]))
+    ]
+    # What the Denies say is evaluated for sample principals in tests/iam/test_token_key_policy.py.
+    assert statements["NoOneElseSigns"]["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": [role_id, "Arn"]}}
+    }
     assert sorted(_list(statements["AccountAdministersTheKey"]["Action"])) == sorted(KEY_ADMIN_ACTIONS)
     assert sorted(_list(statements["IamPoliciesMayReadThePublicKey"]["Action"])) == [
         "kms:DescribeKey",
@@ -133,6 +257,29 @@ def test_token_signing_key_is_rsa_and_only_the_token_role_may_sign(template: Any
     template.has_resource_properties(
         "AWS::KMS::Alias", {"AliasName": "alias/edge-diffusion-token-signing", "TargetKeyId": Match.any_value()}
     )
+
+
+def test_on_either_deploy_path_only_cloudformation_s_role_may_rewrite_the_key_policy(synth: Any) -> None:
+    """``cdk deploy`` and the deploy pipeline's stages both deploy with the bootstrap's execution role."""
+    stacks = [synth.stacks.workstation, *synth.stacks.pipeline.values()]
+    assert len(stacks) == 3
+    for deployment in stacks:
+        (key,) = resources(synth.template(deployment.inventory), "AWS::KMS::Key").values()
+        (deny,) = [
+            s
+            for s in key["Properties"]["KeyPolicy"]["Statement"]
+            if s["Sid"] == "OnlyCloudFormationRewritesThePolicyOrTheAlias"
+        ]
+        assert (deny["Effect"], deny["Principal"]) == ("Deny", {"AWS": "*"})
+        assert sorted(_list(deny["Action"])) == ["kms:DeleteAlias", "kms:PutKeyPolicy", "kms:UpdateAlias"]
+        assert deny["Condition"] == {
+            "ArnNotEquals": {
+                "aws:PrincipalArn": {
+                    "Fn::Sub": "arn:${AWS::Partition}:iam::123456789012:role/"
+                    "cdk-hnb659fds-cfn-exec-role-123456789012-us-west-2"
+                }
+            }
+        }
 
 
 def test_token_role_signs_with_that_key_only_and_the_lambda_knows_issuer_audience_and_ttl(template: Any) -> None:
@@ -146,7 +293,10 @@ def test_token_role_signs_with_that_key_only_and_the_lambda_knows_issuer_audienc
     ]
     kms_statements = [s for s in statements if any(str(a).startswith("kms:") for a in _list(s["Action"]))]
     assert kms_statements == [{"Action": "kms:Sign", "Effect": "Allow", "Resource": {"Fn::GetAtt": [key_id, "Arn"]}}]
-    assert not any(str(a).startswith("dynamodb:") for s in statements for a in _list(s["Action"]))
+    dynamodb = [
+        _list(s["Action"]) for s in statements if any(str(a).startswith("dynamodb:") for a in _list(s["Action"]))
+    ]
+    assert dynamodb == [["dynamodb:UpdateItem"]]  # its call counters only (checked above)
     template.has_resource_properties(
         "AWS::Lambda::Function",
         {
@@ -157,6 +307,9 @@ def test_token_role_signs_with_that_key_only_and_the_lambda_knows_issuer_audienc
                     contract.ENV_TOKEN_ISSUER: contract.token_issuer("edge-diffusion"),
                     contract.ENV_TOKEN_AUDIENCE: contract.TOKEN_AUDIENCE,
                     contract.ENV_TOKEN_TTL_S: str(contract.DEFAULT_TOKEN_TTL_S),
+                    layout.ENV_RATE_TABLE: Match.any_value(),
+                    layout.ENV_RATE_LIMIT: Match.any_value(),
+                    layout.ENV_RATE_WINDOW_S: Match.any_value(),
                 }
             },
         },
@@ -167,7 +320,7 @@ def test_token_role_signs_with_that_key_only_and_the_lambda_knows_issuer_audienc
     )
 
 
-def synth_alone(tmp_path: Any, **keys: Any) -> Any:
+def synth_alone(tmp_path: Any, props: InventoryProps | None = None, **keys: Any) -> Any:
     """This stack alone under ``keys`` (with cdk-nag), not the whole app again."""
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
@@ -181,7 +334,11 @@ def synth_alone(tmp_path: Any, **keys: Any) -> Any:
     app = cdk.App(context=context, outdir=str(tmp_path))
     config = load_config(context)
     stack = InventoryStack(
-        app, "Inventory", config=config, env=cdk.Environment(account=config.account, region=config.region)
+        app,
+        "Inventory",
+        config=config,
+        props=props,
+        env=cdk.Environment(account=config.account, region=config.region),
     )
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     app.synth()  # raises on any unacknowledged cdk-nag finding
@@ -197,6 +354,20 @@ def test_auth_none_has_no_signing_key_and_no_token_route(tmp_path: Any) -> None:
     (policy,) = resources(template, "AWS::IAM::ManagedPolicy").values()
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Resource"]["Fn::Join"][1][-1] == "/v1/GET/endpoints"
+
+
+def test_the_per_caller_limit_comes_from_the_props(tmp_path: Any) -> None:
+    template = synth_alone(tmp_path, InventoryProps(caller_limit=5, caller_window_s=10))
+    for handler in ("api.handler", "api.token_handler"):
+        template.has_resource_properties(
+            "AWS::Lambda::Function",
+            {
+                "Handler": handler,
+                "Environment": {
+                    "Variables": Match.object_like({layout.ENV_RATE_LIMIT: "5", layout.ENV_RATE_WINDOW_S: "10"})
+                },
+            },
+        )
 
 
 def test_token_ttl_comes_from_config(tmp_path: Any) -> None:

@@ -14,8 +14,11 @@ from tests.conftest import FIXTURE_DEPLOYMENTS, cdk_json_context, plan_context
 PIPELINE_PROD = {"account": "123456789012", "pipeline": {"deployments": ["prod"]}}
 
 
-def write(directory: Path, name: str, keys: dict[str, object]) -> None:
+def write(directory: Path, name: str, keys: object) -> None:
+    """A deployment file; a development one unless it says (plain HTTP: these tests are about other keys)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(keys, dict):
+        keys = {"development": True, **keys}
     (directory / f"{name}.json").write_text(json.dumps(keys))
 
 
@@ -95,7 +98,7 @@ def test_bad_releases_name_the_key_one_line_each(
 ) -> None:
     write(tmp_path, "dev", {})
     for name, keys in files.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps(keys))
+        write(tmp_path, name, keys)
     with pytest.raises(ConfigError) as err:
         load_plan({**cdk_json_context(), **context}, tmp_path)
     (named,) = [error for error in err.value.errors if error.key == key]

@@ -6,17 +6,19 @@ import pytest
 
 from plan.config import ConfigError, PipelineConfig, load_config
 
+# Only the pipeline's keys, in a development deployment (one that may serve plain HTTP).
+DEV = {"development": True}
 ARN = "arn:aws:codeconnections:us-west-2:123456789012:connection/12345678-1234-1234-1234-123456789012"
 
 
 def test_default_is_an_s3_source_that_needs_nothing() -> None:
-    assert load_config({}).pipeline == PipelineConfig()
+    assert load_config(DEV).pipeline == PipelineConfig()
     assert PipelineConfig().source == "s3"
 
 
 def test_codeconnections_source_from_command_line_json() -> None:
     raw = f'{{"source": "codeconnections", "connectionArn": "{ARN}", "repository": "acme/edge", "prDiffs": "false"}}'
-    pipeline = load_config({"pipeline": raw}).pipeline
+    pipeline = load_config({**DEV, "pipeline": raw}).pipeline
     assert (pipeline.source, pipeline.connection_arn, pipeline.repository, pipeline.pr_diffs) == (
         "codeconnections",
         ARN,
@@ -40,6 +42,6 @@ def test_codeconnections_source_from_command_line_json() -> None:
 )
 def test_bad_pipeline_values_name_the_key(raw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config({"pipeline": raw})
+        load_config({**DEV, "pipeline": raw})
     assert key in [error.key for error in err.value.errors]
     assert all("\n" not in str(error) for error in err.value.errors)

