@@ -2,10 +2,11 @@
 model on a node of that accelerator and publishes the artifact to the model bucket.
 
 Each job runs ``python -m runtime.compile`` from the accelerator's runtime image (no model) on the
-accelerator's regional NodePool and writes ``s3://<model bucket>/models/<model>/<revision>/<device>/``,
-which the image pipeline bakes into the serving image's model layer. The queue is a chart of its
-own and a job's name carries a hash of its spec, so that a live cluster admits, replaces and lets
-finish every job: docs/adr/0001-compile-jobs-on-a-live-cluster.md.
+accelerator's regional NodePool and writes ``s3://<model bucket>/models/<cluster>/<model>/<revision>/<device>/``,
+the one prefix its role may write; the image pipeline bakes an artifact into the serving images only
+once it is promoted by its manifest digest (docs/adr/0016-serving-images-bake-only-promoted-models.md).
+The queue is a chart of its own and a job's name carries a hash of its spec, so that a live cluster
+admits, replaces and lets finish every job: docs/adr/0001-compile-jobs-on-a-live-cluster.md.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class CompileJobsChart(cdk8s.Chart):
             "--batch-size", str(serving.max_batch),
             # Recorded in the manifest: the serving image of this version is built only from it.
             "--image-version", serving.image_version,
-            "--out", naming.models_base_uri(config),
+            # This cluster's own prefix: the compile role may write nothing else (stacks.workload_roles).
+            "--out", naming.cluster_models_base_uri(config),
         ]  # fmt: skip
 
     def _job(self, placement: Placement) -> cdk8s.ApiObject:

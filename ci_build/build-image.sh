@@ -5,16 +5,21 @@
 #   serve      <version>-<accelerator>-<arch>           the server with the compiled model in a layer
 #
 # The CodeBuild project (stacks/image_pipeline.py) sets TARGET IMAGE_TAG IMAGE_VERSION ARCH ACCELERATOR
-# MODEL_DEVICE REPOSITORY_URI CACHE_REPOSITORY_URI BUILDKIT_IMAGE and one variable per Dockerfile
-# build arg (DLC_ACCOUNT, CUDA_BASE_TAG, ...); CodeBuild sets AWS_REGION.
+# MODEL_DEVICE MODEL_ID MODEL_REVISION MODELS_BASE_URI MODEL_PROMOTIONS REPOSITORY_URI CACHE_REPOSITORY_URI
+# BUILDKIT_IMAGE and one variable per Dockerfile build arg (DLC_ACCOUNT, CUDA_BASE_TAG, ...) but the
+# two this script computes (MODEL_S3_PREFIX, MODEL_MANIFEST_SHA256); CodeBuild sets AWS_REGION.
 #
 # Tags are immutable: an image that is already published is left alone (bump serving.imageVersion
-# to publish a new one). A serving image whose compiled model is not in S3 yet, or was compiled by
-# another image version's runtime, is not an error: the build says so and succeeds without
-# pushing, and the next pipeline run after that version's compile job builds it.
+# to publish a new one). A serving image is built only from a promoted artifact
+# (docs/adr/0016-serving-images-bake-only-promoted-models.md): MODEL_PROMOTIONS, a file of this
+# source, names the cluster whose compile it carries and its manifest's sha256. Without a promotion
+# the build says so and succeeds without pushing (the next pipeline run after one builds it); a
+# promotion whose manifest is gone or differs fails the build: the bucket no longer holds what was
+# promoted. Only the promoted cluster's prefix is read.
 set -euo pipefail
 
-: "${TARGET:?}" "${IMAGE_TAG:?}" "${IMAGE_VERSION:?}" "${ARCH:?}" "${ACCELERATOR:?}" "${MODEL_DEVICE:?}" "${MODEL_S3_PREFIX:?}"
+: "${TARGET:?}" "${IMAGE_TAG:?}" "${IMAGE_VERSION:?}" "${ARCH:?}" "${ACCELERATOR:?}" "${MODEL_DEVICE:?}"
+: "${MODEL_ID:?}" "${MODEL_REVISION:?}" "${MODELS_BASE_URI:?}" "${MODEL_PROMOTIONS:?}"
 : "${REPOSITORY_URI:?}" "${CACHE_REPOSITORY_URI:?}" "${BUILDKIT_IMAGE:?}" "${DLC_ACCOUNT:?}" "${DLC_REGION:?}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=ci_build/ecr.sh
@@ -27,33 +32,47 @@ if image_exists "${IMAGE_TAG}"; then
 fi
 
 build_flags=()
+MODEL_S3_PREFIX=""
 MODEL_MANIFEST_SHA256=""
 cache_from=("${ACCELERATOR}-${ARCH}-${TARGET}")
 if [ "${TARGET}" = serve ]; then
+  # "<cluster> <manifest sha256>", or nothing; a malformed file ends the build (set -e).
+  promoted=$(python3 -m runtime.artifacts.promotions lookup "${MODEL_PROMOTIONS}" --model "${MODEL_ID}" \
+    --revision "${MODEL_REVISION}" --device "${MODEL_DEVICE}" --image-version "${IMAGE_VERSION}")
+  if [ -z "${promoted}" ]; then
+    echo "no promoted ${MODEL_DEVICE} model of image version ${IMAGE_VERSION} in ${MODEL_PROMOTIONS}: once the ${ACCELERATOR} compile job of a deployment you trust has published, run python -m runtime.artifacts promote ${MODELS_BASE_URI}/<its cluster>/${MODEL_ID}/${MODEL_REVISION}/${MODEL_DEVICE}/, commit the file and release the pipeline again"
+    exit 0
+  fi
+  read -r cluster promoted_sha256 <<<"${promoted}"
+  MODEL_S3_PREFIX="${MODELS_BASE_URI}/${cluster}/${MODEL_ID}/${MODEL_REVISION}"
   manifest_uri="${MODEL_S3_PREFIX}/${MODEL_DEVICE}/manifest.json"
   location="${manifest_uri#s3://}"
   bucket="${location%%/*}"
   key="${location#*/}"
-  # Listed, not fetched, to tell "not compiled yet" from an error: the role may list only this
-  # prefix, and without s3:ListBucket on the key S3 answers a missing object with 403, not 404.
+  # Listed, not fetched, to tell "gone" from an error: the role may list only the model's prefixes,
+  # and without s3:ListBucket on the key S3 answers a missing object with 403, not 404.
   # An error (not a missing key) ends the build: set -e.
   listed=$(aws s3api list-objects-v2 --bucket "${bucket}" --prefix "${key}" --query 'Contents[].Key' --output text)
   if ! grep -qxF "${key}" <<<"${listed//$'\t'/$'\n'}"; then
-    echo "no compiled model at ${manifest_uri}: run the ${ACCELERATOR} compile job, then release the pipeline again"
-    exit 0
+    echo "the promoted model ${manifest_uri} is not in the bucket: promote another artifact (python -m runtime.artifacts promote)" >&2
+    exit 1
   fi
   manifest=$(mktemp)
   credentials=$(mktemp)
   trap 'rm -f "${manifest}" "${credentials}"' EXIT
   aws s3 cp --only-show-errors "${manifest_uri}" - >"${manifest}"
-  # The runtime that compiled the model (plan.model_artifacts.IMAGE_VERSION_OPTION): a new image
-  # version waits for its own compile job, so an immutable tag never carries an older runtime's model.
+  MODEL_MANIFEST_SHA256=$(sha256sum <"${manifest}" | cut -d' ' -f1)
+  if [ "${MODEL_MANIFEST_SHA256}" != "${promoted_sha256}" ]; then
+    echo "the manifest at ${manifest_uri} has sha256 ${MODEL_MANIFEST_SHA256}, not the promoted ${promoted_sha256}: it changed after it was promoted; promote it again if you trust it" >&2
+    exit 1
+  fi
+  # The runtime that compiled the model (plan.model_artifacts.IMAGE_VERSION_OPTION), which the promoted
+  # bytes record: an immutable tag never carries another version's model.
   compiled_by=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("options", {}).get("image_version", ""))' "${manifest}")
   if [ "${compiled_by}" != "${IMAGE_VERSION}" ]; then
-    echo "the model at ${manifest_uri} was compiled by runtime image version '${compiled_by}', not ${IMAGE_VERSION}: wait for the ${ACCELERATOR} compile job of ${IMAGE_VERSION}, then release the pipeline again"
-    exit 0
+    echo "the promoted model at ${manifest_uri} was compiled by runtime image version '${compiled_by}', not ${IMAGE_VERSION}: promote the one its ${IMAGE_VERSION} compile job published" >&2
+    exit 1
   fi
-  MODEL_MANIFEST_SHA256=$(sha256sum <"${manifest}" | cut -d' ' -f1)
   chmod 600 "${credentials}"
   # The role's short-lived credentials, for the model download only (a BuildKit secret).
   aws configure export-credentials --format process >"${credentials}"

@@ -114,7 +114,7 @@ def add_deployment_stacks(scope: Construct, deployment: Deployment) -> Deploymen
             workload_roles.describe_images_statement(config),
         ],
     )
-    workload_roles.acknowledge_workload_role(publisher_identity.role, config, puts_metrics=True, reads_models=False)
+    workload_roles.acknowledge_workload_role(publisher_identity.role, config, puts_metrics=True)
     # Pod Identity injects credentials when a pod is admitted: the association must exist first.
     publisher_manifest = on_cluster.manifests[on_cluster.charts.inventory.node.id]
     publisher_manifest.node.add_dependency(publisher_identity)

@@ -59,7 +59,7 @@ def add_app_charts(cluster: ClusterStack, config: AppConfig) -> AppChartsOnClust
         workload_roles.acknowledge_workload_role(
             identity.role, config, puts_metrics=True, reads_token_key=config.auth.mode == "token"
         )
-    workload_roles.acknowledge_workload_role(compile_identity.role, config, puts_metrics=False)
+    workload_roles.acknowledge_workload_role(compile_identity.role, config, puts_metrics=False, reads_models=True)
 
     charts = add_charts(cdk8s.App(), config)
     whole = [chart for chart in charts.all if chart is not charts.compile_jobs]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from plan import model_artifacts, naming, versions
+from plan import naming, versions
 from plan.accelerators import ACCELERATORS, Accelerator
 from plan.config import AppConfig
 
@@ -62,7 +62,7 @@ BUILD_ARGS: Final = (
     "aws_region",
 )
 # Set by ci_build/build-image.sh at build time, not by the CodeBuild project.
-BUILDSPEC_COMPUTED_ARGS: Final = frozenset({"model_manifest_sha256"})
+BUILDSPEC_COMPUTED_ARGS: Final = frozenset({"model_s3_prefix", "model_manifest_sha256"})
 # The BuildKit secret that carries the CodeBuild role's short-lived credentials into the one
 # RUN that downloads the model (never a build arg, never in a layer).
 AWS_CREDENTIALS_SECRET_ID: Final = "aws_credentials"  # noqa: S105 - the secret's id, not a secret
@@ -141,11 +141,6 @@ def publisher_targets() -> tuple[ImageTarget, ...]:
     return tuple(ImageTarget(ACCELERATORS[PUBLISHER_BASE_ACCELERATOR], arch) for arch in PUBLISHER_ARCHES)
 
 
-def model_s3_prefix(config: AppConfig) -> str:
-    """``s3://<bucket>/models/<model>/<revision>``: the Dockerfile appends ``/<device>/``."""
-    return model_artifacts.model_prefix(naming.models_base_uri(config), config.model_id, config.model_revision)
-
-
 def build_arg_values(config: AppConfig, target: ImageTarget) -> dict[str, str]:
     """Build-argument values the CodeBuild project of ``target`` sets (all but the computed ones)."""
     return {
@@ -155,7 +150,6 @@ def build_arg_values(config: AppConfig, target: ImageTarget) -> dict[str, str]:
         "cuda_base_tag": versions.DLC_PYTORCH_INFERENCE_GPU_TAG,
         "neuron_base_tag": versions.DLC_PYTORCH_INFERENCE_NEURONX_TAG,
         "cpu_base_image": versions.CPU_BASE_IMAGE,
-        "model_s3_prefix": model_s3_prefix(config),
         "model_id": config.model_id,
         "model_revision": config.model_revision,
         "aws_region": config.region,

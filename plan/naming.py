@@ -45,7 +45,7 @@ def model_bucket_name(config: AppConfig) -> str:
 
 
 def models_base_uri(config: AppConfig) -> str:
-    """``s3://<model bucket>/models``: where compile jobs publish and image builds fetch from."""
+    """``s3://<model bucket>/models``: the parent of every cluster's artifact prefix."""
     return model_artifacts.models_base_uri(model_bucket_name(config))
 
 
@@ -77,3 +77,14 @@ def token_issuer(config: AppConfig) -> str:
 # SSM parameter holding the latest Bottlerocket data-volume snapshot id the image pipeline built
 # (nodeImage.buildSnapshot); set nodeImage.dataVolumeSnapshotId to its value.
 DATA_VOLUME_SNAPSHOT_PARAMETER: Final = f"/{BUILD_PREFIX}/bottlerocket/data-volume-snapshot-id"
+
+
+def cluster_models_base_uri(config: AppConfig) -> str:
+    """``s3://<model bucket>/models/<cluster>``: where this deployment's compile jobs publish, and the
+    only prefix its compile role may write (docs/adr/0016-serving-images-bake-only-promoted-models.md)."""
+    return model_artifacts.cluster_models_base_uri(model_bucket_name(config), config.cluster_name)
+
+
+def cluster_models_key_prefix(config: AppConfig) -> str:
+    """``models/<cluster>``: the key prefix of :func:`cluster_models_base_uri`."""
+    return model_artifacts.cluster_models_key_prefix(config.cluster_name)

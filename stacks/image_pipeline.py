@@ -10,11 +10,13 @@ list the charts deploy:
 
 Why two image stages: the model-free runtime images the compile jobs run, and the publisher, are
 published before anything that needs a compiled model, so a first release converges
-(docs/adr/0014-two-image-stages-so-a-first-release-converges.md).
+(docs/adr/0014-two-image-stages-so-a-first-release-converges.md). A serving build bakes only the
+artifact ``ci_build/promoted-models.json`` promotes, from the prefix of the cluster that compiled it
+(docs/adr/0016-serving-images-bake-only-promoted-models.md).
 
 :func:`pipeline_steps` describes every action as plain data; the stack turns it into CodeBuild
 projects, each allowed only what its step needs (push to the image repository, pull its one Deep
-Learning Container base, read its one model-bucket prefix), and the tests run the same buildspecs
+Learning Container base, read its model's artifact of its device), and the tests run the same buildspecs
 with the same environment against stub ``aws``/``docker``.
 """
 
@@ -69,6 +71,9 @@ IMAGE_STAGES: Final = (RUNTIME_STAGE, SERVING_STAGE)
 PIPELINE_STAGES: Final = (*IMAGE_STAGES, SNAPSHOT_STAGE)  # the snapshot stage only when configured
 BUILD_RUN_ORDER: Final = 1
 MANIFEST_RUN_ORDER: Final = 2
+# Build args ci_build/build-image.sh computes rather than the project setting them: the model's S3
+# prefix comes from the promotion it finds (the promoted cluster's), its sha256 from the promotion too.
+SCRIPT_COMPUTED_ARGS: Final = images.BUILDSPEC_COMPUTED_ARGS
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,14 @@ def pipeline_steps(
 
     def build(stage: str, target: ImageTarget, dockerfile_target: str, tag: str, name: str) -> PipelineStep:
         env = {
-            **{arg.upper(): value for arg, value in images.build_arg_values(config, target).items()},
+            **{
+                arg.upper(): value
+                for arg, value in images.build_arg_values(config, target).items()
+                if arg not in SCRIPT_COMPUTED_ARGS
+            },
+            # Every cluster's artifacts are under it; the promotion names the cluster (plan.model_artifacts).
+            "MODELS_BASE_URI": naming.models_base_uri(config),
+            "MODEL_PROMOTIONS": model_artifacts.PROMOTIONS_FILE,
             "TARGET": dockerfile_target,
             "IMAGE_TAG": tag,
             "IMAGE_VERSION": version,
@@ -418,10 +430,10 @@ class StepProject(Construct):
 
 
 def model_key_prefix(config: AppConfig, accelerator: Accelerator) -> str:
-    """The model-bucket key prefix of one accelerator's compiled artifact (plan.model_artifacts)."""
-    return model_artifacts.artifact_prefix(
-        model_artifacts.MODELS_PREFIX, config.model_id, config.model_revision, accelerator.device
-    )
+    """``models/*/<model>/<revision>/<device>/``: one accelerator's artifact of the model as any cluster
+    compiled it. Which cluster's the build reads is the promotion's choice, made in the pipeline's
+    source after this role exists; integrity comes from the promoted sha256, not from this scope."""
+    return model_artifacts.any_cluster_artifact_key_pattern(config.model_id, config.model_revision, accelerator.device)
 
 
 def grant_repositories(project: codebuild.IProject, repositories: Sequence[ecr.IRepository]) -> None:
@@ -435,7 +447,8 @@ def grant_repositories(project: codebuild.IProject, repositories: Sequence[ecr.I
 
 
 def grant_model_prefix(project: codebuild.IProject, bucket: s3.IBucket, prefix: str) -> None:
-    """Read one compiled artifact: list the prefix (`aws s3 sync`, the manifest lookup) and get its objects."""
+    """Read one compiled artifact: list its prefix (`aws s3 sync`, the manifest lookup) and get its
+    objects. Read only: no build writes the bucket."""
     project.add_to_role_policy(
         iam.PolicyStatement(
             sid="ListModelPrefix",
@@ -452,6 +465,7 @@ def grant_model_prefix(project: codebuild.IProject, bucket: s3.IBucket, prefix: 
     nag.acknowledge(
         project,
         nag.wildcard_resource_finding(f"arn:<AWS::Partition>:s3:::{bucket.bucket_name}/{prefix}*"),
-        "Read-only access to the objects of one compiled artifact: its manifest lists the files, whose "
-        "names the compile job chooses.",
+        "Read-only access to one device's compiled artifact of the model as each cluster published it: the "
+        "promotion in the pipeline's source picks the cluster at build time, and its manifest lists the files, "
+        "whose names the compile job chooses.",
     )

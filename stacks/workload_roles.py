@@ -1,11 +1,14 @@
 """The AWS side of the app's pods: what the serving and compile service accounts may do.
 
 Each serving Kubernetes Deployment's service account gets its own Pod Identity role that may publish
-the runtime's metrics (only into ``contract.METRIC_NAMESPACE``), read the compiled models and
-read the public half of the deployment's token-signing key (by its alias); a Local Zone
-Kubernetes Deployment's role may also read the one TLS secret its pods terminate HTTPS with. The compile
-jobs' service account may also write the models (``composition.app_charts`` creates the roles
-next to the charts whose pods use them).
+the runtime's metrics (only into ``contract.METRIC_NAMESPACE``) and read the public half of the
+deployment's token-signing key (by its alias); a Local Zone Kubernetes Deployment's role may also
+read the one TLS secret its pods terminate HTTPS with. Serving pods load the model baked into their
+image, so their roles read nothing in the model bucket. The compile jobs' service account may read
+and write its own cluster's artifact prefix, ``models/<cluster>/``, and nothing else of the bucket:
+no deployment can change what another one compiled, nor what the serving images are built from
+(docs/adr/0016-serving-images-bake-only-promoted-models.md). ``composition.app_charts`` creates the
+roles next to the charts whose pods use them.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from typing import Final
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 
-from plan import contract, model_artifacts, naming
+from plan import contract, naming
 from plan.config import AppConfig
 from plan.topology import Placement
 from stacks import nag
 
-MODELS_PREFIX: Final = f"{model_artifacts.MODELS_PREFIX}/"  # s3://<bucket>/models/: every artifact
 # Secrets Manager appends a hyphen and six random characters to a secret's name in its ARN: a
 # name-based ARN matches that one secret with exactly six "?" (Secrets Manager user guide,
 # "Resources: secret ARNs" in "Permissions policy examples").
@@ -40,25 +42,31 @@ def metrics_statement() -> iam.PolicyStatement:
     )
 
 
+def own_models_key_pattern(config: AppConfig) -> str:
+    """``models/<cluster>/*``: every key of this deployment's artifact prefix, and of no other's."""
+    return f"{naming.cluster_models_key_prefix(config)}/*"
+
+
 def read_models_statements(config: AppConfig) -> list[iam.PolicyStatement]:
+    """What the compile job reads of its own prefix: the listing (a manifest's presence, the files'
+    sizes) and the objects (the manifest, the publish lock)."""
     bucket = _bucket_arn(config)
+    pattern = own_models_key_pattern(config)
     return [
-        iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"{bucket}/{MODELS_PREFIX}*"]),
+        iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"{bucket}/{pattern}"]),
         iam.PolicyStatement(
-            actions=["s3:ListBucket"],
-            resources=[bucket],
-            conditions={"StringLike": {"s3:prefix": [f"{MODELS_PREFIX}*"]}},
+            actions=["s3:ListBucket"], resources=[bucket], conditions={"StringLike": {"s3:prefix": [pattern]}}
         ),
     ]
 
 
 def write_models_statement(config: AppConfig) -> iam.PolicyStatement:
-    """What a publish does under ``models/`` (``runtime.artifacts.s3.publish_s3``): upload, take the
-    old manifest off first and remove stale files last. S3 authorizes DeleteObjects per key as
+    """What a publish does under its own prefix (``runtime.artifacts.s3.publish_s3``): upload, take
+    the old manifest off first and remove stale files last. S3 authorizes DeleteObjects per key as
     s3:DeleteObject, and checks it before it looks for the key."""
     return iam.PolicyStatement(
         actions=["s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
-        resources=[f"{_bucket_arn(config)}/{MODELS_PREFIX}*"],
+        resources=[f"{_bucket_arn(config)}/{own_models_key_pattern(config)}"],
     )
 
 
@@ -104,8 +112,9 @@ def tls_secret_statement(config: AppConfig) -> iam.PolicyStatement:
 
 
 def serving_statements(config: AppConfig, placement: Placement) -> list[iam.PolicyStatement]:
-    """Everything one placement's serving pods call: metrics, models, the token key, its TLS secret."""
-    statements = [metrics_statement(), *read_models_statements(config)]
+    """Everything one placement's serving pods call: metrics, the token key, its TLS secret. Not the
+    model bucket: the pods load the model their image carries (charts.serving sets no model source)."""
+    statements = [metrics_statement()]
     if config.auth.mode == "token":
         statements.append(token_public_key_statement(config))
     if placement.location.is_local_zone and config.tls.local_zone_secret:
@@ -114,9 +123,10 @@ def serving_statements(config: AppConfig, placement: Placement) -> list[iam.Poli
 
 
 def acknowledge_workload_role(
-    role: iam.Role, config: AppConfig, *, puts_metrics: bool, reads_models: bool = True, reads_token_key: bool = False
+    role: iam.Role, config: AppConfig, *, puts_metrics: bool, reads_models: bool = False, reads_token_key: bool = False
 ) -> None:
-    """The wildcard findings a workload role carries, each with its reason."""
+    """The wildcard findings a workload role carries, each with its reason (``reads_models``: the
+    compile role's own artifact prefix)."""
     if puts_metrics:
         nag.acknowledge(
             role,
@@ -133,9 +143,10 @@ def acknowledge_workload_role(
         )
     if not reads_models:
         return
+    pattern = own_models_key_pattern(config)
     nag.acknowledge(
         role,
-        nag.wildcard_resource_finding(f"arn:<AWS::Partition>:s3:::{naming.model_bucket_name(config)}/{MODELS_PREFIX}*"),
-        "the objects under the models/ prefix of the model bucket, which the compile jobs write "
-        "as <model>/<revision>/<device>/ trees: no other prefix or bucket",
+        nag.wildcard_resource_finding(f"arn:<AWS::Partition>:s3:::{naming.model_bucket_name(config)}/{pattern}"),
+        f"the objects under this cluster's own prefix of the model bucket ({pattern}), which its compile jobs "
+        "write as <model>/<revision>/<device>/ trees: no other cluster's prefix, no other bucket",
     )

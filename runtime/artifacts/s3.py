@@ -1,4 +1,5 @@
-"""Artifacts under an S3 prefix: reading the manifest, publishing (manifest last) and downloading.
+"""Artifacts under an S3 prefix: reading the manifest, publishing (manifest last), downloading, and
+what promoting one records (``promotion_of``).
 
 Uploads carry each file's sha256 as object metadata, so a re-run sends only what changed; one
 writer at a time publishes a prefix (``publish_lock``).
@@ -7,6 +8,7 @@ boto3 is imported only when S3 is used: the artifacts CLI verifies local dirs wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,9 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
-from plan.model_artifacts import MANIFEST_NAME
+from plan.model_artifacts import (
+    IMAGE_VERSION_OPTION,
+    MANIFEST_NAME,
+    MODELS_PREFIX,
+    artifact_prefix,
+    cluster_models_key_prefix,
+)
 from runtime.artifacts.local import atomic_write, entry_problem, remove_unlisted, verify_dir
 from runtime.artifacts.manifest import ArtifactError, ArtifactSpec, Manifest, PublishResult
+from runtime.artifacts.promotions import Promotion
 
 log = logging.getLogger("edge_diffusion.artifacts")
 
@@ -113,7 +122,8 @@ def find_published_s3(uri: str, spec: ArtifactSpec, s3: S3Client) -> Manifest | 
     with its recorded size), else None; an unreadable manifest counts as absent.
 
     The prefix is listed before the manifest is read: S3 answers a GET of a missing key with 403,
-    not 404, unless the caller may list the bucket, and the compile role may list only ``models/``."""
+    not 404, unless the caller may list the bucket, and the compile role may list only its own
+    cluster's prefix."""
     bucket, prefix = parse_s3_uri(uri)
     keys = _list_keys(s3, bucket, prefix)
     if prefix + MANIFEST_NAME not in keys:
@@ -147,7 +157,8 @@ def publish_lock(
 ) -> Iterator[None]:
     """Hold the prefix's publish lock: an object created only if absent (S3 conditional write).
 
-    Compile jobs of several deployments may finish one model at once; interleaved publishes would
+    Two compile jobs of one cluster may publish one artifact at once (a replaced Job's old pods
+    still running, a retry next to a writer that lost its node); interleaved publishes would
     delete each other's files or pair a manifest with the other's. The second waits; a lock older
     than ``stale_after_s`` (its writer died) is taken over. Lock and release are conditional on the
     lock's ETag (S3 conditional deletes), so no writer removes a lock another writer holds.
@@ -286,3 +297,46 @@ def download(uri: str, dest: Path, s3: S3Client | None = None) -> Manifest:
     remove_unlisted(dest, manifest)
     atomic_write(dest / MANIFEST_NAME, manifest.to_json().encode())
     return verify_dir(dest)
+
+
+def promotion_of(uri: str, s3: S3Client) -> Promotion:
+    """What promoting the artifact at ``uri`` records: its cluster, what it was compiled for, and
+    the sha256 of its manifest exactly as stored (the bytes the image build checks).
+
+    ``uri`` must be a cluster's artifact, ``s3://<bucket>/models/<cluster>/<model>/<revision>/<device>/``,
+    complete (a manifest, and every file it lists with its size) and compiled with an image version.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    parts = prefix.split("/")
+    if len(parts) < 3 or parts[0] != MODELS_PREFIX:
+        raise ArtifactError(
+            f"{uri!r} is not a cluster's artifact; allowed: s3://<bucket>/{MODELS_PREFIX}/<cluster>/<model>/<revision>/<device>/"
+        )
+    keys = _list_keys(s3, bucket, prefix)
+    if prefix + MANIFEST_NAME not in keys:
+        raise ArtifactError(
+            f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}: no manifest (nothing published, or an upload was interrupted)"
+        )
+    body: bytes = s3.get_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)["Body"].read()
+    manifest = Manifest.from_json(body, origin=f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}")
+    spec = manifest.spec
+    try:
+        home = artifact_prefix(cluster_models_key_prefix(parts[1]), spec.model_id, spec.revision, spec.device)
+    except ValueError as exc:
+        raise ArtifactError(f"{uri!r}: {exc}") from None
+    if prefix != home:
+        place = artifact_prefix(f"{MODELS_PREFIX}/<cluster>", spec.model_id, spec.revision, spec.device)
+        raise ArtifactError(
+            f"{uri!r} is not where a cluster publishes {spec.describe()}; allowed: s3://{bucket}/{place}"
+        )
+    incomplete = next((f for f in manifest.files if keys.get(prefix + f.path) != f.size), None)
+    if incomplete is not None:
+        raise ArtifactError(
+            f"{SCHEME}{bucket}/{prefix}{incomplete.path}: missing, or not the {incomplete.size} bytes listed"
+        )
+    version = spec.options.get(IMAGE_VERSION_OPTION)
+    if not version:
+        raise ArtifactError(
+            f"{uri!r} was compiled without --image-version: no serving image version may carry it (compile it again)"
+        )
+    return Promotion(spec.model_id, spec.revision, spec.device, version, parts[1], hashlib.sha256(body).hexdigest())

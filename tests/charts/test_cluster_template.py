@@ -65,7 +65,7 @@ def test_charts_apply_after_their_dependencies_and_the_pod_identity_associations
             assert lid in resources[dependent]["DependsOn"], props["ServiceAccount"]
 
 
-def test_serving_roles_may_put_our_metrics_read_models_and_the_token_key_only(synth: Any, rendered: Rendered) -> None:
+def test_serving_roles_may_put_our_metrics_and_read_the_token_key_only(synth: Any, rendered: Rendered) -> None:
     template = synth.template_json(synth.stacks.cluster)
     resources = template["Resources"]
     roles_by_account = {
@@ -97,7 +97,7 @@ def test_serving_roles_may_put_our_metrics_read_models_and_the_token_key_only(sy
     for account in deployments:
         actions = actions_of(roles_by_account[account])
         # Default config: tokens on, no tls.localZoneSecret (so no secret to read).
-        assert set(actions) == {"cloudwatch:PutMetricData", "s3:GetObject", "s3:ListBucket", "kms:GetPublicKey"}
+        assert set(actions) == {"cloudwatch:PutMetricData", "kms:GetPublicKey"}
         condition = actions["cloudwatch:PutMetricData"]["Condition"]
         assert condition == {"StringEquals": {"cloudwatch:namespace": contract.METRIC_NAMESPACE}}
         alias = actions["kms:GetPublicKey"]["Condition"]["StringEquals"]["kms:RequestAlias"]
@@ -110,4 +110,5 @@ def test_serving_roles_may_put_our_metrics_read_models_and_the_token_key_only(sy
         "s3:AbortMultipartUpload",
         "s3:DeleteObject",
     }
-    assert "models/*" in json.dumps(compiler["s3:PutObject"]["Resource"])
+    own = f"{naming.cluster_models_key_prefix(synth.stacks.plan.selected.config)}/*"
+    assert own in json.dumps(compiler["s3:PutObject"]["Resource"])

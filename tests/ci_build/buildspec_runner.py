@@ -6,9 +6,11 @@ the next, so :func:`run_buildspec` runs each command in its own shell (the build
 end of the previous command (no shell functions, no unexported variables, no shell options).
 
 :func:`make_stubs` puts stub ``aws`` and ``docker`` on a PATH; they record their calls and keep a
-small registry (the tags pushed) and model bucket (the manifests compile jobs publish) on disk,
-so :func:`run_pipeline` can replay whole executions of the image pipeline
-(:func:`stacks.image_pipeline.pipeline_steps`, in stage and run order).
+small registry (the tags pushed) and model bucket (the manifests compile jobs publish, under each
+cluster's prefix) on disk, and a promotions file that stands in for the source's
+``ci_build/promoted-models.json`` (:meth:`Stubs.promote` records in it what ``python -m
+runtime.artifacts promote`` would), so :func:`run_pipeline` can replay whole executions of the
+image pipeline (:func:`stacks.image_pipeline.pipeline_steps`, in stage and run order).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 
 import yaml
 
-from plan import images
+from plan import model_artifacts, naming
 from plan.config import AppConfig
-from plan.model_artifacts import IMAGE_VERSION_OPTION
+from plan.model_artifacts import IMAGE_VERSION_OPTION, MANIFEST_NAME
 from runtime.artifacts.manifest import ArtifactSpec, Manifest, Shapes
+from runtime.artifacts.promotions import Promotion, record_promotion, write_promotions
 from runtime.compile.settings import DEVICE_DTYPES
 from stacks.codebuild_projects import PipelineStep
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
@@ -390,9 +393,48 @@ class Stubs:
         for tool in ("docker", "aws"):
             (self.root / f"{tool}.log").unlink(missing_ok=True)
 
-    def put_model(self, config: AppConfig, device: str, *, compiled_by: str | None = None) -> str:
-        """Publish a compiled model's manifest, as the compile job of runtime image version
-        ``compiled_by`` (default: the config's) does; returns its sha256."""
+    @property
+    def promotions(self) -> Path:
+        """The promotions file the builds read instead of the source's (which stays as committed)."""
+        return self.root / "promoted-models.json"
+
+    def env_for(self, step_env: Mapping[str, str]) -> dict[str, str]:
+        """A step's environment: the container's, its project's, and this test's promotions file."""
+        env = {**self.env, **step_env}
+        if "MODEL_PROMOTIONS" in step_env:
+            env["MODEL_PROMOTIONS"] = str(self.promotions)
+        return env
+
+    def model_uri(self, config: AppConfig, device: str, *, cluster: str | None = None, base: str | None = None) -> str:
+        """``s3://<bucket>/models/<cluster>/<model>/<revision>/<device>/``: where that cluster's compile
+        job publishes (default: ``config``'s own cluster); or that artifact under another ``base``."""
+        if base is None:
+            base = model_artifacts.cluster_models_base_uri(
+                naming.model_bucket_name(config), cluster or config.cluster_name
+            )
+        return model_artifacts.artifact_prefix(base, config.model_id, config.model_revision, device)
+
+    def model_path(
+        self, config: AppConfig, device: str, *, cluster: str | None = None, base: str | None = None
+    ) -> Path:
+        """The stub bucket's file of that manifest."""
+        uri = self.model_uri(config, device, cluster=cluster, base=base)
+        return self.root / "s3" / uri.removeprefix("s3://") / MANIFEST_NAME
+
+    def put_model(
+        self,
+        config: AppConfig,
+        device: str,
+        *,
+        cluster: str | None = None,
+        base: str | None = None,
+        compiled_by: str | None = None,
+        created_at: str = "",
+    ) -> str:
+        """Publish a compiled model's manifest as the compile job of ``cluster`` (default: ``config``'s;
+        ``base``: under that base instead, e.g. the old shared one) running runtime image version
+        ``compiled_by`` (default: the config's) does; returns its sha256. ``created_at`` tells two
+        compiles of one spec apart, as the compile job's timestamp does."""
         version = config.serving.image_version if compiled_by is None else compiled_by
         spec = ArtifactSpec(
             model_id=config.model_id,
@@ -403,17 +445,34 @@ class Stubs:
             versions={},
             options={IMAGE_VERSION_OPTION: version},
         )
-        manifest = Manifest(spec, files=()).to_json().encode()
-        path = self.root / "s3" / images.model_s3_prefix(config).removeprefix("s3://") / device / "manifest.json"
+        manifest = Manifest(spec, files=(), created_at=created_at).to_json().encode()
+        path = self.model_path(config, device, cluster=cluster, base=base)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(manifest)
         return hashlib.sha256(manifest).hexdigest()
+
+    def promote(self, config: AppConfig, device: str, *, cluster: str | None = None) -> Promotion:
+        """What ``python -m runtime.artifacts promote <that cluster's artifact>`` records (it reads the
+        manifest from S3; here from the stub bucket): the manifest's own spec and sha256."""
+        body = self.model_path(config, device, cluster=cluster).read_bytes()
+        spec = Manifest.from_json(body).spec
+        promotion = Promotion(
+            model_id=spec.model_id,
+            revision=spec.revision,
+            device=spec.device,
+            image_version=spec.options[IMAGE_VERSION_OPTION],
+            cluster=cluster or config.cluster_name,
+            manifest_sha256=hashlib.sha256(body).hexdigest(),
+        )
+        record_promotion(self.promotions, promotion)
+        return promotion
 
 
 def make_stubs(tmp_path: Path, repository_uri: str = REPOSITORY_URI) -> Stubs:
     root = tmp_path / "stubs"
     (root / "bin").mkdir(parents=True)
     (root / "registry").write_text("")
+    write_promotions(root / "promoted-models.json", ())  # as committed: nothing promoted
     for name, body in (("aws", AWS_STUB), ("docker", STUB_DOCKER)):
         path = root / "bin" / name
         path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
@@ -437,7 +496,7 @@ def steps_of(config: AppConfig) -> tuple[PipelineStep, ...]:
 
 def run_step(step: PipelineStep, stubs: Stubs) -> BuildspecRun:
     state = stubs.root / "runs" / step.action_name
-    return run_buildspec(load_buildspec(step.buildspec), {**stubs.env, **step.env}, ROOT, state)
+    return run_buildspec(load_buildspec(step.buildspec), stubs.env_for(step.env), ROOT, state)
 
 
 @dataclass

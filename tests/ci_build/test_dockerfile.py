@@ -184,11 +184,18 @@ def test_build_script_passes_every_build_arg_and_nothing_else() -> None:
 
 
 def test_every_build_arg_variable_has_a_source() -> None:
-    from plan.config import AppConfig
+    """Each build arg comes from the serving build's project, from CodeBuild, or from the script
+    itself (the promoted model's prefix and sha256), never from two of them."""
+    from plan.config import load_config
+    from stacks.image_pipeline import SCRIPT_COMPUTED_ARGS
+    from tests.ci_build.buildspec_runner import steps_of
+    from tests.conftest import plan_context
 
-    target = images.image_targets(["cpu"])[0]
-    from_project = {name.upper() for name in images.build_arg_values(AppConfig(), target)}
-    computed = {name.upper() for name in BUILDSPEC_COMPUTED_ARGS}
+    (step,) = [s for s in steps_of(load_config(plan_context())) if s.action_name == "Serve-cpu-arm64"]
+    from_project = set(step.env)
+    computed = {name.upper() for name in SCRIPT_COMPUTED_ARGS}
+    assert BUILDSPEC_COMPUTED_ARGS <= SCRIPT_COMPUTED_ARGS
+    assert not computed & from_project, "a value the script computes is not the project's to set"
     script = build_script()
     for variable in set(script_build_args().values()):
         assert variable in from_project | computed | CODEBUILD_BUILTIN_ENV, variable

@@ -26,6 +26,12 @@ Modeled, per API call (AWS service authorization reference, "Actions, resources,
 - KMS -> ``kms:<Operation>`` on the key's ARN however the request names it, with ``kms:RequestAlias``
   (the alias name, when KeyId is an alias name or alias ARN), ``kms:CallerAccount``, and for
   Sign/Verify ``kms:SigningAlgorithm`` and ``kms:MessageType``; the key policy must allow too.
+  Modeled operations: GetPublicKey, Sign, Verify, DescribeKey, and the ones that manage a key:
+  CreateGrant (no ``kms:Grant*`` condition key is modeled), PutKeyPolicy, ScheduleKeyDeletion.
+- KMS UpdateAlias/DeleteAlias -> the action on the alias ARN (IAM alone: an alias has no policy)
+  and on each key it names: the one it points at, and for UpdateAlias the new one.
+- Every request carries ``aws:PrincipalArn``: the workload's role ARN (AWS's value for a session
+  of an assumed role).
 - Secrets Manager GetSecretValue/DescribeSecret -> on the secret's full ARN, with
   ``secretsmanager:SecretId``/``VersionId``/``VersionStage``.
 - CloudWatch PutMetricData -> ``cloudwatch:PutMetricData`` on ``*`` with ``cloudwatch:namespace``.
@@ -49,7 +55,7 @@ import contextlib
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -204,6 +210,23 @@ def _kms(response: Any, operation: str) -> list[Request]:
     return [Request(f"kms:{operation}", f"kms:{operation}", arn, context, frozenset(modeled))]
 
 
+def _kms_alias(response: Any, operation: str) -> list[Request]:
+    from moto.kms.models import kms_backends
+
+    backend = kms_backends[response.current_account][response.region]
+    alias = str(response._get_param("AliasName"))
+    current = backend.get_key_id_from_alias(alias)
+    if current is None:
+        raise UnmodeledError(f"kms:{operation} names {alias!r}, which is no alias here (AWS answers NotFound)")
+    context = {**_secure(response), "kms:calleraccount": (response.current_account,)}
+    modeled = frozenset({"kms:calleraccount", "kms:viaservice"})
+    action = f"kms:{operation}"
+    alias_arn = f"arn:aws:kms:{response.region}:{response.current_account}:{alias}"
+    keys = [current, *([str(response._get_param("TargetKeyId"))] if operation == "UpdateAlias" else [])]
+    arns = [backend.describe_key(key).arn for key in keys]
+    return [Request(action, action, arn, context, modeled) for arn in (alias_arn, *dict.fromkeys(arns))]
+
+
 def _secretsmanager(response: Any, operation: str) -> list[Request]:
     from moto.secretsmanager.models import secretsmanager_backends
 
@@ -239,11 +262,25 @@ _DYNAMODB_OPERATIONS: Final = ("PutItem", "UpdateItem", "DeleteItem", "GetItem",
 SERVICES: Final[Mapping[tuple[str, str], Callable[[Any, str], list[Request]]]] = {
     **{("dynamodb", op): _dynamodb for op in _DYNAMODB_OPERATIONS},
     **{("kms", op): _kms for op in ("GetPublicKey", "Sign", "Verify", "DescribeKey")},
+    **{("kms", op): _kms for op in ("CreateGrant", "PutKeyPolicy", "ScheduleKeyDeletion")},
+    **{("kms", op): _kms_alias for op in ("UpdateAlias", "DeleteAlias")},
     **{("secretsmanager", op): _secretsmanager for op in ("GetSecretValue", "DescribeSecret")},
     **{("ecr", op): _ecr for op in ("DescribeImages", "BatchGetImage", "ListImages", "GetAuthorizationToken")},
     ("cloudwatch", "PutMetricData"): _put_metric_data,
     ("sts", "GetCallerIdentity"): lambda response, operation: [],  # needs no permission
 }
+
+
+PRINCIPAL_ARN_KEY: Final = "aws:principalarn"
+
+
+def with_principal_arn(request: Request, role_arn: str) -> Request:
+    """``request`` with the global ``aws:PrincipalArn`` of a session of ``role_arn``: the role's ARN."""
+    return replace(
+        request,
+        context={**request.context, PRINCIPAL_ARN_KEY: (role_arn,)},
+        modeled=request.modeled | {PRINCIPAL_ARN_KEY},
+    )
 
 
 def authorizations(response: Any, moto_resource: str) -> list[Request]:
@@ -427,7 +464,7 @@ class AwsHarness:
         documents = [_document(p) for p in iam_request._access_key.collect_policies()]
         denied = False
         try:
-            requests = authorizations(response, moto_resource)
+            requests = [with_principal_arn(r, workload.arn) for r in authorizations(response, moto_resource)]
         except UnmodeledError as exc:
             self.problems.append(f"{workload.name}: {exc}")
             requests, denied = [], True
@@ -448,6 +485,8 @@ class AwsHarness:
         if request.action.startswith("s3:"):
             bucket = request.resource.removeprefix("arn:aws:s3:::").split("/", 1)[0]
             return self.bucket_policies.get(bucket), False
+        if request.action.startswith("kms:") and ":alias/" in request.resource:
+            return None, False  # an alias has no policy of its own: IAM alone decides
         if request.action.startswith("kms:"):
             if request.resource not in self.key_policies:
                 raise UnmodeledError(f"no key policy known for {request.resource} (KMS requires one)")

@@ -5,8 +5,9 @@ and ``docker`` of ``tests.ci_build.buildspec_runner``; each recorded call is map
 authorizes (:mod:`tests.iam.ci_calls`) and evaluated against that project's role policies and the
 model bucket's policy with :func:`tests.iam.policy.decide` (moto's evaluator ignores conditions such
 as ``s3:prefix``: see :mod:`tests.iam.policy`). Two pipeline runs: before any compile (serving builds
-stop after listing the model prefix) and after one per device (they read the manifest, export the
-role's credentials and download the model in the build).
+find no promoted model and read nothing) and after one per device, promoted (they list and read the
+promoted cluster's manifest, export the role's credentials and download the model in the build); and
+a run where two clusters compiled, which reads the promoted one's prefix only.
 
 Not covered: the data-volume snapshot stage (``build-data-volume-snapshot.sh``); the session's
 config does not build it, and its EC2/SSM calls are not mapped (:mod:`tests.iam.ci_calls` reports
@@ -22,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from plan import images
+from plan import images, naming
 from plan.config import load_config
+from plan.deployments import load_plan
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
-from tests.conftest import ROOT, Synth, plan_context
+from tests.conftest import FIXTURE_DEPLOYMENTS, ROOT, Synth, plan_context
 from tests.iam.ci_calls import Context, aws_requests, docker_requests
 from tests.iam.harness import ACCOUNT
 from tests.iam.policy import Principal, Request, UnmodeledError, decide
@@ -122,10 +124,7 @@ def run_pipeline(
     for project in projects:
         stubs.reset_logs()
         run = run_buildspec(
-            load_buildspec(project.buildspec),
-            {**stubs.env, **project.env},
-            ROOT,
-            tmp_path / "runs" / project.action,
+            load_buildspec(project.buildspec), stubs.env_for(project.env), ROOT, tmp_path / "runs" / project.action
         )
         assert run.returncode == 0, f"{project.action}: {run.stderr}"
         ctx = Context(
@@ -163,9 +162,10 @@ def two_pipeline_runs(
     evaluated, failures = run_pipeline(projects, bucket_policies, stubs, tmp_path / "first")
     config = load_config(plan_context())
     serving = [p for p in projects if p.env.get("TARGET") == images.SERVE_TARGET]
-    assert {p.env["MODEL_S3_PREFIX"] for p in serving} == {images.model_s3_prefix(config)}
+    assert {p.env["MODELS_BASE_URI"] for p in serving} == {naming.models_base_uri(config)}
     for device in sorted({p.env["MODEL_DEVICE"] for p in serving}):
         stubs.put_model(config, device)
+        stubs.promote(config, device)
     more, also = run_pipeline(projects, bucket_policies, stubs, tmp_path / "second")
     return evaluated + more, failures + also
 
@@ -219,3 +219,32 @@ def test_a_serving_build_without_its_list_grant_is_denied_naming_project_action_
         in first
     )
     assert "[aws s3api list-objects-v2 --bucket edge-diffusion-models-123456789012-us-west-2 --prefix models/" in first
+
+
+def test_serving_builds_read_only_the_promoted_clusters_artifact_as_their_role(
+    templates: Templates, tmp_path: Path
+) -> None:
+    """Dev and staging both compiled every device; staging's are promoted. Every S3 request of every
+    serving build, the one inside the Docker build included, is for staging's artifact, and allowed."""
+    projects, bucket_policies = pipeline_projects(templates)
+    (repository,) = {p.env["REPOSITORY_URI"] for p in projects}
+    stubs = make_stubs(tmp_path, repository_uri=repository)
+    config = load_config(plan_context())
+    staging = load_plan({**plan_context(), "deployment": "dev"}, FIXTURE_DEPLOYMENTS).named("staging").config
+    serving = [p for p in projects if p.env.get("TARGET") == images.SERVE_TARGET]
+    devices = sorted({p.env["MODEL_DEVICE"] for p in serving})
+    for device in devices:
+        stubs.put_model(config, device, created_at="compiled on dev")
+        stubs.put_model(config, device, cluster=staging.cluster_name, created_at="compiled on staging")
+        stubs.promote(config, device, cluster=staging.cluster_name)
+    evaluated, failures = run_pipeline(projects, bucket_policies, stubs, tmp_path / "run")
+    assert not failures, "\n".join(failures)
+    reads = [e for e in evaluated if e.project in serving and e.request.action.startswith("s3:")]
+    assert {e.request.action for e in reads} == {"s3:ListBucket", "s3:GetObject"}
+    for e in reads:
+        device = e.project.env["MODEL_DEVICE"]
+        promoted = stubs.model_uri(config, device, cluster=staging.cluster_name).split("/", 3)[3]
+        listed = e.request.action == "s3:ListBucket"
+        where = e.request.context["s3:prefix"][0] if listed else e.request.resource.split("/", 1)[1]
+        assert where.startswith(promoted), (e.project.action, e.command, where)
+    assert {e.project.action for e in reads} == {p.action for p in serving}

@@ -1,22 +1,38 @@
 """The compile job (``python -m runtime.compile`` with a compile Job's arguments from the cluster
 template) as the model-compiler Pod Identity role: publish, skip, republish after an upgrade (a
-changed file sent, a removed one deleted), and read back, every S3 call authorized as AWS would."""
+changed file sent, a removed one deleted), and read back, every S3 call authorized as AWS would.
+Each deployment's compile role writes its own cluster's prefix only: another deployment's compile
+role (staging's, from the deploy pipeline's stage) is denied it, and so is the old shared prefix."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 import runtime.compile.export as export_module
 import runtime.compile.job as job_module
+from plan import model_artifacts
 from plan.model_artifacts import MANIFEST_NAME
 from runtime.artifacts.s3 import read_remote_manifest
-from runtime.artifacts.store import find_published
+from runtime.artifacts.store import artifact_uri, find_published
 from runtime.compile.__main__ import main
+from tests.conftest import Synth
 from tests.iam.conftest import World
-from tests.iam.templates import Pod, RolePolicies
-from tests.iam.workloads import FIRST_ARTIFACT, SECOND_ARTIFACT, compile_job, destination, fake_export, pod_env
+from tests.iam.harness import Workload
+from tests.iam.templates import Pod, RolePolicies, pod_identity_role, pods, role_policies
+from tests.iam.workloads import (
+    FIRST_ARTIFACT,
+    SECOND_ARTIFACT,
+    arg,
+    compile_job,
+    destination,
+    fake_export,
+    pod_env,
+)
 
 
 def run_compile_job(
@@ -91,3 +107,81 @@ def test_without_s3_delete_object_the_compile_job_fails_naming_workload_action_a
         "[s3:DeleteObject]"
     )
     assert "AccessDenied" in capsys.readouterr().err  # the job's own one line: it exits 1
+
+
+# --- one deployment's compile cannot touch another's artifacts (docs/adr/0016) --------------------------
+
+
+@pytest.fixture(scope="module")
+def staging_cluster(synth: Synth) -> dict[str, Any]:
+    """The staging deployment's cluster template: a stage of the session synth's deploy pipeline."""
+    return synth.template_json(synth.stacks.pipeline["staging"].cluster)
+
+
+def staging_compile_job(world: World, template: dict[str, Any]) -> tuple[Pod, Workload]:
+    """Staging's cuda compile Job and its role, beside the world's (dev's) in the same account."""
+    (job,) = [p for p in pods(template, "Job") if arg(p.container.args, "--device") == "cuda"]
+    resolver = world.aws.resolver(template)
+    role = role_policies(template, pod_identity_role(template, job.namespace, job.service_account), resolver)
+    renamed = replace(role, logical_id=f"Staging{role.logical_id}")  # both templates name it alike; moto keeps one
+    return job, world.aws.add_workload(f"staging {job.service_account}", renamed)
+
+
+def write_elsewhere_as(world: World, job: Pod, role: Workload, out: str, key: str) -> tuple[list[object], list[str]]:
+    """As ``job``'s ``role``: the real job publishing under ``out``, then a PutObject and a DeleteObject
+    of ``key``. Returns the job's exit code and each call's error code, and the harness's denial lines."""
+    codes: list[object] = []
+    args = list(job.container.args)
+    args[args.index("--out") + 1] = out
+    bucket = world.bucket
+    with pytest.raises(AssertionError) as denied, world.aws.acting_as(role, pod_env(job)) as aws:
+        codes.append(main(args))
+        s3 = aws.client("s3")
+        for call, kwargs in ((s3.put_object, {"Body": b"{}"}), (s3.delete_object, {})):
+            try:
+                call(Bucket=bucket, Key=key, **kwargs)
+                codes.append("done")
+            except ClientError as exc:
+                codes.append(exc.response["Error"]["Code"])
+    return codes, str(denied.value).splitlines()
+
+
+def test_each_deployment_compiles_into_a_prefix_of_its_own(world: World, staging_cluster: dict[str, Any]) -> None:
+    dev, (staging, _) = compile_job(world), staging_compile_job(world, staging_cluster)
+    outs = {arg(job.container.args, "--out").rstrip("/") + "/" for job in (dev, staging)}
+    shared = model_artifacts.models_base_uri(world.bucket) + "/"  # where every compile job published before
+    assert len(outs) == 2 and shared not in outs, outs
+    assert not any(a != b and a.startswith(b) for a in outs for b in outs), "one prefix inside the other"
+    assert all(out.startswith(shared) for out in outs), "the model bucket's models/ prefix"
+
+
+def test_a_compile_role_is_denied_another_deployments_prefix_and_the_old_shared_one(
+    world: World, staging_cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Staging publishes its artifact as its role; dev's compile role can neither publish over it
+    (the real job, pointed there) nor put or delete one of its keys, nor write the old shared prefix."""
+    staging, staging_role = staging_compile_job(world, staging_cluster)
+    monkeypatch.setattr(job_module, "export", fake_export(FIRST_ARTIFACT))
+    with world.aws.acting_as(staging_role, pod_env(staging)):
+        assert main(list(staging.container.args)) == 0
+    published = destination(staging)
+    before = read_remote_manifest(published)
+    assert before is not None
+
+    dev, bucket = compile_job(world), world.bucket
+    dev_role = world.pod_workload(dev)
+    monkeypatch.setattr(job_module, "export", fake_export(SECOND_ARTIFACT))
+    denial = "denied by its role's policies (no statement allows it)"
+    for out in (arg(staging.container.args, "--out"), model_artifacts.models_base_uri(bucket)):
+        args = dev.container.args
+        target = artifact_uri(out, arg(args, "--model"), arg(args, "--revision"), arg(args, "--device"))
+        key = target.removeprefix(f"s3://{bucket}/") + MANIFEST_NAME
+        codes, lines = write_elsewhere_as(world, dev, dev_role, out, key)
+        assert codes == [1, "AccessDenied", "AccessDenied"], out
+        assert lines == [
+            f"model-compiler: s3:ListBucket on arn:aws:s3:::{bucket} {denial} [s3:ListObjectsV2]",
+            f"model-compiler: s3:PutObject on arn:aws:s3:::{bucket}/{key} {denial} [s3:PutObject]",
+            f"model-compiler: s3:DeleteObject on arn:aws:s3:::{bucket}/{key} {denial} [s3:DeleteObject]",
+        ], out
+        assert "AccessDenied" in capsys.readouterr().err  # the job's own one line
+    assert read_remote_manifest(published) == before  # staging's artifact as staging published it

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from tests.iam.conftest import OPAQUE_TYPES, Templates, World
 from tests.iam.policy import Principal, Request, UnmodeledError, decide, wildcard_match
 from tests.iam.templates import Resolver, TemplateError, resources, settle
-from tests.iam.workloads import compile_job
+from tests.iam.workloads import arg, compile_job
 
 SERVING = "stable-diffusion-nvidia"
 NO_STATEMENT = "denied by its role's policies (no statement allows it)"
@@ -38,7 +38,6 @@ def test_conditions_of_the_serving_role_are_evaluated(world: World) -> None:
             Namespace="EdgeDiffusion", MetricData=[{"MetricName": "m", "Value": 1}]
         )
         session.client("kms").get_public_key(KeyId="alias/edge-diffusion-token-signing")
-        session.client("s3").list_objects_v2(Bucket=world.bucket, Prefix="models/x/")
 
     assert denied_lines(
         world,
@@ -56,14 +55,31 @@ def test_conditions_of_the_serving_role_are_evaluated(world: World) -> None:
     ) == [f"{SERVING}: s3:ListBucket on {bucket} {NO_STATEMENT} [s3:ListObjectsV2]"]
 
 
+def own_prefix(world: World) -> str:
+    """``models/<cluster>``: the compile job's ``--out`` within the bucket, all its role may write."""
+    return arg(compile_job(world).container.args, "--out").removeprefix(f"s3://{world.bucket}/")
+
+
+def test_the_compile_roles_prefix_condition_is_evaluated(world: World) -> None:
+    workload = world.pod_workload(compile_job(world))
+    with world.aws.acting_as(workload) as session:  # its own prefix: listed
+        session.client("s3").list_objects_v2(Bucket=world.bucket, Prefix=f"{own_prefix(world)}/x/")
+    bucket = f"arn:aws:s3:::{world.bucket}"
+    for prefix in ("models/another-cluster/x/", "models/"):
+        assert denied_lines(
+            world, workload, lambda s, p=prefix: s.client("s3").list_objects_v2(Bucket=world.bucket, Prefix=p)
+        ) == [f"model-compiler: s3:ListBucket on {bucket} {NO_STATEMENT} [s3:ListObjectsV2]"], prefix
+
+
 def test_delete_objects_is_authorized_per_key(world: World) -> None:
     workload = world.pod_workload(compile_job(world))
     s3 = world.aws.client("s3")
-    for key in ("models/a", "other/b"):
+    own = f"{own_prefix(world)}/a"
+    for key in (own, "other/b"):
         s3.put_object(Bucket=world.bucket, Key=key, Body=b"x")
     with pytest.raises(AssertionError) as report, world.aws.acting_as(workload) as session:
         answer = session.client("s3").delete_objects(
-            Bucket=world.bucket, Delete={"Objects": [{"Key": "models/a"}, {"Key": "other/b"}], "Quiet": True}
+            Bucket=world.bucket, Delete={"Objects": [{"Key": own}, {"Key": "other/b"}], "Quiet": True}
         )
         assert {e["Code"] for e in answer["Errors"]} == {"AccessDenied"}  # HTTP 200: a caller must read Errors
     assert str(report.value) == (
@@ -73,13 +89,14 @@ def test_delete_objects_is_authorized_per_key(world: World) -> None:
 
 
 def test_a_missing_key_needs_list_bucket_without_a_prefix_condition(world: World) -> None:
-    workload = world.pod_workload(world.pod("Deployment", SERVING))
-    lines = denied_lines(
-        world, workload, lambda s: s.client("s3").get_object(Bucket=world.bucket, Key="models/none/manifest.json")
-    )
+    """The compile role may get its own prefix's keys and list them by prefix; a missing key still
+    answers 403, since its s3:ListBucket is conditioned on s3:prefix."""
+    workload = world.pod_workload(compile_job(world))
+    key = f"{own_prefix(world)}/none/manifest.json"
+    lines = denied_lines(world, workload, lambda s: s.client("s3").get_object(Bucket=world.bucket, Key=key))
     assert lines == [
-        f"{SERVING}: s3:ListBucket on arn:aws:s3:::{world.bucket} denied by its role's policies (no statement allows "
-        "it) [s3:GetObject of a missing key: 403 AccessDenied, not 404, unless it may s3:ListBucket]"
+        f"model-compiler: s3:ListBucket on arn:aws:s3:::{world.bucket} denied by its role's policies (no statement "
+        "allows it) [s3:GetObject of a missing key: 403 AccessDenied, not 404, unless it may s3:ListBucket]"
     ]
 
 

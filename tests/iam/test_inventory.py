@@ -53,9 +53,12 @@ def lax_slice(*, second_ready: bool) -> dict[str, Any]:
     return endpoint_slice("sd-lax-1", "sd-lax", {"p1": ("lz-1", True), "p2": ("lz-2", second_ready)})
 
 
+ENDPOINTS_TABLE = "edge-diffusion-endpoints"
+
+
 def stored(world: World) -> list[str]:
-    (table,) = world.tables
-    items = world.aws.client("dynamodb").scan(TableName=table)["Items"]
+    assert ENDPOINTS_TABLE in world.tables
+    items = world.aws.client("dynamodb").scan(TableName=ENDPOINTS_TABLE)["Items"]
     return sorted(item[api.ATTR_ENDPOINT_ID]["S"] for item in items)
 
 
@@ -106,7 +109,7 @@ def test_the_publisher_writes_deletes_and_puts_metrics_then_the_read_api_serves_
     assert [len(b["endpoints"]) for b in bodies] == [2, 1, 2]
     assert bodies[0]["auth"] == "token"
     queried = {c.request.resource for c in world.aws.authorized(workload.name, "dynamodb:Query")}
-    assert queried == {f"arn:aws:dynamodb:us-west-2:123456789012:table/{world.tables[0]}"}
+    assert queried == {f"arn:aws:dynamodb:us-west-2:123456789012:table/{ENDPOINTS_TABLE}"}
 
 
 def test_the_token_route_signs_with_the_key_as_its_role_and_the_token_verifies(

@@ -53,7 +53,7 @@ def compile_job(world: World, device: str = "cuda") -> Pod:
 
 
 def destination(job: Pod) -> str:
-    """Where the job publishes: ``s3://<bucket>/models/<model>/<revision>/<device>/``."""
+    """Where the job publishes: ``s3://<bucket>/models/<cluster>/<model>/<revision>/<device>/``."""
     args = job.container.args
     return artifact_uri(arg(args, "--out"), arg(args, "--model"), arg(args, "--revision"), arg(args, "--device"))
 

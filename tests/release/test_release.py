@@ -6,6 +6,7 @@ the negative tests show each check catches the design it guards against."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,6 @@ import pytest
 import yaml
 
 from plan import contract, naming
-from plan.accelerators import ACCELERATORS
 from plan.deployments import DEFAULT_DEPLOYMENT, load_plan
 from stacks.image_pipeline import IMAGE_STAGES, pipeline_steps
 from tests.ci_build.buildspec_runner import Stubs, load_buildspec, make_stubs, run_buildspec
@@ -25,6 +25,7 @@ from tests.release.rehearsal import Account, MakeDeploy, ReleaseError, Stack
 
 DEPLOY_PIPELINE = "EdgeDiffusion-DeployPipeline"
 WORKSTATION = "dev"
+DEVICES = ("cpu", "cuda", "neuron")  # what the session's accelerators compile for
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ class ImageRegistry:
             for order in sorted({s.run_order for s in steps if s.stage == stage}):
                 for step in (s for s in steps if s.stage == stage and s.run_order == order):
                     state = self.stubs.root / "runs" / f"{len(before)}-{step.action_name}"
-                    run = run_buildspec(load_buildspec(step.buildspec), {**self.stubs.env, **step.env}, ROOT, state)
+                    run = run_buildspec(load_buildspec(step.buildspec), self.stubs.env_for(step.env), ROOT, state)
                     if run.returncode:
                         raise ReleaseError(f"image pipeline: {step.action_name} failed: {run.stderr.strip()[-300:]}")
         return sorted(set(self.stubs.published()) - before)
@@ -261,17 +262,47 @@ def registry(synth: Synth, tmp_path: Path) -> ImageRegistry:
     return ImageRegistry(config=config, stubs=make_stubs(tmp_path, uri), repository_uri=uri)
 
 
-def compile_models(registry: ImageRegistry, stacks: dict[str, Stack]) -> list[str]:
-    """What the compile Jobs do once their pods run: publish each device's model to the bucket."""
-    compiled = {w.name.split("-")[1] for _, w in workloads_of(stacks) if w.name.startswith("compile-")}
-    devices = sorted(ACCELERATORS[accelerator].device for accelerator in compiled)
-    for device in devices:
-        registry.stubs.put_model(registry.config, device)
-    return devices
+def compile_outputs(stacks: dict[str, Stack]) -> dict[str, list[tuple[str, str]]]:
+    """Cluster stack -> ``(--out, --device)`` of each compile Job it applies."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for stack in cluster_stacks(stacks):
+        manifests = [
+            r["Properties"]["Manifest"]
+            for r in stack.template["Resources"].values()
+            if r["Type"] == rehearsal.MANIFEST_TYPE
+        ]
+        for obj in (o for m in manifests if isinstance(m, str) for o in json.loads(m)):
+            if obj["kind"] == "Job" and obj["apiVersion"].startswith("batch.volcano.sh"):
+                args = obj["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["args"]
+                found.setdefault(stack.name, []).append((arg(args, "--out"), arg(args, "--device")))
+    return found
+
+
+def arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def compile_models(registry: ImageRegistry, stacks: dict[str, Stack]) -> dict[str, list[str]]:
+    """What the compile Jobs do once their pods run: each cluster's publish each device's model under
+    the cluster's own prefix. Returns cluster name -> the devices it compiled."""
+    base = naming.models_base_uri(registry.config) + "/"
+    compiled: dict[str, list[str]] = {}
+    for outputs in compile_outputs(stacks).values():
+        for out, device in outputs:
+            cluster = out.removeprefix(base)
+            assert out.startswith(base) and cluster and "/" not in cluster, out  # a prefix of its own
+            registry.stubs.put_model(registry.config, device, cluster=cluster, created_at=f"compiled on {cluster}")
+            compiled.setdefault(cluster, []).append(device)
+    return {cluster: sorted(devices) for cluster, devices in compiled.items()}
+
+
+def first_pipeline_cluster(synth: Synth) -> str:
+    """The cluster of the deploy pipeline's first stage: the one this rehearsal trusts to compile for all."""
+    return str(synth.stacks.plan.pipeline[0].config.cluster_name)
 
 
 def test_first_release_has_every_image_before_a_pod_needs_it(
-    stacks: dict[str, Stack], make: MakeDeploy, registry: ImageRegistry
+    stacks: dict[str, Stack], make: MakeDeploy, registry: ImageRegistry, synth: Synth
 ) -> None:
     account = Account()
     for stack in rehearsal.stacks_named(stacks, make.build_stacks):
@@ -283,12 +314,39 @@ def test_first_release_has_every_image_before_a_pod_needs_it(
     # A Kubernetes Deployment whose image is not built yet waits behind the gate the publisher opens once it
     # is: a pod that cannot pull must not make Karpenter launch (and bill) an accelerator node.
     assert ungated_pods_without_images(registry, stacks) == []
-    assert compile_models(registry, stacks) == ["cpu", "cuda", "neuron"]
-    second = registry.run_pipeline()  # "release the pipeline again"
+    compiled = compile_models(registry, stacks)
+    assert len(compiled) == len(cluster_stacks(stacks)) and all(
+        devices == list(DEVICES) for devices in compiled.values()
+    ), compiled
+    assert registry.run_pipeline() == []  # compiled, not promoted: no serving image carries it
+    trusted = first_pipeline_cluster(synth)
+    for device in compiled[trusted]:  # `python -m runtime.artifacts promote`, committed, pushed
+        registry.stubs.promote(registry.config, device, cluster=trusted)
+    second = registry.run_pipeline()  # the push releases the pipeline again
     assert {t.rpartition("-")[2] for t in second} >= {"nvidia", "neuron", "cpu"}, second
     # Every Kubernetes Deployment (serving, publisher) now pulls an image that exists.
     assert missing_images(registry, stacks, jobs_only=False) == []
     assert registry.run_pipeline() == []  # a pipeline run with nothing changed rebuilds nothing
+
+
+def test_models_left_under_the_old_shared_prefix_are_never_baked(
+    stacks: dict[str, Stack], registry: ImageRegistry, synth: Synth
+) -> None:
+    """An account released before compile jobs had prefixes of their own: the bucket (retained, and
+    adopted again after a destroy) still holds what any cluster could write under ``models/<model>/``.
+    The next release builds its serving images only from what it promotes, from a cluster's prefix."""
+    config, stubs = registry.config, registry.stubs
+    legacy = {device: stubs.put_model(config, device, base=naming.models_base_uri(config)) for device in DEVICES}
+    first = registry.run_pipeline()
+    assert first and all("-runtime" in tag or "-publisher" in tag for tag in first), first
+    compiled = compile_models(registry, stacks)
+    trusted = first_pipeline_cluster(synth)
+    promoted = {stubs.promote(config, device, cluster=trusted).manifest_sha256 for device in compiled[trusted]}
+    assert registry.run_pipeline()
+    baked = {
+        b.split("--build-arg model_manifest_sha256=")[1].split()[0] for b in stubs.builds() if "--target serve" in b
+    }
+    assert baked == promoted and not baked & set(legacy.values())
 
 
 # --- The rehearsal catches the old designs ---------------------------------------------------

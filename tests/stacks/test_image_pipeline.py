@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from plan import images, topology, versions
+from plan import images, model_artifacts, topology, versions
 from plan.accelerators import ACCELERATORS
 from plan.config import AppConfig, load_config
 from stacks.codebuild_projects import PipelineStep
@@ -19,10 +19,11 @@ from stacks.image_pipeline import (
     MANIFEST_RUN_ORDER,
     MANIFEST_SPEC,
     RUNTIME_STAGE,
+    SCRIPT_COMPUTED_ARGS,
     SERVING_STAGE,
     ImagePipelineStack,
 )
-from tests.conftest import PLAN_ACCOUNT, Synth, plan_context
+from tests.conftest import PLAN_ACCOUNT, ROOT, Synth, plan_context
 from tests.stacks.pipeline_templates import (
     action_projects,
     as_list,
@@ -157,14 +158,17 @@ def test_build_projects_set_every_build_arg(template: dict[str, Any], config: Ap
             if (t.accelerator.name, t.arch) == (env["ACCELERATOR"], env["ARCH"])
         )
         for name, value in images.build_arg_values(config, target).items():
+            if name in SCRIPT_COMPUTED_ARGS:  # the promoted model's prefix and digest: the build finds them
+                assert name.upper() not in env, name
+                continue
             assert env[name.upper()] == value, name
         assert env["MODEL_DEVICE"] == target.accelerator.device
         assert env["IMAGE_TAG"].startswith(f"{config.serving.image_version}-")
         assert env["BUILDKIT_IMAGE"] == versions.BUILDKIT_IMAGE
         assert env["BUILDKIT_IMAGE"].startswith("public.ecr.aws/"), "no anonymous Docker Hub pull"
-        assert env["MODEL_S3_PREFIX"] == (
-            f"s3://edge-diffusion-models-{PLAN_ACCOUNT}-us-west-2/models/{config.model_id}/main"
-        )
+        assert env["MODELS_BASE_URI"] == f"s3://edge-diffusion-models-{PLAN_ACCOUNT}-us-west-2/models"
+        assert env["MODEL_PROMOTIONS"] == model_artifacts.PROMOTIONS_FILE
+        assert (ROOT / env["MODEL_PROMOTIONS"]).is_file(), "the build reads it from the pipeline's source"
 
 
 def test_no_project_copies_images_to_other_repositories(template: dict[str, Any]) -> None:
@@ -204,9 +208,11 @@ def test_builds_push_to_the_image_and_cache_repositories_only(template: dict[str
             assert f':ecr:{config.region}:{versions.DLC_REGISTRY_ACCOUNT}:repository/{repository}"' in arn
 
 
-def test_only_serving_builds_read_the_model_bucket_one_device_prefix(
+def test_only_serving_builds_read_the_model_bucket_their_devices_artifacts(
     template: dict[str, Any], config: AppConfig
 ) -> None:
+    """A serving build may read its device's artifact of the model under any cluster's prefix (the
+    promotion picks one at build time), nothing else of the bucket, and write nothing."""
     for _, project in action_projects(template).values():
         env = project_env(project)
         statements = policy_statements_of(template, project)
@@ -215,7 +221,7 @@ def test_only_serving_builds_read_the_model_bucket_one_device_prefix(
             assert model == [], env.get("IMAGE_TAG", env.get("LIST_TAG"))
             continue
         device = ACCELERATORS[env["ACCELERATOR"]].device
-        prefix = f"models/{config.model_id}/{config.model_revision}/{device}/"
+        prefix = f"models/*/{config.model_id}/{config.model_revision}/{device}/"
         by_sid = {s.get("Sid"): s for s in statements}
         assert by_sid["ListModelPrefix"]["Action"] == "s3:ListBucket"
         assert by_sid["ListModelPrefix"]["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}*"]}}

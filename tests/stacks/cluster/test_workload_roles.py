@@ -1,4 +1,4 @@
-"""What the serving pods' roles may do beyond metrics and models: the token key's public half by
+"""What the serving pods' roles may do beyond metrics (they read no model: it is in their image): the token key's public half by
 its alias, and in a Local Zone with TLS the one certificate secret (stacks.workload_roles)."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_local_zone_serving_roles_read_the_tls_secret_and_regional_ones_do_not()
     assert {p.location.is_local_zone for p in placements} == {True, False}
     for placement in placements:
         actions = by_action(rendered(workload_roles.serving_statements(config, placement)))
-        expected = {"cloudwatch:PutMetricData", "s3:GetObject", "s3:ListBucket", "kms:GetPublicKey"}
+        expected = {"cloudwatch:PutMetricData", "kms:GetPublicKey"}
         if placement.location.is_local_zone:
             expected.add("secretsmanager:GetSecretValue")
             resource = json.dumps(actions["secretsmanager:GetSecretValue"]["Resource"])
@@ -56,8 +56,8 @@ def test_local_zone_serving_roles_read_the_tls_secret_and_regional_ones_do_not()
         assert set(actions) == expected, placement.name
 
 
-def test_without_tokens_or_tls_serving_roles_keep_metrics_and_models() -> None:
+def test_without_tokens_or_tls_serving_roles_keep_metrics_only() -> None:
     config = load_config({**cdk_json_context(), "auth": {"mode": "none"}})
     for placement in topology.placements(config):
         actions = by_action(rendered(workload_roles.serving_statements(config, placement)))
-        assert set(actions) == {"cloudwatch:PutMetricData", "s3:GetObject", "s3:ListBucket"}
+        assert set(actions) == {"cloudwatch:PutMetricData"}
