@@ -1,5 +1,7 @@
-"""What the serving pods' roles may do beyond metrics (they read no model: it is in their image): the token key's public half by
-its alias, and in a Local Zone with TLS the one certificate secret (stacks.workload_roles)."""
+"""What the serving pods' roles may do beyond metrics (they read no model: it is in their image).
+
+The token key's public half by its alias, and in a Local Zone with TLS the one certificate secret
+(stacks.workload_roles)."""
 
 from __future__ import annotations
 
