@@ -20,7 +20,7 @@ from constructs import Construct
 
 from charts import inventory
 from charts.serving import PORT_NAME
-from plan import topology
+from plan import contract, topology
 from plan.config import AppConfig
 from plan.topology import Placement
 
@@ -201,12 +201,18 @@ class AwsApiEgress(_Policy):
 
 
 class ServingIngress(_Policy):
-    """One placement's pods accept their port, and only it: from the devices' networks in a Local
-    Zone (NodePort with externalTrafficPolicy Local keeps the device's address), from the ALB in
-    the Region (target type ip: it connects, and health-checks, from its nodes in the public
-    subnets, not from the devices). Kubelet probes come from the node, which the agent always
-    admits. Nothing in the cluster connects to them: the publisher reads readiness from
-    EndpointSlices, not from the pods."""
+    """One placement's pods accept their serving port from the devices' networks in a Local Zone
+    (NodePort with externalTrafficPolicy Local keeps the device's address) and from the ALB in the
+    Region (target type ip: it connects, and health-checks, from its nodes in the public subnets,
+    not from the devices); their metrics port from pods of the cluster only (a Prometheus in any
+    namespace), never from an address outside it. Kubelet probes come from the node, which the
+    agent always admits. The publisher reads readiness from EndpointSlices, not from the pods.
+
+    The metrics rule names the port by number: for a peer given by selectors, controller releases
+    before its resolveIngressPorts resolve a named port against each *source* pod and leave out every
+    pod without a port of that name, as a Prometheus pod is (getMatchingPodAddresses in
+    aws/amazon-network-policy-controller-k8s pkg/resolvers/endpoints.go); a number means the same in
+    every release, and EKS picks the controller's."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig, placement: Placement) -> None:
         sources = (
@@ -214,13 +220,15 @@ class ServingIngress(_Policy):
             if placement.location.is_local_zone
             else [_cidr(cidr) for cidr in alb_subnet_cidrs(config)]
         )
-        rule = k8s.NetworkPolicyIngressRule(from_=sources, ports=[_port(PORT_NAME)])
+        serving = k8s.NetworkPolicyIngressRule(from_=sources, ports=[_port(PORT_NAME)])
+        every_pod = k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector())  # all namespaces' pods
+        metrics = k8s.NetworkPolicyIngressRule(from_=[every_pod], ports=[_port(contract.METRICS_PORT)])
         super().__init__(
             scope,
             construct_id,
             name=f"ingress-{placement.name}",
             selected=placement.selector_labels,
-            ingress=[rule],
+            ingress=[serving, metrics],
             policy_types=("Ingress",),
         )
 

@@ -24,7 +24,17 @@ from plan import contract, naming, topology
 from plan.config import AppConfig
 from plan.topology import Placement
 
-PORT_NAME: Final = "http"  # the pods' one port (HTTP, or HTTPS in a Local Zone with tls.localZoneSecret)
+PORT_NAME: Final = "http"  # the pods' serving port (HTTP, or HTTPS in a Local Zone with tls.localZoneSecret)
+# /metrics on a port of its own (plain HTTP): a named container port that no Service lists, so neither
+# the ALB nor a NodePort reaches it; charts.network_policies admits it from pods of the cluster only.
+METRICS_PORT_NAME: Final = "metrics"
+# Prometheus's kubernetes_sd pod discovery reads these (the conventional scrape configuration keeps
+# pods annotated scrape "true" and scrapes the annotated port and path).
+PROMETHEUS_ANNOTATIONS: Final = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(contract.METRICS_PORT),
+    "prometheus.io/path": contract.METRICS_PATH,
+}
 INGRESS_NAME: Final = "stable-diffusion"
 # The ALB controller reads the forward action of a backend named "use-annotation" from
 # the annotation alb.ingress.kubernetes.io/actions.<this name>.
@@ -73,6 +83,14 @@ class ServingSettings:
     pre_stop_sleep_s: int = 15
     metrics_sink: str = "cloudwatch"  # PutMetricData per interval: KEDA reads it directly
     alb_idle_timeout_s: int = 180  # a batch of large images can take minutes
+    # Behind the ALB a pod keeps an idle connection open longer than the ALB does (the ALB's advice for
+    # targets): the ALB, not the pod, closes it, and never sends a request on a connection the pod just
+    # closed (a 502). Devices in a Local Zone get the server's short default.
+    alb_keep_alive_margin_s: int = 5
+
+    @property
+    def regional_keep_alive_s(self) -> int:
+        return self.alb_idle_timeout_s + self.alb_keep_alive_margin_s
 
     @property
     def termination_grace_s(self) -> int:
@@ -156,7 +174,10 @@ class ServingChart(cdk8s.Chart):
                 ),
                 progress_deadline_seconds=self.settings.probes.startup_budget_s + 600,
                 revision_history_limit=5,
-                template=k8s.PodTemplateSpec(metadata=k8s.ObjectMeta(labels=labels), spec=self._pod_spec(placement)),
+                template=k8s.PodTemplateSpec(
+                    metadata=k8s.ObjectMeta(labels=labels, annotations=dict(PROMETHEUS_ANNOTATIONS)),
+                    spec=self._pod_spec(placement),
+                ),
             ),
         )
         annotations = {contract.ANNOTATION_MODEL: self.config.model_id}
@@ -224,11 +245,14 @@ class ServingChart(cdk8s.Chart):
             contract.ENV_DRAIN_TIMEOUT_S: str(settings.drain_s),
             contract.ENV_HOST: "0.0.0.0",  # noqa: S104 - the pod's own network namespace
             contract.ENV_PORT: str(contract.PORT),
+            contract.ENV_METRICS_PORT: str(contract.METRICS_PORT),
             contract.ENV_UI: "1" if serving.ui else "0",
             **auth_env(config),
         }
         if tls:
             env[contract.ENV_TLS_SECRET_ID] = config.tls.local_zone_secret
+        if not placement.location.is_local_zone:
+            env[contract.ENV_KEEP_ALIVE_S] = str(settings.regional_keep_alive_s)
 
         def http_probe(path: str, period: int, failures: int) -> k8s.Probe:
             # The kubelet does not verify the certificate of an HTTPS probe: the pod's own name
@@ -257,7 +281,10 @@ class ServingChart(cdk8s.Chart):
                     name="server",
                     image=topology.image_uri(config, accelerator),
                     image_pull_policy="IfNotPresent",
-                    ports=[k8s.ContainerPort(name=PORT_NAME, container_port=contract.PORT, protocol="TCP")],
+                    ports=[
+                        k8s.ContainerPort(name=PORT_NAME, container_port=contract.PORT, protocol="TCP"),
+                        k8s.ContainerPort(name=METRICS_PORT_NAME, container_port=contract.METRICS_PORT, protocol="TCP"),
+                    ],
                     env=pods.env_vars(env),
                     resources=pods.resources(accelerator, settings.resources),
                     security_context=pods.container_security_context(),

@@ -21,6 +21,17 @@ IMAGES_PATH: Final = "/v1/images"
 HEALTH_PATH: Final = "/healthz"  # liveness: the process answers
 READY_PATH: Final = "/readyz"  # readiness: model loaded, warmed, not draining
 METRICS_PATH: Final = "/metrics"  # Prometheus exposition
+# /metrics has a listener of its own (plain HTTP): the pods name it as a container port that no
+# Service exposes, and the NetworkPolicies admit it from pods of the cluster only.
+METRICS_PORT: Final = 9090
+ENV_METRICS_PORT: Final = "EDGE_DIFFUSION_METRICS_PORT"  # 0 = any free port (tests, several local servers)
+ENV_DOCS: Final = "EDGE_DIFFUSION_DOCS"  # 1 = serve /docs and /openapi.json (pods: off)
+# Hostile connections (runtime.server.transport): connections held at once, and how long a request
+# head (TLS handshake included), a body and an idle keep-alive connection may take.
+ENV_MAX_CONNECTIONS: Final = "EDGE_DIFFUSION_MAX_CONNECTIONS"
+ENV_HEADER_TIMEOUT_S: Final = "EDGE_DIFFUSION_HEADER_TIMEOUT_S"
+ENV_BODY_TIMEOUT_S: Final = "EDGE_DIFFUSION_BODY_TIMEOUT_S"
+ENV_KEEP_ALIVE_S: Final = "EDGE_DIFFUSION_KEEP_ALIVE_S"  # > the ALB's idle timeout behind an ALB
 UI_PATH: Final = "/ui"  # Gradio UI mounted on the same app
 DOCS_PATH: Final = "/docs"
 REQUEST_ID_HEADER: Final = "X-Request-Id"
@@ -38,6 +49,11 @@ ENV_MAX_BATCH: Final = "EDGE_DIFFUSION_MAX_BATCH"
 ENV_MAX_WAIT_MS: Final = "EDGE_DIFFUSION_MAX_WAIT_MS"
 ENV_QUEUE_SIZE: Final = "EDGE_DIFFUSION_QUEUE_SIZE"
 ENV_REQUEST_TIMEOUT_S: Final = "EDGE_DIFFUSION_REQUEST_TIMEOUT_S"
+# Admission (runtime.server.admission): the largest width/height a request may ask for (unset: the
+# served size), and per client (the token's sub) the requests in flight and the request rate.
+ENV_MAX_IMAGE_SIZE: Final = "EDGE_DIFFUSION_MAX_IMAGE_SIZE"
+ENV_CLIENT_MAX_IN_FLIGHT: Final = "EDGE_DIFFUSION_CLIENT_MAX_IN_FLIGHT"
+ENV_CLIENT_RATE_PER_MIN: Final = "EDGE_DIFFUSION_CLIENT_RATE_PER_MIN"
 ENV_METRICS_SINK: Final = "EDGE_DIFFUSION_METRICS_SINK"  # emf|cloudwatch|none
 ENV_AWS_REGION: Final = "AWS_REGION"
 
@@ -61,10 +77,12 @@ METRIC_NAMESPACE: Final = "EdgeDiffusion"
 METRIC_PENDING_REQUESTS: Final = "PendingRequests"
 METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
 METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
-# The oldest serving.imageVersion whose runtime these charts work with: its inventory publisher opens
-# the serving pods' image scheduling gate (SCHEDULING_GATE_IMAGE); an older publisher would leave
-# every new serving pod unscheduled. Raised with every change of what the charts ask of the images.
-OLDEST_IMAGE_VERSION: Final = "1.1.0"
+# The oldest serving.imageVersion whose runtime these charts work with: its server answers /metrics
+# on METRICS_PORT only (the charts scrape that port and expose no other) and reads the connection
+# settings the charts set; since 1.1.0 its inventory publisher opens the serving pods' image
+# scheduling gate (SCHEDULING_GATE_IMAGE). Raised with every change of what the charts ask of the
+# images: tags are immutable, so an account that has the old tag would keep the old runtime.
+OLDEST_IMAGE_VERSION: Final = "1.2.0"
 
 
 # Metric dimensions (docs/adr/0015-published-names-change-with-a-migration.md). Serving metrics and

@@ -156,7 +156,7 @@ class LocalServer:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                ["bash", "-c", f"exec env {line} --port {self.port} {' '.join(extra)}"],
+                ["bash", "-c", f"exec env {line} --port {self.port} --metrics-port 0 {' '.join(extra)}"],
                 cwd=ROOT,
                 env=_env(),
                 stdout=out,
@@ -444,8 +444,8 @@ def _untrusted_certificate(tmp_path: Path) -> list[str]:
         server.shutdown()
 
 
-def _deadline_passed(tmp_path: Path) -> list[str]:
-    """A 504 of the tiny server with a deadline no request meets."""
+def _over_deadline(tmp_path: Path) -> list[str]:
+    """The 422 of the tiny server with a deadline no request meets: refused up front, not after it."""
     server = LocalServer()
     try:
         server.ensure(tmp_path / "server.log", "--request-timeout-s", "0.001", "--no-ui")
@@ -455,7 +455,7 @@ def _deadline_passed(tmp_path: Path) -> list[str]:
         )
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(request, timeout=60)
-        assert answer.value.code == 504
+        assert answer.value.code == 422
         return [json.loads(answer.value.read())["error"]]
     finally:
         server.stop()
@@ -475,7 +475,7 @@ PRODUCERS: Final[dict[str, Callable[[Path], list[str]]]] = {
     "FAIL local zone": lambda _: _zone_not_opted_in(),
     "request rejected (401)": lambda _: _expired_token(),
     "TLS verification failed": _untrusted_certificate,
-    "request deadline": _deadline_passed,
+    "steps: ": _over_deadline,
     "python -m runtime.client: error:": lambda _: _client_without_httpx(),
 }
 

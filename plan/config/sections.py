@@ -193,8 +193,8 @@ class ServingConfig:
     def _refusals(self) -> Iterator[Refusal]:
         if _version(self.image_version) < _version(contract.OLDEST_IMAGE_VERSION):
             allowed = (
-                f"a version like {contract.OLDEST_IMAGE_VERSION} or later: these charts need that runtime (its "
-                "publisher opens the serving pods' image gate); run the image pipeline for it before you deploy"
+                f"a version like {contract.OLDEST_IMAGE_VERSION} or later: these charts need that runtime (it "
+                "serves /metrics on a port of its own); run the image pipeline for it before you deploy"
             )
             yield refusal("image_version", self.image_version, allowed)
         if self.min_replicas > self.max_replicas:

@@ -59,12 +59,14 @@ class LevelResult:
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, float | None]:
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, float | None, int | None]:
+    """(status, the server's pipeline ms, images in the device call that made this one)."""
     conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     resp.read()
     inference = resp.getheader("X-Inference-Ms")
-    return resp.status, float(inference) if inference else None
+    batch = resp.getheader("X-Batch-Size")
+    return resp.status, float(inference) if inference else None, int(batch) if batch and batch.isdigit() else None
 
 
 def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], config: str) -> LevelResult:
@@ -72,18 +74,23 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
 
     The clock starts once every client is connected: thread start-up and TCP handshakes are
     the load generator's cost, not the server's, and would otherwise split the first batch.
+    The mean batch is images per device call, from each answer's X-Batch-Size: a request answered
+    from a call of b images is 1/b of that call, so calls = sum(1/b) over the answers (exact when
+    these clients are the server's only traffic, each asking one image).
     """
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     latencies: list[float] = []
     inference: list[float] = []
     errors = 0
+    calls = 0.0  # device calls the answered requests came from (sum of 1 / X-Batch-Size)
+    batched = 0  # answered requests that said their batch size
     lock = threading.Lock()
     counter = iter(range(requests))
     connected = threading.Barrier(concurrency + 1)
 
     def client() -> None:
-        nonlocal errors
+        nonlocal errors, calls, batched
         conn = http.client.HTTPConnection(host, port, timeout=300)
         try:
             conn.connect()
@@ -97,22 +104,24 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
             payload = json.dumps({**body, "seed": i}).encode()
             started = time.perf_counter()
             try:
-                status, server_ms = _post(conn, contract.IMAGES_PATH, payload)
+                status, server_ms, batch = _post(conn, contract.IMAGES_PATH, payload)
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = http.client.HTTPConnection(host, port, timeout=300)
-                status, server_ms = 0, None
+                status, server_ms, batch = 0, None, None
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 if status == 200:
                     latencies.append(elapsed)
                     if server_ms is not None:
                         inference.append(server_ms)
+                    if batch:
+                        calls += 1 / batch
+                        batched += 1
                 else:
                     errors += 1
         conn.close()
 
-    before = _batch_metrics(url)
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for t in threads:
         t.start()
@@ -121,29 +130,8 @@ def run_level(url: str, concurrency: int, requests: int, body: dict[str, Any], c
     for t in threads:
         t.join()
     seconds = time.perf_counter() - started
-    after = _batch_metrics(url)
-    mean_batch = None
-    if before and after and after[1] > before[1]:
-        mean_batch = (after[0] - before[0]) / (after[1] - before[1])
+    mean_batch = batched / calls if calls else None
     return LevelResult(config, concurrency, requests, errors, seconds, latencies, mean_batch, inference)
-
-
-def _batch_metrics(url: str) -> tuple[float, float] | None:
-    """(sum, count) of the server's batch-size histogram, to report the mean batch per level."""
-    parsed = urllib.parse.urlparse(url)
-    try:
-        conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=10)
-        conn.request("GET", contract.METRICS_PATH)
-        text = conn.getresponse().read().decode()
-        conn.close()
-    except OSError:
-        return None
-    values = {}
-    for line in text.splitlines():
-        for suffix in ("_sum", "_count"):
-            if line.startswith(contract.PROM_BATCH_SIZE + suffix + " "):
-                values[suffix] = float(line.split()[1])
-    return (values["_sum"], values["_count"]) if len(values) == 2 else None
 
 
 def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -175,10 +163,14 @@ def start_server(
     log_path: str,
     args: Sequence[str] = ("--metrics-sink", "none", "--no-ui", "--auth", "none"),
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m runtime.server --model <model>` on a free loopback port with `args`; returns once ready."""
+    """`python -m runtime.server --model <model>` on a free loopback port with `args`; returns once ready.
+
+    Its metrics listener takes any free port: servers started side by side do not collide on it.
+    """
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_overrides}
-    cmd = [sys.executable, "-m", "runtime.server", "--model", model, "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "runtime.server", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--metrics-port", "0", *args]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

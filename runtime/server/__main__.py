@@ -1,11 +1,13 @@
 """``python -m runtime.server``: settings from the contract's environment (flags override), then serve.
 
 Before serving, the TLS certificate (files or Secrets Manager) and the token public key (file
-or KMS) are read and checked once; any problem is one line and exit 2, never a server that
-answers plain HTTP or accepts every token. uvicorn then starts at once (so /healthz answers
-during a long model load) while the model loads and warms in the background; only then is the
-server ready. SIGTERM flips /readyz to 503, refuses new work, finishes what was accepted, and
-exits 0.
+or KMS) are read and checked once, the open-file limit is raised and checked to hold every
+connection the server may accept, and both ports are bound; any problem is one line and exit 2,
+never a server that answers plain HTTP, accepts every token or runs out of file descriptors.
+uvicorn then starts at once (so /healthz answers during a long model load) while the model loads
+and warms in the background; only then is the server ready. /metrics answers on a port of its own
+(plain HTTP) from the start. SIGTERM flips /readyz to 503, refuses new work, finishes what was
+accepted, and exits 0. Connections are guarded by runtime.server.transport.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -21,38 +25,100 @@ from typing import Any
 import uvicorn
 
 from plan import contract
-from runtime.server.app import create_app
+from runtime.server import transport
+from runtime.server.app import create_app, create_metrics_app
 from runtime.server.auth import verifier_from_settings
 from runtime.server.service import ImageService
 from runtime.server.settings import Settings
 from runtime.server.tls import context_from_settings
-from runtime.settings import SettingsError, error_exit
+from runtime.settings import SettingsError, error_exit, refusal
 
 log = logging.getLogger("runtime.server")
+
+
+class SideServer(uvicorn.Server):
+    """A uvicorn.Server that another one starts and stops on its own event loop: no signal handlers
+    and no lifespan of its own (the metrics listener)."""
+
+    async def start(self, listener: socket.socket) -> None:
+        if not self.config.loaded:
+            self.config.load()
+        self.lifespan = self.config.lifespan_class(self.config)
+        await self.startup(sockets=[listener])
+
+    async def stop(self, listener: socket.socket) -> None:
+        if self.started:
+            await self.shutdown(sockets=[listener])
 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose first SIGTERM drains (readiness off, finish accepted work), then exits 0.
 
-    A second SIGTERM, or SIGINT, falls back to uvicorn's own shutdown.
+    A second SIGTERM, or SIGINT, falls back to uvicorn's own shutdown. It serves on ``listener`` and
+    runs the metrics listener beside it on the same loop, from before the app starts to after it stops.
     """
 
-    def __init__(self, config: uvicorn.Config, service: ImageService) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service: ImageService,
+        listener: transport.Listener,
+        metrics: SideServer,
+        metrics_listener: transport.Listener,
+    ) -> None:
         super().__init__(config)
         self.service = service
+        self.listener = listener
+        self.metrics = metrics
+        self.metrics_listener = metrics_listener
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_requested = False
+        self._folded = transport.FoldedWarnings(listener.limiter.events)
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.getsockname()[1])
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.metrics_listener.getsockname()[1])
+
+    def urls(self) -> dict[str, str]:
+        """Where the UI, the API docs and the metrics are, or that they are off: what startup prints."""
+        host = self.config.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        base = f"{'https' if self.listener.limiter.ssl_context else 'http'}://{host}:{self.port}"
+        settings = self.service.settings
+        return {
+            "UI": f"{base}{contract.UI_PATH}/" if settings.ui else "off (--ui)",
+            "API docs": f"{base}{contract.DOCS_PATH}" if settings.docs else "off (--docs)",
+            "metrics": f"http://{host}:{self.metrics_port}{contract.METRICS_PATH}",
+        }
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
+        self._loop.set_exception_handler(transport.accept_error_handler(self.listener.limiter.events))
+        logging.getLogger("uvicorn.error").addFilter(self._folded)
+        await self.metrics.start(self.metrics_listener)
+        await super().startup(sockets=[self.listener])
         if self.started:
-            host = self.config.host
-            host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
-            base = f"{'https' if self.config.is_ssl else 'http'}://{host}:{self.config.port}"
-            ui = f"{base}{contract.UI_PATH}/" if self.service.settings.ui else "(UI disabled)"
-            print(f"Edge Diffusion UI: {ui}  API docs: {base}{contract.DOCS_PATH}", flush=True)
+            urls = self.urls()
+            log.info("serving on port %d, metrics on port %d", self.port, self.metrics_port)
+            print(
+                f"Edge Diffusion UI: {urls['UI']}  API docs: {urls['API docs']}  metrics: {urls['metrics']}",
+                flush=True,
+            )
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        try:
+            await super().shutdown(sockets=[self.listener])
+        finally:
+            await self.metrics.stop(self.metrics_listener)
+            for limiter in (self.listener.limiter, self.metrics_listener.limiter):
+                limiter.events.flush()
+            logging.getLogger("uvicorn.error").removeFilter(self._folded)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and not self._drain_requested and self._loop is not None:
@@ -71,6 +137,65 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def connection_limits(settings: Settings) -> tuple[transport.ConnectionLimits, transport.ConnectionLimits]:
+    """The API listener's limits (the settings') and the metrics listener's (a few connections)."""
+    api = transport.ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+    )
+    metrics = transport.ConnectionLimits(
+        max_connections=transport.METRICS_MAX_CONNECTIONS,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+    )
+    return api, metrics
+
+
+def open_listeners(
+    settings: Settings, ssl_context: ssl.SSLContext | None
+) -> tuple[transport.Listener, transport.Listener]:
+    """The file budget checked, then both ports bound; SettingsError (one line) when either fails."""
+    api_limits, metrics_limits = connection_limits(settings)
+    log.info(transport.ensure_file_budget(api_limits, [metrics_limits]))
+    api = transport.ConnectionLimiter("api", api_limits, ssl_context)
+    metrics = transport.ConnectionLimiter("metrics", metrics_limits)
+    bound: list[transport.Listener] = []
+    for limiter, env, port in (
+        (api, contract.ENV_PORT, settings.port),
+        (metrics, contract.ENV_METRICS_PORT, settings.metrics_port),
+    ):
+        try:
+            bound.append(transport.listen(settings.host, port, limiter))
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            detail = f"cannot listen on {settings.host}:{port} ({exc.strerror or exc})"
+            raise refusal(env, port, "a free port on this host", detail) from None
+    return bound[0], bound[1]
+
+
+def build_server(
+    settings: Settings, app: Any, listener: transport.Listener, metrics_listener: transport.Listener
+) -> DrainingServer:
+    """The API server on ``listener`` with the metrics server beside it, both under their limiters."""
+    service: ImageService = app.state.service
+    config = transport.uvicorn_config(
+        app, listener.limiter, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan=True
+    )
+    metrics_config = transport.uvicorn_config(
+        create_metrics_app(service),
+        metrics_listener.limiter,
+        host=settings.host,
+        port=settings.metrics_port,
+        log_level=settings.log_level,
+        lifespan=False,
+    )
+    return DrainingServer(config, service, listener, SideServer(metrics_config), metrics_listener)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_args(argv)
@@ -82,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ssl_context = context_from_settings(settings)
         verifier = verifier_from_settings(settings)
+        listener, metrics_listener = open_listeners(settings, ssl_context)
     except SettingsError as exc:
         return error_exit(Settings.PROG, exc)
     if verifier is None:
@@ -91,17 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.port,
         )
     app = create_app(settings, verifier=verifier)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,  # no "server: uvicorn" on every answer
-        # Our context (runtime.server.tls: TLS 1.2+, checked pair), not one uvicorn builds from files.
-        ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context is not None else None,
-    )
-    DrainingServer(config, app.state.service).run()
+    build_server(settings, app, listener, metrics_listener).run()
     return 0
 
 

@@ -6,7 +6,10 @@ unexpected failed; every response carries an X-Request-Id. In token mode the inf
 and, when mounted, the whole UI need a bearer token (runtime.server.auth says what stays open):
 a plain browser cannot send one, so the UI is for auth none (``make serve``), a client that sends
 the header (``gradio_client.Client(..., headers=...)``) or a proxy that adds it.
-/docs serves Swagger UI from runtime/server/static: it works offline and calls no CDN.
+/docs (Swagger UI from runtime/server/static: it works offline and calls no CDN) and /openapi.json
+exist only with the docs setting on (``make serve``); pods describe their API to nobody.
+/metrics is not on this app: ``create_metrics_app`` serves it on a listener of its own, which the
+charts keep inside the cluster.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 from plan import contract
@@ -45,6 +52,8 @@ _REQUEST_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 STATIC_PATH: Final = f"{contract.DOCS_PATH}/static"
 OPENAPI_PATH: Final = "/openapi.json"
+# Prometheus text exposition 0.0.4: what every Prometheus version scrapes (the names are all legacy-safe).
+METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -131,14 +140,16 @@ def _one_line(text: str, limit: int = 80) -> str:
     return " ".join(text.split())[:limit]
 
 
-def _http_error(request: Request, exc: StarletteHTTPException) -> ApiError:
-    """Starlette's own refusals (no route, wrong method, ...) in the API's one error shape."""
+def _http_error(request: Request, exc: StarletteHTTPException, docs: bool) -> ApiError:
+    """Starlette's own refusals (no route, wrong method, ...) in the API's one error shape; they point
+    at /docs only when it is served."""
     path = _one_line(request.url.path)
     headers = dict(exc.headers or {})
     if exc.status_code == 404:
-        return ApiError(404, f"path: {path!r} not found; the API is described at {contract.DOCS_PATH}", "path", headers)
+        described = f"; the API is described at {contract.DOCS_PATH}" if docs else ""
+        return ApiError(404, f"path: {path!r} not found{described}", "path", headers)
     if exc.status_code == 405:
-        allowed = headers.get("Allow") or headers.get("allow") or "see " + contract.DOCS_PATH
+        allowed = headers.get("Allow") or headers.get("allow") or ("see " + contract.DOCS_PATH if docs else "none")
         return ApiError(
             405, f"method: {request.method} is not allowed on {path}; allowed: {allowed}", "method", headers
         )
@@ -190,7 +201,7 @@ def create_app(settings: Settings, backend: Backend | None = None, verifier: Tok
         version="1",
         description="Hardware-agnostic Stable Diffusion inference (CUDA, Neuron, CPU) with dynamic batching.",
         lifespan=lifespan,
-        openapi_url=OPENAPI_PATH,
+        openapi_url=OPENAPI_PATH if settings.docs else None,
         docs_url=None,  # served by _mount_docs from local files
         redoc_url=None,  # ReDoc would load its script from a CDN
     )
@@ -208,7 +219,7 @@ def create_app(settings: Settings, backend: Backend | None = None, verifier: Tok
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(request, _http_error(request, exc))
+        return _error_response(request, _http_error(request, exc, settings.docs))
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -222,7 +233,8 @@ def create_app(settings: Settings, backend: Backend | None = None, verifier: Tok
         return _error_response(request, ApiError(500, f"internal error ({type(exc).__name__})"))
 
     app.include_router(build_router(service, verifier, rejected_token))
-    _mount_docs(app)
+    if settings.docs:
+        _mount_docs(app)
     if settings.ui:
         from runtime.server.ui import mount_ui
 
@@ -235,3 +247,16 @@ def create_app(settings: Settings, backend: Backend | None = None, verifier: Tok
     app.add_middleware(AnswerCounter, record=service.cloudwatch.record_answer)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a refused token's too, has an id
     return app
+
+
+def create_metrics_app(service: ImageService) -> Starlette:
+    """The metrics listener's app: ``GET /metrics`` (Prometheus text 0.0.4 of ``service``) and nothing else.
+
+    No token: the port it listens on is reachable from pods of the cluster only (charts/network_policies.py),
+    never through a Service, the ALB or a NodePort.
+    """
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(service.prom.registry), media_type=METRICS_MEDIA_TYPE)
+
+    return Starlette(routes=[Route(contract.METRICS_PATH, metrics, methods=["GET"])])

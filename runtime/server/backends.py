@@ -15,6 +15,8 @@ import glob
 import logging
 import math
 import os
+import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -25,6 +27,7 @@ from typing import Any, Final
 import numpy as np
 
 from plan import contract
+from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
 from runtime.server.settings import Settings
 from runtime.server.tiny import TINY_MODEL_ID
@@ -75,8 +78,50 @@ class BatchAbandonedError(Exception):
     """
 
 
+class _StoppedInsideStepError(BatchAbandonedError):
+    """Raised by a forward pre-hook inside a denoising step or the VAE decode (see install_stop_hooks)."""
+
+
 class BackendError(RuntimeError):
-    """The backend could not load or run (message is one line, safe to show in /readyz)."""
+    """The backend could not load or run (message is one line, for the pod log)."""
+
+
+class NonFiniteImageError(BackendError):
+    """The warm-up produced NaN or inf pixels (a dtype the weights overflow in, or broken weights)."""
+
+
+# Modules whose forward pre-hook checks should_stop: every block, resnet, attention and resampler of
+# the UNet and the VAE decoder, so a call leaves within one of them, a fraction of a step.
+STOP_HOOK_CLASSES: Final = frozenset(
+    {"ResnetBlock2D", "Transformer2DModel", "BasicTransformerBlock", "Attention", "FeedForward"}
+    | {"Downsample2D", "Upsample2D"}
+)
+_STOP_HOOK_BLOCKS: Final = re.compile(r"(down_blocks|up_blocks)\.\d+|mid_block")
+_stop_check = threading.local()  # .should_stop of the call running on this (device) thread
+
+
+def _stop_hook(module: Any, args: Any) -> None:
+    check = getattr(_stop_check, "should_stop", None)
+    if check is not None and check():
+        raise _StoppedInsideStepError
+
+
+def install_stop_hooks(pipe: Any) -> int:
+    """Register, once, forward pre-hooks that leave the pipeline call mid-step once nobody waits.
+
+    diffusers' step callback runs only between steps, and one step of a large image can take
+    minutes on a CPU (2048x2048: about a minute on two cores). The hooks sit on the UNet's and the
+    VAE decoder's blocks, resnets, attention layers and resamplers and raise while the running
+    call's should_stop() says every request is gone, so the device frees within one of those
+    modules. Returns the number of hooks.
+    """
+    count = 0
+    for root in (pipe.unet, pipe.vae.decoder):
+        for name, module in root.named_modules():
+            if type(module).__name__ in STOP_HOOK_CLASSES or _STOP_HOOK_BLOCKS.fullmatch(name):
+                module.register_forward_pre_hook(_stop_hook)
+                count += 1
+    return count
 
 
 class Backend(ABC):
@@ -258,6 +303,7 @@ class DiffusersBackend(Backend):
         self._loader = loader
         self.pipe: Any = None
         self.location: ModelLocation | None = None
+        self.stop_hooks = 0  # forward pre-hooks that stop a call mid-step (install_stop_hooks)
 
     def load(self) -> None:
         import torch
@@ -272,6 +318,9 @@ class DiffusersBackend(Backend):
             pipe = self.location.load_diffusers(dtype)
         pipe.set_progress_bar_config(disable=True)
         pipe = optimise(pipe, self.settings, self.device)
+        # A compiled graph (fullgraph torch.compile, CUDA graphs) cannot stop halfway: it stops between steps.
+        compiled = self.settings.torch_compile and self.device == "cuda"
+        self.stop_hooks = 0 if compiled else install_stop_hooks(pipe)
         self.pipe = pipe
         self.default_steps = default_steps(self.settings)
         sample = int(getattr(pipe.unet.config, "sample_size", 64))
@@ -298,6 +347,7 @@ class DiffusersBackend(Backend):
 
         if self.pipe is None:
             raise BackendError("model is not loaded")
+        _stop_check.should_stop = should_stop
         with torch.inference_mode():
             try:
                 out = self.pipe(
@@ -311,8 +361,10 @@ class DiffusersBackend(Backend):
                     output_type="np",
                     callback_on_step_end=_step_callback(should_stop, on_step),
                 )
-            except BatchAbandonedError:
+            except BatchAbandonedError:  # between steps (the callback) or inside one (the hooks)
                 return []
+            finally:
+                _stop_check.should_stop = None
         return to_float_images(out.images)
 
 
@@ -354,6 +406,10 @@ class NeuronBackend(Backend):
     Shapes are static: other sizes are rejected up front (check_size -> 422), and a short
     batch is padded with copies of its last image up to the compiled batch size, the padding
     outputs being dropped.
+
+    A call stops between steps (where the pipeline takes diffusers' step callback), never inside
+    one: the UNet is one compiled graph on the NeuronCores, with no Python module boundary inside
+    where a hook could run, so there is nothing to interrupt mid-step.
     """
 
     device = "neuron"
@@ -454,21 +510,36 @@ def create_backend(settings: Settings) -> Backend:
     return DiffusersBackend(settings, device)
 
 
-def warmup(backend: Backend, max_batch: int = 1) -> float:
+def warmup(
+    backend: Backend,
+    max_batch: int = 1,
+    record: Callable[[Timing], None] | None = None,
+    largest: tuple[int, int] | None = None,
+) -> float:
     """Generate at the default size alone and as a full batch; raise unless every pixel is finite.
 
     The full batch makes the first real batch pay no one-off kernel selection (or, with
-    torch.compile, compilation). Returns the seconds of the single-image call.
+    torch.compile, compilation). With `largest` (the largest width and height requests may ask
+    for, when above the default) one image is generated at that size too, so the device's time
+    there is measured rather than extrapolated (and a size the device cannot hold fails here, not
+    on a client's request). Each call is timed step by step and handed to `record` (the admission
+    cost model's first measurements). Returns the seconds of the single-image call.
     """
-    params = BatchParams(
-        steps=WARMUP_STEPS, guidance_scale=7.5, width=backend.default_width, height=backend.default_height
-    )
+    default = (backend.default_width, backend.default_height)
+    calls = [(default, size) for size in sorted({1, max(1, max_batch)})]
+    if largest is not None and largest != default and backend.check_size(*largest) is None:
+        calls.append((largest, 1))
     single = 0.0
-    for size in sorted({1, max(1, max_batch)}):
-        started = time.monotonic()
-        images = backend.generate(params, [ImageSpec("warmup", "", i) for i in range(size)], lambda: False)
-        if size == 1:
-            single = time.monotonic() - started
+    for (width, height), size in calls:
+        params = BatchParams(steps=WARMUP_STEPS, guidance_scale=7.5, width=width, height=height)
+        clock = StepClock(size, width, height, params.steps)
+        specs = [ImageSpec("warmup", "", i) for i in range(size)]
+        images = backend.generate(params, specs, lambda: False, on_step=clock)
+        timing = clock.timing()
+        if (width, height) == default and size == 1:
+            single = time.perf_counter() - clock.started
         if len(images) != size or not all(np.isfinite(img).all() for img in images):
-            raise BackendError("warm-up produced a non-finite image (NaN/inf): check dtype and weights")
+            raise NonFiniteImageError("warm-up produced a non-finite image (NaN/inf): check dtype and weights")
+        if record is not None:
+            record(timing)
     return single

@@ -4,6 +4,11 @@ Requests wait in a bounded FIFO; the dispatcher takes the oldest, adds later one
 BatchParams up to `max_batch` images and runs them on the device's single worker thread, because a
 denoising step is one call on the whole batch. How long a batch waits for company, how failures stay
 isolated and when a batch stops: docs/adr/0004-micro-batches-wait-for-expected-company.md.
+
+Admission weighs cost (runtime.server.admission): besides the count limit, the estimated device time
+of the work queued and running plus a new request must fit within that request's deadline, and a
+batch grows only while its estimated time fits its members' deadlines. Every completed device call
+is timed step by step and teaches the `CostModel` those estimates come from.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
+from runtime.server.admission import CostModel, StepClock, seconds_text
 from runtime.server.backends import Backend, BatchParams, ImageSpec
 from runtime.server.metrics import PromMetrics
 
@@ -40,11 +46,19 @@ class BatcherError(Exception):
 
 
 class QueueFullError(BatcherError):
+    """The queue holds as many requests as allowed (429 with Retry-After)."""
+
     reason = "queue_full"
 
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"queue is full; retry after {retry_after_s}s")
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        super().__init__(message or f"queue is full; retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class QueueBusyError(QueueFullError):
+    """The work ahead plus this request would not finish within its deadline (429 with Retry-After)."""
+
+    reason = "queue_time"
 
 
 class DrainingError(BatcherError):
@@ -122,6 +136,7 @@ class Batcher:
         metrics: PromMetrics | None = None,
         on_complete: Callable[[Job, JobResult], None] | None = None,
         encode: Encoder | None = None,
+        costs: CostModel | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch = max_batch
@@ -130,8 +145,10 @@ class Batcher:
         self.metrics = metrics
         self.on_complete = on_complete
         self.encode = encode
+        self.costs = costs if costs is not None else CostModel()
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
+        self._running_since = 0.0  # when the running device call started (monotonic)
         self._arrival = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -174,9 +191,55 @@ class Batcher:
         return min(self.max_wait_s, WAIT_FRACTION * self.stats.batch_s)
 
     def retry_after_s(self) -> int:
-        """A client's fair wait: the queued batches ahead times a batch's duration (at least 1s)."""
-        batches = math.ceil((sum(j.size for j in self._queue) + 1) / self.max_batch)
-        return max(1, math.ceil(batches * (self.stats.batch_s or 1.0)))
+        """A client's fair wait when the queue is full: the estimated device time of the work ahead.
+
+        Before any measurement: the queued batches ahead times a batch's duration. At least 1 s.
+        """
+        ahead = self.work_ahead_s()
+        if ahead is None:
+            batches = math.ceil((sum(j.size for j in self._queue) + 1) / self.max_batch)
+            ahead = batches * (self.stats.batch_s or 1.0)
+        return max(1, math.ceil(ahead))
+
+    def _estimate(self, params: BatchParams, images: int) -> float:
+        return self.costs.estimate_s(images, params.width, params.height, params.steps) or 0.0
+
+    def _running_left_s(self, now: float) -> float:
+        """Estimated device seconds left of the running call (0 once all its requests are gone)."""
+        if not self._running or all(j.gone for j in self._running):
+            return 0.0
+        images = sum(j.size for j in self._running)
+        return max(0.0, self._estimate(self._running[0].params, images) - (now - self._running_since))
+
+    def _queued_s(self, jobs: Sequence[Job]) -> float:
+        """Estimated device seconds of these queued jobs, batched as the dispatcher would (by params, in order)."""
+        chunks: dict[BatchParams, list[int]] = {}
+        for job in jobs:
+            if job.cancelled:
+                continue
+            sizes = chunks.setdefault(job.params, [])
+            if sizes and sizes[-1] + job.size <= self.max_batch:
+                sizes[-1] += job.size
+            else:
+                sizes.append(job.size)
+        return sum(self._estimate(params, images) for params, sizes in chunks.items() for images in sizes)
+
+    def work_ahead_s(self) -> float | None:
+        """Estimated device seconds of everything running and queued; None before any measurement."""
+        if not self.costs.measured:
+            return None
+        return self._running_left_s(time.monotonic()) + self._queued_s(list(self._queue))
+
+    def eta_s(self, job: Job) -> float | None:
+        """Estimated seconds until this job's images are ready; None before any measurement."""
+        if not self.costs.measured:
+            return None
+        now = time.monotonic()
+        if job in self._running:
+            return self._running_left_s(now)
+        queue = list(self._queue)
+        ahead = queue[: queue.index(job) + 1] if job in queue else [job]
+        return self._running_left_s(now) + self._queued_s(ahead)
 
     def _update_gauges(self) -> None:
         if self.metrics:
@@ -228,11 +291,27 @@ class Batcher:
         timeout_s: float,
         on_progress: ProgressListener | None = None,
     ) -> Job:
-        """Enqueue or raise QueueFullError/DrainingError at once (never blocks)."""
+        """Enqueue or raise QueueFullError/QueueBusyError/DrainingError at once (never blocks).
+
+        Refused when the queue holds queue_size requests, or when the estimated device time of the
+        work ahead plus this request's own exceeds `timeout_s` (Retry-After: when that work will
+        have shrunk enough). Before any measurement only the count applies.
+        """
         if self.draining:
             raise DrainingError("server is draining")
         if len(self._queue) >= self.queue_size:
-            raise QueueFullError(self.retry_after_s())
+            retry = self.retry_after_s()
+            raise QueueFullError(retry, f"queue is full ({len(self._queue)} requests waiting); retry after {retry} s")
+        ahead = self.work_ahead_s()
+        if ahead is not None:
+            own = self._estimate(params, len(images))
+            if ahead + own > timeout_s:
+                retry = max(1, math.ceil(ahead + own - timeout_s))
+                raise QueueBusyError(
+                    retry,
+                    f"queue is full: about {seconds_text(ahead)} s of device work is ahead and this request needs "
+                    f"about {seconds_text(own)} s, over the {timeout_s:g} s request deadline; retry after {retry} s",
+                )
         now = time.monotonic()
         job = Job(params, tuple(images), now, now + timeout_s, asyncio.get_running_loop().create_future())
         if on_progress is not None:
@@ -300,15 +379,24 @@ class Batcher:
                 self._fail(job, DeadlineExceededError(f"request deadline {job.deadline - job.enqueued_at:g} s passed"))
 
     def _select(self) -> list[Job]:
-        """The oldest job plus later compatible ones, up to max_batch images (FIFO, greedy fill)."""
+        """The oldest job plus later compatible ones, up to max_batch images (FIFO, greedy fill).
+
+        A job joins only while the batch's estimated time fits every member's remaining deadline:
+        a request that fits alone is not made late by company.
+        """
         head = self._queue[0]
-        batch, images = [head], head.size
+        now = time.monotonic()
+        batch, images, budget = [head], head.size, head.deadline - now
         for job in list(self._queue)[1:]:
             if images >= self.max_batch:
                 break
             if job.params == head.params and images + job.size <= self.max_batch:
+                within = min(budget, job.deadline - now)
+                if self.costs.measured and self._estimate(head.params, images + job.size) > within:
+                    continue
                 batch.append(job)
                 images += job.size
+                budget = within
         return batch
 
     async def _next_batch(self) -> list[Job] | None:
@@ -355,6 +443,7 @@ class Batcher:
             self._queue.remove(job)
             job.started_at = now
         self._running = batch
+        self._running_since = now
         self._update_gauges()
         try:
             run = await self._run_on_device(batch)
@@ -366,7 +455,7 @@ class Batcher:
             log.warning("batch of %d failed (%s); retrying its requests one by one", len(batch), exc)
             for job in batch:
                 if not job.cancelled:
-                    self._running = [job]
+                    self._running, self._running_since = [job], time.monotonic()
                     await self._execute_alone(job)
             return
         self._deliver(batch, run)
@@ -396,14 +485,17 @@ class Batcher:
                 loop.call_soon_threadsafe(self._notify_progress, listening, done, total)
 
         def work() -> _DeviceRun:
+            clock = StepClock(len(specs), params.width, params.height, params.steps, forward=on_step)
             started = time.perf_counter()
-            images = self.backend.generate(params, specs, should_stop, on_step=on_step)
+            images = self.backend.generate(params, specs, should_stop, on_step=clock)
             seconds = time.perf_counter() - started
             if len(images) != len(specs):
                 if should_stop():
                     return _DeviceRun(seconds, abandoned=True)
                 raise RuntimeError(f"backend returned {len(images)} images for {len(specs)}")
-            return _DeviceRun(seconds, per_job=self._finish(batch, images))
+            run = _DeviceRun(seconds, per_job=self._finish(batch, images))
+            self.costs.record(clock.timing())  # the device's whole call: steps, decode and encoding
+            return run
 
         run = await loop.run_in_executor(self._executor, work)
         if run.abandoned:  # not a representative batch time: the wait heuristic does not learn from it

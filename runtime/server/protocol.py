@@ -26,6 +26,8 @@ BLANK_CHARS: Final = " \t\n\r\f\v"
 _NOT_BLANK_NO_NUL: Final = r"^[^\x00]*[^\x00 \t\n\r\f\v][^\x00]*$"
 _NO_NUL: Final = r"^[^\x00]*$"
 _INTEGER_FIELDS: Final = ("steps", "width", "height", "seed", "num_images")
+# pydantic's bound errors: the message then quotes the refused number itself.
+_BOUND_ERRORS: Final = ("less_than_equal", "greater_than_equal", "less_than", "greater_than", "multiple_of")
 
 
 class ApiError(Exception):
@@ -134,14 +136,20 @@ class ImageRequestBase(BaseModel):
 
 def allowed_ranges(limits: Limits) -> dict[str, str]:
     """Human-readable allowed values per field, quoted in every 422 about that field."""
-    size = f"a multiple of {limits.size_multiple} from {limits.min_size} to {limits.max_size}"
+
+    def size(largest: int) -> str:
+        if largest <= limits.min_size:
+            return f"{limits.min_size} (the only size this server serves)"
+        served = " (the largest this server serves)" if largest < limits.max_size else ""
+        return f"a multiple of {limits.size_multiple} from {limits.min_size} to {largest}{served}"
+
     return {
         "prompt": f"a non-empty string of at most {limits.max_prompt_chars} characters",
         "negative_prompt": f"a string of at most {limits.max_prompt_chars} characters, or null",
         "steps": f"an integer from {limits.min_steps} to {limits.max_steps}",
         "guidance_scale": f"a number from {limits.min_guidance:g} to {limits.max_guidance:g}",
-        "width": size,
-        "height": size,
+        "width": size(min(limits.max_size, limits.max_width)),
+        "height": size(min(limits.max_size, limits.max_height)),
         "seed": f"an integer from 0 to {limits.max_seed}, or null for a random seed",
         "num_images": f"an integer from 1 to {limits.max_images}",
         "response_format": " or ".join(f"'{f}'" for f in RESPONSE_FORMATS),
@@ -150,10 +158,10 @@ def allowed_ranges(limits: Limits) -> dict[str, str]:
 
 def build_request_model(limits: Limits) -> type[ImageRequestBase]:
     """The pydantic model for these limits (null size/steps mean the model's defaults)."""
-    size: Any = (
-        int | None,
-        Field(default=None, ge=limits.min_size, le=limits.max_size, multiple_of=limits.size_multiple),
-    )
+
+    def size(largest: int) -> Any:
+        return (int | None, Field(default=None, ge=limits.min_size, le=largest, multiple_of=limits.size_multiple))
+
     return create_model(
         "ImageRequest",
         __base__=ImageRequestBase,
@@ -172,8 +180,8 @@ def build_request_model(limits: Limits) -> type[ImageRequestBase]:
         ),
         steps=(int | None, Field(default=None, ge=limits.min_steps, le=limits.max_steps)),
         guidance_scale=(float, Field(default=7.5, ge=limits.min_guidance, le=limits.max_guidance, allow_inf_nan=False)),
-        width=size,
-        height=size,
+        width=size(min(limits.max_size, limits.max_width)),
+        height=size(min(limits.max_size, limits.max_height)),
         seed=(int | None, Field(default=None, ge=0, le=limits.max_seed)),
         num_images=(int, Field(default=1, ge=1, le=limits.max_images)),
         response_format=(Literal["png", "json"], "png"),
@@ -204,5 +212,8 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], ranges: Mapping[str, st
     top = field.split(".")[0]
     allowed = ranges.get(top)
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    value = err.get("input")
+    if kind in _BOUND_ERRORS and isinstance(value, int | float) and not isinstance(value, bool):
+        msg = f"{value:g} is not allowed" if isinstance(value, float) else f"{value} is not allowed"
     message = f"{field}: {msg}" + (f"; allowed: {allowed}" if allowed else "")
     return field, " ".join(message.split())  # one line, whatever the input contained

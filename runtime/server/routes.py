@@ -1,4 +1,5 @@
-"""The HTTP endpoints: images, probes and metrics. Endpoints only; the work is the service's.
+"""The HTTP endpoints: images and probes (/metrics has a listener of its own: runtime.server.app).
+Endpoints only; the work is the service's.
 
 The router is built per service because the OpenAPI document of POST /v1/images carries that
 service's request limits, and per verifier because only token mode requires (and documents)
@@ -10,13 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from fastapi import APIRouter, Request, Security
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from plan import contract
 from runtime.server.auth import BearerToken, TokenVerifier
@@ -27,8 +26,6 @@ MAX_BODY_BYTES: Final = 64 * 1024
 MALFORMED_JSON: Final = 'body: malformed JSON (send an object like {"prompt": "a cat"})'
 TOO_DEEP_JSON: Final = 'body: JSON nested too deeply (send a flat object like {"prompt": "a cat"})'
 JSON_MEDIA_TYPE: Final = "application/json"
-# Prometheus text exposition 0.0.4: what every Prometheus version scrapes (the names are all legacy-safe).
-METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
 _RETRY_AFTER: Final = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _IMAGE_HEADERS: Final = {
@@ -93,9 +90,15 @@ def image_responses(authenticated: bool) -> dict[int | str, dict[str, Any]]:
         415: _error(f"Content-Type is not {JSON_MEDIA_TYPE}"),
         422: _error(
             "malformed JSON, or a body outside the schema; also a size the device cannot produce "
-            "(a Neuron model serves the size it was compiled for). The message names the field and its allowed values"
+            "(a Neuron model serves the size it was compiled for), or steps, size and images that alone need "
+            "more device time than the request deadline (the message says how many steps fit). "
+            "The message names the field and its allowed values"
         ),
-        429: _error("queue full: retry after Retry-After seconds", _RETRY_AFTER),
+        429: _error(
+            "queue full (by count, or by the estimated device time ahead), or this client's limit of requests "
+            "in flight or per minute: retry after Retry-After seconds",
+            _RETRY_AFTER,
+        ),
         499: _error("the client closed the connection before the answer (logged; the client never reads it)"),
         500: _error("generation failed on the device"),
         503: _error(
@@ -112,6 +115,11 @@ def image_responses(authenticated: bool) -> dict[int | str, dict[str, Any]]:
     return dict(sorted(responses.items(), key=lambda item: str(item[0])))
 
 
+async def no_identity() -> None:
+    """The images route's identity with auth none: nobody in particular (no per-client limits)."""
+    return None
+
+
 def build_router(
     service: ImageService,
     verifier: TokenVerifier | None = None,
@@ -119,16 +127,16 @@ def build_router(
 ) -> APIRouter:
     router = APIRouter()
     schema = service.request_model.model_json_schema()
-    guards = [Security(BearerToken(verifier, on_rejected_token))] if verifier is not None else []
+    # The token's claims (its sub is who asks, for the per-client limits); with auth none, no identity.
+    identity: Any = Security(BearerToken(verifier, on_rejected_token)) if verifier is not None else Depends(no_identity)
 
     @router.post(
         contract.IMAGES_PATH,
         summary="Generate images",
-        dependencies=guards,
         openapi_extra={"requestBody": {"required": True, "content": {JSON_MEDIA_TYPE: {"schema": schema}}}},
         responses=image_responses(verifier is not None),
     )
-    async def images(request: Request) -> Response:
+    async def images(request: Request, claims: Mapping[str, Any] | None = identity) -> Response:
         require_json(request)
         service.refuse_unless_ready()  # cheap refusal before reading the body
         try:
@@ -136,7 +144,8 @@ def build_router(
         except ApiError:
             service.prom.rejections.labels(reason="invalid").inc()
             raise
-        out = await service.generate(req, client_gone=asgi_client_gone(request.receive))
+        client = str(claims["sub"]) if claims else None
+        out = await service.generate(req, client_gone=asgi_client_gone(request.receive), client=client)
         r = out.result
         headers = {
             "X-Seed": str(out.seed),
@@ -175,14 +184,5 @@ def build_router(
         reason = "ready" if service.ready else service.reason
         body = Readiness(ready=service.ready, state=service.state, reason=reason)
         return JSONResponse(body.model_dump(), status_code=200 if service.ready else 503)
-
-    @router.get(
-        contract.METRICS_PATH,
-        summary="Prometheus metrics",
-        response_class=Response,
-        responses={200: {"description": "Prometheus text format 0.0.4", "content": {METRICS_MEDIA_TYPE: {}}}},
-    )
-    async def metrics() -> Response:
-        return Response(generate_latest(service.prom.registry), media_type=METRICS_MEDIA_TYPE)
 
     return router

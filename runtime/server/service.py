@@ -3,7 +3,9 @@
 The model loads and warms in the background (so /healthz answers during a long load); only a
 warm model with a finite image is ready. Draining turns readiness off, refuses new work and
 lets accepted work finish. Whatever asks for images (the REST route, the Gradio UI) goes
-through `validate` and `generate`, and so through the same batcher and the same refusals.
+through `validate` and `generate`, and so through the same batcher and the same refusals,
+admission's included (runtime.server.admission: size, device time, per client, queue).
+A failed load is logged in full; /readyz says only the phase and a short reason.
 
 Cold start is timed from the process's own start (the kernel's record of it, so the imports
 count too) to each of contract.STARTUP_PHASES: a Prometheus gauge per phase, the /readyz
@@ -19,7 +21,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +29,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from plan import contract
-from runtime.server.backends import Backend, BatchParams, ImageSpec, create_backend, warmup
+from runtime.server.admission import AdmissionError, ClientLimits, deadline_refusal, served_size, size_caps
+from runtime.server.backends import (
+    Backend,
+    BackendError,
+    BatchParams,
+    ImageSpec,
+    NonFiniteImageError,
+    create_backend,
+    warmup,
+)
 from runtime.server.batcher import (
     DISCONNECT_POLL_S,
     Batcher,
@@ -40,6 +51,7 @@ from runtime.server.batcher import (
     QueueFullError,
 )
 from runtime.server.metrics import CloudWatchAggregator, Dimensions, PromMetrics, build_sink
+from runtime.server.model_source import ModelSourceError
 from runtime.server.protocol import ApiError, ImageRequestBase, allowed_ranges, build_request_model, describe_errors
 from runtime.server.settings import Settings
 
@@ -52,6 +64,23 @@ DEADLINE_HINT: Final = "lower steps, size or number of images"
 _IMPORTED_AT: Final = time.monotonic()
 # What the server does until each startup phase is reached (the /readyz reason says it).
 _DOING: Final = {"model_loaded": "loading the model", "warmed_up": "warming up", "ready": "checking the warm-up"}
+# Rejection metric labels admission adds to metrics.REJECTION_REASONS (exported at 0 from the start).
+ADMISSION_REASONS: Final = ("over_deadline", "queue_time", "client_in_flight", "client_rate")
+
+
+def failure_summary(exc: BaseException) -> str:
+    """A short, fixed reason for /readyz: never the exception's text (paths, ids, library internals)."""
+    if isinstance(exc, NonFiniteImageError):
+        return "the warm-up image was non-finite (NaN or inf)"
+    if isinstance(exc, ModelSourceError):
+        return "the model source is missing or does not match this deployment"
+    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
+        return "out of memory"
+    if isinstance(exc, BackendError):
+        return "the device cannot serve this model as configured"
+    if isinstance(exc, OSError):
+        return "a file or network error"
+    return "an unexpected error"
 
 
 def process_started_at() -> float:
@@ -143,14 +172,23 @@ class ImageService:
             metrics=self.prom,
             encode=encode_png,
         )
+        for reason in ADMISSION_REASONS:
+            self.prom.rejections.labels(reason=reason)
+        # Per client (the token's sub): nothing applies to a request without one (auth none).
+        self.clients = ClientLimits(settings.client_max_in_flight, settings.client_rate_per_min, self.batcher.eta_s)
         dims = Dimensions(settings.placement, self.backend.device, settings.metric_location)
         self.cloudwatch = CloudWatchAggregator(
             build_sink(settings.metrics_sink, dims, settings.aws_region),
             pending=lambda: self.batcher.pending,
             interval_s=settings.metrics_interval_s,
         )
-        self.request_model = build_request_model(settings.limits)
-        self.ranges = allowed_ranges(settings.limits)
+        # The size caps are in the request schema (OpenAPI): a request it allows is never refused for its size.
+        max_width, max_height = size_caps(
+            settings, served_size(settings, (self.backend.default_width, self.backend.default_height))
+        )
+        self.limits = replace(settings.limits, max_width=max_width, max_height=max_height)
+        self.request_model = build_request_model(self.limits)
+        self.ranges = allowed_ranges(self.limits)
         self.state = "starting"  # starting|loading|warming|ready|failed|draining
         self.startup = Startup()
         self._problem = ""  # why the load failed, or what draining means
@@ -191,14 +229,17 @@ class ImageService:
             await self.batcher.run_on_worker(self.backend.load)
             self._reach("model_loaded")
             self._set_state("warming")
-            seconds = await self.batcher.run_on_worker(warmup, self.backend, self.settings.max_batch)
+            largest = (self.limits.max_width, self.limits.max_height)  # measured too when above the default
+            seconds = await self.batcher.run_on_worker(
+                warmup, self.backend, self.settings.max_batch, self.batcher.costs.record, largest
+            )
             self.batcher.observe_batch_time(seconds)
             self._reach("warmed_up")
         except Exception as exc:
-            reason = " ".join(f"model load failed: {type(exc).__name__}: {exc}".split())[:500]
-            log.error("%s", reason)
+            doing = _DOING.get(self.startup.next_phase or "", "starting")
+            log.error("model load failed during %s: %s: %s", doing, type(exc).__name__, exc, exc_info=exc)
             if self.state != "draining":
-                self._set_state("failed", reason)
+                self._set_state("failed", f"model load failed during {doing}: {failure_summary(exc)} (see the pod log)")
             return
         if self.state != "draining":
             self._set_state("ready")
@@ -249,6 +290,17 @@ class ImageService:
         if data["response_format"] == "png" and data["num_images"] > 1:
             raise ApiError(422, "num_images: a PNG response holds one image; use response_format 'json'", "num_images")
         steps = data["steps"] or self.backend.default_steps
+        refusal = deadline_refusal(
+            self.batcher.costs,
+            data["num_images"],
+            width,
+            height,
+            steps,
+            self.settings.request_timeout_s,
+            min_size=self.settings.limits.min_size,
+        )
+        if refusal is not None:
+            raise refusal
         seed = data["seed"] if data["seed"] is not None else secrets.randbelow(self.settings.limits.max_seed + 1)
         params = BatchParams(steps=steps, guidance_scale=float(data["guidance_scale"]), width=width, height=height)
         negative = data["negative_prompt"] or ""
@@ -263,19 +315,35 @@ class ImageService:
         *,
         client_gone: Callable[[], Awaitable[object]] | None = None,
         on_progress: ProgressListener | None = None,
+        client: str | None = None,
     ) -> Generated:
         """Queue and wait for the images (PNG). Raises ApiError with the status the client should see.
 
-        The work stops (within one denoising step when the whole batch is gone) once the client
-        leaves: `client_gone` returns then (REST: `asgi_client_gone(request.receive)`, at once),
-        or `is_disconnected` says so (polled). `on_progress(done, steps)` hears every step.
+        `client` is who asks (the bearer token's sub), for the per-client limits; None (auth none,
+        no identity) skips them. The work stops (within a fraction of a denoising step where the
+        backend allows, see backends.install_stop_hooks) once every request of its batch is gone:
+        `client_gone` returns when the client leaves (REST: `asgi_client_gone(request.receive)`, at
+        once), or `is_disconnected` says so (polled). `on_progress(done, steps)` hears every step.
         """
         self.refuse_unless_ready()
-        params, specs, seed = self.plan(req)
+        try:
+            params, specs, seed = self.plan(req)
+            if client is not None:
+                self.clients.admit(client)
+        except AdmissionError as exc:
+            self.prom.rejections.labels(reason=exc.reason).inc()
+            raise
         started = time.perf_counter()
         job: Job | None = None
         try:
-            job = self.batcher.submit(params, specs, self.settings.request_timeout_s, on_progress)
+            try:
+                job = self.batcher.submit(params, specs, self.settings.request_timeout_s, on_progress)
+            except BatcherError:
+                if client is not None:
+                    self.clients.refund(client)
+                raise
+            if client is not None:
+                self.clients.add(client, job)
             result = await self.batcher.wait(job, is_disconnected, client_gone)
         except QueueFullError as exc:
             self.prom.rejections.labels(reason=exc.reason).inc()
@@ -291,6 +359,9 @@ class ImageService:
             if job is not None:
                 self.batcher.cancel(job)
             raise
+        finally:
+            if client is not None and job is not None:
+                self.clients.remove(client, job)
         pngs = result.encoded
         elapsed = time.perf_counter() - started
         self.prom.request_duration.labels(outcome="ok").observe(elapsed)

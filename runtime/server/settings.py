@@ -41,6 +41,9 @@ class Limits:
     max_guidance: float = 30.0
     min_size: int = contract.IMAGE_SIZE_BOUNDS[0]
     max_size: int = contract.IMAGE_SIZE_BOUNDS[1]
+    # This server's caps (runtime.server.admission.size_caps: the served size, or --max-image-size).
+    max_width: int = contract.IMAGE_SIZE_BOUNDS[1]
+    max_height: int = contract.IMAGE_SIZE_BOUNDS[1]
     size_multiple: int = contract.IMAGE_SIZE_MULTIPLE
     max_images: int = 4
     max_seed: int = 2**32 - 1
@@ -126,9 +129,52 @@ class Settings(ProgramSettings):
     request_timeout_s: float = setting(
         env=contract.ENV_REQUEST_TIMEOUT_S, flag="--request-timeout-s", default=120.0, gt=0, unit=_SECONDS
     )
+    # Admission (runtime.server.admission). A request may ask for the served size (width/height
+    # above, else the model's native size) or smaller: a 2048x2048 image costs 16x the pixels of a
+    # 512x512 one per step and more in attention, so larger sizes are the operator's choice.
+    max_image_size: ImageSize | None = setting(
+        env=contract.ENV_MAX_IMAGE_SIZE,
+        flag="--max-image-size",
+        default=None,
+        help="largest width or height a request may ask for; unset: the served size",
+    )
+    # Per client (the bearer token's sub; no limit with auth none, where there is no identity).
+    client_max_in_flight: int = setting(
+        env=contract.ENV_CLIENT_MAX_IN_FLIGHT, flag="--client-max-in-flight", default=4, ge=1, le=64
+    )
+    client_rate_per_min: float = setting(
+        env=contract.ENV_CLIENT_RATE_PER_MIN,
+        flag="--client-rate-per-min",
+        default=60.0,
+        ge=1,
+        le=100_000,
+        help="requests per minute per client (a token bucket holding one minute's worth)",
+    )
     drain_timeout_s: float = setting(
         env=contract.ENV_DRAIN_TIMEOUT_S, flag="--drain-timeout-s", default=300.0, ge=0, unit=_SECONDS
     )
+    # Connections (runtime.server.transport). Past max_connections a new connection closes the one that
+    # has waited longest without a request in progress; the start-up raises the open-file limit and
+    # refuses a max_connections it cannot hold. A head (TLS handshake included) gets header_timeout_s
+    # from the connection's arrival or its first byte after a keep-alive pause, a body body_timeout_s
+    # from its head (then 408); an idle keep-alive connection closes after keep_alive_s (behind an
+    # ALB: longer than the ALB's idle timeout, or the ALB may reuse a connection the server closes).
+    max_connections: int = setting(
+        env=contract.ENV_MAX_CONNECTIONS, flag="--max-connections", default=1024, ge=1, le=65536
+    )
+    header_timeout_s: float = setting(
+        env=contract.ENV_HEADER_TIMEOUT_S, flag="--header-timeout-s", default=10.0, gt=0, le=300, unit=_SECONDS
+    )
+    body_timeout_s: float = setting(
+        env=contract.ENV_BODY_TIMEOUT_S, flag="--body-timeout-s", default=30.0, gt=0, le=600, unit=_SECONDS
+    )
+    keep_alive_s: int = setting(env=contract.ENV_KEEP_ALIVE_S, flag="--keep-alive-s", default=5, ge=1, le=4000)
+    # Prometheus /metrics on a port of its own (plain HTTP, the pod's network only); 0: any free port.
+    metrics_port: int = setting(
+        env=contract.ENV_METRICS_PORT, flag="--metrics-port", default=contract.METRICS_PORT, ge=0, le=65535
+    )
+    # Off unless asked for: pods describe no API to whoever reaches them; `make serve` turns them on.
+    docs: bool = setting(env=contract.ENV_DOCS, flag="--docs", default=False, help="serve /docs and /openapi.json")
     # none unless set: a workstation run prints no EMF blobs; the charts set the sink on every pod.
     metrics_sink: str = setting(
         env=contract.ENV_METRICS_SINK, flag="--metrics-sink", default="none", choices=METRICS_SINKS
@@ -202,6 +248,16 @@ class Settings(ProgramSettings):
         if self.tls_secret_id and self.tls_cert_file:
             raise refusal(
                 contract.ENV_TLS_SECRET_ID, self.tls_secret_id, f"either it or {contract.ENV_TLS_CERT_FILE}, not both"
+            )
+        too_small = [
+            (env, size)
+            for env, size in ((contract.ENV_WIDTH, self.width), (contract.ENV_HEIGHT, self.height))
+            if size is not None and self.max_image_size is not None and size > self.max_image_size
+        ]
+        if too_small:
+            env, size = too_small[0]
+            raise refusal(
+                contract.ENV_MAX_IMAGE_SIZE, self.max_image_size, f"at least {env}={size}, the size this server serves"
             )
         if self.token_public_key_file and self.token_kms_key_id:
             raise refusal(

@@ -1,7 +1,10 @@
 """Gradio 6 UI mounted at contract.UI_PATH, calling the same service (and batcher) as the REST API.
 
-The click handler has no Gradio concurrency limit: admission control is the batcher's
-(bounded queue, deadlines), so UI users and API clients are batched together and treated alike.
+The click handler has no Gradio concurrency limit: admission control is the service's
+(runtime.server.admission: size caps, device time, per-client limits, the batcher's bounded
+queue), so UI users and API clients are batched together and treated alike. In token mode the
+UI's requests carry a bearer token (the app's gate checks it); its ``sub`` is the client the
+per-client limits count, as for the REST API.
 A generation shows its real denoising progress (step i of n, reported by the device thread),
 and stops when the user presses Cancel (Gradio cancels the handler) or closes the tab (the
 session's unload event): the batcher drops the request and, when nobody else shares its
@@ -26,6 +29,8 @@ from runtime.server.service import ImageService
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from runtime.server.auth import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +99,11 @@ def _request_body(
     }
 
 
-def build_ui(service: ImageService) -> Any:
+def build_ui(service: ImageService, verifier: "TokenVerifier | None" = None) -> Any:
+    """The Blocks app; with a verifier (token mode) each generation is counted against its token's sub."""
     import gradio as gr
 
-    limits = service.settings.limits
+    limits = service.limits
     sessions = _Sessions()
 
     def slider(minimum: float, maximum: float, **kwargs: Any) -> Any:
@@ -128,8 +134,11 @@ def build_ui(service: ImageService) -> Any:
         session = sessions.enter(key)
         try:
             progress(0, desc="queued")
+            client = None
+            if verifier is not None:  # the gate let the request in with this header: who is asking
+                client = str(verifier.verify_header(request.headers.get("authorization"))["sub"])
             req = service.validate(_request_body(prompt, negative, steps, guidance, width, height, seed))
-            out = await service.generate(req, client_gone=session.closed.wait, on_progress=on_progress)
+            out = await service.generate(req, client_gone=session.closed.wait, on_progress=on_progress, client=client)
         except ApiError as exc:
             service.cloudwatch.record_answer(exc.status)
             log.info("ui request not completed (%d): %s", exc.status, exc.message)
@@ -185,15 +194,17 @@ def build_ui(service: ImageService) -> Any:
                     )
                 with gr.Row():
                     width, height = (
+                        # A slider needs two values: one allowed size is shown, fixed (the service refuses others).
                         slider(
                             limits.min_size,
-                            limits.max_size,
-                            value=contract.DEFAULT_IMAGE_SIZE,
+                            max(largest, limits.min_size + limits.size_multiple),
+                            value=min(contract.DEFAULT_IMAGE_SIZE, largest),
                             step=limits.size_multiple,
                             label=label,
                             elem_id=label.lower(),
+                            interactive=largest > limits.min_size,
                         )
-                        for label in ("Width", "Height")
+                        for label, largest in (("Width", limits.max_width), ("Height", limits.max_height))
                     )
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
                 with gr.Row():
@@ -221,4 +232,5 @@ def mount_ui(app: "FastAPI", service: ImageService) -> "FastAPI":
         os.environ.setdefault(key, value)
     import gradio as gr
 
-    return gr.mount_gradio_app(app, build_ui(service), path=contract.UI_PATH, footer_links=["api"])
+    verifier = getattr(app.state, "verifier", None)  # create_app's, in token mode
+    return gr.mount_gradio_app(app, build_ui(service, verifier), path=contract.UI_PATH, footer_links=["api"])

@@ -10,7 +10,12 @@ against the destination pod's container ports, protocol TCP unless given.
 
 What the VPC CNI adds, and this evaluator models: pods are matched by their IP, so an ipBlock
 also matches pod IPs; traffic between a pod and its own node's IP is always allowed (the
-agent's node-IP entry, aws/aws-network-policy-agent pkg/fwruleprocessor/fw_rule_processor.go).
+agent's node-IP entry, aws/aws-network-policy-agent pkg/fwruleprocessor/fw_rule_processor.go);
+and, as controller releases before resolveIngressPorts do, an ingress rule's peer pods given by
+selectors are admitted only if one of the rule's ports resolves on the *source* pod (a number
+always does, a name only on a pod with a container port of that name: getMatchingPodAddresses in
+aws/amazon-network-policy-controller-k8s pkg/resolvers/endpoints.go), so a named port there
+admits nobody who lacks it.
 """
 
 from __future__ import annotations
@@ -125,6 +130,13 @@ class Cluster:
                 return True
         return False
 
+    @staticmethod
+    def _source_resolves(ports: Iterable[Mapping[str, Any]] | None, src: Endpoint) -> bool:
+        """Whether an ingress rule's ports resolve on a source pod, as the controller looks them up."""
+        if ports is None:
+            return True
+        return any(not isinstance(rule.get("port"), str) or rule["port"] in src.ports for rule in ports)
+
     def _direction_allows(
         self, pod: Endpoint, other: Endpoint, direction: str, dst: Endpoint, port: int, protocol: str
     ) -> bool:
@@ -138,7 +150,9 @@ class Cluster:
             for rule in policy["spec"].get(key) or []:
                 peers = rule.get(peers_key)
                 peer_ok = peers is None or any(
-                    self._peer_matches(peer, other, policy["metadata"]["namespace"]) for peer in peers
+                    self._peer_matches(peer, other, policy["metadata"]["namespace"])
+                    and ("ipBlock" in peer or direction == "Egress" or self._source_resolves(rule.get("ports"), other))
+                    for peer in peers
                 )
                 if peer_ok and self._port_matches(rule.get("ports"), dst, port, protocol):
                     return True

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from charts import network_policies as chart
+from charts import serving as serving_chart
 from plan import contract, topology
 from tests.charts.conftest import Rendered, render
 from tests.charts.netpol import Cluster, Endpoint, in_ip_block, selector_matches
@@ -120,6 +121,24 @@ def test_the_evaluator_applies_default_deny_ip_blocks_and_named_ports() -> None:
     assert not in_ip_block("fd00::1", {"cidr": "0.0.0.0/0"})
 
 
+def test_the_evaluator_resolves_a_named_port_of_a_selector_peer_on_the_source_pod() -> None:
+    """As the VPC CNI's controller did before resolveIngressPorts: an ingress rule whose peers are pods by
+    selector admits a pod only if one of its ports resolves on that pod; a number always does."""
+    db = Endpoint("db", "10.0.9.9", "a", {"role": "db"}, {"pg": 5432}, node_ip="10.0.9.1")
+    scraper = Endpoint("scraper", "10.0.7.7", "monitoring", {"app": "scraper"})
+    twin = Endpoint("twin", "10.0.8.8", "monitoring", {"app": "twin"}, {"pg": 1})
+
+    def cluster(port: int | str) -> Cluster:
+        rule = {"from": [{"namespaceSelector": {}}], "ports": [{"port": port, "protocol": "TCP"}]}
+        policy = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [rule]}
+        return Cluster([{"metadata": {"namespace": "a"}, "spec": policy}], {"a": {}, "monitoring": {}})
+
+    assert cluster(5432).allowed(scraper, db, 5432)
+    assert not cluster("pg").allowed(scraper, db, 5432)  # no port named pg on the scraper
+    assert cluster("pg").allowed(twin, db, 5432)  # one that happens to have it
+    assert not cluster(5432).allowed(Endpoint("outside", "10.0.5.5"), db, 5432)  # not a pod
+
+
 def test_every_policy_selects_rendered_pods(world: World) -> None:
     assert world.policies
     for policy in world.policies:
@@ -177,6 +196,26 @@ def test_the_alb_reaches_every_target_group_and_health_check_port(world: World, 
         assert world.cluster.allowed(world.alb, pod, number), group["serviceName"]
         # The devices reach the Region through the ALB only, never the pods.
         assert not world.cluster.allowed(world.device, pod, number), group["serviceName"]
+
+
+def test_the_metrics_port_is_reachable_from_pods_of_the_cluster_only(world: World, rendered: Rendered) -> None:
+    """Prometheus, in whichever namespace, scrapes every serving pod's metrics port; the ALB, the
+    devices, the VPC's other hosts and anything outside never reach it, and the port is the metrics one only."""
+    prometheus = Endpoint("prometheus", world.default_pod.ip, "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    vpc_host = world.api_eni  # an address in the VPC that is no pod (a control-plane ENI; an instance alike)
+    for placement, pod in world.serving():
+        port = pod.ports[serving_chart.METRICS_PORT_NAME]
+        assert port == contract.METRICS_PORT
+        for scraper in (prometheus, world.karpenter):
+            assert world.cluster.allowed(scraper, pod, port), (placement.name, scraper.name)
+            assert not world.cluster.allowed(scraper, pod, contract.PORT), (placement.name, scraper.name)
+        assert world.cluster.allowed(Endpoint("kubelet", pod.node_ip or ""), pod, port), placement.name
+        for outsider in (world.alb, world.device, world.stranger, vpc_host):
+            assert not world.cluster.allowed(outsider, pod, port), (placement.name, outsider.name)
+    for service in rendered.of_kind("Service"):
+        for service_port in service["spec"]["ports"]:
+            assert service_port["port"] != contract.METRICS_PORT, service["metadata"]["name"]
+            assert service_port.get("targetPort") not in (serving_chart.METRICS_PORT_NAME, contract.METRICS_PORT)
 
 
 def test_every_pod_resolves_names_and_gets_pod_identity_credentials_and_aws_apis(world: World) -> None:
@@ -245,7 +284,7 @@ def test_a_vpc_outside_private_ranges_is_excluded_from_https_egress() -> None:
     [peer] = rule["to"]
     assert in_ip_block(PUBLIC_AWS_IP, peer["ipBlock"])
     assert not in_ip_block("100.127.3.4", peer["ipBlock"])  # inside 100.64.0.0/10: excluded either way
-    outside = chart.public_ipv4_except(rendered.config.__class__(vpc_cidr="11.2.0.0/16"))
+    outside = chart.public_ipv4_except(rendered.config.__class__(vpc_cidr="11.2.0.0/16", development=True))
     assert "11.2.0.0/16" in outside
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from charts import serving as serving_chart
 from charts.compile_jobs import JOBS_CHART_ID
 from plan import contract, images, naming, topology, versions
 from plan.accelerators import ACCELERATORS
@@ -174,7 +175,9 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
 def test_probes_use_the_runtime_routes_on_its_port(rendered: Rendered) -> None:
     for workload in serving(rendered):
         [container] = pod_spec(workload)["containers"]
-        [port] = container["ports"]
+        ports = {p["name"]: p for p in container["ports"]}
+        assert set(ports) == {serving_chart.PORT_NAME, serving_chart.METRICS_PORT_NAME}
+        port = ports[serving_chart.PORT_NAME]
         assert port["containerPort"] == contract.PORT
         assert container["livenessProbe"]["httpGet"]["path"] == contract.HEALTH_PATH
         assert container["readinessProbe"]["httpGet"]["path"] == contract.READY_PATH
@@ -183,6 +186,42 @@ def test_probes_use_the_runtime_routes_on_its_port(rendered: Rendered) -> None:
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60  # long model loads
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert container[probe]["httpGet"]["port"] == port["name"]
+
+
+def test_prometheus_finds_the_metrics_port_that_no_service_or_the_alb_exposes(rendered: Rendered) -> None:
+    """The server serves /metrics on contract.METRICS_PORT (its env says so): the pod names that port and
+    its annotations point Prometheus at it; no Service lists it, so neither a NodePort nor the ALB reaches it."""
+    for workload in serving(rendered):
+        template = workload["spec"]["template"]
+        [container] = template["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        [metrics] = [p for p in container["ports"] if p["name"] == serving_chart.METRICS_PORT_NAME]
+        assert metrics == {"name": "metrics", "containerPort": contract.METRICS_PORT, "protocol": "TCP"}
+        assert env[contract.ENV_METRICS_PORT] == str(contract.METRICS_PORT)
+        assert contract.ENV_DOCS not in env  # pods serve no /docs or /openapi.json (the server's default)
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
+        assert annotations["prometheus.io/path"] == contract.METRICS_PATH
+    for service in [o for o in rendered.of_kind("Service") if o["metadata"].get("namespace") == topology.NAMESPACE]:
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] == serving_chart.PORT_NAME and port["port"] == contract.PORT, service
+
+
+def test_pods_behind_the_alb_keep_idle_connections_longer_than_the_alb(rendered: Rendered) -> None:
+    """Else the ALB may send a request on a connection the pod is closing (a 502); Local Zone pods, which
+    devices reach directly, keep the server's short default."""
+    settings = serving_chart.ServingSettings()
+    [ingress] = rendered.of_kind("Ingress")
+    attributes = ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/load-balancer-attributes"]
+    alb_idle_s = int(attributes.split("idle_timeout.timeout_seconds=")[1].split(",")[0])
+    for placement in topology.placements(rendered.config):
+        [container] = pod_spec(rendered.named("Deployment", placement.name))["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if placement.location.is_local_zone:
+            assert contract.ENV_KEEP_ALIVE_S not in env, placement.name
+        else:
+            assert int(env[contract.ENV_KEEP_ALIVE_S]) > alb_idle_s == settings.alb_idle_timeout_s, placement.name
 
 
 def test_serving_pods_are_non_root_read_only_without_capabilities(rendered: Rendered) -> None:

@@ -1,7 +1,8 @@
 """Real uvicorn servers on loopback with the tiny model, shared per session.
 
-In-process servers (a uvicorn.Server on a thread) let tests swap the backend (gated load,
-NaN output); the SIGTERM test starts `python -m runtime.server` as a real subprocess.
+In-process servers (the server `python -m runtime.server` builds, on a thread: its guarded
+connections and its metrics listener) let tests swap the backend (gated load, NaN output); the
+SIGTERM test starts `python -m runtime.server` as a real subprocess.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 @dataclass
 class RunningServer:
     url: str
+    metrics_url: str  # the metrics listener's /metrics (a port of its own)
     app: Any
     server: Any
     thread: threading.Thread
@@ -64,7 +66,7 @@ class RunningServer:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def metrics(self) -> str:
-        return httpx.get(self.url + contract.METRICS_PATH, timeout=30).text
+        return httpx.get(self.metrics_url, timeout=30).text
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -72,19 +74,19 @@ class RunningServer:
 
 
 def start_in_process(settings: Settings, backend: Backend | None = None, wait_ready: bool = True) -> RunningServer:
-    import uvicorn
-
+    from runtime.server.__main__ import build_server, open_listeners
     from runtime.server.app import create_app
 
     port = free_port()
-    settings = settings.replace(host="127.0.0.1", port=port)
+    settings = settings.replace(host="127.0.0.1", port=port, metrics_port=0, log_level="warning")
+    listener, metrics_listener = open_listeners(settings, None)
     app = create_app(settings, backend)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = build_server(settings, app, listener, metrics_listener)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout_s=60)
-    running = RunningServer(f"http://127.0.0.1:{port}", app, server, thread)
+    metrics_url = f"http://127.0.0.1:{server.metrics_port}{contract.METRICS_PATH}"
+    running = RunningServer(f"http://127.0.0.1:{port}", metrics_url, app, server, thread)
     if wait_ready:
         wait_until(lambda: httpx.get(running.url + contract.READY_PATH).status_code == 200, timeout_s=120)
     return running
@@ -99,8 +101,9 @@ def tiny_settings(**changes: Any) -> Settings:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[RunningServer]:
-    """The main server: default batching (contract.DEFAULT_MAX_BATCH), UI mounted."""
-    running = start_in_process(tiny_settings(ui=True))
+    """The main server: default batching (contract.DEFAULT_MAX_BATCH), UI and API docs on (as `make serve`),
+    and sizes up to 128 (the tiny model serves 64x64; tests ask for other shapes)."""
+    running = start_in_process(tiny_settings(ui=True, docs=True, max_image_size=128))
     yield running
     running.stop()
 
@@ -121,21 +124,38 @@ def deadline_server() -> Iterator[RunningServer]:
     running.stop()
 
 
-def start_subprocess(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
+@dataclass
+class ServerProcess:
+    """`python -m runtime.server` as a subprocess (stdout and stderr merged in ``proc.stdout``)."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    metrics_url: str
+
+
+def start_server_process(env: dict[str, str], *args: str) -> ServerProcess:
+    """The tiny model on free loopback ports, API docs on as `make serve` has them (env may turn them off)."""
+    port, metrics_port = free_port(), free_port()
     full_env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         contract.ENV_METRICS_SINK: "none",
         contract.ENV_TORCH_THREADS: "1",
+        contract.ENV_DOCS: "1",
         **env,
     }
+    command = [sys.executable, "-m", "runtime.server", "--model", "tiny", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.server", "--model", "tiny", "--host", "127.0.0.1", "--port", str(port), *args],
+        [*command, "--metrics-port", str(metrics_port), *args],
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return proc, f"http://127.0.0.1:{port}"
+    return ServerProcess(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}{contract.METRICS_PATH}")
+
+
+def start_subprocess(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+    started = start_server_process(env, *args)
+    return started.proc, started.url

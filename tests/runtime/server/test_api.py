@@ -73,7 +73,8 @@ def test_probes_metrics_docs_and_ui(server: RunningServer) -> None:
         assert health.json() == {"status": "alive"}  # liveness only: no model, device or version
         ready = c.get(contract.READY_PATH)
         assert ready.status_code == 200 and ready.json() == {"ready": True, "state": "ready", "reason": "ready"}
-        metrics = c.get(contract.METRICS_PATH)
+        assert c.get(contract.METRICS_PATH).status_code == 404  # on the metrics listener only
+        metrics = httpx.get(server.metrics_url, timeout=30)
         assert metrics.status_code == 200
         assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         for name in (
@@ -92,6 +93,23 @@ def test_probes_metrics_docs_and_ui(server: RunningServer) -> None:
         assert body_schema["schema"]["properties"]["steps"]["anyOf"][0]["maximum"] == 100
         ui = c.get(contract.UI_PATH + "/")
         assert ui.status_code == 200 and "gradio" in ui.text.lower()
+
+
+def test_docs_and_metrics_are_off_the_api_port_by_default(tight_server: RunningServer) -> None:
+    """Pods (docs off): the API port describes nothing and has no /metrics; the metrics port has /metrics only."""
+    assert not tight_server.service.settings.docs
+    with tight_server.client() as c:
+        for path in (contract.DOCS_PATH, "/openapi.json", f"{contract.DOCS_PATH}/static/swagger-ui.css"):
+            r = c.get(path)
+            assert r.status_code == 404 and "described" not in r.json()["error"], (path, r.text)  # no pointer to /docs
+        assert c.get(contract.METRICS_PATH).status_code == 404
+        assert c.get(contract.HEALTH_PATH).status_code == 200
+    metrics_base = tight_server.metrics_url.removesuffix(contract.METRICS_PATH)
+    assert httpx.get(tight_server.metrics_url, timeout=10).status_code == 200
+    for path in (contract.HEALTH_PATH, contract.DOCS_PATH, "/openapi.json"):
+        assert httpx.get(metrics_base + path, timeout=10).status_code == 404, path
+    assert httpx.post(metrics_base + contract.IMAGES_PATH, json={"prompt": "a"}, timeout=10).status_code == 404
+    assert httpx.post(tight_server.metrics_url, timeout=10).status_code == 405
 
 
 def test_ui_generate_goes_through_the_batcher(server: RunningServer) -> None:

@@ -81,7 +81,12 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def auth_server(key_file: Path) -> Iterator[RunningServer]:
     """Token mode with the UI mounted: the API and the UI both need a token."""
     settings = tiny_settings(
-        auth="token", token_public_key_file=str(key_file), token_issuer=ISSUER, ui=True, placement="auth-test"
+        auth="token",
+        token_public_key_file=str(key_file),
+        token_issuer=ISSUER,
+        ui=True,
+        docs=True,
+        placement="auth-test",
     )
     running = start_in_process(settings)
     yield running
@@ -186,10 +191,11 @@ def test_probes_metrics_and_docs_stay_open(auth_server: RunningServer) -> None:
         ready = c.get(contract.READY_PATH)
         assert ready.status_code == 200 and set(ready.json()) == {"ready", "state", "reason"}
         assert "tiny" not in ready.text and "cpu" not in ready.text  # neither model nor device
-        assert c.get(contract.METRICS_PATH).status_code == 200
         assert c.get(contract.DOCS_PATH).status_code == 200
         doc = c.get("/openapi.json").json()
+        assert c.get(contract.METRICS_PATH).status_code == 404  # not on the API port at all
     assert doc["paths"][contract.IMAGES_PATH]["post"]["security"] == [{"bearerToken": []}]
+    assert httpx.get(auth_server.metrics_url, timeout=10).status_code == 200  # its own port: no token there
 
 
 def test_the_ui_needs_a_token_too(auth_server: RunningServer) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,48 @@ def test_sdpa_is_diffusers_default_and_eager_computes_the_same() -> None:
     assert np.abs(a - b).max() < FP32_BATCH_TOLERANCE
 
 
+def stops_inside_a_call(backend: backends.DiffusersBackend, params: BatchParams) -> tuple[int, int]:
+    """Completed UNet calls when should_stop turns true at its third question (inside the first step),
+    and completed VAE decoder calls when it turns true as the last step is reported (both 0: the call
+    left inside them; without the stop hooks it would leave only between steps, after 1 UNet call, and
+    never inside the decode)."""
+    done = {"unet": 0, "decoder": 0}
+
+    def counter(name: str) -> Any:
+        def count(module: Any, args: Any, output: Any) -> None:
+            done[name] += 1
+
+        return count
+
+    pipe = backend.pipe
+    handles = [
+        pipe.unet.register_forward_hook(counter("unet")),
+        pipe.vae.decoder.register_forward_hook(counter("decoder")),
+    ]
+    try:
+        asked = itertools.count()
+        assert backend.generate(params, [ImageSpec("a cat", "", 1)], lambda: next(asked) >= 2) == []
+        unet_calls, done["unet"] = done["unet"], 0
+        last_step = threading.Event()
+        images = backend.generate(
+            params,
+            [ImageSpec("a cat", "", 1)],
+            last_step.is_set,
+            on_step=lambda step, total: last_step.set() if step == params.steps else None,
+        )
+        assert images == [] and done["unet"] == params.steps  # every step ran, then the decode stopped
+        return unet_calls, done["decoder"]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_a_call_stops_inside_a_unet_step_and_inside_the_vae_decode_tiny() -> None:
+    backend = tiny_backend()
+    assert backend.stop_hooks > 0
+    assert stops_inside_a_call(backend, BatchParams(3, 7.5, 64, 64)) == (0, 0)
+
+
 def test_configured_size_is_the_default_and_the_warm_up_size() -> None:
     backend = tiny_backend(width=96, height=128)
     assert (backend.default_width, backend.default_height) == (96, 128)
@@ -266,6 +310,14 @@ def test_sd21_random_generates_the_same_image_alone_or_in_a_batch(sd21: backends
     first, other = sd21.generate(params, [ImageSpec("a cat", "", 7), ImageSpec("a dog", "", 8)], lambda: False)
     assert np.abs(alone - first).max() < FP32_BATCH_TOLERANCE
     assert np.abs(alone - other).max() > 0.1
+
+
+def test_sd21_random_stops_inside_a_unet_step_and_inside_the_vae_decode(sd21: backends.DiffusersBackend) -> None:
+    """The hooks find the real architecture's blocks: every down, mid and up block, resnet and attention."""
+    kinds = {type(m).__name__ for m in sd21.pipe.unet.modules()} | {type(m).__name__ for m in sd21.pipe.vae.modules()}
+    assert {"ResnetBlock2D", "Transformer2DModel", "BasicTransformerBlock", "Attention"} <= kinds
+    assert sd21.stop_hooks > 100  # 4 down, 1 mid and 4 up blocks of resnets and transformers, and the decoder
+    assert stops_inside_a_call(sd21, BatchParams(2, 7.5, 64, 64)) == (0, 0)
 
 
 def test_sd21_random_in_reduced_precision_gives_a_finite_image(sd21: backends.DiffusersBackend) -> None:

@@ -147,6 +147,52 @@ def test_queue_bound_and_deadline() -> None:
     run(main())
 
 
+def test_a_full_queue_answers_retry_after_from_the_estimated_work_ahead() -> None:
+    """Retry-After weighs what is ahead (steps, sizes), not how many batches: 3 long batches ahead of a
+    device that took 0.02 s for the short one it measured are seconds, not one batch time."""
+    from tests.runtime.server.test_admission import PacedDevice
+
+    async def main() -> None:
+        b = Batcher(PacedDevice(0.01), max_batch=1, max_wait_s=0.0, queue_size=2)
+        b.start()
+        await b.wait(b.submit(BatchParams(20, 7.5, 8, 8), spec("teach"), 10))  # 0.01 s a step, measured
+        long = BatchParams(100, 7.5, 8, 8)  # about 1.25 s each, estimated
+        running = b.submit(long, spec("running"), 30)
+        while not b.device_busy:
+            await asyncio.sleep(0.005)
+        queued = [b.submit(long, spec(f"queued{i}"), 30) for i in range(2)]
+        with pytest.raises(QueueFullError, match=r"^queue is full \(2 requests waiting\); retry after \d+ s$") as full:
+            b.submit(P, spec("late"), 30)
+        assert 3 <= full.value.retry_after_s <= 6, full.value.retry_after_s  # 3 x 1.25 s, and a busy machine's sleeps
+        for job in [running, *queued]:
+            b.cancel(job)
+        await b.stop()
+
+    run(main())
+
+
+def test_a_batch_grows_only_while_its_estimate_fits_its_members_deadlines() -> None:
+    """Measured alone, two images are estimated at twice one: the head, whose deadline fits one, runs alone."""
+    from tests.runtime.server.test_admission import PacedDevice
+
+    async def main() -> tuple[int, int]:
+        b = Batcher(PacedDevice(0.01), max_batch=4, max_wait_s=0.0, queue_size=8)
+        b.start()
+        await b.wait(b.submit(BatchParams(20, 7.5, 8, 8), spec("teach"), 10))
+        blocker = b.submit(BatchParams(10, 7.5, 8, 8), spec("blocker"), 10)  # 0.1 s, 0.125 s estimated
+        while not b.device_busy:
+            await asyncio.sleep(0.005)
+        pair = BatchParams(40, 7.5, 8, 8)  # 0.5 s estimated alone, 1 s for two
+        head = b.submit(pair, spec("head", 1), 0.8)  # about 0.7 s left when the blocker ends
+        other = b.submit(pair, spec("other", 2), 10)
+        await b.wait(blocker)
+        head_result, other_result = await b.wait(head), await b.wait(other)
+        await b.stop()
+        return head_result.batch_images, other_result.batch_images
+
+    assert run(main()) == (1, 1)
+
+
 def test_progress_reaches_listeners_on_the_event_loop_step_by_step() -> None:
     async def main() -> tuple[list[tuple[int, int]], set[str]]:
         seen: list[tuple[int, int]] = []

@@ -20,7 +20,7 @@ from runtime.server.backends import BatchParams, DiffusersBackend, ImageSpec, St
 from tests.runtime.server.conftest import (
     metric_value,
     start_in_process,
-    start_subprocess,
+    start_server_process,
     tiny_settings,
     wait_until,
 )
@@ -107,7 +107,8 @@ def test_failed_model_load_stays_alive_not_ready_and_says_why(caplog: pytest.Log
         wait_until(lambda: httpx.get(running.url + contract.READY_PATH).json()["state"] == "failed", timeout_s=60)
         ready = httpx.get(running.url + contract.READY_PATH)
         assert ready.status_code == 503
-        assert "/nonexistent/model-dir" in ready.json()["reason"]
+        reason = ready.json()["reason"]
+        assert "model source" in reason and "/nonexistent/model-dir" not in reason  # the phase, no exception text
         assert httpx.get(running.url + contract.HEALTH_PATH).status_code == 200
         post = httpx.post(running.url + contract.IMAGES_PATH, json={"prompt": "a"})
         assert post.status_code == 503 and "model load failed" in post.json()["error"]
@@ -117,8 +118,8 @@ def test_failed_model_load_stays_alive_not_ready_and_says_why(caplog: pytest.Log
 
 
 def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
-    # `make serve`'s command line (plus a free port): it must print where the UI is. Metrics as
-    # EMF lines on stdout every second: the cold start must be among them, once.
+    # `make serve`'s command line (plus free ports): it must print where the UI, the API docs and
+    # /metrics are. Metrics as EMF lines on stdout every second: the cold start must be among them, once.
     env = {
         contract.ENV_MAX_BATCH: "2",
         contract.ENV_QUEUE_SIZE: "64",
@@ -128,12 +129,11 @@ def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
         contract.ENV_METRICS_INTERVAL_S: "1",
         contract.ENV_PLACEMENT: "sd-cpu-test",
     }
-    proc, url = start_subprocess(env)
+    started = start_server_process(env)
+    proc, url, metrics_url = started.proc, started.url, started.metrics_url
     try:
         wait_until(lambda: _ready(url), timeout_s=120, interval_s=0.2)
-        ready_gauge = metric_value(
-            httpx.get(url + contract.METRICS_PATH).text, contract.PROM_STARTUP_SECONDS, 'phase="ready"'
-        )
+        ready_gauge = metric_value(httpx.get(metrics_url).text, contract.PROM_STARTUP_SECONDS, 'phase="ready"')
         n = 8
         statuses: dict[int, int] = {}
         barrier = threading.Barrier(n + 1)
@@ -147,7 +147,7 @@ def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
         for t in threads:
             t.start()
         barrier.wait()
-        wait_until(lambda: _metric(url, contract.PROM_QUEUE_DEPTH) >= 2, timeout_s=30)
+        wait_until(lambda: _metric(metrics_url, contract.PROM_QUEUE_DEPTH) >= 2, timeout_s=30)
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: httpx.get(url + contract.READY_PATH).status_code == 503, timeout_s=5)
         assert httpx.get(url + contract.READY_PATH).json()["state"] == "draining"
@@ -159,6 +159,7 @@ def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
         assert proc.wait(timeout=60) == 0
         out = proc.stdout.read() if proc.stdout else ""
         assert f"Edge Diffusion UI: {url}{contract.UI_PATH}/" in out
+        assert f"API docs: {url}{contract.DOCS_PATH}" in out and f"metrics: {metrics_url}" in out
         assert "draining" in out and "Traceback" not in out
         records = [json.loads(line) for line in out.splitlines() if line.startswith('{"') and '"_aws"' in line]
         cold = [r for r in records if contract.METRIC_COLD_START_SECONDS in r]
@@ -182,5 +183,5 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _metric(url: str, name: str) -> float:
-    return metric_value(httpx.get(url + contract.METRICS_PATH, timeout=5).text, name)
+def _metric(metrics_url: str, name: str) -> float:
+    return metric_value(httpx.get(metrics_url, timeout=5).text, name)

@@ -88,3 +88,35 @@ def test_device_flag_and_its_former_spelling() -> None:
     assert Settings.from_args(["--accelerator", "neuron"], {}).device == "neuron"
     with pytest.raises(SettingsError, match=r"^argument --accelerator: 'nvidia' is not allowed; allowed: cuda"):
         Settings.from_args(["--accelerator", "nvidia"], {})  # a device, not the config's accelerator name
+
+
+def test_admission_settings_from_env_with_their_bounds() -> None:
+    s = Settings.from_env({})
+    assert (s.max_image_size, s.client_max_in_flight, s.client_rate_per_min) == (None, 4, 60.0)
+    env = {
+        contract.ENV_MAX_IMAGE_SIZE: "1024",
+        contract.ENV_CLIENT_MAX_IN_FLIGHT: "2",
+        contract.ENV_CLIENT_RATE_PER_MIN: "30",
+    }
+    s = Settings.from_env(env)
+    assert (s.max_image_size, s.client_max_in_flight, s.client_rate_per_min) == (1024, 2, 30.0)
+    assert Settings.from_args(["--max-image-size", "768"], env).max_image_size == 768
+    low, high = contract.IMAGE_SIZE_BOUNDS
+    for bad in (str(high + contract.IMAGE_SIZE_MULTIPLE), str(low - contract.IMAGE_SIZE_MULTIPLE), "1004"):
+        with pytest.raises(SettingsError, match=f"^environment {contract.ENV_MAX_IMAGE_SIZE}: '{bad}' is not allowed"):
+            Settings.from_env({contract.ENV_MAX_IMAGE_SIZE: bad})
+    for name, bad in ((contract.ENV_CLIENT_MAX_IN_FLIGHT, "0"), (contract.ENV_CLIENT_MAX_IN_FLIGHT, "65")):
+        with pytest.raises(SettingsError, match=f"^environment {name}: '{bad}' is not allowed"):
+            Settings.from_env({name: bad})
+    with pytest.raises(SettingsError, match=contract.ENV_CLIENT_RATE_PER_MIN):
+        Settings.from_env({contract.ENV_CLIENT_RATE_PER_MIN: "0"})
+
+
+def test_a_max_image_size_below_the_served_size_is_refused_in_one_line() -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({contract.ENV_WIDTH: "768", contract.ENV_MAX_IMAGE_SIZE: "512"})
+    assert str(err.value) == (
+        f"{contract.ENV_MAX_IMAGE_SIZE}: 512 is not allowed; allowed: at least {contract.ENV_WIDTH}=768, "
+        "the size this server serves"
+    )
+    assert Settings.from_env({contract.ENV_HEIGHT: "512", contract.ENV_MAX_IMAGE_SIZE: "512"}).max_image_size == 512
