@@ -144,8 +144,9 @@ class TokenSource:
     def refreshable(self) -> bool:
         return self._url is not None
 
-    def get(self) -> str:
-        """A token valid for a while yet; TokenError (one line) if there is none."""
+    def get(self, timeout_s: float | None = None) -> str:
+        """A token valid for a while yet; TokenError (one line) if there is none. A fetch waits at most
+        ``timeout_s`` (what is left of the caller's deadline) or the source's own timeout, the shorter."""
         now = self._clock()
         if self._url is None:
             assert self._token is not None
@@ -153,7 +154,7 @@ class TokenSource:
                 raise TokenError(f"the token given expired at {_when(self._expires_at)}: get a new one")
             return self._token
         if self._token is None or self._stale(now):
-            self._fetch(now)
+            self._fetch(now, self._timeout_s if timeout_s is None else min(self._timeout_s, timeout_s))
         assert self._token is not None
         return self._token
 
@@ -168,11 +169,13 @@ class TokenSource:
         margin = min(REFRESH_BEFORE_S, max(0.0, self._expires_at - self._fetched_at) / 5)
         return now >= self._expires_at - margin
 
-    def _fetch(self, now: float) -> None:
+    def _fetch(self, now: float, timeout_s: float) -> None:
         assert self._url is not None and self._http is not None
+        if timeout_s <= 0:
+            raise TokenError(f"token route {self._url} not asked: the deadline passed")
         try:
             response = self._http.get(
-                self._url, auth=self._auth() if self._auth else httpx.USE_CLIENT_DEFAULT, timeout=self._timeout_s
+                self._url, auth=self._auth() if self._auth else httpx.USE_CLIENT_DEFAULT, timeout=timeout_s
             )
         except httpx.HTTPError as err:
             raise TokenError(f"token route {self._url} unreachable: {type(err).__name__}: {err}") from None

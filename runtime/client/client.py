@@ -5,10 +5,13 @@ connection setup does not decide), rounded to ``tie_ms``; ties go to the cheaper
 entry's ``cost_weight``, which the publisher fills from the app's accelerator table: higher is
 cheaper). Then the Region's ALB entries (the last resort in the inventory, also probed), then the
 ``fallback_urls`` given by the caller (not probed: they work with no inventory at all). Failover:
-a connection error, a TLS failure, a timeout, 429 or a 5xx moves to the next endpoint, all within
-one total deadline; a 4xx other than 429 is the request's fault and fails at once (no other
-endpoint would accept it), except a 401 on a fetched token, which is renewed and retried once.
-Malformed inventory entries are skipped with a warning, never an exception.
+a connection error, a TLS failure, a timeout, 429 or any 5xx moves to the next endpoint; any other
+answer but 200 is the request's fault and fails at once (no other endpoint would accept it), except
+a 401 on a fetched token, which is renewed and retried once. One total deadline covers the
+inventory, the token, the probes and every attempt: each request's connect and reads wait at most
+what is left of it, and a probe the deadline cut short says nothing about its endpoint (it is
+neither ranked nor named as unreachable). Malformed inventory entries are skipped with a warning,
+never an exception.
 
 Security: TLS is verified (the certifi roots, plus ``ca_bundle`` for a private CA); there is no
 switch to turn verification off. A Local Zone entry's URL names a node IP that changes, which no
@@ -31,6 +34,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,7 +61,6 @@ from runtime.inventory.endpoint import Endpoint
 
 log = logging.getLogger("edge_diffusion.client")
 
-RETRYABLE_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: a trusted certificate
 # for another name, which no CA bundle fixes.
 NAME_MISMATCH_CODES: Final = frozenset({62, 64})
@@ -86,6 +89,11 @@ class NoEndpointError(ClientError):
     def __init__(self, message: str, attempts: Sequence[Attempt] = ()) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
+
+
+def retryable(status: int) -> bool:
+    """Another endpoint may serve it: the queue is full (429) or the endpoint failed (any 5xx)."""
+    return status == 429 or 500 <= status <= 599
 
 
 def parse_inventory(document: object) -> tuple[list[Endpoint], list[str]]:
@@ -309,10 +317,14 @@ class EdgeDiffusionClient:
 
     def load_inventory(self) -> tuple[list[Endpoint], list[str]]:
         """(endpoints, warnings about skipped entries) from the configured source, filtered."""
-        inventory = self._inventory()
+        inventory = self._inventory(math.inf)
         return inventory.endpoints, inventory.skipped
 
-    def _document(self) -> object:
+    def _left(self, deadline: float) -> float:
+        """Seconds until ``deadline`` (a reading of the clock; ``math.inf``: none)."""
+        return deadline - self._clock()
+
+    def _document(self, deadline: float) -> object:
         if self._endpoints is not None:
             return list(self._endpoints)
         if self._endpoints_file is not None:
@@ -324,11 +336,11 @@ class EdgeDiffusionClient:
             except json.JSONDecodeError as err:
                 raise ClientError(f"endpoints file {path} is not JSON: {err.msg} at line {err.lineno}") from None
         if self._inventory_url is not None:
-            return self._fetch_inventory(self._inventory_url)
+            return self._fetch_inventory(self._inventory_url, deadline)
         return {"endpoints": []}
 
-    def _inventory(self) -> Inventory:
-        document = self._document()
+    def _inventory(self, deadline: float) -> Inventory:
+        document = self._document(deadline)
         endpoints, skipped = parse_inventory(document)
         auth = document.get(layout.FIELD_AUTH) if isinstance(document, Mapping) else None
         offered = endpoints
@@ -365,12 +377,13 @@ class EdgeDiffusionClient:
 
         return auth
 
-    def _fetch_inventory(self, url: str) -> object:
+    def _fetch_inventory(self, url: str, deadline: float) -> object:
         self._warn_plain_http(url, "inventory")
+        timeout = min(self._probe_timeout_s * 5, self._left(deadline))
+        if timeout <= 0:
+            raise ClientError(f"inventory {url} not read: the deadline passed")
         try:
-            response = self._http.get(
-                url, params=self._filters, auth=self._sigv4_for(url)(), timeout=self._probe_timeout_s * 5
-            )
+            response = self._http.get(url, params=self._filters, auth=self._sigv4_for(url)(), timeout=timeout)
         except httpx.HTTPError as err:
             raise ClientError(f"inventory {url} unreachable: {_why(err)}: {err}") from None
         if response.status_code != 200:
@@ -399,15 +412,28 @@ class EdgeDiffusionClient:
 
     def probe(self, endpoint: Endpoint, attempts: int = 2) -> Probe:
         """Best round-trip time of ``GET /healthz`` over ``attempts`` (the first pays the connect)."""
+        probe = self._probe_within(endpoint, math.inf, attempts)
+        assert probe is not None  # only a deadline cuts a probe short
+        return probe
+
+    def _probe_within(self, endpoint: Endpoint, deadline: float, attempts: int = 2) -> Probe | None:
+        """``probe`` within what is left of ``deadline``; None when the deadline, not the endpoint, cut it."""
         best: float | None = None
         for _ in range(attempts):
+            allowed = min(self._probe_timeout_s, self._left(deadline))
+            if allowed <= 0:
+                return None
             start = self._clock()
             try:
                 response = self._http.get(
                     endpoint.url + contract.HEALTH_PATH,
-                    timeout=self._probe_timeout_s,
+                    timeout=allowed,
                     extensions=tls_extensions(endpoint),
                 )
+            except httpx.TimeoutException as err:
+                if allowed < self._probe_timeout_s:
+                    return None  # the deadline's timeout, not the endpoint's
+                return Probe(endpoint, None, _why(err))
             except httpx.HTTPError as err:
                 return Probe(endpoint, None, _why(err))
             if response.status_code != 200:
@@ -417,10 +443,14 @@ class EdgeDiffusionClient:
         return Probe(endpoint, best)
 
     def probe_all(self, endpoints: Sequence[Endpoint]) -> list[Probe]:
+        """Every endpoint probed in parallel (16 at a time), with no deadline but the probe timeout."""
+        return [p for p in self._probe_each(endpoints, math.inf) if p is not None]
+
+    def _probe_each(self, endpoints: Sequence[Endpoint], deadline: float) -> list[Probe | None]:
         if not endpoints:
             return []
         with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
-            return list(pool.map(self.probe, endpoints))
+            return list(pool.map(lambda endpoint: self._probe_within(endpoint, deadline), endpoints))
 
     def order(self, probes: Sequence[Probe]) -> list[Endpoint]:
         """Local Zone endpoints by latency, then the Region's, then the fallback URLs."""
@@ -430,7 +460,7 @@ class EdgeDiffusionClient:
 
     # --- tokens ---------------------------------------------------------------------------------
 
-    def _bearer(self, inventory: Inventory) -> str | None:
+    def _bearer(self, inventory: Inventory, deadline: float) -> str | None:
         """The token to send: the given one, or a fetched one when the inventory says endpoints need it."""
         if self._tokens is None:
             return None
@@ -438,7 +468,7 @@ class EdgeDiffusionClient:
         if not wanted:
             return None
         try:
-            return self._tokens.get()
+            return self._tokens.get(timeout_s=self._left(deadline))
         except (TokenError, ClientError) as err:
             if inventory.error is not None:  # best effort: the fallback URLs may not need one
                 log.warning("no token for the fallback URLs: %s", err)
@@ -454,13 +484,13 @@ class EdgeDiffusionClient:
         start = self._clock()
         deadline = start + deadline_s
         try:
-            inventory = self._inventory()
+            inventory = self._inventory(deadline)
         except ClientError as err:
             if not self._fallbacks:
                 raise
             log.warning("%s; trying the fallback URLs", err)
             inventory = Inventory([], [], error=str(err))
-        token = self._bearer(inventory)
+        token = self._bearer(inventory, deadline)
         inventory_done = self._clock()
         if not inventory.endpoints and not self._fallbacks:
             if inventory.unmatched:
@@ -474,7 +504,8 @@ class EdgeDiffusionClient:
                 self._refuse(endpoint)
             if len(refused) == len(inventory.endpoints) + len(self._fallbacks):
                 raise NoEndpointError(self._all_refused(refused, inventory))
-        probes = self.probe_all([e for e in inventory.endpoints if e not in refused])
+        measured = self._probe_each([e for e in inventory.endpoints if e not in refused], deadline)
+        probes = [p for p in measured if p is not None]  # None: the deadline cut the probe short
         ordered = [e for e in self.order(probes) if e not in refused]
         probe_done = self._clock()
         unreachable = [p for p in probes if p.rtt_ms is None]
@@ -519,16 +550,16 @@ class EdgeDiffusionClient:
                 renewed = True
                 self._tokens.invalidate()
                 try:
-                    token = self._tokens.get()
+                    token = self._tokens.get(timeout_s=self._left(deadline))
                 except (TokenError, ClientError) as err:
                     raise ClientError(f"{endpoint.endpoint_id} refused the token and no new one came: {err}") from None
                 continue  # the same endpoint again, once, with the new token
-            if response.status_code in RETRYABLE_STATUSES:
+            if retryable(response.status_code):
                 attempts.append(Attempt(endpoint, str(response.status_code), took))
                 log.warning("%s answered %d, failing over", endpoint.endpoint_id, response.status_code)
                 queue.pop(0)
                 continue
-            if response.status_code != 200:
+            if response.status_code != 200:  # the request's fault: no other endpoint would accept it
                 message = _error_message(response)
                 if response.status_code == 401 and token is None:
                     message += " (the endpoint requires a token: pass --token, or use --inventory-url to get one)"
@@ -577,7 +608,7 @@ class EdgeDiffusionClient:
         """One line: every endpoint tried and why it did not serve, and what was never tried."""
         parts = [f"{_described(a.endpoint)}: {a.outcome}" for a in attempts]
         parts += [f"{_described(p.endpoint)}: not tried, {contract.HEALTH_PATH} {p.error}" for p in unreachable]
-        parts += [f"{_described(e)}: skipped, plain http would expose the bearer token" for e in refused]
+        parts += [f"{_described(e)}: not tried, plain http would expose the bearer token" for e in refused]
         if inv.unmatched:
             parts.append(inv.unmatched)
         if inv.error:
@@ -588,11 +619,12 @@ class EdgeDiffusionClient:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """The server's reason in one line: a JSON object's ``error`` or ``detail``, else the body as it is."""
     try:
         body = response.json()
-        message = body.get("error") or body.get("detail") or body
     except ValueError:
-        message = response.text
+        return " ".join(response.text.split())[:300]
+    message = (body.get("error") or body.get("detail") or body) if isinstance(body, dict) else body
     return " ".join(str(message).split())[:300]
 
 

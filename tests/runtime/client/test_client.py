@@ -124,8 +124,8 @@ def make_client(net: FakeNet, *names: str) -> c.EdgeDiffusionClient:
     )
 
 
-@pytest.mark.parametrize("failure", ["429", "500", "503", "reset", "timeout", "garbage"])
-def test_fails_over_on_errors_timeouts_and_429(failure: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failure", ["429", "500", "501", "503", "507", "599", "reset", "timeout", "garbage"])
+def test_fails_over_on_errors_timeouts_429_and_any_5xx(failure: str, monkeypatch: pytest.MonkeyPatch) -> None:
     net = FakeNet({"a": failure, "b": "ok"})
     client = make_client(net, "a", "b")
     monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
@@ -140,11 +140,37 @@ def test_fails_over_on_errors_timeouts_and_429(failure: str, monkeypatch: pytest
     assert set(result.timings) == {"inventory_s", "probe_s", "generate_s", "total_s"}
 
 
-def test_a_rejected_request_fails_at_once_without_failover() -> None:
-    net = FakeNet({"a": "422", "b": "ok"})
-    with pytest.raises(c.RequestRejectedError, match=r"^request rejected \(422\): 422 says no$"):
-        make_client(net, "a").generate(c.ImageRequest(prompt="a cat"))
+@pytest.mark.parametrize("status", ["400", "404", "422", "499"])
+def test_a_rejected_request_fails_at_once_without_failover(status: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(c, "rank", lambda probes, tie_ms: [p.endpoint for p in probes])  # a first
+    net = FakeNet({"a": status, "b": "ok"})
+    with pytest.raises(c.RequestRejectedError, match=rf"^request rejected \({status}\): {status} says no$"):
+        make_client(net, "a", "b").generate(c.ImageRequest(prompt="a cat"))
     assert net.posts == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'["steps", "too many"]', "['steps', 'too many']"),
+        (b'"steps:  too\\n many"', "steps: too many"),
+        (b"42", "42"),
+        (b"null", "None"),
+        (b'{"error": "", "detail": [1, 2]}', "[1, 2]"),
+        (b'{"field": "steps"}', "{'field': 'steps'}"),
+    ],
+)
+def test_an_error_body_that_is_json_but_no_object_is_still_one_line(body: bytes, message: str) -> None:
+    """The server's reason however its JSON is shaped: never an AttributeError from the parser."""
+    answer = httpx.Response(422, content=body, headers={"content-type": "application/json"})
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "alive"}) if request.url.path == contract.HEALTH_PATH else answer
+
+    client = c.EdgeDiffusionClient(endpoints=[entry("a", 1)], http=httpx.Client(transport=httpx.MockTransport(handle)))
+    with pytest.raises(c.RequestRejectedError) as err:
+        client.generate(c.ImageRequest(prompt="a cat"))
+    assert (err.value.status, str(err.value)) == (422, f"request rejected (422): {message}")
 
 
 def test_unreachable_endpoints_are_not_tried_and_png_responses_work() -> None:
@@ -163,20 +189,106 @@ def test_all_failing_gives_one_error_naming_each_attempt() -> None:
     assert len(err.value.attempts) == 2 and "\n" not in message
 
 
-def test_nothing_is_tried_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_tried_after_the_deadline() -> None:
     net = FakeNet({"a": "503", "b": "ok"})
     now = [0.0]
 
-    def clock() -> float:
-        now[0] += 1.0  # every reading of the clock costs one second
-        return now[0]
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == contract.IMAGES_PATH:
+            now[0] += 13.0  # a's 503 came after the whole deadline
+        return net(request)
 
     client = c.EdgeDiffusionClient(
-        endpoints=[entry("a", 1), entry("b", 1)], http=httpx.Client(transport=httpx.MockTransport(net)), clock=clock
+        endpoints=[entry("a", 1, cost_weight=60), entry("b", 1)],  # a first: the same latency, cheaper
+        http=httpx.Client(transport=httpx.MockTransport(handle)),
+        clock=lambda: now[0],
     )
-    with pytest.raises(c.NoEndpointError, match="within 12s"):
+    with pytest.raises(c.NoEndpointError) as err:
         client.generate(c.ImageRequest(prompt="a cat"), deadline_s=12)
     assert net.posts == ["a"]
+    assert str(err.value) == "no endpoint produced an image within 12s (edge/serving/sd/a (http://a.test:1): 503)"
+
+
+class Timed:
+    """httpx transport on a fake clock: an answer to ``path`` costs ``cost_s[path]`` seconds (a
+    ReadTimeout past the request's read limit), and every request's (path, connect, read) limits are
+    noted: what the client allowed it."""
+
+    def __init__(self, net: Any, cost_s: dict[str, float]) -> None:
+        self.net, self.cost_s = net, cost_s
+        self.now = 0.0
+        self.limits: list[tuple[str, float, float]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        limit = request.extensions["timeout"]
+        self.limits.append((request.url.path, limit["connect"], limit["read"]))
+        cost = self.cost_s.get(request.url.path, 0.0)
+        if cost > limit["read"]:
+            self.now += limit["read"]
+            raise httpx.ReadTimeout("timed out", request=request)
+        self.now += cost
+        return self.net(request)
+
+    def client(self, **kwargs: Any) -> c.EdgeDiffusionClient:
+        from botocore.credentials import Credentials
+
+        return c.EdgeDiffusionClient(
+            http=httpx.Client(transport=httpx.MockTransport(self)),
+            clock=lambda: self.now,
+            wall_clock=lambda: T_NOW,
+            credentials=Credentials("AKIDEXAMPLE", "secret"),
+            **kwargs,
+        )
+
+
+TOKEN_ROUTE = "/v1" + contract.TOKEN_PATH
+
+
+def test_one_deadline_bounds_the_inventory_the_token_the_probes_and_the_attempt() -> None:
+    """Each request waits at most what is left of the 10 s: the inventory 10 s (its own cap is 15),
+    the token 8 s (its own is 10), each probe its 3 s timeout, and the attempt the 4.5 s left."""
+    net = Net({"a": "ok"}, inventory={"auth": "token", "endpoints": [tls_entry("a")]}, tokens=["t1"])
+    timed = Timed(net, {"/v1/endpoints": 2.0, TOKEN_ROUTE: 3.0, contract.HEALTH_PATH: 0.25})
+    result = timed.client(inventory_url=INVENTORY_URL, probe_timeout_s=3.0).generate(
+        c.ImageRequest(prompt="a cat"), deadline_s=10
+    )
+    assert result.endpoint.endpoint_id.endswith("/a") and net.posts == [("a", "Bearer t1")]
+    assert [(path, read) for path, _, read in timed.limits] == [
+        ("/v1/endpoints", 10.0),
+        (TOKEN_ROUTE, 8.0),
+        (contract.HEALTH_PATH, 3.0),
+        (contract.HEALTH_PATH, 3.0),
+        (contract.IMAGES_PATH, 4.5),
+    ]
+    assert all(connect == read for _, connect, read in timed.limits)
+
+
+@pytest.mark.parametrize(
+    ("deadline_s", "why"),
+    [
+        (1.0, "the deadline passed before any attempt"),  # the deadline cut the probe: it says nothing of a
+        (10.0, "edge/serving/sd/a (http://a.test:1): not tried, /healthz ReadTimeout; no endpoint was reachable"),
+    ],
+)
+def test_a_probe_slower_than_what_is_left_ends_at_the_deadline(deadline_s: float, why: str) -> None:
+    timed = Timed(FakeNet({"a": "ok"}), {contract.HEALTH_PATH: 5.0})
+    with pytest.raises(c.NoEndpointError) as err:
+        timed.client(endpoints=[entry("a", 1)], probe_timeout_s=2.0).generate(
+            c.ImageRequest(prompt="a cat"), deadline_s=deadline_s
+        )
+    assert str(err.value) == f"no endpoint produced an image within {deadline_s:g}s ({why})"
+    assert timed.now == min(deadline_s, 2.0) and timed.limits == [(contract.HEALTH_PATH,) + (timed.now,) * 2]
+
+
+def test_an_inventory_that_took_the_whole_deadline_leaves_no_time_for_a_token() -> None:
+    net = Net({"a": "ok"}, inventory={"auth": "token", "endpoints": [tls_entry("a")]}, tokens=["t1"])
+    timed = Timed(net, {"/v1/endpoints": 10.0})
+    with pytest.raises(c.ClientError) as err:
+        timed.client(inventory_url=INVENTORY_URL).generate(c.ImageRequest(prompt="a cat"), deadline_s=10)
+    assert str(err.value) == (
+        "token route https://api.execute-api.us-west-2.amazonaws.com/v1/token not asked: the deadline passed"
+    )
+    assert net.token_calls == [] and net.posts == []
 
 
 def test_no_usable_endpoint_is_an_error_not_a_crash() -> None:
@@ -608,7 +720,7 @@ def test_a_token_renewed_for_plain_http_with_nothing_else_left_says_so() -> None
     assert net.posts == [("a", None)]
     assert str(err.value) == (
         "no endpoint produced an image within 120s (edge/serving/sd/a (http://a.test:1): 401: token renewed; "
-        "edge/serving/sd/a (http://a.test:1): skipped, plain http would expose the bearer token)"
+        "edge/serving/sd/a (http://a.test:1): not tried, plain http would expose the bearer token)"
     )
 
 
@@ -619,7 +731,7 @@ def test_a_skipped_endpoint_is_named_when_the_others_fail() -> None:
     assert net.posts == [("tls", "Bearer mine")] and "plain" not in net.contacted
     assert str(err.value) == (
         "no endpoint produced an image within 120s (edge/serving/sd/tls (https://tls.test:1): 503; "
-        "edge/serving/sd/plain (http://plain.test:1): skipped, plain http would expose the bearer token)"
+        "edge/serving/sd/plain (http://plain.test:1): not tried, plain http would expose the bearer token)"
     )
 
 

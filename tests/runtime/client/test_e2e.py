@@ -36,8 +36,10 @@ LOOPBACK = "127.0.0.1"
 DELAY_S = 0.2  # per forwarded chunk and direction: a /healthz round trip gains ~400 ms
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = c.ImageRequest(prompt="a cat", steps=2, width=64, height=64, seed=1)
-# Long enough (~0.15 s on an idle tiny model, vs ~1 ms from POST to SIGKILL) to be killed while it works.
+# Long enough (~0.15 s on an idle tiny model, vs ~1 ms from POST to SIGKILL) to be killed while it works:
+# larger than the tiny model's served 64x64, so the servers that get it start with --max-image-size 96.
 SLOW = c.ImageRequest(prompt="a lighthouse at dawn", steps=8, width=96, height=96, seed=2)
+MAX_IMAGE_SIZE = "96"
 
 
 def free_port() -> int:
@@ -106,7 +108,8 @@ class Server:
 def start_server(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "runtime.server", "--model", "tiny", "--host", LOOPBACK, "--port", str(port)]
-    command += ["--metrics-sink", "none", "--no-ui", "--max-batch", "1", *extra]
+    # --metrics-port 0: the metrics listener on a free port, so servers started together do not collide.
+    command += ["--metrics-sink", "none", "--metrics-port", "0", "--no-ui", "--max-batch", "1", *extra]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -141,7 +144,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     logs = tmp_path_factory.mktemp("servers")
     ports = {"fast": free_port(), "slow": free_port()}
     # Plain http without tokens: what a workstation runs (the inventory marks such endpoints http).
-    processes = {name: start_server(port, logs / f"{name}.log", "--auth", "none") for name, port in ports.items()}
+    processes = {
+        name: start_server(port, logs / f"{name}.log", "--auth", "none", "--max-image-size", MAX_IMAGE_SIZE)
+        for name, port in ports.items()
+    }
     try:
         for name, port in ports.items():  # both load in parallel; wait for each
             wait_ready(port, processes[name], logs / f"{name}.log")
