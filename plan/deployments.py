@@ -45,6 +45,9 @@ T = TypeVar("T")
 DEPLOYMENTS_DIR: Final = CDK_JSON.parent / "deployments"
 DEFAULT_DEPLOYMENT: Final = "dev"
 DEPLOYMENT_KEY: Final = "deployment"  # context key: the workstation deployment
+# Context key `make destroy` sets: the stacks are being deleted, so rules that protect what a deploy
+# would create (HTTPS required) do not stand in the way of removing a deployment made before them.
+TEARDOWN_KEY: Final = "teardown"
 DEPLOYMENT_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 # Keys of the build infrastructure, shared by every deployment: cdk.json (or -c) only. The
 # model is one too: the image pipeline bakes it into the serving images every deployment runs.
@@ -189,6 +192,8 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
     committed = cdk_json_context()
     context = dict[str, object](context)
     name = str(context.pop(DEPLOYMENT_KEY, DEFAULT_DEPLOYMENT))
+    teardown = str(context.pop(TEARDOWN_KEY, False)).lower() == "true"
+    deleting: dict[str, object] = {DEVELOPMENT_KEY: True} if teardown else {}
     overrides = _overrides(context, committed)
     errors: list[ConfigError] = []
     shared = _attempt(errors, load_config, context)
@@ -205,7 +210,7 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
         # A typo in pipeline.deployments fails here, with the list of files.
         keys = _attempt(errors, read_deployment_file, listed, directory)
         if keys is not None:
-            config = _attempt(errors, load_config, {**base, **keys, **pinned}, file=(listed, keys))
+            config = _attempt(errors, load_config, {**base, **keys, **pinned, **deleting}, file=(listed, keys))
             if config:
                 pipeline.append(Deployment(listed, config, PIPELINE))
     workstation: Deployment | None = None
@@ -224,7 +229,7 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
         own = _attempt(errors, read_deployment_file, name, directory)
         if own is not None:
             file_keys = {k: v for k, v in own.items() if k not in overrides}
-            keys = {**_without_development(context), **own, **overrides, **pinned}
+            keys = {**_without_development(context), **own, **overrides, **pinned, **deleting}
             config = _attempt(errors, load_config, keys, file=(name, file_keys))
             workstation = Deployment(name, config, WORKSTATION) if config else None
     raise_collected(errors)

@@ -77,10 +77,20 @@ KEY_ADMIN_ACTIONS: Final = (
 KEY_PUBLIC_ACTIONS: Final = ("kms:GetPublicKey", "kms:DescribeKey")
 # What would let a principal sign tokens, or trust another key's: signing itself, a grant (a grant
 # for kms:Sign needs no key policy change), rewriting the policy, moving or removing the alias the
-# servers read the public key by. Explicit Denies: an IAM Allow cannot outweigh them.
+# servers read the public key by, or deleting the key (once deleted, its alias name is free for a key
+# of the caller's own) or disabling it (token issuance stops). Explicit Denies: an IAM Allow cannot
+# outweigh them. CloudFormation's execution role keeps the deployer actions: an update rewrites the
+# policy, a destroy deletes the alias and schedules the key's deletion.
 SIGN_ACTIONS: Final = ("kms:Sign",)
 GRANT_ACTIONS: Final = ("kms:CreateGrant",)
-DEPLOYER_ACTIONS: Final = ("kms:PutKeyPolicy", "kms:UpdateAlias", "kms:DeleteAlias")
+DEPLOYER_ACTIONS: Final = (
+    "kms:PutKeyPolicy",
+    "kms:UpdateAlias",
+    "kms:DeleteAlias",
+    "kms:ScheduleKeyDeletion",
+    "kms:DisableKey",
+    "kms:DisableKeyRotation",
+)
 PRINCIPAL_ARN: Final = "aws:PrincipalArn"
 # AWS WAF rate-based rules: a limit from 10 requests per evaluation window, windows of 1, 2, 5 or 10 minutes.
 WAF_RATE_BOUNDS: Final = (10, 2_000_000_000)

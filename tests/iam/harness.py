@@ -27,7 +27,8 @@ Modeled, per API call (AWS service authorization reference, "Actions, resources,
   (the alias name, when KeyId is an alias name or alias ARN), ``kms:CallerAccount``, and for
   Sign/Verify ``kms:SigningAlgorithm`` and ``kms:MessageType``; the key policy must allow too.
   Modeled operations: GetPublicKey, Sign, Verify, DescribeKey, and the ones that manage a key:
-  CreateGrant (no ``kms:Grant*`` condition key is modeled), PutKeyPolicy, ScheduleKeyDeletion.
+  CreateGrant (no ``kms:Grant*`` condition key is modeled), PutKeyPolicy, ScheduleKeyDeletion,
+  DisableKey, DisableKeyRotation, TagResource.
 - KMS UpdateAlias/DeleteAlias -> the action on the alias ARN (IAM alone: an alias has no policy)
   and on each key it names: the one it points at, and for UpdateAlias the new one.
 - Every request carries ``aws:PrincipalArn``: the workload's role ARN (AWS's value for a session
@@ -262,7 +263,11 @@ _DYNAMODB_OPERATIONS: Final = ("PutItem", "UpdateItem", "DeleteItem", "GetItem",
 SERVICES: Final[Mapping[tuple[str, str], Callable[[Any, str], list[Request]]]] = {
     **{("dynamodb", op): _dynamodb for op in _DYNAMODB_OPERATIONS},
     **{("kms", op): _kms for op in ("GetPublicKey", "Sign", "Verify", "DescribeKey")},
-    **{("kms", op): _kms for op in ("CreateGrant", "PutKeyPolicy", "ScheduleKeyDeletion")},
+    **{
+        ("kms", op): _kms
+        for op in ("CreateGrant", "PutKeyPolicy", "ScheduleKeyDeletion", "DisableKey", "DisableKeyRotation")
+    },
+    ("kms", "TagResource"): _kms,
     **{("kms", op): _kms_alias for op in ("UpdateAlias", "DeleteAlias")},
     **{("secretsmanager", op): _secretsmanager for op in ("GetSecretValue", "DescribeSecret")},
     **{("ecr", op): _ecr for op in ("DescribeImages", "BatchGetImage", "ListImages", "GetAuthorizationToken")},

@@ -108,18 +108,28 @@ def test_an_administrator_cannot_point_the_servers_alias_at_a_key_of_its_own(wor
     assert world.aws.authorized(ADMIN, "kms:UpdateAlias", mine)
 
 
-def test_the_administrator_still_reads_and_manages_the_key(world: World) -> None:
+def test_the_administrator_still_reads_and_tags_the_key(world: World) -> None:
     admin, key = administrator(world, ADMIN), token_key(world)
     with world.aws.acting_as(admin) as session:
         kms = session.client("kms")
         assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyUsage"] == "SIGN_VERIFY"
         assert kms.get_public_key(KeyId=ALIAS)["PublicKey"]
-        kms.schedule_key_deletion(KeyId=key_id(key), PendingWindowInDays=7)
+        kms.tag_resource(KeyId=key, Tags=[{"TagKey": "owner", "TagValue": "platform"}])
     assert {c.request.action for c in world.aws.authorized(ADMIN)} == {
         "kms:DescribeKey",
         "kms:GetPublicKey",
-        "kms:ScheduleKeyDeletion",
+        "kms:TagResource",
     }
+
+
+@pytest.mark.parametrize("action", ["schedule_key_deletion", "disable_key"])
+def test_an_administrator_cannot_delete_or_disable_the_key(world: World, action: str) -> None:
+    """Deleted, its alias name would be free for a key of the administrator's own (pods trust the alias);
+    disabled, token issuance stops. Only CloudFormation's role does either (a destroy)."""
+    admin, key = administrator(world, ADMIN), token_key(world)
+    args = {"KeyId": key_id(key), **({"PendingWindowInDays": 7} if action == "schedule_key_deletion" else {})}
+    (line,) = denied(world, admin, lambda kms: getattr(kms, action)(**args))
+    assert KEY_DENY in line
 
 
 def test_cloudformation_s_role_updates_the_policy_and_deletes_the_key_but_cannot_sign(world: World) -> None:

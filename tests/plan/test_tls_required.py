@@ -114,6 +114,31 @@ def test_the_cli_prints_one_error_line_per_plain_http_path(capsys: pytest.Captur
     assert out.err.splitlines() == [REGION_LINE, ZONE_LINE]
 
 
+def test_make_destroy_deletes_a_deployment_made_before_https_was_required(tmp_path: Path) -> None:
+    """A deployment file without tls.* and without development: synth refuses it, but `make destroy`
+    (which sets teardown) must still be able to delete what it deployed, pipeline deployments included."""
+    (tmp_path / "old.json").write_text(json.dumps({"clusterName": "edge-diffusion-old"}))
+    legacy = {"clusterName": "edge-diffusion-legacy", "localZones": [], "clientCidrs": ["198.18.0.0/15"]}
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    pipeline = {**dict(cdk_json_context().get("pipeline", {})), "deployments": ["legacy"]}
+    context = {**cdk_json_context(), "account": "123456789012", "pipeline": pipeline, "deployment": "old"}
+    with pytest.raises(ConfigError) as err:
+        load_plan(context, tmp_path)
+    assert {error.key for error in err.value.errors} == {"tls.certificateArn", "tls.localZoneSecret"}
+    plan = load_plan({**context, "teardown": "true"}, tmp_path)
+    assert plan.selected.name == "old" and [d.name for d in plan.pipeline] == ["legacy"]
+    assert (
+        "-c teardown=true"
+        in subprocess.run(
+            ["make", "-n", "destroy"], cwd=ROOT, capture_output=True, text=True, check=True, env=_make_env()
+        ).stdout
+    )
+
+
+def _make_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("DEPLOYMENT", "CONTEXT", "MAKEFLAGS")}
+
+
 # --- The committed staging and production deployments ----------------------------------------------
 
 
