@@ -13,11 +13,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CDK := node_modules/.bin/cdk
 CDK8S := node_modules/.bin/cdk8s
+TSC := node_modules/.bin/tsc
+SDK := sdk/typescript
 CRDS ?= third_party
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: help deps synth manifests test pytest lint fmt diff preflight deploy deploy-build deploy-pipeline destroy serve bench imports clean
+.PHONY: help deps synth manifests test pytest sdk sdk-test lint fmt diff preflight deploy deploy-build deploy-pipeline destroy serve bench imports clean
 
 # One deploy path per deployment (plan/deployments.py): the build infrastructure once per account
 # and Region, then a deployment (deployments/$(DEPLOYMENT).json) from this workstation. The ones
@@ -51,11 +53,22 @@ synth: deps ## synthesize the templates (cdk.out/) and Kubernetes manifests (dis
 manifests: $(STAMP_PY) ## write DEPLOYMENT's cdk8s charts as plain YAML to dist/manifests/ (kubectl apply / GitOps)
 	$(PY) -m charts.render --out dist/manifests $(CDK_ARGS)
 
-test: deps lint pytest ## lint, type-check and run every test
+test: deps lint pytest sdk-test ## lint, type-check and run every test (Python, and the TypeScript SDK's)
 
 pytest: deps
 	$(NO_DEPLOYMENT)
 	$(PY) -m pytest
+
+sdk: $(STAMP_NODE) ## build the TypeScript device SDK (sdk/typescript/dist/) and its tests; `npm pack` in sdk/typescript makes its tarball
+	$(NO_DEPLOYMENT)
+	rm -rf $(SDK)/dist $(SDK)/dist-test
+	$(TSC) -p $(SDK)
+	$(TSC) -p $(SDK)/tsconfig.core.json
+	$(TSC) -p $(SDK)/test
+
+sdk-test: sdk $(STAMP_PY) ## the SDK's tests: the shared client scenarios, its own cases, and against the real server
+	$(NO_DEPLOYMENT)
+	node --test $(SDK)/dist-test/*.test.js
 
 lint: $(STAMP_PY) ## ruff, mypy, import-linter (the layers), hadolint, shellcheck
 	$(NO_DEPLOYMENT)
@@ -106,13 +119,16 @@ deploy: deploy-build ## deploy the build infrastructure and DEPLOYMENT (default 
 
 # The deployment's stacks, by the names the CLI knows them under on the path that deploys them
 # (a pipeline deployment's sit inside the deploy pipeline's stage); the CLI deletes dependents first.
+# Deleting stacks: rules that protect what a deploy creates (HTTPS required) do not block removing
+# a deployment made before them (plan.deployments.TEARDOWN_KEY).
+destroy: override CONTEXT += -c teardown=true
 destroy: deps ## delete DEPLOYMENT's stacks (asks first); the README's teardown table lists what is kept
 	$(REQUIRE_ACCOUNT) destroy $(CDK_ARGS)
 	$(CDK) destroy $(call stacks_of,--stacks) $(CDK_ARGS)
 
 serve: $(STAMP_PY) ## run the inference server with the tiny model on localhost (demo: UI on, no token auth, batches of up to 8)
 	$(NO_DEPLOYMENT)
-	EDGE_DIFFUSION_AUTH=none EDGE_DIFFUSION_UI=1 $(PY) -m runtime.server --model tiny --host 127.0.0.1 --max-batch 8
+	EDGE_DIFFUSION_AUTH=none EDGE_DIFFUSION_UI=1 $(PY) -m runtime.server --model tiny --host 127.0.0.1 --max-batch 8 --docs
 
 BENCH_ARGS ?=
 bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model; BENCH_ARGS='--phases --model sd21-random ...' times each phase
@@ -154,5 +170,5 @@ imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in third_part
 
 clean: ## remove generated output (keeps .venv and node_modules)
 	$(NO_DEPLOYMENT)
-	rm -rf cdk.out dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf cdk.out dist $(SDK)/dist $(SDK)/dist-test .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -not -path './node_modules/*' -prune -exec rm -rf {} +
