@@ -259,7 +259,7 @@ def test_token_signing_key_is_rsa_and_only_the_token_role_may_sign(template: Any
     )
 
 
-def test_on_either_deploy_path_only_cloudformation_s_role_may_rewrite_the_key_policy(synth: Any) -> None:
+def test_on_either_deploy_path_only_cloudformation_s_role_may_rewrite_or_delete_the_key(synth: Any) -> None:
     """``cdk deploy`` and the deploy pipeline's stages both deploy with the bootstrap's execution role."""
     stacks = [synth.stacks.workstation, *synth.stacks.pipeline.values()]
     assert len(stacks) == 3
@@ -271,7 +271,14 @@ def test_on_either_deploy_path_only_cloudformation_s_role_may_rewrite_the_key_po
             if s["Sid"] == "OnlyCloudFormationRewritesThePolicyOrTheAlias"
         ]
         assert (deny["Effect"], deny["Principal"]) == ("Deny", {"AWS": "*"})
-        assert sorted(_list(deny["Action"])) == ["kms:DeleteAlias", "kms:PutKeyPolicy", "kms:UpdateAlias"]
+        assert sorted(_list(deny["Action"])) == [
+            "kms:DeleteAlias",
+            "kms:DisableKey",
+            "kms:DisableKeyRotation",
+            "kms:PutKeyPolicy",
+            "kms:ScheduleKeyDeletion",
+            "kms:UpdateAlias",
+        ]
         assert deny["Condition"] == {
             "ArnNotEquals": {
                 "aws:PrincipalArn": {
