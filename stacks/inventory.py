@@ -369,13 +369,15 @@ def deployer_role_arn(stack: cdk.Stack) -> str:
 
 def token_key_policy(signer_role_arn: str, deployer_role_arn: str) -> iam.PolicyDocument:
     """The token signing key's policy: only ``signer_role_arn`` signs, nobody grants signing, and
-    only ``deployer_role_arn`` (CloudFormation) rewrites the policy or moves the alias.
+    only ``deployer_role_arn`` (CloudFormation) rewrites the policy, moves the alias, or disables or
+    deletes the key.
 
-    The account keeps administering the key through IAM (describe, tag, disable, schedule its
-    deletion: CloudFormation deletes it on destroy), but explicit Denies on ``aws:PrincipalArn``
-    outweigh any IAM Allow: an administrator's ``kms:*`` cannot sign, cannot ``kms:CreateGrant``
-    itself ``kms:Sign``, cannot ``kms:PutKeyPolicy`` the Denies away, and cannot point the alias
-    the servers read the public key by at a key of its own. KMS refuses a policy that would lock
+    The account keeps administering the key through IAM (describe, tag, enable), but explicit
+    Denies on ``aws:PrincipalArn`` outweigh any IAM Allow: an administrator's ``kms:*`` cannot
+    sign, cannot ``kms:CreateGrant`` itself ``kms:Sign``, cannot ``kms:PutKeyPolicy`` the Denies
+    away, cannot point the alias the servers read the public key by at a key of its own, and cannot
+    delete the key to free that alias name (nor disable it, which would stop token issuance).
+    CloudFormation schedules its deletion on destroy. KMS refuses a policy that would lock
     out its own caller, so CloudFormation, which creates the key as ``deployer_role_arn``, fails
     the deploy rather than leave a key no one can update.
 
@@ -390,6 +392,18 @@ def token_key_policy(signer_role_arn: str, deployer_role_arn: str) -> iam.Policy
     """
     root = iam.AccountRootPrincipal()
     anyone = iam.AnyPrincipal()
+
+    def deny(sid: str, actions: tuple[str, ...], but: str | None = None) -> iam.PolicyStatement:
+        """An explicit Deny of ``actions`` to every principal, or to every one but the role ``but``."""
+        return iam.PolicyStatement(
+            sid=sid,
+            effect=iam.Effect.DENY,
+            principals=[anyone],
+            actions=list(actions),
+            resources=["*"],
+            conditions={"ArnNotEquals": {PRINCIPAL_ARN: but}} if but else None,
+        )
+
     return iam.PolicyDocument(
         statements=[
             iam.PolicyStatement(
@@ -410,29 +424,9 @@ def token_key_policy(signer_role_arn: str, deployer_role_arn: str) -> iam.Policy
                 actions=list(SIGN_ACTIONS),
                 resources=["*"],
             ),
-            iam.PolicyStatement(
-                sid="NoOneElseSigns",
-                effect=iam.Effect.DENY,
-                principals=[anyone],
-                actions=list(SIGN_ACTIONS),
-                resources=["*"],
-                conditions={"ArnNotEquals": {PRINCIPAL_ARN: signer_role_arn}},
-            ),
-            iam.PolicyStatement(
-                sid="NoGrants",  # nothing here needs one; a grant for kms:Sign would sign
-                effect=iam.Effect.DENY,
-                principals=[anyone],
-                actions=list(GRANT_ACTIONS),
-                resources=["*"],
-            ),
-            iam.PolicyStatement(
-                sid="OnlyCloudFormationRewritesThePolicyOrTheAlias",
-                effect=iam.Effect.DENY,
-                principals=[anyone],
-                actions=list(DEPLOYER_ACTIONS),
-                resources=["*"],
-                conditions={"ArnNotEquals": {PRINCIPAL_ARN: deployer_role_arn}},
-            ),
+            deny("NoOneElseSigns", SIGN_ACTIONS, but=signer_role_arn),
+            deny("NoGrants", GRANT_ACTIONS),  # nothing here needs one; a grant for kms:Sign would sign
+            deny("OnlyCloudFormationRewritesDeletesOrDisablesTheKey", DEPLOYER_ACTIONS, but=deployer_role_arn),
         ]
     )
 

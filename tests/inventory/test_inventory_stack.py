@@ -236,7 +236,7 @@ def test_token_signing_key_is_rsa_and_only_the_token_role_may_sign(template: Any
         "OnlyTheTokenRouteSigns",
         "NoOneElseSigns",
         "NoGrants",
-        "OnlyCloudFormationRewritesThePolicyOrTheAlias",
+        "OnlyCloudFormationRewritesDeletesOrDisablesTheKey",
     }
     allows = [s for s in statements.values() if s["Effect"] == "Allow"]
     signers = [s for s in allows if "kms:Sign" in _list(s["Action"]) or "kms:*" in _list(s["Action"])]
@@ -268,7 +268,7 @@ def test_on_either_deploy_path_only_cloudformation_s_role_may_rewrite_or_delete_
         (deny,) = [
             s
             for s in key["Properties"]["KeyPolicy"]["Statement"]
-            if s["Sid"] == "OnlyCloudFormationRewritesThePolicyOrTheAlias"
+            if s["Sid"] == "OnlyCloudFormationRewritesDeletesOrDisablesTheKey"
         ]
         assert (deny["Effect"], deny["Principal"]) == ("Deny", {"AWS": "*"})
         assert sorted(_list(deny["Action"])) == [
