@@ -19,7 +19,7 @@ CRDS ?= third_party
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: help deps synth manifests test pytest sdk sdk-test lint fmt diff preflight deploy deploy-build deploy-pipeline destroy serve bench imports clean
+.PHONY: help deps synth manifests test pytest sdk sdk-test demo lint fmt diff preflight deploy deploy-build deploy-pipeline destroy serve bench imports clean
 
 # One deploy path per deployment (plan/deployments.py): the build infrastructure once per account
 # and Region, then a deployment (deployments/$(DEPLOYMENT).json) from this workstation. The ones
@@ -55,16 +55,23 @@ manifests: $(STAMP_PY) ## write DEPLOYMENT's cdk8s charts as plain YAML to dist/
 
 test: deps lint pytest sdk-test ## lint, type-check and run every test (Python, and the TypeScript SDK's)
 
-pytest: deps
+pytest: deps sdk
 	$(NO_DEPLOYMENT)
 	$(PY) -m pytest
 
-sdk: $(STAMP_NODE) ## build the TypeScript device SDK (sdk/typescript/dist/) and its tests; `npm pack` in sdk/typescript makes its tarball
+sdk: $(STAMP_NODE) ## build the TypeScript device SDK (sdk/typescript/dist/), its tests and its browser demo; `npm pack` in sdk/typescript makes its tarball
 	$(NO_DEPLOYMENT)
-	rm -rf $(SDK)/dist $(SDK)/dist-test
+	rm -rf $(SDK)/dist $(SDK)/dist-test $(SDK)/demo/dist
 	$(TSC) -p $(SDK)
 	$(TSC) -p $(SDK)/tsconfig.core.json
 	$(TSC) -p $(SDK)/test
+	$(TSC) -p $(SDK)/demo
+	$(TSC) -p $(SDK)/demo/tsconfig.server.json
+
+DEMO_ARGS ?= --api http://127.0.0.1:7860 --port 8080
+demo: sdk ## the SDK's browser demo (camera as image prompt, result over the view) on http://127.0.0.1:8080/; run `make serve` first; DEMO_ARGS='--api URL --port N'
+	$(NO_DEPLOYMENT)
+	node $(SDK)/demo/serve.mjs $(DEMO_ARGS)
 
 sdk-test: sdk $(STAMP_PY) ## the SDK's tests: the shared client scenarios, its own cases, and against the real server
 	$(NO_DEPLOYMENT)
@@ -170,5 +177,5 @@ imports: $(STAMP_NODE) ## regenerate charts/imports/ from the CRDs in third_part
 
 clean: ## remove generated output (keeps .venv and node_modules)
 	$(NO_DEPLOYMENT)
-	rm -rf cdk.out dist $(SDK)/dist $(SDK)/dist-test .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf cdk.out dist $(SDK)/dist $(SDK)/dist-test $(SDK)/demo/dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -not -path './node_modules/*' -prune -exec rm -rf {} +
