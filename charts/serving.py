@@ -22,6 +22,7 @@ from constructs import Construct
 from charts import pods
 from plan import contract, naming, topology
 from plan.config import AppConfig
+from plan.model_artifacts import model_profile
 from plan.topology import Placement
 
 PORT_NAME: Final = "http"  # the pods' serving port (HTTP, or HTTPS in a Local Zone with tls.localZoneSecret)
@@ -105,6 +106,20 @@ def pods_terminate_tls(config: AppConfig, placement: Placement) -> bool:
 def url_scheme(tls: bool) -> str:
     """The value of ``contract.ANNOTATION_SCHEME``: what a device must use to reach the endpoint."""
     return "https" if tls else "http"
+
+
+def model_defaults_env(model_id: str) -> dict[str, str]:
+    """What a request that names no steps or guidance gets, and the sampler, from the model's row of
+    ``plan.model_artifacts.MODEL_PROFILES`` (SD-Turbo: 1 step, no guidance, its own Euler sampler);
+    nothing for a model not in the table, which keeps the server's own defaults."""
+    profile = model_profile(model_id)
+    if profile is None:
+        return {}
+    return {
+        contract.ENV_DEFAULT_STEPS: str(profile.default_steps),
+        contract.ENV_DEFAULT_GUIDANCE: f"{profile.guidance_scale:g}",
+        contract.ENV_SCHEDULER: profile.scheduler,
+    }
 
 
 def auth_env(config: AppConfig) -> dict[str, str]:
@@ -241,6 +256,7 @@ class ServingChart(cdk8s.Chart):
             contract.ENV_HEIGHT: str(serving.height),
             contract.ENV_WIDTH: str(serving.width),
             contract.ENV_MAX_WAIT_MS: str(serving.max_wait_ms),
+            **model_defaults_env(config.model_id),
             contract.ENV_METRICS_SINK: settings.metrics_sink,
             contract.ENV_DRAIN_TIMEOUT_S: str(settings.drain_s),
             contract.ENV_HOST: "0.0.0.0",  # noqa: S104 - the pod's own network namespace

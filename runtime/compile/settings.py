@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar, Final
 
 from plan import contract
+from plan.model_artifacts import model_profile
 from runtime.artifacts.manifest import (
     DTYPES,
     MODEL_ID_ALLOWED,
@@ -108,9 +109,11 @@ class CompileConfig(ProgramSettings):
 
     @property
     def shapes(self) -> Shapes:
-        """The configured size, else the model's native one (a built-in model's, e.g. 64 for tiny)."""
-        model = built_in(self.model_id)
-        native = model.native_size if model else contract.DEFAULT_IMAGE_SIZE
+        """The configured size, else the model's native one: a built-in model's (64 for tiny), a known
+        model's (``plan.model_artifacts.MODEL_PROFILES``: 768 for stabilityai/stable-diffusion-2-1),
+        else ``contract.DEFAULT_IMAGE_SIZE``."""
+        model, profile = built_in(self.model_id), model_profile(self.model_id)
+        native = model.native_size if model else profile.native_size if profile else contract.DEFAULT_IMAGE_SIZE
         return Shapes(height=self.height or native, width=self.width or native, batch_size=self.batch_size)
 
     @property

