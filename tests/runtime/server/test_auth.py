@@ -51,6 +51,11 @@ def claims(
     return {"iss": iss, "aud": aud, "sub": "device-1", "iat": issued, "exp": issued + lifetime_s}
 
 
+def now() -> int:
+    """The clock when a case's token is minted (not at import: a long session would turn "in 300 s" into the past)."""
+    return int(time.time())
+
+
 def mint(key: rsa.RSAPrivateKey, *, iss: str = ISSUER, aud: str = contract.TOKEN_AUDIENCE, **changes: Any) -> str:
     """An RS256 token like the token route's; ``changes`` set claims (None drops one)."""
     payload = {**claims(iss=iss, aud=aud), **changes}
@@ -111,7 +116,6 @@ def _tampered() -> str:
     return f"{header}.{payload}.{signature}"
 
 
-NOW = time.time()
 BAD_TOKENS: list[tuple[str, Callable[[], dict[str, str]], str]] = [
     ("missing", lambda: {}, "authorization: missing"),
     ("empty", lambda: {"Authorization": ""}, "authorization: missing"),
@@ -119,9 +123,9 @@ BAD_TOKENS: list[tuple[str, Callable[[], dict[str, str]], str]] = [
     ("bearer without token", lambda: {"Authorization": "Bearer"}, "Bearer without a token"),
     ("malformed", lambda: bearer("not-a-jwt"), "token: malformed"),
     ("three garbage parts", lambda: bearer("a.b.c"), "token: malformed"),
-    ("expired", lambda: bearer(mint(KEY, exp=int(NOW) - 120)), "token: expired"),
-    ("not yet valid", lambda: bearer(mint(KEY, nbf=int(NOW) + 300)), "token: not valid yet"),
-    ("issued in the future", lambda: bearer(mint(KEY, iat=int(NOW) + 300)), "token: not valid yet"),
+    ("expired", lambda: bearer(mint(KEY, exp=now() - 120)), "token: expired"),
+    ("not yet valid", lambda: bearer(mint(KEY, nbf=now() + 300)), "token: not valid yet"),
+    ("issued in the future", lambda: bearer(mint(KEY, iat=now() + 300)), "token: not valid yet"),
     ("wrong audience", lambda: bearer(mint(KEY, aud="someone-else")), "token: wrong audience"),
     ("wrong issuer", lambda: bearer(mint(KEY, iss=contract.token_issuer("other"))), "token: wrong issuer"),
     ("another key", lambda: bearer(mint(OTHER_KEY)), "token: bad signature"),
@@ -135,7 +139,7 @@ BAD_TOKENS: list[tuple[str, Callable[[], dict[str, str]], str]] = [
     ("sub not a string", lambda: bearer(mint(KEY, sub=42)), "token: invalid"),
     (
         "a ten-year lifetime",
-        lambda: bearer(mint(KEY, exp=int(NOW) + 10 * 365 * 86400)),
+        lambda: bearer(mint(KEY, exp=now() + 10 * 365 * 86400)),
         "s is longer than the 3600 s allowed",
     ),
 ]
@@ -210,7 +214,7 @@ def test_the_ui_needs_a_token_too(auth_server: RunningServer) -> None:
         assert c.get(contract.UI_PATH + "/", headers=bearer(mint(KEY))).status_code == 200
     before = metric_value(auth_server.metrics(), contract.PROM_IMAGES_GENERATED + "_total")
     client = Client(auth_server.url + contract.UI_PATH + "/", headers=bearer(mint(KEY)), verbose=False)
-    _, info = client.predict("a kite", "", 2, 7.5, 64, 64, 5, api_name="/generate")
+    _, info = client.predict("a kite", "", 2, 7.5, 64, 64, 5, None, 0.8, api_name="/generate")
     assert "seed 5" in info
     assert metric_value(auth_server.metrics(), contract.PROM_IMAGES_GENERATED + "_total") == before + 1
 
