@@ -7,7 +7,9 @@ and, when mounted, the whole UI need a bearer token (runtime.server.auth says wh
 a plain browser cannot send one, so the UI is for auth none (``make serve``), a client that sends
 the header (``gradio_client.Client(..., headers=...)``) or a proxy that adds it.
 /docs (Swagger UI from runtime/server/static: it works offline and calls no CDN) and /openapi.json
-exist only with the docs setting on (``make serve``); pods describe their API to nobody.
+exist only with the docs setting on (``make serve``); pods describe their API to nobody. GET / says
+where the images route is and, only when they are on, the UI and the docs (open like /healthz: it
+tells no more than a 404 from them would).
 /metrics is not on this app: ``create_metrics_app`` serves it on a listener of its own, which the
 charts keep inside the cluster.
 """
@@ -40,7 +42,7 @@ from runtime.server.auth import TokenError, TokenVerifier, verifier_from_setting
 from runtime.server.backends import Backend
 from runtime.server.metrics import AnswerCounter
 from runtime.server.protocol import ApiError, describe_errors
-from runtime.server.routes import build_router, request_id
+from runtime.server.routes import BodyBudget, build_router, request_id
 from runtime.server.service import ImageService
 from runtime.server.settings import Settings
 
@@ -232,7 +234,8 @@ def create_app(settings: Settings, backend: Backend | None = None, verifier: Tok
         log.exception("unhandled error on %s", request.url.path)
         return _error_response(request, ApiError(500, f"internal error ({type(exc).__name__})"))
 
-    app.include_router(build_router(service, verifier, rejected_token))
+    app.state.body_budget = BodyBudget()  # image prompts in flight, across the app's requests
+    app.include_router(build_router(service, verifier, rejected_token, app.state.body_budget))
     if settings.docs:
         _mount_docs(app)
     if settings.ui:

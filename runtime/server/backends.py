@@ -1,9 +1,14 @@
 """Inference backends behind one interface: cuda, neuron, cpu.
 
 The batcher hands a backend one batch of images that share their generation parameters
-(steps, guidance, size) and gets back one float HxWx3 array per image. Every image has its
-own CPU `torch.Generator` seeded from its request, so an image does not depend on which
-batch it ran in, nor on the device's RNG.
+(steps, guidance, size, and the strength of an image prompt) and gets back one float HxWx3
+array per image. Every image has its own CPU `torch.Generator` seeded from its request, so an
+image does not depend on which batch it ran in, nor on the device's RNG.
+
+A batch with a strength is image-to-image: every image of it has an image prompt (each its own),
+run by an img2img pipeline over the text-to-image pipeline's own modules (no second copy of the
+weights). It denoises `BatchParams.denoising_steps` of the steps, after one VAE encode of the
+batch's image prompts (`prompt_latents`).
 
 optimum-neuron pins older diffusers/transformers than the CUDA image, so it is imported
 only inside `NeuronBackend.load`, and the code passes `torch_dtype` (understood by both).
@@ -20,17 +25,18 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
 from plan import contract
+from plan.model_artifacts import VAE_ENCODER
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
+from runtime.server.models import SD_DEFAULTS, TINY_DEFAULT_STEPS, model_defaults
 from runtime.server.settings import Settings
-from runtime.server.tiny import TINY_MODEL_ID
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +48,54 @@ CGROUP_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
 # largest latency lever an AR request has: each step is one UNet call on the whole batch.
 DEFAULT_STEPS_BY_SCHEDULER: Final = {"dpmsolver++": 20, "model": 50}
 DEFAULT_STEPS_SD: Final = DEFAULT_STEPS_BY_SCHEDULER["dpmsolver++"]
-DEFAULT_STEPS_TINY: Final = 4
+DEFAULT_STEPS_TINY: Final = TINY_DEFAULT_STEPS
+DEFAULT_SCHEDULER: Final = "dpmsolver++"
 WARMUP_STEPS: Final = 2
+# The noise levels Stable Diffusion is trained on (its schedulers' num_train_timesteps): no schedule is longer.
+MAX_SCHEDULE_STEPS: Final = 1000
+WARMUP_GUIDANCE: Final = 7.5  # guided: the warm-up measures the costlier step (the UNet on twice the batch)
+# optimum-neuron's artifact layout (optimum/neuron/utils/constant.py): each compiled component in a
+# directory of its name, its graph in model.neuron. Image prompts need the VAE encoder's.
+NEURON_VAE_ENCODER_DIR: Final = VAE_ENCODER
+NEURON_FILE_NAME: Final = "model.neuron"
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """The steps an img2img call runs: the last steps * strength of the schedule (diffusers' get_timesteps)."""
+    return min(int(steps * strength), steps)
 
 
 @dataclass(frozen=True)
 class BatchParams:
-    """Parameters that must be equal for requests to share a batch (one pipeline call)."""
+    """Parameters that must be equal for requests to share a batch (one pipeline call).
+
+    `strength` is set for image prompts (img2img) and None for text alone: the two never share a
+    call, and image prompts share one only at the same strength.
+    """
 
     steps: int
     guidance_scale: float
     width: int
     height: int
+    strength: float | None = None
+
+    @property
+    def denoising_steps(self) -> int:
+        """UNet steps the call runs: all of them, or steps * strength of them from an image prompt."""
+        return self.steps if self.strength is None else denoising_steps(self.steps, self.strength)
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """One image of a batch: its prompt, negative prompt and generator seed."""
+    """One image of a batch: its prompt, negative prompt, generator seed and, for img2img, its image prompt.
+
+    `image` is float32 HxWx3 in [0, 1] at the batch's width and height (runtime.server.codec.fit).
+    """
 
     prompt: str
     negative_prompt: str
     seed: int
+    image: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 StopCheck = Callable[[], bool]
@@ -90,8 +123,12 @@ class NonFiniteImageError(BackendError):
     """The warm-up produced NaN or inf pixels (a dtype the weights overflow in, or broken weights)."""
 
 
+class NoVaeEncoderError(BackendError):
+    """A Neuron artifact without a compiled VAE encoder: image prompts could not run on it."""
+
+
 # Modules whose forward pre-hook checks should_stop: every block, resnet, attention and resampler of
-# the UNet and the VAE decoder, so a call leaves within one of them, a fraction of a step.
+# the UNet and the VAE encoder and decoder, so a call leaves within one of them, a fraction of a step.
 STOP_HOOK_CLASSES: Final = frozenset(
     {"ResnetBlock2D", "Transformer2DModel", "BasicTransformerBlock", "Attention", "FeedForward"}
     | {"Downsample2D", "Upsample2D"}
@@ -111,12 +148,13 @@ def install_stop_hooks(pipe: Any) -> int:
 
     diffusers' step callback runs only between steps, and one step of a large image can take
     minutes on a CPU (2048x2048: about a minute on two cores). The hooks sit on the UNet's and the
-    VAE decoder's blocks, resnets, attention layers and resamplers and raise while the running
-    call's should_stop() says every request is gone, so the device frees within one of those
-    modules. Returns the number of hooks.
+    VAE encoder's (image prompts) and decoder's blocks, resnets, attention layers and resamplers and
+    raise while the running call's should_stop() says every request is gone, so the device frees
+    within one of those modules. The img2img pipeline shares these modules, so they stop it too.
+    Returns the number of hooks.
     """
     count = 0
-    for root in (pipe.unet, pipe.vae.decoder):
+    for root in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder):
         for name, module in root.named_modules():
             if type(module).__name__ in STOP_HOOK_CLASSES or _STOP_HOOK_BLOCKS.fullmatch(name):
                 module.register_forward_pre_hook(_stop_hook)
@@ -132,6 +170,7 @@ class Backend(ABC):
     def __init__(self) -> None:
         self.description = "not loaded"
         self.default_steps = DEFAULT_STEPS_SD
+        self.default_guidance = SD_DEFAULTS.guidance
         self.default_width = contract.DEFAULT_IMAGE_SIZE
         self.default_height = contract.DEFAULT_IMAGE_SIZE
 
@@ -158,6 +197,7 @@ class Backend(ABC):
     ) -> list[np.ndarray]:
         """One float32 HxWx3 array in [0, 1] per ImageSpec, in order; fewer (any) once should_stop() is True.
 
+        With `params.strength` set every ImageSpec has an image prompt: image-to-image at that strength.
         `on_step(done, total)` after each denoising step, from the calling (device) thread.
         """
 
@@ -208,11 +248,30 @@ def torch_dtype_for(name: str, device: str) -> Any:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
+def scheduler_name(settings: Settings) -> str:
+    """The scheduler setting, else the model table's (SD-Turbo: its own sampler, which it was distilled for),
+    else dpmsolver++."""
+    return settings.scheduler or model_defaults(settings.model_id).scheduler or DEFAULT_SCHEDULER
+
+
 def default_steps(settings: Settings) -> int:
-    """Steps for a request that names none: the tiny model's few, else the scheduler's budget."""
-    if settings.model_id == TINY_MODEL_ID:
-        return DEFAULT_STEPS_TINY
-    return DEFAULT_STEPS_BY_SCHEDULER[settings.scheduler]
+    """Steps for a request that names none: the setting, else the model's own (the model table's, with the
+    sampler they are for; the tiny model's), else the scheduler's budget."""
+    if settings.default_steps is not None:
+        return settings.default_steps
+    model = model_defaults(settings.model_id)
+    scheduler = scheduler_name(settings)
+    if model.steps is not None and model.scheduler in (None, scheduler):
+        return model.steps
+    return DEFAULT_STEPS_BY_SCHEDULER[scheduler]
+
+
+def default_guidance(settings: Settings) -> float:
+    """Guidance for a request that names none: the setting, else the model's (SD-Turbo 0: no classifier-free
+    guidance), else 7.5."""
+    if settings.default_guidance is not None:
+        return settings.default_guidance
+    return model_defaults(settings.model_id).guidance
 
 
 def apply_scheduler(pipe: Any, name: str) -> Any:
@@ -232,7 +291,7 @@ def optimise(pipe: Any, settings: Settings, device: str) -> Any:
     import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    apply_scheduler(pipe, settings.scheduler)
+    apply_scheduler(pipe, scheduler_name(settings))
     processor = AttnProcessor2_0 if settings.attention == "sdpa" else AttnProcessor
     pipe.unet.set_attn_processor(processor())
     pipe.vae.set_attn_processor(processor())
@@ -257,6 +316,36 @@ def to_float_images(images: Any) -> list[np.ndarray]:
         arr = np.asarray(img)
         out.append(arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32))
     return out
+
+
+def image_prompts(params: BatchParams, images: Sequence[ImageSpec]) -> np.ndarray:
+    """The batch's image prompts as one float32 NHWC array in [0, 1] (what diffusers' image processor takes)."""
+    prompts = [spec.image for spec in images]
+    if any(p is None or p.shape != (params.height, params.width, 3) for p in prompts):
+        raise BackendError(f"an img2img batch needs an image prompt of {params.width}x{params.height} per image")
+    return np.stack([np.asarray(p, dtype=np.float32) for p in prompts if p is not None])
+
+
+def prompt_latents(vae: Any, pixels: np.ndarray, generators: list[Any], device: Any, dtype: Any) -> Any:
+    """The image prompts' scaled VAE latents, each sampled with its image's generator, for an img2img call.
+
+    What diffusers' img2img does with a list of generators (pipeline_stable_diffusion_img2img.py,
+    prepare_latents: the latent distribution sampled per image, then times the VAE's scaling factor),
+    except that the encode is one call on the whole batch rather than one per image: one device call
+    instead of n, and the only shape a Neuron encoder compiled for the batch accepts. Each generator
+    draws the same numbers as there, so an image does not depend on its batch. The pipeline takes
+    the result as `image` (4 channels: latents, not encoded again) and draws its noise next.
+    """
+    import torch
+
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2) * 2.0 - 1.0  # [0, 1] -> [-1, 1]
+    encoded = vae.encode(images.to(device=device, dtype=dtype))
+    return encoded.latent_dist.sample(generators) * vae.config.scaling_factor
+
+
+def fresh_scheduler(pipe: Any) -> Any:
+    """A scheduler of the same class and config: pipelines sharing modules keep their step state apart."""
+    return type(pipe.scheduler).from_config(pipe.scheduler.config)
 
 
 def _generators(images: Sequence[ImageSpec]) -> list[Any]:
@@ -294,7 +383,12 @@ def _accepts_step_callback(pipe: Any) -> bool:
 
 
 class DiffusersBackend(Backend):
-    """diffusers StableDiffusionPipeline on cuda (fp16/bf16, SDPA, channels_last) or cpu (fp32)."""
+    """diffusers StableDiffusionPipeline on cuda (fp16/bf16, SDPA, channels_last) or cpu (fp32).
+
+    Image prompts run a StableDiffusionImg2ImgPipeline constructed from the loaded pipeline's
+    components: the same UNet, VAE and text encoder objects (and so the same fast paths and stop
+    hooks), with a scheduler of its own.
+    """
 
     def __init__(self, settings: Settings, device: str, loader: Callable[[], Any] | None = None) -> None:
         super().__init__()
@@ -302,6 +396,7 @@ class DiffusersBackend(Backend):
         self.device = device
         self._loader = loader
         self.pipe: Any = None
+        self.image_pipe: Any = None  # img2img over self.pipe's modules
         self.location: ModelLocation | None = None
         self.stop_hooks = 0  # forward pre-hooks that stop a call mid-step (install_stop_hooks)
 
@@ -321,8 +416,15 @@ class DiffusersBackend(Backend):
         # A compiled graph (fullgraph torch.compile, CUDA graphs) cannot stop halfway: it stops between steps.
         compiled = self.settings.torch_compile and self.device == "cuda"
         self.stop_hooks = 0 if compiled else install_stop_hooks(pipe)
-        self.pipe = pipe
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        # The constructor takes the modules as they are; from_pipe would also cast them to its dtype argument.
+        parts = {**pipe.components, "scheduler": fresh_scheduler(pipe), "requires_safety_checker": False}
+        image_pipe: Any = StableDiffusionImg2ImgPipeline(**parts)
+        image_pipe.set_progress_bar_config(disable=True)
+        self.pipe, self.image_pipe = pipe, image_pipe
         self.default_steps = default_steps(self.settings)
+        self.default_guidance = default_guidance(self.settings)
         sample = int(getattr(pipe.unet.config, "sample_size", 64))
         native = sample * int(getattr(pipe, "vae_scale_factor", 8))
         self.default_width = self.settings.width or native
@@ -330,7 +432,7 @@ class DiffusersBackend(Backend):
         s = self.settings
         self.description = (
             f"{s.model_id} on {self.device} ({str(dtype).removeprefix('torch.')}, {s.attention} attention, "
-            f"{s.scheduler} scheduler{', torch.compile' if s.torch_compile and self.device == 'cuda' else ''}, "
+            f"{scheduler_name(s)} scheduler{', torch.compile' if s.torch_compile and self.device == 'cuda' else ''}, "
             f"{torch.get_num_threads()} CPU threads) "
             f"loaded in {time.monotonic() - started:.1f}s"
         )
@@ -347,20 +449,28 @@ class DiffusersBackend(Backend):
 
         if self.pipe is None:
             raise BackendError("model is not loaded")
+        generators = _generators(images)
+        common: dict[str, Any] = {
+            "prompt": [s.prompt for s in images],
+            "negative_prompt": _negative_prompts(images),
+            "num_inference_steps": params.steps,
+            "guidance_scale": params.guidance_scale,
+            "generator": generators,
+            "output_type": "np",
+            "callback_on_step_end": _step_callback(should_stop, on_step),
+        }
+        pixels = image_prompts(params, images) if params.strength is not None else None
         _stop_check.should_stop = should_stop
         with torch.inference_mode():
             try:
-                out = self.pipe(
-                    prompt=[s.prompt for s in images],
-                    negative_prompt=_negative_prompts(images),
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance_scale,
-                    width=params.width,
-                    height=params.height,
-                    generator=_generators(images),
-                    output_type="np",
-                    callback_on_step_end=_step_callback(should_stop, on_step),
-                )
+                if pixels is None:
+                    out = self.pipe(**common, width=params.width, height=params.height)
+                else:  # the size is the image prompts'
+                    vae = self.image_pipe.vae
+                    latents = prompt_latents(vae, pixels, generators, vae.device, vae.dtype)
+                    if on_step is not None:  # step 0 of n: the steps are timed from here, the encode is not one
+                        on_step(0, params.denoising_steps)
+                    out = self.image_pipe(**common, image=latents, strength=params.strength)
             except BatchAbandonedError:  # between steps (the callback) or inside one (the hooks)
                 return []
             finally:
@@ -400,12 +510,35 @@ def compiled_shape_problem(shape: CompiledShape, settings: Settings) -> str | No
     return "Neuron model shape mismatch: " + "; ".join(problems) + " (recompile, or serve what was compiled)"
 
 
+def neuron_image_pipeline(pipe: Any) -> Any:
+    """optimum-neuron's img2img pipeline over a loaded text-to-image pipeline's compiled modules.
+
+    Its constructor takes already-loaded Neuron models as they are (NeuronDiffusionPipelineBase,
+    optimum-neuron 0.4.5), so the graphs on the NeuronCores are shared, not loaded twice.
+    """
+    from optimum.neuron import NeuronStableDiffusionImg2ImgPipeline  # lazy: only in the Neuron image
+
+    return NeuronStableDiffusionImg2ImgPipeline(**{**pipe.components, "scheduler": fresh_scheduler(pipe)})
+
+
+def neuron_artifact_problem(path: Path) -> str | None:
+    """Why a compiled Neuron artifact cannot serve every request (one line), or None."""
+    encoder = path / NEURON_VAE_ENCODER_DIR / NEURON_FILE_NAME
+    if not encoder.is_file():
+        return (
+            f"the Neuron artifact has no compiled VAE encoder ({NEURON_VAE_ENCODER_DIR}/{NEURON_FILE_NAME}), "
+            "which image prompts need: recompile it (optimum-neuron compiles the encoder by default)"
+        )
+    return None
+
+
 class NeuronBackend(Backend):
     """optimum-neuron NeuronStableDiffusionPipeline over compiled artifacts.
 
     Shapes are static: other sizes are rejected up front (check_size -> 422), and a short
     batch is padded with copies of its last image up to the compiled batch size, the padding
-    outputs being dropped.
+    outputs being dropped. Image prompts run the compiled VAE encoder (`neuron_image_pipeline`):
+    an artifact without one is refused at load.
 
     A call stops between steps (where the pipeline takes diffusers' step callback), never inside
     one: the UNet is one compiled graph on the NeuronCores, with no Python module boundary inside
@@ -418,11 +551,14 @@ class NeuronBackend(Backend):
         self,
         settings: Settings,
         loader: Callable[[], tuple[Any, CompiledShape]] | None = None,
+        image_pipeline: Callable[[Any], Any] = neuron_image_pipeline,
     ) -> None:
         super().__init__()
         self.settings = settings
         self._loader = loader
+        self._image_pipeline = image_pipeline
         self.pipe: Any = None
+        self.image_pipe: Any = None
         self.shape: CompiledShape | None = None
 
     @property
@@ -440,9 +576,16 @@ class NeuronBackend(Backend):
         problem = compiled_shape_problem(shape, self.settings)
         if problem:
             raise BackendError(problem)
-        self.pipe, self.shape = apply_scheduler(pipe, self.settings.scheduler), shape
+        if getattr(pipe, "vae_encoder", None) is None:  # optimum-neuron loads it when the artifact has it
+            raise NoVaeEncoderError(
+                f"the Neuron pipeline has no VAE encoder ({NEURON_VAE_ENCODER_DIR}), which image prompts need"
+            )
+        pipe = apply_scheduler(pipe, scheduler_name(self.settings))
+        self.image_pipe = self._image_pipeline(pipe)
+        self.pipe, self.shape = pipe, shape
         self.default_width, self.default_height = self.shape.width, self.shape.height
         self.default_steps = default_steps(self.settings)
+        self.default_guidance = default_guidance(self.settings)
         self.description = (
             f"{self.settings.model_id} on neuron ({self.shape.width}x{self.shape.height}, "
             f"batch {self.shape.batch_size}) loaded in {time.monotonic() - started:.1f}s"
@@ -456,6 +599,9 @@ class NeuronBackend(Backend):
                 "neuron needs a compiled artifact with a manifest: set "
                 f"{contract.ENV_MODEL_SOURCE} to the compile job's output"
             )
+        problem = neuron_artifact_problem(Path(str(location.path)))
+        if problem:
+            raise NoVaeEncoderError(problem)
         from optimum.neuron import NeuronStableDiffusionPipeline  # lazy: only in the Neuron image
 
         shapes = location.manifest.spec.shapes
@@ -484,14 +630,20 @@ class NeuronBackend(Backend):
             chunk = list(images[start : start + size])
             real = len(chunk)
             chunk += [chunk[-1]] * (size - real)  # static batch: pad, then drop the padding outputs
+            generators = _generators(chunk)
+            pipe, prompt_images = self.pipe, {}
             try:
-                result = self.pipe(
+                if params.strength is not None:  # the encoder is compiled for the whole batch: one call
+                    latents = prompt_latents(self.image_pipe.vae, image_prompts(params, chunk), generators, "cpu", None)
+                    pipe, prompt_images = self.image_pipe, {"image": latents, "strength": params.strength}
+                result = pipe(
                     prompt=[s.prompt for s in chunk],
                     negative_prompt=[s.negative_prompt for s in chunk],
                     num_inference_steps=params.steps,
                     guidance_scale=params.guidance_scale,
-                    generator=_generators(chunk),
+                    generator=generators,
                     output_type="np",
+                    **prompt_images,
                     **extra,
                 )
             except BatchAbandonedError:
@@ -522,21 +674,27 @@ def warmup(
     torch.compile, compilation). With `largest` (the largest width and height requests may ask
     for, when above the default) one image is generated at that size too, so the device's time
     there is measured rather than extrapolated (and a size the device cannot hold fails here, not
-    on a client's request). Each call is timed step by step and handed to `record` (the admission
-    cost model's first measurements). Returns the seconds of the single-image call.
+    on a client's request). Last, one image from an image prompt (img2img at strength 1: every
+    step, after a VAE encode), so the first image prompt pays no one-off cost and a broken encoder
+    fails here. Each call is timed step by step and handed to `record` (the admission cost model's
+    first measurements); guidance is on, the costlier step. Returns the seconds of the single-image call.
     """
     default = (backend.default_width, backend.default_height)
-    calls = [(default, size) for size in sorted({1, max(1, max_batch)})]
+    calls: list[tuple[tuple[int, int], int, float | None]] = [
+        (default, size, None) for size in sorted({1, max(1, max_batch)})
+    ]
     if largest is not None and largest != default and backend.check_size(*largest) is None:
-        calls.append((largest, 1))
+        calls.append((largest, 1, None))
+    calls.append((default, 1, 1.0))
     single = 0.0
-    for (width, height), size in calls:
-        params = BatchParams(steps=WARMUP_STEPS, guidance_scale=7.5, width=width, height=height)
-        clock = StepClock(size, width, height, params.steps)
-        specs = [ImageSpec("warmup", "", i) for i in range(size)]
+    for (width, height), size, strength in calls:
+        params = BatchParams(WARMUP_STEPS, WARMUP_GUIDANCE, width, height, strength)
+        clock = StepClock(size, width, height, params.denoising_steps)
+        grey = np.full((height, width, 3), 0.5, dtype=np.float32) if strength is not None else None
+        specs = [ImageSpec("warmup", "", i, grey) for i in range(size)]
         images = backend.generate(params, specs, lambda: False, on_step=clock)
         timing = clock.timing()
-        if (width, height) == default and size == 1:
+        if (width, height) == default and size == 1 and strength is None:
             single = time.perf_counter() - clock.started
         if len(images) != size or not all(np.isfinite(img).all() for img in images):
             raise NonFiniteImageError("warm-up produced a non-finite image (NaN/inf): check dtype and weights")

@@ -8,7 +8,11 @@ isolated and when a batch stops: docs/adr/0004-micro-batches-wait-for-expected-c
 Admission weighs cost (runtime.server.admission): besides the count limit, the estimated device time
 of the work queued and running plus a new request must fit within that request's deadline, and a
 batch grows only while its estimated time fits its members' deadlines. Every completed device call
-is timed step by step and teaches the `CostModel` those estimates come from.
+is timed step by step and teaches the `CostModel` those estimates come from. An image prompt's call
+(img2img) is estimated by `costs_for`: its steps x strength denoising steps plus a VAE encode.
+
+Each request's images are checked finite and encoded (its format and quality) on the device
+thread as its call ends: never on the event loop.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
-from runtime.server.admission import CostModel, StepClock, seconds_text
-from runtime.server.backends import Backend, BatchParams, ImageSpec
+from runtime.server.admission import CostModel, StepClock, Timing, seconds_text
+from runtime.server.backends import Backend, BatchParams, ImageSpec, denoising_steps
 from runtime.server.metrics import PromMetrics
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,54 @@ ProgressListener = Callable[[int, int], None]  # (steps done, steps), called on 
 Encoder = Callable[[np.ndarray], bytes]
 
 
+class ImagePromptCosts(CostModel):
+    """The cost model's estimates for calls from image prompts at one strength (a view: it learns nothing).
+
+    Such a call runs steps x strength of the denoising steps (`denoising_steps`) and first encodes
+    every image prompt with the VAE. The encode is bounded by the measured time outside the steps
+    (text encoding, VAE decode, image encoding): the VAE encoder is the smaller half of the VAE. So
+    an estimate is the text-to-image estimate at the denoising steps plus that time once more.
+    `steps_within` answers in the request's steps, so admission's messages quote what to ask for.
+    """
+
+    def __init__(self, costs: CostModel, strength: float) -> None:
+        super().__init__(costs.margin)
+        self.costs, self.strength = costs, strength
+
+    @property
+    def measured(self) -> bool:
+        return self.costs.measured
+
+    def sizes(self) -> set[tuple[int, int]]:
+        return self.costs.sizes()
+
+    def record(self, t: Timing) -> None:
+        self.costs.record(t)
+
+    def _encode_s(self, images: int, width: int, height: int) -> float | None:
+        return self.costs.estimate_s(images, width, height, 0)
+
+    def estimate_s(self, images: int, width: int, height: int, steps: int) -> float | None:
+        denoise = self.costs.estimate_s(images, width, height, denoising_steps(steps, self.strength))
+        encode = self._encode_s(images, width, height)
+        return None if denoise is None or encode is None else denoise + encode
+
+    def steps_within(self, images: int, width: int, height: int, budget_s: float) -> int | None:
+        encode = self._encode_s(images, width, height)
+        fit = self.costs.steps_within(images, width, height, budget_s - (encode or 0.0))
+        if fit is None or fit < 1:
+            return fit
+        steps = math.ceil((fit + 1) / self.strength)  # the least steps past the fit, then back down
+        while steps > 1 and denoising_steps(steps, self.strength) > fit:
+            steps -= 1
+        return steps
+
+
+def costs_for(costs: CostModel, params: BatchParams) -> CostModel:
+    """The estimates for calls with these parameters: `costs` itself for text, a view for image prompts."""
+    return costs if params.strength is None else ImagePromptCosts(costs, params.strength)
+
+
 @dataclass
 class JobResult:
     images: list[np.ndarray]
@@ -103,6 +155,7 @@ class Job:
     started_at: float | None = None
     on_progress: ProgressListener | None = None
     context: contextvars.Context | None = None  # the submitter's: its listener runs in it (Gradio's progress)
+    encode: Encoder | None = None  # this request's encoding (format, quality); None: the batcher's
     step: int = 0  # denoising steps done (written by the device thread)
     steps: int = 0  # steps of the running call; 0 until it started
 
@@ -202,7 +255,7 @@ class Batcher:
         return max(1, math.ceil(ahead))
 
     def _estimate(self, params: BatchParams, images: int) -> float:
-        return self.costs.estimate_s(images, params.width, params.height, params.steps) or 0.0
+        return costs_for(self.costs, params).estimate_s(images, params.width, params.height, params.steps) or 0.0
 
     def _running_left_s(self, now: float) -> float:
         """Estimated device seconds left of the running call (0 once all its requests are gone)."""
@@ -290,8 +343,11 @@ class Batcher:
         images: Sequence[ImageSpec],
         timeout_s: float,
         on_progress: ProgressListener | None = None,
+        encode: Encoder | None = None,
     ) -> Job:
         """Enqueue or raise QueueFullError/QueueBusyError/DrainingError at once (never blocks).
+
+        `encode` encodes this request's images (else the batcher's encoder, if any).
 
         Refused when the queue holds queue_size requests, or when the estimated device time of the
         work ahead plus this request's own exceeds `timeout_s` (Retry-After: when that work will
@@ -313,7 +369,9 @@ class Batcher:
                     f"about {seconds_text(own)} s, over the {timeout_s:g} s request deadline; retry after {retry} s",
                 )
         now = time.monotonic()
-        job = Job(params, tuple(images), now, now + timeout_s, asyncio.get_running_loop().create_future())
+        job = Job(
+            params, tuple(images), now, now + timeout_s, asyncio.get_running_loop().create_future(), encode=encode
+        )
         if on_progress is not None:
             job.on_progress, job.context = on_progress, contextvars.copy_context()
         self._queue.append(job)
@@ -485,7 +543,7 @@ class Batcher:
                 loop.call_soon_threadsafe(self._notify_progress, listening, done, total)
 
         def work() -> _DeviceRun:
-            clock = StepClock(len(specs), params.width, params.height, params.steps, forward=on_step)
+            clock = StepClock(len(specs), params.width, params.height, params.denoising_steps, forward=on_step)
             started = time.perf_counter()
             images = self.backend.generate(params, specs, should_stop, on_step=clock)
             seconds = time.perf_counter() - started
@@ -494,7 +552,9 @@ class Batcher:
                     return _DeviceRun(seconds, abandoned=True)
                 raise RuntimeError(f"backend returned {len(images)} images for {len(specs)}")
             run = _DeviceRun(seconds, per_job=self._finish(batch, images))
-            self.costs.record(clock.timing())  # the device's whole call: steps, decode and encoding
+            # The device's whole call: steps, decode and encoding (an image prompt's VAE encode counts as time
+            # outside the steps: an overestimate of a text call's, never an underestimate).
+            self.costs.record(clock.timing())
             return run
 
         run = await loop.run_in_executor(self._executor, work)
@@ -520,7 +580,8 @@ class Batcher:
                 out.append(None)
                 continue
             finite = all(np.isfinite(img).all() for img in mine)
-            encoded = [self.encode(img) for img in mine] if self.encode is not None and finite else []
+            encode = job.encode or self.encode
+            encoded = [encode(img) for img in mine] if encode is not None and finite else []
             out.append(_JobImages(mine, encoded, finite))
         return out
 

@@ -4,7 +4,8 @@ An image prompt is untrusted bytes. Its header is read first and the declared si
 against the pixel limit before a single pixel is decoded (a 50 kB PNG can declare 30,000 x
 30,000 pixels: a decompression bomb); only PNG, JPEG and WebP are opened, and only the colour
 modes that map onto RGB. Every refusal is an `ImageInputError` whose message is one line
-naming the field, what was wrong and what is allowed; the route answers it as a 4xx.
+naming the field, what was wrong and what is allowed; the route answers it with its `status`
+(413 for more bytes than allowed, 422 for anything else).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ _FORMAT_NAMES: Final = ", ".join(INPUT_FORMATS)
 class ImageInputError(ValueError):
     """An image prompt the server will not use; `field` names the request field, the message says why."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.status = status  # the HTTP status it is answered with
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,29 @@ class InputLimits:
     max_pixels: int = 4096 * 4096
     min_side: int = 64
 
+    @property
+    def max_base64_chars(self) -> int:
+        """The longest base64 text (a data URL's header aside) that may hold max_bytes."""
+        return (self.max_bytes + 2) // 3 * 4 + 4
+
+
+# The longest data URL header accepted before the base64 text ("data:image/png;base64," is 22).
+MAX_DATA_URL_HEADER: Final = 64
+
+
+def decode_prompt(value: str | bytes, width: int, height: int, limits: InputLimits, field: str = "image") -> np.ndarray:
+    """An image prompt (base64 text, a data URL, or file bytes) checked, decoded and fitted to width x height."""
+    data = decode_base64(value, field, limits) if isinstance(value, str) else value
+    return fit(open_image(data, field, limits), width, height)
+
 
 def decode_base64(text: str, field: str, limits: InputLimits) -> bytes:
     """The bytes of a base64 image (plain, or a ``data:image/...;base64,`` URL as browsers write it)."""
-    match = _DATA_URL.match(text)
+    match = _DATA_URL.match(text[:MAX_DATA_URL_HEADER])
     payload = text[match.end() :] if match else text
     # A base64 text of n characters holds about 3n/4 bytes: refuse before decoding an oversized one.
-    if len(payload) > (limits.max_bytes + 2) // 3 * 4 + 4:
-        raise ImageInputError(field, f"larger than {limits.max_bytes} bytes once decoded")
+    if len(payload) > limits.max_base64_chars:
+        raise ImageInputError(field, f"larger than {limits.max_bytes} bytes once decoded", 413)
     try:
         return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -66,7 +83,7 @@ def decode_base64(text: str, field: str, limits: InputLimits) -> bytes:
 def open_image(data: bytes, field: str, limits: InputLimits) -> Image.Image:
     """The image prompt as RGB, checked and fully decoded; ImageInputError otherwise."""
     if len(data) > limits.max_bytes:
-        raise ImageInputError(field, f"{len(data)} bytes, over the limit of {limits.max_bytes} bytes")
+        raise ImageInputError(field, f"{len(data)} bytes, over the limit of {limits.max_bytes} bytes", 413)
     if not data:
         raise ImageInputError(field, f"empty (send a {_FORMAT_NAMES} image)")
     try:

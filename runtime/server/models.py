@@ -4,11 +4,16 @@
 - ``sd21-random``: Stable Diffusion 2.1 base (512x512, epsilon prediction, PNDM), and
 - ``sd21-768-random``: Stable Diffusion 2.1 (768x768, v-prediction, DDIM), and
 - ``sd-turbo-random``: SD-Turbo (SD 2.1 base distilled to 1-4 steps without guidance: the same
-  networks, Euler with trailing timesteps),
+  networks, Euler with trailing timesteps; served at 1 step and guidance 0 by default),
 
 the real 865M-parameter UNet, the OpenCLIP ViT-H text encoder (23 layers) and the SD VAE, so
 latency and memory measured on them are the real model's; only the images are noise. The
 server, the compile job and the benchmark take these names like any model id.
+
+Each model carries the defaults a request that names no steps or guidance gets (`ModelDefaults`):
+the row of the app's model table (``plan.model_artifacts.MODEL_PROFILES``, which also holds the
+Hub models, e.g. ``stabilityai/sd-turbo``: 1 step, guidance 0, its own sampler), the tiny model's
+few steps, or Stable Diffusion's defaults for a model in neither.
 
 The configurations below are data copied from the Hub files they name. Modules are built with
 their parameters on the meta device and then filled from a seeded generator (normal, the
@@ -22,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from plan.model_artifacts import model_profile
 from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MAX_TOKENS, TINY_MODEL_ID
 
 if TYPE_CHECKING:
@@ -140,12 +146,31 @@ _SD21_VARIANTS: Final = (SD21_MODEL_ID, SD21_768_MODEL_ID, SD_TURBO_MODEL_ID)
 
 
 @dataclass(frozen=True)
+class ModelDefaults:
+    """What a request that names no steps or guidance gets, and the sampler the model was made for."""
+
+    steps: int | None = None  # None: the scheduler's budget (runtime.server.backends.DEFAULT_STEPS_BY_SCHEDULER)
+    guidance: float = 7.5  # diffusers' StableDiffusionPipeline default
+    scheduler: str | None = None  # None: the scheduler setting's default; "model": the checkpoint's own
+
+
+SD_DEFAULTS: Final = ModelDefaults()  # a model in no table: the scheduler's steps, guidance 7.5
+TINY_DEFAULT_STEPS: Final = 4  # random weights: more steps show nothing more, they only take longer
+TINY_DEFAULTS: Final = ModelDefaults(steps=TINY_DEFAULT_STEPS)
+
+
+@dataclass(frozen=True)
 class BuiltInModel:
-    """A model that exists only in code: its native image size and how to build its pipeline."""
+    """A model that exists only in code: its native image size, its defaults and how to build its pipeline."""
 
     name: str
     native_size: int  # pixels; the UNet's sample_size times the VAE's factor of 8
     build: Callable[[int, Any], Any]  # (seed, torch dtype or None) -> StableDiffusionPipeline
+
+    @property
+    def defaults(self) -> ModelDefaults:
+        """Its request defaults: the model table's row (as the model it stands in for), or the tiny model's."""
+        return model_defaults(self.name)
 
 
 def _build_tiny(seed: int, dtype: Any) -> Any:
@@ -263,6 +288,14 @@ BUILT_IN_MODELS: Final[Mapping[str, BuiltInModel]] = {
 def built_in(model_id: str) -> BuiltInModel | None:
     """The built-in model of that name, or None for a Hub id or a directory."""
     return BUILT_IN_MODELS.get(model_id)
+
+
+def model_defaults(model_id: str) -> ModelDefaults:
+    """A model's request defaults: its row of the model table, the tiny model's, else Stable Diffusion's."""
+    profile = model_profile(model_id)
+    if profile is not None:
+        return ModelDefaults(profile.default_steps, profile.guidance_scale, profile.scheduler)
+    return TINY_DEFAULTS if model_id == TINY_MODEL_ID else SD_DEFAULTS
 
 
 def build_pipeline(model_id: str, seed: int = 0, dtype: Any = None) -> Any:

@@ -5,6 +5,9 @@ warm model with a finite image is ready. Draining turns readiness off, refuses n
 lets accepted work finish. Whatever asks for images (the REST route, the Gradio UI) goes
 through `validate` and `generate`, and so through the same batcher and the same refusals,
 admission's included (runtime.server.admission: size, device time, per client, queue).
+An image prompt is decoded and fitted to the request's size on the service's codec threads (never
+the event loop, never the device thread); results are encoded in the request's format and quality
+on the device thread as its call ends.
 A failed load is logged in full; /readyz says only the phase and a short reason.
 
 Cold start is timed from the process's own start (the kernel's record of it, so the imports
@@ -15,12 +18,14 @@ reason while not ready, and one CloudWatch datapoint at ready.
 from __future__ import annotations
 
 import asyncio
-import io
+import functools
 import logging
+import math
 import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -29,14 +34,18 @@ import numpy as np
 from pydantic import ValidationError
 
 from plan import contract
+from runtime.server import codec
 from runtime.server.admission import AdmissionError, ClientLimits, deadline_refusal, served_size, size_caps
 from runtime.server.backends import (
+    MAX_SCHEDULE_STEPS,
     Backend,
     BackendError,
     BatchParams,
     ImageSpec,
     NonFiniteImageError,
+    NoVaeEncoderError,
     create_backend,
+    denoising_steps,
     warmup,
 )
 from runtime.server.batcher import (
@@ -49,10 +58,18 @@ from runtime.server.batcher import (
     JobResult,
     ProgressListener,
     QueueFullError,
+    costs_for,
 )
 from runtime.server.metrics import CloudWatchAggregator, Dimensions, PromMetrics, build_sink
 from runtime.server.model_source import ModelSourceError
-from runtime.server.protocol import ApiError, ImageRequestBase, allowed_ranges, build_request_model, describe_errors
+from runtime.server.protocol import (
+    DEFAULT_STRENGTH,
+    ApiError,
+    ImageRequestBase,
+    allowed_ranges,
+    build_request_model,
+    describe_errors,
+)
 from runtime.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,12 +83,16 @@ _IMPORTED_AT: Final = time.monotonic()
 _DOING: Final = {"model_loaded": "loading the model", "warmed_up": "warming up", "ready": "checking the warm-up"}
 # Rejection metric labels admission adds to metrics.REJECTION_REASONS (exported at 0 from the start).
 ADMISSION_REASONS: Final = ("over_deadline", "queue_time", "client_in_flight", "client_rate")
+# Image prompts decoded at once: a large one takes ~0.1-0.3 s of a CPU (and its pixels' memory).
+CODEC_THREADS: Final = 2
 
 
 def failure_summary(exc: BaseException) -> str:
     """A short, fixed reason for /readyz: never the exception's text (paths, ids, library internals)."""
     if isinstance(exc, NonFiniteImageError):
         return "the warm-up image was non-finite (NaN or inf)"
+    if isinstance(exc, NoVaeEncoderError):
+        return "the Neuron artifact has no compiled VAE encoder (vae_encoder), which image prompts need: recompile it"
     if isinstance(exc, ModelSourceError):
         return "the model source is missing or does not match this deployment"
     if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
@@ -138,23 +159,41 @@ class Startup:
 
 @dataclass
 class Generated:
-    """A completed request: images as PNG bytes plus what the client is told about it."""
+    """A completed request: its images encoded as asked, plus what the client is told about it."""
 
-    pngs: list[bytes]  # PNG bytes, encoded on the device thread
+    encoded: list[bytes]  # file bytes in `image_format`, encoded on the device thread
+    image_format: str  # png, jpeg or webp
     seed: int
     width: int
     height: int
     steps: int
     result: JobResult
 
+    @property
+    def media_type(self) -> str:
+        return codec.MEDIA_TYPES[self.image_format]
 
-def encode_png(image: np.ndarray) -> bytes:
-    from PIL import Image
+    @property
+    def pngs(self) -> list[bytes]:
+        """The images (PNG unless the request asked for another format): the name the UI reads."""
+        return self.encoded
 
-    pixels = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)  # level 6 costs ~25 ms at 512x512
-    return buf.getvalue()
+
+def image_prompt_schedule(steps: int, strength: float) -> tuple[int, float]:
+    """(steps, strength) for an img2img call that runs at least one denoising step.
+
+    An image prompt runs the last steps x strength steps of a `steps`-step schedule. Where that is
+    less than one (1 step at strength 0.8), the schedule is lengthened until one step runs from the
+    same noise level; below 1/MAX_SCHEDULE_STEPS there is no noise level lower, so the last one runs.
+    """
+    if denoising_steps(steps, strength) >= 1:
+        return steps, strength
+    if denoising_steps(MAX_SCHEDULE_STEPS, strength) < 1:
+        return MAX_SCHEDULE_STEPS, 1 / MAX_SCHEDULE_STEPS
+    least = min(MAX_SCHEDULE_STEPS, max(steps, math.ceil(1 / strength) - 1))
+    while denoising_steps(least, strength) < 1:
+        least += 1
+    return least, strength
 
 
 class ImageService:
@@ -170,7 +209,6 @@ class ImageService:
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=self.prom,
-            encode=encode_png,
         )
         for reason in ADMISSION_REASONS:
             self.prom.rejections.labels(reason=reason)
@@ -187,8 +225,10 @@ class ImageService:
             settings, served_size(settings, (self.backend.default_width, self.backend.default_height))
         )
         self.limits = replace(settings.limits, max_width=max_width, max_height=max_height)
-        self.request_model = build_request_model(self.limits)
-        self.ranges = allowed_ranges(self.limits)
+        self.image_limits = codec.InputLimits()
+        self.request_model = build_request_model(self.limits, self.image_limits)
+        self.ranges = allowed_ranges(self.limits, self.image_limits)
+        self._codec = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="image-codec")
         self.state = "starting"  # starting|loading|warming|ready|failed|draining
         self.startup = Startup()
         self._problem = ""  # why the load failed, or what draining means
@@ -261,6 +301,7 @@ class ImageService:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.batcher.stop()
+        self._codec.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.cloudwatch.stop)
 
     # --- the generate path --------------------------------------------------------------
@@ -280,18 +321,23 @@ class ImageService:
             raise ApiError(422, message, field) from None
 
     def plan(self, req: ImageRequestBase) -> tuple[BatchParams, list[ImageSpec], int]:
-        """Fill the model's defaults, apply device rules, and give each image its seed."""
-        data = req.model_dump()
+        """Fill the model's defaults, apply device rules, and give each image its seed (image prompts: later)."""
+        data = {name: getattr(req, name) for name in type(req).model_fields}  # no copy of an image prompt
         width = data["width"] or self.backend.default_width
         height = data["height"] or self.backend.default_height
         problem = self.backend.check_size(width, height)
         if problem:
             raise ApiError(422, f"width/height: {problem}", "width")
-        if data["response_format"] == "png" and data["num_images"] > 1:
-            raise ApiError(422, "num_images: a PNG response holds one image; use response_format 'json'", "num_images")
-        steps = data["steps"] or self.backend.default_steps
+        steps, strength = data["steps"] or self.backend.default_steps, None
+        if data["image"] is not None:
+            steps, strength = image_prompt_schedule(
+                steps, float(data["strength"]) if data["strength"] is not None else DEFAULT_STRENGTH
+            )
+        guidance = data["guidance_scale"]
+        guidance = float(guidance) if guidance is not None else self.backend.default_guidance
+        params = BatchParams(steps=steps, guidance_scale=guidance, width=width, height=height, strength=strength)
         refusal = deadline_refusal(
-            self.batcher.costs,
+            costs_for(self.batcher.costs, params),
             data["num_images"],
             width,
             height,
@@ -302,11 +348,24 @@ class ImageService:
         if refusal is not None:
             raise refusal
         seed = data["seed"] if data["seed"] is not None else secrets.randbelow(self.settings.limits.max_seed + 1)
-        params = BatchParams(steps=steps, guidance_scale=float(data["guidance_scale"]), width=width, height=height)
         negative = data["negative_prompt"] or ""
         # Image i of a request uses seed + i: the same request gives the same images, alone or batched.
         specs = [ImageSpec(data["prompt"], negative, seed + i) for i in range(data["num_images"])]
         return params, specs, seed
+
+    def encoder(self, req: ImageRequestBase) -> Callable[[np.ndarray], bytes]:
+        """How this request's images are encoded: its format, and its quality for jpeg and webp."""
+        quality = getattr(req, "quality", None) or codec.DEFAULT_QUALITY
+        return functools.partial(codec.encode, output_format=req.image_format, quality=quality)
+
+    async def decode_image(self, image: str | bytes, width: int, height: int) -> np.ndarray:
+        """The image prompt decoded and fitted on a codec thread; ApiError (413/422, one line) when refused."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._codec, codec.decode_prompt, image, width, height, self.image_limits)
+        except codec.ImageInputError as exc:
+            self.prom.rejections.labels(reason="invalid").inc()
+            raise ApiError(exc.status, str(exc), exc.field) from None
 
     async def generate(
         self,
@@ -317,7 +376,7 @@ class ImageService:
         on_progress: ProgressListener | None = None,
         client: str | None = None,
     ) -> Generated:
-        """Queue and wait for the images (PNG). Raises ApiError with the status the client should see.
+        """Queue and wait for the images, encoded as asked. Raises ApiError with the status the client should see.
 
         `client` is who asks (the bearer token's sub), for the per-client limits; None (auth none,
         no identity) skips them. The work stops (within a fraction of a denoising step where the
@@ -333,11 +392,17 @@ class ImageService:
         except AdmissionError as exc:
             self.prom.rejections.labels(reason=exc.reason).inc()
             raise
+        image = getattr(req, "image", None)
+        if image is not None:  # after the client's limits: a client over them makes the server decode nothing
+            pixels = await self.decode_image(image, params.width, params.height)
+            specs = [replace(spec, image=pixels) for spec in specs]
         started = time.perf_counter()
         job: Job | None = None
         try:
             try:
-                job = self.batcher.submit(params, specs, self.settings.request_timeout_s, on_progress)
+                job = self.batcher.submit(
+                    params, specs, self.settings.request_timeout_s, on_progress, encode=self.encoder(req)
+                )
             except BatcherError:
                 if client is not None:
                     self.clients.refund(client)
@@ -362,9 +427,9 @@ class ImageService:
         finally:
             if client is not None and job is not None:
                 self.clients.remove(client, job)
-        pngs = result.encoded
+        encoded = result.encoded
         elapsed = time.perf_counter() - started
         self.prom.request_duration.labels(outcome="ok").observe(elapsed)
-        self.prom.images_generated.inc(len(pngs))
-        self.cloudwatch.record_request(result.inference_s * 1000.0, len(pngs))
-        return Generated(pngs, seed, params.width, params.height, params.steps, result)
+        self.prom.images_generated.inc(len(encoded))
+        self.cloudwatch.record_request(result.inference_s * 1000.0, len(encoded))
+        return Generated(encoded, req.image_format, seed, params.width, params.height, params.steps, result)

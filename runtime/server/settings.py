@@ -95,7 +95,33 @@ class Settings(ProgramSettings):
     # dpmsolver++: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"), 20 steps by default
     # (DPM-Solver++, Lu et al. 2022: high-quality guided samples in 15-20 steps; diffusers' docs: 20
     # steps); model: the checkpoint's own scheduler (PNDM, DDIM) at diffusers' default 50 steps.
-    scheduler: str = setting(env=contract.ENV_SCHEDULER, flag="--scheduler", default="dpmsolver++", choices=SCHEDULERS)
+    # Unset: the model table's sampler for the model (plan.model_artifacts.MODEL_PROFILES: SD-Turbo's own
+    # Euler, which it was distilled for), else dpmsolver++.
+    scheduler: str | None = setting(
+        env=contract.ENV_SCHEDULER,
+        flag="--scheduler",
+        default=None,
+        choices=SCHEDULERS,
+        help="unset: the model table's (SD-Turbo: model), else dpmsolver++",
+    )
+    # What a request that names no steps or guidance gets (the charts set the model table's row);
+    # unset: the model table's, else the tiny model's 4 steps or the scheduler's budget, and 7.5.
+    default_steps: int | None = setting(
+        env=contract.ENV_DEFAULT_STEPS,
+        flag="--default-steps",
+        default=None,
+        ge=Limits.min_steps,
+        le=Limits.max_steps,
+        help="steps of a request that names none; unset: the model's",
+    )
+    default_guidance: float | None = setting(
+        env=contract.ENV_DEFAULT_GUIDANCE,
+        flag="--default-guidance",
+        default=None,
+        ge=Limits.min_guidance,
+        le=Limits.max_guidance,
+        help="guidance_scale of a request that names none (1 or less: no classifier-free guidance); unset: the model's",
+    )
     # The size a request without one gets, and what the warm-up runs at; the charts set the config's.
     # A Neuron pod refuses an artifact compiled for another size (or another batch than max_batch).
     height: ImageSize | None = setting(

@@ -288,7 +288,7 @@ def test_a_client_over_its_rate_is_refused_in_api_and_ui_while_another_is_served
     # The UI counts against the same sub: its token is the client's.
     ui = Client(token_server.url + contract.UI_PATH + "/", headers={"Authorization": f"Bearer {c}"}, verbose=False)
     with pytest.raises(Exception, match="request rate limit for this client"):
-        ui.predict("from the ui", "", 1, 7.5, 64, 64, 5, api_name="/generate")
+        ui.predict("from the ui", "", 1, 7.5, 64, 64, 5, None, 0.8, api_name="/generate")
     assert rejections(token_server, "client_rate") == before + 2
 
 

@@ -117,12 +117,12 @@ def test_ui_generate_goes_through_the_batcher(server: RunningServer) -> None:
 
     before = metric_value(server.metrics(), contract.PROM_IMAGES_GENERATED + "_total")
     client = Client(server.url + contract.UI_PATH + "/", verbose=False)
-    image_path, info = client.predict("a kite", "", 2, 7.5, 64, 64, 5, api_name="/generate")
+    image_path, info = client.predict("a kite", "", 2, 7.5, 64, 64, 5, None, 0.8, api_name="/generate")
     assert "seed 5" in info
     assert Image.open(image_path).size == (64, 64)
     assert metric_value(server.metrics(), contract.PROM_IMAGES_GENERATED + "_total") == before + 1
     with pytest.raises(Exception, match="prompt"):
-        client.predict("   ", "", 2, 7.5, 64, 64, 5, api_name="/generate")
+        client.predict("   ", "", 2, 7.5, 64, 64, 5, None, 0.8, api_name="/generate")
 
 
 def test_concurrent_requests_are_batched_and_match_their_solo_images(server: RunningServer) -> None:
@@ -255,7 +255,8 @@ def test_json_with_charset_is_accepted(server: RunningServer) -> None:
         ("GET", contract.IMAGES_PATH, 405, "method"),
         ("DELETE", contract.HEALTH_PATH, 405, "method"),
         ("GET", "/v2/images", 404, "path"),
-        ("POST", "/", 404, "path"),
+        ("POST", "/", 405, "method"),
+        ("GET", "/index.html", 404, "path"),
     ],
 )
 def test_unknown_paths_and_methods_answer_the_one_error_shape(
@@ -309,7 +310,7 @@ _INVALID_VALUES = {
         st.integers(max_value=-1), st.integers(min_value=2**32), st.text(), st.floats().filter(_not_in(0, 2**32 - 1))
     ),
     "num_images": st.one_of(st.integers(max_value=0), st.integers(min_value=5), st.text(), st.booleans()),
-    "response_format": st.text().filter(lambda v: v not in ("png", "json")),
+    "response_format": st.text().filter(lambda v: v not in ("png", "jpeg", "webp", "json")),
 }
 
 

@@ -36,7 +36,10 @@ def test_detect_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeNeuronPipeline:
-    """Records calls; returns PIL-like uint8 images whose first pixel encodes the prompt index."""
+    """Records calls; returns PIL-like uint8 images whose first pixel encodes the prompt index.
+
+    It has a VAE encoder (as optimum-neuron's pipeline over an artifact that has one) and serves as
+    its own img2img pipeline (`image_pipeline=same`)."""
 
     def __init__(self, batch_size: int, size: int) -> None:
         from diffusers import PNDMScheduler
@@ -46,6 +49,7 @@ class FakeNeuronPipeline:
         self.batch_size, self.size = batch_size, size
         self.calls: list[dict[str, Any]] = []
         self.scheduler = PNDMScheduler.from_config(dict(SD21_BASE_SCHEDULER))  # what an SD 2.1 export carries
+        self.vae_encoder = object()
 
     def __call__(self, **kwargs: Any) -> Any:
         self.calls.append(kwargs)
@@ -60,9 +64,14 @@ class FakeNeuronPipeline:
         return type("Out", (), {"images": images})()
 
 
+def same(pipe: Any) -> Any:
+    return pipe
+
+
 def neuron_backend(batch_size: int = 4, size: int = 512) -> tuple[NeuronBackend, FakeNeuronPipeline]:
     fake = FakeNeuronPipeline(batch_size, size)
-    backend = NeuronBackend(Settings(model_id="org/m"), loader=lambda: (fake, CompiledShape(size, size, batch_size)))
+    shape = CompiledShape(size, size, batch_size)
+    backend = NeuronBackend(Settings(model_id="org/m"), loader=lambda: (fake, shape), image_pipeline=same)
     backend.load()
     return backend, fake
 
@@ -112,18 +121,20 @@ def test_neuron_refuses_an_artifact_compiled_for_another_batch_or_size() -> None
     def loader() -> tuple[Any, CompiledShape]:
         return fake, CompiledShape(512, 512, 4)
 
-    backend = NeuronBackend(Settings(model_id="org/m", max_batch=8), loader=loader)
+    backend = NeuronBackend(Settings(model_id="org/m", max_batch=8), loader=loader, image_pipeline=same)
     with pytest.raises(backends.BackendError) as batch_error:
         backend.load()
     assert str(batch_error.value) == (
         f"Neuron model shape mismatch: {contract.ENV_MAX_BATCH}=8 but the artifact is compiled for batch 4 "
         "(recompile, or serve what was compiled)"
     )
-    backend = NeuronBackend(Settings(model_id="org/m", height=768, width=768), loader=loader)
+    backend = NeuronBackend(Settings(model_id="org/m", height=768, width=768), loader=loader, image_pipeline=same)
     with pytest.raises(backends.BackendError, match=f"{contract.ENV_WIDTH}x{contract.ENV_HEIGHT}=768x768 .* 512x512"):
         backend.load()
     assert backend.pipe is None  # nothing is served from a refused artifact
-    matching = NeuronBackend(Settings(model_id="org/m", max_batch=4, height=512, width=512), loader=loader)
+    matching = NeuronBackend(
+        Settings(model_id="org/m", max_batch=4, height=512, width=512), loader=loader, image_pipeline=same
+    )
     matching.load()
     assert matching.max_device_batch == 4 and matching.default_steps == backends.DEFAULT_STEPS_SD
     assert type(matching.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"  # the scheduler setting
