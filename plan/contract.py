@@ -77,12 +77,13 @@ METRIC_NAMESPACE: Final = "EdgeDiffusion"
 METRIC_PENDING_REQUESTS: Final = "PendingRequests"
 METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
 METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
-# The oldest serving.imageVersion whose runtime these charts work with: its server answers /metrics
-# on METRICS_PORT only (the charts scrape that port and expose no other) and reads the connection
-# settings the charts set; since 1.1.0 its inventory publisher opens the serving pods' image
-# scheduling gate (SCHEDULING_GATE_IMAGE). Raised with every change of what the charts ask of the
-# images: tags are immutable, so an account that has the old tag would keep the old runtime.
-OLDEST_IMAGE_VERSION: Final = "1.2.0"
+# The oldest serving.imageVersion whose runtime these charts work with: its server reads the model's
+# default steps and guidance the charts set (ENV_DEFAULT_STEPS, ENV_DEFAULT_GUIDANCE), takes image
+# prompts and refuses an artifact without a VAE encoder; since 1.2.0 it answers /metrics on
+# METRICS_PORT only; since 1.1.0 its inventory publisher opens the serving pods' image scheduling
+# gate (SCHEDULING_GATE_IMAGE). Raised with every change of what the charts ask of the images: tags
+# are immutable, so an account that has the old tag would keep the old runtime.
+OLDEST_IMAGE_VERSION: Final = "1.3.0"
 
 
 # Metric dimensions (docs/adr/0015-published-names-change-with-a-migration.md). Serving metrics and
