@@ -10,12 +10,15 @@ As a library (an AR app backend)::
     )
     # inventoryAuth=cognito: credentials=cognito_credentials(pool_id, provider, id_token, region)
     result = client.generate(ImageRequest(prompt="a lighthouse at dawn"), deadline_s=30)
-    result.images[0]  # PNG bytes; result.endpoint says who served, result.timings how long
+    result.images[0]  # PNG bytes (result.media_type); result.endpoint says who served, result.timings how long
+    # An image prompt (bytes or a pathlib.Path: multipart; a base64 or data: URL str: JSON), a JPEG answer:
+    ImageRequest(prompt="in watercolour", image=Path("photo.jpg"), strength=0.6, output_format="jpeg")
 
 From a shell::
 
     python -m runtime.client "a lighthouse at dawn" -o out.png --inventory-url URL
     python -m runtime.client "a lighthouse at dawn" -o out.png --endpoints-file endpoints.json
+    python -m runtime.client "in watercolour" --image photo.jpg --strength 0.6 -o out.jpg --fallback-url URL
 
 The names below are the library's public API (defined in ``client`` and ``auth``), imported on
 first use so that ``python -m runtime.client`` can say in one line what is missing without httpx.

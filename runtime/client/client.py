@@ -32,14 +32,17 @@ CDK app: cost weights travel in the inventory, not in a table copied from ``plan
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import math
+import os
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -69,6 +72,14 @@ DEFAULT_PROBE_TIMEOUT_S: Final = 2.0
 DEFAULT_TIE_MS: Final = 5.0
 FALLBACK_LOCATION: Final = "fallback"  # the location shown for a caller-given fallback URL
 FILTER_FLAGS: Final = {"model": "--model", "location": "--location", "accelerator": "--accelerator"}
+IMAGE_FORMATS: Final = ("png", "jpeg", "webp")  # the encodings an answer's images may have
+RESPONSE_FORMATS: Final = (*IMAGE_FORMATS, "json")
+MEDIA_TYPES: Final = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The server's InputLimits.max_bytes (runtime/server/codec.py, not imported: it needs numpy and Pillow).
+MAX_IMAGE_BYTES: Final = 8 * 1024 * 1024
+IMAGE_ALLOWED: Final = f"a PNG, JPEG or WebP image of at most {MAX_IMAGE_BYTES} bytes"
+_DATA_URL: Final = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_BASE64: Final = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
 
 class ClientError(Exception):
@@ -165,9 +176,76 @@ def _why(err: BaseException) -> str:
     return type(err).__name__
 
 
+def sniff_image(data: bytes) -> str | None:
+    """The media type of encoded image bytes by their first bytes: image/png, image/jpeg, image/webp or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def check_image(data: bytes, name: str = "image") -> str:
+    """The media type of an image prompt's bytes; ClientError (one line) where the server would refuse them."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ClientError(f"{name}: {len(data)} bytes is too large; allowed: {IMAGE_ALLOWED}")
+    kind = sniff_image(data)
+    if kind is None:
+        raise ClientError(f"{name}: not a PNG, JPEG or WebP image (by its first bytes); allowed: {IMAGE_ALLOWED}")
+    return kind
+
+
+def read_image(path: str | os.PathLike[str], name: str = "image") -> bytes:
+    """An image prompt file's bytes, checked (a file, readable, its size, its type) before anything is sent."""
+    shown = f"{name} {str(path)!r}"
+    try:
+        info = Path(path).stat()
+    except OSError as err:
+        raise ClientError(f"{shown}: {err.strerror or type(err).__name__}") from None
+    if not Path(path).is_file():
+        raise ClientError(f"{shown}: not a file; allowed: {IMAGE_ALLOWED}")
+    if info.st_size > MAX_IMAGE_BYTES:  # refused before reading: it may be huge
+        raise ClientError(f"{shown}: {info.st_size} bytes is too large; allowed: {IMAGE_ALLOWED}")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ClientError(f"{shown}: cannot read it ({err.strerror or type(err).__name__})") from None
+    check_image(data, shown)
+    return data
+
+
+def _check_image_text(text: str) -> None:
+    """Base64 text or a data URL holding an image the server would take; a path given as str says so."""
+    match = _DATA_URL.match(text[:64])
+    payload = "".join((text[match.end() :] if match else text).split())
+    if len(payload) % 4 or not _BASE64.match(payload):
+        raise ClientError(
+            f"image {text[:40]!r}: not base64 or a data:image/...;base64, URL "
+            "(give a file's bytes, or its path as a pathlib.Path)"
+        )
+    if len(payload) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
+        raise ClientError(f"image: more than {MAX_IMAGE_BYTES} bytes once decoded; allowed: {IMAGE_ALLOWED}")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError("image: not valid base64") from None
+    check_image(data)
+
+
 @dataclass(frozen=True)
 class ImageRequest:
-    """The body of ``POST /v1/images`` (``None`` leaves the server's default)."""
+    """The body of ``POST /v1/images`` (``None`` leaves the server's default), as the TypeScript SDK sends it.
+
+    ``image`` is an image prompt: ``bytes`` or a path (``pathlib.Path``, any ``os.PathLike``) go as
+    the file part of a multipart/form-data body; a ``str`` is base64 text or a ``data:`` URL and
+    goes in JSON. Either is checked here (PNG, JPEG or WebP, at most ``MAX_IMAGE_BYTES``) before
+    anything is sent. ``strength`` (0 < s <= 1, only with an image; the server's default 0.8) is
+    how far to move from it. ``response_format`` "json" (the default) carries every image, the seed
+    and the timings, its images encoded in ``output_format`` (png unless said); "png", "jpeg" or
+    "webp" answer one image as binary. ``quality`` (1-100) is for jpeg and webp only.
+    """
 
     prompt: str
     negative_prompt: str | None = None
@@ -177,13 +255,48 @@ class ImageRequest:
     height: int | None = None
     seed: int | None = None
     num_images: int = 1
+    response_format: str = "json"
+    output_format: str | None = None
+    quality: int | None = None
+    image: bytes | str | os.PathLike[str] | None = None
+    strength: float | None = None
 
     def body(self) -> dict[str, Any]:
-        body = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.guidance_scale is not None:
-            body["guidance_scale"] = float(self.guidance_scale)  # the server takes JSON numbers strictly
-        body["response_format"] = "json"  # carries every image, the seed and server timings
+        """The fields under their wire names, in the SDK's order; an image only when it is text."""
+        body: dict[str, Any] = {}
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            if value is None or (name == "image" and not isinstance(value, str)):
+                continue
+            body[name] = float(value) if name in ("guidance_scale", "strength") else value  # strict JSON numbers
         return body
+
+    def encode(self) -> dict[str, Any]:
+        """httpx ``post`` arguments: ``json=`` the body, or multipart ``data=``/``files=`` when the image is bytes.
+
+        ClientError (one line) for an image the server would refuse: raised before any request.
+        """
+        image = self.image
+        if image is None or isinstance(image, str):
+            if isinstance(image, str):
+                _check_image_text(image)
+            return {"json": self.body()}
+        if isinstance(image, bytes | bytearray | memoryview):
+            data = bytes(image)
+            kind = check_image(data)
+        elif isinstance(image, os.PathLike):
+            data = read_image(image)
+            kind = check_image(data)
+        else:
+            raise ClientError(f"image: a {type(image).__name__}; allowed: bytes, a path, or base64 text or a data URL")
+        extension = next(name for name, media in MEDIA_TYPES.items() if media == kind)
+        form = {name: _form_text(value) for name, value in self.body().items()}
+        return {"data": form, "files": {"image": (f"image.{extension}", data, kind)}}
+
+
+def _form_text(value: Any) -> str:
+    """A field's value as form text spelling its JSON value (numbers as JSON writes them)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 @dataclass(frozen=True)
@@ -202,7 +315,7 @@ class Attempt:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    images: list[bytes]  # PNG
+    images: list[bytes]  # encoded as media_type says
     endpoint: Endpoint
     attempts: tuple[Attempt, ...]
     probes: tuple[Probe, ...]
@@ -211,6 +324,7 @@ class GenerationResult:
     request_id: str | None = None
     server_timings: dict[str, Any] = field(default_factory=dict)
     skipped_entries: tuple[str, ...] = ()
+    media_type: str = "image/png"  # image/png, image/jpeg or image/webp
 
 
 @dataclass(frozen=True)
@@ -481,6 +595,7 @@ class EdgeDiffusionClient:
         """Generate on the nearest endpoint, failing over until ``deadline_s`` (total) passes."""
         if deadline_s <= 0:
             raise ClientError(f"deadline {deadline_s!r}: allowed a positive number of seconds")
+        payload = request.encode()  # a bad image prompt is refused before any request
         start = self._clock()
         deadline = start + deadline_s
         try:
@@ -510,7 +625,6 @@ class EdgeDiffusionClient:
         probe_done = self._clock()
         unreachable = [p for p in probes if p.rtt_ms is None]
         attempts: list[Attempt] = []
-        body = request.body()
         renewed = False
         queue = list(ordered)
         while queue:
@@ -529,10 +643,10 @@ class EdgeDiffusionClient:
             try:
                 response = self._http.post(
                     endpoint.url + contract.IMAGES_PATH,
-                    json=body,
                     headers=headers,
                     timeout=remaining,
                     extensions=tls_extensions(endpoint),
+                    **payload,
                 )
             except httpx.TimeoutException:
                 attempts.append(Attempt(endpoint, "timeout", self._clock() - began))
@@ -565,7 +679,7 @@ class EdgeDiffusionClient:
                     message += " (the endpoint requires a token: pass --token, or use --inventory-url to get one)"
                 raise RequestRejectedError(response.status_code, message)
             try:
-                images, meta = _decode_images(response)
+                images, media_type, meta = _decode_images(response)
             except ValueError as err:
                 attempts.append(Attempt(endpoint, f"bad response: {err}", took))
                 queue.pop(0)
@@ -587,6 +701,7 @@ class EdgeDiffusionClient:
                 request_id=response.headers.get(contract.REQUEST_ID_HEADER) or meta.get("request_id"),
                 server_timings=dict(meta.get("timings") or {}),
                 skipped_entries=tuple(inventory.skipped),
+                media_type=media_type,
             )
         raise NoEndpointError(self._failure(deadline_s, attempts, unreachable, refused, inventory), attempts)
 
@@ -628,11 +743,18 @@ def _error_message(response: httpx.Response) -> str:
     return " ".join(str(message).split())[:300]
 
 
-def _decode_images(response: httpx.Response) -> tuple[list[bytes], dict[str, Any]]:
-    """PNG bytes from a PNG or a JSON (base64 images) response."""
-    kind = response.headers.get("content-type", "").split(";")[0].strip()
-    if kind == "image/png":
-        return [response.content], {"seed": _int_or_none(response.headers.get("X-Seed"))}
+def _decode_images(response: httpx.Response) -> tuple[list[bytes], str, dict[str, Any]]:
+    """(images, their media type, the answer's fields) from a binary image (png, jpeg, webp) or a JSON answer."""
+    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in MEDIA_TYPES.values():
+        headers = response.headers
+        timings = {
+            "queue_ms": _number_or_none(headers.get("X-Queue-Ms")),
+            "inference_ms": _number_or_none(headers.get("X-Inference-Ms")),
+            "batch_size": _int_or_none(headers.get("X-Batch-Size")),
+        }
+        known = {name: value for name, value in timings.items() if value is not None}
+        return [response.content], kind, {"seed": _int_or_none(headers.get("X-Seed")), "timings": known}
     if kind != "application/json":
         raise ValueError(f"unexpected content type {kind or 'none'}")
     body = response.json()
@@ -640,9 +762,18 @@ def _decode_images(response: httpx.Response) -> tuple[list[bytes], dict[str, Any
     if not isinstance(encoded, list) or not encoded:
         raise ValueError("no images in the response")
     try:
-        return [base64.b64decode(item, validate=True) for item in encoded], body
+        images = [base64.b64decode(item, validate=True) for item in encoded]
     except (TypeError, ValueError):
         raise ValueError("images are not base64") from None
+    return images, sniff_image(images[0]) or "image/png", body
+
+
+def _number_or_none(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _int_or_none(value: str | None) -> int | None:

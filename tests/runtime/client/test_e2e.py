@@ -9,7 +9,9 @@ and a server that verifies them with that key's public half."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -35,6 +37,7 @@ from tests.tls_ca import Ca
 LOOPBACK = "127.0.0.1"
 DELAY_S = 0.2  # per forwarded chunk and direction: a /healthz round trip gains ~400 ms
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 QUICK = c.ImageRequest(prompt="a cat", steps=2, width=64, height=64, seed=1)
 # Long enough (~0.15 s on an idle tiny model, vs ~1 ms from POST to SIGKILL) to be killed while it works:
 # larger than the tiny model's served 64x64, so the servers that get it start with --max-image-size 96.
@@ -254,6 +257,62 @@ def test_everything_down_is_one_line_naming_what_was_tried(tmp_path: Path) -> No
         f"region (http://{LOOPBACK}:{region}): not tried, /healthz ConnectError)"
     )
     assert not (tmp_path / "o.png").exists()
+
+
+def prompt_image(path: Path, colour: tuple[int, int, int]) -> Path:
+    """A 64 x 64 PNG of one colour: the smallest image prompt the server takes."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), colour).save(path, format="PNG")
+    return path
+
+
+def test_cli_sends_an_image_prompt_and_the_image_decides_the_result(servers: dict[str, Server], tmp_path: Path) -> None:
+    """The same seed and prompt from two image prompts gives two images; the library's data URL (JSON)
+    gives the very image the CLI's file part (multipart) gave."""
+    url = servers["fast"].url
+    white, black = (
+        prompt_image(tmp_path / "white.png", (255, 255, 255)),
+        prompt_image(tmp_path / "black.png", (0, 0, 0)),
+    )
+    outs = {}
+    for name, image in (("white", white), ("black", black)):
+        outs[name] = tmp_path / f"{name}-out.png"
+        done = cli("-o", str(outs[name]), "--fallback-url", url, "--image", str(image), "--strength", "0.5")
+        assert done.returncode == 0, done.stderr
+        assert f"wrote {outs[name]}" in done.stdout
+        assert outs[name].read_bytes().startswith(PNG_MAGIC)
+    assert outs["white"].read_bytes() != outs["black"].read_bytes()
+    data_url = "data:image/png;base64," + base64.b64encode(white.read_bytes()).decode()
+    request = dataclasses.replace(QUICK, image=data_url, strength=0.5)
+    with c.EdgeDiffusionClient(fallback_urls=[url]) as client:
+        result = client.generate(request, deadline_s=60)
+    assert result.media_type == "image/png"
+    assert result.images == [outs["white"].read_bytes()]
+
+
+def test_cli_writes_jpeg_when_the_output_name_says_so(servers: dict[str, Server], tmp_path: Path) -> None:
+    out = tmp_path / "out.jpg"
+    done = cli("-o", str(out), "--fallback-url", servers["fast"].url, "--quality", "80", "--num-images", "2")
+    assert done.returncode == 0, done.stderr
+    second = tmp_path / "out-2.jpg"
+    assert done.stdout.splitlines()[:2] == [f"wrote {out}", f"wrote {second}"]
+    assert out.read_bytes().startswith(JPEG_MAGIC) and second.read_bytes().startswith(JPEG_MAGIC)
+    refused = cli("-o", str(tmp_path / "x.png"), "--format", "jpeg", "--fallback-url", servers["fast"].url)
+    assert refused.returncode == 2 and not (tmp_path / "x.png").exists()
+    assert refused.stderr.splitlines() == [
+        f"python -m runtime.client: error: --output '{tmp_path / 'x.png'}' does not name a jpeg file; "
+        "allowed with --format jpeg: a name ending .jpg or .jpeg"
+    ]
+
+
+def test_library_binary_answers_carry_their_type_and_seed(servers: dict[str, Server]) -> None:
+    with c.EdgeDiffusionClient(fallback_urls=[servers["fast"].url]) as client:
+        webp = client.generate(dataclasses.replace(QUICK, response_format="webp", quality=70), deadline_s=60)
+        jpeg = client.generate(dataclasses.replace(QUICK, response_format="json", output_format="jpeg"), deadline_s=60)
+    assert webp.media_type == "image/webp" and c.sniff_image(webp.images[0]) == "image/webp"
+    assert webp.seed == 1 and webp.server_timings.get("batch_size") == 1
+    assert jpeg.media_type == "image/jpeg" and jpeg.images[0].startswith(JPEG_MAGIC) and jpeg.seed == 1
 
 
 def test_the_local_zone_killed_mid_request_the_region_serves(servers: dict[str, Server]) -> None:
