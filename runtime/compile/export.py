@@ -26,6 +26,7 @@ from plan.model_artifacts import (
     model_profile,
 )
 from runtime.artifacts.manifest import ArtifactSpec, library_versions
+from runtime.compile.inductor_cache import current_key, save_mega_cache, write_key
 from runtime.compile.settings import CompileConfig
 from runtime.server.backends import WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
@@ -219,10 +220,12 @@ def check_components(out_dir: Path, device: str) -> None:
 def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
     """Run the compiled UNet and VAE decoder once at the configured shapes so the cache holds their kernels.
 
-    Pods set TORCHINDUCTOR_CACHE_DIR to this directory; on the same GPU type and library
-    versions (both in the manifest) their first `torch.compile` reuses it instead of
-    compiling for minutes. The modules are prepared by the server's own `optimise` with its
-    default fast paths, so the graphs compiled here are the ones a pod compiles.
+    Beside the cache files go this machine's key (torch, CUDA, Triton, GPU) and torch's
+    mega-cache: a pod whose key matches copies the cache, sets TORCHINDUCTOR_CACHE_DIR to the copy
+    and hot-loads the mega-cache, so its first `torch.compile` reuses these kernels instead of
+    compiling for minutes; any other pod says what differs and compiles
+    (runtime.compile.inductor_cache). The modules are prepared by the server's own `optimise` with
+    its default fast paths, so the graphs compiled here are the ones a pod compiles.
     """
     import torch
 
@@ -233,6 +236,8 @@ def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
     s = cfg.shapes
     pipe(["warm-up"] * s.batch_size, height=s.height, width=s.width, num_inference_steps=WARMUP_STEPS)
     torch.cuda.synchronize()
+    save_mega_cache(cache_dir)
+    write_key(cache_dir, current_key())
 
 
 def export(cfg: CompileConfig, out_dir: Path, staging: Path) -> None:

@@ -33,9 +33,10 @@ import numpy as np
 
 from plan import contract
 from plan.model_artifacts import VAE_ENCODER
+from runtime.compile.inductor_cache import CacheDecision, adopt_cache, current_key
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
-from runtime.server.models import SD_DEFAULTS, TINY_DEFAULT_STEPS, model_defaults
+from runtime.server.models import SD_DEFAULTS, TINY_DEFAULT_STEPS, build_tiny_vae, model_defaults
 from runtime.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class NoVaeEncoderError(BackendError):
 STOP_HOOK_CLASSES: Final = frozenset(
     {"ResnetBlock2D", "Transformer2DModel", "BasicTransformerBlock", "Attention", "FeedForward"}
     | {"Downsample2D", "Upsample2D"}
+    | {"AutoencoderTinyBlock"}  # the tiny VAE's (--vae tiny) residual blocks
 )
 _STOP_HOOK_BLOCKS: Final = re.compile(r"(down_blocks|up_blocks)\.\d+|mid_block")
 _stop_check = threading.local()  # .should_stop of the call running on this (device) thread
@@ -294,7 +296,8 @@ def optimise(pipe: Any, settings: Settings, device: str) -> Any:
     apply_scheduler(pipe, scheduler_name(settings))
     processor = AttnProcessor2_0 if settings.attention == "sdpa" else AttnProcessor
     pipe.unet.set_attn_processor(processor())
-    pipe.vae.set_attn_processor(processor())
+    if hasattr(pipe.vae, "set_attn_processor"):  # AutoencoderTiny (--vae tiny) has no attention
+        pipe.vae.set_attn_processor(processor())
     if device == "cuda":
         pipe = pipe.to("cuda")
         if settings.channels_last:
@@ -305,6 +308,32 @@ def optimise(pipe: Any, settings: Settings, device: str) -> Any:
             pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
             pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode="reduce-overhead", fullgraph=True)
     return pipe
+
+
+def use_tiny_vae(pipe: Any, settings: Settings) -> Any:
+    """Replace the pipeline's VAE by AutoencoderTiny (TAESD; --vae tiny) in the same dtype; returns the pipeline.
+
+    TAESD decodes the same latents with about 1/40 of the decoder's parameters, for less fine detail
+    (its README: "it tends to fudge fine details"); the img2img pipeline shares it, encoder included.
+    """
+    full = pipe.vae
+    pipe.vae = build_tiny_vae(settings.model_id, settings.tiny_vae, int(full.config.latent_channels), full.dtype)
+    return pipe
+
+
+def inductor_cache(
+    settings: Settings, device: str, location: ModelLocation | None, key: dict[str, str] | None = None
+) -> CacheDecision | None:
+    """Use the artifact's TorchInductor cache when this pod compiles (cuda, --torch-compile) and its key matches.
+
+    None when nothing compiles or the model is not an artifact directory. `key` is this pod's
+    (runtime.compile.inductor_cache.current_key when not given). The cache is copied under the
+    model cache directory, which is writable.
+    """
+    if device != "cuda" or not settings.torch_compile or location is None or location.path is None:
+        return None
+    here = key if key is not None else current_key()
+    return adopt_cache(Path(location.path), Path(settings.model_cache_dir) / "torchinductor", here)
 
 
 def to_float_images(images: Any) -> list[np.ndarray]:
@@ -340,6 +369,8 @@ def prompt_latents(vae: Any, pixels: np.ndarray, generators: list[Any], device: 
 
     images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2) * 2.0 - 1.0  # [0, 1] -> [-1, 1]
     encoded = vae.encode(images.to(device=device, dtype=dtype))
+    if not hasattr(encoded, "latent_dist"):  # AutoencoderTiny: deterministic latents (diffusers' retrieve_latents)
+        return encoded.latents * vae.config.scaling_factor
     return encoded.latent_dist.sample(generators) * vae.config.scaling_factor
 
 
@@ -399,6 +430,7 @@ class DiffusersBackend(Backend):
         self.image_pipe: Any = None  # img2img over self.pipe's modules
         self.location: ModelLocation | None = None
         self.stop_hooks = 0  # forward pre-hooks that stop a call mid-step (install_stop_hooks)
+        self.cache: CacheDecision | None = None  # the artifact's TorchInductor cache, used or why not
 
     def load(self) -> None:
         import torch
@@ -412,6 +444,11 @@ class DiffusersBackend(Backend):
             self.location = resolve_model(self.settings, self.device)
             pipe = self.location.load_diffusers(dtype)
         pipe.set_progress_bar_config(disable=True)
+        if self.settings.vae == "tiny":
+            pipe = use_tiny_vae(pipe, self.settings)
+        self.cache = cache = inductor_cache(self.settings, self.device, self.location)
+        if cache is not None:  # before optimise: torch.compile reads the cache directory when it first compiles
+            (log.info if cache.used else log.warning)("%s", cache.message)
         pipe = optimise(pipe, self.settings, self.device)
         # A compiled graph (fullgraph torch.compile, CUDA graphs) cannot stop halfway: it stops between steps.
         compiled = self.settings.torch_compile and self.device == "cuda"
@@ -432,7 +469,9 @@ class DiffusersBackend(Backend):
         s = self.settings
         self.description = (
             f"{s.model_id} on {self.device} ({str(dtype).removeprefix('torch.')}, {s.attention} attention, "
-            f"{scheduler_name(s)} scheduler{', torch.compile' if s.torch_compile and self.device == 'cuda' else ''}, "
+            f"{scheduler_name(s)} scheduler{', torch.compile' if s.torch_compile and self.device == 'cuda' else ''}"
+            f"{' with the inductor cache' if cache is not None and cache.used else ''}"
+            f"{', tiny VAE' if s.vae == 'tiny' else ''}, "
             f"{torch.get_num_threads()} CPU threads) "
             f"loaded in {time.monotonic() - started:.1f}s"
         )
@@ -571,6 +610,11 @@ class NeuronBackend(Backend):
         return None
 
     def load(self) -> None:
+        if self.settings.vae != "full":
+            raise BackendError(
+                f"{contract.ENV_VAE}={self.settings.vae!r} is not allowed on neuron; allowed: full "
+                "(the artifact's compiled VAE)"
+            )
         started = time.monotonic()
         pipe, shape = self._loader() if self._loader else self._load_compiled()
         problem = compiled_shape_problem(shape, self.settings)
@@ -635,7 +679,9 @@ class NeuronBackend(Backend):
             try:
                 if params.strength is not None:  # the encoder is compiled for the whole batch: one call
                     latents = prompt_latents(self.image_pipe.vae, image_prompts(params, chunk), generators, "cpu", None)
-                    pipe, prompt_images = self.image_pipe, {"image": latents, "strength": params.strength}
+                    # A list of per-image latents: optimum-neuron's __call__ tests `if kwargs.get("image")`,
+                    # which a batched tensor cannot answer; diffusers stacks the list back.
+                    pipe, prompt_images = self.image_pipe, {"image": list(latents), "strength": params.strength}
                 result = pipe(
                     prompt=[s.prompt for s in chunk],
                     negative_prompt=[s.negative_prompt for s in chunk],

@@ -304,3 +304,22 @@ def build_pipeline(model_id: str, seed: int = 0, dtype: Any = None) -> Any:
     if model is None:
         raise ValueError(f"model {model_id!r} is not built in; built in: {', '.join(BUILT_IN_MODELS)}")
     return model.build(seed, dtype)
+
+
+def build_tiny_vae(model_id: str, source: str, latent_channels: int = 4, dtype: Any = None, seed: int = 0) -> Any:
+    """The AutoencoderTiny (TAESD) to decode ``model_id``'s latents with.
+
+    A built-in model gets one built from diffusers' default configuration (TAESD's) with seeded random
+    weights, as its other networks; any other model loads ``source`` (a Hub id such as
+    ``madebyollin/taesd`` for SD 1.x/2.x, or a directory). Its scaling factor is 1: it takes the
+    latents the UNet produces, as diffusers' pipelines hand them to it.
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if built_in(model_id) is None:
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtype or torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae: Any = AutoencoderTiny(latent_channels=latent_channels)
+    return vae.to(dtype=dtype or torch.float32).eval()

@@ -104,6 +104,24 @@ class Settings(ProgramSettings):
         choices=SCHEDULERS,
         help="unset: the model table's (SD-Turbo: model), else dpmsolver++",
     )
+    # tiny: decode (and encode image prompts) with AutoencoderTiny, TAESD, a 1.2M-parameter distillation
+    # of SD's 49M-parameter VAE decoder that "tends to fudge fine details" (madebyollin/taesd README);
+    # one 512x512 decode on 2 shared CPU cores (sd21-random, fp32): 17.5 s full, 1.7 s tiny. cuda/cpu only: a
+    # Neuron artifact carries its compiled VAE.
+    vae: str = setting(
+        env=contract.ENV_VAE,
+        flag="--vae",
+        default="full",
+        choices=contract.VAE_KINDS,
+        help="full: the model's VAE; tiny: AutoencoderTiny (TAESD), faster decode, less fine detail",
+    )
+    tiny_vae: str = setting(
+        env=contract.ENV_TINY_VAE,
+        flag="--tiny-vae",
+        default=contract.TAESD_ID,
+        help="Hub id or directory of the AutoencoderTiny weights (SDXL: madebyollin/taesdxl); "
+        "built-in models build it with random weights",
+    )
     # What a request that names no steps or guidance gets (the charts set the model table's row);
     # unset: the model table's, else the tiny model's 4 steps or the scheduler's budget, and 7.5.
     default_steps: int | None = setting(

@@ -371,3 +371,63 @@ def test_sd21_same_seed_same_weights_and_the_768_variant() -> None:
         assert abs(float(meta[0].weight.std()) - float(layer[0].weight.detach().std())) < 0.02  # torch's default scale
         assert abs(float(meta[2].weight.std()) - 0.02) < 0.01
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+# --- the tiny VAE (--vae tiny) and the Inductor cache ------------------------------------------
+
+
+def test_tiny_vae_decodes_and_encodes_with_autoencoder_tiny() -> None:
+    full, tiny = tiny_backend(), tiny_backend(vae="tiny")
+    assert type(tiny.pipe.vae).__name__ == "AutoencoderTiny" and tiny.image_pipe.vae is tiny.pipe.vae
+    assert type(full.pipe.vae).__name__ == "AutoencoderKL"
+    assert "tiny VAE" in tiny.description
+    specs = [ImageSpec("a cat", "", 7), ImageSpec("a dog", "", 8)]
+    (alone,) = tiny.generate(TINY_PARAMS, specs[:1], lambda: False)
+    first, _ = tiny.generate(TINY_PARAMS, specs, lambda: False)
+    assert np.abs(alone - first).max() < FP32_BATCH_TOLERANCE
+    (kl,) = full.generate(TINY_PARAMS, specs[:1], lambda: False)
+    assert alone.shape == kl.shape == (64, 64, 3) and np.abs(alone - kl).max() > 0.1  # another decoder
+    grey = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    params = BatchParams(4, 7.5, 64, 64, strength=0.5)
+    (prompted,) = tiny.generate(params, [ImageSpec("a cat", "", 7, grey)], lambda: False)
+    assert np.isfinite(prompted).all() and prompted.shape == (64, 64, 3)
+
+
+def test_tiny_vae_decode_stops_inside_the_decoder() -> None:
+    backend = tiny_backend(vae="tiny")
+    assert stops_inside_a_call(backend, BatchParams(3, 7.5, 64, 64)) == (0, 0)
+
+
+def test_neuron_refuses_the_tiny_vae_in_one_line() -> None:
+    backend = NeuronBackend(Settings(model_id="org/m", vae="tiny"), loader=lambda: (None, CompiledShape(512, 512, 1)))
+    with pytest.raises(
+        backends.BackendError, match=f"{contract.ENV_VAE}='tiny' is not allowed on neuron; allowed: full"
+    ):
+        backend.load()
+
+
+def test_the_inductor_cache_is_offered_only_to_a_compiling_cuda_pod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.compile.inductor_cache import write_key
+    from runtime.server.model_source import ModelLocation
+
+    key = {"torch": "2.13.0", "cuda": "12.8", "triton": "3.6.0", "gpu": "NVIDIA L4", "capability": "8.9"}
+    cache = tmp_path / "artifact" / contract.INDUCTOR_CACHE_DIRNAME
+    cache.mkdir(parents=True)
+    write_key(cache, key)
+    location = ModelLocation(kind="dir", model_id="org/m", path=tmp_path / "artifact")
+    compiling = Settings(model_id="org/m", torch_compile=True, model_cache_dir=str(tmp_path / "models"))
+    assert backends.inductor_cache(compiling, "cpu", location, key) is None
+    assert backends.inductor_cache(compiling.replace(torch_compile=False), "cuda", location, key) is None
+    assert backends.inductor_cache(compiling, "cuda", ModelLocation(kind="hub", model_id="org/m"), key) is None
+    other = backends.inductor_cache(compiling, "cuda", location, {**key, "gpu": "NVIDIA A10G"})
+    assert other is not None and not other.used
+    assert other.message == "inductor cache ignored: gpu 'NVIDIA L4' in the cache, 'NVIDIA A10G' here"
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE"):  # restored after the test
+        monkeypatch.setenv(name, "unset")
+    same = backends.inductor_cache(compiling, "cuda", location, key)
+    assert same is not None and same.used
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "models" / "torchinductor")

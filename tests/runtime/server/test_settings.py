@@ -120,3 +120,13 @@ def test_a_max_image_size_below_the_served_size_is_refused_in_one_line() -> None
         "the size this server serves"
     )
     assert Settings.from_env({contract.ENV_HEIGHT: "512", contract.ENV_MAX_IMAGE_SIZE: "512"}).max_image_size == 512
+
+
+def test_vae_setting_from_env_and_flag_and_its_refusal() -> None:
+    assert (Settings.from_env({}).vae, Settings.from_env({}).tiny_vae) == ("full", "madebyollin/taesd")
+    env = {contract.ENV_VAE: "tiny", contract.ENV_TINY_VAE: "/models/taesd"}
+    assert (Settings.from_env(env).vae, Settings.from_env(env).tiny_vae) == ("tiny", "/models/taesd")
+    assert Settings.from_args(["--vae", "full"], env).vae == "full"
+    with pytest.raises(SettingsError, match=contract.ENV_VAE) as refused:
+        Settings.from_env({contract.ENV_VAE: "taesd"})
+    assert "full" in str(refused.value) and "tiny" in str(refused.value) and "\n" not in str(refused.value)
