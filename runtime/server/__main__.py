@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 
@@ -34,6 +35,22 @@ from runtime.server.tls import context_from_settings
 from runtime.settings import SettingsError, error_exit, refusal
 
 log = logging.getLogger("runtime.server")
+
+OMP_WAIT_POLICY: Final = "OMP_WAIT_POLICY"
+
+
+def idle_kernel_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Make torch's idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE), unless the operator set it.
+
+    Called before torch loads (libgomp reads it once). In process a pipeline has the CPUs to itself
+    and spinning saves a wake-up; served, the event loop (answers out, requests in) needs a core the
+    moment a batch ends, and spinning workers hold it: on 2 shared cores that cost the server most of
+    its gap to in process (docs/benchmarks.md, "Server efficiency"). True when it set the policy.
+    """
+    if environ.get(OMP_WAIT_POLICY):
+        return False
+    environ[OMP_WAIT_POLICY] = "PASSIVE"
+    return True
 
 
 class SideServer(uvicorn.Server):
@@ -197,6 +214,7 @@ def build_server(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    idle_kernel_threads_sleep()
     try:
         settings = Settings.from_args(argv)
     except SettingsError as exc:
