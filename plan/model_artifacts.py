@@ -155,6 +155,9 @@ def model_profile(model_id: str) -> ModelProfile | None:
 # unet, vae_encoder, vae_decoder, each <name>/model.neuron); a diffusers artifact holds both halves of
 # the VAE in vae/ and lists them under the same names. Image prompts need VAE_ENCODER.
 COMPONENTS_OPTION: Final = "components"
+# The manifest option recording optimum-neuron's dynamic_batch_size export argument (neuron only):
+# without it a Neuron UNet runs only guided calls (the serving pod refuses guidance <= 1).
+DYNAMIC_BATCH_OPTION: Final = "dynamic_batch_size"
 TEXT_ENCODER: Final = "text_encoder"
 UNET: Final = "unet"
 VAE_DECODER: Final = "vae_decoder"

@@ -17,6 +17,7 @@ from plan import contract
 from plan.model_artifacts import (
     COMPONENTS,
     COMPONENTS_OPTION,
+    DYNAMIC_BATCH_OPTION,
     IMAGE_VERSION_OPTION,
     TEXT_ENCODER,
     UNET,
@@ -34,8 +35,6 @@ from runtime.server.settings import Settings
 
 # optimum-neuron's file name of each compiled network (<component>/model.neuron: utils/constant.py at 0.4.5).
 NEURON_FILE_NAME: Final = "model.neuron"
-# The manifest option recording optimum-neuron's dynamic_batch_size export argument (neuron only).
-DYNAMIC_BATCH_OPTION: Final = "dynamic_batch_size"
 _SAFETENSORS_HEADER_LIMIT: Final = 100 * 1024 * 1024  # the safetensors format caps its JSON header at 100 MB
 
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 import numpy as np
 
 from plan import contract
-from plan.model_artifacts import VAE_ENCODER
+from plan.model_artifacts import DYNAMIC_BATCH_OPTION, VAE_ENCODER
 from runtime.compile.inductor_cache import CacheDecision, adopt_cache, current_key
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
@@ -183,6 +183,10 @@ class Backend(ABC):
 
     def check_size(self, width: int, height: int) -> str | None:
         """Why this device cannot produce width x height, or None (generic bounds are the schema's)."""
+        return None
+
+    def check_guidance(self, guidance_scale: float) -> str | None:
+        """Why this device cannot run at this guidance, or None (generic bounds are the schema's)."""
         return None
 
     @abstractmethod
@@ -524,6 +528,9 @@ class CompiledShape:
     width: int
     height: int
     batch_size: int
+    # Without dynamic batching torch-neuronx's DataParallel takes only twice the compiled batch: the
+    # doubled batch of classifier-free guidance. A call without guidance (scale <= 1) would fail.
+    dynamic_batch: bool = True
 
 
 def compiled_shape_problem(shape: CompiledShape, settings: Settings) -> str | None:
@@ -609,6 +616,14 @@ class NeuronBackend(Backend):
             return f"this Neuron model is compiled for {self.shape.width}x{self.shape.height} only"
         return None
 
+    def check_guidance(self, guidance_scale: float) -> str | None:
+        if self.shape and not self.shape.dynamic_batch and guidance_scale <= 1:
+            return (
+                f"{guidance_scale:g} is not allowed; allowed: more than 1 (this Neuron model is compiled for guided "
+                "calls only: recompile it with dynamic batching to run without guidance)"
+            )
+        return None
+
     def load(self) -> None:
         if self.settings.vae != "full":
             raise BackendError(
@@ -648,9 +663,11 @@ class NeuronBackend(Backend):
             raise NoVaeEncoderError(problem)
         from optimum.neuron import NeuronStableDiffusionPipeline  # lazy: only in the Neuron image
 
-        shapes = location.manifest.spec.shapes
+        spec = location.manifest.spec
+        shapes = spec.shapes
         pipe = NeuronStableDiffusionPipeline.from_pretrained(str(location.path))
-        return pipe, CompiledShape(width=shapes.width, height=shapes.height, batch_size=shapes.batch_size)
+        dynamic = spec.options.get(DYNAMIC_BATCH_OPTION, "false") == "true"  # artifacts before the option: off
+        return pipe, CompiledShape(shapes.width, shapes.height, shapes.batch_size, dynamic_batch=dynamic)
 
     def generate(
         self,

@@ -335,6 +335,9 @@ class ImageService:
             )
         guidance = data["guidance_scale"]
         guidance = float(guidance) if guidance is not None else self.backend.default_guidance
+        problem = self.backend.check_guidance(guidance)
+        if problem:
+            raise ApiError(422, f"guidance_scale: {problem}", "guidance_scale")
         params = BatchParams(steps=steps, guidance_scale=guidance, width=width, height=height, strength=strength)
         refusal = deadline_refusal(
             costs_for(self.batcher.costs, params),

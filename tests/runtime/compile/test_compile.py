@@ -16,14 +16,13 @@ import pytest
 from moto import mock_aws
 
 from plan import contract
-from plan.model_artifacts import COMPONENTS_OPTION, IMAGE_VERSION_OPTION, MANIFEST_NAME
+from plan.model_artifacts import COMPONENTS_OPTION, DYNAMIC_BATCH_OPTION, IMAGE_VERSION_OPTION, MANIFEST_NAME
 from runtime.artifacts.local import verify_dir
 from runtime.artifacts.manifest import ArtifactError, Shapes
 from runtime.artifacts.s3 import read_remote_manifest
 from runtime.artifacts.store import fetch_verified
 from runtime.compile.__main__ import main
 from runtime.compile.export import (
-    DYNAMIC_BATCH_OPTION,
     CompileError,
     artifact_spec,
     exported_components,

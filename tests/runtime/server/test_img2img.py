@@ -634,3 +634,28 @@ def test_neuron_runs_image_prompts_on_its_img2img_pipeline_padded_to_the_compile
     with pytest.raises(NoVaeEncoderError, match="no VAE encoder"):
         no_encoder.load()
     assert no_encoder.pipe is None
+
+
+@pytest.mark.parametrize(("dynamic", "refused"), [(False, True), (True, False)])
+def test_a_neuron_model_compiled_for_guided_calls_refuses_no_guidance_in_one_line(dynamic: bool, refused: bool) -> None:
+    """Without dynamic batching the compiled UNet takes only the doubled (guided) batch: a call at
+    guidance <= 1 would fail on the device, so it is a 422 up front, not a 500."""
+    from runtime.server.protocol import ApiError
+    from runtime.server.service import ImageService
+
+    settings = Settings(model_id="org/m", max_batch=4, width=64, height=64, auth="none", metrics_sink="none")
+    shape = CompiledShape(64, 64, 4, dynamic_batch=dynamic)
+    backend = NeuronBackend(settings, loader=lambda: (FakeNeuron(4), shape), image_pipeline=lambda pipe: FakeNeuron(4))
+    backend.load()
+    service = ImageService(settings, backend)
+    assert service.plan(service.validate({"prompt": "a fox", "guidance_scale": 7.5}))[0].guidance_scale == 7.5
+    if not refused:
+        assert service.plan(service.validate({"prompt": "a fox", "guidance_scale": 0}))[0].guidance_scale == 0
+        return
+    with pytest.raises(ApiError) as caught:
+        service.plan(service.validate({"prompt": "a fox", "guidance_scale": 1}))
+    assert (caught.value.status, caught.value.field) == (422, "guidance_scale")
+    assert caught.value.message == (
+        "guidance_scale: 1 is not allowed; allowed: more than 1 (this Neuron model is compiled for guided calls only: "
+        "recompile it with dynamic batching to run without guidance)"
+    )
