@@ -13,15 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from plan import contract
-from runtime.server.backends import Backend
+from runtime.server.backends import Backend, BatchParams, ImageSpec, StepReport, StopCheck
 from runtime.server.settings import Settings
 from tests.runtime.conftest import ROOT
 
@@ -159,3 +160,34 @@ def start_server_process(env: dict[str, str], *args: str) -> ServerProcess:
 def start_subprocess(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
     started = start_server_process(env, *args)
     return started.proc, started.url
+
+
+class PacedDevice(Backend):
+    """Sleeps `step_s` per denoising step whatever the batch (the CPU stays free), reporting each step
+    and stopping between steps once nobody waits, as diffusers does. `step_s` may be changed while it
+    serves (a device that slows after the warm-up measured it)."""
+
+    def __init__(self, step_s: float, default_steps: int | None = 4) -> None:
+        super().__init__()
+        self.step_s = step_s
+        self.default_width = self.default_height = 64
+        if default_steps is not None:
+            self.default_steps = default_steps
+
+    def load(self) -> None:
+        self.description = f"paced device, {self.step_s}s per step"
+
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
+        for step in range(1, params.steps + 1):
+            time.sleep(self.step_s)
+            if should_stop():
+                return []
+            if on_step is not None:
+                on_step(step, params.steps)
+        return [np.full((params.height, params.width, 3), 0.5, dtype=np.float32) for _ in images]

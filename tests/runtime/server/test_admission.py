@@ -34,7 +34,14 @@ from runtime.server.backends import (
 )
 from runtime.server.batcher import Batcher, ClientGoneError
 from runtime.server.settings import Settings
-from tests.runtime.server.conftest import RunningServer, metric_value, start_in_process, tiny_settings, wait_until
+from tests.runtime.server.conftest import (
+    PacedDevice,
+    RunningServer,
+    metric_value,
+    start_in_process,
+    tiny_settings,
+    wait_until,
+)
 from tests.runtime.server.test_auth import ISSUER, KEY, mint, public_pem
 
 REJECTIONS = contract.PROM_REJECTIONS + "_total"
@@ -42,35 +49,6 @@ REJECTIONS = contract.PROM_REJECTIONS + "_total"
 
 def rejections(server: RunningServer, reason: str) -> float:
     return metric_value(server.metrics(), REJECTIONS, f'reason="{reason}"')
-
-
-class PacedDevice(Backend):
-    """Sleeps `step_s` per denoising step whatever the batch (the CPU stays free), reporting each step
-    and stopping between steps once nobody waits, as diffusers does."""
-
-    def __init__(self, step_s: float) -> None:
-        super().__init__()
-        self.step_s = step_s
-        self.default_width = self.default_height = 64
-        self.default_steps = 4
-
-    def load(self) -> None:
-        self.description = f"paced device, {self.step_s}s per step"
-
-    def generate(
-        self,
-        params: BatchParams,
-        images: Sequence[ImageSpec],
-        should_stop: StopCheck,
-        on_step: StepReport | None = None,
-    ) -> list[np.ndarray]:
-        for step in range(1, params.steps + 1):
-            time.sleep(self.step_s)
-            if should_stop():
-                return []
-            if on_step is not None:
-                on_step(step, params.steps)
-        return [np.full((params.height, params.width, 3), 0.5, dtype=np.float32) for _ in images]
 
 
 def post(server: RunningServer, body: dict[str, Any], token: str | None = None, timeout: float = 60) -> httpx.Response:

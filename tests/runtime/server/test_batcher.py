@@ -150,7 +150,7 @@ def test_queue_bound_and_deadline() -> None:
 def test_a_full_queue_answers_retry_after_from_the_estimated_work_ahead() -> None:
     """Retry-After weighs what is ahead (steps, sizes), not how many batches: 3 long batches ahead of a
     device that took 0.02 s for the short one it measured are seconds, not one batch time."""
-    from tests.runtime.server.test_admission import PacedDevice
+    from tests.runtime.server.conftest import PacedDevice
 
     async def main() -> None:
         b = Batcher(PacedDevice(0.01), max_batch=1, max_wait_s=0.0, queue_size=2)
@@ -173,7 +173,7 @@ def test_a_full_queue_answers_retry_after_from_the_estimated_work_ahead() -> Non
 
 def test_a_batch_grows_only_while_its_estimate_fits_its_members_deadlines() -> None:
     """Measured alone, two images are estimated at twice one: the head, whose deadline fits one, runs alone."""
-    from tests.runtime.server.test_admission import PacedDevice
+    from tests.runtime.server.conftest import PacedDevice
 
     async def main() -> tuple[int, int]:
         b = Batcher(PacedDevice(0.01), max_batch=4, max_wait_s=0.0, queue_size=8)

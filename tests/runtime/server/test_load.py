@@ -22,7 +22,14 @@ import pytest
 from plan import contract
 from runtime.bench.load import run_level
 from runtime.server.backends import Backend, BatchParams, ImageSpec, StepReport, StopCheck
-from tests.runtime.server.conftest import RunningServer, metric_value, start_in_process, tiny_settings, wait_until
+from tests.runtime.server.conftest import (
+    PacedDevice,
+    RunningServer,
+    metric_value,
+    start_in_process,
+    tiny_settings,
+    wait_until,
+)
 
 LONG = {"prompt": "a very detailed city", "steps": 100}  # at LONG_SIZE, the long server's size
 LONG_SIZE = 256
@@ -61,36 +68,9 @@ def test_overload_answers_429_with_retry_after_and_no_5xx(tight_server: RunningS
     wait_until(lambda: tight_server.service.batcher.pending == 0, timeout_s=60)
 
 
-class SlowingDevice(Backend):
-    """Sleeps `step_s` per step, stopping between steps once nobody waits; `step_s` may grow after the
-    warm-up measured it (a co-tenant, a throttled clock): the requests it admitted then run late."""
-
-    def __init__(self, step_s: float) -> None:
-        super().__init__()
-        self.step_s = step_s
-        self.default_width = self.default_height = 64
-
-    def load(self) -> None:
-        self.description = "slowing device"
-
-    def generate(
-        self,
-        params: BatchParams,
-        images: Sequence[ImageSpec],
-        should_stop: StopCheck,
-        on_step: StepReport | None = None,
-    ) -> list[np.ndarray]:
-        for step in range(1, params.steps + 1):
-            time.sleep(self.step_s)
-            if should_stop():
-                return []
-            if on_step is not None:
-                on_step(step, params.steps)
-        return [np.full((params.height, params.width, 3), 0.5, dtype=np.float32) for _ in images]
-
-
 def test_deadline_gives_504_frees_the_slot_and_stops_the_batch() -> None:
-    device = SlowingDevice(0.005)
+    # step_s may grow after the warm-up measured it (a co-tenant, a throttled clock): admitted requests then run late
+    device = PacedDevice(0.005, default_steps=None)
     running = start_in_process(tiny_settings(request_timeout_s=0.5, max_batch=2), device)
     try:
         device.step_s = 0.2  # 20 steps were measured at 0.1 s and admitted; they now take 4 s
