@@ -30,18 +30,12 @@ import httpx
 import pytest
 
 from plan import contract
+from tests.browser import CHROMIUM, FAKE_CAMERA_ARGS, need_browser
+from tests.browser import CHROMIUM_ARGS as BROWSER_ARGS
 from tests.runtime.conftest import ROOT
 from tests.runtime.server.conftest import free_port, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--use-fake-device-for-media-stream",  # a moving test pattern as the camera
-    "--use-fake-ui-for-media-stream",  # the camera permission prompt, accepted
-]
+CHROMIUM_ARGS = [*BROWSER_ARGS, *FAKE_CAMERA_ARGS]
 SDK = ROOT / "sdk" / "typescript"
 SERVE = SDK / "demo" / "serve.mjs"
 BUILT = (SDK / "dist" / "index.js", SDK / "demo" / "dist" / "app.js")
@@ -64,17 +58,6 @@ OVERLAY_PIXELS = """
 """
 
 
-def _browser_missing() -> str | None:
-    """Why the browser cannot run here, or None."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (requirements-dev.txt)"
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        return f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _built() -> None:
     missing = [str(path.relative_to(ROOT)) for path in BUILT if not path.exists()]
@@ -88,11 +71,7 @@ def _built() -> None:
 
 @pytest.fixture(scope="module")
 def _need_browser() -> None:
-    missing = _browser_missing()
-    if missing and os.environ.get("CI"):
-        pytest.fail(missing)  # CI installs both: a missing one there is a broken setup, not a skip
-    if missing:
-        pytest.skip(missing)
+    need_browser()
 
 
 def _log_tail(log: Path) -> str:

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,12 +29,10 @@ import httpx
 import pytest
 
 from plan import contract
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_CAMERA_ARGS, need_browser
 from tests.runtime.conftest import ROOT
 from tests.runtime.server.conftest import free_port, metric_value, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 # The server's request deadline: room for LONG_STEPS on a loaded machine (admission refuses a
 # request its measured device time says cannot finish in time; a shared CI box can be 3x slower).
 REQUEST_TIMEOUT_S = 300
@@ -59,24 +56,9 @@ WATCH_STEPS = """
 """
 
 
-def _browser_available() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (requirements-dev.txt)"
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        return f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _need_browser() -> None:
-    missing = _browser_available()
-    if missing and os.environ.get("CI"):
-        pytest.fail(missing)  # CI installs both: a missing one there is a broken setup, not a skip
-    if missing:
-        pytest.skip(missing)
+    need_browser()
 
 
 @dataclass
