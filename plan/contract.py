@@ -251,7 +251,7 @@ METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Cluster on
 ENV_DEFAULT_STEPS: Final = "EDGE_DIFFUSION_DEFAULT_STEPS"  # denoising steps of a request without `steps`
 ENV_DEFAULT_GUIDANCE: Final = "EDGE_DIFFUSION_DEFAULT_GUIDANCE"  # guidance_scale of a request without one
 # Files beside the warmed TorchInductor cache (INDUCTOR_CACHE_DIRNAME): the key of the machine that compiled it
-# (torch, CUDA, Triton, GPU; runtime.compile.inductor_cache) and torch's mega-cache (save_cache_artifacts).
+# (torch, CUDA, Triton, GPU; runtime.artifacts.inductor_cache) and torch's mega-cache (save_cache_artifacts).
 INDUCTOR_CACHE_KEY_NAME: Final = "key.json"
 INDUCTOR_MEGA_CACHE_NAME: Final = "mega_cache.bin"
 ENV_VAE: Final = "EDGE_DIFFUSION_VAE"  # full (the model's AutoencoderKL) | tiny (AutoencoderTiny, TAESD; cuda/cpu)

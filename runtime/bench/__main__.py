@@ -125,7 +125,7 @@ class BenchSettings(ProgramSettings):
         return {
             contract.ENV_DEVICE: s.device or "cpu",
             contract.ENV_DTYPE: s.dtype,
-            contract.ENV_SCHEDULER: s.scheduler,
+            **({contract.ENV_SCHEDULER: s.scheduler} if s.scheduler else {}),
             contract.ENV_ATTENTION: s.attention,
             contract.ENV_TORCH_COMPILE: "1" if s.torch_compile else "0",
             contract.ENV_TORCH_THREADS: str(s.torch_threads),

@@ -26,8 +26,8 @@ from plan.model_artifacts import (
     components_option,
     model_profile,
 )
+from runtime.artifacts.inductor_cache import current_key, save_mega_cache, write_key
 from runtime.artifacts.manifest import ArtifactSpec, library_versions
-from runtime.compile.inductor_cache import current_key, save_mega_cache, write_key
 from runtime.compile.settings import CompileConfig
 from runtime.server.backends import WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
@@ -223,7 +223,7 @@ def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
     mega-cache: a pod whose key matches copies the cache, sets TORCHINDUCTOR_CACHE_DIR to the copy
     and hot-loads the mega-cache, so its first `torch.compile` reuses these kernels instead of
     compiling for minutes; any other pod says what differs and compiles
-    (runtime.compile.inductor_cache). The modules are prepared by the server's own `optimise` with
+    (runtime.artifacts.inductor_cache). The modules are prepared by the server's own `optimise` with
     its default fast paths, so the graphs compiled here are the ones a pod compiles.
     """
     import torch

@@ -33,7 +33,7 @@ import numpy as np
 
 from plan import contract
 from plan.model_artifacts import DYNAMIC_BATCH_OPTION, VAE_ENCODER
-from runtime.compile.inductor_cache import CacheDecision, adopt_cache, current_key
+from runtime.artifacts.inductor_cache import CacheDecision, adopt_cache, current_key
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
 from runtime.server.models import SD_DEFAULTS, TINY_DEFAULT_STEPS, build_tiny_vae, model_defaults
@@ -331,7 +331,7 @@ def inductor_cache(
     """Use the artifact's TorchInductor cache when this pod compiles (cuda, --torch-compile) and its key matches.
 
     None when nothing compiles or the model is not an artifact directory. `key` is this pod's
-    (runtime.compile.inductor_cache.current_key when not given). The cache is copied under the
+    (runtime.artifacts.inductor_cache.current_key when not given). The cache is copied under the
     model cache directory, which is writable.
     """
     if device != "cuda" or not settings.torch_compile or location is None or location.path is None:

@@ -409,7 +409,7 @@ def test_neuron_refuses_the_tiny_vae_in_one_line() -> None:
 def test_the_inductor_cache_is_offered_only_to_a_compiling_cuda_pod(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime.compile.inductor_cache import write_key
+    from runtime.artifacts.inductor_cache import write_key
     from runtime.server.model_source import ModelLocation
 
     key = {"torch": "2.13.0", "cuda": "12.8", "triton": "3.6.0", "gpu": "NVIDIA L4", "capability": "8.9"}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from plan import contract
-from runtime.compile.inductor_cache import (
+from runtime.artifacts.inductor_cache import (
     CACHE_DIR_ENV,
     KEY_FIELDS,
     InductorCacheError,
