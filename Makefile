@@ -28,7 +28,7 @@ DEPLOYMENT ?= dev
 CONTEXT ?=
 CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
 # Targets that act on no deployment refuse DEPLOYMENT=... in one line rather than ignore it.
-NO_DEPLOYMENT = $(if $(filter command line environment,$(origin DEPLOYMENT)),$(error make $@ acts on no deployment: drop DEPLOYMENT=$(DEPLOYMENT) (synth, manifests, diff, preflight, deploy and destroy take it)))
+NO_DEPLOYMENT = $(if $(filter command line environment,$(origin DEPLOYMENT)),$(error make $(or $(firstword $(MAKECMDGOALS)),$@) acts on no deployment: drop DEPLOYMENT=$(DEPLOYMENT) (synth, manifests, diff, preflight, deploy and destroy take it)))
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'

@@ -186,7 +186,9 @@ def test_finds_the_breaking_point_of_a_two_slot_device(endpoint: str, tmp_path: 
     assert doc["sustainable_clients"] == 2
     assert doc["target_pending_per_replica"] == 1  # floor(2 / 1.1)
     assert 0.6 / SERVICE_S * 2 / 2 <= doc["images_per_s_per_pod"] <= 2 / SERVICE_S  # at most 10/s with 2 slots
-    assert doc["steps"][2]["p90_ms"] >= 2 * SERVICE_S * 1000  # the third client waited a whole turn
+    # The third client waited for a slot: a whole turn less the moment its request took to come back
+    # after its previous answer (the slot it waits for began then), so p90 sits just under 2 service times.
+    assert doc["steps"][2]["p90_ms"] >= 1.75 * SERVICE_S * 1000
     (cost,) = doc["costs"]
     assert cost["usd_per_1000_images"] == pytest.approx(1.006 / (doc["images_per_s_per_pod"] * 3.6))
 
