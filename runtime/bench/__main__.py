@@ -15,10 +15,16 @@ the same batch sizes:
 
     python -m runtime.bench --phases --model sd21-random --device cpu --dtype float32 \
         --height 128 --width 128 --steps 4
+
+and, on the same loaded networks, the generation modes of `--modes` at `--mode-batches`: few
+steps without guidance (1, 2, 4 steps at guidance 0, as SD-Turbo samples), the guided reference
+(20 steps at 7.5) and image-to-image at strength 0.5, each row with its time against the
+reference's. The GPU kit (runtime.bench.kit) runs the same modes on a CUDA host offline.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import subprocess
@@ -40,11 +46,32 @@ from runtime.bench.load import (
     start_server,
     wait_ready,
 )
+from runtime.bench.modes import Mode, parse_mode
 from runtime.server.settings import ATTENTION, DTYPES, SCHEDULERS, ImageSize, Settings
 from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
-from runtime.settings import ProgramSettings, SettingsError, error_exit, setting
+from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, error_exit, setting
 
 Count = Annotated[int, Field(ge=1)]
+# Few steps without guidance (SD-Turbo's 1-4), the guided reference, and image-to-image at strength 0.5
+# guided and few-step (the sd-turbo model card's image-to-image: 2 steps, strength 0.5, guidance 0).
+DEFAULT_MODES = ("1/0", "2/0", "4/0", "20/7.5", "20/7.5/0.5", "2/0/0.5")
+DEFAULT_REFERENCE = "20/7.5"
+
+
+def mode_texts(value: tuple[str, ...]) -> bool:
+    """Every mode spelt as parse_mode reads it ("none" alone: no modes)."""
+    if value == ("none",):
+        return True
+    for text in value:
+        try:
+            parse_mode(text)
+        except ValueError as exc:
+            raise InvalidValueError(str(exc)) from None
+    return True
+
+
+def one_mode(value: str) -> bool:
+    return mode_texts((value,)) and value != "none"
 
 
 class BenchSettings(ProgramSettings):
@@ -77,7 +104,12 @@ class BenchSettings(ProgramSettings):
     phases: bool = setting(flag="--phases", default=False, help="time each phase in process, then served")
     device: str = setting(flag="--device", default="cpu", choices=contract.DEVICES, help="--phases: torch device")
     dtype: str = setting(flag="--dtype", default="auto", choices=DTYPES, help="--phases: the server's dtype")
-    scheduler: str = setting(flag="--scheduler", default="dpmsolver++", choices=SCHEDULERS, help="--phases")
+    scheduler: str | None = setting(
+        flag="--scheduler",
+        default=None,
+        choices=SCHEDULERS,
+        help="--phases; unset: the server's default for the model (SD-Turbo's own Euler, else dpmsolver++)",
+    )
     attention: str = setting(flag="--attention", default="sdpa", choices=ATTENTION, help="--phases")
     torch_compile: bool = setting(flag="--torch-compile", default=False, help="--phases: cuda only")
     batches: tuple[Count, ...] = setting(
@@ -87,14 +119,41 @@ class BenchSettings(ProgramSettings):
     rounds: int = setting(
         flag="--rounds", default=2, ge=1, help="--phases: batches per served level (requests = batch x rounds)"
     )
+    modes: tuple[str, ...] = setting(
+        flag="--modes",
+        default=DEFAULT_MODES,
+        check=mode_texts,
+        allowed="a comma-separated list of STEPS/GUIDANCE (text to image) or STEPS/GUIDANCE/STRENGTH "
+        "(image to image), or none",
+        help="--phases: generation modes timed in process after the batch table",
+    )
+    mode_batches: tuple[Count, ...] = setting(
+        flag="--mode-batches", default=(1,), min_length=1, help="--phases: images per call for --modes"
+    )
+    reference: str = setting(
+        flag="--reference",
+        default=DEFAULT_REFERENCE,
+        check=one_mode,
+        allowed="STEPS/GUIDANCE or STEPS/GUIDANCE/STRENGTH",
+        help="--phases: the mode every mode's time is compared with (timed too when --modes leaves it out)",
+    )
 
     def check(self) -> None:
         if self.phases and self.url is not None:
             raise SettingsError("--phases starts its own server: it is not allowed with --url")
-        if self.phases and max(self.batches) > contract.MAX_BATCH_LIMIT:
-            raise SettingsError(
-                f"--batches: {max(self.batches)} is not allowed; allowed: at most {contract.MAX_BATCH_LIMIT}"
-            )
+        for flag, batches in (("--batches", self.batches), ("--mode-batches", self.mode_batches)):
+            if self.phases and max(batches) > contract.MAX_BATCH_LIMIT:
+                raise SettingsError(
+                    f"{flag}: {max(batches)} is not allowed; allowed: at most {contract.MAX_BATCH_LIMIT}"
+                )
+
+    def mode_list(self) -> list[Mode]:
+        """The modes to time: --modes, then the reference when they leave it out; none for --modes none."""
+        if self.modes == ("none",):
+            return []
+        modes = [parse_mode(text) for text in dict.fromkeys(self.modes)]
+        reference = parse_mode(self.reference)
+        return modes if reference in modes else [*modes, reference]
 
     @property
     def threads(self) -> int:
@@ -105,11 +164,13 @@ class BenchSettings(ProgramSettings):
 
     def server_settings(self) -> Settings:
         """What the in-process backend and the served server both run with (--phases)."""
+        # No --scheduler: the server's own default for the model, in process and served alike.
+        chosen: dict[str, Any] = {"scheduler": self.scheduler} if self.scheduler else {}
         return Settings(
             model_id=self.model,
             device=self.device,
             dtype=self.dtype,
-            scheduler=self.scheduler,
+            **chosen,
             attention=self.attention,
             torch_compile=self.torch_compile,
             torch_threads=self.threads,
@@ -122,10 +183,9 @@ class BenchSettings(ProgramSettings):
     def server_env(self) -> dict[str, str]:
         """The same settings as the environment of a `python -m runtime.server` process."""
         s = self.server_settings()
-        return {
+        env = {
             contract.ENV_DEVICE: s.device or "cpu",
             contract.ENV_DTYPE: s.dtype,
-            **({contract.ENV_SCHEDULER: s.scheduler} if s.scheduler else {}),
             contract.ENV_ATTENTION: s.attention,
             contract.ENV_TORCH_COMPILE: "1" if s.torch_compile else "0",
             contract.ENV_TORCH_THREADS: str(s.torch_threads),
@@ -134,6 +194,9 @@ class BenchSettings(ProgramSettings):
             contract.ENV_MAX_BATCH: str(s.max_batch),
             contract.ENV_AUTH: s.auth,
         }
+        if s.scheduler:  # unset: the server picks the model's default, as it did in process
+            env[contract.ENV_SCHEDULER] = s.scheduler
+        return env
 
 
 def run_phases(args: BenchSettings, body: dict[str, Any]) -> int:
@@ -142,12 +205,27 @@ def run_phases(args: BenchSettings, body: dict[str, Any]) -> int:
     from runtime.server.backends import BatchParams
 
     settings = args.server_settings()
+    load_at_start = os.getloadavg()[0]  # a shared machine's other work shows in every figure: say how much
     print(f"loading {args.model} in process ({args.device}, {args.dtype})", flush=True)
     backend = phases.load_backend(settings)
     print(f"loaded: {backend.description}", flush=True)
+    backend_scheduler = type(backend.pipe.scheduler).__name__
     params = BatchParams(args.steps, args.guidance_scale, args.width, args.height)
     print(phases.PHASE_HEAD, flush=True)
     results = phases.measure(backend, params, args.batches, args.calls, lambda line: print(line, flush=True))
+    modes = args.mode_list()
+    reference = parse_mode(args.reference)
+    mode_results: list[phases.ModeResult] = []
+    if modes:
+        print(phases.MODE_HEAD, flush=True)
+        mode_results = phases.measure_modes(
+            backend,
+            modes,
+            args.mode_batches,
+            args.calls,
+            (args.width, args.height),
+            lambda r: print(phases.format_mode_row(r), flush=True),
+        )
     phases.drop_pipeline(backend)
     del backend
 
@@ -168,10 +246,21 @@ def run_phases(args: BenchSettings, body: dict[str, Any]) -> int:
     print()
     print(
         f"{args.model} {args.width}x{args.height}, {args.steps} steps, guidance {args.guidance_scale}, "
-        f"{args.device} {args.dtype}, {args.scheduler}, {args.attention} attention, {settings.torch_threads or 'auto'} "
-        f"CPU threads; in process: median of {args.calls} calls; served: {args.rounds} batches per size"
+        f"{args.device} {args.dtype}, {backend_scheduler}, {args.attention} attention, "
+        f"{settings.torch_threads or 'auto'} CPU threads; in process: median of {args.calls} calls; "
+        f"served: {args.rounds} batches per size; load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end"
     )
     print(phases.format_phase_table(results, served))
+    if mode_results:
+        print()
+        print(
+            f"generation modes (STEPS/GUIDANCE[/STRENGTH]) at {args.width}x{args.height}, in process, median of "
+            f"{args.calls} calls; x reference: end-to-end time over {reference}'s at the same batch"
+        )
+        print(phases.format_mode_table(mode_results, reference))
+        for line in phases.speedup_lines(mode_results, reference):
+            print(line)
     return 0
 
 

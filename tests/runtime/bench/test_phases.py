@@ -70,8 +70,22 @@ def test_phases_settings_become_the_servers() -> None:
     env = args.server_env()
     assert env[contract.ENV_DEVICE] == "cuda" and env[contract.ENV_DTYPE] == "float16"
     assert (env[contract.ENV_HEIGHT], env[contract.ENV_WIDTH], env[contract.ENV_MAX_BATCH]) == ("128", "256", "8")
-    assert env[contract.ENV_SCHEDULER] == "dpmsolver++" and env[contract.ENV_AUTH] == "none"
+    assert env[contract.ENV_AUTH] == "none"
+    assert contract.ENV_SCHEDULER not in env  # unset: the server's default for the model, in process and served
+    assert args.server_settings().scheduler in (None, "dpmsolver++")
+    chosen = BenchSettings.from_args(["--phases", "--model", "sd-turbo-random", "--scheduler", "dpmsolver++"])
+    assert chosen.server_env()[contract.ENV_SCHEDULER] == "dpmsolver++"
+    assert chosen.server_settings().scheduler == "dpmsolver++"
     assert BenchSettings.from_args([]).threads == 1
+
+
+def test_the_modes_default_to_few_step_the_guided_reference_and_image_to_image() -> None:
+    args = BenchSettings.from_args(["--phases"])
+    assert [str(m) for m in args.mode_list()] == ["1/0", "2/0", "4/0", "20/7.5", "20/7.5/0.5", "2/0/0.5"]
+    assert args.mode_batches == (1,) and args.reference == "20/7.5"
+    extra = BenchSettings.from_args(["--phases", "--modes", "1/0,1/0", "--reference", "8/5"])
+    assert [str(m) for m in extra.mode_list()] == ["1/0", "8/5"]  # duplicates once; the reference is timed too
+    assert BenchSettings.from_args(["--phases", "--modes", "none"]).mode_list() == []
 
 
 def test_bad_phases_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,17 +99,45 @@ def test_bad_phases_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
         "python -m runtime.bench: error: argument --height: '100' is not allowed; "
         "allowed: a multiple of 8 from 64 to 2048"
     )
+    assert main(["--phases", "--modes", "1/0,2/0/0.4"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m runtime.bench: error: argument --modes: '1/0,2/0/0.4' is not allowed: mode '2/0/0.4': strength "
+        "must be above 0 and at most 1, and steps x strength at least 1; allowed: a comma-separated list of "
+        "STEPS/GUIDANCE (text to image) or STEPS/GUIDANCE/STRENGTH (image to image), or none"
+    )
+    assert main(["--phases", "--reference", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m runtime.bench: error: argument --reference: 'none' is not allowed")
+    assert main(["--phases", "--mode-batches", "65"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m runtime.bench: error: --mode-batches: 65 is not allowed; allowed: at most 64"
+    )
 
 
 def test_phases_cli_end_to_end_on_tiny(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
-    """In process, then the real server as a subprocess: every batch has a served figure and a ratio."""
+    """In process, then the real server as a subprocess: every batch has a served figure and a ratio.
+
+    Then the generation modes, the reference (not listed in --modes) timed with them.
+    """
     argv = ["--phases", "--model", "tiny", "--steps", "2", "--batches", "1,2", "--calls", "1", "--rounds", "2"]
+    argv += ["--modes", "1/0,2/7.5/0.5", "--reference", "2/7.5", "--mode-batches", "1"]
     assert main([*argv, "--torch-threads", "1", "--log", f"{tmp_path}/server.log"]) == 0
     out = capsys.readouterr().out
-    table = out[out.rindex(phases.PHASE_HEAD) :].splitlines()
+    table = out[out.rindex(phases.PHASE_HEAD) :].split("\n\n")[0].splitlines()
     rows = [line for line in table[2:] if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         served, mean_batch, ratio = float(cells[8]), float(cells[9]), float(cells[10])
         assert served > 0 and mean_batch >= 1 and ratio == pytest.approx(served / float(cells[7]), rel=0.05)
+    modes = out[out.rindex(phases.MODE_HEAD) :].splitlines()
+    mode_rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in modes[2:5]]
+    assert [(cells[0], cells[1], cells[6]) for cells in mode_rows] == [
+        ("1/0", "text-to-image", "1"),
+        ("2/7.5/0.5", "image-to-image", "1"),
+        ("2/7.5", "text-to-image", "2"),  # the reference, appended
+    ]
+    reference_ms = float(mode_rows[2][12])
+    for cells in mode_rows:
+        assert float(cells[14]) == pytest.approx(float(cells[12]) / reference_ms, rel=0.03)  # of 0.1 ms roundings
+    assert modes[5].startswith("1 step at guidance 0 vs 2 steps at guidance 7.5, batch 1: ")
