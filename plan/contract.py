@@ -243,6 +243,11 @@ METRIC_SERVER_ERRORS: Final = "ServerErrors"  # 5xx answered
 # (nvidia | neuron | cpu here: the Service label), Location); and the count of live entries.
 METRIC_READY_SERVING_PODS: Final = "ReadyServingPods"
 METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Cluster only
+# Device demand, recorded by the inventory API (GET /endpoints and GET /token), one count per call
+# and location the caller would be served from: the Region always, a Local Zone when the caller is
+# one of its devices. It wakes placements at minReplicas 0, whose own pods publish nothing.
+METRIC_DEVICE_DEMAND: Final = "DeviceDemand"
+DEVICE_DEMAND_DIMENSIONS: Final = (DIMENSION_CLUSTER, DIMENSION_LOCATION)
 
 # --- Per-model serving defaults (plan.model_artifacts.MODEL_PROFILES) ---------------------------
 # The charts set these from the model's row of the table, so a request that names no steps or

@@ -228,9 +228,8 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
     else:
         own = _attempt(errors, read_deployment_file, name, directory)
         if own is not None:
-            file_keys = {k: v for k, v in own.items() if k not in overrides}
             keys = {**_without_development(context), **own, **overrides, **pinned, **deleting}
-            config = _attempt(errors, load_config, keys, file=(name, file_keys))
+            config = _attempt(errors, load_config, keys, file=(name, own), overridden=overrides)
             workstation = Deployment(name, config, WORKSTATION) if config else None
     raise_collected(errors)
     assert shared is not None
@@ -244,18 +243,37 @@ def _attempt(
     load: Callable[..., T],
     *args: Any,
     file: tuple[str, Mapping[str, object]] | None = None,
+    overridden: Mapping[str, object] | None = None,
 ) -> T | None:
-    """``load(*args)``, or None with its errors kept; an error in a key the deployment file sets names the file."""
+    """``load(*args)``, or None with its errors kept; an error in a key the deployment file sets (and
+    ``-c`` does not: ``overridden``) names the file."""
     try:
         return load(*args)
     except ConfigError as err:
         for error in err.errors:
             name, keys = file or ("", {})
-            top = error.key.split(".", 1)[0].split("[", 1)[0]
-            if top in keys:
+            if _sets(keys, error.key) and not _sets(overridden or {}, error.key):
                 error = ConfigError(f"deployments/{name}.json:{error.key}", error.value, error.allowed)
             errors.append(error)
         return None
+
+
+def _sets(keys: Mapping[str, object], key: str) -> bool:
+    """Whether a deployment file's ``keys`` set the value an error names (``serving.minReplicas``):
+    the key itself, dotted or nested, or a value above it that is not an object (a whole list, a
+    string the config parses); a file's ``serving`` object that leaves ``minReplicas`` out does not."""
+    parts = [part.split("[", 1)[0] for part in key.split(".")]
+    for i in range(len(parts), 0, -1):  # a dotted key in the file: "serving.maxBatch": 8
+        if ".".join(parts[:i]) in keys:
+            node: object = keys[".".join(parts[:i])]
+            for part in parts[i:]:
+                if not isinstance(node, Mapping):
+                    return True
+                if part not in node:
+                    return False
+                node = node[part]
+            return True
+    return False
 
 
 def _pipeline_names(context: Mapping[str, object]) -> tuple[str, ...]:

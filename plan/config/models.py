@@ -59,6 +59,9 @@ INVENTORY_AUTH_MODES: Final = ("iam", "cognito")
 DEVELOPMENT_KEY: Final = "development"
 MIN_AVAILABILITY_ZONES: Final = 2  # EKS wants subnets in two AZs, and so does an internet-facing ALB
 MAX_LOCAL_ZONES: Final = 8
+NAT_PER_AZ: Final = "per-az"
+NAT_ONE: Final = "one"
+NAT_GATEWAY_MODES: Final = (NAT_PER_AZ, NAT_ONE)
 LARGE_FAMILIES: Final = frozenset(instance_families(ACCELERATOR_NAMES, large=True)) - frozenset(
     instance_families(ACCELERATOR_NAMES, large=False)
 )
@@ -139,6 +142,13 @@ class AppConfig:
         default=(), description="admin networks allowed to the public API endpoint"
     )
     accelerators: Accelerators = Field(default=ACCELERATOR_NAMES, description="accelerators to serve on")
+    nat_gateways: Annotated[str, one_of(NAT_GATEWAY_MODES)] = Field(
+        default=NAT_PER_AZ,
+        description=(
+            "NAT gateways: `per-az` (an AZ outage takes only its own egress) or `one` (cheaper idle, one AZ's "
+            "outage takes all egress) ([more](docs/configuration.md#natgateways))"
+        ),
+    )
     enable_large_nvidia_instances: Flag = Field(
         default=False, description="p4d/p5 in the NVIDIA NodePool: fast, and costly"
     )
@@ -186,6 +196,7 @@ class AppConfig:
                 *self._zones(),
                 *self._networks(),
                 *self._weights(),
+                *self._placements(),
                 *self._region_services(),
                 *self._transport(),
             ]
@@ -245,6 +256,25 @@ class AppConfig:
         if weights and not any(weights.values()):
             allowed = "at least one enabled accelerator with a weight above 0"
             yield refusal("ingress_weights", weights, allowed, reads=["accelerators"])
+
+    @property
+    def placement_keys(self) -> tuple[str, ...]:
+        """Every placement's key (its NodePool's name): each accelerator in the Region, and in each
+        Local Zone offering one of its families (``plan.topology.placements`` builds the same)."""
+        keys: list[str] = []
+        for name in self.accelerators:
+            families = instance_families((name,), large=self.enable_large_nvidia_instances)
+            keys.append(name)
+            keys += [f"{name}-{z.name}" for z in self.local_zones if any(f in families for f in z.instance_families)]
+        return tuple(keys)
+
+    def _placements(self) -> Iterator[Refusal]:
+        """``serving.placements`` names placements this deployment has."""
+        keys = self.placement_keys
+        for key in self.serving.placements:
+            if key not in keys:
+                reads = ["accelerators", "local_zones", "enable_large_nvidia_instances"]
+                yield refusal("serving.placements", key, f"placements of this deployment: {', '.join(keys)}", reads=reads)
 
     def _region_services(self) -> Iterator[Refusal]:
         """What only some Regions and this account can give: the ALB's certificate, Bottlerocket's registries."""

@@ -8,7 +8,7 @@ and builds variants with ``dataclasses.replace``, which validates again.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Final, Self
 
 from pydantic import Field, model_validator
@@ -23,6 +23,7 @@ from plan.config.rules import (
     Number,
     Refusal,
     check,
+    cidr_prefix,
     config_key,
     distinct,
     matching,
@@ -80,6 +81,10 @@ SecretName = Annotated[
         optional=True,
     ),
 ]
+DeviceCidr = Annotated[
+    str,
+    check(lambda text: cidr_prefix(text) is not None, "an IPv4 or IPv6 CIDR such as 203.0.113.0/24 (host bits zero)"),
+]
 DnsName = Annotated[
     str,
     check(
@@ -97,6 +102,34 @@ class LocalZoneConfig:
     instance_families: tuple[Family, ...] = Field(
         default=DEFAULT_LOCAL_ZONE_FAMILIES, description="instance families its NodePools may launch"
     )
+    device_cidrs: tuple[DeviceCidr, ...] = Field(
+        default=(),
+        description=(
+            "networks of the devices this zone is near: their inventory calls wake its placements at "
+            "minReplicas 0; none: every device's calls do"
+        ),
+    )
+
+
+# What KEDA may scale a placement's pods on (charts/autoscaling.py: one trigger each).
+SIGNAL_PENDING: Final = "pending"  # requests queued and in flight, published by the pods
+SIGNAL_UTILIZATION: Final = "utilization"  # accelerator utilization (Container Insights)
+SIGNAL_LATENCY: Final = "latency"  # p90 inference latency, published by the pods
+SIGNALS: Final = (SIGNAL_PENDING, SIGNAL_UTILIZATION, SIGNAL_LATENCY)
+DEFAULT_SIGNALS: Final = (SIGNAL_PENDING,)
+Signals = Annotated[
+    tuple[Annotated[str, one_of(SIGNALS)], ...],
+    check(bool, f"one or more of {', '.join(SIGNALS)}"),
+    check(distinct, "distinct signal names"),
+]
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class PlacementScaling:
+    """One placement's own scaling values; an unset one is ``serving``'s."""
+
+    min_replicas: Integer | None = Field(default=None, ge=0, le=100, description="its serving.minReplicas")
+    signals: Signals | None = Field(default=None, description="its serving.signals")
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
@@ -108,9 +141,47 @@ class ServingConfig:
         min_length=1,
         description="version of the images to build and run (tags are immutable: a new runtime needs a new version)",
     )
-    # At least 1: the pods publish the metric KEDA scales on, so at 0 nothing would scale up.
+    # 0: the placement sleeps when idle; device demand recorded by the inventory API wakes it.
     min_replicas: Integer = Field(
-        default=1, ge=1, le=100, description="pods per placement at least (they publish the metric); 2 in production"
+        default=1,
+        ge=0,
+        le=100,
+        description=(
+            "pods per placement at least; 0: it sleeps when idle and device demand wakes it "
+            "([docs/scaling.md](docs/scaling.md#scale-to-zero)); 2 in production"
+        ),
+    )
+    scale_to_zero_after_s: Integer = Field(
+        default=900,
+        ge=60,
+        le=86_400,
+        description="placements at minReplicas 0: seconds without demand or pending requests before the last pod goes",
+    )
+    signals: Signals = Field(
+        default=DEFAULT_SIGNALS,
+        description=(
+            f"what KEDA scales pods on: {', '.join(SIGNALS)}, alone or together "
+            "([docs/scaling.md](docs/scaling.md#scaling-signals))"
+        ),
+    )
+    utilization_target_percent: Integer = Field(
+        default=70, ge=10, le=100, description="signal utilization: accelerator utilization per pod to scale to"
+    )
+    latency_target_ms: Integer = Field(
+        default=4000, ge=100, le=600_000, description="signal latency: p90 inference latency per pod to scale to"
+    )
+    spot: Flag = Field(
+        default=False,
+        description=(
+            "regional serving NodePools may launch Spot as well as On-Demand; Local Zones and compile jobs stay "
+            "On-Demand ([why](docs/scaling.md#spot))"
+        ),
+    )
+    placements: Mapping[str, PlacementScaling] = Field(
+        default_factory=dict,
+        description=(
+            'per placement (`nvidia`, `nvidia-<zone>`): `{"minReplicas": 0, "signals": [...]}` over the values above'
+        ),
     )
     max_replicas: Integer = Field(
         default=4, ge=1, le=1000, description="pods per placement at most; sets the NodePool limits too"
@@ -200,6 +271,20 @@ class ServingConfig:
         if self.min_replicas > self.max_replicas:
             allowed = f"at most maxReplicas ({self.max_replicas})"
             yield refusal("min_replicas", self.min_replicas, allowed, reads=["max_replicas"])
+        for key, own in self.placements.items():
+            if own.min_replicas is not None and own.min_replicas > self.max_replicas:
+                allowed = f"at most maxReplicas ({self.max_replicas})"
+                yield refusal(("placements", key, "min_replicas"), own.min_replicas, allowed, reads=["max_replicas"])
+
+    def min_replicas_of(self, key: str) -> int:
+        """minReplicas of the placement ``key`` (its NodePool's name: ``nvidia``, ``nvidia-<zone>``)."""
+        own = self.placements.get(key)
+        return self.min_replicas if own is None or own.min_replicas is None else own.min_replicas
+
+    def signals_of(self, key: str) -> tuple[str, ...]:
+        """The signals the placement ``key`` scales on."""
+        own = self.placements.get(key)
+        return self.signals if own is None or own.signals is None else own.signals
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)

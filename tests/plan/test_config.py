@@ -94,7 +94,19 @@ def test_public_node_ports_need_the_explicit_opt_in() -> None:
         ({"adminPrincipalArns": "admin"}, "adminPrincipalArns", "admin"),
         ({"allowPublicNodePorts": "yes"}, "allowPublicNodePorts", "yes"),
         ({"serving": '{"maxBatch": 0}'}, "serving.maxBatch", 0),
-        ({"serving": '{"minReplicas": 0}'}, "serving.minReplicas", 0),
+        ({"serving": '{"minReplicas": -1}'}, "serving.minReplicas", -1),
+        ({"serving": '{"signals": ["cpu"]}'}, "serving.signals", "cpu"),
+        ({"serving": '{"signals": []}'}, "serving.signals", ""),
+        ({"serving": '{"spot": "yes"}'}, "serving.spot", "yes"),
+        ({"serving": '{"scaleToZeroAfterSeconds": 10}'}, "serving.scaleToZeroAfterSeconds", 10),
+        ({"serving": '{"placements": {"tpu": {"minReplicas": 0}}}'}, "serving.placements", "tpu"),
+        ({"serving": '{"placements": {"nvidia": {"minReplicas": 9}}}'}, "serving.placements.nvidia.minReplicas", 9),
+        ({"natGateways": "two"}, "natGateways", "two"),
+        (
+            {"localZones": '[{"name": "us-west-2-lax-1a", "deviceCidrs": ["10.1.2.3/8"]}]'},
+            "localZones[us-west-2-lax-1a].deviceCidrs",
+            "10.1.2.3/8",
+        ),
         ({"serving": '{"height": 500}'}, "serving.height", 500),
         ({"serving": '{"minReplicas": 5, "maxReplicas": 2}'}, "serving.minReplicas", 5),
         ({"serving": '{"replicas": 2}'}, "serving.replicas", 2),
@@ -241,3 +253,21 @@ def test_an_image_version_older_than_the_charts_need_is_refused(version: str) ->
 @pytest.mark.parametrize("version", ["1.3.0", "1.10", "2.0.0-rc1"])
 def test_image_versions_the_charts_work_with_are_accepted(version: str) -> None:
     assert load_config({**cdk_json_context(), "serving": {"imageVersion": version}}).serving.image_version == version
+
+
+def test_placements_take_their_own_scaling_values_over_servings() -> None:
+    config = load(
+        serving='{"minReplicas": 0, "signals": ["pending"], "placements": '
+        '{"nvidia": {"minReplicas": 2}, "nvidia-us-west-2-lax-1a": {"signals": ["latency", "pending"]}}}'
+    )
+    assert config.placement_keys == ("nvidia", "nvidia-us-west-2-lax-1a", "neuron", "cpu")
+    assert [config.serving.min_replicas_of(key) for key in config.placement_keys] == [2, 0, 0, 0]
+    assert config.serving.signals_of("nvidia-us-west-2-lax-1a") == ("latency", "pending")
+    assert config.serving.signals_of("neuron") == ("pending",)
+
+
+def test_a_placement_key_names_the_placements_the_deployment_has() -> None:
+    """A Local Zone hosts an accelerator only with one of its families: no ``neuron-<zone>`` for a g5 zone."""
+    with pytest.raises(ConfigError) as err:
+        load(serving='{"placements": {"neuron-us-west-2-lax-1a": {"minReplicas": 0}}}')
+    assert "placements of this deployment: nvidia, nvidia-us-west-2-lax-1a, neuron, cpu" in str(err.value)
