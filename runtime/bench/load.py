@@ -232,33 +232,44 @@ def speedups(results: Sequence[LevelResult], baseline: str, other: str) -> str:
 # --- served vs in process -------------------------------------------------------------------
 # `make serve`'s command line (the Makefile's serve target), less host and port.
 SERVE_ENV: Final = {contract.ENV_AUTH: "none", contract.ENV_UI: "1"}
-SERVE_ARGS: Final = ("--max-batch", "8")
+SERVE_MAX_BATCH: Final = 8
+SERVE_ARGS: Final = ("--max-batch", str(SERVE_MAX_BATCH), "--docs")
+DEFAULT_LEVELS: Final = (8, 16)
 
 
 @dataclass
 class Round:
-    """One round of the comparison: each figure measured right before or after its counterpart."""
+    """One round of the comparison: each figure measured right before or after its counterpart.
 
-    inprocess_images_per_s: float  # the pipeline called here with batches of `batch`
-    served_images_per_s: float  # `concurrency` closed-loop HTTP clients
-    mean_batch: float | None
-    direct_ms: float  # median direct single-image call
+    In process is the best of the thread counts tried (``threads``: count -> images/s, or ms for the
+    direct call), so the server is held to the best the pipeline can do on this machine."""
+
+    inprocess_images_per_s: dict[int, float]  # concurrency level -> best in-process images/s at its batch
+    served_images_per_s: dict[int, float]  # concurrency level -> served images/s
+    mean_batch: dict[int, float | None]
+    direct_ms: float  # best median direct single-image call
     served_c1_ms: float  # median HTTP latency of one client
     served_c1_device_ms: float  # median of the server's own pipeline time for those (X-Inference-Ms)
+    threads: dict[str, int] = field(default_factory=dict)  # figure -> the thread count that gave its best
 
-    @property
-    def throughput_ratio(self) -> float:
-        return self.served_images_per_s / self.inprocess_images_per_s
+    def throughput_ratio(self, level: int) -> float:
+        return self.served_images_per_s[level] / self.inprocess_images_per_s[level]
 
     @property
     def latency_ratio(self) -> float:
         return self.served_c1_ms / self.direct_ms
 
 
+def thread_counts(cpus: int) -> tuple[int, ...]:
+    """The in-process thread counts to try: 1, every count up to 4, then halves and all CPUs."""
+    return tuple(sorted({1, *range(1, min(cpus, 4) + 1), max(1, cpus // 2), max(1, cpus - 1), cpus}))
+
+
 def inprocess_timer(model: str, threads: int) -> Callable[[dict[str, Any], int, int], list[float]]:
     """Seconds per call of the server's own backend (runtime.server.backends) in this process.
 
-    Loaded once; the returned function times `calls` generate() calls of `batch` images.
+    Loaded once; the returned function times `calls` generate() calls of `batch` images with the
+    thread count torch has when it is called (``torch.set_num_threads`` between calls changes it).
     """
     from runtime.server.backends import BatchParams, ImageSpec, create_backend
     from runtime.server.settings import Settings
@@ -285,52 +296,95 @@ def compare_served(
     *,
     model: str,
     rounds: int,
-    concurrency: int = 8,
+    levels: Sequence[int] = DEFAULT_LEVELS,
     seconds_per_figure: float = 2.0,
     threads: int = 0,
     log_path: str,
     report: Callable[[str], None] = print,
 ) -> list[Round]:
-    """Alternate in-process and served measurements `rounds` times (see the module doc)."""
-    timed = inprocess_timer(model, threads)
+    """Alternate in-process and served measurements `rounds` times (see the module doc).
+
+    Level ``c``: ``c`` closed-loop clients against the pipeline called here with batches of
+    ``min(c, 8)`` (the server's batch at that level), at each of :func:`thread_counts`; then one
+    client against the fastest direct single-image call."""
+    import torch
+
+    from runtime.server.backends import available_cpus
+
+    timed = inprocess_timer(model, 1)
+    counts = thread_counts(available_cpus())
     proc, url = start_server(model, {**SERVE_ENV, contract.ENV_TORCH_THREADS: str(threads)}, log_path, SERVE_ARGS)
+
+    def best(batch: int, calls: int) -> tuple[float, int]:
+        """The fastest median seconds per call over the thread counts, and that count."""
+        found = []
+        for count in counts:
+            torch.set_num_threads(count)
+            found.append((statistics.median(timed(body, batch, calls)), count))
+        return min(found)
+
     results: list[Round] = []
     try:
-        run_level(url, concurrency, concurrency * 4, body, "warm-up")
+        for level in levels:
+            run_level(url, level, level * 4, body, "warm-up")
         run_level(url, 1, 4, body, "warm-up")
-        batch_s = statistics.median(timed(body, concurrency, 3))
-        single_s = statistics.median(timed(body, 1, 3))
-        batch_calls = max(3, round(seconds_per_figure / batch_s))
-        served_requests = batch_calls * concurrency
-        single_calls = max(5, round(seconds_per_figure / single_s))
         for i in range(rounds):
-            before = timed(body, concurrency, batch_calls // 2)
-            level = run_level(url, concurrency, served_requests, body, "served")
-            after = timed(body, concurrency, batch_calls - batch_calls // 2)
-            inproc = concurrency * len(before + after) / sum(before + after)
-            direct = timed(body, 1, single_calls // 2)
-            one = run_level(url, 1, single_calls, body, "served c1")
-            direct += timed(body, 1, single_calls - single_calls // 2)
+            inproc: dict[int, float] = {}
+            served: dict[int, float] = {}
+            batches: dict[int, float | None] = {}
+            used: dict[str, int] = {}
+            for level in levels:
+                batch = min(level, SERVE_MAX_BATCH)
+                batch_s, _ = best(batch, 3)
+                calls = max(3, round(seconds_per_figure / batch_s / 2))
+                before, count_before = best(batch, calls)
+                result = run_level(url, level, max(level * 4, round(seconds_per_figure / batch_s) * batch), body, "c")
+                after, count_after = best(batch, calls)
+                inproc[level] = batch / min(before, after)
+                used[f"c{level}"] = count_before if before <= after else count_after
+                served[level], batches[level] = result.images_per_s, result.mean_batch
+            single_s, _ = best(1, 3)
+            calls = max(5, round(seconds_per_figure / single_s / 2))
+            direct_before, count_before = best(1, calls)
+            one = run_level(url, 1, 2 * calls, body, "c1")
+            direct_after, count_after = best(1, calls)
+            used["c1"] = count_before if direct_before <= direct_after else count_after
             r = Round(
                 inproc,
-                level.images_per_s,
-                level.mean_batch,
-                statistics.median(direct) * 1000,
+                served,
+                batches,
+                min(direct_before, direct_after) * 1000,
                 one.pct(50),
                 one.pct(50, one.inference_ms),
+                used,
             )
             results.append(r)
-            batch = f"{r.mean_batch:.2f}" if r.mean_batch is not None else "n/a"
-            report(
-                f"round {i + 1}: in process batch {concurrency} {r.inprocess_images_per_s:.1f} images/s, served at "
-                f"concurrency {concurrency} {r.served_images_per_s:.1f} (mean batch {batch}, {level.errors} errors): "
-                f"{r.throughput_ratio:.2f}; direct call {r.direct_ms:.1f} ms, served at concurrency 1 p50 "
-                f"{r.served_c1_ms:.1f} ms: {r.latency_ratio:.2f} (its pipeline call {r.served_c1_device_ms:.1f} ms)"
+            parts = [
+                f"c{level}: served {served[level]:.1f} images/s (mean batch "
+                f"{batches[level] if batches[level] is None else round(batches[level] or 0, 2)}) / in process batch "
+                f"{min(level, SERVE_MAX_BATCH)} {inproc[level]:.1f} ({used[f'c{level}']} threads) = "
+                f"{r.throughput_ratio(level):.2f}"
+                for level in levels
+            ]
+            parts.append(
+                f"c1: served p50 {r.served_c1_ms:.1f} ms / direct {r.direct_ms:.1f} ms ({used['c1']} threads) = "
+                f"{r.latency_ratio:.2f} (its pipeline call {r.served_c1_device_ms:.1f} ms)"
             )
+            report(f"round {i + 1} (load {os.getloadavg()[0]:.1f}): " + "; ".join(parts))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     return results
+
+
+def _levels(raw: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        raise ValueError(f"invalid --concurrency {raw!r}: allowed integers >= 1 separated by commas, e.g. 8,16")
+    return levels
 
 
 class CompareSettings(ProgramSettings):
@@ -341,19 +395,24 @@ class CompareSettings(ProgramSettings):
 
     model: str = setting(flag="--model", default=TINY_MODEL_ID)
     rounds: int = setting(flag="--rounds", default=6, ge=1)
-    concurrency: int = setting(flag="--concurrency", default=8, ge=1, help="clients, and the in-process batch")
+    concurrency: str = setting(
+        flag="--concurrency",
+        default=",".join(str(level) for level in DEFAULT_LEVELS),
+        help="client counts, comma-separated; each against in-process batches of min(count, 8)",
+    )
     seconds: float = setting(flag="--seconds", default=2.0, gt=0, help="per figure per round")
     steps: int = setting(flag="--steps", default=4, ge=1)
     width: int = setting(flag="--width", default=TINY_IMAGE_SIZE, ge=1)
     height: int = setting(flag="--height", default=TINY_IMAGE_SIZE, ge=1)
-    torch_threads: int = setting(flag="--torch-threads", default=0, ge=0, help="0: the server's auto choice")
+    torch_threads: int = setting(flag="--torch-threads", default=0, ge=0, help="the server's; 0: its auto choice")
     log: Path = setting(flag="--log", default=Path(tempfile.gettempdir()) / "edge-diffusion-compare-server.log")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = CompareSettings.from_args(argv)
-    except SettingsError as exc:
+        levels = _levels(args.concurrency)
+    except (SettingsError, ValueError) as exc:
         return error_exit(CompareSettings.PROG, exc)
     body = {
         "prompt": "a lighthouse on a cliff at dawn",
@@ -364,24 +423,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "response_format": "png",
     }
     print(
-        f"{args.model} {args.width}x{args.height}, {args.steps} steps; server: `make serve` ({' '.join(SERVE_ARGS)}); "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        f"{args.model} {args.width}x{args.height}, {args.steps} steps; server: `make serve` ({' '.join(SERVE_ARGS)}, "
+        f"UI on, torch threads {args.torch_threads or 'auto'}); {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}",
         flush=True,
     )
     rounds = compare_served(
         body,
         model=args.model,
         rounds=args.rounds,
-        concurrency=args.concurrency,
+        levels=levels,
         seconds_per_figure=args.seconds,
         threads=args.torch_threads,
         log_path=str(args.log),
         report=lambda line: print(line, flush=True),
     )
-    throughput = statistics.median(r.throughput_ratio for r in rounds)
+    medians = [f"c{level} {statistics.median(r.throughput_ratio(level) for r in rounds):.2f}" for level in levels]
     latency = statistics.median(r.latency_ratio for r in rounds)
     print(
-        f"median over {len(rounds)} rounds: served/in-process images/s {throughput:.2f}; "
+        f"median over {len(rounds)} rounds: served / best in process images/s {', '.join(medians)}; "
         f"served concurrency-1 latency / direct call {latency:.2f}; load average {os.getloadavg()[0]:.1f}"
     )
     return 0
