@@ -1,10 +1,23 @@
-"""KEDA: each serving Kubernetes Deployment scales on the pending-request metric its own pods publish.
+"""KEDA: one ScaledObject per placement, scaling on the signals its config names, and waking
+placements that sleep on device demand.
 
-The trigger reads ``contract.METRIC_PENDING_REQUESTS`` with exactly the dimensions the runtime
-attaches (``runtime.server.metrics.Dimensions``), summed over the Kubernetes Deployment's pods, which KEDA
-divides by the per-replica target; KEDA authenticates with its own Pod Identity role. Every
-``serving`` knob acts on 1..N scaling (minReplicas >= 1), which is why the cooldown is the HPA's
-scale-down window: docs/adr/0007-keda-cooldown-is-the-hpa-scale-down-window.md.
+Signals (``serving.signals``, per placement ``serving.placements``), one aws-cloudwatch trigger
+each, read with KEDA's own Pod Identity role:
+
+* ``pending``: ``contract.METRIC_PENDING_REQUESTS`` with exactly the dimensions the runtime
+  attaches (``runtime.server.metrics.Dimensions``), summed over the pods, divided by the
+  per-replica target (AverageValue);
+* ``utilization``: Container Insights' device utilization of the placement's pods
+  (:data:`UTILIZATION_METRICS`), averaged over them, against the target percent (Value:
+  the HPA scales the current count by value / target);
+* ``latency``: p90 of ``contract.METRIC_INFERENCE_LATENCY_MS`` over the pods (Value).
+
+A placement at minReplicas >= 1 scales 1..N; its cooldown is the HPA's scale-down window
+(docs/adr/0007). A placement at minReplicas 0 sleeps: its pods publish nothing while there are
+none, so a ``demand`` trigger on ``contract.METRIC_DEVICE_DEMAND``, which the inventory API
+records for the placement's location, wakes it; after ``serving.scaleToZeroAfterSeconds``
+without demand or pending requests, KEDA's cooldownPeriod, the last pod goes
+(docs/adr/0017-placements-sleep-and-wake-on-device-demand.md).
 """
 
 from __future__ import annotations
@@ -19,12 +32,26 @@ from constructs import Construct
 from charts.imports.sh import keda
 from plan import contract, topology
 from plan.config import AppConfig, ServingConfig
+from plan.config.sections import SIGNAL_LATENCY, SIGNAL_PENDING, SIGNAL_UTILIZATION
 from plan.topology import Placement
 
 TRIGGER_AUTHENTICATION: Final = "aws-pod-identity"
 TRIGGER_TYPE: Final = "aws-cloudwatch"
 # The runtime publishes once per interval; a longer window tolerates one late publish.
 METRIC_PERIOD_S: Final = contract.METRIC_PUBLISH_INTERVAL_S
+DEMAND_TRIGGER: Final = "demand"
+# Container Insights with enhanced observability (the amazon-cloudwatch-observability add-on):
+# per-pod device utilization in percent, published with {ClusterName, Namespace, PodName} where
+# PodName is the owning Kubernetes Deployment's name (stacks/observability/metrics.py cites the
+# agent's source). CPU pods have no accelerator: their CPU utilization (of the node's cores; the
+# pods set no CPU limit) is what saturates, as the dashboard shows it too.
+CONTAINER_INSIGHTS_NAMESPACE: Final = "ContainerInsights"
+CI_DIMENSIONS: Final = ("ClusterName", "Namespace", "PodName")
+UTILIZATION_METRICS: Final[Mapping[str, str]] = {
+    "nvidia": "pod_gpu_utilization",  # NVIDIA DCGM exporter
+    "neuron": "pod_neuroncore_utilization",  # Neuron monitor
+    "cpu": "pod_cpu_utilization",
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,13 @@ class AutoscalingSettings:
     collection_periods: int = 3  # metricCollectionTime = this many publish intervals
     end_time_offset_s: int = METRIC_PERIOD_S  # skip the period still being filled
     fallback_failures: int = 3  # metric unreadable this many polls: hold the fallback count
+    latency_statistic: str = "p90"  # CloudWatch percentile statistic; KEDA passes metricStat through
+    # The demand trigger asks for ceil(demand / target) pods: with this target, one while there is
+    # any demand; the signals decide any more.
+    demand_target: int = 1_000_000
+    # KEDA ends the query window at the start of the current period already; the demand window
+    # ends there too (a wake waits for no further period: any count in it is demand).
+    demand_end_time_offset_s: int = 0
     # Scale-up: double or add 4 pods per 15 s, whichever is more, at once (no stabilization): the
     # Kubernetes defaults. A new pod takes minutes to serve (docs/scaling.md), so holding back only
     # delays it; from 1 pod this reaches the default maxReplicas (4) in one sync.
@@ -97,23 +131,150 @@ def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]
     return {name: values[name] for name in contract.LEGACY_METRIC_DIMENSIONS}
 
 
-def trigger_metadata(placement: Placement, config: AppConfig, settings: AutoscalingSettings) -> dict[str, str]:
+def demand_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
+    """The dimension values the inventory API records device demand for ``placement``'s location with."""
+    values = {
+        contract.DIMENSION_CLUSTER: config.cluster_name,
+        contract.DIMENSION_LOCATION: placement.location.metric_value(config),
+    }
+    return {name: values[name] for name in contract.DEVICE_DEMAND_DIMENSIONS}
+
+
+def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
+    """Container Insights' dimension values for the pods of ``placement``'s Kubernetes Deployment."""
+    return dict(zip(CI_DIMENSIONS, (config.cluster_name, topology.NAMESPACE, placement.name), strict=True))
+
+
+def _metadata(
+    namespace: str,
+    metric: str,
+    dimensions: Mapping[str, str],
+    *,
+    statistic: str,
+    target: int,
+    activation: int,
+    end_time_offset_s: int,
+    config: AppConfig,
+    settings: AutoscalingSettings,
+) -> dict[str, str]:
     """aws-cloudwatch scaler metadata; KEDA requires every value to be a string."""
-    dimensions: Mapping[str, str] = metric_dimensions(placement, config)
     return {
-        "namespace": contract.METRIC_NAMESPACE,
-        "metricName": contract.METRIC_PENDING_REQUESTS,
+        "namespace": namespace,
+        "metricName": metric,
         "dimensionName": ";".join(dimensions),
         "dimensionValue": ";".join(dimensions.values()),
-        "metricStat": "Sum",
+        "metricStat": statistic,
         "metricStatPeriod": str(METRIC_PERIOD_S),
         "metricCollectionTime": str(METRIC_PERIOD_S * settings.collection_periods),
-        "metricEndTimeOffset": str(settings.end_time_offset_s),
-        "targetMetricValue": str(config.serving.target_pending_per_replica),
-        "activationTargetMetricValue": "0",
-        "minMetricValue": "0",
+        "metricEndTimeOffset": str(end_time_offset_s),
+        "targetMetricValue": str(target),
+        "activationTargetMetricValue": str(activation),
+        "minMetricValue": "0",  # no datapoint in the window (KEDA's ignoreNullValues default): 0
         "awsRegion": config.region,
     }
+
+
+def trigger_metadata(
+    placement: Placement, config: AppConfig, settings: AutoscalingSettings, signal: str = SIGNAL_PENDING
+) -> dict[str, str]:
+    """The metadata of the trigger for ``signal``.
+
+    Activation (the 0 <-> 1 decision, placements at minReplicas 0 only): any pending request wakes
+    or keeps a placement awake; utilization and latency do only at their target, since idle pods
+    report some utilization (a CPU pod's background threads) and must still go to sleep.
+    """
+    serving = config.serving
+    pods = metric_dimensions(placement, config)
+    namespace, metric, dimensions, statistic, target, activation = {
+        SIGNAL_PENDING: (
+            contract.METRIC_NAMESPACE,
+            contract.METRIC_PENDING_REQUESTS,
+            pods,
+            "Sum",
+            serving.target_pending_per_replica,
+            0,
+        ),
+        SIGNAL_UTILIZATION: (
+            CONTAINER_INSIGHTS_NAMESPACE,
+            UTILIZATION_METRICS[placement.accelerator.name],
+            workload_dimensions(placement, config),
+            "Average",
+            serving.utilization_target_percent,
+            serving.utilization_target_percent,
+        ),
+        SIGNAL_LATENCY: (
+            contract.METRIC_NAMESPACE,
+            contract.METRIC_INFERENCE_LATENCY_MS,
+            pods,
+            settings.latency_statistic,
+            serving.latency_target_ms,
+            serving.latency_target_ms,
+        ),
+    }[signal]
+    return _metadata(
+        namespace,
+        metric,
+        dimensions,
+        statistic=statistic,
+        target=target,
+        activation=activation,
+        end_time_offset_s=settings.end_time_offset_s,
+        config=config,
+        settings=settings,
+    )
+
+
+def demand_metadata(placement: Placement, config: AppConfig, settings: AutoscalingSettings) -> dict[str, str]:
+    """The wake trigger of a placement at minReplicas 0: device demand for its location, recorded by
+    the inventory API (never by the placement's own pods), active at any count."""
+    return _metadata(
+        contract.METRIC_NAMESPACE,
+        contract.METRIC_DEVICE_DEMAND,
+        demand_dimensions(placement, config),
+        statistic="Sum",
+        target=settings.demand_target,
+        activation=0,
+        end_time_offset_s=settings.demand_end_time_offset_s,
+        config=config,
+        settings=settings,
+    )
+
+
+# Per signal: whether the metric is a total the HPA divides among the pods (AverageValue), or a
+# per-pod level it compares with the target and multiplies the current count by (Value).
+METRIC_TYPES: Final[Mapping[str, str]] = {
+    SIGNAL_PENDING: "AverageValue",
+    SIGNAL_UTILIZATION: "Value",
+    SIGNAL_LATENCY: "Value",
+    DEMAND_TRIGGER: "AverageValue",
+}
+
+
+def _trigger(name: str, metadata: dict[str, str]) -> keda.ScaledObjectSpecTriggers:
+    return keda.ScaledObjectSpecTriggers(
+        type=TRIGGER_TYPE,
+        name=name,
+        metric_type=METRIC_TYPES[name],
+        use_cached_metrics=True,  # the HPA reads KEDA's last poll: pollingInterval paces reads
+        authentication_ref=keda.ScaledObjectSpecTriggersAuthenticationRef(
+            name=TRIGGER_AUTHENTICATION,
+            kind=keda.ScaledObjectSpecTriggersAuthenticationRefKind.TRIGGER_AUTHENTICATION,
+        ),
+        metadata=metadata,
+    )
+
+
+def triggers(
+    placement: Placement, config: AppConfig, settings: AutoscalingSettings
+) -> list[keda.ScaledObjectSpecTriggers]:
+    """The demand trigger (placements at minReplicas 0 only), then one trigger per signal."""
+    key = placement.node_pool_name
+    wake = [_trigger(DEMAND_TRIGGER, demand_metadata(placement, config, settings))]
+    signals = [
+        _trigger(signal, trigger_metadata(placement, config, settings, signal))
+        for signal in config.serving.signals_of(key)
+    ]
+    return [*(wake if config.serving.min_replicas_of(key) == 0 else []), *signals]
 
 
 class AutoscalingChart(cdk8s.Chart):
@@ -135,9 +296,10 @@ class AutoscalingChart(cdk8s.Chart):
             ),
         )
         serving = config.serving
-        min_replicas = serving.min_replicas  # config keeps it >= 1: the pods publish the metric
         self.scaled_objects: dict[str, keda.ScaledObject] = {}
         for placement in topology.placements(config):
+            min_replicas = serving.min_replicas_of(placement.node_pool_name)
+            sleeps = min_replicas == 0
             self.scaled_objects[placement.name] = keda.ScaledObject(
                 self,
                 placement.name,
@@ -152,28 +314,32 @@ class AutoscalingChart(cdk8s.Chart):
                     max_replica_count=max(serving.max_replicas, min_replicas),
                     # Relevant with useCachedMetrics below (KEDA's webhook warns otherwise at minReplicas >= 1).
                     polling_interval=serving.keda_polling_interval_s,
+                    # At 0 only (KEDA's webhook calls cooldownPeriod irrelevant at >= 1): how long
+                    # without an active trigger before the last pod goes, also after the
+                    # ScaledObject's creation (a new deployment's pod proves the placement once).
+                    cooldown_period=serving.scale_to_zero_after_s if sleeps else None,
+                    initial_cooldown_period=serving.scale_to_zero_after_s if sleeps else None,
                     advanced=keda.ScaledObjectSpecAdvanced(
                         horizontal_pod_autoscaler_config=keda.ScaledObjectSpecAdvancedHorizontalPodAutoscalerConfig(
                             behavior=hpa_behavior(serving, settings)
                         )
                     ),
-                    # CloudWatch unreadable: keep the accelerator's usual replica count.
-                    fallback=keda.ScaledObjectSpecFallback(
-                        failure_threshold=settings.fallback_failures,
-                        replicas=max(min_replicas, placement.accelerator.default_replicas),
-                    ),
-                    triggers=[
-                        keda.ScaledObjectSpecTriggers(
-                            type=TRIGGER_TYPE,
-                            name="pending-requests",
-                            metric_type="AverageValue",
-                            use_cached_metrics=True,  # the HPA reads KEDA's last poll: pollingInterval paces reads
-                            authentication_ref=keda.ScaledObjectSpecTriggersAuthenticationRef(
-                                name=TRIGGER_AUTHENTICATION,
-                                kind=keda.ScaledObjectSpecTriggersAuthenticationRefKind.TRIGGER_AUTHENTICATION,
-                            ),
-                            metadata=trigger_metadata(placement, config, settings),
-                        )
-                    ],
+                    fallback=None if sleeps else fallback(placement, min_replicas, settings),
+                    triggers=triggers(placement, config, settings),
                 ),
             )
+
+
+def fallback(placement: Placement, min_replicas: int, settings: AutoscalingSettings) -> keda.ScaledObjectSpecFallback:
+    """CloudWatch unreadable: keep the accelerator's usual replica count.
+
+    Placements at minReplicas >= 1 only. KEDA 2.20 counts a trigger in fallback as active
+    (pkg/scaling/scale_handler.go), so at minReplicas 0 any fallback would wake a sleeping placement
+    and keep it awake while CloudWatch stays unreadable; without one, a failing trigger freezes
+    the count instead (pkg/scaling/executor/scale_scaledobjects.go: no scale to or from zero on
+    error), and devices near a sleeping placement keep the Region (docs/adr/0017).
+    """
+    return keda.ScaledObjectSpecFallback(
+        failure_threshold=settings.fallback_failures,
+        replicas=max(min_replicas, placement.accelerator.default_replicas),
+    )

@@ -37,6 +37,7 @@ SERVICE_ACCOUNT: Final = "model-compiler"
 SCHEDULER_NAME: Final = "volcano"
 TASK_NAME: Final = "compile"
 DO_NOT_DISRUPT: Final = "karpenter.sh/do-not-disrupt"
+ON_DEMAND_CAPACITY: Final = "on-demand"  # karpenter.sh/capacity-type of On-Demand nodes
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,9 @@ class CompileJobsChart(cdk8s.Chart):
             automount_service_account_token=False,
             restart_policy="Never",  # Volcano restarts the job (maxRetry), not the kubelet
             active_deadline_seconds=self.settings.deadline_s,
-            node_selector=placement.node_selector,
+            # On-Demand only, even where the pool may launch Spot (serving.spot): a Spot interruption
+            # would end a compile that may take hours, and Volcano would start it over.
+            node_selector={**placement.node_selector, topology.CAPACITY_TYPE_LABEL: ON_DEMAND_CAPACITY},
             # The compile's own node sizes (plan.accelerators.CompileResources): a Neuron compile
             # needs an inf2.8xlarge's host memory, which the pool's smallest (serving) size lacks.
             affinity=pods.instance_size_affinity(accelerator.compile.instance_sizes),

@@ -3,7 +3,13 @@
 The Region gets one EC2NodeClass (private subnets) and every Local Zone its own (the zone's
 public subnet, gp2 root volumes); each placement of :func:`plan.topology.placements` gets
 a NodePool restricted to its instance families and, in a Local Zone, to the zone and to
-on-demand capacity. Serving pods select their pool by name (``karpenter.sh/nodepool``).
+on-demand capacity. With ``serving.spot`` the regional pools allow Spot and On-Demand, and
+Karpenter v1 launches Spot first ("If a NodePool is compatible with multiple capacity types,
+Karpenter will prioritize reserved capacity, followed by spot, then finally on-demand":
+aws/karpenter-provider-aws v1.14.1, website/content/en/preview/concepts/nodepools.md); the
+interruption queue drains a Spot node on its two-minute warning. Local Zones stay On-Demand, and
+compile jobs select On-Demand nodes of the regional pool (charts/compile_jobs.py). Serving pods
+select their pool by name (``karpenter.sh/nodepool``).
 Node image: AL2023 by default, or Bottlerocket with a data volume restored from a snapshot
 (docs/adr/0013-bottlerocket-nodes-with-a-snapshot-data-volume.md).
 """
@@ -97,6 +103,7 @@ class NodePoolSettings:
     """Defaults of every NodePool, in one place."""
 
     regional_capacity_types: tuple[str, ...] = ("on-demand",)  # serving: no Spot interruptions
+    regional_spot_capacity_types: tuple[str, ...] = ("spot", "on-demand")  # serving.spot: Spot first
     local_zone_capacity_types: tuple[str, ...] = ("on-demand",)  # Local Zones have no Spot for G/Inf
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
     max_devices_per_node: int = capacity.MAX_DEVICES_PER_NODE  # see plan.capacity
@@ -165,9 +172,12 @@ class KarpenterChart(cdk8s.Chart):
     def _node_pool(self, config: AppConfig, placement: Placement) -> kpool.NodePool:
         accelerator, location = placement.accelerator, placement.location
         settings = self.settings
-        capacity_types = (
-            settings.local_zone_capacity_types if location.is_local_zone else settings.regional_capacity_types
-        )
+        if location.is_local_zone:
+            capacity_types = settings.local_zone_capacity_types
+        elif config.serving.spot:
+            capacity_types = settings.regional_spot_capacity_types
+        else:
+            capacity_types = settings.regional_capacity_types
         requirements = [
             _requirement(topology.INSTANCE_FAMILY_LABEL, placement.instance_families),
             _requirement(topology.ARCH_LABEL, (accelerator.arch,)),

@@ -4,7 +4,9 @@ Regional subnets come first in the VPC CIDR, Local Zone subnets at its tail, so 
 Local Zone never renumbers (and so never replaces) a regional subnet. The cluster's
 control plane and its controllers use the regional private subnets only; Local Zone
 subnets are for Karpenter-launched serving nodes, which devices reach on NodePorts on the
-nodes' public IPs, through the NodePort security group.
+nodes' public IPs, through the NodePort security group. Private subnets reach the internet
+through NAT gateways (``natGateways``: one per AZ, or one shared); Local Zone subnets are public
+and route to the internet gateway, so they need no NAT gateway either way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from constructs import Construct
 
 from plan import naming
 from plan.config import AppConfig
+from plan.config.models import NAT_ONE
 from stacks import nag
 
 NODE_PORT_RANGE: Final = (30000, 32767)  # Kubernetes' default --service-node-port-range
@@ -59,6 +62,13 @@ class SubnetPlan:
         )
 
 
+def nat_gateway_count(config: AppConfig) -> int:
+    """``natGateways``: ``per-az`` one per AZ (an AZ's outage leaves the others their egress), ``one``
+    a single gateway in the first AZ's public subnet, which every AZ's private subnets route to
+    (a third of the idle cost of three; nodes of every AZ lose egress with that AZ)."""
+    return 1 if config.nat_gateways == NAT_ONE else len(config.availability_zones)
+
+
 class NetworkStack(cdk.Stack):
     """VPC over the configured regional AZs, Local Zone public subnets, NodePort security group."""
 
@@ -74,7 +84,7 @@ class NetworkStack(cdk.Stack):
             "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(config.vpc_cidr),
             availability_zones=list(config.availability_zones),
-            nat_gateways=len(config.availability_zones),  # one per AZ: an AZ outage keeps the others online
+            nat_gateways=nat_gateway_count(config),
             subnet_configuration=[
                 ec2.SubnetConfiguration(
                     name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=plan.private_mask

@@ -14,7 +14,13 @@ wildcard and no reason fails synth). Differences from upstream, on purpose:
 * the queue policy admits ``events.amazonaws.com`` per rule ARN (``aws:SourceArn``) instead
   of any EventBridge rule or SQS, and the queue's name comes from ``plan.naming``;
 * the node role's name comes from ``plan.naming`` (the EC2NodeClass refers to it by name);
-  the controller policies' names are CloudFormation's, not ``KarpenterController<...>-<cluster>``.
+  the controller policies' names are CloudFormation's, not ``KarpenterController<...>-<cluster>``;
+* with ``serving.spot``, a seventh policy lets the controller create the EC2 Spot service-linked
+  role (AWSServiceRoleForEC2Spot) and nothing else: EC2 creates it with the caller's credentials on
+  an account's first Spot launch, and fails with ``ServiceLinkedRoleCreationNotPermitted``
+  without them; upstream creates it out of band instead (v1.14.1 getting started,
+  ``step06-add-spot-role.sh``: ``aws iam create-service-linked-role --aws-service-name
+  spot.amazonaws.com || true``; troubleshooting.md, "Missing Service Linked Role").
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from stacks.cluster.upstream import THIRD_PARTY, load_cloudformation, statement_
 
 UPSTREAM_TEMPLATE: Final = THIRD_PARTY / "karpenter" / "cloudformation.yaml"
 SERVICE_ACCOUNT: Final = "karpenter"
+SPOT_SERVICE: Final = "spot.amazonaws.com"
+SPOT_SERVICE_LINKED_ROLE: Final = "AWSServiceRoleForEC2Spot"
 
 # Why each upstream statement with a wildcard resource is acceptable (and what scopes it
 # instead): the reason of its cdk-nag IAM5 acknowledgement. Keyed by upstream Sid.
@@ -260,6 +268,8 @@ class KarpenterInfrastructure(Construct):
                     nag.wildcard_resource_finding(substitute(resource, finding_placeholders, source=source)),
                     "Upstream Karpenter controller policy, scoped as upstream scopes it. " + why,
                 )
+        if config.serving.spot:
+            self.controller_policies.append(_spot_service_linked_role_policy(self, stack))
         for managed in node_policies:
             nag.acknowledge(
                 self.node_role,
@@ -276,9 +286,30 @@ class KarpenterInfrastructure(Construct):
         )
 
 
+def _spot_service_linked_role_policy(scope: Construct, stack: cdk.Stack) -> iam.ManagedPolicy:
+    """iam:CreateServiceLinkedRole for EC2 Spot's role only, so that the first Spot launch of an account works."""
+    return iam.ManagedPolicy(
+        scope,
+        "SpotServiceLinkedRolePolicy",
+        description="Karpenter controller: create the EC2 Spot service-linked role on the first Spot launch",
+        statements=[
+            iam.PolicyStatement(
+                sid="AllowSpotServiceLinkedRoleCreation",
+                actions=["iam:CreateServiceLinkedRole"],
+                resources=[
+                    f"arn:{stack.partition}:iam::{stack.account}:role/aws-service-role/"
+                    f"{SPOT_SERVICE}/{SPOT_SERVICE_LINKED_ROLE}"
+                ],
+                conditions={"StringEquals": {"iam:AWSServiceName": SPOT_SERVICE}},
+            )
+        ],
+    )
+
+
 class Karpenter(ControllerAddOn):
     """Karpenter, installed right after its CRDs: it launches the nodes everything else may need.
-    Its controller role gets upstream's six managed policies and nothing else.
+    Its controller role gets upstream's six managed policies and, with ``serving.spot``, the Spot
+    service-linked role policy (see the module docstring).
 
     The CRDs come from the ``karpenter-crd`` add-on (:mod:`stacks.cluster.karpenter_crd`), so this
     Helm release skips the chart's ``crds/`` (``skip_crds``). aws-cdk-lib 2.275's eks-v2 Helm handler

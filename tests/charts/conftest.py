@@ -42,14 +42,14 @@ def render(context: dict[str, Any]) -> Rendered:
     import yaml
 
     from charts.render import render as render_files
-    from plan.config import load_config
+    from plan.deployments import load_plan
 
     with tempfile.TemporaryDirectory() as out:
         files = render_files(context, Path(out) / "manifests")
         objects = {
             path.stem.split("-", 1)[1]: [doc for doc in yaml.safe_load_all(path.read_text()) if doc] for path in files
         }
-    return Rendered(config=load_config(context), objects=objects)
+    return Rendered(config=load_plan(context).selected.config, objects=objects)  # the config render.py renders
 
 
 @pytest.fixture(scope="session")

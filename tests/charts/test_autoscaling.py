@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from charts.autoscaling import AutoscalingSettings
+from charts.autoscaling import UTILIZATION_METRICS, AutoscalingSettings
+from plan import contract, topology
+from plan.config import AppConfig
+from plan.deployments import load_plan
+from plan.topology import Placement
+from stacks.observability.metrics import DEVICE_UTILIZATION
 from tests.charts import validate
 from tests.charts.conftest import Rendered, render
 from tests.charts.validate import Tally
@@ -121,3 +126,134 @@ def test_keda_accepts_the_scaled_objects_without_a_warning(rendered: Rendered, c
     assert keda_admission_warnings({"spec": {**spec, "cooldownPeriod": 300}})
     uncached = [{**trigger, "useCachedMetrics": False} for trigger in spec["triggers"]]
     assert keda_admission_warnings({"spec": {**spec, "triggers": uncached}})
+
+
+# Every signal, the Local Zone, Neuron and CPU placements asleep when idle, the Region's NVIDIA
+# placement at 2 on utilization alone: each trigger shape, at 0 and at >= 1.
+SLEEPING = {
+    "minReplicas": 0,
+    "scaleToZeroAfterSeconds": 1200,
+    "signals": ["pending", "utilization", "latency"],
+    "utilizationTargetPercent": 65,
+    "latencyTargetMs": 5000,
+    "placements": {"nvidia": {"minReplicas": 2, "signals": ["utilization"]}},
+}
+PODS_DIMENSIONS = {*contract.METRIC_DIMENSIONS, *contract.LEGACY_METRIC_DIMENSIONS}
+
+
+@pytest.fixture(scope="module")
+def sleeping() -> tuple[Rendered, AppConfig]:
+    context = {**cdk_json_context(), "serving": SLEEPING}
+    return render(context), load_plan(context).selected.config
+
+
+def placement_of(scaled: dict[str, Any], config: AppConfig) -> Placement:
+    (placement,) = [p for p in topology.placements(config) if p.name == scaled["metadata"]["name"]]
+    return placement
+
+
+def by_name(scaled: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {trigger["name"]: trigger for trigger in scaled["spec"]["triggers"]}
+
+
+def test_a_sleeping_placement_wakes_on_demand_its_pods_do_not_publish(sleeping: tuple[Rendered, AppConfig]) -> None:
+    rendered, config = sleeping
+    asleep = [s for s in rendered.of_kind("ScaledObject") if s["spec"]["minReplicaCount"] == 0]
+    assert {placement_of(s, config).node_pool_name for s in asleep} == {"nvidia-us-west-2-lax-1a", "neuron", "cpu"}
+    for scaled in asleep:
+        placement, spec = placement_of(scaled, config), scaled["spec"]
+        assert spec["cooldownPeriod"] == spec["initialCooldownPeriod"] == 1200
+        assert "fallback" not in spec  # a trigger in fallback counts as active: it would wake it for good
+        assert list(by_name(scaled)) == ["demand", "pending", "utilization", "latency"]
+        demand = by_name(scaled)["demand"]
+        meta = demand["metadata"]
+        assert (meta["namespace"], meta["metricName"], meta["metricStat"]) == (
+            contract.METRIC_NAMESPACE,
+            contract.METRIC_DEVICE_DEMAND,
+            "Sum",
+        )
+        dimensions = dict(zip(meta["dimensionName"].split(";"), meta["dimensionValue"].split(";"), strict=True))
+        assert dimensions == {"Cluster": config.cluster_name, "Location": placement.location.metric_value(config)}
+        # Not the pods' own: no dimension set the runtime publishes has Cluster.
+        assert not set(dimensions) <= PODS_DIMENSIONS
+        assert meta["activationTargetMetricValue"] == "0" and demand["metricType"] == "AverageValue"
+        assert int(meta["targetMetricValue"]) >= AutoscalingSettings().demand_target  # one pod, never more
+    lax = rendered.named("ScaledObject", "stable-diffusion-nvidia-us-west-2-lax-1a")
+    assert by_name(lax)["demand"]["metadata"]["dimensionValue"].endswith(";us-west-2-lax-1a")
+
+
+def test_a_placement_at_one_or_more_has_no_demand_trigger(sleeping: tuple[Rendered, AppConfig]) -> None:
+    rendered, _ = sleeping
+    scaled = rendered.named("ScaledObject", "stable-diffusion-nvidia")
+    spec = scaled["spec"]
+    assert spec["minReplicaCount"] == 2
+    assert list(by_name(scaled)) == ["utilization"]
+    assert "cooldownPeriod" not in spec and "initialCooldownPeriod" not in spec
+    assert spec["fallback"] == {"failureThreshold": AutoscalingSettings().fallback_failures, "replicas": 2}
+
+
+def test_each_signal_renders_its_own_trigger(sleeping: tuple[Rendered, AppConfig]) -> None:
+    rendered, config = sleeping
+    expected_utilization = {
+        "nvidia": "pod_gpu_utilization",
+        "neuron": "pod_neuroncore_utilization",
+        "cpu": "pod_cpu_utilization",
+    }
+    assert UTILIZATION_METRICS == expected_utilization == DEVICE_UTILIZATION  # the dashboard graphs the same
+    for scaled in rendered.of_kind("ScaledObject"):
+        placement, triggers = placement_of(scaled, config), by_name(scaled)
+        utilization = triggers["utilization"]
+        meta = utilization["metadata"]
+        assert (meta["namespace"], meta["metricName"], meta["metricStat"]) == (
+            "ContainerInsights",
+            expected_utilization[placement.accelerator.name],
+            "Average",
+        )
+        assert meta["dimensionName"] == "ClusterName;Namespace;PodName"
+        assert meta["dimensionValue"] == f"{config.cluster_name};{topology.NAMESPACE};{placement.name}"
+        assert utilization["metricType"] == "Value"  # a per-pod level: the HPA scales the count by value / target
+        assert meta["targetMetricValue"] == meta["activationTargetMetricValue"] == "65"
+        if "latency" in triggers:
+            latency = triggers["latency"]
+            meta = latency["metadata"]
+            assert (meta["metricName"], meta["metricStat"], latency["metricType"]) == (
+                contract.METRIC_INFERENCE_LATENCY_MS,
+                "p90",
+                "Value",
+            )
+            assert meta["dimensionValue"] == triggers["pending"]["metadata"]["dimensionValue"]
+            assert meta["targetMetricValue"] == "5000"
+        if "pending" in triggers:
+            meta = triggers["pending"]["metadata"]
+            assert (meta["metricName"], meta["metricStat"]) == (contract.METRIC_PENDING_REQUESTS, "Sum")
+            assert triggers["pending"]["metricType"] == "AverageValue"
+            assert meta["activationTargetMetricValue"] == "0"
+
+
+def test_every_trigger_is_what_the_cloudwatch_scaler_accepts(sleeping: tuple[Rendered, AppConfig]) -> None:
+    """KEDA 2.20.2 pkg/scalers/aws_cloudwatch_scaler.go (awsCloudwatchMetadata.Validate,
+    checkMetricStatPeriod) and scaletriggers_types.go (ValidateTriggers): the rules it refuses on."""
+    rendered, _ = sleeping
+    for scaled in rendered.of_kind("ScaledObject"):
+        names = [trigger["name"] for trigger in scaled["spec"]["triggers"]]
+        assert len(names) == len(set(names))  # webhook: trigger names unique
+        for trigger in scaled["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            assert all(isinstance(value, str) for value in meta.values())
+            assert {"targetMetricValue", "minMetricValue", "awsRegion"} <= set(meta)  # required by the scaler
+            assert len(meta["dimensionName"].split(";")) == len(meta["dimensionValue"].split(";"))
+            period, window = int(meta["metricStatPeriod"]), int(meta["metricCollectionTime"])
+            assert period in {1, 5, 10, 30, 60} or period % 60 == 0
+            assert window > 0 and window % period == 0
+            assert int(meta["metricEndTimeOffset"]) >= 0
+            assert trigger["metricType"] in {"AverageValue", "Value"}
+
+
+def test_the_sleeping_shapes_validate_and_draw_no_keda_warning(sleeping: tuple[Rendered, AppConfig]) -> None:
+    rendered, _ = sleeping
+    tally = Tally()
+    for scaled in rendered.of_kind("ScaledObject"):
+        assert validate.validate_custom(scaled) == []
+        assert validate.evaluate_cel(scaled, tally) == []
+        assert keda_admission_warnings(scaled) == [], scaled["metadata"]["name"]
+    assert tally.cel_evaluations > 0

@@ -142,17 +142,35 @@ def test_node_classes_require_imdsv2_one_hop_and_encrypted_large_root_volumes(re
 
 
 def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(rendered: Rendered) -> None:
+    """Every placement scales on the pods' pending requests; one that sleeps (the rendered deployment,
+    dev, lets all but the Region's NVIDIA placement sleep) also wakes on device demand, with KEDA's
+    cooldownPeriod as its idle time and no fallback (a fallback counts as active and would keep it awake)."""
     workloads = {d["metadata"]["name"]: d for d in serving(rendered)}
     auth = {a["metadata"]["name"]: a for a in rendered.of_kind("TriggerAuthentication")}
     knobs = rendered.config.serving
+    placements = {p.name: p for p in topology.placements(rendered.config)}
+    sleeping = 0
     for scaled in rendered.of_kind("ScaledObject"):
         target = scaled["spec"]["scaleTargetRef"]
         assert target["name"] in workloads
         assert scaled["metadata"]["namespace"] == workloads[target["name"]]["metadata"]["namespace"]
         assert scaled["spec"]["maxReplicaCount"] == knobs.max_replicas
         assert scaled["spec"]["pollingInterval"] == knobs.keda_polling_interval_s
-        assert "cooldownPeriod" not in scaled["spec"]  # inert at minReplicas >= 1: the HPA window carries it
-        [trigger] = scaled["spec"]["triggers"]
+        minimum = knobs.min_replicas_of(placements[target["name"]].node_pool_name)
+        assert scaled["spec"]["minReplicaCount"] == minimum
+        triggers = {trigger["name"]: trigger for trigger in scaled["spec"]["triggers"]}
+        if minimum == 0:
+            sleeping += 1
+            assert scaled["spec"]["cooldownPeriod"] == knobs.scale_to_zero_after_s
+            assert "fallback" not in scaled["spec"]
+            assert set(triggers) == {"demand", "pending"}
+            demand = triggers["demand"]["metadata"]
+            assert demand["metricName"] == contract.METRIC_DEVICE_DEMAND
+            assert demand["dimensionName"].split(";") == list(contract.DEVICE_DEMAND_DIMENSIONS)
+        else:
+            assert "cooldownPeriod" not in scaled["spec"]  # inert at minReplicas >= 1: the HPA window carries it
+            assert set(triggers) == {"pending"}
+        trigger = triggers["pending"]
         assert trigger["type"] == "aws-cloudwatch"
         assert auth[trigger["authenticationRef"]["name"]]["spec"] == {"podIdentity": {"provider": "aws"}}
         meta = trigger["metadata"]
@@ -170,6 +188,7 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         assert names == list(contract.LEGACY_METRIC_DIMENSIONS)
         assert dict(zip(names, values, strict=True)) == published
         assert meta["targetMetricValue"] == str(knobs.target_pending_per_replica)
+    assert sleeping == len(placements) - 1  # dev: every placement but the Region's NVIDIA one
 
 
 def test_probes_use_the_runtime_routes_on_its_port(rendered: Rendered) -> None:
