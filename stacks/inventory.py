@@ -19,12 +19,17 @@ names) in a small table of counters (``CallerRateTable``): a caller over ``Inven
 ``caller_limit`` per ``caller_window_s`` gets 429 with Retry-After, before its token is signed, while
 other callers' calls go on; the stage's throttle still bounds all callers together.
 
+Both handlers also record device demand (``api.DeviceDemand``: EMF lines in their logs, no API
+call) for the Region and the serving Local Zones near the caller (``demand_environment``), which
+wakes placements at minReplicas 0 (docs/inventory.md#device-demand-wakes-sleeping-placements).
+
 The table's physical name comes from ``plan/naming.py``: the publisher's Pod Identity role and
 the chart refer to it by name, so no CloudFormation export couples the stacks.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -145,6 +150,20 @@ class InventoryProps:
             layout.ENV_RATE_LIMIT: str(self.caller_limit),
             layout.ENV_RATE_WINDOW_S: str(self.caller_window_s),
         }
+
+
+def demand_environment(config: AppConfig) -> dict[str, str]:
+    """The handlers' environment for ``api.DeviceDemand.from_env``: whose demand is recorded where.
+
+    Only Local Zones with serving placements: demand for a zone nothing can serve in wakes nothing."""
+    zones = {
+        zone.name: list(zone.device_cidrs) for zone in config.local_zones if zone.name in config.serving_local_zones
+    }
+    return {
+        layout.ENV_DEMAND_CLUSTER: config.cluster_name,
+        layout.ENV_DEMAND_REGION: config.region,
+        layout.ENV_DEMAND_ZONES: json.dumps(zones, separators=(",", ":"), sort_keys=True),
+    }
 
 
 def table_arn(config: AppConfig) -> str:
@@ -270,6 +289,7 @@ class InventoryReadApi(Construct):
                 layout.ENV_DEFAULT_MODEL: config.model_id,
                 contract.ENV_AUTH: config.auth.mode,  # the answer tells clients whether to fetch a token
                 **props.rate_environment(rate_table),
+                **demand_environment(config),
             },
             description="Returns the live serving endpoints of the endpoint inventory as JSON",
         )
@@ -485,6 +505,7 @@ class TokenSigning(Construct):
                 contract.ENV_TOKEN_AUDIENCE: contract.TOKEN_AUDIENCE,
                 contract.ENV_TOKEN_TTL_S: str(config.auth.token_ttl_s),
                 **props.rate_environment(read_api.rate_table),
+                **demand_environment(config),
             },
             description="Issues RS256 bearer tokens for the inference endpoints, signed by KMS",
         )

@@ -9,17 +9,19 @@ docs/adr/0009-inventory-table-keyed-by-model-expired-by-ttl.md.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import math
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import IO, Any, Final
 
 # --- Item attributes -------------------------------------------------------------------------
 ATTR_MODEL: Final = "model"  # partition key
@@ -73,6 +75,22 @@ RATE_WINDOW_BOUNDS_S: Final = (1, 3600)
 ROUTE_ENDPOINTS: Final = "endpoints"
 ROUTE_TOKEN: Final = "token"  # noqa: S105 - a name, not a secret
 ANONYMOUS: Final = "-"  # the caller of a request without identity (IAM auth always gives one)
+
+# --- Device demand (set by stacks/inventory.py) ---------------------------------------------------
+# Each call of GET /endpoints and GET /token past the caller's rate limit records DeviceDemand 1 for
+# the Region and for each serving Local Zone near the caller: one CloudWatch Embedded Metric Format
+# line per location in the function's log (no API call, no IAM, no latency). Placements at
+# minReplicas 0 wake on it (charts/autoscaling.py). Written again from plan.contract.
+METRIC_NAMESPACE: Final = "EdgeDiffusion"
+METRIC_DEVICE_DEMAND: Final = "DeviceDemand"
+DIMENSION_CLUSTER: Final = "Cluster"
+DIMENSION_LOCATION: Final = "Location"
+DEVICE_DEMAND_DIMENSIONS: Final = (DIMENSION_CLUSTER, DIMENSION_LOCATION)
+DEMAND_RESOLUTION_S: Final = 60
+ENV_DEMAND_CLUSTER: Final = "INVENTORY_DEMAND_CLUSTER"  # config.cluster_name; unset: record no demand
+ENV_DEMAND_REGION: Final = "INVENTORY_DEMAND_REGION"  # config.region
+# JSON {zone: [device CIDRs]} of the serving Local Zones; an empty list: every caller is near it.
+ENV_DEMAND_ZONES: Final = "INVENTORY_DEMAND_ZONES"
 
 # --- Query parameters of GET /endpoints ---------------------------------------------------------
 PARAM_MODEL: Final = "model"
@@ -263,6 +281,88 @@ class RateLimit:
         return _response(429, {"message": message}, {"Retry-After": str(wait)})
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(zone: str, cidrs: Any) -> tuple[Network, ...]:
+    if not isinstance(cidrs, list):
+        raise ValueError(f"invalid {ENV_DEMAND_ZONES} entry {zone!r}: allowed a list of CIDRs such as 203.0.113.0/24")
+    try:
+        return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"invalid {ENV_DEMAND_ZONES} CIDRs {cidrs!r} of {zone!r}: allowed IPv4 or IPv6 CIDRs such as 203.0.113.0/24"
+        ) from None
+
+
+@dataclass(frozen=True)
+class DeviceDemand:
+    """Records who would be served where: DeviceDemand 1 per call for the Region, and for each Local
+    Zone whose device networks hold the caller's source address (or which names none).
+
+    One EMF document per location: a document carries one value per dimension, and the Region and
+    a zone are two values of Location. A caller address that does not parse counts for the Region
+    only: demand must never fail the call it rides on."""
+
+    cluster: str
+    region: str
+    zones: Mapping[str, tuple[Network, ...]]
+    stream: IO[str] | None = None  # stdout (the function's log) when None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], stream: IO[str] | None = None) -> DeviceDemand | None:
+        """The stack's settings; None where the stack set no cluster (nothing is recorded)."""
+        cluster = environ.get(ENV_DEMAND_CLUSTER)
+        if not cluster:
+            return None
+        raw = environ.get(ENV_DEMAND_ZONES) or "{}"
+        try:
+            zones = json.loads(raw)
+        except ValueError:
+            zones = None
+        if not isinstance(zones, dict):
+            raise ValueError(f"invalid {ENV_DEMAND_ZONES}={raw[:64]!r}: allowed a JSON object {{zone: [CIDRs]}}")
+        region = environ.get(ENV_DEMAND_REGION) or environ.get("AWS_REGION", "")
+        return cls(cluster, region, {zone: _networks(zone, cidrs) for zone, cidrs in zones.items()}, stream)
+
+    def locations(self, source_ip: Any) -> list[str]:
+        """The Region, then each zone near ``source_ip`` (every zone without networks)."""
+        try:
+            address = ipaddress.ip_address(source_ip) if isinstance(source_ip, str) else None
+        except ValueError:
+            address = None
+        near = [
+            zone
+            for zone, networks in self.zones.items()
+            if not networks or (address is not None and any(address in network for network in networks))
+        ]
+        return [self.region, *near]
+
+    def documents(self, event: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+        """One EMF document per location the caller of ``event`` would be served from."""
+        directive = {
+            "Namespace": METRIC_NAMESPACE,
+            "Dimensions": [list(DEVICE_DEMAND_DIMENSIONS)],
+            "Metrics": [{"Name": METRIC_DEVICE_DEMAND, "Unit": "Count", "StorageResolution": DEMAND_RESOLUTION_S}],
+        }
+        stamp = int(now * 1000)
+        return [
+            {
+                "_aws": {"Timestamp": stamp, "CloudWatchMetrics": [directive]},
+                DIMENSION_CLUSTER: self.cluster,
+                DIMENSION_LOCATION: location,
+                METRIC_DEVICE_DEMAND: 1,
+            }
+            for location in self.locations(_identity(event).get("sourceIp"))
+        ]
+
+    def record(self, event: Mapping[str, Any], now: float) -> None:
+        """Write the documents, one JSON line each (CloudWatch Logs extracts the metric)."""
+        stream = self.stream or sys.stdout
+        stream.write("".join(json.dumps(doc, separators=(",", ":")) + "\n" for doc in self.documents(event, now)))
+        stream.flush()
+
+
 def handle(
     event: Mapping[str, Any],
     *,
@@ -271,11 +371,16 @@ def handle(
     now: float,
     auth: str = AUTH_NONE,
     limit: RateLimit | None = None,
+    demand: DeviceDemand | None = None,
 ) -> dict[str, Any]:
-    """API Gateway proxy event -> response; ``table``, ``now`` and ``limit`` injected (tests, clock)."""
+    """API Gateway proxy event -> response; ``table``, ``now``, ``limit`` and ``demand`` injected (tests, clock).
+
+    Every call past the rate limit is demand, a 400 too: a device that asked wants to be served."""
     refused = limit.refusal(ROUTE_ENDPOINTS, rate_caller(event), now) if limit else None
     if refused:
         return refused
+    if demand:
+        demand.record(event, now)
     try:
         filters = parse_filters(event.get("queryStringParameters"), default_model)
     except BadRequestError as err:
@@ -313,6 +418,7 @@ def handler(event: Mapping[str, Any], context: object, clock: Callable[[], float
         now=clock(),
         auth=os.environ.get(ENV_AUTH, AUTH_NONE),
         limit=_rate_limit(),
+        demand=DeviceDemand.from_env(os.environ),
     )
 
 
@@ -386,16 +492,25 @@ class TokenSettings:
 
 
 def handle_token(
-    event: Mapping[str, Any], *, kms: Any, settings: TokenSettings, now: float, limit: RateLimit | None = None
+    event: Mapping[str, Any],
+    *,
+    kms: Any,
+    settings: TokenSettings,
+    now: float,
+    limit: RateLimit | None = None,
+    demand: DeviceDemand | None = None,
 ) -> dict[str, Any]:
     """API Gateway proxy event -> ``{"token", "expiresAt"}``; 403 without a caller, 429 over the
-    caller's ``limit`` (before KMS is asked), 503 if KMS fails."""
+    caller's ``limit`` (before KMS is asked), 503 if KMS fails. A call past the limit is demand,
+    recorded before KMS is asked: a device refused a token by a KMS outage still wants serving."""
     subject = caller(event)
     if subject is None:
         return _response(403, {"message": "no caller identity: call GET /token with SigV4 (IAM auth)"})
     refused = limit.refusal(ROUTE_TOKEN, rate_caller(event), now) if limit else None
     if refused:
         return refused
+    if demand:
+        demand.record(event, now)
     try:
         token, expires = sign_token(
             kms,
@@ -424,4 +539,11 @@ def token_handler(event: Mapping[str, Any], context: object, clock: Callable[[],
 
         _kms = boto3.client("kms")
     settings = TokenSettings.from_env(os.environ)
-    return handle_token(event, kms=_kms, settings=settings, now=clock(), limit=_rate_limit())
+    return handle_token(
+        event,
+        kms=_kms,
+        settings=settings,
+        now=clock(),
+        limit=_rate_limit(),
+        demand=DeviceDemand.from_env(os.environ),
+    )

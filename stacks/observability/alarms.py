@@ -4,6 +4,8 @@ key and access policies admit exactly this deployment's alarms, by the name pref
 
 from __future__ import annotations
 
+from typing import Final
+
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
@@ -18,13 +20,24 @@ from plan.config import AppConfig
 from plan.topology import Placement
 from stacks.observability.metrics import (
     CI_POD_PENDING,
+    WAKING_EXPRESSION,
+    WAKING_LABEL,
+    demand_metric,
     error_rate_expression,
     inventory_dimensions,
     ready_pods_metric,
     serving_metric,
+    sleeps,
     workload_metric,
 )
 from stacks.observability.props import ObservabilityProps
+
+# A placement at minReplicas 0 alarms when demanded and not waking: demand and no ready pod in each
+# of WAKE_EVALUATION_PERIODS windows of WAKE_WINDOW_S. A window is longer than a cold start on a new
+# node (445 s, docs/scaling.md section 2) plus the demand's way to KEDA (EMF extraction, the
+# trigger's collection window and polling: a few minutes).
+WAKE_WINDOW_S: Final = 900
+WAKE_EVALUATION_PERIODS: Final = 2
 
 
 def alarm_prefix(config: AppConfig) -> str:
@@ -150,20 +163,10 @@ class ServingAlarms(Construct):
                     datapoints_to_alarm=props.errors_datapoints_to_alarm,
                     treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
                 ),
-                cloudwatch.Alarm(
-                    self,
-                    f"{prefix}NoReadyPod",
-                    alarm_name=alarm_name(config, placement, "no-ready-pod"),
-                    alarm_description=(
-                        f"No ready serving pod of {where} for {props.ready_evaluation_periods} minutes: devices "
-                        "cannot use this location. Missing data counts: the publisher stops reporting a "
-                        "location when nothing serves there, and when the publisher itself is down."
-                    ),
-                    metric=ready_pods_metric(placement, config, period),
-                    threshold=1,
-                    comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-                    evaluation_periods=props.ready_evaluation_periods,
-                    treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+                (
+                    self._not_waking(placement, config, where, prefix)
+                    if sleeps(placement, config)
+                    else self._no_ready_pod(placement, config, props, where, prefix, period)
                 ),
                 cloudwatch.Alarm(
                     self,
@@ -177,7 +180,8 @@ class ServingAlarms(Construct):
                     threshold=1,
                     comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                     evaluation_periods=slo.pending_pods_minutes,
-                    # Container Insights reports pods that exist; no pod at all is the no-ready-pod alarm's case.
+                    # Container Insights reports pods that exist; no pod at all is the no-ready-pod
+                    # (or, asleep by design, the demanded-not-waking) alarm's case.
                     treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
                 ),
             ]
@@ -206,6 +210,65 @@ class ServingAlarms(Construct):
         for alarm in self.all:
             alarm.add_alarm_action(action)
             alarm.add_ok_action(action)
+
+    def _no_ready_pod(
+        self,
+        placement: Placement,
+        config: AppConfig,
+        props: ObservabilityProps,
+        where: str,
+        prefix: str,
+        period: cdk.Duration,
+    ) -> cloudwatch.Alarm:
+        """A placement that always serves (minReplicas >= 1) without a ready pod: an outage."""
+        return cloudwatch.Alarm(
+            self,
+            f"{prefix}NoReadyPod",
+            alarm_name=alarm_name(config, placement, "no-ready-pod"),
+            alarm_description=(
+                f"No ready serving pod of {where} for {props.ready_evaluation_periods} minutes: devices "
+                "cannot use this location. Missing data counts: the publisher stops reporting a "
+                "location when nothing serves there, and when the publisher itself is down."
+            ),
+            metric=ready_pods_metric(placement, config, period),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=props.ready_evaluation_periods,
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
+
+    def _not_waking(self, placement: Placement, config: AppConfig, where: str, prefix: str) -> cloudwatch.Alarm:
+        """A placement at minReplicas 0 has no pod by design while nobody asks for it; it fails
+        only when devices ask (DeviceDemand for its location) and no pod turns ready for longer
+        than a cold start: every one of :data:`WAKE_EVALUATION_PERIODS` windows of :data:`WAKE_WINDOW_S`
+        has demand and not one ready pod (the demand of the first may come at its end, so the
+        pod has had at least one whole window, longer than a cold start, to turn ready)."""
+        window = cdk.Duration.seconds(WAKE_WINDOW_S)
+        minutes = WAKE_WINDOW_S * WAKE_EVALUATION_PERIODS // 60
+        return cloudwatch.Alarm(
+            self,
+            f"{prefix}NotWaking",
+            alarm_name=alarm_name(config, placement, "demanded-not-waking"),
+            alarm_description=(
+                f"Devices asked for {where} (minReplicas 0: it sleeps when idle) and no pod of it was ready "
+                f"in {minutes} minutes, longer than a cold start: KEDA's demand trigger, Karpenter or the pods "
+                "do not wake it; devices are served by the Region meanwhile. No data is no verdict: no demand "
+                "recorded wakes nothing, and the publisher's own outage is the inventory-empty alarm's."
+            ),
+            metric=cloudwatch.MathExpression(
+                expression=WAKING_EXPRESSION,
+                using_metrics={
+                    "ready": ready_pods_metric(placement, config, window),
+                    "demand": demand_metric(placement.location.metric_value(config), config, window),
+                },
+                period=window,
+                label=WAKING_LABEL,
+            ),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=WAKE_EVALUATION_PERIODS,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
 
     @property
     def all(self) -> list[cloudwatch.Alarm]:

@@ -1,6 +1,8 @@
-"""The dashboard of one deployment: a row of graphs per placement (requests/s, p50/p99 latency,
-pending requests, 429s and 5xx, desired vs ready replicas, cold start, device utilization), then
-the deployment's inventory and node count. Why it says, not graphs, nodes per NodePool: no
+"""The dashboard of one deployment: the deployment's inventory, node count and device demand per
+location, then a row of graphs per placement (requests/s, p50/p99 latency, pending requests, 429s
+and 5xx, desired vs ready replicas, cold start, device utilization) and, for a placement at
+minReplicas 0, its state (asleep by design, waking, serving) beside the demand that wakes it: no
+pod while nobody asks is a state there, not an alarm. Why it says, not graphs, nodes per NodePool: no
 CloudWatch metric carries the NodePool (:data:`NODES_PER_NODEPOOL_NOTE`)."""
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from stacks.observability.metrics import (
     CI_REPLICAS_READY,
     CONTAINER_INSIGHTS_NAMESPACE,
     DEVICE_UTILIZATION,
+    demand_locations,
+    demand_metric,
     inventory_dimensions,
     ready_pods_metric,
     serving_metric,
+    sleeps,
+    state_expressions,
     workload_metric,
 )
 from stacks.observability.props import ObservabilityProps
@@ -74,7 +80,7 @@ class ServingDashboard(Construct):
                             label="endpoints",
                         )
                     ],
-                    width=12,
+                    width=8,
                 ),
                 cloudwatch.GraphWidget(
                     title="Nodes in the cluster (all NodePools)",
@@ -88,7 +94,12 @@ class ServingDashboard(Construct):
                             label="nodes",
                         )
                     ],
-                    width=12,
+                    width=8,
+                ),
+                cloudwatch.GraphWidget(
+                    title="Device demand per location (inventory calls)",
+                    left=[demand_metric(location, config, period, location) for location in demand_locations(config)],
+                    width=8,
                 ),
             ],
         ]
@@ -104,6 +115,8 @@ class ServingDashboard(Construct):
                 ]
             )
             rows.append(self._placement_row(placement, config, period))
+            if sleeps(placement, config):
+                rows.append(self._sleep_row(placement, config, period))
         self.dashboard = cloudwatch.Dashboard(
             self,
             "Dashboard",
@@ -111,6 +124,26 @@ class ServingDashboard(Construct):
             default_interval=cdk.Duration.hours(props.dashboard_hours),
             widgets=rows,
         )
+
+    @staticmethod
+    def _sleep_row(placement: Placement, config: AppConfig, period: cdk.Duration) -> list[cloudwatch.IWidget]:
+        """A placement at minReplicas 0: its state as 0/1 lines, and the demand that wakes it."""
+        location = placement.location.metric_value(config)
+        return [
+            cloudwatch.GraphWidget(
+                title="State (minReplicas 0: sleeps when idle, by design)",
+                left=list(state_expressions(placement, config, period)),
+                left_y_axis=cloudwatch.YAxisProps(min=0, max=1, show_units=False),
+                stacked=True,
+                width=12,
+            ),
+            cloudwatch.GraphWidget(
+                title=f"Device demand in {location} and ready pods",
+                left=[demand_metric(location, config, period)],
+                right=[ready_pods_metric(placement, config, period)],
+                width=12,
+            ),
+        ]
 
     @staticmethod
     def _placement_row(placement: Placement, config: AppConfig, period: cdk.Duration) -> list[cloudwatch.IWidget]:

@@ -13,7 +13,9 @@ Metric sources (names and dimensions exactly as published):
   torch *device*: cuda | neuron | cpu, ``runtime/server/metrics.py``) and Location (Region or
   Local Zone name); the inventory publisher publishes ``ReadyServingPods`` with the same
   Placement and Location but the *accelerator* name (the Service label) as Accelerator, and
-  ``InventoryEndpoints`` with Cluster only (the publisher's ``EDGE_DIFFUSION_INVENTORY_CLUSTER``).
+  ``InventoryEndpoints`` with Cluster only (the publisher's ``EDGE_DIFFUSION_INVENTORY_CLUSTER``);
+  the inventory API (``runtime/inventory/api.py``) writes ``DeviceDemand`` (1 per device call and
+  location it would be served from) with Cluster and Location, as EMF lines in its log.
 * ``ContainerInsights`` (the amazon-cloudwatch-observability add-on, which installs Container
   Insights with enhanced observability, and its agent's accelerated-compute metrics, on by
   default: https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/Container-Insights-setup-EKS-addon.html,
@@ -134,3 +136,60 @@ def error_rate_expression(placement: Placement, config: AppConfig, period: cdk.D
         period=period,
         label="5xx % of requests",
     )
+
+
+def demand_dimensions(location: str, config: AppConfig) -> dict[str, str]:
+    """Dimensions of the inventory API's DeviceDemand: the cluster and the Region or Local Zone name."""
+    return {contract.DIMENSION_CLUSTER: config.cluster_name, contract.DIMENSION_LOCATION: location}
+
+
+def demand_metric(
+    location: str, config: AppConfig, period: cdk.Duration, label: str = "device demand"
+) -> cloudwatch.Metric:
+    """Device calls that would be served from ``location`` in each period (Sum: one per call)."""
+    return cloudwatch.Metric(
+        namespace=contract.METRIC_NAMESPACE,
+        metric_name=contract.METRIC_DEVICE_DEMAND,
+        dimensions_map=demand_dimensions(location, config),
+        statistic="Sum",
+        period=period,
+        label=label,
+    )
+
+
+def demand_locations(config: AppConfig) -> tuple[str, ...]:
+    """Where demand is recorded: the Region and each Local Zone with serving placements."""
+    return (config.region, *config.serving_local_zones)
+
+
+def sleeps(placement: Placement, config: AppConfig) -> bool:
+    """Whether the placement scales to zero when idle (its minReplicas is 0): no pod is then a state."""
+    return config.serving.min_replicas_of(placement.node_pool_name) == 0
+
+
+# The state of a placement at minReplicas 0, from its ready pods and the demand for its location
+# (``ready`` and ``demand`` in the expressions): asleep is no pod and no demand, by design; waking is
+# demand with no pod yet; serving is a ready pod. Missing demand is none; missing ready pods (the
+# publisher down) gives no state rather than a wrong one.
+ASLEEP_EXPRESSION: Final = "IF(ready < 1 AND FILL(demand, 0) == 0, 1, 0)"
+WAKING_EXPRESSION: Final = "IF(ready < 1 AND FILL(demand, 0) > 0, 1, 0)"
+SERVING_EXPRESSION: Final = "IF(ready >= 1, 1, 0)"
+ASLEEP_LABEL: Final = "asleep (0 pods, by design)"
+WAKING_LABEL: Final = "waking (demanded, 0 pods)"
+SERVING_LABEL: Final = "serving (a ready pod)"
+
+
+def state_expressions(placement: Placement, config: AppConfig, period: cdk.Duration) -> list[cloudwatch.MathExpression]:
+    """Asleep, waking and serving as 0/1 series of a placement at minReplicas 0."""
+    using = {
+        "ready": ready_pods_metric(placement, config, period),
+        "demand": demand_metric(placement.location.metric_value(config), config, period),
+    }
+    return [
+        cloudwatch.MathExpression(expression=expression, using_metrics=using, period=period, label=label)
+        for expression, label in (
+            (ASLEEP_EXPRESSION, ASLEEP_LABEL),
+            (WAKING_EXPRESSION, WAKING_LABEL),
+            (SERVING_EXPRESSION, SERVING_LABEL),
+        )
+    ]

@@ -388,6 +388,40 @@ def test_token_ttl_comes_from_config(tmp_path: Any) -> None:
     )
 
 
+def test_both_handlers_record_demand_for_the_cluster_region_and_serving_zones_with_their_networks(
+    tmp_path: Any,
+) -> None:
+    """Only Local Zones with serving placements: den (c7g) serves CPU, phx (inf2, Neuron not
+    enabled) serves nothing, so its devices' demand would wake nothing."""
+    template = synth_alone(
+        tmp_path,
+        clusterName="edge-demand",
+        localZones=[
+            {"name": "us-west-2-lax-1a", "instanceFamilies": ["g5"], "deviceCidrs": ["203.0.113.0/24"]},
+            {"name": "us-west-2-den-1a", "instanceFamilies": ["c7g"]},
+            {"name": "us-west-2-phx-2a", "instanceFamilies": ["inf2"], "deviceCidrs": ["192.0.2.0/24"]},
+        ],
+        accelerators=["nvidia", "cpu"],
+    )
+    expected = {
+        layout.ENV_DEMAND_CLUSTER: "edge-demand",
+        layout.ENV_DEMAND_REGION: "us-west-2",
+        layout.ENV_DEMAND_ZONES: '{"us-west-2-den-1a":[],"us-west-2-lax-1a":["203.0.113.0/24"]}',
+    }
+    functions = resources(template, "AWS::Lambda::Function").values()
+    found = {
+        f["Properties"]["Handler"]: {k: f["Properties"]["Environment"]["Variables"].get(k) for k in expected}
+        for f in functions
+    }
+    assert found == {"api.handler": expected, "api.token_handler": expected}
+    demand = layout.DeviceDemand.from_env(expected)
+    assert demand is not None and demand.locations("203.0.113.5") == [
+        "us-west-2",
+        "us-west-2-den-1a",
+        "us-west-2-lax-1a",
+    ]
+
+
 def test_publisher_pod_identity_role_may_write_items_of_this_table_only(synth: Any) -> None:
     cluster = synth.template(synth.stacks.cluster)
     associations = [a["Properties"] for a in cluster.find_resources("AWS::EKS::PodIdentityAssociation").values()]

@@ -1,12 +1,14 @@
 """ObservabilityStack: per deployment, a dashboard and alarms per placement on the metrics the runtime
 and Container Insights publish (names and dimensions exactly), an encrypted topic CloudWatch alarms
-may publish to, and the configured email subscriptions."""
+may publish to, and the configured email subscriptions. A placement at minReplicas 0 sleeps by
+design: its alarm is "demanded but not waking", evaluated here on series the way CloudWatch does,
+and the dashboard shows it asleep as a state."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -19,8 +21,11 @@ from runtime.server.metrics import Dimensions
 from stacks.observability import ObservabilityStack
 from stacks.observability.dashboard import NODES_PER_NODEPOOL_NOTE
 from stacks.observability.metrics import (
+    ASLEEP_LABEL,
     CONTAINER_INSIGHTS_NAMESPACE,
     DEVICE_UTILIZATION,
+    SERVING_LABEL,
+    WAKING_LABEL,
     ready_pods_dimensions,
     serving_dimensions,
 )
@@ -43,13 +48,31 @@ VARIANT = {
 }
 
 
+# The same deployment where every placement but the Region's NVIDIA one sleeps when idle (as dev does).
+SLEEPY = {**VARIANT, "serving": {"minReplicas": 0, "placements": {"nvidia": {"minReplicas": 1}}}}
+
+
 @pytest.fixture(scope="module")
 def config() -> AppConfig:
     return load_config({**cdk_json_context(), **VARIANT})
 
 
 @pytest.fixture(scope="module")
+def sleepy_config() -> AppConfig:
+    return load_config({**cdk_json_context(), **SLEEPY})
+
+
+@pytest.fixture(scope="module")
 def template(config: AppConfig) -> dict[str, Any]:
+    return synthesized(config)
+
+
+@pytest.fixture(scope="module")
+def sleepy_template(sleepy_config: AppConfig) -> dict[str, Any]:
+    return synthesized(sleepy_config)
+
+
+def synthesized(config: AppConfig) -> dict[str, Any]:
     """The stack alone, with cdk-nag: a finding fails the synth (ValidationFailed)."""
     import aws_cdk as cdk
     from cdk_nag import AwsSolutionsChecks
@@ -235,6 +258,14 @@ def published_dimension_sets() -> dict[str, set[frozenset[str]]]:
     publisher_data = metric_data([PodCount("s", "nvidia", "us-west-2", 1)], 1, "c")
     for datum in (*server_data, *publisher_data):
         published.setdefault(datum["MetricName"], set()).add(frozenset(x["Name"] for x in datum["Dimensions"]))
+    # The inventory API's demand lines (EMF, as CloudWatch Logs extracts them).
+    from runtime.inventory.api import DeviceDemand
+
+    for doc in DeviceDemand("c", "us-west-2", {"us-west-2-lax-1a": ()}).documents({}, 0.0):
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                for group in directive["Dimensions"]:
+                    published.setdefault(metric["Name"], set()).add(frozenset(group))
     (emf,) = EmfSink(dims).record(interval, 0.0)["_aws"]["CloudWatchMetrics"]
     server = {d["MetricName"] for d in server_data}
     assert {m["Name"] for m in emf["Metrics"]} == server, "both sinks publish the same metrics"
@@ -246,8 +277,12 @@ def published_dimension_sets() -> dict[str, set[frozenset[str]]]:
     return published
 
 
-def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(template: dict[str, Any]) -> None:
+@pytest.mark.parametrize("which", ["template", "sleepy_template"])
+def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(
+    which: str, request: pytest.FixtureRequest
+) -> None:
     """A metric is only found with its exact dimension set: read nothing the runtime does not write."""
+    template = request.getfixturevalue(which)
     published = published_dimension_sets()
     assert {
         contract.METRIC_REQUESTS,
@@ -377,6 +412,209 @@ def test_every_alarm_notifies_the_topic_when_it_fires_and_clears(config: AppConf
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == [topic_ref(template)]
         assert alarm["OKActions"] == [topic_ref(template)]
+
+
+# --- placements at minReplicas 0: demanded but not waking ------------------------------------------
+
+Series = Mapping[str, Sequence[float | None]]  # metric name -> one value per minute (None: no datapoint)
+
+
+class Value:
+    """One datapoint of a metric math series: None is no datapoint, which propagates (CloudWatch
+    aligns series by timestamp, so an operation on a missing point yields none)."""
+
+    def __init__(self, value: float | None) -> None:
+        self.value = value
+
+    def _compare(self, other: float, test: Callable[[float, float], bool]) -> Value:
+        return Value(None if self.value is None else float(test(self.value, other)))
+
+    def __lt__(self, other: float) -> Value:
+        return self._compare(other, lambda a, b: a < b)
+
+    def __gt__(self, other: float) -> Value:
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other: float) -> Value:
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __eq__(self, other: object) -> Value:  # type: ignore[override]
+        return self._compare(float(other), lambda a, b: a == b)  # type: ignore[arg-type]
+
+    def __bool__(self) -> bool:  # AND: a missing or false left side is the result
+        return bool(self.value)
+
+
+def metric_math(expression: str, inputs: Mapping[str, float | None]) -> float | None:
+    """One period of the CloudWatch metric math this stack uses: IF, FILL, AND, comparisons."""
+
+    def fill(value: Value, default: float) -> Value:
+        return value if value.value is not None else Value(default)
+
+    def if_(condition: Value, then: float, otherwise: float) -> Value:
+        return Value(None if condition.value is None else (then if condition.value else otherwise))
+
+    names: dict[str, Any] = {"IF": if_, "FILL": fill, **{k: Value(v) for k, v in inputs.items()}}
+    result = eval(expression.replace(" AND ", " and "), {"__builtins__": {}}, names)
+    return result.value if isinstance(result, Value) else float(result)
+
+
+def aggregate(values: Sequence[float | None], stat: str) -> float | None:
+    assert stat in ("Sum", "Maximum"), stat
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return float(sum(present)) if stat == "Sum" else float(max(present))
+
+
+def alarm_state(alarm: dict[str, Any], minutes: Series) -> str:
+    """ALARM or OK after the last minute of ``minutes``: each of the alarm's evaluation periods
+    (its Period, ending now) aggregated with its statistic, its math applied, compared with the
+    threshold, and a period without a datapoint read as its TreatMissingData says."""
+    if "Metrics" in alarm:
+        stats = {m["Id"]: m["MetricStat"] for m in alarm["Metrics"] if "MetricStat" in m}
+        (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
+        expression = returned.get("Expression", returned["Id"])
+        period_s = {stat["Period"] for stat in stats.values()}.pop()
+    else:
+        stats = {"m": {"Metric": {"MetricName": alarm["MetricName"]}, "Stat": alarm["Statistic"]}}
+        expression, period_s = "m", alarm["Period"]
+    width = period_s // 60
+    length = len(next(iter(minutes.values())))
+    breaching = []
+    for index in range(alarm["EvaluationPeriods"]):
+        end = length - index * width
+        window = range(max(0, end - width), end)
+        inputs = {
+            metric_id: aggregate([minutes[stat["Metric"]["MetricName"]][i] for i in window], stat["Stat"])
+            for metric_id, stat in stats.items()
+        }
+        value = inputs[expression] if expression in inputs else metric_math(expression, inputs)
+        if value is None:
+            breaching.append(alarm["TreatMissingData"] == "breaching")
+            continue
+        threshold = alarm["Threshold"]
+        breaching.append(
+            {
+                "GreaterThanOrEqualToThreshold": value >= threshold,
+                "GreaterThanThreshold": value > threshold,
+                "LessThanThreshold": value < threshold,
+            }[alarm["ComparisonOperator"]]
+        )
+    return "ALARM" if sum(breaching) >= alarm.get("DatapointsToAlarm", alarm["EvaluationPeriods"]) else "OK"
+
+
+def every(minutes: int, value: float | None, each: int = 1) -> list[float | None]:
+    """``value`` in every ``each``-th minute of ``minutes``, no datapoint in the others."""
+    return [value if i % each == 0 else None for i in range(minutes)]
+
+
+DEMAND = contract.METRIC_DEVICE_DEMAND
+READY = contract.METRIC_READY_SERVING_PODS
+
+
+def test_only_placements_at_min_replicas_0_trade_the_no_ready_pod_alarm_for_demanded_not_waking(
+    sleepy_config: AppConfig, sleepy_template: dict[str, Any]
+) -> None:
+    alarms = alarms_by_name(sleepy_template)
+    assert len(alarms) == 4 * len(topology.placements(sleepy_config)) + 1
+    for placement in topology.placements(sleepy_config):
+        location = placement.location.metric_value(sleepy_config)
+        asleep_by_design = sleepy_config.serving.min_replicas_of(placement.node_pool_name) == 0
+        assert asleep_by_design == (placement.node_pool_name != "nvidia")
+        assert (f"edge-obs-{placement.name}-no-ready-pod" in alarms) is not asleep_by_design
+        assert (f"edge-obs-{placement.name}-demanded-not-waking" in alarms) is asleep_by_design
+        if not asleep_by_design:
+            continue
+        alarm = alarms[f"edge-obs-{placement.name}-demanded-not-waking"]
+        assert metric_of(alarm, "demand") == {
+            "namespace": "EdgeDiffusion",
+            "name": DEMAND,
+            "dimensions": {"Cluster": "edge-obs", "Location": location},
+            "stat": "Sum",
+            "period": 900,
+        }
+        assert metric_of(alarm, "ready") == {
+            "namespace": "EdgeDiffusion",
+            "name": READY,
+            "dimensions": ready_pods_dimensions(placement, sleepy_config),
+            "stat": "Maximum",
+            "period": 900,
+        }
+        # Two windows of 15 minutes, each longer than the 445 s cold start; no data is no verdict.
+        assert (alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (2, "notBreaching")
+        assert alarm["AlarmActions"] == [topic_ref(sleepy_template)] == alarm["OKActions"]
+
+
+def test_demanded_not_waking_is_ok_asleep_and_fires_when_demand_finds_no_pod_past_a_cold_start(
+    sleepy_config: AppConfig, sleepy_template: dict[str, Any]
+) -> None:
+    alarms = alarms_by_name(sleepy_template)
+    lax = alarms["edge-obs-stable-diffusion-nvidia-us-west-2-lax-1a-demanded-not-waking"]
+    hour = 60
+    # Asleep, nobody asks: no demand datapoint at all, the publisher reports 0 ready pods.
+    assert alarm_state(lax, {DEMAND: every(hour, None), READY: every(hour, 0)}) == "OK"
+    # Asleep with neither metric (a new deployment, or nothing published yet): no verdict, OK.
+    assert alarm_state(lax, {DEMAND: every(hour, None), READY: every(hour, None)}) == "OK"
+    # Devices ask every 5 minutes for 30 minutes and no pod turns ready: it does not wake.
+    assert alarm_state(lax, {DEMAND: every(30, 1, each=5), READY: every(30, 0)}) == "ALARM"
+    # The same demand, and a pod ready after a cold start of 8 minutes: it woke, no alarm.
+    assert alarm_state(lax, {DEMAND: every(30, 1, each=5), READY: [0.0] * 8 + [1.0] * 22}) == "OK"
+    # Demand only in the last window: the pod has not had a whole window yet.
+    assert alarm_state(lax, {DEMAND: [None] * 20 + every(10, 1, each=5), READY: every(30, 0)}) == "OK"
+    # The publisher down (no ReadyServingPods) while devices ask: not read as no pod (inventory-empty's case).
+    assert alarm_state(lax, {DEMAND: every(30, 1, each=5), READY: every(30, None)}) == "OK"
+    # The alarm it replaces would fire on a placement asleep by design, which is why it is replaced.
+    regional = alarms["edge-obs-stable-diffusion-nvidia-no-ready-pod"]
+    assert alarm_state(regional, {DEMAND: every(hour, None), READY: every(hour, 0)}) == "ALARM"
+
+
+def test_a_placement_at_min_replicas_1_with_no_ready_pod_alarms_as_before(
+    config: AppConfig, template: dict[str, Any], sleepy_template: dict[str, Any]
+) -> None:
+    for alarms in (alarms_by_name(template), alarms_by_name(sleepy_template)):
+        regional = alarms["edge-obs-stable-diffusion-nvidia-no-ready-pod"]
+        assert alarm_state(regional, {READY: every(5, 0)}) == "ALARM"
+        assert alarm_state(regional, {READY: every(5, None)}) == "ALARM"  # the publisher down counts
+        assert alarm_state(regional, {READY: [0.0, 0.0, 1.0, 0.0, 0.0]}) == "OK"
+        assert alarm_state(regional, {READY: every(5, 1)}) == "OK"
+    # Every placement of the always-serving deployment keeps it.
+    assert all(f"edge-obs-{p.name}-no-ready-pod" in alarms_by_name(template) for p in topology.placements(config))
+
+
+def test_the_dashboard_shows_a_sleeping_placement_as_a_state_and_demand_per_location(
+    sleepy_config: AppConfig, sleepy_template: dict[str, Any], template: dict[str, Any]
+) -> None:
+    body = dashboard_body(sleepy_template)
+    graphs = {w["properties"].get("title"): w["properties"] for w in body["widgets"] if w["type"] == "metric"}
+    per_location = graphs["Device demand per location (inventory calls)"]["metrics"]
+    assert [(row[1], row[3], row[5], row[-1]["stat"]) for row in per_location] == [
+        (DEMAND, "edge-obs", location, "Sum")
+        for location in ("us-west-2", "us-west-2-lax-1a", "us-west-2-den-1a")  # every serving location
+    ]
+    states = [
+        w["properties"]["metrics"]
+        for w in body["widgets"]
+        if w["type"] == "metric" and w["properties"]["title"].startswith("State (minReplicas 0")
+    ]
+    sleeping = [p for p in topology.placements(sleepy_config) if p.node_pool_name != "nvidia"]
+    assert len(states) == len(sleeping) == 5
+    for rows in states:
+        labelled = {row[0]["label"]: row[0]["expression"] for row in rows if isinstance(row[0], dict)}
+        assert set(labelled) == {ASLEEP_LABEL, WAKING_LABEL, SERVING_LABEL}
+        assert ASLEEP_LABEL == "asleep (0 pods, by design)"
+        # Asleep is a state: 1 with no pod and no demand, 0 once devices ask or a pod serves.
+        asleep = labelled[ASLEEP_LABEL]
+        assert metric_math(asleep, {"ready": 0, "demand": None}) == 1
+        assert metric_math(asleep, {"ready": 0, "demand": 3}) == 0
+        assert metric_math(asleep, {"ready": 1, "demand": 3}) == 0
+        assert metric_math(labelled[WAKING_LABEL], {"ready": 0, "demand": 3}) == 1
+        assert metric_math(labelled[SERVING_LABEL], {"ready": 2, "demand": None}) == 1
+    # Asleep is never an alarm: the alarm status widget lists no no-ready-pod alarm of a sleeping placement.
+    (status,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    assert len(status["properties"]["alarms"]) == len(alarms_by_name(sleepy_template))
+    # A deployment where everything always serves shows no sleep state.
+    assert not [w for w in dashboard_body(template)["widgets"] if "State (" in w["properties"].get("title", "")]
 
 
 # --- the topic ----------------------------------------------------------------------------------------
