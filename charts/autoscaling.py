@@ -8,7 +8,7 @@ each, read with KEDA's own Pod Identity role:
   attaches (``runtime.server.metrics.Dimensions``), summed over the pods, divided by the
   per-replica target (AverageValue);
 * ``utilization``: Container Insights' device utilization of the placement's pods
-  (:data:`UTILIZATION_METRICS`), averaged over them, against the target percent (Value:
+  (the accelerator table's ``utilization_metric``), averaged over them, against the target percent (Value:
   the HPA scales the current count by value / target);
 * ``latency``: p90 of ``contract.METRIC_INFERENCE_LATENCY_MS`` over the pods (Value).
 
@@ -40,18 +40,6 @@ TRIGGER_TYPE: Final = "aws-cloudwatch"
 # The runtime publishes once per interval; a longer window tolerates one late publish.
 METRIC_PERIOD_S: Final = contract.METRIC_PUBLISH_INTERVAL_S
 DEMAND_TRIGGER: Final = "demand"
-# Container Insights with enhanced observability (the amazon-cloudwatch-observability add-on):
-# per-pod device utilization in percent, published with {ClusterName, Namespace, PodName} where
-# PodName is the owning Kubernetes Deployment's name (stacks/observability/metrics.py cites the
-# agent's source). CPU pods have no accelerator: their CPU utilization (of the node's cores; the
-# pods set no CPU limit) is what saturates, as the dashboard shows it too.
-CONTAINER_INSIGHTS_NAMESPACE: Final = "ContainerInsights"
-CI_DIMENSIONS: Final = ("ClusterName", "Namespace", "PodName")
-UTILIZATION_METRICS: Final[Mapping[str, str]] = {
-    "nvidia": "pod_gpu_utilization",  # NVIDIA DCGM exporter
-    "neuron": "pod_neuroncore_utilization",  # Neuron monitor
-    "cpu": "pod_cpu_utilization",
-}
 
 
 @dataclass(frozen=True)
@@ -142,7 +130,13 @@ def demand_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]
 
 def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
     """Container Insights' dimension values for the pods of ``placement``'s Kubernetes Deployment."""
-    return dict(zip(CI_DIMENSIONS, (config.cluster_name, topology.NAMESPACE, placement.name), strict=True))
+    return dict(
+        zip(
+            contract.CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS,
+            (config.cluster_name, topology.NAMESPACE, placement.name),
+            strict=True,
+        )
+    )
 
 
 def _metadata(
@@ -195,8 +189,8 @@ def trigger_metadata(
             0,
         ),
         SIGNAL_UTILIZATION: (
-            CONTAINER_INSIGHTS_NAMESPACE,
-            UTILIZATION_METRICS[placement.accelerator.name],
+            contract.CONTAINER_INSIGHTS_NAMESPACE,
+            placement.accelerator.utilization_metric,
             workload_dimensions(placement, config),
             "Average",
             serving.utilization_target_percent,

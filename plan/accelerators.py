@@ -55,6 +55,10 @@ class Accelerator:
     # above must fit the smallest of them with the node's DaemonSets (tests/charts/test_capacity.py).
     serving_instance_sizes: tuple[str, ...]
     compile: CompileResources
+    # Container Insights (enhanced observability) metric of its pods' device utilization, percent:
+    # what the dashboard graphs and the `utilization` scaling signal reads. CPU pods have no
+    # accelerator: their CPU utilization is what saturates.
+    utilization_metric: str
 
 
 ACCELERATORS: Final[dict[str, Accelerator]] = {
@@ -96,6 +100,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             compile=CompileResources(
                 cpu_request="6", memory_request="24Gi", instance_sizes=("2xlarge", "4xlarge", "8xlarge")
             ),
+            utilization_metric="pod_gpu_utilization",
         ),
         Accelerator(
             name="neuron",
@@ -124,6 +129,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
                 instance_sizes=("8xlarge", "24xlarge", "48xlarge"),
                 documented_min_memory_gib=128,
             ),
+            utilization_metric="pod_neuroncore_utilization",
         ),
         Accelerator(
             name="cpu",
@@ -143,6 +149,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             serving_instance_sizes=("4xlarge", "8xlarge", "12xlarge", "16xlarge"),
             # Nothing to compile for CPU beyond fetching and saving the pipeline: modest.
             compile=CompileResources(cpu_request="4", memory_request="12Gi", instance_sizes=("4xlarge", "8xlarge")),
+            utilization_metric="pod_cpu_utilization",
         ),
     )
 }

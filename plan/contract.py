@@ -243,6 +243,12 @@ METRIC_SERVER_ERRORS: Final = "ServerErrors"  # 5xx answered
 # (nvidia | neuron | cpu here: the Service label), Location); and the count of live entries.
 METRIC_READY_SERVING_PODS: Final = "ReadyServingPods"
 METRIC_INVENTORY_ENDPOINTS: Final = "InventoryEndpoints"  # dimension Cluster only
+# Container Insights (enhanced observability, the amazon-cloudwatch-observability add-on): what the
+# dashboard and the `utilization` scaling signal read; each accelerator names its device utilization
+# metric (plan.accelerators.Accelerator.utilization_metric). PodName is the owning Kubernetes
+# Deployment's name for its pods (stacks/observability/metrics.py cites the agent's source).
+CONTAINER_INSIGHTS_NAMESPACE: Final = "ContainerInsights"
+CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS: Final = ("ClusterName", "Namespace", "PodName")
 # Device demand, recorded by the inventory API (GET /endpoints and GET /token), one count per call
 # and location the caller would be served from: the Region always, a Local Zone when the caller is
 # one of its devices. It wakes placements at minReplicas 0, whose own pods publish nothing.

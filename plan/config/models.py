@@ -274,7 +274,9 @@ class AppConfig:
         for key in self.serving.placements:
             if key not in keys:
                 reads = ["accelerators", "local_zones", "enable_large_nvidia_instances"]
-                yield refusal("serving.placements", key, f"placements of this deployment: {', '.join(keys)}", reads=reads)
+                yield refusal(
+                    "serving.placements", key, f"placements of this deployment: {', '.join(keys)}", reads=reads
+                )
 
     def _region_services(self) -> Iterator[Refusal]:
         """What only some Regions and this account can give: the ALB's certificate, Bottlerocket's registries."""

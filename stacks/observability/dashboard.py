@@ -24,7 +24,6 @@ from stacks.observability.metrics import (
     CI_REPLICAS_DESIRED,
     CI_REPLICAS_READY,
     CONTAINER_INSIGHTS_NAMESPACE,
-    DEVICE_UTILIZATION,
     demand_locations,
     demand_metric,
     inventory_dimensions,
@@ -209,12 +208,12 @@ class ServingDashboard(Construct):
                 title="Device utilization (%)",
                 left=[
                     workload_metric(
-                        DEVICE_UTILIZATION[placement.accelerator.name],
+                        placement.accelerator.utilization_metric,
                         placement,
                         config,
                         "Average",
                         period,
-                        DEVICE_UTILIZATION[placement.accelerator.name],
+                        placement.accelerator.utilization_metric,
                     )
                 ],
                 width=4,

@@ -38,7 +38,6 @@ Metric sources (names and dimensions exactly as published):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Final
 
 import aws_cdk as cdk
@@ -48,20 +47,13 @@ from plan import contract, topology
 from plan.config import AppConfig
 from plan.topology import Placement
 
-CONTAINER_INSIGHTS_NAMESPACE: Final = "ContainerInsights"
-CI_CLUSTER: Final = "ClusterName"
-CI_NAMESPACE: Final = "Namespace"
-CI_WORKLOAD: Final = "PodName"  # the Kubernetes Deployment's name for its pods (see the module docstring)
+CONTAINER_INSIGHTS_NAMESPACE: Final = contract.CONTAINER_INSIGHTS_NAMESPACE
+# The Kubernetes Deployment's name for its pods is PodName (see the module docstring).
+CI_CLUSTER, CI_NAMESPACE, CI_WORKLOAD = contract.CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS
 CI_REPLICAS_DESIRED: Final = "replicas_desired"
 CI_REPLICAS_READY: Final = "replicas_ready"
 CI_POD_PENDING: Final = "pod_status_pending"  # 1 per pending pod, 0 per other pod, each collection
 CI_CLUSTER_NODES: Final = "cluster_node_count"
-# Device utilization (percent) of a placement's pods, by accelerator (plan.accelerators).
-DEVICE_UTILIZATION: Final[Mapping[str, str]] = {
-    "nvidia": "pod_gpu_utilization",
-    "neuron": "pod_neuroncore_utilization",
-    "cpu": "pod_cpu_utilization",
-}
 
 
 def serving_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from charts.autoscaling import UTILIZATION_METRICS, AutoscalingSettings
+from charts.autoscaling import AutoscalingSettings
 from plan import contract, topology
+from plan.accelerators import ACCELERATORS
 from plan.config import AppConfig
 from plan.deployments import load_plan
 from plan.topology import Placement
-from stacks.observability.metrics import DEVICE_UTILIZATION
 from tests.charts import validate
 from tests.charts.conftest import Rendered, render
 from tests.charts.validate import Tally
@@ -199,7 +199,7 @@ def test_each_signal_renders_its_own_trigger(sleeping: tuple[Rendered, AppConfig
         "neuron": "pod_neuroncore_utilization",
         "cpu": "pod_cpu_utilization",
     }
-    assert UTILIZATION_METRICS == expected_utilization == DEVICE_UTILIZATION  # the dashboard graphs the same
+    assert {name: a.utilization_metric for name, a in ACCELERATORS.items()} == expected_utilization
     for scaled in rendered.of_kind("ScaledObject"):
         placement, triggers = placement_of(scaled, config), by_name(scaled)
         utilization = triggers["utilization"]

@@ -23,7 +23,6 @@ from stacks.observability.dashboard import NODES_PER_NODEPOOL_NOTE
 from stacks.observability.metrics import (
     ASLEEP_LABEL,
     CONTAINER_INSIGHTS_NAMESPACE,
-    DEVICE_UTILIZATION,
     SERVING_LABEL,
     WAKING_LABEL,
     ready_pods_dimensions,
@@ -307,7 +306,11 @@ def test_every_edge_diffusion_metric_read_is_published_with_that_dimension_set(
 
 
 def test_every_accelerator_has_its_device_utilization_metric() -> None:
-    assert set(DEVICE_UTILIZATION) == set(ACCELERATORS)
+    assert {name: a.utilization_metric for name, a in ACCELERATORS.items()} == {
+        "nvidia": "pod_gpu_utilization",
+        "neuron": "pod_neuroncore_utilization",
+        "cpu": "pod_cpu_utilization",
+    }
 
 
 def test_the_dashboard_says_nodes_per_nodepool_have_no_cloudwatch_source(template: dict[str, Any]) -> None:
