@@ -28,7 +28,7 @@ DEPLOYMENT ?= dev
 CONTEXT ?=
 CDK_ARGS = -c deployment=$(DEPLOYMENT) $(CONTEXT)
 # Targets that act on no deployment refuse DEPLOYMENT=... in one line rather than ignore it.
-NO_DEPLOYMENT = $(if $(filter command line environment,$(origin DEPLOYMENT)),$(error make $(or $(firstword $(MAKECMDGOALS)),$@) acts on no deployment: drop DEPLOYMENT=$(DEPLOYMENT) (synth, manifests, diff, preflight, deploy and destroy take it)))
+NO_DEPLOYMENT = $(if $(filter command line environment,$(origin DEPLOYMENT)),$(error make $(or $(firstword $(MAKECMDGOALS)),$@) acts on no deployment: drop DEPLOYMENT=$(DEPLOYMENT) (synth, manifests, diff, preflight, cost, deploy and destroy take it)))
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -90,6 +90,10 @@ fmt: $(STAMP_PY) ## fix what ruff can (imports, format)
 	$(NO_DEPLOYMENT)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+.PHONY: cost
+cost: $(STAMP_PY) ## idle cost per hour and per 30 days of DEPLOYMENT (default dev): as configured, and with each setting that moves it (minReplicas, natGateways, Spot)
+	$(PY) -m plan.costs $(CDK_ARGS)
 
 # Stack names from plan.deployments, whose functions composition names the stacks with:
 # $(call stacks_of,--build-stacks|--workstation-stacks|--stacks). Lowercase names: make exports a
