@@ -1,16 +1,18 @@
-"""On-Demand prices of the serving instance types, dated and sourced, for cost per image.
+"""On-Demand and Spot prices of the serving instance types, dated and sourced, for cost per image.
 
-The table is a snapshot: prices change, so every row carries where it was read and when. A
-deployment overrides any row with config ``onDemandPrices`` (``AppConfig.on_demand_prices``)
-and the breaking-point tool with ``--on-demand-prices`` / ``--price-per-hour``. Standard library
-only and no other ``plan`` import, so the workstation tools in ``runtime.bench`` may read it.
+The tables are snapshots: prices change, so every row carries where it was read and when. A
+deployment overrides any On-Demand row with config ``onDemandPrices`` (``AppConfig.on_demand_prices``)
+and the breaking-point tool with ``--on-demand-prices`` / ``--price-per-hour`` (``--spot-prices``
+for Spot). A type with no recorded Spot price is costed at its On-Demand price, labelled so: a Spot
+price is never estimated from a discount. Standard library only and no other ``plan`` import, so
+the workstation tools in ``runtime.bench`` may read it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 INSTANCE_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9-]+$")  # g5.xlarge, c8g.4xlarge
@@ -27,13 +29,24 @@ class PriceSource:
     as_of: str  # ISO date the source says its data was generated
 
 
+ON_DEMAND: Final = "On-Demand"
+SPOT: Final = "Spot"
+
+
 @dataclass(frozen=True)
 class Price:
     instance_type: str
     usd_per_hour: float
     region: str
-    source: str  # a PriceSource url, or "config onDemandPrices" / "--price-per-hour"
+    source: str  # a PriceSource url, or "config onDemandPrices" / "--price-per-hour" / SPOT_OVERRIDE
     as_of: str = ""
+    purchase: str = ON_DEMAND  # what the price is for: ON_DEMAND or SPOT
+    note: str = ""  # why it is not what was asked for (a Spot price that is the On-Demand one)
+
+    @property
+    def label(self) -> str:
+        """``On-Demand`` or ``Spot``, with the note when there is one."""
+        return f"{self.purchase} ({self.note})" if self.note else self.purchase
 
 
 # Karpenter's AWS provider ships the On-Demand Linux prices it starts with, generated from the
@@ -106,6 +119,18 @@ TABLES: Final[Mapping[str, tuple[PriceSource, Mapping[str, float]]]] = {
 }
 
 
+# Spot prices read from a dated source, by Region: (source, rows) like TABLES. None is recorded: when
+# this was written (2026-12-07) no source with a dated Spot price for these types could be read.
+# The AWS Spot pricing page (https://aws.amazon.com/ec2/spot/pricing/) and the Spot Instance Advisor
+# fill their tables in the browser, so stored copies hold no prices; no stored page, document or
+# repository gave a dated g5, g6, g6e, inf2 or trn1 Spot price. Every row therefore falls back to
+# On-Demand (NO_SPOT_PRICE), until a row read from `aws ec2 describe-spot-price-history` (with its
+# date) is added here or a caller passes the price it pays.
+SPOT_TABLES: Final[Mapping[str, tuple[PriceSource, Mapping[str, float]]]] = {}
+SPOT_OVERRIDE: Final = "Spot price given by the caller"
+NO_SPOT_PRICE: Final = "no recorded Spot price: the On-Demand price"
+
+
 class UnknownPriceError(KeyError):
     """No price for an instance type: the message says how to give one."""
 
@@ -130,6 +155,25 @@ def on_demand_price(instance_type: str, region: str, overrides: Mapping[str, flo
         f"no On-Demand price for {instance_type!r}: set it in onDemandPrices or pass --price-per-hour; "
         f"the table has {', '.join(known)}"
     )
+
+
+def spot_price(
+    instance_type: str,
+    region: str,
+    overrides: Mapping[str, float] | None = None,
+    *,
+    on_demand_overrides: Mapping[str, float] | None = None,
+) -> Price:
+    """The Spot price to cost ``instance_type`` with: an override, a recorded row (the Region's, else the
+    reference Region's), else its On-Demand price labelled ``NO_SPOT_PRICE`` (never a guessed discount)."""
+    if overrides and instance_type in overrides:
+        return Price(instance_type, float(overrides[instance_type]), region, SPOT_OVERRIDE, purchase=SPOT)
+    for table_region in (region, REFERENCE_REGION):
+        if table_region in SPOT_TABLES:
+            source, rows = SPOT_TABLES[table_region]
+            if instance_type in rows:
+                return Price(instance_type, rows[instance_type], source.region, source.url, source.as_of, SPOT)
+    return replace(on_demand_price(instance_type, region, on_demand_overrides), note=NO_SPOT_PRICE)
 
 
 def cost_per_1000_images(usd_per_hour: float, images_per_s: float) -> float:

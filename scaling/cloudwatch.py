@@ -1,8 +1,11 @@
-"""PendingRequests in CloudWatch: what the pods put, and the one value KEDA's query gets back.
+"""Metrics in CloudWatch: what is put, and the one value KEDA's query gets back.
 
-Each pod puts the mean of its per-second pending samples once per publish interval; CloudWatch
-sums the points of a metric period (Sum statistic); KEDA asks for [end - collection, end) with
-``end = (now - endTimeOffset)`` truncated to the period and takes the newest datapoint (ScanBy
+PendingRequests: each pod puts the mean of its per-second pending samples once per publish
+interval; CloudWatch sums the points of a metric period (Sum statistic). Accelerator utilization
+(Container Insights) and DeviceDemand (the inventory API's calls) are read the same way, Sum per
+period. InferenceLatencyMs: each pod puts its requests' latencies, CloudWatch answers the p90 of
+all values in the period. KEDA asks for [end - collection, end) with ``end = (now -
+endTimeOffset)`` truncated to the period and takes the newest datapoint (ScanBy
 TimestampDescending, Values[0]), or minMetricValue 0 when there is none.
 """
 
@@ -33,3 +36,41 @@ class PendingMetric:
             if visible:
                 return sum(visible)
         return 0.0
+
+
+SumMetric = PendingMetric  # utilization and DeviceDemand: the same Sum per period
+
+
+@dataclass
+class PercentileMetric:
+    """Values with weights (latencies and how many requests had them); the query answers their p-th percentile."""
+
+    config: MetricPipeline
+    percentile: float = 90.0
+    points: dict[int, list[tuple[float, float, float]]] = field(default_factory=lambda: defaultdict(list))
+
+    def put(self, timestamp: float, values: list[tuple[float, float]]) -> None:
+        bucket = math.floor(timestamp / self.config.stat_period_s) * self.config.stat_period_s
+        available = timestamp + self.config.ingest_delay_s
+        self.points[bucket].extend((available, v, w) for v, w in values if w > 0)
+
+    def query(self, now: float) -> float:
+        c = self.config
+        end = math.floor((now - c.end_time_offset_s) / c.stat_period_s) * c.stat_period_s
+        start = end - c.collection_time_s
+        for bucket in range(end - c.stat_period_s, start - 1, -c.stat_period_s):
+            visible = sorted((v, w) for available, v, w in self.points.get(bucket, ()) if available <= now)
+            if visible:
+                return weighted_percentile(visible, self.percentile)
+        return 0.0
+
+
+def weighted_percentile(ordered: list[tuple[float, float]], percentile: float) -> float:
+    """The smallest value with at least ``percentile`` % of the weight at or below it (values ascending)."""
+    total = sum(w for _, w in ordered)
+    cut, running = total * percentile / 100, 0.0
+    for value, weight in ordered:
+        running += weight
+        if running >= cut - 1e-12:
+            return value
+    return ordered[-1][0]

@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from scaling.cloudwatch import PendingMetric
+from scaling.cloudwatch import PercentileMetric, SumMetric
 from scaling.hpa import Hpa
-from scaling.loop import Simulation, check
-from scaling.queue import advance, p90_ms
+from scaling.loop import SIGNAL_LATENCY, SIGNAL_PENDING, SIGNAL_UTILIZATION, Simulation, check
+from scaling.queue import Flow, advance, p90_ms
 from scaling.traffic import Trace
+
+# The fluid backlog decays exponentially once arrivals stop; requests are whole, so under half a
+# request left is the last one finishing (the pods then publish 0 pending and KEDA may scale to 0).
+_LAST_REQUEST = 0.5
 
 
 @dataclass(eq=False)
@@ -32,7 +36,9 @@ class _Pod:
     ready_s: float
     node: _Node
     next_publish_s: float | None = None
-    samples: list[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)  # pending per second
+    busy: list[float] = field(default_factory=list)  # device busy % per second
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (p90 ms, requests served) per second
 
 
 @dataclass
@@ -98,74 +104,146 @@ def _on_tick(t: float, period: float, phase: float, dt: float) -> bool:
     return k >= 0 and t - dt / 2 <= phase + k * period < t + dt / 2
 
 
-def run(sim: Simulation, trace: Trace, duration_s: float) -> Result:
-    check(sim)
-    a, pod, dt = sim.autoscaling, sim.pod, sim.dt_s
-    metric = PendingMetric(sim.metrics)
-    hpa = Hpa(a)
-    nodes: list[_Node] = []
-    pods: list[_Pod] = []
-    start = initial_replicas(sim, trace.rate(0.0))
-    for _ in range(start):  # running before t=0: node, image and model in place, publishing from t=0
-        nodes.append(_Node(launched_s=-math.inf, image_at_s=-math.inf))
-        pods.append(_Pod(created_s=-math.inf, ready_s=0.0, node=nodes[-1]))
-    backlog = start_backlog = advance(
-        0.0, trace.rate(0.0), start, pod.images_per_s, pod.concurrency, pod.capacity, 3600.0
-    ).backlog
-    cached = 0.0
-    last_read = 0.0
-    s = Series()
-    node_seconds = 0.0
-    steps = round(duration_s / dt)
-    for i in range(steps):
-        t = i * dt
+class Placement:
+    """One placement's Deployment, its KEDA ScaledObject and HPA, its nodes: advanced one tick at a time.
+
+    ``tick(t, demand)`` runs the order of the module docstring for the demand that reaches the
+    placement's pods; ``record_demand`` counts device demand for its location (the inventory API's
+    DeviceDemand), which is what wakes a placement at 0 pods.
+    """
+
+    def __init__(self, sim: Simulation, start_demand: float, *, asleep: bool = False) -> None:
+        check(sim)
+        self.sim = sim
+        a, pod = sim.autoscaling, sim.pod
+        self.hpa = Hpa(a)
+        self.pending = SumMetric(sim.metrics)
+        self.utilization = SumMetric(sim.metrics)
+        self.latency = PercentileMetric(sim.metrics)
+        self.demand = SumMetric(sim.wake.demand_metric)
+        self.nodes: list[_Node] = []
+        self.pods: list[_Pod] = []
+        start = 0 if asleep else initial_replicas(sim, start_demand)
+        for _ in range(start):  # running before t=0: node, image and model in place, publishing from t=0
+            self.nodes.append(_Node(launched_s=-math.inf, image_at_s=-math.inf))
+            self.pods.append(_Pod(created_s=-math.inf, ready_s=0.0, node=self.nodes[-1]))
+        self.backlog = advance(
+            0.0, start_demand, start, pod.images_per_s, pod.concurrency, pod.capacity, 3600.0
+        ).backlog
+        self.start_backlog = self.backlog
+        self.cached = dict.fromkeys(sim.autoscaling.signals, 0.0)  # minMetricValue until the first poll
+        self.read = dict(self.cached)
+        self.last_active_s = 0.0
+        self.series = Series()
+        self.node_seconds = 0.0
+        self.woken_s: list[float] = []  # when KEDA took it 0 -> 1
+        self.slept_s: list[float] = []  # when KEDA took it to 0
+
+    def record_demand(self, t: float, demand: float) -> None:
+        """Inventory calls in this tick from devices this placement would serve (DeviceDemand, Sum)."""
+        calls = demand * self.sim.dt_s * self.sim.wake.calls_per_image
+        if calls > 0:
+            self.demand.put(t, calls)
+
+    def ready(self, t: float) -> list[_Pod]:
+        return [p for p in self.pods if p.ready_s <= t + 1e-9]
+
+    def _query(self, t: float) -> dict[str, float]:
+        metrics: dict[str, SumMetric | PercentileMetric] = {
+            SIGNAL_PENDING: self.pending,
+            SIGNAL_UTILIZATION: self.utilization,
+            SIGNAL_LATENCY: self.latency,
+        }
+        return {signal: metrics[signal].query(t) for signal in self.sim.autoscaling.signals}
+
+    def tick(self, t: float, demand: float) -> Flow:
+        sim, a, pod, dt = self.sim, self.sim.autoscaling, self.sim.pod, self.sim.dt_s
         drained = 0.0  # the backlog share of pods deleted this tick: they finish it while draining
-        ready = [p for p in pods if p.ready_s <= t + 1e-9]
-        for p in ready:
+        for p in self.ready(t):
             if p.next_publish_s is None:
                 p.next_publish_s = p.ready_s + sim.metrics.publish_interval_s
             while p.next_publish_s <= t + 1e-9:
-                metric.put(p.next_publish_s, sum(p.samples) / len(p.samples) if p.samples else 0.0)
-                p.samples = []
+                at = p.next_publish_s
+                self.pending.put(at, sum(p.samples) / len(p.samples) if p.samples else 0.0)
+                self.utilization.put(at, sum(p.busy) / len(p.busy) if p.busy else 0.0)
+                self.latency.put(at, p.latencies)
+                p.samples, p.busy, p.latencies = [], [], []
                 p.next_publish_s += sim.metrics.publish_interval_s
-        if a.use_cached_metrics and _on_tick(t, a.keda_polling_interval_s, a.poll_phase_s, dt):
-            cached = metric.query(t)
-        if _on_tick(t, a.hpa_sync_s, a.hpa_sync_phase_s, dt):
-            last_read = cached if a.use_cached_metrics else metric.query(t)
-            current = len(pods)
-            wanted = hpa.decide(t, last_read, current)
+        if _on_tick(t, a.keda_polling_interval_s, a.poll_phase_s, dt):
+            self.cached = self._query(t)
+            self._keda(t, self.demand.query(t))
+        if self.pods and _on_tick(t, a.hpa_sync_s, a.hpa_sync_phase_s, dt):  # at 0 replicas the HPA does nothing
+            self.read = self.cached if a.use_cached_metrics else self._query(t)
+            current = len(self.pods)
+            wanted = self.hpa.decide(t, dict(self.read), current)
             if wanted > current:
-                pods.extend(_place(t, nodes, sim) for _ in range(wanted - current))
+                self.pods.extend(_place(t, self.nodes, sim) for _ in range(wanted - current))
             elif wanted < current:
-                remaining = _remove(t, pods, current - wanted, backlog)
-                drained, backlog = backlog - remaining, remaining
-            ready = [p for p in pods if p.ready_s <= t + 1e-9]
-        for n in nodes:
+                remaining = _remove(t, self.pods, current - wanted, self.backlog)
+                drained, self.backlog = self.backlog - remaining, remaining
+        for n in self.nodes:
             idle = n.empty_since_s is not None and t - n.empty_since_s >= sim.nodes.consolidate_after_s - 1e-9
             if not n.busy and n.removed_s is None and idle:
                 n.removed_s = t
-        demand = trace.rate(t)
+        ready = self.ready(t)
         r = len(ready)
-        per_pod_before = backlog / r if r else 0.0
-        flow = advance(backlog, demand, r, pod.images_per_s, pod.concurrency, pod.capacity, dt)
-        backlog = flow.backlog
-        per_pod = backlog / r if r else 0.0
+        per_pod_before = self.backlog / r if r else 0.0
+        flow = advance(self.backlog, demand, r, pod.images_per_s, pod.concurrency, pod.capacity, dt)
+        if demand <= 0 and 0 < flow.backlog < _LAST_REQUEST:  # whole requests: the last one finishes, no tail
+            flow = Flow(0.0, flow.served + flow.backlog, flow.refused)
+        self.backlog = flow.backlog
+        per_pod = self.backlog / r if r else 0.0
+        worst = max(per_pod_before, per_pod)
+        p90 = p90_ms(worst, pod.p90_ms, pod.concurrency, pod.images_per_s) if r else math.inf
+        busy = 100.0 * min(1.0, flow.served / (r * pod.images_per_s * dt)) if r else 0.0
         for p in ready:
             p.samples.append(per_pod)
-        live_nodes = sum(1 for n in nodes if n.removed_s is None)
-        node_seconds += live_nodes * dt
+            p.busy.append(busy)
+            p.latencies.append((p90, flow.served / r))
+        live_nodes = sum(1 for n in self.nodes if n.removed_s is None)
+        self.node_seconds += live_nodes * dt
+        s = self.series
         s.t.append(t)
         s.demand.append(demand)
-        s.replicas.append(len(pods))
+        s.replicas.append(len(self.pods))
         s.ready.append(r)
-        s.backlog.append(backlog)
-        worst = max(per_pod_before, per_pod)
-        s.p90_ms.append(p90_ms(worst, pod.p90_ms, pod.concurrency, pod.images_per_s) if r else math.inf)
+        s.backlog.append(self.backlog)
+        s.p90_ms.append(p90)
         s.served.append((flow.served + drained) / dt)
         s.refused.append(flow.refused / dt)
-        s.metric.append(last_read)
+        s.metric.append(next(iter(self.read.values()), 0.0))
         s.nodes.append(live_nodes)
-    return Result(trace.name, s, _absorptions(sim, trace, s, duration_s), node_seconds, start_backlog)
+        return flow
+
+    def _keda(self, t: float, demand: float) -> None:
+        """KEDA's own 0 <-> 1 at a poll (minReplicaCount 0 only): activation is any trigger's value > 0."""
+        a = self.sim.autoscaling
+        if a.min_replicas > 0:
+            return
+        active = demand > 0 or any(v > 0 for v in self.cached.values())
+        if active:
+            self.last_active_s = t
+            if not self.pods:
+                self.pods.append(_place(t, self.nodes, self.sim))
+                self.woken_s.append(t)
+        elif self.pods and t - self.last_active_s >= a.scale_to_zero_after_s - 1e-9:
+            self.backlog = _remove(t, self.pods, len(self.pods), self.backlog)
+            self.slept_s.append(t)
+
+
+def run(sim: Simulation, trace: Trace, duration_s: float) -> Result:
+    """One placement serving ``trace``; at minReplicas 0 it starts asleep when the trace starts at 0."""
+    start = trace.rate(0.0)
+    placement = Placement(sim, start, asleep=sim.autoscaling.min_replicas == 0 and start <= 0)
+    for i in range(round(duration_s / sim.dt_s)):
+        t = i * sim.dt_s
+        demand = trace.rate(t)
+        placement.record_demand(t, demand)
+        placement.tick(t, demand)
+    s = placement.series
+    return Result(
+        trace.name, s, _absorptions(sim, trace, s, duration_s), placement.node_seconds, placement.start_backlog
+    )
 
 
 def _place(t: float, nodes: list[_Node], sim: Simulation) -> _Pod:

@@ -9,6 +9,7 @@ stabilizeRecommendationWithBehaviors, convertDesiredReplicasWithBehaviorRate).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scaling.loop import Autoscaling, HpaRules
@@ -21,16 +22,25 @@ class Hpa:
     scale_up_events: list[tuple[float, int]] = field(default_factory=list)
     scale_down_events: list[tuple[float, int]] = field(default_factory=list)
 
-    def metric_replicas(self, metric: float, current: int) -> int:
-        """Replicas the metric asks for (External, AverageValue: the sum over the target)."""
-        target = self.config.target_pending_per_replica
+    def metric_replicas(self, metric: float, current: int, target: float | None = None) -> int:
+        """Replicas one metric asks for (External, AverageValue: the metric over the target; pending by default)."""
+        target = float(self.config.target_pending_per_replica) if target is None else target
         if current > 0 and abs(1.0 - metric / (target * current)) <= self.config.tolerance:
             return current
         return math.ceil(metric / target - 1e-9)
 
-    def decide(self, now: float, metric: float, current: int) -> int:
-        """The replica count the HPA sets at this sync (records what its next syncs remember)."""
-        desired = self.metric_replicas(metric, current)
+    def desired_of(self, readings: Mapping[str, float], current: int) -> int:
+        """Several triggers: each metric's own count (its tolerance too), the HPA takes the largest."""
+        return max(self.metric_replicas(v, current, self.config.target_of(signal)) for signal, v in readings.items())
+
+    def decide(self, now: float, metric: float | Mapping[str, float], current: int) -> int:
+        """The replica count the HPA sets at this sync (records what its next syncs remember).
+
+        ``metric``: the pending value, or one reading per signal (the triggers of the ScaledObject).
+        """
+        desired = (
+            self.desired_of(metric, current) if isinstance(metric, Mapping) else self.metric_replicas(metric, current)
+        )
         up_cut = now - self.config.scale_up.stabilization_window_s
         down_cut = now - self.config.scale_down.stabilization_window_s
         up, down = desired, desired
@@ -76,6 +86,7 @@ class Hpa:
             allowed = min(c.max_replicas, max(current, self._limit(c.scale_up, now, current, up=True)))
             return min(desired, allowed)
         if desired < current:
-            allowed = max(c.min_replicas, min(current, self._limit(c.scale_down, now, current, up=False)))
+            # KEDA renders the HPA's minReplicas as at least 1: only KEDA itself takes a placement to 0.
+            allowed = max(max(1, c.min_replicas), min(current, self._limit(c.scale_down, now, current, up=False)))
             return max(desired, allowed)
         return min(max(desired, c.min_replicas), c.max_replicas)

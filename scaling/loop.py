@@ -16,7 +16,13 @@ from typing import Any, Final, Literal
 
 from plan import contract
 from plan.config import ServingConfig
-from plan.config.sections import MAX_STABILIZATION_WINDOW_S  # the HPA API's limit, one home
+from plan.config.sections import (  # the HPA API's limit and the signal names, one home each
+    MAX_STABILIZATION_WINDOW_S,
+    SIGNAL_LATENCY,
+    SIGNAL_PENDING,
+    SIGNAL_UTILIZATION,
+    SIGNALS,
+)
 
 PolicyKind = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
@@ -73,6 +79,20 @@ class Autoscaling:
     # The window is serving.scaleDownWindowSeconds: the chart renders it as the HPA's
     # scaleDown.stabilizationWindowSeconds (KEDA's own cooldownPeriod acts only at 0 replicas).
     scale_down: HpaRules = HpaRules(ServingConfig.scale_down_window_s, RENDERED_SCALE_DOWN_POLICIES, "Max")
+    # What the ScaledObject's triggers read (serving.signals); the HPA takes the most replicas any asks for.
+    signals: tuple[str, ...] = ServingConfig.signals
+    utilization_target_percent: int = ServingConfig.utilization_target_percent  # per pod, AverageValue
+    latency_target_ms: int = ServingConfig.latency_target_ms  # AverageValue of the pods' p90
+    # KEDA's cooldownPeriod for a placement at minReplicas 0: no trigger active for this long -> 0 pods.
+    scale_to_zero_after_s: int = ServingConfig.scale_to_zero_after_s
+
+    def target_of(self, signal: str) -> float:
+        """The trigger's AverageValue target: desired replicas are ceil(metric / target)."""
+        return {
+            SIGNAL_PENDING: float(self.target_pending_per_replica),
+            SIGNAL_UTILIZATION: float(self.utilization_target_percent),
+            SIGNAL_LATENCY: float(self.latency_target_ms),
+        }[signal]
 
     @property
     def poll_phase_s(self) -> float:
@@ -90,6 +110,44 @@ class MetricPipeline:
     # Time from PutMetricData until GetMetricData returns the point. Not published by AWS: assumed
     # shorter than the end-time offset, which then hides it (0 here).
     ingest_delay_s: int = 0
+
+
+# How often the inventory publisher (runtime.inventory, EDGE_DIFFUSION_INVENTORY_INTERVAL_S) lists
+# ready pods: tests/scaling/test_loop.py compares it with the publisher's default.
+INVENTORY_HEARTBEAT_S: Final = 15.0
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A placement at minReplicas 0: what wakes it and how its devices are served meanwhile.
+
+    Devices call the inventory API before every use; it records DeviceDemand (Sum, 60 s) for each
+    location that would serve the caller, as Embedded Metric Format lines in its log. KEDA's
+    ``demand`` trigger reads it every polling interval and takes the placement 0 -> 1 itself when
+    the value is > 0 (activation); then the cold-start chain, the publisher's next heartbeat lists
+    the ready pod, and the device's next inventory read sends it there.
+    """
+
+    # The demand trigger reads the newest whole minute (metricEndTimeOffset 0: activation needs one
+    # call, not a settled sum). EMF lines become metric points after the Lambda's log is delivered
+    # and extracted: not published by AWS; estimated at 60 s.
+    demand_metric: MetricPipeline = field(
+        default_factory=lambda: MetricPipeline(end_time_offset_s=0, ingest_delay_s=60)
+    )
+    calls_per_image: float = 1.0  # the client reads the inventory (and records demand) before each request
+    heartbeat_s: float = INVENTORY_HEARTBEAT_S
+    heartbeat_phase_s: float | None = None  # None: half the heartbeat (nothing aligns it)
+    # The client reads the inventory before every request (runtime/client): a listed pod gets the
+    # next request. Longer if an app caches the inventory.
+    client_read_s: float = 0.0
+    # Extra time per request for a device near a sleeping Local Zone served by the Region: the longer
+    # network path (connect, TLS, request and answer): an estimate for a metro device and a Region
+    # ~1,000 km away; measure yours with the client's timings.
+    region_extra_latency_ms: float = 60.0
+
+    @property
+    def phase_s(self) -> float:
+        return self.heartbeat_s / 2 if self.heartbeat_phase_s is None else self.heartbeat_phase_s
 
 
 @dataclass(frozen=True)
@@ -154,6 +212,7 @@ class Simulation:
     cold_start: ColdStart = field(default_factory=ColdStart)
     pod: PodProfile = field(default_factory=PodProfile)
     nodes: Nodes = field(default_factory=Nodes)
+    wake: Wake = field(default_factory=Wake)
     slo_p90_ms: float | None = None  # None: the pod's p90 at its sustainable concurrency
     dt_s: float = 1.0
 
@@ -169,7 +228,7 @@ class SimulationError(ValueError):
 def check(sim: Simulation) -> None:
     a, p = sim.autoscaling, sim.pod
     rules: list[tuple[str, object, bool, str]] = [
-        ("minReplicas", a.min_replicas, a.min_replicas >= 1, "an integer >= 1 (the pods publish the metric)"),
+        ("minReplicas", a.min_replicas, a.min_replicas >= 0, "an integer >= 0 (0: device demand wakes it)"),
         ("maxReplicas", a.max_replicas, a.max_replicas >= a.min_replicas, "an integer >= minReplicas"),
         ("targetPendingPerReplica", a.target_pending_per_replica, a.target_pending_per_replica >= 1, ">= 1"),
         ("kedaPollingIntervalSeconds", a.keda_polling_interval_s, a.keda_polling_interval_s >= 1, ">= 1"),
@@ -179,6 +238,10 @@ def check(sim: Simulation) -> None:
             0 <= a.scale_down.stabilization_window_s <= MAX_STABILIZATION_WINDOW_S,
             f"0 to {MAX_STABILIZATION_WINDOW_S} (the HPA's scale-down stabilization window)",
         ),
+        ("signals", ",".join(a.signals), bool(a.signals) and set(a.signals) <= set(SIGNALS), ", ".join(SIGNALS)),
+        ("utilizationTargetPercent", a.utilization_target_percent, 0 < a.utilization_target_percent <= 100, "1-100"),
+        ("latencyTargetMs", a.latency_target_ms, a.latency_target_ms > 0, "> 0"),
+        ("scaleToZeroAfterSeconds", a.scale_to_zero_after_s, a.scale_to_zero_after_s >= 0, ">= 0"),
         ("pod images/s", p.images_per_s, p.images_per_s > 0, "> 0"),
         ("pod concurrency", p.concurrency, 0 < p.concurrency <= p.capacity, f"> 0 and <= queue + batch ({p.capacity})"),
         ("dt", sim.dt_s, sim.dt_s > 0, "> 0 seconds"),

@@ -89,3 +89,35 @@ class FlashCrowd:
 
 
 TRACE_KINDS: Final = ("step", "ramp", "cosine", "flash")
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """Demand only between ``start_s`` and ``end_s`` (devices near a Local Zone during working hours)."""
+
+    rate_during: float
+    start_s: float
+    end_s: float
+    base: float = 0.0
+    name: str = "pulse"
+
+    def rate(self, t: float) -> float:
+        return self.rate_during if self.start_s <= t < self.end_s else self.base
+
+    def changes(self) -> tuple[float, ...]:
+        return (self.start_s,)
+
+
+@dataclass(frozen=True)
+class Pulses:
+    """Demand in several windows, none between (a Local Zone's devices used now and then)."""
+
+    rate_during: float
+    windows: tuple[tuple[float, float], ...]  # (start_s, end_s), ascending
+    name: str = "pulses"
+
+    def rate(self, t: float) -> float:
+        return self.rate_during if any(start <= t < end for start, end in self.windows) else 0.0
+
+    def changes(self) -> tuple[float, ...]:
+        return tuple(start for start, _ in self.windows)

@@ -5,7 +5,7 @@ load (1, 2, 3, ... clients, each sending its next request when the last one answ
 time per step until the p90 latency passes the SLO or a request fails. The last step within the
 SLO is the sustainable load: divided by the pods behind the URL it is the pending requests (queued
 plus in flight) one pod holds at the SLO, which is what ``serving.targetPendingPerReplica`` means
-to KEDA; its images/s priced per instance hour is the cost per 1,000 images.
+to KEDA; its images/s priced per instance hour is the cost per 1,000 images, On-Demand and Spot.
 
 Workstation tool: it is not in the serving image and reads prices from ``plan.prices``.
 """
@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -109,6 +109,14 @@ class BreakingPointSettings(ProgramSettings):
     price_per_hour: float | None = setting(
         flag="--price-per-hour", default=None, ge=0, unit="USD", help="price of the one --instance-type"
     )
+    spot_prices: Mapping[str, float] = setting(
+        flag="--spot-prices",
+        default_factory=dict,
+        parse=_price_map,
+        check=_are_prices,
+        allowed=PRICES_ALLOWED.replace("onDemandPrices config key", "Spot price you pay"),
+        help="Spot prices (plan.prices records none with a source: without one Spot is costed at On-Demand)",
+    )
     json_out: Path | None = setting(flag="--json", default=None, help="also write the result as JSON here")
 
     def check(self) -> None:
@@ -179,8 +187,10 @@ def costs(
     overrides: Mapping[str, float],
     price_per_hour: float | None,
     pods_per_instance: int,
+    spot_overrides: Mapping[str, float] | None = None,
 ) -> list[Cost]:
-    """Cost per 1,000 images of each instance type at the sustainable images/s of one pod."""
+    """Cost per 1,000 images of each instance type at the sustainable images/s of one pod: On-Demand,
+    then Spot (the On-Demand price, labelled, where no Spot price is recorded or given)."""
     per_instance = result.images_per_s_per_pod * pods_per_instance
     out = []
     for instance_type in instance_types:
@@ -188,7 +198,13 @@ def costs(
             price = prices.Price(instance_type, price_per_hour, region, "--price-per-hour")
         else:
             price = prices.on_demand_price(instance_type, region, overrides)
-        out.append(Cost(price, prices.cost_per_1000_images(price.usd_per_hour, per_instance)))
+        spot = prices.spot_price(
+            instance_type, region, spot_overrides, on_demand_overrides={**overrides, instance_type: price.usd_per_hour}
+        )
+        if spot.purchase == prices.ON_DEMAND:  # the fallback: the On-Demand price and its origin
+            spot = replace(price, note=prices.NO_SPOT_PRICE)
+        for row in (price, spot):
+            out.append(Cost(row, prices.cost_per_1000_images(row.usd_per_hour, per_instance)))
     return out
 
 
@@ -383,9 +399,11 @@ def summary(result: Verdict, slo_p90_ms: float, cost_rows: Sequence[Cost], regio
     for c in cost_rows:
         origin = c.price.source + (f", {c.price.as_of}" if c.price.as_of else "")
         fallback = f" (no cited {region} table: {c.price.region} price)" if c.price.region != region else ""
+        spot = bool(c.price.note) or c.price.purchase == prices.SPOT
+        priced_as = f" ({c.price.note or prices.SPOT})" if spot else ""
         lines.append(
-            f"cost: {c.price.instance_type} at {c.price.usd_per_hour:.4f} USD/h{fallback} -> "
-            f"{c.usd_per_1000_images:.4f} USD per 1,000 images [{origin}]"
+            f"{'spot cost' if spot else 'cost'}: {c.price.instance_type} at {c.price.usd_per_hour:.4f} USD/h"
+            f"{priced_as}{fallback} -> {c.usd_per_1000_images:.4f} USD per 1,000 images [{origin}]"
         )
     return lines
 
@@ -407,7 +425,8 @@ def to_json(result: Verdict, steps: Sequence[LevelResult], slo_p90_ms: float, co
         "target_pending_per_replica": result.target_pending_per_replica if result.sustainable else None,
         "costs": [
             {"instance_type": c.price.instance_type, "usd_per_hour": c.price.usd_per_hour, "region": c.price.region}
-            | {"source": c.price.source, "usd_per_1000_images": c.usd_per_1000_images}
+            | {"source": c.price.source, "as_of": c.price.as_of, "usd_per_1000_images": c.usd_per_1000_images}
+            | {"purchase": prices.SPOT if c.price.note else c.price.purchase, "priced_as": c.price.label}
             for c in cost_rows
         ],
     }
@@ -461,6 +480,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
             overrides=args.on_demand_prices,
             price_per_hour=args.price_per_hour,
             pods_per_instance=args.pods_per_instance,
+            spot_overrides=args.spot_prices,
         )
         if result.sustainable
         else []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scaling.cloudwatch import PendingMetric
+from scaling.cloudwatch import PendingMetric, PercentileMetric, weighted_percentile
 from scaling.loop import MetricPipeline
 
 
@@ -30,3 +30,13 @@ def test_ingest_delay_hides_a_point_until_it_is_available() -> None:
     m.put(100.0, 4.0)
     assert m.query(180.0) == 0.0
     assert m.query(190.0) == 4.0
+
+
+def test_latency_is_the_weighted_p90_of_the_newest_period() -> None:
+    m = PercentileMetric(MetricPipeline())
+    # Two pods in [60, 120): 80 requests at 1 s, 20 at 9 s -> 90 % of the weight is reached at 9 s.
+    m.put(60.0, [(1000.0, 50.0), (9000.0, 10.0)])
+    m.put(90.0, [(1000.0, 30.0), (9000.0, 10.0), (5000.0, 0.0)])  # no requests at 5 s: not a value
+    assert m.query(179.0) == 0.0
+    assert m.query(180.0) == 9000.0
+    assert weighted_percentile([(1000.0, 90.0), (9000.0, 10.0)], 90.0) == 1000.0  # exactly 90 % at 1 s

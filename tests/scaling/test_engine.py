@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from scaling.engine import _Node, _place, initial_replicas, run
+from scaling.engine import Placement, _Node, _place, initial_replicas, run
 from scaling.loop import Autoscaling, ColdStart, PodProfile, Simulation
-from scaling.traffic import Cosine, FlashCrowd, Ramp, Step
+from scaling.traffic import Cosine, FlashCrowd, Pulse, Ramp, Step
 
 INSTANT = ColdStart(
     karpenter_decision_s=0, node_launch_s=0, image_pull_s=0, image_pull_from_snapshot_s=0, model_load_s=0, warmup_s=0
@@ -95,3 +95,51 @@ def test_every_request_is_served_refused_or_still_pending(trace: Ramp | FlashCro
     pending_change = s.backlog[-1] - result.start_backlog
     assert sum(s.demand) == pytest.approx(sum(s.served) + sum(s.refused) + pending_change)
     assert max(s.ready) <= ALIGNED.max_replicas
+
+
+def asleep(**changes: Any) -> Simulation:
+    return sim(autoscaling=replace(ALIGNED, min_replicas=0, **changes))
+
+
+def test_demand_wakes_a_placement_at_zero_and_it_sleeps_after_the_cooldown() -> None:
+    # DeviceDemand from t=600 lands in [600, 660), reaches CloudWatch 60 s later; the demand trigger reads
+    # the newest whole minute (end offset 0), so the poll at 667.5 (tick 668) sees it: 0 -> 1 there.
+    trace = Pulse(1.0, 600.0, 1200.0)
+    placement = Placement(asleep(), 0.0, asleep=True)
+    for t in range(3600):
+        placement.record_demand(float(t), trace.rate(t))
+        placement.tick(float(t), trace.rate(t))
+    s = placement.series
+    assert placement.woken_s == [668.0]
+    assert s.ready[667] == 0 and s.ready[668] == 1  # the cold start is instant here
+    assert sum(s.refused[600:668]) == pytest.approx(68.0)  # no pod: every request of those 68 s refused
+    # Last demand in [1140, 1200): the newest datapoint until t=1380, active at the poll of 1367.5; the
+    # cooldown (900 s) has passed at the first poll after 2268: 2272.5 (tick 2273).
+    assert placement.slept_s == [2273.0]
+    assert s.replicas[2272] == 1 and s.replicas[2273] == 0
+    (node,) = placement.nodes
+    assert node.removed_s == 2273.0 + 600.0  # Karpenter consolidates the empty node after 10 min
+
+
+def test_a_placement_at_zero_with_no_demand_costs_nothing() -> None:
+    result = run(asleep(), Pulse(1.0, 7200.0, 7300.0), 3600.0)
+    assert result.node_seconds == 0 and max(result.series.replicas) == 0
+
+
+def test_utilization_saturates_so_it_asks_for_at_most_double_per_round() -> None:
+    step = Step(1.0, 8.0, 600.0)  # one pod (2 images/s) holds 1/s; 8/s needs 4
+    by_pending = run(sim(), step, 1800.0).series.replicas
+    by_util = run(
+        sim(autoscaling=replace(ALIGNED, signals=("utilization",), utilization_target_percent=50)), step, 1800.0
+    )
+    first_rise = next(n for n in by_util.series.replicas if n > 1)
+    assert first_rise == 2  # one saturated pod reads 100 %: ceil(100 / 50)
+    assert next(n for n in by_pending if n > 1) >= 4  # the queue shows the whole shortfall at once
+
+
+@pytest.mark.parametrize(("target_ms", "pods"), [(800, 2), (1200, 1)])
+def test_a_latency_target_under_the_flat_p90_keeps_extra_pods_whatever_the_load(target_ms: int, pods: int) -> None:
+    # Below its sustainable concurrency the pod's p90 is flat (1000 ms here): ceil(1000 / target) pods.
+    a = replace(ALIGNED, signals=("latency",), latency_target_ms=target_ms)
+    result = run(sim(autoscaling=a), Step(0.5, 1.0, 600.0), 1800.0)
+    assert result.series.replicas[-1] == pods

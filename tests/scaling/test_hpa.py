@@ -61,3 +61,16 @@ def test_scale_down_policies_limit_the_step() -> None:
 def test_min_replicas_floor() -> None:
     h = hpa(min_replicas=2, scale_down=HpaRules(0, (HpaPolicy("Percent", 100, 15),)))
     assert h.decide(0.0, 0.0, 5) == 2
+
+
+def test_several_triggers_the_largest_count_wins_each_with_its_own_target() -> None:
+    h = Hpa(replace(Autoscaling(), target_pending_per_replica=4, utilization_target_percent=50, latency_target_ms=4000))
+    # pending 4 -> 1; utilization 150 (three pods at 50 %) -> 3; latency 9000 -> ceil(9000 / 4000) = 3
+    assert h.desired_of({"pending": 4.0, "utilization": 150.0}, 1) == 3
+    assert h.desired_of({"pending": 20.0, "latency": 9000.0}, 1) == 5
+    assert h.desired_of({"utilization": 100.0}, 2) == 2  # ratio 100 / (50 * 2) = 1: within the tolerance
+
+
+def test_the_hpa_never_takes_a_placement_at_min_0_below_one_pod() -> None:
+    h = Hpa(replace(Autoscaling(), min_replicas=0, scale_down=HpaRules(0, (HpaPolicy("Percent", 100, 15),))))
+    assert h.decide(0.0, 0.0, 3) == 1  # only KEDA takes it to 0

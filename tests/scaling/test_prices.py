@@ -40,3 +40,25 @@ def test_overrides_win_and_a_region_without_a_table_says_whose_price_it_uses() -
     assert (fallback.region, fallback.usd_per_hour) == (prices.REFERENCE_REGION, 1.006)
     with pytest.raises(prices.UnknownPriceError, match=r"'x9\.huge'.*onDemandPrices"):
         prices.on_demand_price("x9.huge", "us-east-1")
+
+
+def test_spot_without_a_recorded_price_is_the_on_demand_price_labelled() -> None:
+    spot = prices.spot_price("g5.xlarge", "us-west-2")
+    on_demand = prices.on_demand_price("g5.xlarge", "us-west-2")
+    assert (spot.usd_per_hour, spot.source, spot.as_of) == (on_demand.usd_per_hour, on_demand.source, on_demand.as_of)
+    assert spot.purchase == prices.ON_DEMAND and spot.note == prices.NO_SPOT_PRICE
+    assert spot.label == f"On-Demand ({prices.NO_SPOT_PRICE})"
+    # The deployment's On-Demand override carries into the fallback; unknown types are refused as for On-Demand.
+    assert prices.spot_price("g5.xlarge", "us-west-2", on_demand_overrides={"g5.xlarge": 1.5}).usd_per_hour == 1.5
+    with pytest.raises(prices.UnknownPriceError, match=r"'x9\.huge'"):
+        prices.spot_price("x9.huge", "us-east-1")
+
+
+def test_a_given_spot_price_wins_and_is_labelled_spot() -> None:
+    spot = prices.spot_price("g5.xlarge", "us-east-1", {"g5.xlarge": 0.4})
+    assert (spot.usd_per_hour, spot.purchase, spot.source, spot.label) == (
+        0.4,
+        prices.SPOT,
+        prices.SPOT_OVERRIDE,
+        "Spot",
+    )

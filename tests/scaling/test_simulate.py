@@ -23,7 +23,7 @@ def test_the_default_run_writes_the_table_and_the_png(tmp_path: Path, capsys: py
     png = (tmp_path / "images" / "scaling-simulation.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     for r in RECOMMENDED:
-        assert f"`{r.key}` = {r.value}" in text
+        assert f"`{r.key}` = {r.shown}" in text
     rows = [line for line in text.splitlines() if line.startswith("| 10x step |")]
     labels = ["previous defaults", "defaults", "defaults + snapshot"]
     assert [row.split(" | ")[1] for row in rows] == labels

@@ -59,22 +59,47 @@ def test_target_leaves_the_hpa_tolerance_below_the_sustainable_concurrency(
 
 def test_cost_per_1000_images_by_hand() -> None:
     v = bp.Verdict(level(2, 100, images=16, seconds=10.0), None, pods=2)  # 1.6 images/s, 0.8 per pod
-    (table,) = bp.costs(v, ["g5.xlarge"], region="us-east-1", overrides={}, price_per_hour=None, pods_per_instance=1)
+    table, _ = bp.costs(v, ["g5.xlarge"], region="us-east-1", overrides={}, price_per_hour=None, pods_per_instance=1)
     assert table.usd_per_1000_images == pytest.approx(1.006 / (0.8 * 3600) * 1000)
     assert table.price.source == prices.TABLES["us-east-1"][0].url
-    (given,) = bp.costs(v, ["g5.xlarge"], region="us-west-2", overrides={}, price_per_hour=2.0, pods_per_instance=2)
+    given, _ = bp.costs(v, ["g5.xlarge"], region="us-west-2", overrides={}, price_per_hour=2.0, pods_per_instance=2)
     assert given.usd_per_1000_images == pytest.approx(2.0 / (1.6 * 3600) * 1000)
-    (override,) = bp.costs(
+    override, _ = bp.costs(
         v, ["g6.xlarge"], region="us-west-2", overrides={"g6.xlarge": 0.9}, price_per_hour=None, pods_per_instance=1
     )
     assert override.price.usd_per_hour == 0.9 and override.price.source == "config onDemandPrices"
 
 
+def test_spot_is_costed_beside_on_demand_and_labelled_when_no_spot_price_is_recorded() -> None:
+    v = bp.Verdict(level(2, 100, images=16, seconds=10.0), None, pods=2)  # 0.8 images/s per pod
+    on_demand, spot = bp.costs(
+        v, ["g5.xlarge"], region="us-east-1", overrides={}, price_per_hour=None, pods_per_instance=1
+    )
+    assert (spot.price.usd_per_hour, spot.price.source) == (on_demand.price.usd_per_hour, on_demand.price.source)
+    assert spot.price.note == prices.NO_SPOT_PRICE
+    _, given = bp.costs(v, ["g5.xlarge"], region="us-east-1", overrides={}, price_per_hour=2.0, pods_per_instance=1)
+    assert given.price.usd_per_hour == 2.0 and given.price.source == "--price-per-hour"  # falls back to what was given
+    _, paid = bp.costs(
+        v,
+        ["g5.xlarge"],
+        region="us-east-1",
+        overrides={},
+        price_per_hour=None,
+        pods_per_instance=1,
+        spot_overrides={"g5.xlarge": 0.36},
+    )
+    assert paid.price.purchase == prices.SPOT and paid.usd_per_1000_images == pytest.approx(0.36 / (0.8 * 3.6))
+    lines = [x for x in bp.summary(v, 250, [on_demand, spot, paid], "us-east-1") if "cost:" in x]
+    assert lines[0].startswith("cost: g5.xlarge at 1.0060 USD/h ->")
+    assert lines[1].startswith(f"spot cost: g5.xlarge at 1.0060 USD/h ({prices.NO_SPOT_PRICE}) ->")
+    assert lines[2].startswith("spot cost: g5.xlarge at 0.3600 USD/h (Spot) ->")
+
+
 def test_a_region_without_its_own_table_is_labelled() -> None:
     v = bp.Verdict(level(2, 100), None, pods=1)
     rows = bp.costs(v, ["inf2.xlarge"], region="us-west-2", overrides={}, price_per_hour=None, pods_per_instance=1)
-    (line,) = [x for x in bp.summary(v, 250, rows, "us-west-2") if x.startswith("cost:")]
-    assert "(no cited us-west-2 table: us-east-1 price)" in line
+    lines = [x for x in bp.summary(v, 250, rows, "us-west-2") if "cost:" in x]
+    assert len(lines) == 2 and all("(no cited us-west-2 table: us-east-1 price)" in line for line in lines)
 
 
 # --- refusals ------------------------------------------------------------------------------
@@ -99,6 +124,7 @@ def test_a_region_without_its_own_table_is_labelled() -> None:
         ),
         (["--url", "http://h", "--slo-p90-ms", "9", "--instance-type", "x9.huge"], "no On-Demand price for 'x9.huge'"),
         (["--url", "http://h", "--slo-p90-ms", "9", "--on-demand-prices", "[1]"], "not a JSON object"),
+        (["--url", "http://h", "--slo-p90-ms", "9", "--spot-prices", '{"g5.xlarge": -1}'], "--spot-prices"),
         (["--url", "http://h", "--slo-p90-ms", "9", "--token", "a", "--token-file", "/x"], "not both"),
     ],
 )
@@ -189,8 +215,10 @@ def test_finds_the_breaking_point_of_a_two_slot_device(endpoint: str, tmp_path: 
     # The third client waited for a slot: a whole turn less the moment its request took to come back
     # after its previous answer (the slot it waits for began then), so p90 sits just under 2 service times.
     assert doc["steps"][2]["p90_ms"] >= 1.75 * SERVICE_S * 1000
-    (cost,) = doc["costs"]
+    cost, spot = doc["costs"]
     assert cost["usd_per_1000_images"] == pytest.approx(1.006 / (doc["images_per_s_per_pod"] * 3.6))
+    assert (cost["purchase"], cost["as_of"]) == ("On-Demand", prices.TABLES["us-east-1"][0].as_of)
+    assert (spot["purchase"], spot["priced_as"]) == ("Spot", f"On-Demand ({prices.NO_SPOT_PRICE})")
 
 
 def test_without_the_token_nothing_is_measured(endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
