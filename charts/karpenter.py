@@ -174,7 +174,7 @@ class KarpenterChart(cdk8s.Chart):
         settings = self.settings
         if location.is_local_zone:
             capacity_types = settings.local_zone_capacity_types
-        elif config.serving.spot:
+        elif topology.takes_spot(config, placement):
             capacity_types = settings.regional_spot_capacity_types
         else:
             capacity_types = settings.regional_capacity_types

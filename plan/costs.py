@@ -28,7 +28,7 @@ from plan.config import AppConfig, ConfigError, cli_context
 from plan.config.models import NAT_ONE, NAT_PER_AZ
 from plan.deployments import DEFAULT_DEPLOYMENT, DEPLOYMENT_KEY, load_plan
 from plan.prices import Price, UnknownPriceError
-from plan.topology import Placement, placements
+from plan.topology import Placement, nat_gateway_count, placements, takes_spot
 
 HOURS_PER_30_DAYS: Final = 24 * 30
 README: Final = Path(__file__).resolve().parents[1] / "README.md"
@@ -114,9 +114,16 @@ class Item:
         return self.count * self.usd_per_hour_each
 
 
-def spot_price(instance_type: str, region: str, overrides: Mapping[str, float] | None = None) -> Price:
-    """plan.prices' Spot price, else its On-Demand price labelled so (``overrides``: config onDemandPrices)."""
-    return prices.spot_price(instance_type, region, on_demand_overrides=overrides)
+def spot_lookup(config: AppConfig) -> PriceLookup:
+    """plan.prices' Spot price with the deployment's ``spotPrices`` over the table, else its On-Demand price
+    (``onDemandPrices`` over the table) labelled so."""
+
+    def lookup(instance_type: str, region: str, overrides: Mapping[str, float] | None = None) -> Price:
+        return prices.spot_price(
+            instance_type, region, overrides or config.spot_prices, on_demand_overrides=config.on_demand_prices
+        )
+
+    return lookup
 
 
 def smallest_types(placement: Placement) -> tuple[str, ...]:
@@ -149,25 +156,23 @@ def idle_node_price(
     return min(priced, key=lambda price: (price.usd_per_hour, candidates.index(price.instance_type)))
 
 
-def nat_gateway_count(config: AppConfig, mode: str) -> int:
-    """NAT gateways of the VPC: one per regional AZ, or one shared."""
-    return 1 if mode == NAT_ONE else len(config.availability_zones)
-
-
 def idle_items(
     config: AppConfig,
     setting: Setting,
     *,
     on_demand: PriceLookup = prices.on_demand_price,
-    spot: PriceLookup = spot_price,
+    spot: PriceLookup | None = None,
 ) -> tuple[Item, ...]:
     """What the deployment bills per hour idle under ``setting``."""
     items: list[Item] = []
     for placement in placements(config):
         key = placement.node_pool_name
         count = config.serving.min_replicas_of(key) if setting.min_replicas_as_configured else 1
-        on_spot = setting.spot and not placement.location.is_local_zone
-        price = idle_node_price(placement, config.region, spot if on_spot else on_demand, config.on_demand_prices)
+        on_spot = takes_spot(config, placement, spot=setting.spot, min_replicas=count)
+        if on_spot:
+            price = idle_node_price(placement, config.region, spot or spot_lookup(config), config.spot_prices)
+        else:
+            price = idle_node_price(placement, config.region, on_demand, config.on_demand_prices)
         where = f"in {placement.location.zone}" if placement.location.zone else "in the Region"
         unit = f"{price.instance_type} {prices.SPOT if on_spot else prices.ON_DEMAND}"
         if price.region != config.region:
@@ -291,7 +296,7 @@ def report(
     config: AppConfig,
     *,
     on_demand: PriceLookup = prices.on_demand_price,
-    spot: PriceLookup = spot_price,
+    spot: PriceLookup | None = None,
 ) -> Report:
     """The deployment's idle cost under every setting of :func:`settings`."""
     rows = tuple((s, idle_items(config, s, on_demand=on_demand, spot=spot)) for s in settings(config))

@@ -14,6 +14,7 @@ from typing import Final
 from plan import contract, images, naming
 from plan.accelerators import ACCELERATORS, Accelerator
 from plan.config import AppConfig
+from plan.config.models import NAT_ONE
 from plan.local_zones import LOCAL_ZONES as LOCAL_ZONES  # where the app can run: the Region's real Local Zones
 
 NAMESPACE: Final = "edge-diffusion"  # serving Kubernetes Deployments, KEDA objects and compile jobs
@@ -135,6 +136,33 @@ def placements(config: AppConfig) -> tuple[Placement, ...]:
             if zone_families:
                 result.append(Placement(accelerator, Location(zone.name), zone_families))
     return tuple(result)
+
+
+def takes_spot(
+    config: AppConfig, placement: Placement, *, spot: bool | None = None, min_replicas: int | None = None
+) -> bool:
+    """Whether ``placement``'s NodePool may launch Spot: never in a Local Zone; a placement's own
+    ``spot`` when set; else with ``serving.spot``, except for a placement held at exactly one pod. An
+    interruption, or a consolidation from On-Demand to Spot, takes a single always-on pod away for a
+    whole cold start, and that pod is what keeps the Region serving while others sleep; at 0 the
+    Region's other placements serve while it wakes, at 2 or more the others carry on
+    (docs/scaling.md#spot). ``spot=False`` and ``min_replicas`` stand in for the config's (plan.costs:
+    the same deployment all On-Demand, or with every placement at one pod)."""
+    if placement.location.is_local_zone or spot is False:
+        return False
+    own = config.serving.spot_of(placement.node_pool_name)
+    if own is not None:
+        return own
+    if not (config.serving.spot or spot):
+        return False
+    pods = config.serving.min_replicas_of(placement.node_pool_name) if min_replicas is None else min_replicas
+    return pods != 1
+
+
+def nat_gateway_count(config: AppConfig, mode: str | None = None) -> int:
+    """NAT gateways of the VPC under ``natGateways`` (``mode`` overrides it): one per regional AZ, or
+    one in the first AZ that every AZ's private subnets route to (docs/configuration.md#natgateways)."""
+    return 1 if (mode or config.nat_gateways) == NAT_ONE else len(config.availability_zones)
 
 
 def image_uri(config: AppConfig, accelerator: Accelerator) -> str:

@@ -23,9 +23,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from plan import naming
+from plan import naming, topology
 from plan.config import AppConfig
-from plan.config.models import NAT_ONE
 from stacks import nag
 
 NODE_PORT_RANGE: Final = (30000, 32767)  # Kubernetes' default --service-node-port-range
@@ -62,13 +61,6 @@ class SubnetPlan:
         )
 
 
-def nat_gateway_count(config: AppConfig) -> int:
-    """``natGateways``: ``per-az`` one per AZ (an AZ's outage leaves the others their egress), ``one``
-    a single gateway in the first AZ's public subnet, which every AZ's private subnets route to
-    (a third of the idle cost of three; nodes of every AZ lose egress with that AZ)."""
-    return 1 if config.nat_gateways == NAT_ONE else len(config.availability_zones)
-
-
 class NetworkStack(cdk.Stack):
     """VPC over the configured regional AZs, Local Zone public subnets, NodePort security group."""
 
@@ -84,7 +76,7 @@ class NetworkStack(cdk.Stack):
             "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(config.vpc_cidr),
             availability_zones=list(config.availability_zones),
-            nat_gateways=nat_gateway_count(config),
+            nat_gateways=topology.nat_gateway_count(config),
             subnet_configuration=[
                 ec2.SubnetConfiguration(
                     name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=plan.private_mask

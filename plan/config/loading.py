@@ -88,8 +88,9 @@ def _problems(error: ErrorDetails) -> Iterator[tuple[Path, object, str, tuple[Pa
 
 
 def _keys(where: Path) -> Path:
-    """Field names as the keys users type (pydantic's locations use those)."""
-    return tuple(config_key(part) if isinstance(part, str) else part for part in where)
+    """Field names as the keys users type (pydantic's locations use those); a mapping's own key (a
+    placement such as ``nvidia-us-west-2-lax-1a``, never a Python identifier with a dash) as it is."""
+    return tuple(config_key(part) if isinstance(part, str) and part.isidentifier() else part for part in where)
 
 
 def _shown(value: object) -> object:

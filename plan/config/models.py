@@ -178,6 +178,10 @@ class AppConfig:
     on_demand_prices: Mapping[InstanceType, Annotated[Number, Field(gt=0)]] = Field(
         default_factory=dict, description="instance type -> USD per On-Demand hour, over the table in `plan/prices.py`"
     )
+    spot_prices: Mapping[InstanceType, Annotated[Number, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="instance type -> USD per Spot hour you read (`make cost`; [how](docs/scaling.md#spot))",
+    )
 
     @property
     def env_name(self) -> str:
@@ -269,9 +273,13 @@ class AppConfig:
         return tuple(keys)
 
     def _placements(self) -> Iterator[Refusal]:
-        """``serving.placements`` names placements this deployment has."""
+        """``serving.placements`` names placements this deployment has; Spot only in the Region."""
         keys = self.placement_keys
-        for key in self.serving.placements:
+        zones = {z.name for z in self.local_zones}
+        for key, own in self.serving.placements.items():
+            if own.spot and any(key.endswith(f"-{zone}") for zone in zones):
+                allowed = "false or unset: Local Zone NodePools launch On-Demand only (Spot is not offered there)"
+                yield refusal(("serving", "placements", key, "spot"), True, allowed)
             if key not in keys:
                 reads = ["accelerators", "local_zones", "enable_large_nvidia_instances"]
                 yield refusal(

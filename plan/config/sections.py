@@ -130,6 +130,10 @@ class PlacementScaling:
 
     min_replicas: Integer | None = Field(default=None, ge=0, le=100, description="its serving.minReplicas")
     signals: Signals | None = Field(default=None, description="its serving.signals")
+    spot: Flag | None = Field(
+        default=None,
+        description="its serving.spot, and past the rule that keeps a placement of exactly one pod On-Demand",
+    )
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
@@ -179,9 +183,7 @@ class ServingConfig:
     )
     placements: Mapping[str, PlacementScaling] = Field(
         default_factory=dict,
-        description=(
-            'per placement (`nvidia`, `nvidia-<zone>`): `{"minReplicas": 0, "signals": [...]}` over the values above'
-        ),
+        description=('per placement (`nvidia`, `nvidia-<zone>`): `{"minReplicas": 0, "signals": [...], "spot": true}`'),
     )
     max_replicas: Integer = Field(
         default=4, ge=1, le=1000, description="pods per placement at most; sets the NodePool limits too"
@@ -280,6 +282,12 @@ class ServingConfig:
         """minReplicas of the placement ``key`` (its NodePool's name: ``nvidia``, ``nvidia-<zone>``)."""
         own = self.placements.get(key)
         return self.min_replicas if own is None or own.min_replicas is None else own.min_replicas
+
+    def spot_of(self, key: str) -> bool | None:
+        """The placement ``key``'s own Spot choice, or None: ``serving.spot`` and the single-pod rule decide
+        (plan.topology.takes_spot)."""
+        own = self.placements.get(key)
+        return None if own is None else own.spot
 
     def signals_of(self, key: str) -> tuple[str, ...]:
         """The signals the placement ``key`` scales on."""

@@ -25,20 +25,35 @@ def is_local_zone(pool: dict[str, Any]) -> bool:
     return bool(labels[topology.NODE_LABEL_LOCATION] != naming.REGION_LOCATION)
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["spot", "on-demand"])
-def spot(request: pytest.FixtureRequest) -> tuple[bool, Rendered]:
-    enabled: bool = request.param
-    return enabled, render({**cdk_json_context(), "serving": {"spot": enabled}})
+SPOT_CASES = {
+    # serving.spot, the pods each placement keeps, per-placement spot -> the regional pools on Spot
+    "off": ({"spot": False, "minReplicas": 0}, set()),
+    "sleeping placements": ({"spot": True, "minReplicas": 0}, {"nvidia", "neuron", "cpu"}),
+    "one pod each: On-Demand": ({"spot": True, "minReplicas": 1}, set()),
+    "two pods each": ({"spot": True, "minReplicas": 2}, {"nvidia", "neuron", "cpu"}),
+    "one pod, opted in": ({"spot": True, "minReplicas": 1, "placements": {"neuron": {"spot": True}}}, {"neuron"}),
+    "opted in without serving.spot": ({"spot": False, "placements": {"cpu": {"spot": True}}}, {"cpu"}),
+    "opted out": ({"spot": True, "minReplicas": 0, "placements": {"cpu": {"spot": False}}}, {"nvidia", "neuron"}),
+}
 
 
-def test_spot_only_in_regional_pools_and_only_when_enabled(spot: tuple[bool, Rendered]) -> None:
-    enabled, rendered = spot
+@pytest.fixture(scope="module", params=list(SPOT_CASES), ids=list(SPOT_CASES))
+def spot(request: pytest.FixtureRequest) -> tuple[set[str], Rendered]:
+    serving, on_spot = SPOT_CASES[request.param]
+    return on_spot, render({**cdk_json_context(), "serving": serving})  # replaces dev.json's serving object
+
+
+def test_spot_only_in_regional_pools_and_only_where_it_is_safe(spot: tuple[set[str], Rendered]) -> None:
+    """Spot in the Region's pools with serving.spot, except a placement held at exactly one pod (an
+    interruption would leave it without capacity for a cold start) unless it opts in; never in a Local Zone."""
+    on_spot, rendered = spot
     pools = rendered.of_kind("NodePool")
     regional = [p for p in pools if not is_local_zone(p)]
     local = [p for p in pools if is_local_zone(p)]
     assert regional and local
     for pool in regional:
-        assert capacity_types(pool) == (["spot", "on-demand"] if enabled else ["on-demand"])
+        expected = ["spot", "on-demand"] if pool["metadata"]["name"] in on_spot else ["on-demand"]
+        assert capacity_types(pool) == expected, pool["metadata"]["name"]
     for pool in local:
         assert capacity_types(pool) == ["on-demand"], pool["metadata"]["name"]
 

@@ -103,6 +103,12 @@ def test_public_node_ports_need_the_explicit_opt_in() -> None:
         ({"serving": '{"placements": {"nvidia": {"minReplicas": 9}}}'}, "serving.placements.nvidia.minReplicas", 9),
         ({"natGateways": "two"}, "natGateways", "two"),
         (
+            {"serving": '{"placements": {"nvidia-us-west-2-lax-1a": {"spot": true}}}'},
+            "serving.placements.nvidia-us-west-2-lax-1a.spot",
+            True,
+        ),
+        ({"spotPrices": '{"g6.xlarge": 0}'}, "spotPrices.g6.xlarge", 0),
+        (
             {"localZones": '[{"name": "us-west-2-lax-1a", "deviceCidrs": ["10.1.2.3/8"]}]'},
             "localZones[us-west-2-lax-1a].deviceCidrs",
             "10.1.2.3/8",

@@ -10,7 +10,7 @@ from plan import capacity, costs, prices
 from plan.accelerators import ACCELERATORS
 from plan.config.models import NAT_ONE, NAT_PER_AZ
 from plan.prices import Price, on_demand_price
-from plan.topology import placements
+from plan.topology import nat_gateway_count, placements
 
 REGENERATE = ".venv/bin/python -m plan.costs --readme --write"
 SPOT_SHARE = 0.4  # the injected Spot table: 40 % of On-Demand
@@ -77,8 +77,15 @@ def test_spot_only_in_the_region() -> None:
     by_what = {item.what: item for item in items}
     assert "On-Demand" in by_what["nvidia in us-west-2-lax-1a"].unit
     assert by_what["nvidia in us-west-2-lax-1a"].at_least
-    assert all("Spot" in by_what[f"{name} in the Region"].unit for name in ("nvidia", "neuron", "cpu"))
-    assert "g5.xlarge" in asked and not any("lax" in name for name in asked)
+    # A placement of exactly one pod stays On-Demand unless it opts in (dev's nvidia does; here it does not).
+    assert all("On-Demand" in by_what[f"{name} in the Region"].unit for name in ("nvidia", "neuron", "cpu"))
+    assert not asked  # no placement took Spot: none was priced as Spot
+    at_two = costs.load("dev", ["serving.minReplicas=2", 'serving.placements={"nvidia": {"minReplicas": 2}}'])
+    regional = [
+        i for i in costs.idle_items(at_two, costs.Setting(True, NAT_PER_AZ, True), spot=spot) if "Region" in i.what
+    ]
+    assert all("Spot" in item.unit for item in regional)
+    assert "g5.xlarge" in asked and not any("lax" in name for name in asked)  # the Local Zone's pod is never Spot
     on_demand = costs.idle_items(config, costs.Setting(True, NAT_PER_AZ, False), spot=spot)
     assert not any("Spot" in item.unit for item in on_demand)
 
@@ -114,8 +121,8 @@ def test_a_recorded_spot_price_is_used_with_its_source(monkeypatch: pytest.Monke
 
 def test_nat_gateways_one_per_az_or_one() -> None:
     config = costs.load("dev", ["availabilityZones=us-west-2a,us-west-2b"])
-    assert costs.nat_gateway_count(config, NAT_PER_AZ) == 2
-    assert costs.nat_gateway_count(config, NAT_ONE) == 1
+    assert nat_gateway_count(config, NAT_PER_AZ) == 2
+    assert nat_gateway_count(config, NAT_ONE) == 1
     per_az = costs.total(costs.idle_items(config, costs.Setting(True, NAT_PER_AZ, False), spot=fake_spot))
     one = costs.total(costs.idle_items(config, costs.Setting(True, NAT_ONE, False), spot=fake_spot))
     assert per_az - one == pytest.approx(0.045)
