@@ -172,7 +172,10 @@ class ServingConfig:
         default=70, ge=10, le=100, description="signal utilization: accelerator utilization per pod to scale to"
     )
     latency_target_ms: Integer = Field(
-        default=4000, ge=100, le=600_000, description="signal latency: p90 inference latency per pod to scale to"
+        default=6000,
+        ge=100,
+        le=600_000,
+        description="signal latency: p90 inference latency per pod to scale to, above its p90 at the breaking point",
     )
     spot: Flag = Field(
         default=False,
