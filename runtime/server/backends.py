@@ -236,13 +236,22 @@ def cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
-def intra_op_threads(requested: int) -> int:
-    """Threads for torch's CPU kernels: the request, else min(affinity CPUs, cgroup quota)."""
-    if requested > 0:
-        return requested
+def available_cpus() -> int:
+    """CPUs this process may use: min(affinity CPUs, cgroup quota)."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = cpu_quota()
     return max(1, min(available, quota) if quota else available)
+
+
+def intra_op_threads(requested: int, cpus: int | None = None) -> int:
+    """Threads for torch's CPU kernels: the request, else one fewer than the CPUs (at least 1).
+
+    The CPU left over runs the event loop, HTTP parsing, image encoding and the answers while a batch
+    computes: with a thread per CPU the kernels and the loop take turns on every core, and a served
+    image costs more than a direct call (docs/benchmarks.md, server efficiency)."""
+    if requested > 0:
+        return requested
+    return max(1, (available_cpus() if cpus is None else cpus) - 1)
 
 
 def torch_dtype_for(name: str, device: str) -> Any:

@@ -114,6 +114,12 @@ def test_cpu_threads_follow_the_cgroup_quota(tmp_path: Path) -> None:
     assert backends.intra_op_threads(0) >= 1
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (4, 3), (16, 15)])
+def test_the_automatic_thread_count_leaves_a_cpu_to_the_event_loop(cpus: int, threads: int) -> None:
+    assert backends.intra_op_threads(0, cpus) == threads
+    assert backends.intra_op_threads(2, cpus) == 2  # asked for: taken as given
+
+
 def test_neuron_refuses_an_artifact_compiled_for_another_batch_or_size() -> None:
     """The pod's MAX_BATCH, width and height must be what the artifact was compiled for."""
     fake = FakeNeuronPipeline(4, 512)
