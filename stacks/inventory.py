@@ -29,7 +29,6 @@ the chart refer to it by name, so no CloudFormation export couples the stacks.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -156,13 +155,10 @@ def demand_environment(config: AppConfig) -> dict[str, str]:
     """The handlers' environment for ``api.DeviceDemand.from_env``: whose demand is recorded where.
 
     Only Local Zones with serving placements: demand for a zone nothing can serve in wakes nothing."""
-    zones = {
-        zone.name: list(zone.device_cidrs) for zone in config.local_zones if zone.name in config.serving_local_zones
-    }
     return {
         layout.ENV_DEMAND_CLUSTER: config.cluster_name,
         layout.ENV_DEMAND_REGION: config.region,
-        layout.ENV_DEMAND_ZONES: json.dumps(zones, separators=(",", ":"), sort_keys=True),
+        layout.ENV_DEMAND_ZONES: config.device_cidrs_json(),  # its size is bounded by config
     }
 
 

@@ -7,6 +7,7 @@ stack never meets a config it would have to refuse.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Final, Self
@@ -59,6 +60,9 @@ INVENTORY_AUTH_MODES: Final = ("iam", "cognito")
 DEVELOPMENT_KEY: Final = "development"
 MIN_AVAILABILITY_ZONES: Final = 2  # EKS wants subnets in two AZs, and so does an internet-facing ALB
 MAX_LOCAL_ZONES: Final = 8
+# The inventory API's functions carry every serving zone's deviceCidrs as JSON in their environment,
+# which Lambda caps at 4 KB for all variables together; the rest takes about 500 bytes.
+MAX_DEVICE_CIDRS_JSON: Final = 3000
 NAT_PER_AZ: Final = "per-az"
 NAT_ONE: Final = "one"
 NAT_GATEWAY_MODES: Final = (NAT_PER_AZ, NAT_ONE)
@@ -201,6 +205,7 @@ class AppConfig:
                 *self._networks(),
                 *self._weights(),
                 *self._placements(),
+                *self._device_networks(),
                 *self._region_services(),
                 *self._transport(),
             ]
@@ -285,6 +290,23 @@ class AppConfig:
                 yield refusal(
                     "serving.placements", key, f"placements of this deployment: {', '.join(keys)}", reads=reads
                 )
+
+    def device_cidrs_json(self) -> str:
+        """The serving Local Zones' deviceCidrs as the inventory API's functions get them (stacks/inventory.py)."""
+        zones = {z.name: list(z.device_cidrs) for z in self.local_zones if z.name in self.serving_local_zones}
+        return json.dumps(zones, separators=(",", ":"), sort_keys=True)
+
+    def _device_networks(self) -> Iterator[Refusal]:
+        """deviceCidrs that fit the inventory functions' environment."""
+        size = len(self.device_cidrs_json())
+        if size > MAX_DEVICE_CIDRS_JSON:
+            allowed = (
+                f"at most {MAX_DEVICE_CIDRS_JSON} characters of deviceCidrs across the Local Zones together "
+                f"({size} given: the inventory API's functions carry them in Lambda's 4 KB environment); "
+                "aggregate them into fewer, wider networks"
+            )
+            count = sum(len(z.device_cidrs) for z in self.local_zones)
+            yield refusal("local_zones", f"{count} deviceCidrs", allowed, reads=["accelerators"])
 
     def _region_services(self) -> Iterator[Refusal]:
         """What only some Regions and this account can give: the ALB's certificate, Bottlerocket's registries."""

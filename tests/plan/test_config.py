@@ -277,3 +277,15 @@ def test_a_placement_key_names_the_placements_the_deployment_has() -> None:
     with pytest.raises(ConfigError) as err:
         load(serving='{"placements": {"neuron-us-west-2-lax-1a": {"minReplicas": 0}}}')
     assert "placements of this deployment: nvidia, nvidia-us-west-2-lax-1a, neuron, cpu" in str(err.value)
+
+
+def test_device_cidrs_fit_the_inventory_functions_environment() -> None:
+    """Lambda caps a function's environment at 4 KB: the zones' deviceCidrs are refused past 3,000
+    characters of the JSON the inventory functions get, in one line that says how many were given."""
+    cidrs = [f"10.{i}.{j}.0/24" for i in range(2) for j in range(100)]
+    zone = {"name": "us-west-2-lax-1a", "deviceCidrs": cidrs[:150]}
+    assert len(load(localZones=[zone]).device_cidrs_json()) <= 3000
+    with pytest.raises(ConfigError) as err:
+        load(localZones=[{**zone, "deviceCidrs": cidrs}])
+    assert (err.value.key, err.value.value) == ("localZones", "200 deviceCidrs")
+    assert "at most 3000 characters" in err.value.allowed and "3002 given" in err.value.allowed
