@@ -20,7 +20,6 @@ import itertools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from plan import capacity, prices
@@ -28,12 +27,11 @@ from plan.config import AppConfig, ConfigError, cli_context
 from plan.config.models import NAT_ONE, NAT_PER_AZ
 from plan.deployments import DEFAULT_DEPLOYMENT, DEPLOYMENT_KEY, load_plan
 from plan.prices import Price, UnknownPriceError
+from plan.readme_blocks import README, Block
 from plan.topology import Placement, nat_gateway_count, placements, takes_spot
 
 HOURS_PER_30_DAYS: Final = 24 * 30
-README: Final = Path(__file__).resolve().parents[1] / "README.md"
-BEGIN: Final = "<!-- idle-cost:begin -->"
-END: Final = "<!-- idle-cost:end -->"
+BLOCK: Final = Block("idle-cost")
 README_DEPLOYMENT: Final = DEFAULT_DEPLOYMENT  # the deployment the README's figure is for
 
 PriceLookup = Callable[[str, str, Mapping[str, float] | None], Price]
@@ -305,15 +303,7 @@ def report(
 
 def readme_block(text: str) -> str | None:
     """What README.md holds between the markers, or None without them."""
-    if BEGIN not in text or END not in text:
-        return None
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-
-
-def with_block(text: str, block: str) -> str:
-    """README.md's text with ``block`` between the markers."""
-    head, rest = text.split(BEGIN, 1)
-    return f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}"
+    return BLOCK.held(text)
 
 
 def load(name: str, pairs: Sequence[str] = ()) -> AppConfig:
@@ -348,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         text = README.read_text(encoding="utf-8")
         if readme_block(text) is None:
-            print(f"error: README.md has no {BEGIN} ... {END} block", file=sys.stderr)
+            print(f"error: README.md has no {BLOCK.begin} ... {BLOCK.end} block", file=sys.stderr)
             return 2
-        README.write_text(with_block(text, result.markdown()), encoding="utf-8")
+        README.write_text(BLOCK.written(text, result.markdown()), encoding="utf-8")
         print(f"wrote the idle cost of {name} into {README.name}")
         return 0
     if not args.readme:

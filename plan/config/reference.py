@@ -8,7 +8,6 @@ config accepts; tests/plan/test_reference.py fails when README.md holds another 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Final
 
 from pydantic.fields import FieldInfo
@@ -16,10 +15,12 @@ from pydantic.fields import FieldInfo
 from plan.config.models import AppConfig
 from plan.config.schema import leaves
 from plan.config.sections import LocalZoneConfig
+from plan.readme_blocks import README as README
+from plan.readme_blocks import Block
 
-README: Final = Path(__file__).resolve().parents[2] / "README.md"
-BEGIN: Final = "<!-- config-keys:begin -->"
-END: Final = "<!-- config-keys:end -->"
+BLOCK: Final = Block("config-keys")
+BEGIN: Final = BLOCK.begin
+END: Final = BLOCK.end
 HEADER: Final = ("| key | default | meaning |", "|---|---|---|")
 MAX_ROW: Final = 200  # characters: a row a reader takes in at once (longer explanations go to docs/)
 
@@ -50,12 +51,9 @@ def _zone_text(zone: LocalZoneConfig) -> str:
 
 def readme_table(text: str) -> str | None:
     """What README.md holds between the markers, or None without them."""
-    if BEGIN not in text or END not in text:
-        return None
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    return BLOCK.held(text)
 
 
 def with_table(text: str, table: str) -> str:
     """README.md's text with ``table`` between the markers."""
-    head, rest = text.split(BEGIN, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}"
+    return BLOCK.written(text, table)

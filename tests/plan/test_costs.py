@@ -216,7 +216,9 @@ def test_an_instance_type_without_a_price_is_one_line(
 
 def test_the_readme_holds_the_idle_cost_of_dev() -> None:
     held = costs.readme_block(costs.README.read_text(encoding="utf-8"))
-    assert held is not None, f"README.md has no {costs.BEGIN} ... {costs.END} block: add the markers, run {REGENERATE}"
+    assert held is not None, (
+        f"README.md has no {costs.BLOCK.begin} ... {costs.BLOCK.end} block: add the markers, run {REGENERATE}"
+    )
     current = costs.report(costs.README_DEPLOYMENT, costs.load(costs.README_DEPLOYMENT)).markdown()
     if held != current:
         pytest.fail(f"README.md's idle cost is stale: run {REGENERATE}\n\n{current}")
