@@ -32,7 +32,13 @@ from constructs import Construct
 from charts.imports.sh import keda
 from plan import contract, topology
 from plan.config import AppConfig, ServingConfig
-from plan.config.sections import SIGNAL_LATENCY, SIGNAL_PENDING, SIGNAL_UTILIZATION
+from plan.config.sections import (
+    AVERAGE_VALUE,
+    SIGNAL_LATENCY,
+    SIGNAL_METRIC_TYPES,
+    SIGNAL_PENDING,
+    SIGNAL_UTILIZATION,
+)
 from plan.topology import Placement
 
 TRIGGER_AUTHENTICATION: Final = "aws-pod-identity"
@@ -234,14 +240,8 @@ def demand_metadata(placement: Placement, config: AppConfig, settings: Autoscali
     )
 
 
-# Per signal: whether the metric is a total the HPA divides among the pods (AverageValue), or a
-# per-pod level it compares with the target and multiplies the current count by (Value).
-METRIC_TYPES: Final[Mapping[str, str]] = {
-    SIGNAL_PENDING: "AverageValue",
-    SIGNAL_UTILIZATION: "Value",
-    SIGNAL_LATENCY: "Value",
-    DEMAND_TRIGGER: "AverageValue",
-}
+# The demand trigger is a total too: it asks for ceil(calls / a huge target) = one pod.
+METRIC_TYPES: Final[Mapping[str, str]] = {**SIGNAL_METRIC_TYPES, DEMAND_TRIGGER: AVERAGE_VALUE}
 
 
 def _trigger(name: str, metadata: dict[str, str]) -> keda.ScaledObjectSpecTriggers:

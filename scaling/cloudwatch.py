@@ -2,9 +2,9 @@
 
 PendingRequests: each pod puts the mean of its per-second pending samples once per publish
 interval; CloudWatch sums the points of a metric period (Sum statistic). Accelerator utilization
-(Container Insights) and DeviceDemand (the inventory API's calls) are read the same way, Sum per
-period. InferenceLatencyMs: each pod puts its requests' latencies, CloudWatch answers the p90 of
-all values in the period. KEDA asks for [end - collection, end) with ``end = (now -
+(Container Insights) is read as the Average of the pods' values per period, DeviceDemand (the
+inventory API's calls) as their Sum. InferenceLatencyMs: each pod puts its requests' latencies,
+CloudWatch answers the p90 of all values in the period. KEDA asks for [end - collection, end) with ``end = (now -
 endTimeOffset)`` truncated to the period and takes the newest datapoint (ScanBy
 TimestampDescending, Values[0]), or minMetricValue 0 when there is none.
 """
@@ -38,7 +38,22 @@ class PendingMetric:
         return 0.0
 
 
-SumMetric = PendingMetric  # utilization and DeviceDemand: the same Sum per period
+SumMetric = PendingMetric  # DeviceDemand: the same Sum per period
+
+
+@dataclass
+class AverageMetric(PendingMetric):
+    """Accelerator utilization: the pods' values of a period averaged (the Average statistic)."""
+
+    def query(self, now: float) -> float:
+        c = self.config
+        end = math.floor((now - c.end_time_offset_s) / c.stat_period_s) * c.stat_period_s
+        start = end - c.collection_time_s
+        for bucket in range(end - c.stat_period_s, start - 1, -c.stat_period_s):
+            visible = [v for available, v in self.points.get(bucket, ()) if available <= now]
+            if visible:
+                return sum(visible) / len(visible)
+        return 0.0
 
 
 @dataclass

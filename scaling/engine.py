@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from scaling.cloudwatch import PercentileMetric, SumMetric
+from scaling.cloudwatch import AverageMetric, PercentileMetric, SumMetric
 from scaling.hpa import Hpa
 from scaling.loop import SIGNAL_LATENCY, SIGNAL_PENDING, SIGNAL_UTILIZATION, Simulation, check
 from scaling.queue import Flow, advance, p90_ms
@@ -118,7 +118,7 @@ class Placement:
         a, pod = sim.autoscaling, sim.pod
         self.hpa = Hpa(a)
         self.pending = SumMetric(sim.metrics)
-        self.utilization = SumMetric(sim.metrics)
+        self.utilization = AverageMetric(sim.metrics)
         self.latency = PercentileMetric(sim.metrics)
         self.demand = SumMetric(sim.wake.demand_metric)
         self.nodes: list[_Node] = []

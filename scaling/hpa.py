@@ -1,6 +1,8 @@
-"""The HPA's replica decision for an External AverageValue metric, as kube-controller-manager makes it.
+"""The HPA's replica decision for External metrics, as kube-controller-manager makes it.
 
-Desired replicas are ``ceil(metric / target)`` unless the usage ratio is within the tolerance;
+Desired replicas are ``ceil(metric / target)`` for an AverageValue target (a total shared among the
+pods: pending requests) and ``ceil(current x metric / target)`` for a Value target (a per-pod level:
+utilization, latency; ``plan.config.sections.SIGNAL_METRIC_TYPES``), unless the usage ratio is within the tolerance;
 then the recommendation is stabilized over the scale-up and scale-down windows and limited by the
 policies' allowed change per period (pkg/controller/podautoscaler: GetExternalPerPodMetricReplicas,
 stabilizeRecommendationWithBehaviors, convertDesiredReplicasWithBehaviorRate).
@@ -12,6 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from plan.config.sections import AVERAGE_VALUE, SIGNAL_METRIC_TYPES, VALUE
 from scaling.loop import Autoscaling, HpaRules
 
 
@@ -22,16 +25,26 @@ class Hpa:
     scale_up_events: list[tuple[float, int]] = field(default_factory=list)
     scale_down_events: list[tuple[float, int]] = field(default_factory=list)
 
-    def metric_replicas(self, metric: float, current: int, target: float | None = None) -> int:
-        """Replicas one metric asks for (External, AverageValue: the metric over the target; pending by default)."""
+    def metric_replicas(
+        self, metric: float, current: int, target: float | None = None, kind: str = AVERAGE_VALUE
+    ) -> int:
+        """Replicas one metric asks for (pending requests, an AverageValue target, by default)."""
         target = float(self.config.target_pending_per_replica) if target is None else target
+        if kind == VALUE:  # GetExternalMetricReplicas: the usage ratio scales the current count
+            ratio = metric / target
+            if abs(1.0 - ratio) <= self.config.tolerance:
+                return current
+            return math.ceil(ratio * current - 1e-9)
         if current > 0 and abs(1.0 - metric / (target * current)) <= self.config.tolerance:
             return current
         return math.ceil(metric / target - 1e-9)
 
     def desired_of(self, readings: Mapping[str, float], current: int) -> int:
         """Several triggers: each metric's own count (its tolerance too), the HPA takes the largest."""
-        return max(self.metric_replicas(v, current, self.config.target_of(signal)) for signal, v in readings.items())
+        return max(
+            self.metric_replicas(v, current, self.config.target_of(signal), SIGNAL_METRIC_TYPES[signal])
+            for signal, v in readings.items()
+        )
 
     def decide(self, now: float, metric: float | Mapping[str, float], current: int) -> int:
         """The replica count the HPA sets at this sync (records what its next syncs remember).

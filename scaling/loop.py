@@ -81,13 +81,13 @@ class Autoscaling:
     scale_down: HpaRules = HpaRules(ServingConfig.scale_down_window_s, RENDERED_SCALE_DOWN_POLICIES, "Max")
     # What the ScaledObject's triggers read (serving.signals); the HPA takes the most replicas any asks for.
     signals: tuple[str, ...] = ServingConfig.signals
-    utilization_target_percent: int = ServingConfig.utilization_target_percent  # per pod, AverageValue
-    latency_target_ms: int = ServingConfig.latency_target_ms  # AverageValue of the pods' p90
+    utilization_target_percent: int = ServingConfig.utilization_target_percent  # the pods' average, Value
+    latency_target_ms: int = ServingConfig.latency_target_ms  # the pods' p90, Value
     # KEDA's cooldownPeriod for a placement at minReplicas 0: no trigger active for this long -> 0 pods.
     scale_to_zero_after_s: int = ServingConfig.scale_to_zero_after_s
 
     def target_of(self, signal: str) -> float:
-        """The trigger's AverageValue target: desired replicas are ceil(metric / target)."""
+        """The trigger's target (its metric type: plan.config.sections.SIGNAL_METRIC_TYPES)."""
         return {
             SIGNAL_PENDING: float(self.target_pending_per_replica),
             SIGNAL_UTILIZATION: float(self.utilization_target_percent),

@@ -92,11 +92,11 @@ RECOMMENDED: Final = (
         "signals",
         "signals",
         (SIGNAL_PENDING,),
-        "pending requests see the whole queue, so one HPA sync asks for every pod the backlog needs; accelerator "
-        "utilization saturates at 100 % and asks for at most 100/target times the ready pods per cold start "
-        "(three cold starts to reach 4 pods on the 10x step); a batching server's p90 is flat until the batch "
-        "fills, so latency reacts only after the queue has grown (beside pending it changes nothing) or, with a "
-        "target under that flat p90, keeps ceil(p90 / target) pods whatever the load",
+        "pending requests see the whole queue, so one HPA sync asks for every pod the backlog needs, and fall "
+        "with the load; accelerator utilization only sees that pods are busy (at most 100/target times the pods "
+        "per sync: a few syncs later on the 10x step, nothing added beside pending); a batching server's p90 is "
+        "flat and does not fall as pods are added, so as a Value target it keeps the pods it reached (twice "
+        "pending's node-hours on the flash crowd) or, under that flat p90, holds maxReplicas whatever the load",
     ),
     Recommendation(
         "scaleToZeroAfterSeconds",
@@ -115,10 +115,10 @@ SIGNAL_CONFIGS: Final[tuple[tuple[str, tuple[str, ...], int | None], ...]] = (  
     ("pending", (SIGNAL_PENDING,), None),
     ("utilization", (SIGNAL_UTILIZATION,), None),
     ("latency", (SIGNAL_LATENCY,), None),
-    ("latency, target 6000 ms", (SIGNAL_LATENCY,), 6000),
+    ("latency, target 4000 ms", (SIGNAL_LATENCY,), 4000),
     ("pending + utilization", (SIGNAL_PENDING, SIGNAL_UTILIZATION), None),
     ("pending + latency", (SIGNAL_PENDING, SIGNAL_LATENCY), None),
-    ("pending + latency, target 6000 ms", (SIGNAL_PENDING, SIGNAL_LATENCY), 6000),
+    ("pending + latency, target 4000 ms", (SIGNAL_PENDING, SIGNAL_LATENCY), 4000),
 )
 WAKE_DURATION_S: Final = 7200.0
 ZONE_LEVELS: Final = ((0.3, "quiet zone (0.3 x one pod)"), (1.0, "busy zone (1 x one pod)"))
@@ -623,10 +623,12 @@ def _later_sections(
         "",
         f"The same traces with each trigger set (serving.signals): pending target {a.target_pending_per_replica}, "
         f"utilization target {a.utilization_target_percent} % (a pod's busy share: its images/s over its "
-        f"sustainable {current.pod.images_per_s:g}, at most 100 %, Sum over the pods per "
+        f"sustainable {current.pod.images_per_s:g}, at most 100 %, the pods' Average per "
         f"{current.metrics.stat_period_s} s), latency target {a.latency_target_ms} ms unless the row says (p90 of "
         f"the requests' latencies over {current.metrics.stat_period_s} s, as the pods publish InferenceLatencyMs). "
-        "Every trigger is AverageValue; with several the HPA takes the largest count.",
+        "Pending is an AverageValue target (ceil(sum / target)), utilization and latency Value targets "
+        "(ceil(current pods x metric / target)), as the chart renders them; with several the HPA takes the "
+        "largest count.",
         "",
         signals,
         "",

@@ -117,6 +117,12 @@ SIGNAL_UTILIZATION: Final = "utilization"  # accelerator utilization (Container 
 SIGNAL_LATENCY: Final = "latency"  # p90 inference latency, published by the pods
 SIGNALS: Final = (SIGNAL_PENDING, SIGNAL_UTILIZATION, SIGNAL_LATENCY)
 DEFAULT_SIGNALS: Final = (SIGNAL_PENDING,)
+# How the HPA reads each signal's trigger (charts/autoscaling.py renders it, scaling/hpa.py simulates it):
+# AverageValue, a total shared among the pods (desired = ceil(metric / target)); Value, a per-pod level
+# (desired = ceil(current pods x metric / target)).
+AVERAGE_VALUE: Final = "AverageValue"
+VALUE: Final = "Value"
+SIGNAL_METRIC_TYPES: Final = {SIGNAL_PENDING: AVERAGE_VALUE, SIGNAL_UTILIZATION: VALUE, SIGNAL_LATENCY: VALUE}
 Signals = Annotated[
     tuple[Annotated[str, one_of(SIGNALS)], ...],
     check(bool, f"one or more of {', '.join(SIGNALS)}"),

@@ -137,9 +137,11 @@ def test_utilization_saturates_so_it_asks_for_at_most_double_per_round() -> None
     assert next(n for n in by_pending if n > 1) >= 4  # the queue shows the whole shortfall at once
 
 
-@pytest.mark.parametrize(("target_ms", "pods"), [(800, 2), (1200, 1)])
-def test_a_latency_target_under_the_flat_p90_keeps_extra_pods_whatever_the_load(target_ms: int, pods: int) -> None:
-    # Below its sustainable concurrency the pod's p90 is flat (1000 ms here): ceil(1000 / target) pods.
+@pytest.mark.parametrize("target_ms", [800, 1200])
+def test_a_latency_target_under_the_flat_p90_runs_to_max_replicas_whatever_the_load(target_ms: int) -> None:
+    # Below its sustainable concurrency the pod's p90 is flat (1000 ms here). A Value target scales the
+    # current count by p90 / target at every sync: under the flat p90 that is more pods whatever the load,
+    # up to maxReplicas; above it, back to one.
     a = replace(ALIGNED, signals=("latency",), latency_target_ms=target_ms)
     result = run(sim(autoscaling=a), Step(0.5, 1.0, 600.0), 1800.0)
-    assert result.series.replicas[-1] == pods
+    assert result.series.replicas[-1] == (a.max_replicas if target_ms < 1000 else 1)

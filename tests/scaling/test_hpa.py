@@ -65,10 +65,12 @@ def test_min_replicas_floor() -> None:
 
 def test_several_triggers_the_largest_count_wins_each_with_its_own_target() -> None:
     h = Hpa(replace(Autoscaling(), target_pending_per_replica=4, utilization_target_percent=50, latency_target_ms=4000))
-    # pending 4 -> 1; utilization 150 (three pods at 50 %) -> 3; latency 9000 -> ceil(9000 / 4000) = 3
-    assert h.desired_of({"pending": 4.0, "utilization": 150.0}, 1) == 3
-    assert h.desired_of({"pending": 20.0, "latency": 9000.0}, 1) == 5
-    assert h.desired_of({"utilization": 100.0}, 2) == 2  # ratio 100 / (50 * 2) = 1: within the tolerance
+    # pending (AverageValue) 4 -> 1; utilization and latency (Value) scale the current count by metric / target
+    assert h.desired_of({"pending": 4.0, "utilization": 150.0}, 1) == 3  # 1 pod x 150 / 50
+    assert h.desired_of({"pending": 20.0, "latency": 9000.0}, 1) == 5  # pending 20 / 4 beats 1 x 9000 / 4000
+    assert h.desired_of({"latency": 9000.0}, 2) == 5  # ceil(2 x 2.25)
+    assert h.desired_of({"utilization": 52.0}, 2) == 2  # ratio 1.04: within the tolerance
+    assert h.desired_of({"utilization": 100.0}, 2) == 4  # two pods at 100 % against 50 %
 
 
 def test_the_hpa_never_takes_a_placement_at_min_0_below_one_pod() -> None:
