@@ -146,6 +146,12 @@ bench: $(STAMP_PY) ## benchmark batching vs no batching on the tiny model; BENCH
 	$(NO_DEPLOYMENT)
 	$(PY) -m runtime.bench $(BENCH_ARGS)
 
+KIT_ARGS ?=
+.PHONY: gpu-kit
+gpu-kit: $(STAMP_PY) ## build dist/gpu-kit.tar.gz: the benchmark and its wheels for a CUDA host without internet (docs/benchmarks.md); KIT_ARGS='--exclude gradio,boto3'
+	$(NO_DEPLOYMENT)
+	$(PY) -m runtime.bench.kit build $(KIT_ARGS)
+
 # The scale-out simulation (scaling/) and the breaking point of a running endpoint
 # (runtime/bench/breaking_point.py): docs/scaling.md explains both.
 .PHONY: simulate breaking-point
