@@ -18,8 +18,17 @@ from dataclasses import dataclass, field
 from scaling.loop import MetricPipeline
 
 
+def newest_period(config: MetricPipeline, now: float) -> range:
+    """The period starts KEDA's query covers, newest first: [end - collection, end) with ``end = now -
+    endTimeOffset`` truncated to the period."""
+    end = math.floor((now - config.end_time_offset_s) / config.stat_period_s) * config.stat_period_s
+    return range(end - config.stat_period_s, end - config.collection_time_s - 1, -config.stat_period_s)
+
+
 @dataclass
 class PendingMetric:
+    """Values put per period; the query answers the Sum of the newest period with a visible point."""
+
     config: MetricPipeline
     points: dict[int, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
 
@@ -27,14 +36,14 @@ class PendingMetric:
         bucket = math.floor(timestamp / self.config.stat_period_s) * self.config.stat_period_s
         self.points[bucket].append((timestamp + self.config.ingest_delay_s, value))
 
+    def statistic(self, values: list[float]) -> float:
+        return sum(values)
+
     def query(self, now: float) -> float:
-        c = self.config
-        end = math.floor((now - c.end_time_offset_s) / c.stat_period_s) * c.stat_period_s
-        start = end - c.collection_time_s
-        for bucket in range(end - c.stat_period_s, start - 1, -c.stat_period_s):
+        for bucket in newest_period(self.config, now):
             visible = [v for available, v in self.points.get(bucket, ()) if available <= now]
             if visible:
-                return sum(visible)
+                return self.statistic(visible)
         return 0.0
 
 
@@ -45,15 +54,8 @@ SumMetric = PendingMetric  # DeviceDemand: the same Sum per period
 class AverageMetric(PendingMetric):
     """Accelerator utilization: the pods' values of a period averaged (the Average statistic)."""
 
-    def query(self, now: float) -> float:
-        c = self.config
-        end = math.floor((now - c.end_time_offset_s) / c.stat_period_s) * c.stat_period_s
-        start = end - c.collection_time_s
-        for bucket in range(end - c.stat_period_s, start - 1, -c.stat_period_s):
-            visible = [v for available, v in self.points.get(bucket, ()) if available <= now]
-            if visible:
-                return sum(visible) / len(visible)
-        return 0.0
+    def statistic(self, values: list[float]) -> float:
+        return sum(values) / len(values)
 
 
 @dataclass
@@ -70,10 +72,7 @@ class PercentileMetric:
         self.points[bucket].extend((available, v, w) for v, w in values if w > 0)
 
     def query(self, now: float) -> float:
-        c = self.config
-        end = math.floor((now - c.end_time_offset_s) / c.stat_period_s) * c.stat_period_s
-        start = end - c.collection_time_s
-        for bucket in range(end - c.stat_period_s, start - 1, -c.stat_period_s):
+        for bucket in newest_period(self.config, now):
             visible = sorted((v, w) for available, v, w in self.points.get(bucket, ()) if available <= now)
             if visible:
                 return weighted_percentile(visible, self.percentile)
