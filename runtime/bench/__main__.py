@@ -46,10 +46,10 @@ from runtime.bench.load import (
     start_server,
     wait_ready,
 )
-from runtime.bench.modes import Mode, parse_mode
+from runtime.bench.modes import Mode, check_mode_texts, parse_mode
 from runtime.server.settings import ATTENTION, DTYPES, SCHEDULERS, ImageSize, Settings
 from runtime.server.tiny import TINY_IMAGE_SIZE, TINY_MODEL_ID
-from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, error_exit, setting
+from runtime.settings import ProgramSettings, SettingsError, error_exit, setting
 
 Count = Annotated[int, Field(ge=1)]
 # Few steps without guidance (SD-Turbo's 1-4), the guided reference, and image-to-image at strength 0.5
@@ -60,14 +60,7 @@ DEFAULT_REFERENCE = "20/7.5"
 
 def mode_texts(value: tuple[str, ...]) -> bool:
     """Every mode spelt as parse_mode reads it ("none" alone: no modes)."""
-    if value == ("none",):
-        return True
-    for text in value:
-        try:
-            parse_mode(text)
-        except ValueError as exc:
-            raise InvalidValueError(str(exc)) from None
-    return True
+    return value == ("none",) or check_mode_texts(value)
 
 
 def one_mode(value: str) -> bool:

@@ -24,23 +24,14 @@ from typing import Annotated, Any, ClassVar, Final
 from pydantic import Field
 
 from plan import contract
-from runtime.bench.modes import Mode, parse_mode
+from runtime.bench.modes import Mode, check_mode_texts, parse_mode
 from runtime.server.models import BUILT_IN_MODELS, SD21_MODEL_ID, SD_TURBO_MODEL_ID
 from runtime.server.settings import ATTENTION, DTYPES, SCHEDULERS, ImageSize, Settings
-from runtime.settings import InvalidValueError, ProgramSettings, SettingsError, error_exit, setting
+from runtime.settings import ProgramSettings, SettingsError, error_exit, setting
 
 PROG: Final = "python -m runtime.bench.gpu"
 Count = Annotated[int, Field(ge=1)]
 MODES_ALLOWED: Final = "a comma-separated list of STEPS/GUIDANCE (text to image) or STEPS/GUIDANCE/STRENGTH"
-
-
-def valid_modes(value: tuple[str, ...]) -> bool:
-    for text in value:
-        try:
-            parse_mode(text)
-        except ValueError as exc:
-            raise InvalidValueError(str(exc)) from None
-    return True
 
 
 class GpuBenchSettings(ProgramSettings):
@@ -59,7 +50,7 @@ class GpuBenchSettings(ProgramSettings):
         flag="--sd-modes",
         default=("20/7.5", "20/7.5/0.5"),
         min_length=1,
-        check=valid_modes,
+        check=check_mode_texts,
         allowed=MODES_ALLOWED,
         help="the first is the reference of every row",
     )
@@ -69,7 +60,7 @@ class GpuBenchSettings(ProgramSettings):
         flag="--turbo-modes",
         default=("1/0", "2/0/0.5"),
         min_length=1,
-        check=valid_modes,
+        check=check_mode_texts,
         allowed=MODES_ALLOWED,
         help="SD-Turbo's recipes: 1 step text to image, 2 steps at strength 0.5 image to image, guidance 0",
     )

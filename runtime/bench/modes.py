@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from runtime.server.settings import Limits
+from runtime.settings import InvalidValueError
 
 LIMITS: Final = Limits()  # what a request may ask for: a mode asks for no more
 
@@ -66,3 +67,13 @@ def parse_mode(text: str) -> Mode:
     if strength is not None and not (0 < strength <= 1 and mode.unet_calls >= 1):
         raise ValueError(f"mode {text!r}: strength must be above 0 and at most 1, and steps x strength at least 1")
     return mode
+
+
+def check_mode_texts(value: tuple[str, ...]) -> bool:
+    """A settings check: every text a mode :func:`parse_mode` reads, else its one-line reason."""
+    for text in value:
+        try:
+            parse_mode(text)
+        except ValueError as exc:
+            raise InvalidValueError(str(exc)) from None
+    return True
