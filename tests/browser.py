@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Final
 
@@ -33,3 +35,13 @@ def need_browser() -> None:
         pytest.fail(missing)
     if missing:
         pytest.skip(missing)
+
+
+def screenshot_dir(prefix: str, what: str) -> Path:
+    """A new directory for a run's screenshots: under $UI_SCREENSHOTS_DIR, else under the system temp dir
+    (which pytest does not rotate away); its path is printed so a run can be looked at afterwards."""
+    base = Path(os.environ.get("UI_SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "edge-diffusion-ui-screenshots")
+    directory = base / time.strftime(f"{prefix}%Y%m%d-%H%M%S")
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"\n{what} screenshots: {directory}")
+    return directory

@@ -19,8 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ import httpx
 import pytest
 
 from plan import contract
-from tests.browser import CHROMIUM, FAKE_CAMERA_ARGS, need_browser
+from tests.browser import CHROMIUM, FAKE_CAMERA_ARGS, need_browser, screenshot_dir
 from tests.browser import CHROMIUM_ARGS as BROWSER_ARGS
 from tests.runtime.conftest import ROOT
 from tests.runtime.server.conftest import free_port, wait_until
@@ -147,12 +145,7 @@ def demo(inference: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 
 @pytest.fixture(scope="module")
 def screenshots() -> Path:
-    """$UI_SCREENSHOTS_DIR, else a directory under the system temp dir that pytest does not rotate away."""
-    base = Path(os.environ.get("UI_SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "edge-diffusion-ui-screenshots")
-    directory = base / time.strftime("demo-%Y%m%d-%H%M%S")
-    directory.mkdir(parents=True, exist_ok=True)
-    print(f"\ndemo screenshots: {directory}")
-    return directory
+    return screenshot_dir("demo-", "demo")
 
 
 @dataclass

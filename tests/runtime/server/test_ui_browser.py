@@ -17,8 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ import httpx
 import pytest
 
 from plan import contract
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_CAMERA_ARGS, need_browser
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_CAMERA_ARGS, need_browser, screenshot_dir
 from tests.runtime.conftest import ROOT
 from tests.runtime.server.conftest import free_port, metric_value, wait_until
 
@@ -112,12 +110,7 @@ def _ready(url: str, proc: subprocess.Popen[bytes]) -> bool:
 
 @pytest.fixture(scope="module")
 def screenshots() -> Path:
-    """$UI_SCREENSHOTS_DIR, else a directory under the system temp dir that pytest does not rotate away."""
-    base = Path(os.environ.get("UI_SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "edge-diffusion-ui-screenshots")
-    directory = base / time.strftime("%Y%m%d-%H%M%S")
-    directory.mkdir(parents=True, exist_ok=True)
-    print(f"\nUI screenshots: {directory}")
-    return directory
+    return screenshot_dir("", "UI")
 
 
 @dataclass
