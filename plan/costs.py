@@ -86,10 +86,6 @@ class Setting:
     nat_gateways: str  # NAT_PER_AZ | NAT_ONE
     spot: bool  # regional serving on Spot
 
-    @classmethod
-    def configured(cls, config: AppConfig) -> Setting:
-        return cls(True, config.nat_gateways, config.serving.spot)
-
 
 BEFORE: Final = Setting(min_replicas_as_configured=False, nat_gateways=NAT_PER_AZ, spot=False)
 
