@@ -125,26 +125,6 @@ def metric_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]
     return {name: values[name] for name in contract.LEGACY_METRIC_DIMENSIONS}
 
 
-def demand_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
-    """The dimension values the inventory API records device demand for ``placement``'s location with."""
-    values = {
-        contract.DIMENSION_CLUSTER: config.cluster_name,
-        contract.DIMENSION_LOCATION: placement.location.metric_value(config),
-    }
-    return {name: values[name] for name in contract.DEVICE_DEMAND_DIMENSIONS}
-
-
-def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
-    """Container Insights' dimension values for the pods of ``placement``'s Kubernetes Deployment."""
-    return dict(
-        zip(
-            contract.CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS,
-            (config.cluster_name, topology.NAMESPACE, placement.name),
-            strict=True,
-        )
-    )
-
-
 def _metadata(
     namespace: str,
     metric: str,
@@ -197,7 +177,7 @@ def trigger_metadata(
         SIGNAL_UTILIZATION: (
             contract.CONTAINER_INSIGHTS_NAMESPACE,
             placement.accelerator.utilization_metric,
-            workload_dimensions(placement, config),
+            topology.workload_dimensions(placement, config),
             "Average",
             serving.utilization_target_percent,
             serving.utilization_target_percent,
@@ -230,7 +210,7 @@ def demand_metadata(placement: Placement, config: AppConfig, settings: Autoscali
     return _metadata(
         contract.METRIC_NAMESPACE,
         contract.METRIC_DEVICE_DEMAND,
-        demand_dimensions(placement, config),
+        topology.demand_dimensions(placement.location.metric_value(config), config),
         statistic="Sum",
         target=settings.demand_target,
         activation=0,

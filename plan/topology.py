@@ -138,6 +138,20 @@ def placements(config: AppConfig) -> tuple[Placement, ...]:
     return tuple(result)
 
 
+def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
+    """Container Insights' dimension values for the pods of ``placement``'s Kubernetes Deployment: what
+    the dashboard graphs and the utilization trigger reads."""
+    values = (config.cluster_name, NAMESPACE, placement.name)
+    return dict(zip(contract.CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS, values, strict=True))
+
+
+def demand_dimensions(location: str, config: AppConfig) -> dict[str, str]:
+    """The dimension values the inventory API records DeviceDemand for ``location`` (the Region's or a
+    Local Zone's name) with: what the wake trigger, the alarm and the dashboard read."""
+    values = {contract.DIMENSION_CLUSTER: config.cluster_name, contract.DIMENSION_LOCATION: location}
+    return {name: values[name] for name in contract.DEVICE_DEMAND_DIMENSIONS}
+
+
 def takes_spot(
     config: AppConfig, placement: Placement, *, spot: bool | None = None, min_replicas: int | None = None
 ) -> bool:

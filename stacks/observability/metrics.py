@@ -48,8 +48,9 @@ from plan.config import AppConfig
 from plan.topology import Placement
 
 CONTAINER_INSIGHTS_NAMESPACE: Final = contract.CONTAINER_INSIGHTS_NAMESPACE
-# The Kubernetes Deployment's name for its pods is PodName (see the module docstring).
-CI_CLUSTER, CI_NAMESPACE, CI_WORKLOAD = contract.CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS
+# Workload metrics carry plan.topology.workload_dimensions (PodName: the Kubernetes Deployment's name for
+# its pods, see the module docstring); cluster-wide ones the cluster's alone.
+CI_CLUSTER: Final = contract.CONTAINER_INSIGHTS_WORKLOAD_DIMENSIONS[0]
 CI_REPLICAS_DESIRED: Final = "replicas_desired"
 CI_REPLICAS_READY: Final = "replicas_ready"
 CI_POD_PENDING: Final = "pod_status_pending"  # 1 per pending pod, 0 per other pod, each collection
@@ -75,11 +76,6 @@ def inventory_dimensions(config: AppConfig) -> dict[str, str]:
     return {contract.DIMENSION_CLUSTER: config.cluster_name}
 
 
-def workload_dimensions(placement: Placement, config: AppConfig) -> dict[str, str]:
-    """Container Insights' workload dimension set for the placement's Kubernetes Deployment."""
-    return {CI_CLUSTER: config.cluster_name, CI_NAMESPACE: topology.NAMESPACE, CI_WORKLOAD: placement.name}
-
-
 def serving_metric(
     name: str, placement: Placement, config: AppConfig, statistic: str, period: cdk.Duration, label: str
 ) -> cloudwatch.Metric:
@@ -99,7 +95,7 @@ def workload_metric(
     return cloudwatch.Metric(
         namespace=CONTAINER_INSIGHTS_NAMESPACE,
         metric_name=name,
-        dimensions_map=workload_dimensions(placement, config),
+        dimensions_map=topology.workload_dimensions(placement, config),
         statistic=statistic,
         period=period,
         label=label,
@@ -130,11 +126,6 @@ def error_rate_expression(placement: Placement, config: AppConfig, period: cdk.D
     )
 
 
-def demand_dimensions(location: str, config: AppConfig) -> dict[str, str]:
-    """Dimensions of the inventory API's DeviceDemand: the cluster and the Region or Local Zone name."""
-    return {contract.DIMENSION_CLUSTER: config.cluster_name, contract.DIMENSION_LOCATION: location}
-
-
 def demand_metric(
     location: str, config: AppConfig, period: cdk.Duration, label: str = "device demand"
 ) -> cloudwatch.Metric:
@@ -142,7 +133,7 @@ def demand_metric(
     return cloudwatch.Metric(
         namespace=contract.METRIC_NAMESPACE,
         metric_name=contract.METRIC_DEVICE_DEMAND,
-        dimensions_map=demand_dimensions(location, config),
+        dimensions_map=topology.demand_dimensions(location, config),
         statistic="Sum",
         period=period,
         label=label,
