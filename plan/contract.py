@@ -118,6 +118,7 @@ ENV_HOST: Final = "EDGE_DIFFUSION_HOST"  # bind address; 0.0.0.0 in pods
 ENV_PORT: Final = "EDGE_DIFFUSION_PORT"
 ENV_DTYPE: Final = "EDGE_DIFFUSION_DTYPE"  # auto|float16|bfloat16|float32 (auto: fp16 on cuda, fp32 on cpu)
 ENV_TORCH_COMPILE: Final = "EDGE_DIFFUSION_TORCH_COMPILE"  # 1 = torch.compile the UNet and VAE decoder (cuda)
+ENV_WORKERS: Final = "EDGE_DIFFUSION_WORKERS"  # device worker processes; 0 = two on a CPU, else one in process
 ENV_TORCH_THREADS: Final = "EDGE_DIFFUSION_TORCH_THREADS"  # CPU intra-op threads; 0 = the pod's CPU quota
 ENV_MODEL_CACHE_DIR: Final = "EDGE_DIFFUSION_MODEL_CACHE_DIR"  # where S3 artifacts are downloaded
 ENV_DRAIN_TIMEOUT_S: Final = "EDGE_DIFFUSION_DRAIN_TIMEOUT_S"  # SIGTERM: max wait for queued work

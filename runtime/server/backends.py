@@ -120,6 +120,10 @@ class BackendError(RuntimeError):
     """The backend could not load or run (message is one line, for the pod log)."""
 
 
+class DeviceLostError(BackendError):
+    """The device will not run another call (its worker process died): the batcher retires it."""
+
+
 class NonFiniteImageError(BackendError):
     """The warm-up produced NaN or inf pixels (a dtype the weights overflow in, or broken weights)."""
 
@@ -192,6 +196,9 @@ class Backend(ABC):
     @abstractmethod
     def load(self) -> None:
         """Load (and place) the model; slow, runs off the event loop."""
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing a garbage collector would not free
+        """Release what load() started (a worker process); the server calls it once it has stopped."""
 
     @abstractmethod
     def generate(

@@ -1,8 +1,10 @@
-"""Dynamic micro-batching: coalesce compatible requests, one inference worker per device.
+"""Dynamic micro-batching: coalesce compatible requests, one worker thread per device.
 
 Requests wait in a bounded FIFO; the dispatcher takes the oldest, adds later ones with the same
-BatchParams up to `max_batch` images and runs them on the device's single worker thread, because a
-denoising step is one call on the whole batch. How long a batch waits for company, how failures stay
+BatchParams up to `max_batch` images and runs them on a free device's worker thread, because a
+denoising step is one call on the whole batch. With several devices (worker processes,
+runtime.server.workers) a batch takes its share of what waits, so every free device gets work, and
+estimates of the work ahead are shared out among them. How long a batch waits for company, how failures stay
 isolated and when a batch stops: docs/adr/0004-micro-batches-wait-for-expected-company.md.
 
 Admission weighs cost (runtime.server.admission): besides the count limit, the estimated device time
@@ -32,7 +34,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 
 from runtime.server.admission import CostModel, StepClock, Timing, seconds_text
-from runtime.server.backends import Backend, BatchParams, ImageSpec, denoising_steps
+from runtime.server.backends import Backend, BatchParams, DeviceLostError, ImageSpec, denoising_steps
 from runtime.server.metrics import PromMetrics
 
 log = logging.getLogger(__name__)
@@ -177,12 +179,13 @@ class _Stats:
 
 
 class Batcher:
-    """Owns the queue, the dispatcher task and the device's worker thread."""
+    """Owns the queue, the dispatcher task and a worker thread per device."""
 
     def __init__(
         self,
         backend: Backend,
         *,
+        more_devices: Sequence[Backend] = (),
         max_batch: int,
         max_wait_s: float,
         queue_size: int,
@@ -192,6 +195,7 @@ class Batcher:
         costs: CostModel | None = None,
     ) -> None:
         self.backend = backend
+        self.devices: list[Backend] = [backend, *more_devices]
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -200,23 +204,47 @@ class Batcher:
         self.encode = encode
         self.costs = costs if costs is not None else CostModel()
         self._queue: collections.deque[Job] = collections.deque()
-        self._running: list[Job] = []
-        self._running_since = 0.0  # when the running device call started (monotonic)
+        self._runs: dict[int, tuple[list[Job], float]] = {}  # device -> its running call's jobs, started (monotonic)
         self._arrival = asyncio.Event()
+        self._freed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{backend.device}")
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{backend.device}-{i}")
+            for i in range(len(self.devices))
+        ]
         self._task: asyncio.Task[None] | None = None
         self.draining = False
         self.stats = _Stats()
         self.expected_images = 1  # requests in the system when the last batch ended (see module doc)
         self._idle_since = 0.0  # when the device last became free
         self.abandoned_batches = 0  # device calls stopped early because every request was gone
+        self.lost: set[int] = set()  # devices retired after a DeviceLostError
+        self.on_all_lost: Callable[[str], None] | None = None  # told why, once no device is left
 
     # --- state --------------------------------------------------------------------------
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def _running(self) -> list[Job]:
+        """The jobs of every running device call."""
+        return [job for jobs, _ in self._runs.values() for job in jobs]
+
+    @property
+    def _free(self) -> list[int]:
+        return [i for i in range(len(self.devices)) if i not in self._runs and i not in self.lost]
+
+    @property
+    def all_lost(self) -> bool:
+        """Every device was retired: nothing will run again in this process."""
+        return len(self.lost) == len(self.devices)
+
+    @property
+    def _serving(self) -> int:
+        """Devices that run calls (not lost); at least 1, for the estimates."""
+        return max(1, len(self.devices) - len(self.lost))
 
     @property
     def in_flight(self) -> int:
@@ -225,7 +253,15 @@ class Batcher:
     @property
     def device_busy(self) -> bool:
         """A device call is running (possibly for requests that are all gone, until its next step)."""
-        return bool(self._running)
+        return bool(self._runs)
+
+    def keep_devices(self, count: int) -> None:
+        """Run on the first `count` devices only (before any batch): the rest are closed."""
+        for backend in self.devices[count:]:
+            backend.close()
+        for executor in self._executors[count:]:
+            executor.shutdown(wait=False)
+        del self.devices[count:], self._executors[count:]
 
     @property
     def pending(self) -> int:
@@ -258,11 +294,13 @@ class Batcher:
         return costs_for(self.costs, params).estimate_s(images, params.width, params.height, params.steps) or 0.0
 
     def _running_left_s(self, now: float) -> float:
-        """Estimated device seconds left of the running call (0 once all its requests are gone)."""
-        if not self._running or all(j.gone for j in self._running):
-            return 0.0
-        images = sum(j.size for j in self._running)
-        return max(0.0, self._estimate(self._running[0].params, images) - (now - self._running_since))
+        """Estimated device seconds left of the running calls (a call's is 0 once all its requests are gone)."""
+        left = 0.0
+        for jobs, since in self._runs.values():
+            if jobs and not all(j.gone for j in jobs):
+                images = sum(j.size for j in jobs)
+                left += max(0.0, self._estimate(jobs[0].params, images) - (now - since))
+        return left
 
     def _queued_s(self, jobs: Sequence[Job]) -> float:
         """Estimated device seconds of these queued jobs, batched as the dispatcher would (by params, in order)."""
@@ -278,21 +316,23 @@ class Batcher:
         return sum(self._estimate(params, images) for params, sizes in chunks.items() for images in sizes)
 
     def work_ahead_s(self) -> float | None:
-        """Estimated device seconds of everything running and queued; None before any measurement."""
+        """Estimated seconds until the devices have done everything running and queued; None before any measurement."""
         if not self.costs.measured:
             return None
-        return self._running_left_s(time.monotonic()) + self._queued_s(list(self._queue))
+        return (self._running_left_s(time.monotonic()) + self._queued_s(list(self._queue))) / self._serving
 
     def eta_s(self, job: Job) -> float | None:
         """Estimated seconds until this job's images are ready; None before any measurement."""
         if not self.costs.measured:
             return None
         now = time.monotonic()
-        if job in self._running:
-            return self._running_left_s(now)
+        for jobs, since in self._runs.values():
+            if job in jobs:
+                return max(0.0, self._estimate(job.params, sum(j.size for j in jobs)) - (now - since))
         queue = list(self._queue)
         ahead = queue[: queue.index(job) + 1] if job in queue else [job]
-        return self._running_left_s(now) + self._queued_s(ahead)
+        own = self._queued_s([job])
+        return (self._running_left_s(now) + self._queued_s(ahead) - own) / self._serving + own
 
     def _update_gauges(self) -> None:
         if self.metrics:
@@ -330,11 +370,14 @@ class Batcher:
         for job in list(self._queue):
             self._fail(job, DrainingError("server stopped"))
         self._queue.clear()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        for backend in self.devices:
+            await asyncio.to_thread(backend.close)
 
-    async def run_on_worker(self, fn: Callable[..., T], *args: object) -> T:
-        """Run fn on the device's worker thread (model load, warm-up): never beside a batch."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def run_on_worker(self, fn: Callable[..., T], *args: object, device: int = 0) -> T:
+        """Run fn on a device's worker thread (model load, warm-up): never beside a batch there."""
+        return await asyncio.get_running_loop().run_in_executor(self._executors[device], fn, *args)
 
     # --- request side -------------------------------------------------------------------
     def submit(
@@ -436,19 +479,25 @@ class Batcher:
                 job.cancelled = True
                 self._fail(job, DeadlineExceededError(f"request deadline {job.deadline - job.enqueued_at:g} s passed"))
 
+    def _share(self, images: int) -> int:
+        """A batch's images when `images` wait: all of them up to max_batch, shared out among the free devices."""
+        return max(1, min(self.max_batch, math.ceil(images / max(1, len(self._free)))))
+
     def _select(self) -> list[Job]:
-        """The oldest job plus later compatible ones, up to max_batch images (FIFO, greedy fill).
+        """The oldest job plus later compatible ones, up to its share of max_batch images (FIFO, greedy fill).
 
         A job joins only while the batch's estimated time fits every member's remaining deadline:
-        a request that fits alone is not made late by company.
+        a request that fits alone is not made late by company. With several free devices a batch takes
+        its share of the waiting images, and the next free device the rest.
         """
         head = self._queue[0]
         now = time.monotonic()
+        cap = self._share(sum(j.size for j in self._queue if j.params == head.params))
         batch, images, budget = [head], head.size, head.deadline - now
         for job in list(self._queue)[1:]:
-            if images >= self.max_batch:
+            if images >= cap:
                 break
-            if job.params == head.params and images + job.size <= self.max_batch:
+            if job.params == head.params and images + job.size <= cap:
                 within = min(budget, job.deadline - now)
                 if self.costs.measured and self._estimate(head.params, images + job.size) > within:
                     continue
@@ -477,34 +526,53 @@ class Batcher:
                 await asyncio.wait_for(self._arrival.wait(), wait_left)
 
     async def _dispatch_forever(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            if not batch:
-                continue
-            try:
-                await self._execute(batch)
-            except Exception:  # the dispatcher must survive anything a batch does
-                log.exception("batch failed unexpectedly")
-                for job in batch:
-                    self._fail(job, GenerationError("internal error"))
-            finally:
-                # Only requests still waiting tend to come back: gone ones are not expected company.
-                images = sum(j.size for j in batch if not j.cancelled)
-                self.expected_images = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
-                self._idle_since = time.monotonic()
-                self._running = []
-                self._update_gauges()
-
-    async def _execute(self, batch: list[Job]) -> None:
-        now = time.monotonic()
-        for job in batch:
-            self._queue.remove(job)
-            job.started_at = now
-        self._running = batch
-        self._running_since = now
-        self._update_gauges()
+        tasks: set[asyncio.Task[None]] = set()
         try:
-            run = await self._run_on_device(batch)
+            while True:
+                if not self._free:
+                    self._freed.clear()
+                    await self._freed.wait()
+                    continue
+                batch = await self._next_batch()
+                if not batch:
+                    continue
+                device = self._free[0]
+                now = time.monotonic()
+                for job in batch:
+                    self._queue.remove(job)
+                    job.started_at = now
+                self._runs[device] = (batch, now)
+                self._update_gauges()
+                task = asyncio.get_running_loop().create_task(self._run_batch(device, batch))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _run_batch(self, device: int, batch: list[Job]) -> None:
+        try:
+            await self._execute(device, batch)
+        except Exception:  # the dispatcher must survive anything a batch does
+            log.exception("batch failed unexpectedly")
+            for job in batch:
+                self._fail(job, GenerationError("internal error"))
+        finally:
+            # Only requests still waiting tend to come back: gone ones are not expected company.
+            # Another device's requests come back when that device is free: not this one's company.
+            images = sum(j.size for j in batch if not j.cancelled)
+            self.expected_images = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
+            self._idle_since = time.monotonic()
+            self._runs.pop(device, None)
+            self._freed.set()
+            self._update_gauges()
+
+    async def _execute(self, device: int, batch: list[Job]) -> None:
+        try:
+            run = await self._run_on_device(device, batch)
+        except DeviceLostError as exc:
+            self._lose(device, batch, exc)
+            return
         except Exception as exc:
             if len(batch) == 1:
                 log.warning("generation failed: %s", exc)
@@ -513,21 +581,38 @@ class Batcher:
             log.warning("batch of %d failed (%s); retrying its requests one by one", len(batch), exc)
             for job in batch:
                 if not job.cancelled:
-                    self._running, self._running_since = [job], time.monotonic()
-                    await self._execute_alone(job)
+                    self._runs[device] = ([job], time.monotonic())
+                    await self._execute_alone(device, job)
             return
         self._deliver(batch, run)
 
-    async def _execute_alone(self, job: Job) -> None:
+    async def _execute_alone(self, device: int, job: Job) -> None:
         try:
-            run = await self._run_on_device([job])
+            run = await self._run_on_device(device, [job])
+        except DeviceLostError as exc:
+            self._lose(device, [job], exc)
+            return
         except Exception as exc:
             log.warning("generation failed: %s", exc)
             self._fail(job, GenerationError(f"generation failed: {type(exc).__name__}"))
             return
         self._deliver([job], run)
 
-    async def _run_on_device(self, batch: list[Job]) -> _DeviceRun:
+    def _lose(self, device: int, batch: list[Job], exc: DeviceLostError) -> None:
+        """Retire a device that will not run again; its batch fails, the other devices serve the queue."""
+        self.lost.add(device)
+        left = len(self.devices) - len(self.lost)
+        log.error("device %d lost (%s): %d of %d devices left", device, exc, left, len(self.devices))
+        for job in batch:
+            self._fail(job, GenerationError(f"generation failed: {exc}"))
+        if left == 0:
+            for job in list(self._queue):
+                self._fail(job, GenerationError(f"generation failed: {exc}"))
+            self._queue.clear()
+            if self.on_all_lost is not None:
+                self.on_all_lost(str(exc))
+
+    async def _run_on_device(self, device: int, batch: list[Job]) -> _DeviceRun:
         loop = asyncio.get_running_loop()
         params = batch[0].params
         specs = [spec for job in batch for spec in job.images]
@@ -545,7 +630,7 @@ class Batcher:
         def work() -> _DeviceRun:
             clock = StepClock(len(specs), params.width, params.height, params.denoising_steps, forward=on_step)
             started = time.perf_counter()
-            images = self.backend.generate(params, specs, should_stop, on_step=clock)
+            images = self.devices[device].generate(params, specs, should_stop, on_step=clock)
             seconds = time.perf_counter() - started
             if len(images) != len(specs):
                 if should_stop():
@@ -557,7 +642,7 @@ class Batcher:
             self.costs.record(clock.timing())
             return run
 
-        run = await loop.run_in_executor(self._executor, work)
+        run = await loop.run_in_executor(self._executors[device], work)
         if run.abandoned:  # not a representative batch time: the wait heuristic does not learn from it
             self.abandoned_batches += 1
             return run

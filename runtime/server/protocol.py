@@ -86,9 +86,9 @@ class ErrorBody(BaseModel):
 
 
 class Liveness(BaseModel):
-    """GET /healthz: the process answers (nothing about the model, device or version)."""
+    """GET /healthz: the process answers (nothing about the model or version); 503 once every device worker died."""
 
-    status: Literal["alive"]
+    status: Literal["alive", "no device"]
 
 
 class Readiness(BaseModel):

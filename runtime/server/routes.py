@@ -405,9 +405,16 @@ def build_router(
         )
         return JSONResponse(answer.model_dump(), headers=headers)
 
-    @router.get(contract.HEALTH_PATH, summary="Liveness: the process answers", response_model=Liveness)
-    async def healthz() -> Liveness:
-        return Liveness(status="alive")
+    @router.get(
+        contract.HEALTH_PATH,
+        summary="Liveness: the process answers, and has a device to run on",
+        response_model=Liveness,
+        responses={503: {"model": Liveness, "description": "every device worker died: restart the container"}},
+    )
+    async def healthz() -> Response:
+        if service.batcher.all_lost:  # a worker killed (out of memory) leaves this process up: have it restarted
+            return JSONResponse(Liveness(status="no device").model_dump(), status_code=503)
+        return JSONResponse(Liveness(status="alive").model_dump())
 
     @router.get(
         contract.READY_PATH,

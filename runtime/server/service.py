@@ -44,7 +44,6 @@ from runtime.server.backends import (
     ImageSpec,
     NonFiniteImageError,
     NoVaeEncoderError,
-    create_backend,
     denoising_steps,
     warmup,
 )
@@ -71,6 +70,13 @@ from runtime.server.protocol import (
     describe_errors,
 )
 from runtime.server.settings import Settings
+from runtime.server.workers import (
+    ProcessBackend,
+    create_backends,
+    memory_limit,
+    resident_bytes,
+    workers_that_fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +207,18 @@ class ImageService:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
-        self.backend = backend or create_backend(settings)
+        devices = [backend] if backend is not None else create_backends(settings)
+        self.backend = devices[0]
         self.prom = PromMetrics()
         self.batcher = Batcher(
             self.backend,
+            more_devices=devices[1:],
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=self.prom,
         )
+        self.batcher.on_all_lost = self._device_lost
         for reason in ADMISSION_REASONS:
             self.prom.rejections.labels(reason=reason)
         # Per client (the token's sub): nothing applies to a request without one (auth none).
@@ -269,10 +278,8 @@ class ImageService:
             await self.batcher.run_on_worker(self.backend.load)
             self._reach("model_loaded")
             self._set_state("warming")
-            largest = (self.limits.max_width, self.limits.max_height)  # measured too when above the default
-            seconds = await self.batcher.run_on_worker(
-                warmup, self.backend, self.settings.max_batch, self.batcher.costs.record, largest
-            )
+            seconds = await self._warm(0)
+            await self._start_more_devices()
             self.batcher.observe_batch_time(seconds)
             self._reach("warmed_up")
         except Exception as exc:
@@ -286,6 +293,45 @@ class ImageService:
             cold_start = self._reach("ready")
             self.cloudwatch.record_cold_start(cold_start)
             log.info("ready: %s (warm-up %.2fs, cold start %.1fs)", self.backend.description, seconds, cold_start)
+
+    def _device_lost(self, why: str) -> None:
+        """Every device is gone (its worker died): not ready, with the reason, until the pod is replaced."""
+        if self.state != "draining":
+            self._set_state("failed", f"no device left: {why} (see the pod log)")
+
+    async def _warm(self, device: int) -> float:
+        """Warm one device up (backends.warmup), teaching the cost model; the seconds of its single image."""
+        largest = (self.limits.max_width, self.limits.max_height)  # measured too when above the default
+        args = (self.batcher.devices[device], self.settings.max_batch, self.batcher.costs.record, largest)
+        return await self.batcher.run_on_worker(warmup, *args, device=device)
+
+    async def _start_more_devices(self) -> None:
+        """Load and warm the other worker processes, as many as fit the container's memory beside the first.
+
+        The first worker's peak resident memory after its warm-up (a full batch at the largest size)
+        is what each of the others will need."""
+        devices = self.batcher.devices
+        if len(devices) == 1:
+            return
+        first = devices[0]
+        peak = resident_bytes(first.pid, "VmHWM") if isinstance(first, ProcessBackend) and first.pid else 0
+        fit = workers_that_fit(len(devices), peak, resident_bytes(os.getpid()), memory_limit())
+        if fit < len(devices):
+            log.warning(
+                "running %d of %d device workers: each reached %d MiB in its warm-up, and the container's memory "
+                "limit leaves room for %d",
+                fit,
+                len(devices),
+                peak >> 20,
+                fit,
+            )
+            self.batcher.keep_devices(fit)
+
+        async def start(device: int) -> None:
+            await self.batcher.run_on_worker(devices[device].load, device=device)
+            await self._warm(device)
+
+        await asyncio.gather(*(start(device) for device in range(1, len(devices))))
 
     async def drain(self, timeout_s: float) -> bool:
         """Readiness off, refuse new work, wait for accepted work; True if all of it finished."""

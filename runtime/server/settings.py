@@ -150,7 +150,23 @@ class Settings(ProgramSettings):
     )
     # More intra-op threads than the CPUs the pod may use makes OpenMP spin against CFS throttling
     # (a 40 ms step becomes seconds); 0 sizes the pool from the cgroup quota.
-    torch_threads: int = setting(env=contract.ENV_TORCH_THREADS, flag="--torch-threads", default=0, ge=0)
+    torch_threads: int = setting(
+        env=contract.ENV_TORCH_THREADS,
+        flag="--torch-threads",
+        default=0,
+        ge=0,
+        help="per device worker; 0: the CPUs less one, shared among the workers",
+    )
+    # Pipelines in processes of their own (runtime.server.workers, ADR 0018): on a CPU two workers of
+    # half the threads serve more than one with all of them, and none waits for the event loop's GIL.
+    workers: int = setting(
+        env=contract.ENV_WORKERS,
+        flag="--workers",
+        default=0,
+        ge=0,
+        le=16,
+        help="device worker processes; 0: two on a CPU with 2 or more CPUs, else the server's own process",
+    )
     host: str = setting(env=contract.ENV_HOST, flag="--host", default="0.0.0.0")  # noqa: S104 - pods
     port: int = setting(env=contract.ENV_PORT, flag="--port", default=contract.PORT, ge=1, le=65535)
     max_batch: int = setting(

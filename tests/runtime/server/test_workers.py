@@ -1,0 +1,268 @@
+"""Device workers: the tiny pipeline in a worker process gives what it gives in process, stops when
+nobody waits, reports its failures as the in-process backend would; the batcher shares the waiting
+requests out among free devices and runs their calls side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from plan import contract
+from runtime.server.admission import Timing
+from runtime.server.backends import BatchParams, DiffusersBackend, ImageSpec, create_backend
+from runtime.server.batcher import Batcher
+from runtime.server.settings import Settings
+from runtime.server.workers import (
+    MEMORY_SHARE,
+    ProcessBackend,
+    WorkerError,
+    create_backends,
+    memory_limit,
+    resident_bytes,
+    threads_per_worker,
+    worker_count,
+    workers_that_fit,
+)
+from tests.runtime.server.conftest import start_in_process, tiny_settings
+from tests.runtime.server.test_batcher import FakeDevice, run, spec
+
+TINY = BatchParams(steps=2, guidance_scale=7.5, width=64, height=64)
+
+
+def settings(**changes: Any) -> Settings:
+    return Settings(**{"model_id": "tiny", "auth": "none", "metrics_sink": "none", "torch_threads": 1, **changes})
+
+
+# --- how many workers, and their threads ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("workers", "device", "cpus", "expected"),
+    [(0, "cpu", 2, 2), (0, "cpu", 16, 2), (0, "cpu", 1, 1), (0, "cuda", 16, 1), (0, "neuron", 8, 1), (3, "cpu", 2, 3)],
+)
+def test_worker_count(workers: int, device: str, cpus: int, expected: int) -> None:
+    assert worker_count(settings(workers=workers), device, cpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("threads", "workers", "cpus", "expected"), [(0, 2, 2, 1), (0, 2, 8, 3), (0, 1, 8, 7), (4, 2, 2, 4)]
+)
+def test_threads_per_worker_leave_the_event_loop_a_cpu(threads: int, workers: int, cpus: int, expected: int) -> None:
+    assert threads_per_worker(settings().replace(torch_threads=threads), workers, cpus) == expected
+
+
+def test_workers_that_fit_the_memory_limit() -> None:
+    gib = 1 << 30
+    assert workers_that_fit(2, 6 * gib, gib, None) == 2  # no limit
+    assert workers_that_fit(2, 6 * gib, gib, 14 * gib) == 1  # a CPU pod's 14Gi: 2 x 6 GiB is past 80 %
+    assert workers_that_fit(2, 4 * gib, gib, 14 * gib) == 2
+    assert workers_that_fit(2, 20 * gib, gib, 14 * gib) == 1  # never fewer than the one already running
+    assert MEMORY_SHARE * 14 * gib - gib >= 2 * 4 * gib
+
+
+def test_memory_limit_reads_cgroup_v2(tmp_path: Path) -> None:
+    limit = tmp_path / "memory.max"
+    limit.write_text("max\n")
+    assert memory_limit(limit) is None
+    limit.write_text("15032385536\n")
+    assert memory_limit(limit) == 15032385536
+    assert memory_limit(tmp_path / "absent") is None
+
+
+def test_resident_bytes_of_this_process() -> None:
+    assert resident_bytes(os.getpid()) > 0
+    assert resident_bytes(os.getpid(), "VmHWM") >= resident_bytes(os.getpid())
+    assert resident_bytes(2**22 + 7) == 0
+
+
+def test_one_worker_is_the_backend_in_process() -> None:
+    (backend,) = create_backends(settings(workers=1))
+    assert isinstance(backend, DiffusersBackend)
+    backends = create_backends(settings(workers=2))
+    assert all(isinstance(b, ProcessBackend) and b.settings.torch_threads == 1 for b in backends)
+    assert len(backends) == 2
+
+
+# --- a worker process running the tiny pipeline ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[ProcessBackend]:
+    backend = ProcessBackend(settings(), 0, 1)
+    backend.load()
+    yield backend
+    backend.close()
+
+
+def test_a_worker_reports_what_the_server_needs(worker: ProcessBackend) -> None:
+    assert worker.pid is not None and worker.pid != os.getpid()
+    assert worker.description.startswith("tiny on cpu") and worker.description.endswith("in worker process 0")
+    assert (worker.default_width, worker.default_height) == (64, 64)
+    assert getattr(worker.rules, "stop_hooks", 0) > 0  # the worker's facts reached the rules object
+    assert worker.check_size(64, 64) is None and worker.max_device_batch is None
+
+
+def test_a_worker_generates_what_the_pipeline_generates_in_process(worker: ProcessBackend) -> None:
+    local = create_backend(settings())
+    local.load()
+    specs = [ImageSpec("a lighthouse", "", seed) for seed in (3, 4, 5)]
+    steps: list[tuple[int, int]] = []
+    remote = worker.generate(TINY, specs, lambda: False, on_step=lambda done, total: steps.append((done, total)))
+    here = local.generate(TINY, specs, lambda: False)
+    assert len(remote) == 3
+    for a, b in zip(remote, here, strict=True):  # the same kernels, up to float rounding in another process
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert steps[-1] == (2, 2) and steps[0][0] <= 1  # every step was relayed, in order
+    alone = worker.generate(TINY, specs[1:2], lambda: False)
+    np.testing.assert_allclose(alone[0], remote[1], atol=1e-5)  # the same seed alone and in a batch
+
+
+def test_a_worker_stops_when_nobody_waits(worker: ProcessBackend) -> None:
+    params = BatchParams(steps=50, guidance_scale=7.5, width=64, height=64)
+    asked = 0
+
+    def gone() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 2  # leave after the first relayed step
+
+    started = time.monotonic()
+    images = worker.generate(params, [ImageSpec("x", "", 1)], gone)
+    assert images == [] and time.monotonic() - started < 5
+    assert len(worker.generate(TINY, [ImageSpec("x", "", 1)], lambda: False)) == 1  # the next call runs whole
+
+
+def test_a_workers_error_is_raised_here_and_it_keeps_serving(worker: ProcessBackend) -> None:
+    with pytest.raises(Exception) as raised:
+        worker.generate(BatchParams(steps=2, guidance_scale=7.5, width=60, height=60), [ImageSpec("x", "", 1)], bool)
+    assert "60" in str(raised.value) or "divisible" in str(raised.value)
+    assert len(worker.generate(TINY, [ImageSpec("x", "", 1)], lambda: False)) == 1
+
+
+def test_a_dead_worker_is_one_line_not_a_hang() -> None:
+    backend = ProcessBackend(settings(), 1, 1)
+    backend.load()
+    assert backend.pid is not None
+    os.kill(backend.pid, signal.SIGKILL)
+    with pytest.raises(WorkerError, match=r"^device worker 1 exited with -9$"):
+        backend.generate(TINY, [ImageSpec("x", "", 1)], lambda: False)
+    backend.close()
+
+
+def test_a_worker_that_cannot_load_says_why() -> None:
+    backend = ProcessBackend(settings(model_id="/nonexistent/model"), 2, 1)
+    with pytest.raises(Exception, match="nonexistent"):
+        backend.load()
+    assert backend.pid is not None
+    assert not Path(f"/proc/{backend.pid}/status").exists()  # closed: the worker is gone, not left behind
+
+
+# --- the batcher with several devices -------------------------------------------------------------
+
+
+def test_waiting_requests_are_shared_out_among_free_devices() -> None:
+    first, second = FakeDevice(seconds=0.2), FakeDevice(seconds=0.2)
+
+    async def main() -> float:
+        b = Batcher(first, more_devices=[second], max_batch=8, max_wait_s=0.0, queue_size=16)
+        b.expected_images = 8
+        jobs = [b.submit(TINY, spec(f"p{i}", i), 30) for i in range(8)]
+        started = time.monotonic()
+        b.start()
+        await asyncio.gather(*(b.wait(j) for j in jobs))
+        await b.stop()
+        return time.monotonic() - started
+
+    seconds = run(main())
+    assert sorted(len(batch) for batch in first.batches + second.batches) == [4, 4]
+    assert seconds < 0.35  # side by side: one call's time, not two
+    assert first.threads[0] != second.threads[0]
+
+
+def test_a_lone_device_still_takes_a_full_batch() -> None:
+    device = FakeDevice(seconds=0.05)
+
+    async def main() -> None:
+        b = Batcher(device, max_batch=8, max_wait_s=0.0, queue_size=16)
+        jobs = [b.submit(TINY, spec(f"p{i}", i), 30) for i in range(8)]
+        b.start()
+        await asyncio.gather(*(b.wait(j) for j in jobs))
+        await b.stop()
+
+    run(main())
+    assert [len(batch) for batch in device.batches] == [8]
+
+
+def test_work_ahead_is_shared_among_devices() -> None:
+    """Admission and Retry-After: the queued work's device time is spread over the devices."""
+
+    async def main() -> tuple[float | None, float | None]:
+        one = Batcher(FakeDevice(), max_batch=1, max_wait_s=0.0, queue_size=16)
+        two = Batcher(FakeDevice(), more_devices=[FakeDevice()], max_batch=1, max_wait_s=0.0, queue_size=16)
+        for b in (one, two):
+            b.costs.record(Timing(images=1, pixels=64 * 64, steps=2, step_s=0.5, other_s=0.0))
+            for i in range(4):
+                b.submit(TINY, spec(f"p{i}", i), 30)
+        return one.work_ahead_s(), two.work_ahead_s()
+
+    alone, shared = run(main())
+    assert alone is not None and shared is not None
+    assert alone >= 4.0  # 4 calls of (at least) 2 steps x 0.5 s
+    assert shared == pytest.approx(alone / 2)
+
+
+def test_keep_devices_closes_the_rest() -> None:
+    closed: list[int] = []
+
+    class Closing(FakeDevice):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.n = n
+
+        def close(self) -> None:
+            closed.append(self.n)
+
+    async def main() -> int:
+        b = Batcher(Closing(0), more_devices=[Closing(1), Closing(2)], max_batch=8, max_wait_s=0.0, queue_size=8)
+        b.keep_devices(1)
+        count = len(b.devices)
+        await b.stop()
+        return count
+
+    assert run(main()) == 1
+    assert closed == [1, 2, 0]
+
+
+# --- a server whose workers die ---------------------------------------------------------------------
+
+
+def test_a_server_serves_on_while_a_worker_lives_and_asks_for_a_restart_when_none_does() -> None:
+    running = start_in_process(tiny_settings(workers=2))
+    try:
+        devices = running.service.batcher.devices
+        assert [type(d) for d in devices] == [ProcessBackend, ProcessBackend]
+        body = {"prompt": "a boat", "steps": 2}
+        with running.client() as c:
+            assert c.post(contract.IMAGES_PATH, json=body).status_code == 200
+            os.kill(devices[0].pid, signal.SIGKILL)
+            answers = [c.post(contract.IMAGES_PATH, json={**body, "seed": i}).status_code for i in range(4)]
+            assert answers.count(200) >= 3 and set(answers) <= {200, 500}  # at most the call on the dead one fails
+            assert c.get(contract.HEALTH_PATH).json() == {"status": "alive"}
+            os.kill(devices[1].pid, signal.SIGKILL)
+            failed = c.post(contract.IMAGES_PATH, json=body)
+            assert failed.status_code == 500 and "device worker 1 exited with -9" in failed.text
+            health = c.get(contract.HEALTH_PATH)
+            assert health.status_code == 503 and health.json() == {"status": "no device"}
+            ready = c.get(contract.READY_PATH)
+            assert ready.status_code == 503 and "no device left: device worker 1 exited with -9" in ready.text
+            assert c.post(contract.IMAGES_PATH, json=body).status_code == 503  # refused up front, not queued
+    finally:
+        running.stop()
