@@ -57,6 +57,8 @@ TINY_NOTICE: Final = (
     "It is here to try the server and this page out; serve a real model (`--model`) for real pictures."
 )
 # Off unless the operator turns them on: the UI never phones home.
+UI_QUEUE_POLL_S: Final = 0.02  # how often an idle UI queue looks for a click to run
+UI_PROGRESS_POLL_S: Final = 0.1  # how often a running UI generation's progress is sent to the page
 OFFLINE_ENV: Final = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
@@ -340,4 +342,18 @@ def mount_ui(app: "FastAPI", service: ImageService) -> "FastAPI":
     import gradio as gr
 
     verifier = getattr(app.state, "verifier", None)  # create_app's, in token mode
-    return gr.mount_gradio_app(app, build_ui(service, verifier), path=contract.UI_PATH, footer_links=["api"])
+    demo = build_ui(service, verifier)
+    quiet_queue(demo)
+    return gr.mount_gradio_app(app, demo, path=contract.UI_PATH, footer_links=["api"])
+
+
+def quiet_queue(demo: Any) -> None:
+    """Let Gradio's queue poll as a person needs, not 1,000 times a second.
+
+    On Linux an idle Gradio queue wakes every 1 ms to look for work, and its progress loop every
+    10 ms: on the event loop the API shares, each wake-up takes the GIL from a pipeline running in
+    the server's process and delays a request being parsed (docs/benchmarks.md, server efficiency).
+    A UI click now waits up to UI_QUEUE_POLL_S to start; progress shows every UI_PROGRESS_POLL_S."""
+    queue = demo._queue  # Blocks() made it; mount_gradio_app starts its loops with these intervals
+    queue.sleep_when_free = UI_QUEUE_POLL_S
+    queue.progress_update_sleep_when_free = UI_PROGRESS_POLL_S
