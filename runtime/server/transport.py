@@ -613,7 +613,8 @@ def accept_error_handler(events: IntervalLog) -> Any:
 def uvicorn_config(
     app: Any, limiter: ConnectionLimiter, *, host: str, port: int, log_level: str, lifespan: bool
 ) -> uvicorn.Config:
-    """uvicorn's config for one listener: its guarded h11 protocol (named, so uvicorn picks no other), no
+    """uvicorn's config for one listener: its guarded h11 protocol (named, so uvicorn picks no other) on
+    asyncio's own loop (never uvloop, whose sockets the guard cannot see), no
     TLS of its own (the protocol terminates it), no WebSockets (no library in the images: an upgrade
     request is answered as plain HTTP), no access log and no Server header.
 
@@ -628,6 +629,7 @@ def uvicorn_config(
         host=host,
         port=port,
         http=protocol_class(limiter),
+        loop="asyncio",  # the guard reads Python sockets (_AcceptedSocket): uvloop, if installed, would bypass it
         ws="none",
         lifespan="auto" if lifespan else "off",
         log_level=log_level,
