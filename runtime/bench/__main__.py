@@ -182,6 +182,7 @@ class BenchSettings(ProgramSettings):
             contract.ENV_ATTENTION: s.attention,
             contract.ENV_TORCH_COMPILE: "1" if s.torch_compile else "0",
             contract.ENV_TORCH_THREADS: str(s.torch_threads),
+            contract.ENV_WORKERS: "1",  # the phases time one pipeline: served, the same one pipeline
             contract.ENV_HEIGHT: str(s.height),
             contract.ENV_WIDTH: str(s.width),
             contract.ENV_MAX_BATCH: str(s.max_batch),
@@ -293,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Both servers run side by side and the levels alternate between them, so a change in
     # background load on a shared machine hits both configurations alike.
-    threads = {contract.ENV_TORCH_THREADS: str(args.threads), contract.ENV_AUTH: "none"}
+    # One pipeline per server (no worker processes): this compares batching, at the same threads as the direct call.
+    threads = {contract.ENV_TORCH_THREADS: str(args.threads), contract.ENV_WORKERS: "1", contract.ENV_AUTH: "none"}
     configs = [("MAX_BATCH=1", {contract.ENV_MAX_BATCH: "1", **threads}), ("default batching", threads)]
     servers: list[tuple[str, subprocess.Popen[bytes], str]] = []
     direct: float | None = None

@@ -598,9 +598,14 @@ class Batcher:
             return
         self._deliver([job], run)
 
+    def retire(self, device: int) -> None:
+        """Run nothing more on this device (it did not start, or it died) and release what it holds."""
+        self.lost.add(device)
+        self.devices[device].close()
+
     def _lose(self, device: int, batch: list[Job], exc: DeviceLostError) -> None:
         """Retire a device that will not run again; its batch fails, the other devices serve the queue."""
-        self.lost.add(device)
+        self.retire(device)
         left = len(self.devices) - len(self.lost)
         log.error("device %d lost (%s): %d of %d devices left", device, exc, left, len(self.devices))
         for job in batch:

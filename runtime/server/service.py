@@ -75,6 +75,7 @@ from runtime.server.workers import (
     create_backends,
     memory_limit,
     resident_bytes,
+    threads_per_worker,
     workers_that_fit,
 )
 
@@ -326,10 +327,18 @@ class ImageService:
                 fit,
             )
             self.batcher.keep_devices(fit)
+            if fit == 1 and isinstance(first, ProcessBackend):  # the CPUs meant for every worker go to this one
+                await self.batcher.run_on_worker(first.set_threads, threads_per_worker(self.settings, 1))
 
         async def start(device: int) -> None:
-            await self.batcher.run_on_worker(devices[device].load, device=device)
-            await self._warm(device)
+            try:
+                await self.batcher.run_on_worker(devices[device].load, device=device)
+                await self._warm(device)
+            except Exception as exc:  # the first worker serves: a later one that cannot start is retired
+                log.error(
+                    "device worker %d did not start (%s: %s); serving without it", device, type(exc).__name__, exc
+                )
+                self.batcher.retire(device)
 
         await asyncio.gather(*(start(device) for device in range(1, len(devices))))
 

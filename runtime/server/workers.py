@@ -53,7 +53,7 @@ _CONTEXT: Final = multiprocessing.get_context("spawn")
 STOP_POLL_S: Final = 0.05  # how often a call with no step report in between checks whether anyone still waits
 CLOSE_TIMEOUT_S: Final = 10.0
 CGROUP_MEMORY_MAX: Final = Path("/sys/fs/cgroup/memory.max")
-MEMORY_SHARE: Final = 0.8  # of the container's memory limit, what all workers together may reach at their peak
+MEMORY_SHARE: Final = 0.7  # of the container's memory limit, what all workers together may reach at their peak
 AUTO_CPU_WORKERS: Final = 2
 # A worker reports every attribute of its loaded backend but these (the model itself and what made it).
 _NOT_FACTS: Final = frozenset({"pipe", "image_pipe", "settings", "location", "cache", "_loader", "_image_pipeline"})
@@ -192,6 +192,17 @@ class ProcessBackend(Backend):
             process.join(CLOSE_TIMEOUT_S)
         return WorkerError(f"device worker {self.index} exited with {None if process is None else process.exitcode}")
 
+    def set_threads(self, threads: int) -> None:
+        """Change the worker's torch threads (the lone worker left takes the CPUs meant for all of them)."""
+        if self._conn is None:
+            raise WorkerError(f"device worker {self.index} is not running")
+        try:
+            self._conn.send(("threads", threads))
+        except OSError:
+            raise self._gone() from None
+        self._receive()
+        self.settings = self.settings.replace(torch_threads=threads)
+
     def generate(
         self,
         params: BatchParams,
@@ -280,6 +291,12 @@ def serve_worker(conn: Connection, settings: Settings, stop: Any) -> None:
             message = conn.recv()
         except (EOFError, OSError):  # the server is gone
             return
+        if message[0] == "threads":
+            import torch
+
+            torch.set_num_threads(message[1])
+            conn.send(("threads", torch.get_num_threads()))
+            continue
         if message[0] != "generate":
             return
         _, params, specs = message
