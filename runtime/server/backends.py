@@ -101,6 +101,7 @@ class ImageSpec:
 
 StopCheck = Callable[[], bool]
 StepReport = Callable[[int, int], None]  # (denoising steps done, steps in this call)
+Encoder = Callable[[np.ndarray], bytes]  # an image's file bytes in its request's format
 
 
 class BatchAbandonedError(Exception):
@@ -196,6 +197,25 @@ class Backend(ABC):
     @abstractmethod
     def load(self) -> None:
         """Load (and place) the model; slow, runs off the event loop."""
+
+    def generate_encoded(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None,
+        encoders: Sequence[Encoder | None],
+    ) -> tuple[list[np.ndarray], list[bytes | None]]:
+        """generate(), then each finite image encoded by its encoder (None: not encoded, or not finite).
+
+        Where the device runs in a process of its own, the encoding happens there too."""
+        out = self.generate(params, images, should_stop, on_step=on_step)
+        if len(out) != len(images):
+            return out, []
+        return out, [
+            encode(img) if encode is not None and np.isfinite(img).all() else None
+            for img, encode in zip(out, encoders, strict=True)
+        ]
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing a garbage collector would not free
         """Release what load() started (a worker process); the server calls it once it has stopped."""

@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 
 from runtime.server.admission import CostModel, StepClock, Timing, seconds_text
-from runtime.server.backends import Backend, BatchParams, DeviceLostError, ImageSpec, denoising_steps
+from runtime.server.backends import Backend, BatchParams, DeviceLostError, Encoder, ImageSpec, denoising_steps
 from runtime.server.metrics import PromMetrics
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ class GenerationError(BatcherError):
 
 
 ProgressListener = Callable[[int, int], None]  # (steps done, steps), called on the event loop
-Encoder = Callable[[np.ndarray], bytes]
 
 
 class ImagePromptCosts(CostModel):
@@ -635,13 +634,14 @@ class Batcher:
         def work() -> _DeviceRun:
             clock = StepClock(len(specs), params.width, params.height, params.denoising_steps, forward=on_step)
             started = time.perf_counter()
-            images = self.devices[device].generate(params, specs, should_stop, on_step=clock)
+            encoders = [None if job.cancelled else job.encode or self.encode for job in batch for _ in job.images]
+            images, encoded = self.devices[device].generate_encoded(params, specs, should_stop, clock, encoders)
             seconds = time.perf_counter() - started
             if len(images) != len(specs):
                 if should_stop():
                     return _DeviceRun(seconds, abandoned=True)
                 raise RuntimeError(f"backend returned {len(images)} images for {len(specs)}")
-            run = _DeviceRun(seconds, per_job=self._finish(batch, images))
+            run = _DeviceRun(seconds, per_job=self._finish(batch, images, encoded))
             # The device's whole call: steps, decode and encoding (an image prompt's VAE encode counts as time
             # outside the steps: an overestimate of a text call's, never an underestimate).
             self.costs.record(clock.timing())
@@ -659,20 +659,21 @@ class Batcher:
             self.metrics.batch_size.observe(len(specs))
         return run
 
-    def _finish(self, batch: list[Job], images: list[np.ndarray]) -> list[_JobImages | None]:
-        """On the device thread: each live request's images, checked finite and encoded (None: gone)."""
+    def _finish(
+        self, batch: list[Job], images: list[np.ndarray], encoded: list[bytes | None]
+    ) -> list[_JobImages | None]:
+        """On the device thread: each live request's images, checked finite, and their encodings (None: gone)."""
         out: list[_JobImages | None] = []
         offset = 0
         for job in batch:
-            mine = images[offset : offset + job.size]
+            mine, files = images[offset : offset + job.size], encoded[offset : offset + job.size]
             offset += job.size
             if job.cancelled:
                 out.append(None)
                 continue
             finite = all(np.isfinite(img).all() for img in mine)
-            encode = job.encode or self.encode
-            encoded = [encode(img) for img in mine] if encode is not None and finite else []
-            out.append(_JobImages(mine, encoded, finite))
+            kept = [f for f in files if f is not None] if finite and (job.encode or self.encode) else []
+            out.append(_JobImages(mine, kept, finite))
         return out
 
     def _notify_progress(self, jobs: list[Job], done: int, total: int) -> None:

@@ -36,6 +36,7 @@ from runtime.server.backends import (
     BackendError,
     BatchParams,
     DeviceLostError,
+    Encoder,
     ImageSpec,
     StepReport,
     StopCheck,
@@ -210,11 +211,23 @@ class ProcessBackend(Backend):
         should_stop: StopCheck,
         on_step: StepReport | None = None,
     ) -> list[np.ndarray]:
+        out, _ = self.generate_encoded(params, images, should_stop, on_step, [None] * len(images))
+        return out
+
+    def generate_encoded(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None,
+        encoders: Sequence[Encoder | None],
+    ) -> tuple[list[np.ndarray], list[bytes | None]]:
+        """The worker generates and encodes: the server's process only relays (its GIL is the event loop's)."""
         if self._conn is None:
             raise WorkerError(f"device worker {self.index} is not running")
         self._stop.value = 0
         try:
-            self._conn.send(("generate", params, list(images)))
+            self._conn.send(("generate", params, list(images), list(encoders)))
         except OSError:
             raise self._gone() from None
         while True:
@@ -225,7 +238,8 @@ class ProcessBackend(Backend):
                 if should_stop():
                     self._stop.value = 1
             elif kind == "images":
-                return list(payload)
+                out, encoded = payload
+                return list(out), list(encoded)
             else:  # "error": the worker's exception, as the in-process backend would have raised it
                 raise payload
 
@@ -299,9 +313,9 @@ def serve_worker(conn: Connection, settings: Settings, stop: Any) -> None:
             continue
         if message[0] != "generate":
             return
-        _, params, specs = message
+        _, params, specs, encoders = message
         try:
-            images = backend.generate(params, specs, lambda: stop.value != 0, on_step=report)
+            images = backend.generate_encoded(params, specs, lambda: stop.value != 0, report, encoders)
         except Exception as exc:
             conn.send(("error", _portable(exc)))
             continue
