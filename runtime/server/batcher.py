@@ -533,7 +533,7 @@ class Batcher:
                     await self._freed.wait()
                     continue
                 batch = await self._next_batch()
-                if not batch:
+                if not batch or not self._free:  # a device retired meanwhile: the batch waits in the queue
                     continue
                 device = self._free[0]
                 now = time.monotonic()

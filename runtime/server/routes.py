@@ -412,7 +412,7 @@ def build_router(
         responses={503: {"model": Liveness, "description": "every device worker died: restart the container"}},
     )
     async def healthz() -> Response:
-        if service.batcher.all_lost:  # a worker killed (out of memory) leaves this process up: have it restarted
+        if service.batcher.all_lost:  # workers that crashed leave this process up: have the container restarted
             return JSONResponse(Liveness(status="no device").model_dump(), status_code=503)
         return JSONResponse(Liveness(status="alive").model_dump())
 

@@ -296,7 +296,7 @@ class ImageService:
             log.info("ready: %s (warm-up %.2fs, cold start %.1fs)", self.backend.description, seconds, cold_start)
 
     def _device_lost(self, why: str) -> None:
-        """Every device is gone (its worker died): not ready, with the reason, until the pod is replaced."""
+        """Every device is gone (its worker died): not ready, with the reason; /healthz has the container restarted."""
         if self.state != "draining":
             self._set_state("failed", f"no device left: {why} (see the pod log)")
 
@@ -309,8 +309,8 @@ class ImageService:
     async def _start_more_devices(self) -> None:
         """Load and warm the other worker processes, as many as fit the container's memory beside the first.
 
-        The first worker's peak resident memory after its warm-up (a full batch at the largest size)
-        is what each of the others will need."""
+        The first worker's peak resident memory after its warm-up (a full batch at the default size,
+        one image at the largest) is what each of the others will need."""
         devices = self.batcher.devices
         if len(devices) == 1:
             return
