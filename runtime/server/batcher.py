@@ -215,8 +215,10 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.draining = False
         self.stats = _Stats()
-        self.expected_images = 1  # requests in the system when the last batch ended (see module doc)
-        self._idle_since = 0.0  # when the device last became free
+        # Per device: the requests in the system when its last batch ended (its expected company; see the
+        # module doc), and when it became free. A device expects its own batch's clients back, not another's.
+        self._expected = [1] * len(self.devices)
+        self._idle_since = [0.0] * len(self.devices)
         self.abandoned_batches = 0  # device calls stopped early because every request was gone
         self.lost: set[int] = set()  # devices retired after a DeviceLostError
         self.on_all_lost: Callable[[str], None] | None = None  # told why, once no device is left
@@ -225,6 +227,16 @@ class Batcher:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def expected_images(self) -> int:
+        """The company the next free device waits for."""
+        free = self._free
+        return self._expected[free[0] if free else 0]
+
+    @expected_images.setter
+    def expected_images(self, images: int) -> None:
+        self._expected = [images] * len(self.devices)
 
     @property
     def _running(self) -> list[Job]:
@@ -260,7 +272,7 @@ class Batcher:
             backend.close()
         for executor in self._executors[count:]:
             executor.shutdown(wait=False)
-        del self.devices[count:], self._executors[count:]
+        del self.devices[count:], self._executors[count:], self._expected[count:], self._idle_since[count:]
 
     @property
     def pending(self) -> int:
@@ -515,8 +527,9 @@ class Batcher:
                 continue
             batch = self._select()
             images = sum(j.size for j in batch)
-            enough = images >= min(self.max_batch, self.expected_images)
-            waiting_since = max(self._queue[0].enqueued_at, self._idle_since)
+            device = self._free[0] if self._free else 0
+            enough = images >= min(self.max_batch, self._expected[device])
+            waiting_since = max(self._queue[0].enqueued_at, self._idle_since[device])
             wait_left = waiting_since + self.effective_wait_s() - time.monotonic()
             if enough or wait_left <= 0 or self.draining:
                 return batch
@@ -560,8 +573,8 @@ class Batcher:
             # Only requests still waiting tend to come back: gone ones are not expected company.
             # Another device's requests come back when that device is free: not this one's company.
             images = sum(j.size for j in batch if not j.cancelled)
-            self.expected_images = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
-            self._idle_since = time.monotonic()
+            self._expected[device] = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
+            self._idle_since[device] = time.monotonic()
             self._runs.pop(device, None)
             self._freed.set()
             self._update_gauges()

@@ -187,6 +187,29 @@ def test_waiting_requests_are_shared_out_among_free_devices() -> None:
     assert first.threads[0] != second.threads[0]
 
 
+def test_a_free_device_waits_for_its_own_company_not_anothers() -> None:
+    """Device 0 last ran 1 image, device 1 last ran 4: a lone request on device 0 goes at once."""
+    first, second = FakeDevice(seconds=0.2), FakeDevice(seconds=0.3)
+
+    async def main() -> float:
+        b = Batcher(first, more_devices=[second], max_batch=8, max_wait_s=1.0, queue_size=16)
+        b.observe_batch_time(4.0)  # a wait for company could last max_wait_s (1 s)
+        b.start()
+        one = b.submit(TINY, spec("one", 1), 30)
+        await asyncio.sleep(0.02)
+        four = [b.submit(TINY, spec(f"four{i}", i), 30) for i in range(4)]
+        await asyncio.gather(b.wait(one), *(b.wait(j) for j in four))
+        started = time.monotonic()
+        await b.wait(b.submit(TINY, spec("alone", 9), 30))
+        seconds = time.monotonic() - started
+        await b.stop()
+        return seconds
+
+    seconds = run(main())
+    assert [len(batch) for batch in first.batches] == [1, 1] and [len(b) for b in second.batches] == [4]
+    assert seconds < 0.6  # 0.2 s on device 0, not a wait for the 4 device 1 expects
+
+
 def test_a_lone_device_still_takes_a_full_batch() -> None:
     device = FakeDevice(seconds=0.05)
 
