@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from plan import prices
 from scaling.engine import Result, run
@@ -338,14 +338,31 @@ def _rules(rules: HpaRules) -> str:
 
 
 # --- PNG -----------------------------------------------------------------------------------
-def plot(runs: dict[str, list[tuple[str, Result]]], sim: Simulation, path: Path) -> None:
+def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A headless (Agg) figure of rows x cols panels sharing each column's x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(rows, cols, figsize=figsize, sharex="col", squeeze=False)
+
+
+def _save(fig: Any, axes: Any, ylabels: Sequence[str], path: Path) -> None:
+    """Label each row on its first panel, lay the figure out and write it as a PNG."""
+    import matplotlib.pyplot as plt
+
+    for row, name in enumerate(ylabels):
+        axes[row][0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot(runs: dict[str, list[tuple[str, Result]]], sim: Simulation, path: Path) -> None:
     traces = list(runs)
-    fig, axes = plt.subplots(5, len(traces), figsize=(4.2 * len(traces), 12), sharex="col", squeeze=False)
+    fig, axes = _figure(5, len(traces), (4.2 * len(traces), 12))
     rows = (
         "demand and capacity (images/s)",
         "pods (ready solid, set dashed)",
@@ -369,24 +386,14 @@ def plot(runs: dict[str, list[tuple[str, Result]]], sim: Simulation, path: Path)
         axes[3][col].axhline(sim.slo_ms / 1000, color="grey", lw=0.8, ls=":")
         axes[0][col].set_title(trace, fontsize=10)
         axes[4][col].set_xlabel("minutes")
-    for row, name in enumerate(rows):
-        axes[row][0].set_ylabel(name, fontsize=8)
     axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, axes, rows, path)
 
 
 def plot_wake(rows: Sequence[tuple[str, str, WakeResult]], sim: Simulation, path: Path) -> None:
     """Per zone demand: where the zone's devices were served, pods of both placements, their p90, refusals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     zones = list(dict.fromkeys(zone for zone, _, _ in rows))
-    fig, axes = plt.subplots(4, len(zones), figsize=(5.5 * len(zones), 10), sharex="col", squeeze=False)
+    fig, axes = _figure(4, len(zones), (5.5 * len(zones), 10))
     names = (
         "zone demand; served by the zone (images/s)",
         "ready pods (zone solid, Region dashed)",
@@ -413,14 +420,9 @@ def plot_wake(rows: Sequence[tuple[str, str, WakeResult]], sim: Simulation, path
         axes[2][col].axhline(sim.slo_ms / 1000, color="grey", lw=0.8, ls=":")
         axes[0][col].set_title(zone, fontsize=10)
         axes[3][col].set_xlabel("minutes")
-    for row, name in enumerate(names):
-        axes[row][0].set_ylabel(name, fontsize=8)
     axes[0][0].legend(fontsize=7, loc="upper right")
     axes[1][0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, axes, names, path)
 
 
 # --- CLI -----------------------------------------------------------------------------------
