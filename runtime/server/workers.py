@@ -170,6 +170,15 @@ class ProcessBackend(Backend):
         self._sync_facts()
         self.description = f"{self.description}, in worker process {self.index}"
 
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """A message to the worker; WorkerError when it is not running or has gone."""
+        if self._conn is None:
+            raise WorkerError(f"device worker {self.index} is not running")
+        try:
+            self._conn.send(message)
+        except OSError:
+            raise self._gone() from None
+
     def _receive(self, should_stop: StopCheck | None = None) -> tuple[str, Any]:
         """The worker's next message; with `should_stop`, raise its stop flag whenever nobody waits."""
         conn, process = self._conn, self._process
@@ -195,12 +204,7 @@ class ProcessBackend(Backend):
 
     def set_threads(self, threads: int) -> None:
         """Change the worker's torch threads (the lone worker left takes the CPUs meant for all of them)."""
-        if self._conn is None:
-            raise WorkerError(f"device worker {self.index} is not running")
-        try:
-            self._conn.send(("threads", threads))
-        except OSError:
-            raise self._gone() from None
+        self._send(("threads", threads))
         self._receive()
         self.settings = self.settings.replace(torch_threads=threads)
 
@@ -223,13 +227,8 @@ class ProcessBackend(Backend):
         encoders: Sequence[Encoder | None],
     ) -> tuple[list[np.ndarray], list[bytes | None]]:
         """The worker generates and encodes: the server's process only relays (its GIL is the event loop's)."""
-        if self._conn is None:
-            raise WorkerError(f"device worker {self.index} is not running")
         self._stop.value = 0
-        try:
-            self._conn.send(("generate", params, list(images), list(encoders)))
-        except OSError:
-            raise self._gone() from None
+        self._send(("generate", params, list(images), list(encoders)))
         while True:
             kind, payload = self._receive(should_stop)
             if kind == "step":
