@@ -43,6 +43,7 @@ from runtime.server.backends import (
     available_cpus,
     create_backend,
     detect_device,
+    intra_op_threads,
 )
 from runtime.server.settings import Settings
 
@@ -76,11 +77,11 @@ def worker_count(settings: Settings, device: str, cpus: int | None = None) -> in
 
 
 def threads_per_worker(settings: Settings, workers: int, cpus: int | None = None) -> int:
-    """Each worker's torch threads: the setting, else the CPUs less one (the event loop's) shared out."""
+    """Each worker's torch threads: the setting, else the server's automatic count (backends.intra_op_threads:
+    the CPUs less the event loop's one) shared out."""
     if settings.torch_threads > 0:
         return settings.torch_threads
-    cpus = available_cpus() if cpus is None else cpus
-    return max(1, (cpus - 1) // workers)
+    return max(1, intra_op_threads(0, cpus) // workers)
 
 
 def memory_limit(memory_max: Path = CGROUP_MEMORY_MAX) -> int | None:
