@@ -194,7 +194,10 @@ class Batcher:
         costs: CostModel | None = None,
     ) -> None:
         self.backend = backend
-        self.devices: list[Backend] = [backend, *more_devices]
+        self._slots = [
+            _Slot(device, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{backend.device}-{i}"))
+            for i, device in enumerate([backend, *more_devices])
+        ]
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -203,24 +206,14 @@ class Batcher:
         self.encode = encode
         self.costs = costs if costs is not None else CostModel()
         self._queue: collections.deque[Job] = collections.deque()
-        self._runs: dict[int, tuple[list[Job], float]] = {}  # device -> its running call's jobs, started (monotonic)
         self._arrival = asyncio.Event()
         self._freed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{backend.device}-{i}")
-            for i in range(len(self.devices))
-        ]
         self._task: asyncio.Task[None] | None = None
         self.draining = False
         self.stats = _Stats()
-        # Per device: the requests in the system when its last batch ended (its expected company; see the
-        # module doc), and when it became free. A device expects its own batch's clients back, not another's.
-        self._expected = [1] * len(self.devices)
-        self._idle_since = [0.0] * len(self.devices)
         self.abandoned_batches = 0  # device calls stopped early because every request was gone
-        self.lost: set[int] = set()  # devices retired after a DeviceLostError
         self.on_all_lost: Callable[[str], None] | None = None  # told why, once no device is left
 
     # --- state --------------------------------------------------------------------------
@@ -229,33 +222,38 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def devices(self) -> list[Backend]:
+        return [slot.backend for slot in self._slots]
+
+    @property
     def expected_images(self) -> int:
         """The company the next free device waits for."""
         free = self._free
-        return self._expected[free[0] if free else 0]
+        return self._slots[free[0] if free else 0].expected
 
     @expected_images.setter
     def expected_images(self, images: int) -> None:
-        self._expected = [images] * len(self.devices)
+        for slot in self._slots:
+            slot.expected = images
 
     @property
     def _running(self) -> list[Job]:
         """The jobs of every running device call."""
-        return [job for jobs, _ in self._runs.values() for job in jobs]
+        return [job for slot in self._slots for job in slot.running]
 
     @property
     def _free(self) -> list[int]:
-        return [i for i in range(len(self.devices)) if i not in self._runs and i not in self.lost]
+        return [i for i, slot in enumerate(self._slots) if not slot.running and not slot.lost]
 
     @property
     def all_lost(self) -> bool:
         """Every device was retired: nothing will run again in this process."""
-        return len(self.lost) == len(self.devices)
+        return all(slot.lost for slot in self._slots)
 
     @property
     def _serving(self) -> int:
         """Devices that run calls (not lost); at least 1, for the estimates."""
-        return max(1, len(self.devices) - len(self.lost))
+        return max(1, sum(not slot.lost for slot in self._slots))
 
     @property
     def in_flight(self) -> int:
@@ -264,15 +262,14 @@ class Batcher:
     @property
     def device_busy(self) -> bool:
         """A device call is running (possibly for requests that are all gone, until its next step)."""
-        return bool(self._runs)
+        return any(slot.running for slot in self._slots)
 
     def keep_devices(self, count: int) -> None:
         """Run on the first `count` devices only (before any batch): the rest are closed."""
-        for backend in self.devices[count:]:
-            backend.close()
-        for executor in self._executors[count:]:
-            executor.shutdown(wait=False)
-        del self.devices[count:], self._executors[count:], self._expected[count:], self._idle_since[count:]
+        for slot in self._slots[count:]:
+            slot.backend.close()
+            slot.executor.shutdown(wait=False)
+        del self._slots[count:]
 
     @property
     def pending(self) -> int:
@@ -307,10 +304,10 @@ class Batcher:
     def _running_left_s(self, now: float) -> float:
         """Estimated device seconds left of the running calls (a call's is 0 once all its requests are gone)."""
         left = 0.0
-        for jobs, since in self._runs.values():
-            if jobs and not all(j.gone for j in jobs):
-                images = sum(j.size for j in jobs)
-                left += max(0.0, self._estimate(jobs[0].params, images) - (now - since))
+        for slot in self._slots:
+            if slot.running and not all(j.gone for j in slot.running):
+                images = sum(j.size for j in slot.running)
+                left += max(0.0, self._estimate(slot.running[0].params, images) - (now - slot.since))
         return left
 
     def _queued_s(self, jobs: Sequence[Job]) -> float:
@@ -337,9 +334,9 @@ class Batcher:
         if not self.costs.measured:
             return None
         now = time.monotonic()
-        for jobs, since in self._runs.values():
-            if job in jobs:
-                return max(0.0, self._estimate(job.params, sum(j.size for j in jobs)) - (now - since))
+        for slot in self._slots:
+            if job in slot.running:
+                return max(0.0, self._estimate(job.params, sum(j.size for j in slot.running)) - (now - slot.since))
         queue = list(self._queue)
         ahead = queue[: queue.index(job) + 1] if job in queue else [job]
         own = self._queued_s([job])
@@ -381,14 +378,14 @@ class Batcher:
         for job in list(self._queue):
             self._fail(job, DrainingError("server stopped"))
         self._queue.clear()
-        for executor in self._executors:
-            executor.shutdown(wait=True, cancel_futures=True)
-        for backend in self.devices:
-            await asyncio.to_thread(backend.close)
+        for slot in self._slots:
+            slot.executor.shutdown(wait=True, cancel_futures=True)
+        for slot in self._slots:
+            await asyncio.to_thread(slot.backend.close)
 
     async def run_on_worker(self, fn: Callable[..., T], *args: object, device: int = 0) -> T:
         """Run fn on a device's worker thread (model load, warm-up): never beside a batch there."""
-        return await asyncio.get_running_loop().run_in_executor(self._executors[device], fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._slots[device].executor, fn, *args)
 
     # --- request side -------------------------------------------------------------------
     def submit(
@@ -527,9 +524,9 @@ class Batcher:
                 continue
             batch = self._select()
             images = sum(j.size for j in batch)
-            device = self._free[0] if self._free else 0
-            enough = images >= min(self.max_batch, self._expected[device])
-            waiting_since = max(self._queue[0].enqueued_at, self._idle_since[device])
+            slot = self._slots[self._free[0] if self._free else 0]
+            enough = images >= min(self.max_batch, slot.expected)
+            waiting_since = max(self._queue[0].enqueued_at, slot.idle_since)
             wait_left = waiting_since + self.effective_wait_s() - time.monotonic()
             if enough or wait_left <= 0 or self.draining:
                 return batch
@@ -553,7 +550,7 @@ class Batcher:
                 for job in batch:
                     self._queue.remove(job)
                     job.started_at = now
-                self._runs[device] = (batch, now)
+                self._slots[device].start(batch, now)
                 self._update_gauges()
                 task = asyncio.get_running_loop().create_task(self._run_batch(device, batch))
                 tasks.add(task)
@@ -573,9 +570,10 @@ class Batcher:
             # Only requests still waiting tend to come back: gone ones are not expected company.
             # Another device's requests come back when that device is free: not this one's company.
             images = sum(j.size for j in batch if not j.cancelled)
-            self._expected[device] = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
-            self._idle_since[device] = time.monotonic()
-            self._runs.pop(device, None)
+            slot = self._slots[device]
+            slot.expected = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
+            slot.idle_since = time.monotonic()
+            slot.running = []
             self._freed.set()
             self._update_gauges()
 
@@ -593,7 +591,7 @@ class Batcher:
             log.warning("batch of %d failed (%s); retrying its requests one by one", len(batch), exc)
             for job in batch:
                 if not job.cancelled:
-                    self._runs[device] = ([job], time.monotonic())
+                    self._slots[device].start([job], time.monotonic())
                     await self._execute_alone(device, job)
             return
         self._deliver(batch, run)
@@ -612,14 +610,15 @@ class Batcher:
 
     def retire(self, device: int) -> None:
         """Run nothing more on this device (it did not start, or it died) and release what it holds."""
-        self.lost.add(device)
-        self.devices[device].close()
+        slot = self._slots[device]
+        slot.lost = True
+        slot.backend.close()
 
     def _lose(self, device: int, batch: list[Job], exc: DeviceLostError) -> None:
         """Retire a device that will not run again; its batch fails, the other devices serve the queue."""
         self.retire(device)
-        left = len(self.devices) - len(self.lost)
-        log.error("device %d lost (%s): %d of %d devices left", device, exc, left, len(self.devices))
+        left = sum(not slot.lost for slot in self._slots)
+        log.error("device %d lost (%s): %d of %d devices left", device, exc, left, len(self._slots))
         for job in batch:
             self._fail(job, GenerationError(f"generation failed: {exc}"))
         if left == 0:
@@ -648,7 +647,7 @@ class Batcher:
             clock = StepClock(len(specs), params.width, params.height, params.denoising_steps, forward=on_step)
             started = time.perf_counter()
             encoders = [None if job.cancelled else job.encode or self.encode for job in batch for _ in job.images]
-            images, encoded = self.devices[device].generate_encoded(params, specs, should_stop, clock, encoders)
+            images, encoded = self._slots[device].backend.generate_encoded(params, specs, should_stop, clock, encoders)
             seconds = time.perf_counter() - started
             if len(images) != len(specs):
                 if should_stop():
@@ -660,7 +659,7 @@ class Batcher:
             self.costs.record(clock.timing())
             return run
 
-        run = await loop.run_in_executor(self._executors[device], work)
+        run = await loop.run_in_executor(self._slots[device].executor, work)
         if run.abandoned:  # not a representative batch time: the wait heuristic does not learn from it
             self.abandoned_batches += 1
             return run
@@ -715,6 +714,24 @@ class Batcher:
             job.future.set_result(result)
             if self.on_complete:
                 self.on_complete(job, result)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One device the batcher runs calls on, and what it knows of it."""
+
+    backend: Backend
+    executor: ThreadPoolExecutor  # its one worker thread
+    # The requests in the system when its last batch ended: the company it waits for (see the module doc).
+    # A device expects its own batch's clients back, not another's.
+    expected: int = 1
+    idle_since: float = 0.0  # when it last became free (monotonic)
+    running: list[Job] = field(default_factory=list)  # the jobs of its running call ([]: free)
+    since: float = 0.0  # when that call started (monotonic)
+    lost: bool = False  # retired: it died (DeviceLostError) or did not start
+
+    def start(self, jobs: list[Job], now: float) -> None:
+        self.running, self.since = jobs, now
 
 
 @dataclass

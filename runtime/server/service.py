@@ -332,7 +332,7 @@ class ImageService:
 
         async def start(device: int) -> None:
             try:
-                await self.batcher.run_on_worker(devices[device].load, device=device)
+                await self.batcher.run_on_worker(self.batcher.devices[device].load, device=device)
                 await self._warm(device)
             except Exception as exc:  # the first worker serves: a later one that cannot start is retired
                 log.error(
@@ -340,7 +340,7 @@ class ImageService:
                 )
                 self.batcher.retire(device)
 
-        await asyncio.gather(*(start(device) for device in range(1, len(devices))))
+        await asyncio.gather(*(start(device) for device in range(1, len(self.batcher.devices))))
 
     async def drain(self, timeout_s: float) -> bool:
         """Readiness off, refuse new work, wait for accepted work; True if all of it finished."""

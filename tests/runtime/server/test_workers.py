@@ -296,3 +296,15 @@ def test_a_lone_worker_can_take_more_threads(worker: ProcessBackend) -> None:
     assert worker.settings.torch_threads == 2
     assert len(worker.generate(TINY, [ImageSpec("x", "", 1)], lambda: False)) == 1
     worker.set_threads(1)
+
+
+def test_a_server_whose_memory_holds_one_worker_runs_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("runtime.server.service.memory_limit", lambda: 1)  # no room beside the first worker
+    running = start_in_process(tiny_settings(workers=2))
+    try:
+        (only,) = running.service.batcher.devices
+        assert isinstance(only, ProcessBackend) and only.index == 0
+        with running.client() as c:
+            assert c.post(contract.IMAGES_PATH, json={"prompt": "a boat", "steps": 2}).status_code == 200
+    finally:
+        running.stop()
