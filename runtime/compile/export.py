@@ -29,7 +29,7 @@ from plan.model_artifacts import (
 from runtime.artifacts.inductor_cache import current_key, save_mega_cache, write_key
 from runtime.artifacts.manifest import ArtifactSpec, library_versions
 from runtime.compile.settings import CompileConfig
-from runtime.server.backends import WARMUP_STEPS, optimise
+from runtime.server.backends import WARMUP_GUIDANCE, WARMUP_STEPS, optimise
 from runtime.server.models import build_pipeline, built_in
 from runtime.server.settings import Settings
 
@@ -217,7 +217,8 @@ def check_components(out_dir: Path, device: str) -> None:
 
 
 def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
-    """Run the compiled UNet and VAE decoder once at the configured shapes so the cache holds their kernels.
+    """Run the compiled UNet and VAE decoder at the shapes a pod's warm-up runs (alone and a full batch,
+    guided: backends.warmup) so the cache holds their kernels.
 
     Beside the cache files go this machine's key (torch, CUDA, Triton, GPU) and torch's
     mega-cache: a pod whose key matches copies the cache, sets TORCHINDUCTOR_CACHE_DIR to the copy
@@ -233,7 +234,14 @@ def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
     os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
     pipe = optimise(pipe, Settings(model_id=cfg.model_id, torch_compile=True), "cuda")
     s = cfg.shapes
-    pipe(["warm-up"] * s.batch_size, height=s.height, width=s.width, num_inference_steps=WARMUP_STEPS)
+    for size in sorted({1, s.batch_size}):
+        pipe(
+            ["warm-up"] * size,
+            height=s.height,
+            width=s.width,
+            num_inference_steps=WARMUP_STEPS,
+            guidance_scale=WARMUP_GUIDANCE,
+        )
     torch.cuda.synchronize()
     save_mega_cache(cache_dir)
     write_key(cache_dir, current_key())

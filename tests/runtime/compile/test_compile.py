@@ -571,3 +571,40 @@ def test_cli_error_in_a_subprocess_has_no_traceback() -> None:
     assert line == (
         "python -m runtime.compile: error: argument --device: 'tpu' is not allowed; allowed: cuda, neuron, cpu"
     )
+
+
+def test_the_inductor_warm_up_runs_the_shapes_a_pods_warm_up_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone and as a full batch, guided (backends.warmup's calls): the pod's warm-up then hits the cache."""
+    import torch
+
+    from runtime.compile import export
+    from runtime.server.backends import WARMUP_GUIDANCE, WARMUP_STEPS
+
+    calls: list[dict[str, Any]] = []
+
+    class Pipe:
+        def __call__(self, prompts: list[str], **kwargs: Any) -> None:
+            calls.append({"batch": len(prompts), **kwargs})
+
+    monkeypatch.setattr(export, "optimise", lambda pipe, settings, device: pipe)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(export, "save_mega_cache", lambda cache_dir: False)
+    monkeypatch.setattr(export, "current_key", lambda: {})
+    monkeypatch.setattr(export, "write_key", lambda cache_dir, key: cache_dir)
+    cfg = CompileConfig.from_args(
+        ["--model", "tiny", "--device", "cpu", "--batch-size", "4", "--height", "256", "--width", "320", "--out", OUT],
+        {},
+    )
+    export.warm_inductor_cache(Pipe(), cfg, tmp_path / "cache")
+    assert calls == [
+        {
+            "batch": size,
+            "height": 256,
+            "width": 320,
+            "num_inference_steps": WARMUP_STEPS,
+            "guidance_scale": WARMUP_GUIDANCE,
+        }
+        for size in (1, 4)
+    ]
