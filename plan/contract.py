@@ -120,6 +120,9 @@ ENV_DTYPE: Final = "EDGE_DIFFUSION_DTYPE"  # auto|float16|bfloat16|float32 (auto
 ENV_TORCH_COMPILE: Final = "EDGE_DIFFUSION_TORCH_COMPILE"  # 1 = torch.compile the UNet and VAE decoder (cuda)
 ENV_WORKERS: Final = "EDGE_DIFFUSION_WORKERS"  # device worker processes; 0 = two on a CPU, else one in process
 ENV_TORCH_THREADS: Final = "EDGE_DIFFUSION_TORCH_THREADS"  # CPU intra-op threads; 0 = the pod's CPU quota
+# Whole CPUs the pod requested (the charts set it from the downward API, rounded up): without a CPU limit
+# the container's quota is the node's, and threads sized by it would oversubscribe a node shared by pods.
+ENV_CPU_REQUEST: Final = "EDGE_DIFFUSION_CPU_REQUEST"
 ENV_MODEL_CACHE_DIR: Final = "EDGE_DIFFUSION_MODEL_CACHE_DIR"  # where S3 artifacts are downloaded
 ENV_DRAIN_TIMEOUT_S: Final = "EDGE_DIFFUSION_DRAIN_TIMEOUT_S"  # SIGTERM: max wait for queued work
 ENV_METRICS_INTERVAL_S: Final = "EDGE_DIFFUSION_METRICS_INTERVAL_S"  # CloudWatch publish period

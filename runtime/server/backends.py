@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -205,10 +205,14 @@ class Backend(ABC):
         should_stop: StopCheck,
         on_step: StepReport | None,
         encoders: Sequence[Encoder | None],
+        live_steps: bool = True,
     ) -> tuple[list[np.ndarray], list[bytes | None]]:
         """generate(), then each finite image encoded by its encoder (None: not encoded, or not finite).
 
-        Where the device runs in a process of its own, the encoding happens there too."""
+        Where the device runs in a process of its own, the encoding happens there too, and with
+        `live_steps` False its step reports may arrive together at the end of the call (each with
+        the time the step ended, when `on_step` is a StepClock): relaying each one costs the device
+        time when nobody watches the progress."""
         out = self.generate(params, images, should_stop, on_step=on_step)
         if len(out) != len(images):
             return out, []
@@ -263,11 +267,21 @@ def cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: min(affinity CPUs, cgroup quota)."""
+def cpu_request(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The pod's CPU request in whole CPUs (contract.ENV_CPU_REQUEST), or None when unset.
+
+    Settings refuses a value that is not a whole number at the start."""
+    raw = environ.get(contract.ENV_CPU_REQUEST, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
+def available_cpus(environ: Mapping[str, str] = os.environ) -> int:
+    """CPUs this process may use: min(affinity CPUs, cgroup quota, the pod's CPU request).
+
+    The request counts because a pod without a CPU limit has the node's quota: two such pods on a
+    32-vCPU node would each size their threads for 32."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cpu_quota()
-    return max(1, min(available, quota) if quota else available)
+    return max(1, min(n for n in (available, cpu_quota(), cpu_request(environ)) if n))
 
 
 def intra_op_threads(requested: int, cpus: int | None = None) -> int:

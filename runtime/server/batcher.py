@@ -185,6 +185,7 @@ class Batcher:
         backend: Backend,
         *,
         more_devices: Sequence[Backend] = (),
+        more_ready: bool = True,
         max_batch: int,
         max_wait_s: float,
         queue_size: int,
@@ -198,6 +199,8 @@ class Batcher:
             _Slot(device, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{backend.device}-{i}"))
             for i, device in enumerate([backend, *more_devices])
         ]
+        for slot in self._slots[1:]:  # more_ready False: they run nothing until enable() (loaded while serving)
+            slot.starting = not more_ready
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -243,7 +246,7 @@ class Batcher:
 
     @property
     def _free(self) -> list[int]:
-        return [i for i, slot in enumerate(self._slots) if not slot.running and not slot.lost]
+        return [i for i, slot in enumerate(self._slots) if not slot.running and not slot.lost and not slot.starting]
 
     @property
     def all_lost(self) -> bool:
@@ -252,8 +255,8 @@ class Batcher:
 
     @property
     def _serving(self) -> int:
-        """Devices that run calls (not lost); at least 1, for the estimates."""
-        return max(1, sum(not slot.lost for slot in self._slots))
+        """Devices that run calls (not lost, not starting); at least 1, for the estimates."""
+        return max(1, sum(not slot.lost and not slot.starting for slot in self._slots))
 
     @property
     def in_flight(self) -> int:
@@ -264,8 +267,13 @@ class Batcher:
         """A device call is running (possibly for requests that are all gone, until its next step)."""
         return any(slot.running for slot in self._slots)
 
+    def enable(self, device: int) -> None:
+        """A device that was starting (more_ready False) is loaded and warm: it runs batches from now on."""
+        self._slots[device].starting = False
+        self._freed.set()
+
     def keep_devices(self, count: int) -> None:
-        """Run on the first `count` devices only (before any batch): the rest are closed."""
+        """Run on the first `count` devices only: the rest (still starting, so running nothing) are closed."""
         for slot in self._slots[count:]:
             slot.backend.close()
             slot.executor.shutdown(wait=False)
@@ -617,11 +625,16 @@ class Batcher:
     def _lose(self, device: int, batch: list[Job], exc: DeviceLostError) -> None:
         """Retire a device that will not run again; its batch fails, the other devices serve the queue."""
         self.retire(device)
-        left = sum(not slot.lost for slot in self._slots)
+        left = sum(not slot.lost and not slot.starting for slot in self._slots)
         log.error("device %d lost (%s): %d of %d devices left", device, exc, left, len(self._slots))
         for job in batch:
             self._fail(job, GenerationError(f"generation failed: {exc}"))
         if left == 0:
+            # One still starting would leave the server ready with nothing to run on until it is warm: a
+            # restart of the container (/healthz 503 once all are retired) recovers sooner and surely.
+            for index, slot in enumerate(self._slots):
+                if not slot.lost:
+                    self.retire(index)
             for job in list(self._queue):
                 self._fail(job, GenerationError(f"generation failed: {exc}"))
             self._queue.clear()
@@ -647,7 +660,9 @@ class Batcher:
             clock = StepClock(len(specs), params.width, params.height, params.denoising_steps, forward=on_step)
             started = time.perf_counter()
             encoders = [None if job.cancelled else job.encode or self.encode for job in batch for _ in job.images]
-            images, encoded = self._slots[device].backend.generate_encoded(params, specs, should_stop, clock, encoders)
+            images, encoded = self._slots[device].backend.generate_encoded(
+                params, specs, should_stop, clock, encoders, live_steps=bool(listening)
+            )
             seconds = time.perf_counter() - started
             if len(images) != len(specs):
                 if should_stop():
@@ -729,6 +744,7 @@ class _Slot:
     running: list[Job] = field(default_factory=list)  # the jobs of its running call ([]: free)
     since: float = 0.0  # when that call started (monotonic)
     lost: bool = False  # retired: it died (DeviceLostError) or did not start
+    starting: bool = False  # loading or warming up while the others serve: no batches yet
 
     def start(self, jobs: list[Job], now: float) -> None:
         self.running, self.since = jobs, now

@@ -214,6 +214,7 @@ class ImageService:
         self.batcher = Batcher(
             self.backend,
             more_devices=devices[1:],
+            more_ready=False,  # loaded and warmed once the first serves (_start_more_devices)
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_size=settings.queue_size,
@@ -280,7 +281,6 @@ class ImageService:
             self._reach("model_loaded")
             self._set_state("warming")
             seconds = await self._warm(0)
-            await self._start_more_devices()
             self.batcher.observe_batch_time(seconds)
             self._reach("warmed_up")
         except Exception as exc:
@@ -294,6 +294,10 @@ class ImageService:
             cold_start = self._reach("ready")
             self.cloudwatch.record_cold_start(cold_start)
             log.info("ready: %s (warm-up %.2fs, cold start %.1fs)", self.backend.description, seconds, cold_start)
+            try:  # the pod serves meanwhile: a wake from zero waits for one worker only
+                await self._start_more_devices()
+            except Exception as exc:  # the first worker serves on
+                log.error("device workers beyond the first did not start: %s: %s", type(exc).__name__, exc)
 
     def _device_lost(self, why: str) -> None:
         """Every device is gone (its worker died): not ready, with the reason; /healthz has the container restarted."""
@@ -307,7 +311,8 @@ class ImageService:
         return await self.batcher.run_on_worker(warmup, *args, device=device)
 
     async def _start_more_devices(self) -> None:
-        """Load and warm the other worker processes, as many as fit the container's memory beside the first.
+        """Load and warm the other worker processes, as many as fit the container's memory beside the first,
+        while the first serves; each runs batches once warm.
 
         The first worker's peak resident memory after its warm-up (a full batch at the default size,
         one image at the largest) is what each of the others will need."""
@@ -334,6 +339,8 @@ class ImageService:
             try:
                 await self.batcher.run_on_worker(self.batcher.devices[device].load, device=device)
                 await self._warm(device)
+                self.batcher.enable(device)
+                log.info("device worker %d serving", device)
             except Exception as exc:  # the first worker serves: a later one that cannot start is retired
                 log.error(
                     "device worker %d did not start (%s: %s); serving without it", device, type(exc).__name__, exc

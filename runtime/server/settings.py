@@ -157,6 +157,14 @@ class Settings(ProgramSettings):
         ge=0,
         help="per device worker; 0: the CPUs less one, shared among the workers",
     )
+    # Environment only: read where the CPUs are counted (backends.available_cpus, which has no Settings at
+    # hand); declared here so that a bad value stops the start with one line.
+    cpu_request: int = setting(
+        env=contract.ENV_CPU_REQUEST,
+        default=0,
+        ge=0,
+        help="the pod's CPU request in whole CPUs (pods: set from the downward API); 0: count the CPUs only",
+    )
     # Pipelines in processes of their own (runtime.server.workers, ADR 0018): on a CPU two workers of
     # half the threads serve more than one with all of them, and none waits for the event loop's GIL.
     workers: int = setting(

@@ -9,8 +9,12 @@ machine two workers of half the threads each serve more images/s than one pipeli
 
 `ProcessBackend` is a Backend the batcher drives like any other: ``load()`` starts the worker and
 waits for its model, ``generate()`` sends the batch and relays the worker's step reports and its
-images (or its error). Stopping a call works as in process: the worker's step callback and stop
-hooks read a shared flag that the server sets once nobody waits. The size and guidance rules are the
+images (or its error). Step reports cross the pipe as they happen only when someone watches the
+progress (the UI); otherwise the worker keeps them, each with the time its step ended, and sends them
+with the images: a message per step woke the server's process during the call and cost a tiny
+model's call 4 % (22.0 -> 22.8 ms). Stopping a call works as in process: the worker's step callback
+and stop hooks read a shared flag that the server sets once nobody waits (checked every STOP_POLL_S
+when no report comes). The size and guidance rules are the
 worker's backend's, answered here from what it reported after loading.
 """
 
@@ -24,6 +28,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,6 +36,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from runtime.server.admission import StepClock
 from runtime.server.backends import (
     Backend,
     BackendError,
@@ -216,7 +222,7 @@ class ProcessBackend(Backend):
         should_stop: StopCheck,
         on_step: StepReport | None = None,
     ) -> list[np.ndarray]:
-        out, _ = self.generate_encoded(params, images, should_stop, on_step, [None] * len(images))
+        out, _ = self.generate_encoded(params, images, should_stop, on_step, [None] * len(images), live_steps=True)
         return out
 
     def generate_encoded(
@@ -226,19 +232,21 @@ class ProcessBackend(Backend):
         should_stop: StopCheck,
         on_step: StepReport | None,
         encoders: Sequence[Encoder | None],
+        live_steps: bool = True,
     ) -> tuple[list[np.ndarray], list[bytes | None]]:
         """The worker generates and encodes: the server's process only relays (its GIL is the event loop's)."""
         self._stop.value = 0
-        self._send(("generate", params, list(images), list(encoders)))
+        self._send(("generate", params, list(images), list(encoders), live_steps and on_step is not None))
         while True:
             kind, payload = self._receive(should_stop)
             if kind == "step":
-                if on_step is not None:
-                    on_step(*payload)
+                _report(on_step, *payload)
                 if should_stop():
                     self._stop.value = 1
             elif kind == "images":
-                out, encoded = payload
+                out, encoded, steps = payload
+                for step in steps:
+                    _report(on_step, *step)
                 return list(out), list(encoded)
             else:  # "error": the worker's exception, as the in-process backend would have raised it
                 raise payload
@@ -255,6 +263,14 @@ class ProcessBackend(Backend):
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _report(on_step: StepReport | None, done: int, total: int, at: float) -> None:
+    """A worker's step report: a StepClock takes the time the step ended in the worker, not now."""
+    if isinstance(on_step, StepClock):
+        on_step.mark(done, total, at)
+    elif on_step is not None:
+        on_step(done, total)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -296,9 +312,15 @@ def serve_worker(conn: Connection, settings: Settings, stop: Any) -> None:
         conn.send(("failed", _portable(exc)))
         return
     conn.send(("loaded", _facts(backend)))
+    live = False  # the running call's reports go out as they happen, else with its images
+    kept: list[tuple[int, int, float]] = []
 
     def report(done: int, total: int) -> None:
-        conn.send(("step", done, total))
+        step = (done, total, time.perf_counter())
+        if live:
+            conn.send(("step", *step))
+        else:
+            kept.append(step)
 
     while True:
         try:
@@ -313,10 +335,11 @@ def serve_worker(conn: Connection, settings: Settings, stop: Any) -> None:
             continue
         if message[0] != "generate":
             return
-        _, params, specs, encoders = message
+        _, params, specs, encoders, live = message
+        kept.clear()
         try:
-            images = backend.generate_encoded(params, specs, lambda: stop.value != 0, report, encoders)
+            out, encoded = backend.generate_encoded(params, specs, lambda: stop.value != 0, report, encoders)
         except Exception as exc:
             conn.send(("error", _portable(exc)))
             continue
-        conn.send(("images", images))
+        conn.send(("images", out, encoded, kept))

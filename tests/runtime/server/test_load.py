@@ -119,8 +119,11 @@ def _step_seconds(server: RunningServer, steps: int = 4) -> float:
 
 @pytest.fixture(scope="module")
 def long_server() -> Iterator[RunningServer]:
-    """The tiny model served at LONG_SIZE: 100 steps there take seconds, well within the deadline."""
-    running = start_in_process(tiny_settings(width=LONG_SIZE, height=LONG_SIZE))
+    """The tiny model served at LONG_SIZE: 100 steps there take seconds, well within the deadline.
+
+    One worker, in process: the tests time steps by the running job's step count, which a worker
+    process reports live only to a progress listener (test_workers covers how a worker process stops)."""
+    running = start_in_process(tiny_settings(width=LONG_SIZE, height=LONG_SIZE, workers=1))
     yield running
     running.stop()
 

@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,21 @@ import numpy as np
 import pytest
 
 from plan import contract
-from runtime.server.admission import Timing
-from runtime.server.backends import BatchParams, DiffusersBackend, ImageSpec, create_backend
+from runtime.server.admission import StepClock, Timing
+from runtime.server.backends import (
+    BatchParams,
+    DiffusersBackend,
+    Encoder,
+    ImageSpec,
+    StepReport,
+    StopCheck,
+    create_backend,
+)
 from runtime.server.batcher import Batcher
 from runtime.server.settings import Settings
 from runtime.server.workers import (
     MEMORY_SHARE,
+    STOP_POLL_S,
     ProcessBackend,
     WorkerError,
     create_backends,
@@ -57,6 +66,15 @@ def test_worker_count(workers: int, device: str, cpus: int, expected: int) -> No
 )
 def test_threads_per_worker_leave_the_event_loop_a_cpu(threads: int, workers: int, cpus: int, expected: int) -> None:
     assert threads_per_worker(settings().replace(torch_threads=threads), workers, cpus) == expected
+
+
+def test_the_pods_cpu_request_caps_the_cpus_counted() -> None:
+    from runtime.server.backends import available_cpus
+
+    everything = available_cpus({})
+    assert available_cpus({contract.ENV_CPU_REQUEST: "1"}) == 1
+    assert available_cpus({contract.ENV_CPU_REQUEST: str(everything + 8)}) == everything  # never above what there is
+    assert available_cpus({contract.ENV_CPU_REQUEST: "0"}) == everything  # 0: unset
 
 
 def test_workers_that_fit_the_memory_limit() -> None:
@@ -138,6 +156,86 @@ def test_a_worker_stops_when_nobody_waits(worker: ProcessBackend) -> None:
     images = worker.generate(params, [ImageSpec("x", "", 1)], gone)
     assert images == [] and time.monotonic() - started < 5
     assert len(worker.generate(TINY, [ImageSpec("x", "", 1)], lambda: False)) == 1  # the next call runs whole
+
+
+class ArrivalClock(StepClock):
+    """A StepClock that also notes when each report reached this process."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__(1, 64, 64, steps)
+        self.arrived: list[float] = []
+
+    def mark(self, done: int, total: int, at: float) -> None:
+        self.arrived.append(time.perf_counter())
+        super().mark(done, total, at)
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_step_reports_come_as_they_happen_only_when_someone_watches(worker: ProcessBackend, live: bool) -> None:
+    params = BatchParams(steps=6, guidance_scale=7.5, width=64, height=64)
+    clock = ArrivalClock(params.steps)
+    out, encoded = worker.generate_encoded(params, [ImageSpec("x", "", 1)], lambda: False, clock, [None], live)
+    ended = time.perf_counter()
+    assert len(out) == 1 and encoded == [None]
+    # Either way the clock has every step, timed when it ended in the worker (one clock for both processes).
+    assert len(clock.marks) == params.steps and clock.marks == sorted(clock.marks)
+    assert clock.started < clock.marks[0] and clock.marks[-1] < ended
+    assert 0 < clock.timing().step_s < ended - clock.started
+    if live:  # the first step reached the server before the last one ended
+        assert clock.arrived[0] < clock.marks[-1]
+    else:  # all of them came with the images
+        assert min(clock.arrived) > clock.marks[-1]
+
+
+def test_a_worker_without_live_reports_still_stops_within_a_poll_and_a_step(worker: ProcessBackend) -> None:
+    clock = StepClock(1, 64, 64, 6)
+    worker.generate_encoded(BatchParams(6, 7.5, 64, 64), [ImageSpec("x", "", 1)], lambda: False, clock, [None], False)
+    step_s = clock.timing().step_s
+    leave_at = time.monotonic() + 0.2
+    out, _ = worker.generate_encoded(
+        BatchParams(steps=500, guidance_scale=7.5, width=64, height=64),
+        [ImageSpec("x", "", 1)],
+        lambda: time.monotonic() > leave_at,
+        None,
+        [None],
+        False,
+    )
+    # The server polls whether anyone waits every STOP_POLL_S; the worker reads the flag at its next step.
+    assert out == [] and time.monotonic() - leave_at <= STOP_POLL_S + 2 * step_s + 0.1, step_s
+
+
+def test_the_batcher_asks_for_live_reports_only_for_a_listener() -> None:
+    class Recording(FakeDevice):
+        def __init__(self) -> None:
+            super().__init__(seconds=0.01, steps=2)
+            self.live: list[bool] = []
+
+        def generate_encoded(
+            self,
+            params: BatchParams,
+            images: Sequence[ImageSpec],
+            should_stop: StopCheck,
+            on_step: StepReport | None,
+            encoders: Sequence[Encoder | None],
+            live_steps: bool = True,
+        ) -> tuple[list[np.ndarray], list[bytes | None]]:
+            self.live.append(live_steps)
+            return super().generate_encoded(params, images, should_stop, on_step, encoders, live_steps)
+
+    device = Recording()
+
+    async def main() -> list[tuple[int, int]]:
+        seen: list[tuple[int, int]] = []
+        b = Batcher(device, max_batch=1, max_wait_s=0.0, queue_size=4)
+        b.start()
+        await b.wait(b.submit(TINY, spec("nobody watches"), 10))
+        await b.wait(
+            b.submit(TINY, spec("the UI watches"), 10, on_progress=lambda done, total: seen.append((done, total)))
+        )
+        await b.stop()
+        return seen
+
+    assert run(main()) == [(1, 2), (2, 2)] and device.live == [False, True]
 
 
 def test_a_workers_error_is_raised_here_and_it_keeps_serving(worker: ProcessBackend) -> None:
@@ -308,3 +406,74 @@ def test_a_server_whose_memory_holds_one_worker_runs_one(monkeypatch: pytest.Mon
             assert c.post(contract.IMAGES_PATH, json={"prompt": "a boat", "steps": 2}).status_code == 200
     finally:
         running.stop()
+
+
+def test_a_server_is_ready_with_its_first_worker_and_the_others_join_once_warm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release = threading.Event()
+    calls: dict[int, int] = {0: 0, 1: 0}
+    load, generate_encoded = ProcessBackend.load, ProcessBackend.generate_encoded
+
+    def held_load(self: ProcessBackend) -> None:
+        if self.index == 1:
+            assert release.wait(60)
+        load(self)
+
+    def counted(self: ProcessBackend, *args: Any, **kwargs: Any) -> Any:
+        calls[self.index] += 1
+        return generate_encoded(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessBackend, "load", held_load)
+    monkeypatch.setattr(ProcessBackend, "generate_encoded", counted)
+    running = start_in_process(tiny_settings(workers=2, max_batch=1))
+    try:
+        batcher = running.service.batcher
+        body = {"prompt": "a boat", "steps": 2}
+        with running.client() as c:  # ready while the second worker has not even loaded
+            assert c.post(contract.IMAGES_PATH, json=body).status_code == 200
+        assert len(batcher.devices) == 2 and calls[1] == 0 and batcher._free == [0]  # warm-ups count too
+        release.set()
+        deadline = time.monotonic() + 60
+        while 1 not in batcher._free and time.monotonic() < deadline:
+            time.sleep(0.05)
+        warmed = calls[1]
+        with running.client() as c, ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(lambda i: c.post(contract.IMAGES_PATH, json={**body, "seed": i}).status_code, range(8))
+            )
+        assert codes == [200] * 8 and calls[1] > warmed  # the second one serves once warm
+    finally:
+        release.set()
+        running.stop()
+
+
+def test_the_last_serving_device_lost_while_another_starts_retires_them_all() -> None:
+    """Nothing would run until the starting one is warm: every device retired, /healthz then has the
+    container restarted, and the queue fails at once."""
+
+    class Dying(FakeDevice):
+        def generate(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+            raise WorkerError("device worker 0 exited with -9")
+
+    starting = FakeDevice()
+    told: list[str] = []
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        b = Batcher(Dying(), more_devices=[starting], more_ready=False, max_batch=1, max_wait_s=0.0, queue_size=4)
+        b.on_all_lost = told.append
+        b.start()
+        first, queued = b.submit(TINY, spec("a"), 10), b.submit(TINY, spec("b"), 10)
+        results = await asyncio.gather(b.wait(first), b.wait(queued), return_exceptions=True)
+        assert b.all_lost and starting.batches == []
+        await b.stop()
+        return results[0] if isinstance(results[0], BaseException) else None, (
+            results[1] if isinstance(results[1], BaseException) else None
+        )
+
+    first_error, queued_error = run(main())
+    assert "exited with -9" in str(first_error) and "exited with -9" in str(queued_error)
+    assert told == ["device worker 0 exited with -9"]
