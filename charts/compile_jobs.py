@@ -128,6 +128,8 @@ class CompileJobsChart(cdk8s.Chart):
             "--image-version", serving.image_version,
             # This cluster's own prefix: the compile role may write nothing else (stacks.workload_roles).
             "--out", naming.cluster_models_base_uri(config),
+            # Kernels for the serving pods' torch.compile, built on the GPU they prefer (pods.compiled_kernel_family).
+            *(["--inductor-cache"] if pods.compiled_kernel_family(config, accelerator) else []),
         ]  # fmt: skip
 
     def _job(self, placement: Placement) -> cdk8s.ApiObject:
@@ -146,7 +148,9 @@ class CompileJobsChart(cdk8s.Chart):
             node_selector={**placement.node_selector, topology.CAPACITY_TYPE_LABEL: ON_DEMAND_CAPACITY},
             # The compile's own node sizes (plan.accelerators.CompileResources): a Neuron compile
             # needs an inf2.8xlarge's host memory, which the pool's smallest (serving) size lacks.
-            affinity=pods.instance_size_affinity(accelerator.compile.instance_sizes),
+            affinity=pods.instance_size_affinity(
+                accelerator.compile.instance_sizes, pods.compiled_kernel_family(config, accelerator)
+            ),
             tolerations=pods.tolerations(accelerator) or None,
             security_context=pods.pod_security_context(),
             containers=[

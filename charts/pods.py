@@ -13,7 +13,7 @@ from typing import Final
 
 from cdk8s_plus_35 import k8s
 
-from plan import contract
+from plan import contract, topology
 from plan.accelerators import Accelerator
 from plan.config import AppConfig
 
@@ -68,15 +68,51 @@ def resources(
     return k8s.ResourceRequirements(requests=requests, limits=limits)
 
 
-def instance_size_affinity(sizes: tuple[str, ...]) -> k8s.Affinity:
-    """Require nodes of these ``karpenter.k8s.aws/instance-size`` values (Karpenter launches one)."""
-    requirement = k8s.NodeSelectorRequirement(key=INSTANCE_SIZE_LABEL, operator="In", values=list(sizes))
+def instance_size_affinity(sizes: tuple[str, ...], family: str = "") -> k8s.Affinity:
+    """Require nodes of these ``karpenter.k8s.aws/instance-size`` values, and of one instance family when
+    given (Karpenter launches one)."""
+    requirements = [k8s.NodeSelectorRequirement(key=INSTANCE_SIZE_LABEL, operator="In", values=list(sizes))]
+    if family:
+        requirements.append(
+            k8s.NodeSelectorRequirement(key=topology.INSTANCE_FAMILY_LABEL, operator="In", values=[family])
+        )
     return k8s.Affinity(
         node_affinity=k8s.NodeAffinity(
             required_during_scheduling_ignored_during_execution=k8s.NodeSelector(
-                node_selector_terms=[k8s.NodeSelectorTerm(match_expressions=[requirement])]
+                node_selector_terms=[k8s.NodeSelectorTerm(match_expressions=requirements)]
             )
         )
+    )
+
+
+def preferred_family_affinity(family: str) -> k8s.Affinity:
+    """Prefer nodes of one instance family. Karpenter launches such a node while the NodePool allows it
+    and EC2 has one, and relaxes the preference otherwise (a preference never leaves a pod pending)."""
+    requirement = k8s.NodeSelectorRequirement(key=topology.INSTANCE_FAMILY_LABEL, operator="In", values=[family])
+    return k8s.Affinity(
+        node_affinity=k8s.NodeAffinity(
+            preferred_during_scheduling_ignored_during_execution=[
+                k8s.PreferredSchedulingTerm(
+                    weight=100, preference=k8s.NodeSelectorTerm(match_expressions=[requirement])
+                )
+            ]
+        )
+    )
+
+
+def compiled_kernel_family(config: AppConfig, accelerator: Accelerator) -> str:
+    """The instance family whose GPU the compile job builds this accelerator's TorchInductor kernels on, or
+    "" when its pods do not torch.compile (serving.torchCompile off, or not a CUDA accelerator)."""
+    return accelerator.compile.kernel_family if config.serving.torch_compile else ""
+
+
+def cpu_request_env() -> k8s.EnvVar:
+    """contract.ENV_CPU_REQUEST from the container's own CPU request, in whole CPUs rounded up (downward API)."""
+    return k8s.EnvVar(
+        name=contract.ENV_CPU_REQUEST,
+        value_from=k8s.EnvVarSource(
+            resource_field_ref=k8s.ResourceFieldSelector(resource="requests.cpu", divisor=k8s.Quantity.from_string("1"))
+        ),
     )
 
 

@@ -269,6 +269,9 @@ class ServingChart(cdk8s.Chart):
             env[contract.ENV_TLS_SECRET_ID] = config.tls.local_zone_secret
         if not placement.location.is_local_zone:
             env[contract.ENV_KEEP_ALIVE_S] = str(settings.regional_keep_alive_s)
+        kernels = pods.compiled_kernel_family(config, accelerator)
+        if kernels:
+            env[contract.ENV_TORCH_COMPILE] = "1"
 
         def http_probe(path: str, period: int, failures: int) -> k8s.Probe:
             # The kubelet does not verify the certificate of an HTTPS probe: the pod's own name
@@ -286,6 +289,9 @@ class ServingChart(cdk8s.Chart):
             service_account_name=placement.name,
             automount_service_account_token=False,
             node_selector=placement.node_selector,
+            # The GPU the compile job built the kernels on, where Karpenter can launch one (else the pod
+            # compiles its own at start: minutes, within the startup probe).
+            affinity=pods.preferred_family_affinity(kernels) if kernels in placement.instance_families else None,
             tolerations=pods.tolerations(accelerator) or None,
             security_context=pods.pod_security_context(),
             termination_grace_period_seconds=settings.termination_grace_s,
@@ -301,7 +307,7 @@ class ServingChart(cdk8s.Chart):
                         k8s.ContainerPort(name=PORT_NAME, container_port=contract.PORT, protocol="TCP"),
                         k8s.ContainerPort(name=METRICS_PORT_NAME, container_port=contract.METRICS_PORT, protocol="TCP"),
                     ],
-                    env=pods.env_vars(env),
+                    env=[*pods.env_vars(env), pods.cpu_request_env()],
                     resources=pods.resources(accelerator, settings.resources),
                     security_context=pods.container_security_context(),
                     volume_mounts=mounts,

@@ -33,6 +33,10 @@ class CompileResources:
     # Host memory of the smallest instance the vendor documents for this compile (0: none); every
     # allowed compile size must have it, and the pod may use most of it (tests/charts/test_capacity.py).
     documented_min_memory_gib: int = 0
+    # Where a compile job builds kernels for the serving pods (serving.torchCompile): the instance family
+    # whose GPU they are built for. A TorchInductor cache holds one GPU's kernels; serving pods prefer
+    # this family's nodes, and a pod on another GPU ignores the cache (one log line) and compiles itself.
+    kernel_family: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,13 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             # torch.compile warm-up of the inductor cache: serving's 13Gi plus headroom for the
             # compile workers, on a 2xlarge (8 vCPU, 32 GiB: 30310 - 893 - 100 = 29317 MiB, 7910m;
             # minus 409 MiB / 735m of DaemonSets = 28908 MiB, 7175m).
+            # g6 (NVIDIA L4): the family's lowest On-Demand price per GPU, so the one Karpenter's lowest-price
+            # choice lands serving pods on when it has capacity.
             compile=CompileResources(
-                cpu_request="6", memory_request="24Gi", instance_sizes=("2xlarge", "4xlarge", "8xlarge")
+                cpu_request="6",
+                memory_request="24Gi",
+                instance_sizes=("2xlarge", "4xlarge", "8xlarge"),
+                kernel_family="g6",
             ),
             utilization_metric="pod_gpu_utilization",
         ),

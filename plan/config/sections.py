@@ -252,6 +252,13 @@ class ServingConfig:
     ui: Flag = Field(
         default=False, description="the Gradio UI on the pods' port (devices use the API; `make serve` turns it on)"
     )
+    torch_compile: Flag = Field(
+        default=False,
+        description=(
+            "nvidia pods run the UNet and VAE decoder through torch.compile with the kernels the compile job built "
+            "into the images (change it with a new imageVersion; [docs/scaling.md](docs/scaling.md#torchcompile))"
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod

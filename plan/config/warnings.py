@@ -7,7 +7,7 @@ serves plain HTTP, skips authentication or uses a deprecated key says so without
 from __future__ import annotations
 
 from plan import contract
-from plan.accelerators import instance_families
+from plan.accelerators import ACCELERATORS, instance_families
 from plan.config.models import AppConfig
 from plan.config.rules import config_key
 from plan.config.sections import RENAMED
@@ -46,13 +46,35 @@ def config_warnings(config: AppConfig) -> list[str]:
                 f"warning: localZones[{zone.name}].instanceFamilies {', '.join(unused)}: no enabled accelerator "
                 f"({', '.join(config.accelerators)}) runs on them, so the zone gets no NodePool for them"
             )
-    warnings += model_warnings(config)
+    warnings += model_warnings(config) + torch_compile_warnings(config)
     if config.auth.mode == "none":
         warnings.append(
             "warning: auth.mode=none: anyone who can reach the endpoints can generate images; "
             "auth.mode=token requires a token from the inventory API"
         )
     return warnings
+
+
+def torch_compile_warnings(config: AppConfig) -> list[str]:
+    """serving.torchCompile where no pod gets the compile job's kernels: no accelerator that builds them,
+    or a Local Zone whose GPUs are of another family (its pods compile their own at start)."""
+    if not config.serving.torch_compile:
+        return []
+    kernels = {name: ACCELERATORS[name].compile.kernel_family for name in config.accelerators}
+    families = {name: family for name, family in kernels.items() if family}
+    if not families:
+        return [
+            f"warning: serving.torchCompile: no enabled accelerator ({', '.join(config.accelerators)}) runs "
+            "torch.compile (nvidia does), so it changes nothing"
+        ]
+    return [
+        f"warning: serving.torchCompile: localZones[{zone.name}] has no {family} ({'+'.join(zone.instance_families)}): "
+        f"its {name} pods compile their own kernels at start, for minutes"
+        for zone in config.local_zones
+        for name, family in families.items()
+        if any(f in ACCELERATORS[name].instance_families for f in zone.instance_families)
+        and family not in zone.instance_families
+    ]
 
 
 def model_warnings(config: AppConfig) -> list[str]:

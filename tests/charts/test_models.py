@@ -28,7 +28,9 @@ def serving_env(rendered: Rendered) -> dict[str, dict[str, str]]:
     deployments = [o for o in rendered.objects["serving"] if o["kind"] == "Deployment"]
     assert deployments
     return {
-        d["metadata"]["name"]: {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        d["metadata"]["name"]: {
+            e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e
+        }
         for d in deployments
     }
 

@@ -178,7 +178,9 @@ def test_scaled_objects_target_existing_deployments_on_the_runtime_metric(render
         assert meta["namespace"] == contract.METRIC_NAMESPACE
         assert meta["metricName"] == contract.METRIC_PENDING_REQUESTS
         # The dimensions the runtime publishes, with the values the pod's environment gives it.
-        env = {e["name"]: e["value"] for e in pod_spec(workloads[target["name"]])["containers"][0]["env"]}
+        env = {
+            e["name"]: e["value"] for e in pod_spec(workloads[target["name"]])["containers"][0]["env"] if "value" in e
+        }
         published = {  # the legacy set: every image version publishes it (docs/adr/0015)
             contract.LEGACY_DIMENSION_DEPLOYMENT: env[contract.ENV_PLACEMENT],
             contract.DIMENSION_ACCELERATOR: env[contract.ENV_DEVICE],
