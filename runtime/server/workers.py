@@ -10,12 +10,12 @@ machine two workers of half the threads each serve more images/s than one pipeli
 `ProcessBackend` is a Backend the batcher drives like any other: ``load()`` starts the worker and
 waits for its model, ``generate()`` sends the batch and relays the worker's step reports and its
 images (or its error). Step reports cross the pipe as they happen only when someone watches the
-progress (the UI); otherwise the worker keeps them, each with the time its step ended, and sends them
-with the images: a message per step wakes the server's process during the call (measured: a tiny
-model's 4-step call took 21.1-21.3 ms with them and 20.8-21.1 ms without, 180 alternating calls each). Stopping a call works as in process: the worker's step callback
-and stop hooks read a shared flag that the server sets once nobody waits (checked every STOP_POLL_S
-when no report comes). The size and guidance rules are the
-worker's backend's, answered here from what it reported after loading.
+progress (the UI); otherwise the worker keeps them, each with the time its step ended, and sends
+them with the images: a message per step wakes the server's process during the call (a tiny model's
+4-step call took 21.1-21.3 ms with them and 20.8-21.1 ms without, 180 alternating calls each).
+Stopping a call works as in process: the worker's step callback and stop hooks read a shared flag
+that the server sets once nobody waits (checked every STOP_POLL_S when no report comes). The size
+and guidance rules are the worker's backend's, answered here from what it reported after loading.
 """
 
 from __future__ import annotations
