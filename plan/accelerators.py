@@ -101,8 +101,8 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             # torch.compile warm-up of the inductor cache: serving's 13Gi plus headroom for the
             # compile workers, on a 2xlarge (8 vCPU, 32 GiB: 30310 - 893 - 100 = 29317 MiB, 7910m;
             # minus 409 MiB / 735m of DaemonSets = 28908 MiB, 7175m).
-            # g6 (NVIDIA L4): the lowest On-Demand price per GPU of the nvidia families, so the one Karpenter's lowest-price
-            # choice lands serving pods on when it has capacity.
+            # g6 (NVIDIA L4): the lowest On-Demand price per GPU of the nvidia families, so the one
+            # Karpenter's lowest-price choice lands serving pods on when it has capacity.
             compile=CompileResources(
                 cpu_request="6",
                 memory_request="24Gi",
