@@ -130,6 +130,8 @@ class CompileJobsChart(cdk8s.Chart):
             "--out", naming.cluster_models_base_uri(config),
             # Kernels for the serving pods' torch.compile, built on the GPU they prefer (pods.compiled_kernel_family).
             *(["--inductor-cache"] if pods.compiled_kernel_family(config, accelerator) else []),
+            # The tiny VAE's weights travel with the model: the pods that decode with it are offline.
+            *(["--tiny-vae", contract.TAESD_ID] if pods.decodes_with_tiny_vae(config, accelerator) else []),
         ]  # fmt: skip
 
     def _job(self, placement: Placement) -> cdk8s.ApiObject:

@@ -106,6 +106,11 @@ def compiled_kernel_family(config: AppConfig, accelerator: Accelerator) -> str:
     return accelerator.compile.kernel_family if config.serving.torch_compile else ""
 
 
+def decodes_with_tiny_vae(config: AppConfig, accelerator: Accelerator) -> bool:
+    """serving.vae tiny, on an accelerator whose pods can swap their VAE (a Neuron artifact holds its compiled one)."""
+    return config.serving.vae == "tiny" and accelerator.device != "neuron"
+
+
 def cpu_request_env() -> k8s.EnvVar:
     """contract.ENV_CPU_REQUEST from the container's own CPU request, in whole CPUs rounded up (downward API)."""
     return k8s.EnvVar(

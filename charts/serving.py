@@ -272,6 +272,8 @@ class ServingChart(cdk8s.Chart):
         kernels = pods.compiled_kernel_family(config, accelerator)
         if kernels:
             env[contract.ENV_TORCH_COMPILE] = "1"
+        if pods.decodes_with_tiny_vae(config, accelerator):
+            env[contract.ENV_VAE] = "tiny"  # the model's artifact carries its weights (use_tiny_vae)
 
         def http_probe(path: str, period: int, failures: int) -> k8s.Probe:
             # The kubelet does not verify the certificate of an HTTPS probe: the pod's own name

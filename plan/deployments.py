@@ -54,8 +54,9 @@ DEPLOYMENT_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 SHARED_KEYS: Final = ("account", "region", "pipeline", "modelId", "modelRevision")
 # Serving keys the images are built and the models compiled for: the image pipeline builds one
 # serving.imageVersion, and every deployment's compile job writes the one artifact prefix of the
-# model, so its shape (height, width, static batch) and its compiled kernels (torchCompile) are shared too.
-SHARED_SERVING_KEYS: Final = ("imageVersion", "height", "width", "maxBatch", "torchCompile")
+# model, so its shape (height, width, static batch), its compiled kernels (torchCompile) and the VAE it
+# ships (vae) are shared too.
+SHARED_SERVING_KEYS: Final = ("imageVersion", "height", "width", "maxBatch", "torchCompile", "vae")
 STACK_PREFIX: Final = "EdgeDiffusion"
 # The last part of each stack name (stack_name: composition names the stacks with it, preflight
 # looks them up with it, the Makefile asks `python -m plan.deployments` for them).
@@ -154,7 +155,14 @@ def _shared_serving(shared: AppConfig | None) -> dict[str, object]:
     if shared is None:
         return {}
     serving = shared.serving
-    values = (serving.image_version, serving.height, serving.width, serving.max_batch, serving.torch_compile)
+    values = (
+        serving.image_version,
+        serving.height,
+        serving.width,
+        serving.max_batch,
+        serving.torch_compile,
+        serving.vae,
+    )
     return dict(zip(shared_serving_keys(), values, strict=True))
 
 

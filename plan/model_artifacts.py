@@ -158,6 +158,10 @@ COMPONENTS_OPTION: Final = "components"
 # The manifest option recording optimum-neuron's dynamic_batch_size export argument (neuron only):
 # without it a Neuron UNet runs only guided calls (the serving pod refuses guidance <= 1).
 DYNAMIC_BATCH_OPTION: Final = "dynamic_batch_size"
+# The manifest option naming the AutoencoderTiny (TAESD) an artifact carries in TINY_VAE_DIRNAME (cuda/cpu), for
+# pods that decode with it (serving.vae tiny): pods are offline, so its weights come with the model.
+TINY_VAE_OPTION: Final = "tiny_vae"
+TINY_VAE_DIRNAME: Final = "vae_tiny"
 TEXT_ENCODER: Final = "text_encoder"
 UNET: Final = "unet"
 VAE_DECODER: Final = "vae_decoder"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
@@ -252,11 +252,18 @@ class ServingConfig:
     ui: Flag = Field(
         default=False, description="the Gradio UI on the pods' port (devices use the API; `make serve` turns it on)"
     )
+    vae: Literal["full", "tiny"] = Field(
+        default="full",
+        description=(
+            "nvidia and cpu pods decode with `tiny` (TAESD): about 10x faster, less detail; built into the images "
+            "([docs/models.md](docs/models.md#tiny-vae-decoder))"
+        ),
+    )
     torch_compile: Flag = Field(
         default=False,
         description=(
-            "nvidia pods run the UNet and VAE decoder through torch.compile with the kernels the compile job built "
-            "into the images (change it with a new imageVersion; [docs/scaling.md](docs/scaling.md#torchcompile))"
+            "nvidia pods torch.compile the UNet and VAE decoder with kernels built into the images "
+            "([docs/scaling.md](docs/scaling.md#torchcompile))"
         ),
     )
 

@@ -47,6 +47,11 @@ def config_warnings(config: AppConfig) -> list[str]:
                 f"({', '.join(config.accelerators)}) runs on them, so the zone gets no NodePool for them"
             )
     warnings += model_warnings(config) + torch_compile_warnings(config)
+    if config.serving.vae == "tiny" and "neuron" in config.accelerators:
+        warnings.append(
+            "warning: serving.vae=tiny: neuron pods decode with the full VAE compiled into their model; "
+            "nvidia and cpu pods with the tiny one"
+        )
     if config.auth.mode == "none":
         warnings.append(
             "warning: auth.mode=none: anyone who can reach the endpoints can generate images; "

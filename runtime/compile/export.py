@@ -20,6 +20,8 @@ from plan.model_artifacts import (
     DYNAMIC_BATCH_OPTION,
     IMAGE_VERSION_OPTION,
     TEXT_ENCODER,
+    TINY_VAE_DIRNAME,
+    TINY_VAE_OPTION,
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
@@ -30,7 +32,7 @@ from runtime.artifacts.inductor_cache import current_key, save_mega_cache, write
 from runtime.artifacts.manifest import ArtifactSpec, library_versions
 from runtime.compile.settings import CompileConfig
 from runtime.server.backends import WARMUP_GUIDANCE, WARMUP_STEPS, optimise
-from runtime.server.models import build_pipeline, built_in
+from runtime.server.models import build_pipeline, build_tiny_vae, built_in
 from runtime.server.settings import Settings
 
 # optimum-neuron's file name of each compiled network (<component>/model.neuron: utils/constant.py at 0.4.5).
@@ -67,6 +69,8 @@ def artifact_spec(cfg: CompileConfig) -> ArtifactSpec:
             raise CompileError("--inductor-cache needs a CUDA device (the cache is specific to the GPU it ran on)")
         major, minor = torch.cuda.get_device_capability()
         options |= {"inductor_cache": contract.INDUCTOR_CACHE_DIRNAME, "cuda_capability": f"{major}.{minor}"}
+    if cfg.tiny_vae:
+        options[TINY_VAE_OPTION] = cfg.tiny_vae
     if cfg.image_version:
         options[IMAGE_VERSION_OPTION] = cfg.image_version
     if cfg.device == "neuron":
@@ -158,10 +162,16 @@ def export_neuron(cfg: CompileConfig, out_dir: Path, staging: Path) -> None:
 
 
 def export_torch(cfg: CompileConfig, out_dir: Path) -> None:
-    """Save the pipeline as safetensors at the serving dtype (plus an Inductor cache if asked)."""
+    """Save the pipeline as safetensors at the serving dtype, plus the tiny VAE and an Inductor cache if asked.
+
+    With a tiny VAE the Inductor warm-up decodes with it, as the pods that use it do."""
     pipe = _torch_pipeline(cfg, cfg.serving_dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     check_components(out_dir, cfg.device)
+    if cfg.tiny_vae:
+        tiny = build_tiny_vae(cfg.model_id, cfg.tiny_vae, int(pipe.vae.config.latent_channels), pipe.vae.dtype)
+        tiny.save_pretrained(out_dir / TINY_VAE_DIRNAME, safe_serialization=True)
+        pipe.vae = tiny
     if cfg.inductor_cache:
         warm_inductor_cache(pipe, cfg, out_dir / contract.INDUCTOR_CACHE_DIRNAME)
 

@@ -89,6 +89,12 @@ class CompileConfig(ProgramSettings):
     inductor_cache: bool = setting(
         flag="--inductor-cache", default=False, help="cuda only: warm and ship a TorchInductor cache (GPU)"
     )
+    tiny_vae: str | None = setting(
+        flag="--tiny-vae",
+        default=None,
+        help=f"cuda/cpu: also ship this AutoencoderTiny (Hub id, e.g. {contract.TAESD_ID}) for pods that decode "
+        "with --vae tiny",
+    )
     image_version: str | None = setting(
         env=contract.ENV_COMPILE_IMAGE_VERSION,
         flag="--image-version",
@@ -106,6 +112,10 @@ class CompileConfig(ProgramSettings):
             raise SettingsError("--dtype float16 is not allowed for cpu; allowed: float32, bfloat16")
         if self.inductor_cache and self.device != "cuda":
             raise SettingsError(f"--inductor-cache is not allowed for {self.device}; allowed only with --device cuda")
+        if self.tiny_vae and self.device == "neuron":
+            raise SettingsError(
+                "--tiny-vae is not allowed for neuron (its artifact holds the compiled VAE); allowed with cuda and cpu"
+            )
 
     @property
     def shapes(self) -> Shapes:

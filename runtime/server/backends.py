@@ -32,7 +32,7 @@ from typing import Any, Final
 import numpy as np
 
 from plan import contract
-from plan.model_artifacts import DYNAMIC_BATCH_OPTION, VAE_ENCODER
+from plan.model_artifacts import DYNAMIC_BATCH_OPTION, TINY_VAE_DIRNAME, VAE_ENCODER
 from runtime.artifacts.inductor_cache import CacheDecision, adopt_cache, current_key
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
@@ -364,14 +364,17 @@ def optimise(pipe: Any, settings: Settings, device: str) -> Any:
     return pipe
 
 
-def use_tiny_vae(pipe: Any, settings: Settings) -> Any:
+def use_tiny_vae(pipe: Any, settings: Settings, location: ModelLocation | None = None) -> Any:
     """Replace the pipeline's VAE by AutoencoderTiny (TAESD; --vae tiny) in the same dtype; returns the pipeline.
 
     TAESD decodes the same latents with about 1/40 of the decoder's parameters, for less fine detail
     (its README: "it tends to fudge fine details"); the img2img pipeline shares it, encoder included.
+    The one a model artifact carries (compiled with --tiny-vae) wins over --tiny-vae: a pod is offline.
     """
     full = pipe.vae
-    pipe.vae = build_tiny_vae(settings.model_id, settings.tiny_vae, int(full.config.latent_channels), full.dtype)
+    shipped = Path(location.path) / TINY_VAE_DIRNAME if location is not None and location.path else None
+    source = str(shipped) if shipped is not None and shipped.is_dir() else settings.tiny_vae
+    pipe.vae = build_tiny_vae(settings.model_id, source, int(full.config.latent_channels), full.dtype)
     return pipe
 
 
@@ -499,7 +502,7 @@ class DiffusersBackend(Backend):
             pipe = self.location.load_diffusers(dtype)
         pipe.set_progress_bar_config(disable=True)
         if self.settings.vae == "tiny":
-            pipe = use_tiny_vae(pipe, self.settings)
+            pipe = use_tiny_vae(pipe, self.settings, self.location)
         self.cache = cache = inductor_cache(self.settings, self.device, self.location)
         if cache is not None:  # before optimise: torch.compile reads the cache directory when it first compiles
             (log.info if cache.used else log.warning)("%s", cache.message)

@@ -608,3 +608,49 @@ def test_the_inductor_warm_up_runs_the_shapes_a_pods_warm_up_runs(
         }
         for size in (1, 4)
     ]
+
+
+def test_a_tiny_vae_ships_with_the_model_and_the_server_decodes_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pods are offline: the AutoencoderTiny a compile job saves (built in code for the tiny model, as its
+    other networks) is in the artifact, named in its manifest, and what a pod with --vae tiny loads."""
+    from plan.model_artifacts import TINY_VAE_DIRNAME, TINY_VAE_OPTION
+    from runtime.server import backends
+    from runtime.server.model_source import ModelLocation
+    from runtime.server.settings import Settings
+
+    out = tmp_path / "out"
+    argv = ["--model", "tiny", "--revision", "r1", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--tiny-vae", contract.TAESD_ID]) == 0
+    dest = out / "tiny" / "r1" / "cpu"
+    manifest = verify_dir(dest)
+    assert manifest.spec.options[TINY_VAE_OPTION] == contract.TAESD_ID
+    assert {f.path for f in manifest.files} >= {
+        f"{TINY_VAE_DIRNAME}/config.json",
+        f"{TINY_VAE_DIRNAME}/diffusion_pytorch_model.safetensors",
+    }
+    capsys.readouterr()
+    assert main(argv) == 0  # without it: another artifact, compiled again
+    assert one_line(capsys.readouterr().out).startswith("published")
+    assert main([*argv, "--tiny-vae", contract.TAESD_ID]) == 0
+
+    seen: list[str] = []
+    real = backends.build_tiny_vae
+
+    def build(model_id: str, source: str, *args: Any) -> Any:
+        seen.append(source)
+        return real(model_id, source, *args)
+
+    settings = Settings(model_id="tiny", vae="tiny", auth="none", metrics_sink="none")
+    pipe = ModelLocation("builtin", "tiny").load_diffusers(None)
+    monkeypatch.setattr(backends, "build_tiny_vae", build)
+    backends.use_tiny_vae(pipe, settings, ModelLocation("dir", "tiny", "r1", dest))
+    backends.use_tiny_vae(pipe, settings, ModelLocation("dir", "tiny", "r1", tmp_path))  # none shipped
+    assert seen == [str(dest / TINY_VAE_DIRNAME), contract.TAESD_ID]
+
+
+def test_a_neuron_compile_refuses_a_tiny_vae_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", "tiny", "--device", "neuron", "--tiny-vae", contract.TAESD_ID, "--out", OUT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tiny-vae is not allowed for neuron" in err, err
