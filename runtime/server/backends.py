@@ -36,7 +36,7 @@ from plan.model_artifacts import DYNAMIC_BATCH_OPTION, TINY_VAE_DIRNAME, VAE_ENC
 from runtime.artifacts.inductor_cache import CacheDecision, adopt_cache, current_key
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
-from runtime.server.models import SD_DEFAULTS, TINY_DEFAULT_STEPS, build_tiny_vae, model_defaults
+from runtime.server.models import SD_DEFAULTS, TINY_DEFAULT_STEPS, build_tiny_vae, built_in, model_defaults
 from runtime.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,15 @@ def use_tiny_vae(pipe: Any, settings: Settings, location: ModelLocation | None =
     full = pipe.vae
     shipped = Path(location.path) / TINY_VAE_DIRNAME if location is not None and location.path else None
     source = str(shipped) if shipped is not None and shipped.is_dir() else settings.tiny_vae
-    pipe.vae = build_tiny_vae(settings.model_id, source, int(full.config.latent_channels), full.dtype)
+    try:
+        pipe.vae = build_tiny_vae(settings.model_id, source, int(full.config.latent_channels), full.dtype)
+    except Exception as exc:  # offline (a pod) with a model that carries none: say what to change
+        carried = f"the model at {shipped.parent} carries no {TINY_VAE_DIRNAME}/, and " if shipped is not None else ""
+        raise BackendError(
+            f"--vae tiny: {carried}{source} did not load ({type(exc).__name__}); a pod's model carries the tiny VAE "
+            "when compiled with serving.vae tiny, which takes a new serving.imageVersion"
+        ) from None
+    log.info("tiny VAE from %s", source if built_in(settings.model_id) is None else "code (random weights)")
     return pipe
 
 

@@ -654,3 +654,24 @@ def test_a_neuron_compile_refuses_a_tiny_vae_in_one_line(capsys: pytest.CaptureF
     assert main(["--model", "tiny", "--device", "neuron", "--tiny-vae", contract.TAESD_ID, "--out", OUT]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--tiny-vae is not allowed for neuron" in err, err
+
+
+def test_a_pod_whose_model_carries_no_tiny_vae_says_what_to_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, with --vae tiny and a model compiled without it: one line naming the fix, not a Hub error."""
+    from runtime.server import backends
+    from runtime.server.model_source import ModelLocation
+    from runtime.server.settings import Settings
+
+    def offline(*args: Any) -> Any:
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(backends, "build_tiny_vae", offline)
+    pipe = ModelLocation("builtin", "tiny").load_diffusers(None)
+    settings = Settings(model_id="tiny", vae="tiny", auth="none", metrics_sink="none")
+    with pytest.raises(backends.BackendError) as raised:
+        backends.use_tiny_vae(pipe, settings, ModelLocation("dir", "tiny", "r1", tmp_path))
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    assert f"the model at {tmp_path} carries no vae_tiny/" in message and "new serving.imageVersion" in message
