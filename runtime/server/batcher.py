@@ -254,9 +254,14 @@ class Batcher:
         return all(slot.lost for slot in self._slots)
 
     @property
+    def serving(self) -> int:
+        """Devices that run calls: not lost, not starting."""
+        return sum(not slot.lost and not slot.starting for slot in self._slots)
+
+    @property
     def _serving(self) -> int:
-        """Devices that run calls (not lost, not starting); at least 1, for the estimates."""
-        return max(1, sum(not slot.lost and not slot.starting for slot in self._slots))
+        """serving, at least 1: for the estimates."""
+        return max(1, self.serving)
 
     @property
     def in_flight(self) -> int:
@@ -266,6 +271,11 @@ class Batcher:
     def device_busy(self) -> bool:
         """A device call is running (possibly for requests that are all gone, until its next step)."""
         return any(slot.running for slot in self._slots)
+
+    @property
+    def starting(self) -> int:
+        """Devices still loading or warming up while the others serve."""
+        return sum(slot.starting and not slot.lost for slot in self._slots)
 
     def enable(self, device: int) -> None:
         """A device that was starting (more_ready False) is loaded and warm: it runs batches from now on."""
@@ -625,7 +635,7 @@ class Batcher:
     def _lose(self, device: int, batch: list[Job], exc: DeviceLostError) -> None:
         """Retire a device that will not run again; its batch fails, the other devices serve the queue."""
         self.retire(device)
-        left = sum(not slot.lost and not slot.starting for slot in self._slots)
+        left = self.serving
         log.error("device %d lost (%s): %d of %d devices left", device, exc, left, len(self._slots))
         for job in batch:
             self._fail(job, GenerationError(f"generation failed: {exc}"))

@@ -348,6 +348,7 @@ class ImageService:
                 self.batcher.retire(device)
 
         await asyncio.gather(*(start(device) for device in range(1, len(self.batcher.devices))))
+        log.info("%d of %d device workers serving", self.batcher.serving, len(self.batcher.devices))
 
     async def drain(self, timeout_s: float) -> bool:
         """Readiness off, refuse new work, wait for accepted work; True if all of it finished."""

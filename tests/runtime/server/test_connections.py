@@ -131,12 +131,15 @@ def start(tmp: Path, *, tls: Ca | None = None, env: dict[str, str] | None = None
         proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=err, preexec_fn=_nofile_256)
     server = Server(proc, port, metrics_port, stderr, tls.client_context() if tls else None)
 
-    def ready() -> bool:  # model loaded: its log lines are out before a test counts the server's lines
+    def ready() -> bool:  # every worker loaded: their log lines are out before a test counts the server's lines
         assert proc.poll() is None, server.stderr_text()[-3000:]
         try:
-            return httpx.get(server.url + contract.READY_PATH, verify=server.tls or True, timeout=5).status_code == 200
+            if httpx.get(server.url + contract.READY_PATH, verify=server.tls or True, timeout=5).status_code != 200:
+                return False
         except httpx.HTTPError:
             return False
+        logged = server.stderr_text()
+        return "in worker process" not in logged or "device workers serving" in logged  # the others join after ready
 
     wait_until(ready, timeout_s=120, interval_s=0.25)
     return server

@@ -40,7 +40,7 @@ from runtime.server.workers import (
     worker_count,
     workers_that_fit,
 )
-from tests.runtime.server.conftest import start_in_process, tiny_settings
+from tests.runtime.server.conftest import start_in_process, tiny_settings, wait_until
 from tests.runtime.server.test_batcher import FakeDevice, run, spec
 
 TINY = BatchParams(steps=2, guidance_scale=7.5, width=64, height=64)
@@ -370,6 +370,7 @@ def test_a_server_serves_on_while_a_worker_lives_and_asks_for_a_restart_when_non
     try:
         devices = running.service.batcher.devices
         assert [type(d) for d in devices] == [ProcessBackend, ProcessBackend]
+        wait_until(lambda: running.service.batcher.serving == 2, timeout_s=60)  # the second joins after ready
         body = {"prompt": "a boat", "steps": 2}
         with running.client() as c:
             assert c.post(contract.IMAGES_PATH, json=body).status_code == 200
