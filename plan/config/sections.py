@@ -255,7 +255,7 @@ class ServingConfig:
     vae: Literal["full", "tiny"] = Field(
         default="full",
         description=(
-            "nvidia and cpu pods decode with `tiny` (TAESD): about 10x faster, less detail; built into the images "
+            "nvidia and cpu pods decode with `tiny` (TAESD): over 10x faster, less detail; built into the images "
             "([docs/models.md](docs/models.md#tiny-vae-decoder))"
         ),
     )
