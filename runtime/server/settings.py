@@ -106,8 +106,8 @@ class Settings(ProgramSettings):
     )
     # tiny: decode (and encode image prompts) with AutoencoderTiny, TAESD, a 1.2M-parameter distillation
     # of SD's 49M-parameter VAE decoder that "tends to fudge fine details" (madebyollin/taesd README);
-    # one 512x512 decode on 2 shared CPU cores (sd21-random, fp32): 17.5 s full, 1.7 s tiny. cuda/cpu only: a
-    # Neuron artifact carries its compiled VAE.
+    # decode times against the full VAE's in docs/models.md. cuda/cpu only: a Neuron artifact carries its
+    # compiled VAE.
     vae: str = setting(
         env=contract.ENV_VAE,
         flag="--vae",
