@@ -272,11 +272,6 @@ class Batcher:
         """A device call is running (possibly for requests that are all gone, until its next step)."""
         return any(slot.running for slot in self._slots)
 
-    @property
-    def starting(self) -> int:
-        """Devices still loading or warming up while the others serve."""
-        return sum(slot.starting and not slot.lost for slot in self._slots)
-
     def enable(self, device: int) -> None:
         """A device that was starting (more_ready False) is loaded and warm: it runs batches from now on."""
         self._slots[device].starting = False
