@@ -105,6 +105,9 @@ class BenchSettings(ProgramSettings):
     )
     attention: str = setting(flag="--attention", default="sdpa", choices=ATTENTION, help="--phases")
     torch_compile: bool = setting(flag="--torch-compile", default=False, help="--phases: cuda only")
+    vae: str = setting(
+        flag="--vae", default="full", choices=contract.VAE_KINDS, help="--phases: tiny decodes with TAESD"
+    )
     batches: tuple[Count, ...] = setting(
         flag="--batches", default=(1, 2, 4, 8), min_length=1, help="--phases: images per pipeline call"
     )
@@ -166,6 +169,7 @@ class BenchSettings(ProgramSettings):
             **chosen,
             attention=self.attention,
             torch_compile=self.torch_compile,
+            vae=self.vae,
             torch_threads=self.threads,
             height=self.height,
             width=self.width,
@@ -181,6 +185,7 @@ class BenchSettings(ProgramSettings):
             contract.ENV_DTYPE: s.dtype,
             contract.ENV_ATTENTION: s.attention,
             contract.ENV_TORCH_COMPILE: "1" if s.torch_compile else "0",
+            contract.ENV_VAE: s.vae,
             contract.ENV_TORCH_THREADS: str(s.torch_threads),
             contract.ENV_WORKERS: "1",  # the phases time one pipeline: served, the same one pipeline
             contract.ENV_HEIGHT: str(s.height),

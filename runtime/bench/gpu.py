@@ -69,6 +69,9 @@ class GpuBenchSettings(ProgramSettings):
     )
     attention: str = setting(flag="--attention", default="sdpa", choices=ATTENTION)
     torch_compile: bool = setting(flag="--torch-compile", default=False, help="cuda only")
+    vae: str = setting(
+        flag="--vae", default="full", choices=contract.VAE_KINDS, help="tiny: TAESD (built in code, as the models)"
+    )
     torch_threads: int = setting(flag="--torch-threads", default=0, ge=0, help="CPU threads (0: the server's choice)")
     json_out: Path | None = setting(flag="--json", default=None, help="also write the rows to this JSON file")
 
@@ -93,6 +96,7 @@ class GpuBenchSettings(ProgramSettings):
             scheduler=scheduler,
             attention=self.attention,
             torch_compile=self.torch_compile,
+            vae=self.vae,
             torch_threads=self.torch_threads,
             height=self.size,
             width=self.size,

@@ -18,6 +18,8 @@ def test_the_defaults_are_sd21_guided_and_turbo_one_step_at_512_fp16_on_cuda() -
     assert (turbo, turbo_scheduler, [str(m) for m in turbo_modes]) == ("sd-turbo-random", "model", ["1/0", "2/0/0.5"])
     settings = args.server_settings(turbo, turbo_scheduler)
     assert (settings.model_id, settings.scheduler, settings.height, settings.max_batch) == (turbo, "model", 512, 8)
+    assert settings.vae == "full"
+    assert gpu.GpuBenchSettings.from_args(["--vae", "tiny"]).server_settings(turbo, turbo_scheduler).vae == "tiny"
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,9 @@ def test_phases_settings_become_the_servers() -> None:
     assert chosen.server_env()[contract.ENV_SCHEDULER] == "dpmsolver++"
     assert chosen.server_settings().scheduler == "dpmsolver++"
     assert BenchSettings.from_args([]).threads == 1
+    tiny = BenchSettings.from_args(["--phases", "--vae", "tiny"])
+    assert tiny.server_settings().vae == "tiny" and tiny.server_env()[contract.ENV_VAE] == "tiny"
+    assert env[contract.ENV_VAE] == "full"
 
 
 def test_the_modes_default_to_few_step_the_guided_reference_and_image_to_image() -> None:
