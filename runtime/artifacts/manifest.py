@@ -124,6 +124,18 @@ class ArtifactSpec:
             "options": dict(sorted(self.options.items())),
         }
 
+    def differences(self, other: ArtifactSpec) -> list[str]:
+        """The identity fields where ``other`` differs (options and versions by key, e.g. ``options.tiny_vae``)."""
+        mine, theirs = self.identity(), other.identity()
+        out: list[str] = []
+        for name, value in mine.items():
+            if name in ("options", "versions"):
+                keys = sorted(set(value) | set(theirs[name]))
+                out += [f"{name}.{key}" for key in keys if value.get(key) != theirs[name].get(key)]
+            elif value != theirs[name]:
+                out.append(name)
+        return out
+
     def describe(self) -> str:
         """One human line, e.g. ``tiny@main cpu 64x64 batch 1 float32``."""
         s = self.shapes

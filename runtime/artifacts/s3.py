@@ -117,6 +117,18 @@ def read_remote_manifest(uri: str, s3: S3Client | None = None) -> Manifest | Non
     return Manifest.from_json(body, origin=f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}")
 
 
+def published_manifest_s3(uri: str, s3: S3Client) -> Manifest | None:
+    """The manifest at an S3 prefix whatever its spec, or None when there is none or it is unreadable
+    (listed first, as in find_published_s3)."""
+    bucket, prefix = parse_s3_uri(uri)
+    if prefix + MANIFEST_NAME not in _list_keys(s3, bucket, prefix):
+        return None
+    try:
+        return read_remote_manifest(uri, s3)
+    except ArtifactError:
+        return None
+
+
 def find_published_s3(uri: str, spec: ArtifactSpec, s3: S3Client) -> Manifest | None:
     """The manifest of a complete artifact compiled from ``spec`` at ``uri`` (every file present
     with its recorded size), else None; an unreadable manifest counts as absent.

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plan.model_artifacts import artifact_prefix
-from runtime.artifacts.local import find_published_dir, publish_dir, verify_dir
+from plan.model_artifacts import MANIFEST_NAME, artifact_prefix
+from runtime.artifacts.local import find_published_dir, publish_dir, read_manifest, verify_dir
 from runtime.artifacts.manifest import (
     Artifact,
+    ArtifactError,
     ArtifactSpec,
     Manifest,
     PublishResult,
@@ -21,7 +22,16 @@ from runtime.artifacts.manifest import (
     check_model_id,
     check_revision,
 )
-from runtime.artifacts.s3 import S3Client, download, find_published_s3, is_s3, normalize_s3_uri, publish_s3, s3_client
+from runtime.artifacts.s3 import (
+    S3Client,
+    download,
+    find_published_s3,
+    is_s3,
+    normalize_s3_uri,
+    publish_s3,
+    published_manifest_s3,
+    s3_client,
+)
 
 
 def artifact_uri(base: str, model_id: str, revision: str, device: str) -> str:
@@ -42,6 +52,16 @@ def find_published(dest: str, spec: ArtifactSpec, s3: S3Client | None = None) ->
     if is_s3(dest):
         return find_published_s3(dest, spec, s3 or s3_client())
     return find_published_dir(Path(dest), spec)
+
+
+def published_manifest(dest: str, s3: S3Client | None = None) -> Manifest | None:
+    """The manifest at ``dest`` whatever its spec (None: none, or unreadable)."""
+    if is_s3(dest):
+        return published_manifest_s3(dest, s3 or s3_client())
+    try:
+        return read_manifest(Path(dest)) if (Path(dest) / MANIFEST_NAME).is_file() else None
+    except ArtifactError:
+        return None
 
 
 def publish(local_dir: Path, dest: str, s3: S3Client | None = None) -> PublishResult:

@@ -51,10 +51,12 @@ def run_compile_job(
         lines.append(capsys.readouterr().out.strip())
         assert main(args) == 0
         lines.append(capsys.readouterr().out.strip())
+        # A new runtime (newer libraries) is a new image version: its compile job replaces the artifact.
         upgraded = {**export_module.library_versions("cuda"), "diffusers": "99.0.0"}
         monkeypatch.setattr(export_module, "library_versions", lambda device: dict(upgraded))
         monkeypatch.setattr(job_module, "export", fake_export(SECOND_ARTIFACT))
-        assert main(args) == 0
+        version = args.index("--image-version") + 1
+        assert main([*args[:version], "99.0.0", *args[version + 1 :]]) == 0
         lines.append(capsys.readouterr().out.strip())
         manifest = read_remote_manifest(published)  # what the image build and serving pods read
         assert manifest is not None and manifest.spec.versions["diffusers"] == "99.0.0"

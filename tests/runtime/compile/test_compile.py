@@ -123,6 +123,11 @@ def test_the_runtime_image_version_is_recorded_and_a_new_one_compiles_again(
     assert one_line(capsys.readouterr().out).startswith("published tiny@main cpu")
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
     assert manifest["options"] == {IMAGE_VERSION_OPTION: "1.0.1", COMPONENTS_OPTION: ALL_COMPONENTS}
+    # The same version with other settings is refused: 1.0.1's images are built from what is there.
+    assert main([*TINY_CPU, "--image-version", "1.0.1", "--batch-size", "2"]) == 1
+    assert "holds image version 1.0.1's model compiled with other settings (shapes)" in capsys.readouterr().err
+    unchanged = json.loads(s3.get_object(Bucket=BUCKET, Key=TINY_CPU_PREFIX + MANIFEST_NAME)["Body"].read())
+    assert unchanged == manifest
 
 
 def test_interrupted_upload_leaves_no_manifest_and_next_run_completes(
@@ -675,3 +680,22 @@ def test_a_pod_whose_model_carries_no_tiny_vae_says_what_to_change(
     message = str(raised.value)
     assert len(message.splitlines()) == 1
     assert f"the model at {tmp_path} carries no vae_tiny/" in message and "new serving.imageVersion" in message
+
+
+def test_an_image_versions_model_is_not_recompiled_with_other_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its images are built from it and tags are immutable: other settings take a new image version, and the
+    artifact there is left as it was."""
+    out = tmp_path / "out"
+    argv = ["--model", "tiny", "--revision", "r1", "--device", "cpu", "--out", str(out), "--image-version", "1.3.0"]
+    assert main(argv) == 0
+    manifest = out / "tiny" / "r1" / "cpu" / MANIFEST_NAME
+    before = manifest.read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--tiny-vae", contract.TAESD_ID, "--batch-size", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "holds image version 1.3.0's model compiled with other settings (shapes, options.tiny_vae)" in err, err
+    assert "with a new serving.imageVersion" in err and manifest.read_bytes() == before
+    assert main([*argv[:-1], "1.3.1", "--tiny-vae", contract.TAESD_ID, "--batch-size", "2"]) == 0  # a new version
