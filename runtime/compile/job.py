@@ -51,8 +51,8 @@ def refuse_a_version_recompiled_otherwise(destination: str, spec: ArtifactSpec, 
     artifact is replaced, as a new version's images are built from the new one."""
     version = spec.options.get(IMAGE_VERSION_OPTION)
     current = published_manifest(destination, s3) if version else None
-    if current is None or current.spec.options.get(IMAGE_VERSION_OPTION) != version:
-        return
+    if current is None or current.spec.options.get(IMAGE_VERSION_OPTION) != version or current.matches(spec):
+        return  # nothing there, another version's, or this very spec with files missing: compile it
     raise CompileError(
         f"{destination} holds image version {version}'s model compiled with other settings "
         f"({', '.join(current.spec.differences(spec))}); its images are built from that model and tags are "

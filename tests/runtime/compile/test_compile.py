@@ -698,4 +698,7 @@ def test_an_image_versions_model_is_not_recompiled_with_other_settings(
     assert len(err.splitlines()) == 1, err
     assert "holds image version 1.3.0's model compiled with other settings (shapes, options.tiny_vae)" in err, err
     assert "with a new serving.imageVersion" in err and manifest.read_bytes() == before
+    weights = next((out / "tiny" / "r1" / "cpu").rglob("*.safetensors"))
+    weights.unlink()  # the same spec with a file missing (an interrupted or damaged upload): compiled again
+    assert main(argv) == 0 and weights.is_file()
     assert main([*argv[:-1], "1.3.1", "--tiny-vae", contract.TAESD_ID, "--batch-size", "2"]) == 0  # a new version
