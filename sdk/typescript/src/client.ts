@@ -6,8 +6,9 @@
  * connection setup does not decide), in buckets of `tieMs`; within a bucket the cheaper
  * accelerator (higher `cost_weight`) first. Then the Region's entries (also probed), then the
  * app's `fallbackUrls` (not probed: they work with no inventory at all). Failover: a connection
- * error, a TLS failure, a timeout, 429 or a 5xx moves to the next endpoint, all within one total
- * deadline that covers the inventory, the token and the probes too; any other answer but 200 is
+ * error, a TLS failure, 429 or a 5xx moves to the next endpoint, all within one total deadline that
+ * covers the inventory, the token and the probes too (a request waits at most what is left of it,
+ * so a timeout ends the call); any other answer but 200 is
  * the request's fault and fails at once (no other endpoint would accept it), except a 401 on a
  * fetched token, which is renewed and retried once. The app's AbortSignal cancels at once.
  *
@@ -475,8 +476,11 @@ export class EdgeDiffusionClient {
       } catch (err) {
         if (!(err instanceof Failure)) throw err;
         if (err.timedOut) {
+          // Its only limit is what was left of the deadline: that has passed (a timer may fire a fraction of
+          // a millisecond before the clock says so, and the next endpoint would get that fraction).
           attempts.push({ endpoint, outcome: "timeout", ms: clock() - began });
-          this.warn(`${endpoint.endpointId} timed out, failing over`);
+          this.warn(`${endpoint.endpointId} timed out`);
+          break;
         } else {
           const why = this.why(err);
           attempts.push({ endpoint, outcome: `connection error: ${why}`, ms: clock() - began });
