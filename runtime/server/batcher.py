@@ -703,8 +703,11 @@ class Batcher:
             if job.cancelled:
                 out.append(None)
                 continue
-            finite = all(np.isfinite(img).all() for img in mine)
-            kept = [f for f in files if f is not None] if finite and (job.encode or self.encode) else []
+            if job.encode or self.encode:  # generate_encoded encoded exactly the finite ones: no second scan
+                finite = all(f is not None for f in files)
+                kept = [f for f in files if f is not None] if finite else []
+            else:
+                finite, kept = all(np.isfinite(img).all() for img in mine), []
             out.append(_JobImages(mine, kept, finite))
         return out
 

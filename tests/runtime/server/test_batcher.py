@@ -363,3 +363,21 @@ def test_real_pipeline_stops_within_a_step_of_the_client_leaving(tiny_backend: D
     # The current step finishes, then the device is free: within about one step (plus a thread hop).
     assert freed <= 2 * step_s + 0.05, (freed, step_s)
     assert started_next <= 2 * step_s + 0.05, (started_next, step_s)
+
+
+@pytest.mark.parametrize("encoded", [True, False])
+def test_a_non_finite_image_fails_its_request_with_or_without_an_encoder(encoded: bool) -> None:
+    class Broken(FakeDevice):
+        def generate(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+            return [np.full((8, 8, 3), np.nan, dtype=np.float32)]
+
+    async def main() -> None:
+        b = Batcher(
+            Broken(), max_batch=1, max_wait_s=0.0, queue_size=4, encode=(lambda img: b"png") if encoded else None
+        )
+        b.start()
+        with pytest.raises(GenerationError, match=r"^generation produced a non-finite image$"):
+            await b.wait(b.submit(P, spec("a"), 10))
+        await b.stop()
+
+    run(main())
