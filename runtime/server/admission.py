@@ -138,6 +138,9 @@ class _Point:
     other_s: float
 
 
+MAX_SHAPES_KEPT: Final = 256  # (images, pixels) estimates a CostModel keeps between two measurements
+
+
 class CostModel:
     """Device seconds for a batch, estimated from measured ones (thread-safe: the device thread records).
 
@@ -154,6 +157,9 @@ class CostModel:
     def __init__(self, margin: float = ESTIMATE_MARGIN) -> None:
         self.margin = margin
         self._rows: dict[int, dict[int, _Point]] = {}  # images -> pixels -> EWMA of the measurements
+        # (images, pixels) -> _bounds, until the next measurement: admission asks for the same few shapes
+        # several times per request (its own, the running calls', the queued batches').
+        self._bounds_at: dict[tuple[int, int], tuple[tuple[float, float], ...]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -167,6 +173,7 @@ class CostModel:
 
     def record(self, t: Timing) -> None:
         with self._lock:
+            self._bounds_at.clear()
             row = self._rows.setdefault(t.images, {})
             old = row.get(t.pixels)
             if old is None:
@@ -175,14 +182,22 @@ class CostModel:
                 old.step_s += EWMA_ALPHA * (t.step_s - old.step_s)
                 old.other_s += EWMA_ALPHA * (t.other_s - old.other_s)
 
-    def _bounds(self, images: int, width: int, height: int) -> list[tuple[float, float]]:
+    def _bounds(self, images: int, width: int, height: int) -> tuple[tuple[float, float], ...]:
         """(seconds per step, seconds outside the steps) for one call, margin included: one upper bound
         per measured batch size (empty before any measurement)."""
-        pixels = width * height
+        key = (images, width * height)
         with self._lock:
-            rows = [(measured, _at_pixels(row, pixels)) for measured, row in self._rows.items()]
+            bounds = self._bounds_at.get(key)
+            if bounds is None:
+                if len(self._bounds_at) >= MAX_SHAPES_KEPT:
+                    self._bounds_at.clear()
+                bounds = self._bounds_at[key] = tuple(self._measured_bounds(images, key[1]))
+        return bounds
+
+    def _measured_bounds(self, images: int, pixels: int) -> list[tuple[float, float]]:
         out = []
-        for measured, (step_s, other_s) in rows:
+        for measured, row in self._rows.items():
+            step_s, other_s = _at_pixels(row, pixels)
             scale = (images / measured if measured <= images else 1.0) * self.margin
             out.append((step_s * scale, other_s * scale))
         return out

@@ -174,6 +174,24 @@ def test_estimates_are_upper_bounds_of_what_the_tiny_model_takes() -> None:
         assert estimate is not None and estimate >= statistics.median(took), (size, estimate, took)
 
 
+def test_an_estimate_follows_every_new_measurement_of_its_shape() -> None:
+    """Estimates are kept per shape between measurements (admission asks several per request); a new
+    measurement, of that shape or another batch size, is in the next answer."""
+    from runtime.server.admission import MAX_SHAPES_KEPT, CostModel, Timing
+
+    costs = CostModel(margin=1.0)
+    costs.record(Timing(images=1, pixels=64 * 64, steps=4, step_s=0.01, other_s=0.02))
+    assert costs.estimate_s(1, 64, 64, 4) == pytest.approx(0.06)
+    costs.record(Timing(images=1, pixels=64 * 64, steps=4, step_s=0.02, other_s=0.02))
+    assert costs.estimate_s(1, 64, 64, 4) == pytest.approx(0.06 + 0.3 * 0.04)  # the EWMA moved
+    costs.record(Timing(images=2, pixels=64 * 64, steps=4, step_s=0.001, other_s=0.002))
+    assert costs.estimate_s(1, 64, 64, 4) == pytest.approx(0.006)  # a faster batch of 2 bounds one image too
+    for side in range(8, 8 * (MAX_SHAPES_KEPT + 2), 8):  # many shapes between two measurements: still right
+        assert costs.estimate_s(1, side, 64, 1) is not None
+    assert costs.estimate_s(1, 64, 64, 4) == pytest.approx(0.006)
+    assert costs.estimate_s(2, 64, 64, 4) == pytest.approx(0.006)
+
+
 # --- 3. the queue weighs cost ----------------------------------------------------------------
 
 
