@@ -25,6 +25,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -52,6 +53,9 @@ DEFAULT_STEPS_SD: Final = DEFAULT_STEPS_BY_SCHEDULER["dpmsolver++"]
 DEFAULT_STEPS_TINY: Final = TINY_DEFAULT_STEPS
 DEFAULT_SCHEDULER: Final = "dpmsolver++"
 WARMUP_STEPS: Final = 2
+# Below this many pixels an answer encodes in well under a millisecond (docs/benchmarks.md, "Response
+# formats"): handing it to another thread would cost about as much as it saves.
+ENCODE_IN_THREADS_PIXELS: Final = 256 * 256
 # The noise levels Stable Diffusion is trained on (its schedulers' num_train_timesteps): no schedule is longer.
 MAX_SCHEDULE_STEPS: Final = 1000
 WARMUP_GUIDANCE: Final = 7.5  # guided: the warm-up measures the costlier step (the UNet on twice the batch)
@@ -173,6 +177,10 @@ class Backend(ABC):
     """What the server needs from a device: load, size rules, and batched generation."""
 
     device: str = "cpu"
+    # Threads that encode one call's answers side by side (zlib, libjpeg and libwebp run without the GIL):
+    # the device waits while its answers are encoded. create_backends sets it for a device in the
+    # server's process; a worker process encodes on its one thread, its CPUs being the other workers' too.
+    encode_threads: int = 1
 
     def __init__(self) -> None:
         self.description = "not loaded"
@@ -216,13 +224,30 @@ class Backend(ABC):
         out = self.generate(params, images, should_stop, on_step=on_step)
         if len(out) != len(images):
             return out, []
-        return out, [
-            encode(img) if encode is not None and np.isfinite(img).all() else None
-            for img, encode in zip(out, encoders, strict=True)
-        ]
+        return out, self._encode(out, encoders, params.width * params.height)
 
-    def close(self) -> None:  # noqa: B027 - most backends hold nothing a garbage collector would not free
-        """Release what load() started (a worker process); the server calls it once it has stopped."""
+    def _encode(self, out: list[np.ndarray], encoders: Sequence[Encoder | None], pixels: int) -> list[bytes | None]:
+        """Each finite image encoded by its encoder, side by side on `encode_threads` threads where it pays."""
+
+        def one(pair: tuple[np.ndarray, Encoder | None]) -> bytes | None:
+            image, encode = pair
+            return encode(image) if encode is not None and np.isfinite(image).all() else None
+
+        pairs = list(zip(out, encoders, strict=True))
+        wanted = sum(encode is not None for encode in encoders)
+        if self.encode_threads < 2 or wanted < 2 or pixels < ENCODE_IN_THREADS_PIXELS:
+            return [one(pair) for pair in pairs]
+        pool = self.__dict__.get("_encode_pool")
+        if pool is None:
+            pool = self.__dict__["_encode_pool"] = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="encode")
+        return list(pool.map(one, pairs))
+
+    def close(self) -> None:
+        """Release what load() started (a worker process, the encoding threads); the server calls it once it
+        has stopped."""
+        pool = self.__dict__.pop("_encode_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     @abstractmethod
     def generate(

@@ -125,7 +125,9 @@ def create_backends(settings: Settings) -> list[Backend]:
     device = detect_device(settings.device)
     workers = worker_count(settings, device)
     if workers == 1:
-        return [create_backend(settings)]
+        backend = create_backend(settings)
+        backend.encode_threads = max(1, available_cpus() - 1)  # the event loop keeps a CPU; the device waits
+        return [backend]
     threads = threads_per_worker(settings, workers)
     return [ProcessBackend(settings, index, threads) for index in range(workers)]
 

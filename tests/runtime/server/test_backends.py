@@ -437,3 +437,44 @@ def test_the_inductor_cache_is_offered_only_to_a_compiling_cuda_pod(
     import os
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "models" / "torchinductor")
+
+
+class _Encoding(backends.Backend):
+    """A device whose images are given: only its encoding is under test."""
+
+    def load(self) -> None:
+        pass
+
+    def generate(self, params: BatchParams, images: Any, should_stop: Any, on_step: Any = None) -> list[np.ndarray]:
+        return [np.full((params.height, params.width, 3), i / 10, np.float32) for i in range(len(images))]
+
+
+def test_a_calls_answers_encode_side_by_side_in_order_where_it_pays() -> None:
+    """Large images with encode_threads > 1 encode on that many threads at once (a barrier only they can pass
+    together), in order, non-finite ones not at all; small ones, or one thread, on the calling thread."""
+    device = _Encoding()
+    device.encode_threads = 2
+    together = threading.Barrier(2, timeout=10)
+    threads: set[int] = set()
+
+    def encode(image: np.ndarray) -> bytes:
+        threads.add(threading.get_ident())
+        if image.shape[0] >= 256:
+            together.wait()
+        return bytes([round(float(image[0, 0, 0]) * 10)])
+
+    specs = [ImageSpec("a", "", i) for i in range(5)]
+    big = BatchParams(1, 0.0, 256, 256)
+    out, encoded = device.generate_encoded(big, specs, lambda: False, None, [encode, encode, None, encode, encode])
+    assert encoded == [b"\x00", b"\x01", None, b"\x03", b"\x04"] and len(out) == 5
+    assert threading.get_ident() not in threads and len(threads) == 2
+    threads.clear()
+    images = [np.zeros((256, 256, 3), np.float32), np.full((256, 256, 3), np.nan, np.float32)]
+    assert device._encode(images, [lambda _: b"x", lambda _: b"y"], 256 * 256) == [b"x", None]
+    _, small = device.generate_encoded(BatchParams(1, 0.0, 64, 64), specs[:4], lambda: False, None, [encode] * 4)
+    assert small == [b"\x00", b"\x01", b"\x02", b"\x03"] and threads == {threading.get_ident()}
+    device.encode_threads = 1
+    threads.clear()
+    device.generate_encoded(big, specs[:2], lambda: False, None, [lambda image: encode(image[:8])] * 2)
+    assert threads == {threading.get_ident()}
+    device.close()

@@ -68,6 +68,22 @@ def test_threads_per_worker_leave_the_event_loop_a_cpu(threads: int, workers: in
     assert threads_per_worker(settings().replace(torch_threads=threads), workers, cpus) == expected
 
 
+def test_a_device_in_the_servers_process_encodes_on_all_cpus_but_the_event_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker processes encode on their own thread (their CPUs are the other workers' too); a lone device in
+    the server's process waits while its answers encode, so they encode side by side."""
+    import runtime.server.workers as workers
+
+    monkeypatch.setattr(workers, "available_cpus", lambda: 4)
+    (alone,) = create_backends(settings(workers=1))
+    assert alone.encode_threads == 3
+    monkeypatch.setattr(workers, "available_cpus", lambda: 1)
+    assert create_backends(settings(workers=1))[0].encode_threads == 1
+    assert all(device.encode_threads == 1 for device in create_backends(settings(workers=2)))
+    assert create_backend(settings()).encode_threads == 1  # what a worker process builds
+
+
 def test_the_pods_cpu_request_caps_the_cpus_counted() -> None:
     from runtime.server.backends import available_cpus
 
