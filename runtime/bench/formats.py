@@ -1,9 +1,8 @@
 """Encode time and size of an answer per response format and image size: what `response_format` costs.
 
-Each figure is the server's own encoder (runtime.server.codec.encode, the call a device worker
-makes per image, float pixels to file bytes; PIL's PNG, JPEG and WebP encoders use one thread),
-the median of repeated calls. Two
-pictures per size, both made in code:
+Each figure is the server's own encoder (runtime.server.codec.encode, the call a device makes per
+image, float pixels to file bytes, on one thread), the median of repeated calls. Two pictures per
+size, both made in code:
 
 - ``noise``: uniform random pixels, what the random-weights test models answer and the worst case
   for every codec (nothing to predict);

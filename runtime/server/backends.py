@@ -181,6 +181,7 @@ class Backend(ABC):
     # the device waits while its answers are encoded. create_backends sets it for a device in the
     # server's process; a worker process encodes on its one thread, its CPUs being the other workers' too.
     encode_threads: int = 1
+    _encode_pool: ThreadPoolExecutor | None = None  # started by the first call that encodes in threads
 
     def __init__(self) -> None:
         self.description = "not loaded"
@@ -237,15 +238,14 @@ class Backend(ABC):
         wanted = sum(encode is not None for encode in encoders)
         if self.encode_threads < 2 or wanted < 2 or pixels < ENCODE_IN_THREADS_PIXELS:
             return [one(pair) for pair in pairs]
-        pool = self.__dict__.get("_encode_pool")
-        if pool is None:
-            pool = self.__dict__["_encode_pool"] = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="encode")
-        return list(pool.map(one, pairs))
+        if self._encode_pool is None:
+            self._encode_pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="encode")
+        return list(self._encode_pool.map(one, pairs))
 
     def close(self) -> None:
         """Release what load() started (a worker process, the encoding threads); the server calls it once it
         has stopped."""
-        pool = self.__dict__.pop("_encode_pool", None)
+        pool, self._encode_pool = self._encode_pool, None
         if pool is not None:
             pool.shutdown(wait=False)
 
