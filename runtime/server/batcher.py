@@ -580,15 +580,26 @@ class Batcher:
             for job in batch:
                 self._fail(job, GenerationError("internal error"))
         finally:
-            # Only requests still waiting tend to come back: gone ones are not expected company.
-            # Another device's requests come back when that device is free: not this one's company.
-            images = sum(j.size for j in batch if not j.cancelled)
             slot = self._slots[device]
-            slot.expected = max(1, min(self.max_batch, images + sum(j.size for j in self._queue)))
-            slot.idle_since = time.monotonic()
             slot.running = []
+            # Only requests still waiting tend to come back: gone ones are not expected company.
+            slot.expected = self._expected_company(sum(j.size for j in batch if not j.cancelled))
+            slot.idle_since = time.monotonic()
             self._freed.set()
             self._update_gauges()
+
+    def _expected_company(self, own: int) -> int:
+        """The images a device that has just run `own` of them waits for (ADR 0004): its own requests, which
+        tend to come back, and the queue, but no more than its share of every request in the system.
+
+        Another device's running requests come back when that device is free: not this one's company.
+        Without the share, a device that took more than its share of a burst (6 of 8 clients, the
+        other device 2) would wait for all of its clients after every call, and the split would last.
+        """
+        queued = sum(j.size for j in self._queue)
+        elsewhere = sum(j.size for j in self._running if not j.cancelled)
+        share = math.ceil((own + queued + elsewhere) / self._serving)
+        return max(1, min(self.max_batch, own + queued, share))
 
     async def _execute(self, device: int, batch: list[Job]) -> None:
         try:

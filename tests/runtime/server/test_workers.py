@@ -324,6 +324,35 @@ def test_a_free_device_waits_for_its_own_company_not_anothers() -> None:
     assert seconds < 0.6  # 0.2 s on device 0, not a wait for the 4 device 1 expects
 
 
+def test_two_devices_even_out_a_burst_split_six_and_two() -> None:
+    """Eight closed-loop clients whose first burst splits unevenly over two devices settle at 4 and 4: the
+    device that ran more waits for its share (4), not for all of its clients, and the other takes the rest.
+    Clients come back one by one (client i after i ms), as over HTTP."""
+    first, second = FakeDevice(seconds=0.2), FakeDevice(seconds=0.2)
+
+    async def main() -> None:
+        b = Batcher(first, more_devices=[second], max_batch=8, max_wait_s=1.0, queue_size=16)
+        b.observe_batch_time(0.2)  # a wait for company lasts up to 50 ms: longer than any client's turnaround
+        b.start()
+        stop = time.monotonic() + 2.0
+
+        async def client(i: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            while time.monotonic() < stop:
+                await b.wait(b.submit(TINY, spec(f"c{i}", i), 30))
+                await asyncio.sleep(0.001 * (i + 1))
+
+        # One request alone on each device, then six more while both run: the first free device takes them.
+        await asyncio.gather(*(client(i, 0.0 if i == 0 else 0.02 if i == 1 else 0.04) for i in range(8)))
+        await b.stop()
+
+    run(main())
+    sizes = [len(batch) for batch in first.batches], [len(batch) for batch in second.batches]
+    assert max(sizes[0][:2] + sizes[1][:2]) >= 6, sizes  # the burst did split unevenly
+    # From each device's third call on, 4 and 4 (the last may be short: clients stop when time is up).
+    assert set(sizes[0][2:-1]) == {4} and set(sizes[1][2:-1]) == {4}, sizes
+
+
 def test_a_lone_device_still_takes_a_full_batch() -> None:
     device = FakeDevice(seconds=0.05)
 
