@@ -139,6 +139,8 @@ def png(pixels: np.ndarray, level: int = PNG_LEVEL) -> bytes:
     Sub: each byte minus the one a pixel to its left. Pillow chooses a filter per row by trying all
     five, which took as long as the deflate itself: 24.1 ms for the benchmark's 512x512 scene against
     11.4 ms here, for files of 530 and 533 KiB (docs/benchmarks.md, "Response formats")."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+        raise ValueError(f"png: {pixels.dtype} pixels of shape {pixels.shape}: allowed uint8 H x W x 3, H and W >= 1")
     height, width, _ = pixels.shape
     rows = pixels.reshape(height, width * 3)
     filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)

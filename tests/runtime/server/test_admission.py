@@ -188,6 +188,7 @@ def test_an_estimate_follows_every_new_measurement_of_its_shape() -> None:
     assert costs.estimate_s(1, 64, 64, 4) == pytest.approx(0.006)  # a faster batch of 2 bounds one image too
     for side in range(8, 8 * (MAX_SHAPES_KEPT + 2), 8):  # many shapes between two measurements: still right
         assert costs.estimate_s(1, side, 64, 1) is not None
+        assert len(costs._bounds_at) <= MAX_SHAPES_KEPT
     assert costs.estimate_s(1, 64, 64, 4) == pytest.approx(0.006)
     assert costs.estimate_s(2, 64, 64, 4) == pytest.approx(0.006)
 

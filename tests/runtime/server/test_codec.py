@@ -139,6 +139,20 @@ def test_png_is_lossless_valid_and_as_small_as_pillows(picture: str, width: int,
     assert len(data) <= 1.02 * len(pillows.getvalue()), (len(data), len(pillows.getvalue()))
 
 
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.zeros((8, 8, 3), np.uint16),
+        np.zeros((8, 8, 4), np.uint8),
+        np.zeros((8, 8), np.uint8),
+        np.zeros((0, 8, 3), np.uint8),
+    ],
+)
+def test_png_refuses_what_it_cannot_write_as_8_bit_rgb(pixels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="allowed uint8 H x W x 3"):
+        codec.png(pixels)
+
+
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
 def test_quality_trades_bytes(fmt: str) -> None:
     rng = np.random.default_rng(2)
