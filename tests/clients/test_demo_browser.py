@@ -39,6 +39,12 @@ SERVE = SDK / "demo" / "serve.mjs"
 BUILT = (SDK / "dist" / "index.js", SDK / "demo" / "dist" / "app.js")
 APP_SOURCE = SDK / "demo" / "app.ts"
 TIMEOUT_MS = 60_000
+CANCEL_ONCE_ENABLED = """() => {
+  const cancel = document.querySelector('#cancel');
+  new MutationObserver((_, observer) => {
+    if (!cancel.disabled) { observer.disconnect(); cancel.click(); }
+  }).observe(cancel, { attributes: true, attributeFilter: ['disabled'] });
+}"""
 
 # The overlay canvas's pixels: how many are drawn (alpha > 0) and how many distinct colours.
 OVERLAY_PIXELS = """
@@ -304,9 +310,11 @@ def test_a_refused_request_shows_the_servers_one_line(demo: Demo, open_page: Any
 def test_cancel_stops_the_generation_and_says_so(demo: Demo, open_page: Any) -> None:
     tab = open_page(demo.url).page
     tab.wait_for_function("() => document.querySelector('#camera').videoWidth > 0", timeout=TIMEOUT_MS)
-    tab.locator("#steps").fill("30")  # seconds here, where the default takes a fraction of one
+    tab.locator("#steps").fill("30")
+    # Cancel is clicked the moment the page enables it (the generation is under way): a generation can end
+    # between two of Playwright's actionability checks, which would then wait for an enabled Cancel forever.
+    tab.evaluate(CANCEL_ONCE_ENABLED)
     tab.locator("#generate").click()
-    tab.locator("#cancel").click()  # Playwright waits until it is enabled: the generation is under way
     tab.locator("#error").filter(has_text="cancelled").wait_for(timeout=TIMEOUT_MS)
     assert tab.locator("#error").inner_text() == "cancelled"
     assert tab.locator("#generate").is_enabled() and tab.locator("#cancel").is_disabled()
