@@ -117,21 +117,8 @@ def read_remote_manifest(uri: str, s3: S3Client | None = None) -> Manifest | Non
     return Manifest.from_json(body, origin=f"{SCHEME}{bucket}/{prefix}{MANIFEST_NAME}")
 
 
-def published_manifest_s3(uri: str, s3: S3Client) -> Manifest | None:
-    """The manifest at an S3 prefix whatever its spec, or None when there is none or it is unreadable
-    (listed first, as in find_published_s3)."""
-    bucket, prefix = parse_s3_uri(uri)
-    if prefix + MANIFEST_NAME not in _list_keys(s3, bucket, prefix):
-        return None
-    try:
-        return read_remote_manifest(uri, s3)
-    except ArtifactError:
-        return None
-
-
-def find_published_s3(uri: str, spec: ArtifactSpec, s3: S3Client) -> Manifest | None:
-    """The manifest of a complete artifact compiled from ``spec`` at ``uri`` (every file present
-    with its recorded size), else None; an unreadable manifest counts as absent.
+def _listed_manifest(uri: str, s3: S3Client) -> tuple[Manifest | None, str, dict[str, int]]:
+    """The manifest at an S3 prefix whatever its spec (None: none, or unreadable), the prefix and its keys.
 
     The prefix is listed before the manifest is read: S3 answers a GET of a missing key with 403,
     not 404, unless the caller may list the bucket, and the compile role may list only its own
@@ -139,11 +126,22 @@ def find_published_s3(uri: str, spec: ArtifactSpec, s3: S3Client) -> Manifest | 
     bucket, prefix = parse_s3_uri(uri)
     keys = _list_keys(s3, bucket, prefix)
     if prefix + MANIFEST_NAME not in keys:
-        return None
+        return None, prefix, keys
     try:
-        manifest = read_remote_manifest(uri, s3)
+        return read_remote_manifest(uri, s3), prefix, keys
     except ArtifactError:
-        return None
+        return None, prefix, keys
+
+
+def published_manifest_s3(uri: str, s3: S3Client) -> Manifest | None:
+    """The manifest at an S3 prefix whatever its spec, or None when there is none or it is unreadable."""
+    return _listed_manifest(uri, s3)[0]
+
+
+def find_published_s3(uri: str, spec: ArtifactSpec, s3: S3Client) -> Manifest | None:
+    """The manifest of a complete artifact compiled from ``spec`` at ``uri`` (every file present
+    with its recorded size), else None; an unreadable manifest counts as absent."""
+    manifest, prefix, keys = _listed_manifest(uri, s3)
     if manifest is None or not manifest.matches(spec):
         return None
     if any(keys.get(prefix + f.path) != f.size for f in manifest.files):
