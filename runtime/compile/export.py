@@ -31,8 +31,8 @@ from plan.model_artifacts import (
 from runtime.artifacts.inductor_cache import current_key, save_mega_cache, write_key
 from runtime.artifacts.manifest import ArtifactSpec, library_versions
 from runtime.compile.settings import CompileConfig
-from runtime.server.backends import WARMUP_GUIDANCE, WARMUP_STEPS, optimise
-from runtime.server.models import build_pipeline, build_tiny_vae, built_in
+from runtime.server.backends import WARMUP_STEPS, optimise, warmup_calls
+from runtime.server.models import build_pipeline, build_tiny_vae, built_in, model_defaults
 from runtime.server.settings import Settings
 
 # optimum-neuron's file name of each compiled network (<component>/model.neuron: utils/constant.py at 0.4.5).
@@ -228,7 +228,8 @@ def check_components(out_dir: Path, device: str) -> None:
 
 def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
     """Run the compiled UNet and VAE decoder at the shapes a pod's warm-up runs (alone and a full batch,
-    guided: backends.warmup) so the cache holds their kernels.
+    guided, and unguided too for a model unguided by default: backends.warmup_calls) so the cache holds
+    their kernels.
 
     Beside the cache files go this machine's key (torch, CUDA, Triton, GPU) and torch's
     mega-cache: a pod whose key matches copies the cache, sets TORCHINDUCTOR_CACHE_DIR to the copy
@@ -244,14 +245,9 @@ def warm_inductor_cache(pipe: Any, cfg: CompileConfig, cache_dir: Path) -> None:
     os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
     pipe = optimise(pipe, Settings(model_id=cfg.model_id, torch_compile=True), "cuda")
     s = cfg.shapes
-    for size in sorted({1, s.batch_size}):
-        pipe(
-            ["warm-up"] * size,
-            height=s.height,
-            width=s.width,
-            num_inference_steps=WARMUP_STEPS,
-            guidance_scale=WARMUP_GUIDANCE,
-        )
+    for size, guidance in warmup_calls(s.batch_size, model_defaults(cfg.model_id).guidance):
+        prompts = ["warm-up"] * size
+        pipe(prompts, height=s.height, width=s.width, num_inference_steps=WARMUP_STEPS, guidance_scale=guidance)
     torch.cuda.synchronize()
     save_mega_cache(cache_dir)
     write_key(cache_dir, current_key())

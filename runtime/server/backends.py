@@ -59,6 +59,8 @@ ENCODE_IN_THREADS_PIXELS: Final = 256 * 256
 # The noise levels Stable Diffusion is trained on (its schedulers' num_train_timesteps): no schedule is longer.
 MAX_SCHEDULE_STEPS: Final = 1000
 WARMUP_GUIDANCE: Final = 7.5  # guided: the warm-up measures the costlier step (the UNet on twice the batch)
+# diffusers' and optimum-neuron's pipelines run classifier-free guidance only above this guidance_scale.
+GUIDED_ABOVE: Final = 1.0
 # optimum-neuron's artifact layout (optimum/neuron/utils/constant.py): each compiled component in a
 # directory of its name, its graph in model.neuron. Image prompts need the VAE encoder's.
 NEURON_VAE_ENCODER_DIR: Final = VAE_ENCODER
@@ -811,42 +813,59 @@ def create_backend(settings: Settings) -> Backend:
     return DiffusersBackend(settings, device)
 
 
+def warmup_calls(max_batch: int, default_guidance: float) -> list[tuple[int, float]]:
+    """(images, guidance) of the warm-up's calls at the default size, in order; the compile job's
+    TorchInductor warm-up makes the same calls, so a pod finds their kernels in its cache.
+
+    Alone and as a full batch, guided (the costlier step, which admission measures); then, for a model
+    whose requests run without guidance by default (SD-Turbo), the same unguided: the UNet then sees
+    the undoubled batch, other shapes that torch.compile would otherwise compile on a client's request."""
+    sizes = sorted({1, max(1, max_batch)})
+    calls = [(size, WARMUP_GUIDANCE) for size in sizes]
+    if default_guidance <= GUIDED_ABOVE:
+        calls += [(size, default_guidance) for size in sizes]
+    return calls
+
+
 def warmup(
     backend: Backend,
     max_batch: int = 1,
     record: Callable[[Timing], None] | None = None,
     largest: tuple[int, int] | None = None,
 ) -> float:
-    """Generate at the default size alone and as a full batch; raise unless every pixel is finite.
+    """Generate at the default size alone and as a full batch (:func:`warmup_calls`); raise unless
+    every pixel is finite.
 
     The full batch makes the first real batch pay no one-off kernel selection (or, with
-    torch.compile, compilation). With `largest` (the largest width and height requests may ask
-    for, when above the default) one image is generated at that size too, so the device's time
-    there is measured rather than extrapolated (and a size the device cannot hold fails here, not
-    on a client's request). Last, one image from an image prompt (img2img at strength 1: every
-    step, after a VAE encode), so the first image prompt pays no one-off cost and a broken encoder
-    fails here. Each call is timed step by step and handed to `record` (the admission cost model's
-    first measurements); guidance is on, the costlier step. Returns the seconds of the single-image call.
+    torch.compile, compilation); a model unguided by default is warmed unguided too. With `largest`
+    (the largest width and height requests may ask for, when above the default) one image is
+    generated at that size too, so the device's time there is measured rather than extrapolated
+    (and a size the device cannot hold fails here, not on a client's request). Last, one image from
+    an image prompt (img2img at strength 1: every step, after a VAE encode), so the first image
+    prompt pays no one-off cost and a broken encoder fails here. Each guided call (the costlier
+    step) is timed step by step and handed to `record` (the admission cost model's first
+    measurements). Returns the seconds of the guided single-image call.
     """
     default = (backend.default_width, backend.default_height)
-    calls: list[tuple[tuple[int, int], int, float | None]] = [
-        (default, size, None) for size in sorted({1, max(1, max_batch)})
+    calls: list[tuple[tuple[int, int], int, float, float | None]] = [
+        (default, size, guidance, None) for size, guidance in warmup_calls(max_batch, backend.default_guidance)
     ]
     if largest is not None and largest != default and backend.check_size(*largest) is None:
-        calls.append((largest, 1, None))
-    calls.append((default, 1, 1.0))
+        calls.append((largest, 1, WARMUP_GUIDANCE, None))
+    calls.append((default, 1, WARMUP_GUIDANCE, 1.0))
     single = 0.0
-    for (width, height), size, strength in calls:
-        params = BatchParams(WARMUP_STEPS, WARMUP_GUIDANCE, width, height, strength)
+    for (width, height), size, guidance, strength in calls:
+        params = BatchParams(WARMUP_STEPS, guidance, width, height, strength)
         clock = StepClock(size, width, height, params.denoising_steps)
         grey = np.full((height, width, 3), 0.5, dtype=np.float32) if strength is not None else None
         specs = [ImageSpec("warmup", "", i, grey) for i in range(size)]
         images = backend.generate(params, specs, lambda: False, on_step=clock)
         timing = clock.timing()
-        if (width, height) == default and size == 1 and strength is None:
+        guided = guidance > GUIDED_ABOVE
+        if (width, height) == default and size == 1 and strength is None and guided:
             single = time.perf_counter() - clock.started
         if len(images) != size or not all(np.isfinite(img).all() for img in images):
             raise NonFiniteImageError("warm-up produced a non-finite image (NaN/inf): check dtype and weights")
-        if record is not None:
+        if record is not None and guided:
             record(timing)
     return single

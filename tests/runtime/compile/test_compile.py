@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from moto import mock_aws
 
@@ -578,14 +579,20 @@ def test_cli_error_in_a_subprocess_has_no_traceback() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("tiny", [(1, 7.5), (4, 7.5)]), ("sd-turbo-random", [(1, 7.5), (4, 7.5), (1, 0.0), (4, 0.0)])],
+)
 def test_the_inductor_warm_up_runs_the_shapes_a_pods_warm_up_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model: str, expected: list[tuple[int, float]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Alone and as a full batch, guided (backends.warmup's calls): the pod's warm-up then hits the cache."""
+    """Alone and as a full batch, guided, and unguided too for a model unguided by default (backends.warmup's
+    calls, the pod's model default guidance): the pod's warm-up then hits the cache."""
     import torch
 
     from runtime.compile import export
-    from runtime.server.backends import WARMUP_GUIDANCE, WARMUP_STEPS
+    from runtime.server.backends import WARMUP_STEPS, Backend, warmup
+    from runtime.server.models import model_defaults
 
     calls: list[dict[str, Any]] = []
 
@@ -599,20 +606,31 @@ def test_the_inductor_warm_up_runs_the_shapes_a_pods_warm_up_runs(
     monkeypatch.setattr(export, "current_key", lambda: {})
     monkeypatch.setattr(export, "write_key", lambda cache_dir, key: cache_dir)
     cfg = CompileConfig.from_args(
-        ["--model", "tiny", "--device", "cpu", "--batch-size", "4", "--height", "256", "--width", "320", "--out", OUT],
+        ["--model", model, "--device", "cpu", "--batch-size", "4", "--height", "256", "--width", "320", "--out", OUT],
         {},
     )
     export.warm_inductor_cache(Pipe(), cfg, tmp_path / "cache")
     assert calls == [
-        {
-            "batch": size,
-            "height": 256,
-            "width": 320,
-            "num_inference_steps": WARMUP_STEPS,
-            "guidance_scale": WARMUP_GUIDANCE,
-        }
-        for size in (1, 4)
+        {"batch": size, "height": 256, "width": 320, "num_inference_steps": WARMUP_STEPS, "guidance_scale": guidance}
+        for size, guidance in expected
     ]
+
+    # What a pod of that model runs first (its default guidance: the chart's), at the compiled size.
+    pod: list[tuple[int, float]] = []
+
+    class Pod(Backend):
+        def load(self) -> None:
+            pass
+
+        def generate(self, params: Any, images: Any, should_stop: Any, on_step: Any = None) -> list[Any]:
+            pod.append((len(images), params.guidance_scale))
+            return [np.zeros((params.height, params.width, 3), np.float32) for _ in images]
+
+    backend = Pod()
+    backend.default_width, backend.default_height = 320, 256
+    backend.default_guidance = model_defaults(model).guidance
+    warmup(backend, max_batch=4)
+    assert pod[: len(calls)] == [(call["batch"], call["guidance_scale"]) for call in calls]
 
 
 def test_a_tiny_vae_ships_with_the_model_and_the_server_decodes_with_it(

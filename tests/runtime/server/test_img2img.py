@@ -196,6 +196,35 @@ def test_the_warm_up_runs_an_image_prompt_too(tiny: DiffusersBackend) -> None:
     assert [(p.strength, shapes) for p, shapes in seen] == [(None, [None]), (None, [None, None]), (1.0, [(64, 64, 3)])]
 
 
+def test_a_model_unguided_by_default_is_warmed_unguided_too_and_measured_guided(tiny: DiffusersBackend) -> None:
+    """SD-Turbo's requests run the UNet on the undoubled batch: the warm-up calls those shapes too (else
+    torch.compile compiles them on a client's request), and admission learns from the guided calls."""
+    seen: list[tuple[int, float, float | None]] = []
+    recorded: list[int] = []
+
+    class Recording(Backend):
+        def load(self) -> None:
+            pass
+
+        def generate(
+            self,
+            params: BatchParams,
+            images: Sequence[ImageSpec],
+            should_stop: StopCheck,
+            on_step: StepReport | None = None,
+        ) -> list[np.ndarray]:
+            seen.append((len(images), params.guidance_scale, params.strength))
+            return tiny.generate(params, images, should_stop, on_step)
+
+    recording = Recording()
+    recording.default_width = recording.default_height = 64
+    recording.default_guidance = 0.0
+    backends.warmup(recording, max_batch=4, record=lambda timing: recorded.append(timing.images))
+    guided = backends.WARMUP_GUIDANCE
+    assert seen == [(1, guided, None), (4, guided, None), (1, 0.0, None), (4, 0.0, None), (1, guided, 1.0)]
+    assert recorded == [1, 4, 1]
+
+
 # --- the pipeline: sd21-random (the real SD 2.1 architecture) --------------------------------------
 
 
