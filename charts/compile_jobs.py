@@ -163,7 +163,12 @@ class CompileJobsChart(cdk8s.Chart):
                     command=["python", "-m", contract.COMPILE_MODULE],
                     args=args,
                     # The serving image is built for offline serving; a compile job downloads from the Hub.
-                    env=pods.env_vars({**pods.model_env(config, accelerator), "HF_HUB_OFFLINE": "0"}),
+                    # The CPU request sizes torch's threads and TorchInductor's compile workers (a node's CPUs
+                    # are not the job's).
+                    env=[
+                        *pods.env_vars({**pods.model_env(config, accelerator), "HF_HUB_OFFLINE": "0"}),
+                        pods.cpu_request_env(),
+                    ],
                     resources=pods.resources(
                         accelerator,
                         self.settings.resources,

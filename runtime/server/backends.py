@@ -322,6 +322,19 @@ def intra_op_threads(requested: int, cpus: int | None = None) -> int:
     return max(1, (available_cpus() if cpus is None else cpus) - 1)
 
 
+def limit_compile_workers(environ: Mapping[str, str] = os.environ) -> int:
+    """Cap TorchInductor's compile worker processes at the CPUs this process may use; returns the cap.
+
+    Inductor starts one per CPU it sees (up to 32), and a pod without a CPU limit sees the whole node:
+    on a large GPU node that is dozens of processes, whose memory counts against the pod's limit.
+    TORCHINDUCTOR_COMPILE_THREADS, when set, wins as in torch."""
+    import torch._inductor.config as inductor_config
+
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in environ:
+        inductor_config.compile_threads = min(inductor_config.compile_threads, available_cpus(environ))
+    return int(inductor_config.compile_threads)
+
+
 def torch_dtype_for(name: str, device: str) -> Any:
     """`auto` is fp16 on CUDA (SD's usual serving precision) and fp32 elsewhere (CPU bf16 is slow)."""
     import torch
@@ -385,6 +398,7 @@ def optimise(pipe: Any, settings: Settings, device: str) -> Any:
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
         if settings.torch_compile:
+            limit_compile_workers()
             # reduce-overhead replays CUDA graphs: a step is a few launches instead of hundreds.
             pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
             pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode="reduce-overhead", fullgraph=True)

@@ -120,6 +120,18 @@ def test_the_automatic_thread_count_leaves_a_cpu_to_the_event_loop(cpus: int, th
     assert backends.intra_op_threads(2, cpus) == 2  # asked for: taken as given
 
 
+def test_torch_compile_starts_no_more_compile_workers_than_the_pod_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod without a CPU limit sees the node's CPUs: Inductor would start one compile worker per CPU."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "compile_threads", 32)  # what a 32-vCPU node gives by default
+    monkeypatch.setattr(backends, "cpu_quota", lambda: None)
+    assert backends.limit_compile_workers({contract.ENV_CPU_REQUEST: "1"}) == 1
+    assert inductor_config.compile_threads == 1
+    monkeypatch.setattr(inductor_config, "compile_threads", 32)
+    assert backends.limit_compile_workers({contract.ENV_CPU_REQUEST: "1", "TORCHINDUCTOR_COMPILE_THREADS": "32"}) == 32
+
+
 def test_neuron_refuses_an_artifact_compiled_for_another_batch_or_size() -> None:
     """The pod's MAX_BATCH, width and height must be what the artifact was compiled for."""
     fake = FakeNeuronPipeline(4, 512)
