@@ -182,12 +182,9 @@ def publish_lock(
         except Exception as exc:
             if _error_code(exc) not in LOCK_HELD_CODES:
                 raise
-        try:
-            held = s3.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            if _is_not_found(exc):
-                continue  # released meanwhile
-            raise
+        held = _listed(s3, bucket, key)
+        if held is None:
+            continue  # released meanwhile
         if (datetime.now(UTC) - held["LastModified"]).total_seconds() > stale_after_s:
             # Its writer died. Delete that lock only (If-Match: another waiter may have taken it
             # over already); then the conditional put decides who goes on.
@@ -199,6 +196,16 @@ def publish_lock(
     finally:
         if not _delete_if(s3, bucket, key, ours):
             log.warning("s3://%s/%s: the publish lock was taken over before this publish released it", bucket, key)
+
+
+def _listed(s3: S3Client, bucket: str, key: str) -> Any:
+    """``key``'s listing entry (ETag, LastModified), or None when it is gone.
+
+    Listed, not HEAD: a compile role may list its prefix only (s3:ListBucket with an s3:prefix
+    condition), and without s3:ListBucket on the key S3 answers a HEAD of a missing key 403, not 404:
+    a lock released just before the check would end the job."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    return next((entry for entry in listed.get("Contents", []) if entry["Key"] == key), None)
 
 
 def _delete_if(s3: S3Client, bucket: str, key: str, etag: str) -> bool:

@@ -17,7 +17,7 @@ import runtime.compile.export as export_module
 import runtime.compile.job as job_module
 from plan import model_artifacts
 from plan.model_artifacts import MANIFEST_NAME
-from runtime.artifacts.s3 import read_remote_manifest
+from runtime.artifacts.s3 import lock_key, parse_s3_uri, publish_lock, read_remote_manifest
 from runtime.artifacts.store import artifact_uri, find_published
 from runtime.compile.__main__ import main
 from tests.conftest import Synth
@@ -109,6 +109,32 @@ def test_without_s3_delete_object_the_compile_job_fails_naming_workload_action_a
         "[s3:DeleteObject]"
     )
     assert "AccessDenied" in capsys.readouterr().err  # the job's own one line: it exits 1
+
+
+def test_a_publish_lock_released_as_the_job_looks_at_it_is_taken_as_its_role(world: World) -> None:
+    """Another writer (a replaced Job's pod still running) holds the artifact's publish lock and releases it
+    between this job's refused conditional put and its look at the lock. The role may list its prefix only,
+    and S3 answers a HEAD of a missing key 403 without s3:ListBucket: the look must find the lock gone, and
+    the job take it, not fail."""
+    job = compile_job(world)
+    bucket, prefix = parse_s3_uri(destination(job))
+    lock = lock_key(prefix)
+    released: list[str] = []
+    with world.aws.acting_as(world.pod_workload(job), pod_env(job)) as aws:
+        s3 = aws.client("s3")
+        s3.put_object(Bucket=bucket, Key=lock, Body=b'{"pid": "the other writer"}')
+
+        def release(params: dict[str, Any], **_: Any) -> None:
+            if not released and lock in (params.get("Key"), params.get("Prefix")):
+                released.append(lock)
+                s3.delete_object(Bucket=bucket, Key=lock)  # the other writer is done
+
+        for operation in ("HeadObject", "GetObject", "ListObjectsV2"):
+            s3.meta.events.register(f"before-parameter-build.s3.{operation}", release)
+        with publish_lock(s3, bucket, prefix, sleep=lambda seconds: pytest.fail(f"waited {seconds} s")):
+            held = s3.get_object(Bucket=bucket, Key=lock)["Body"].read()
+    assert released == [lock]
+    assert b'"the other writer"' not in held and b'"pid"' in held  # ours
 
 
 # --- one deployment's compile cannot touch another's artifacts (docs/adr/0016) --------------------------
