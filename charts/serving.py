@@ -263,6 +263,9 @@ class ServingChart(cdk8s.Chart):
             contract.ENV_PORT: str(contract.PORT),
             contract.ENV_METRICS_PORT: str(contract.METRICS_PORT),
             contract.ENV_UI: "1" if serving.ui else "0",
+            # A model that cannot load restarts the container (back-off) rather than leaving it unready until
+            # the startup probe's budget runs out: a rollout that cannot serve shows as CrashLoopBackOff.
+            contract.ENV_EXIT_ON_FAILED_LOAD: "1",
             **auth_env(config),
         }
         if tls:

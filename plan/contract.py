@@ -77,13 +77,15 @@ METRIC_NAMESPACE: Final = "EdgeDiffusion"
 METRIC_PENDING_REQUESTS: Final = "PendingRequests"
 METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
 METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
-# The oldest serving.imageVersion whose runtime these charts work with: its server reads the model's
+# The oldest serving.imageVersion whose runtime these charts work with: its server exits when its model
+# cannot load (ENV_EXIT_ON_FAILED_LOAD) and warms a model unguided by default unguided too, as its
+# compile job warms the TorchInductor cache; since 1.3.0 it reads the model's
 # default steps and guidance the charts set (ENV_DEFAULT_STEPS, ENV_DEFAULT_GUIDANCE), takes image
 # prompts and refuses an artifact without a VAE encoder; since 1.2.0 it answers /metrics on
 # METRICS_PORT only; since 1.1.0 its inventory publisher opens the serving pods' image scheduling
 # gate (SCHEDULING_GATE_IMAGE). Raised with every change of what the charts ask of the images: tags
 # are immutable, so an account that has the old tag would keep the old runtime.
-OLDEST_IMAGE_VERSION: Final = "1.3.0"
+OLDEST_IMAGE_VERSION: Final = "1.4.0"
 
 
 # Metric dimensions (docs/adr/0015-published-names-change-with-a-migration.md). Serving metrics and
@@ -118,6 +120,9 @@ ENV_HOST: Final = "EDGE_DIFFUSION_HOST"  # bind address; 0.0.0.0 in pods
 ENV_PORT: Final = "EDGE_DIFFUSION_PORT"
 ENV_DTYPE: Final = "EDGE_DIFFUSION_DTYPE"  # auto|float16|bfloat16|float32 (auto: fp16 on cuda, fp32 on cpu)
 ENV_TORCH_COMPILE: Final = "EDGE_DIFFUSION_TORCH_COMPILE"  # 1 = torch.compile the UNet and VAE decoder (cuda)
+# 1 = exit 1 when the model cannot load (pods: the kubelet restarts the container, with back-off, instead of
+# the startup probe waiting out its budget for a pod that will never be ready)
+ENV_EXIT_ON_FAILED_LOAD: Final = "EDGE_DIFFUSION_EXIT_ON_FAILED_LOAD"
 ENV_WORKERS: Final = "EDGE_DIFFUSION_WORKERS"  # device worker processes; 0 = two on a CPU, else one in process
 ENV_TORCH_THREADS: Final = "EDGE_DIFFUSION_TORCH_THREADS"  # CPU intra-op threads; 0 = the pod's CPU quota
 # Whole CPUs the pod requested (the charts set it from the downward API, rounded up): without a CPU limit

@@ -290,7 +290,7 @@ class ServingConfig:
         if _version(self.image_version) < _version(contract.OLDEST_IMAGE_VERSION):
             allowed = (
                 f"a version like {contract.OLDEST_IMAGE_VERSION} or later: these charts need that runtime (it "
-                "reads the model's default steps and guidance they set); run the image pipeline for it before deploying"
+                "exits when its model cannot load, which they ask for); run the image pipeline for it before deploying"
             )
             yield refusal("image_version", self.image_version, allowed)
         if self.min_replicas > self.max_replicas:

@@ -7,7 +7,9 @@ never a server that answers plain HTTP, accepts every token or runs out of file 
 uvicorn then starts at once (so /healthz answers during a long model load) while the model loads
 and warms in the background; only then is the server ready. /metrics answers on a port of its own
 (plain HTTP) from the start. SIGTERM flips /readyz to 503, refuses new work, finishes what was
-accepted, and exits 0. Connections are guarded by runtime.server.transport.
+accepted, and exits 0. With --exit-on-failed-load (pods) a model that cannot load ends the
+process with exit 1, so that the kubelet restarts it. Connections are guarded by
+runtime.server.transport.
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_requested = False
         self._folded = transport.FoldedWarnings(listener.limiter.events)
+        self.exit_code = 0
+        if service.settings.exit_on_failed_load:
+            service.on_failed_load = self._exit_failed
+
+    def _exit_failed(self, reason: str) -> None:
+        """The model cannot load: stop and exit 1, so that the kubelet restarts the container."""
+        log.error("exiting (%s): %s", contract.ENV_EXIT_ON_FAILED_LOAD, reason)
+        self.exit_code = 1
+        self.should_exit = True
 
     @property
     def port(self) -> int:
@@ -235,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.port,
         )
     app = create_app(settings, verifier=verifier)
-    build_server(settings, app, listener, metrics_listener).run()
-    return 0
+    server = build_server(settings, app, listener, metrics_listener)
+    server.run()
+    return server.exit_code
 
 
 if __name__ == "__main__":

@@ -244,6 +244,8 @@ class ImageService:
         self.startup = Startup()
         self._problem = ""  # why the load failed, or what draining means
         self._load_task: asyncio.Task[None] | None = None
+        # Called with /readyz's reason when the model cannot load (runtime.server.__main__: exit_on_failed_load).
+        self.on_failed_load: Callable[[str], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     @property
@@ -287,7 +289,10 @@ class ImageService:
             doing = _DOING.get(self.startup.next_phase or "", "starting")
             log.error("model load failed during %s: %s: %s", doing, type(exc).__name__, exc, exc_info=exc)
             if self.state != "draining":
-                self._set_state("failed", f"model load failed during {doing}: {failure_summary(exc)} (see the pod log)")
+                reason = f"model load failed during {doing}: {failure_summary(exc)} (see the pod log)"
+                self._set_state("failed", reason)
+                if self.on_failed_load is not None:
+                    self.on_failed_load(reason)
             return
         if self.state != "draining":
             self._set_state("ready")

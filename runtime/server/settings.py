@@ -85,6 +85,14 @@ class Settings(ProgramSettings):
     # (PyTorch blog "Accelerating Generative AI Part III"), paid for by minutes of compilation at
     # start-up, hence off unless the compile job shipped an Inductor cache.
     torch_compile: bool = setting(env=contract.ENV_TORCH_COMPILE, flag="--torch-compile", default=False)
+    # A pod whose model cannot load ends, so that the kubelet restarts it with back-off (the charts set it);
+    # without it the server stays up, not ready, and says why in /readyz, the API's 503s and the UI.
+    exit_on_failed_load: bool = setting(
+        env=contract.ENV_EXIT_ON_FAILED_LOAD,
+        flag="--exit-on-failed-load",
+        default=False,
+        help="exit 1 when the model cannot load (pods: the container restarts)",
+    )
     # sdpa: torch's fused scaled_dot_product_attention (diffusers' AttnProcessor2_0, its default on
     # torch 2); eager: the unfused matmul-softmax-matmul, kept to measure against (7.36 -> 3.31 s
     # with bf16 in the same blog post).

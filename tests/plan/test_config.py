@@ -246,17 +246,17 @@ def test_a_rule_that_read_a_bad_value_is_not_reported() -> None:
     assert [error.key for error in err.value.errors] == ["serving.maxReplicas"]
 
 
-@pytest.mark.parametrize("version", ["1.2.0", "1.1.0", "1.0.0", "0.9", "latest"])
+@pytest.mark.parametrize("version", ["1.3.0", "1.2.0", "1.0.0", "0.9", "latest"])
 def test_an_image_version_older_than_the_charts_need_is_refused(version: str) -> None:
     """Tags are immutable: a deployment upgraded to these charts but still on an older image version
     would run a server that ignores the model's default steps the charts set (SD-Turbo at 20 guided steps)."""
     with pytest.raises(ConfigError) as caught:
         load_config({**cdk_json_context(), "serving": {"imageVersion": version}})
     (line,) = caught.value.lines()
-    assert line.startswith(f"error: invalid config serving.imageVersion={version!r}: allowed a version like 1.3.0")
+    assert line.startswith(f"error: invalid config serving.imageVersion={version!r}: allowed a version like 1.4.0")
 
 
-@pytest.mark.parametrize("version", ["1.3.0", "1.10", "2.0.0-rc1"])
+@pytest.mark.parametrize("version", ["1.4.0", "1.10", "2.0.0-rc1"])
 def test_image_versions_the_charts_work_with_are_accepted(version: str) -> None:
     assert load_config({**cdk_json_context(), "serving": {"imageVersion": version}}).serving.image_version == version
 

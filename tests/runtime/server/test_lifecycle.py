@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -115,6 +116,29 @@ def test_failed_model_load_stays_alive_not_ready_and_says_why(caplog: pytest.Log
         assert any("/nonexistent/model-dir" in r.getMessage() for r in caplog.records)
     finally:
         running.stop()
+
+
+def test_a_pod_whose_model_cannot_load_exits_1_saying_why() -> None:
+    """What the charts set: the kubelet restarts the container (CrashLoopBackOff) instead of the startup
+    probe waiting out its budget for a pod that can never be ready."""
+    started = start_server_process(
+        {
+            contract.ENV_EXIT_ON_FAILED_LOAD: "1",
+            contract.ENV_MODEL_SOURCE: "/nonexistent/model-dir",
+            contract.ENV_AUTH: "none",
+        }
+    )
+    try:
+        out, _ = started.proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        started.proc.kill()
+        started.proc.communicate()
+        raise
+    assert started.proc.returncode == 1, out
+    assert (
+        f"exiting ({contract.ENV_EXIT_ON_FAILED_LOAD}): model load failed during loading the model: the model "
+        "source is missing or does not match this deployment (see the pod log)"
+    ) in out
 
 
 def test_sigterm_drains_accepted_work_then_exits_zero() -> None:
