@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from plan import model_artifacts
 from plan.config import (
     CDK_JSON,
     DEVELOPMENT_KEY,
@@ -43,6 +44,7 @@ from plan.config import (
 
 T = TypeVar("T")
 DEPLOYMENTS_DIR: Final = CDK_JSON.parent / "deployments"
+PROMOTIONS_PATH: Final = CDK_JSON.parent / model_artifacts.PROMOTIONS_FILE
 DEFAULT_DEPLOYMENT: Final = "dev"
 DEPLOYMENT_KEY: Final = "deployment"  # context key: the workstation deployment
 # Context key `make destroy` sets: the stacks are being deleted, so rules that protect what a deploy
@@ -242,7 +244,7 @@ def load_plan(context: Mapping[str, object], directory: Path = DEPLOYMENTS_DIR) 
     raise_collected(errors)
     assert shared is not None
     plan = Plan(shared=shared, selected_name=name, workstation=workstation, pipeline=tuple(pipeline))
-    _check_plan(plan)
+    _check_plan(plan, teardown)
     return plan
 
 
@@ -298,8 +300,37 @@ def _pipeline_names(context: Mapping[str, object]) -> tuple[str, ...]:
     return ()
 
 
-def _check_plan(plan: Plan) -> None:
-    errors: list[ConfigError] = []
+def promoted_model_conflicts(shared: AppConfig, promotions: Path | None = None) -> list[ConfigError]:
+    """The shared model against what serving.imageVersion's images carry: an artifact promoted for that
+    version is what the image pipeline builds them from, and tags are immutable, so another model or
+    revision needs a new version (its pods would refuse the image's model and restart)."""
+    try:
+        text = (promotions or PROMOTIONS_PATH).read_text()
+        promoted = model_artifacts.promoted_models(text, shared.serving.image_version)
+    except (OSError, ValueError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else str(exc)
+        layout = f'{{"{model_artifacts.PROMOTED_KEY}": [...]}}, as python -m runtime.artifacts promote writes it'
+        return [ConfigError(model_artifacts.PROMOTIONS_FILE, problem, layout)]
+    version, wanted = shared.serving.image_version, (shared.model_id, shared.model_revision)
+    others = sorted(found for found in promoted if found != wanted)
+    if not others:
+        return []
+    same_model = shared.model_id in {model for model, _ in others}
+    key, value = ("modelRevision", shared.model_revision) if same_model else ("modelId", shared.model_id)
+    carried = ", ".join(f"{model}@{revision}" for model, revision in others)
+    return [
+        ConfigError(
+            key,
+            value,
+            f"what serving.imageVersion {version}'s images carry ({carried}: {model_artifacts.PROMOTIONS_FILE}); "
+            "another model needs a new serving.imageVersion (image tags are immutable)",
+        )
+    ]
+
+
+def _check_plan(plan: Plan, teardown: bool = False) -> None:
+    # Deleting a deployment needs no images: a model changed since is no reason to keep it.
+    errors: list[ConfigError] = [] if teardown else promoted_model_conflicts(plan.shared)
     if plan.pipeline:
         if plan.shared.account == EXAMPLE_ACCOUNT:
             errors.append(

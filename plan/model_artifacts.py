@@ -17,6 +17,7 @@ Standard library only (the serving image carries this file).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,9 +31,39 @@ IMAGE_VERSION_OPTION: Final = "image_version"
 # The artifacts the serving images are built from, by manifest sha256 (ci_build/build-image.sh reads
 # it from the pipeline's source; `python -m runtime.artifacts promote` records an artifact in it).
 PROMOTIONS_FILE: Final = "ci_build/promoted-models.json"
+# Its layout: {"promoted": [entries]}, each entry with these keys (field -> key, in the order the file
+# lists them). runtime.artifacts.promotions validates and writes them; synth reads which models an
+# image version's serving images carry (promoted_models).
+PROMOTED_KEY: Final = "promoted"
+PROMOTION_KEYS: Final[Mapping[str, str]] = {
+    "model_id": "model",
+    "revision": "revision",
+    "device": "device",
+    "image_version": "imageVersion",
+    "cluster": "cluster",
+    "manifest_sha256": "manifestSha256",
+}
 # An EKS cluster name (plan.config's clusterName): one key segment, never '.', '..' or a '/'.
 CLUSTER_RE: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 CLUSTER_ALLOWED: Final = "an EKS cluster name: 1-63 letters, digits or '-', starting with a letter"
+
+
+def promoted_models(text: str, image_version: str) -> set[tuple[str, str]]:
+    """(model, revision) of each artifact the promotions file's ``text`` promotes for ``image_version``:
+    what that version's serving images carry. ValueError (one line) when ``text`` is not that layout."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    entries = doc.get(PROMOTED_KEY) if isinstance(doc, dict) else None
+    model, revision, version = (PROMOTION_KEYS[field] for field in ("model_id", "revision", "image_version"))
+    if not isinstance(entries, list) or not all(
+        isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in (model, revision, version))
+        for entry in entries
+    ):
+        keys = ", ".join(PROMOTION_KEYS.values())
+        raise ValueError(f"not a list of entries with {keys} under the key {PROMOTED_KEY}")
+    return {(entry[model], entry[revision]) for entry in entries if entry[version] == image_version}
 
 
 def models_base_uri(bucket: str) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from plan.model_artifacts import CLUSTER_ALLOWED, CLUSTER_RE
+from plan.model_artifacts import CLUSTER_ALLOWED, CLUSTER_RE, PROMOTED_KEY, PROMOTION_KEYS
 from runtime.artifacts.manifest import (
     MODEL_ID_ALLOWED,
     REVISION_ALLOWED,
@@ -39,18 +39,8 @@ from runtime.artifacts.manifest import (
 from runtime.errors import error_exit
 
 PROG: Final = "python -m runtime.artifacts.promotions"
-PROMOTED_KEY: Final = "promoted"
 SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 SHA256_ALLOWED: Final = "64 lowercase hex digits"
-# Field -> the entry's JSON key, in the order the file lists them.
-FIELDS: Final = {
-    "model_id": "model",
-    "revision": "revision",
-    "device": "device",
-    "image_version": "imageVersion",
-    "cluster": "cluster",
-    "manifest_sha256": "manifestSha256",
-}
 
 
 def _matches(pattern: re.Pattern[str], value: object) -> bool:
@@ -98,18 +88,19 @@ class Promotion:
         return f"{self.model_id}@{self.revision} {self.device} of image version {self.image_version}"
 
     def to_json(self) -> dict[str, str]:
-        return {key: str(getattr(self, name)) for name, key in FIELDS.items()}
+        return {key: str(getattr(self, name)) for name, key in PROMOTION_KEYS.items()}
 
     @classmethod
     def from_json(cls, raw: object) -> Promotion:
         if not isinstance(raw, dict):
-            raise PromotionError(f"entry {raw!r} is not an object of {', '.join(FIELDS.values())}")
-        unknown = sorted(set(raw) - set(FIELDS.values()))
-        missing = [key for key in FIELDS.values() if key not in raw]
+            raise PromotionError(f"entry {raw!r} is not an object of {', '.join(PROMOTION_KEYS.values())}")
+        unknown = sorted(set(raw) - set(PROMOTION_KEYS.values()))
+        missing = [key for key in PROMOTION_KEYS.values() if key not in raw]
         if unknown or missing:
             what = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r}"
-            raise PromotionError(f"entry {json.dumps(raw)} has {what}; allowed keys: {', '.join(FIELDS.values())}")
-        return cls(**{name: raw[key] for name, key in FIELDS.items()})
+            allowed = ", ".join(PROMOTION_KEYS.values())
+            raise PromotionError(f"entry {json.dumps(raw)} has {what}; allowed keys: {allowed}")
+        return cls(**{name: raw[key] for name, key in PROMOTION_KEYS.items()})
 
 
 def read_promotions(path: Path) -> tuple[Promotion, ...]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from plan import deployments
 from plan.config import ConfigError
 from plan.deployments import DEPLOYMENTS_DIR, PIPELINE, WORKSTATION, load_plan
 from tests.conftest import FIXTURE_DEPLOYMENTS, cdk_json_context, plan_context
@@ -146,3 +147,54 @@ def test_every_deployment_gets_the_shared_serving_values_beside_its_own(tmp_path
         serving = deployment.config.serving
         assert (serving.image_version, serving.height, serving.width) == ("2.0.0", 768, 768), deployment.name
     assert plan.named("prod").config.serving.max_replicas == 6
+
+
+# --- an image version carries one model: its promotions pin it ------------------------------------------
+
+
+def promote(path: Path, *entries: tuple[str, str, str]) -> Path:
+    """A promotions file with (model, revision, imageVersion) entries, as `runtime.artifacts promote` writes them."""
+    promoted = [
+        {"model": m, "revision": r, "device": "cuda", "imageVersion": v, "cluster": "edge", "manifestSha256": "0" * 64}
+        for m, r, v in entries
+    ]
+    path.write_text(json.dumps({"promoted": promoted}))
+    return path
+
+
+def test_another_model_under_an_image_version_whose_images_carry_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tags are immutable: the image pipeline would keep the version's images, and their pods would
+    refuse the model they carry for the one the charts name, and restart."""
+    shared = load_plan(cdk_json_context()).shared
+    version, model = shared.serving.image_version, shared.model_id
+    monkeypatch.setattr(deployments, "PROMOTIONS_PATH", promote(tmp_path / "p.json", (model, "main", version)))
+    with pytest.raises(ConfigError) as caught:
+        load_plan({**cdk_json_context(), "modelId": "stabilityai/sd-turbo"})
+    assert caught.value.lines() == [
+        f"error: invalid config modelId='stabilityai/sd-turbo': allowed what serving.imageVersion {version}'s "
+        f"images carry ({model}@main: ci_build/promoted-models.json); another model needs a new "
+        "serving.imageVersion (image tags are immutable)"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_plan({**cdk_json_context(), "modelRevision": "0123abc"})
+    assert [error.key for error in caught.value.errors] == ["modelRevision"]
+    assert load_plan({**cdk_json_context(), "modelId": "stabilityai/sd-turbo", "teardown": "true"})  # make destroy
+    # The same model, or another one under a new version, is what the promotion allows.
+    assert load_plan(cdk_json_context()).shared.model_id == model
+    newer = {"modelId": "stabilityai/sd-turbo", "serving": {"imageVersion": "99.0.0"}}
+    assert load_plan({**cdk_json_context(), **newer}).shared.model_id == "stabilityai/sd-turbo"
+
+
+def test_an_unreadable_promotions_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "p.json"
+    broken.write_text('{"promoted": [{"model": 1}]}')
+    monkeypatch.setattr(deployments, "PROMOTIONS_PATH", broken)
+    with pytest.raises(ConfigError) as caught:
+        load_plan(cdk_json_context())
+    assert caught.value.lines() == [
+        "error: invalid config ci_build/promoted-models.json='not a list of entries with model, revision, device, "
+        "imageVersion, cluster, manifestSha256 under the key promoted': allowed {\"promoted\": [...]}, as python -m "
+        "runtime.artifacts promote writes it"
+    ]
