@@ -330,9 +330,10 @@ def limit_compile_workers(environ: Mapping[str, str] = os.environ) -> int:
     TORCHINDUCTOR_COMPILE_THREADS, when set, wins as in torch."""
     import torch._inductor.config as inductor_config
 
+    cpus = available_cpus(environ)
     if "TORCHINDUCTOR_COMPILE_THREADS" not in environ:
-        inductor_config.compile_threads = min(inductor_config.compile_threads, available_cpus(environ))
-    return int(inductor_config.compile_threads)
+        inductor_config.compile_threads = min(inductor_config.compile_threads or cpus, cpus)
+    return inductor_config.compile_threads or cpus
 
 
 def torch_dtype_for(name: str, device: str) -> Any:
