@@ -195,6 +195,6 @@ def test_an_unreadable_promotions_file_is_one_line(tmp_path: Path, monkeypatch: 
         load_plan(cdk_json_context())
     assert caught.value.lines() == [
         "error: invalid config ci_build/promoted-models.json='not a list of entries with model, revision, device, "
-        "imageVersion, cluster, manifestSha256 under the key promoted': allowed {\"promoted\": [...]}, as python -m "
+        'imageVersion, cluster, manifestSha256 under the key promoted\': allowed {"promoted": [...]}, as python -m '
         "runtime.artifacts promote writes it"
     ]
