@@ -863,7 +863,9 @@ def warmup(
     """
     default = (backend.default_width, backend.default_height)
     calls: list[tuple[tuple[int, int], int, float, float | None]] = [
-        (default, size, guidance, None) for size, guidance in warmup_calls(max_batch, backend.default_guidance)
+        (default, size, guidance, None)
+        for size, guidance in warmup_calls(max_batch, backend.default_guidance)
+        if backend.check_guidance(guidance) is None  # a guided-only Neuron model refuses unguided requests (422)
     ]
     if largest is not None and largest != default and backend.check_size(*largest) is None:
         calls.append((largest, 1, WARMUP_GUIDANCE, None))

@@ -224,6 +224,19 @@ def test_a_model_unguided_by_default_is_warmed_unguided_too_and_measured_guided(
     assert seen == [(1, guided, None), (4, guided, None), (1, 0.0, None), (4, 0.0, None), (1, guided, 1.0)]
     assert recorded == [1, 4, 1]
 
+    # A device that refuses unguided calls (a Neuron model compiled for guided calls only) serves guided
+    # requests and answers the others 422: its warm-up leaves them out rather than fail.
+    class GuidedOnly(Recording):
+        def check_guidance(self, guidance_scale: float) -> str | None:
+            return None if guidance_scale > 1 else "guided calls only"
+
+    seen.clear()
+    guided_only = GuidedOnly()
+    guided_only.default_width = guided_only.default_height = 64
+    guided_only.default_guidance = 0.0
+    backends.warmup(guided_only, max_batch=4)
+    assert seen == [(1, guided, None), (4, guided, None), (1, guided, 1.0)]
+
 
 # --- the pipeline: sd21-random (the real SD 2.1 architecture) --------------------------------------
 
