@@ -43,7 +43,8 @@ LOCK_SUFFIX: Final = ".publishing"
 LOCK_STALE_AFTER_S: Final = 1800.0  # a publish uploads a few GB in minutes: a lock this old lost its writer
 LOCK_POLL_S: Final = 10.0
 # A conditional put of a key that exists (412), or racing another conditional write of it (409).
-LOCK_HELD_CODES: Final = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+CONFLICT_CODES: Final = ("ConditionalRequestConflict", "409")
+LOCK_HELD_CODES: Final = ("PreconditionFailed", "412", *CONFLICT_CODES)
 
 
 def is_s3(uri: str) -> bool:
@@ -180,10 +181,13 @@ def publish_lock(
             ours = s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")["ETag"]
             break
         except Exception as exc:
-            if _error_code(exc) not in LOCK_HELD_CODES:
+            code = _error_code(exc)
+            if code not in LOCK_HELD_CODES:
                 raise
         held = _listed(s3, bucket, key)
         if held is None:
+            if code in CONFLICT_CODES:  # another writer's put is still in flight: it will be listed
+                sleep(poll_s)
             continue  # released meanwhile
         if (datetime.now(UTC) - held["LastModified"]).total_seconds() > stale_after_s:
             # Its writer died. Delete that lock only (If-Match: another waiter may have taken it

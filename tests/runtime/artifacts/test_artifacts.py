@@ -360,6 +360,19 @@ def test_a_second_writer_waits_for_the_lock_then_keeps_the_equal_artifact(model_
     assert lock_key(prefix) not in keys(s3, "compiled/")
 
 
+def test_a_put_racing_another_writers_waits_a_poll_before_it_tries_again(s3: Any) -> None:
+    """409 ConditionalRequestConflict: the other writer's conditional put is still in flight, so the lock is
+    not listed yet; trying again at once would spin."""
+    bucket, prefix = parse_s3_uri(f"{BASE}/m/")
+    conflict = {"Error": {"Code": "ConditionalRequestConflict", "Message": "A conflicting operation is in progress"}}
+    answers = [(AWSResponse("https://s3", 409, {}, None), conflict)]
+    s3.meta.events.register("before-call.s3.PutObject", lambda **_: answers.pop() if answers else None)
+    waits: list[float] = []
+    with publish_lock(s3, bucket, prefix, poll_s=7, sleep=waits.append):
+        assert lock_key(prefix) in keys(s3, "compiled/")
+    assert waits == [7]
+
+
 def test_a_lock_whose_writer_died_is_taken_over(model_dir: Path, s3: Any) -> None:
     bucket, prefix = parse_s3_uri(f"{BASE}/m/")
     s3.put_object(Bucket=bucket, Key=lock_key(prefix), Body=b"{}")
