@@ -163,8 +163,7 @@ class CompileJobsChart(cdk8s.Chart):
                     command=["python", "-m", contract.COMPILE_MODULE],
                     args=args,
                     # The serving image is built for offline serving; a compile job downloads from the Hub.
-                    # The CPU request sizes torch's threads and TorchInductor's compile workers (a node's CPUs
-                    # are not the job's).
+                    # The CPU request caps TorchInductor's compile workers (a node's CPUs are not the job's).
                     env=[
                         *pods.env_vars({**pods.model_env(config, accelerator), "HF_HUB_OFFLINE": "0"}),
                         pods.cpu_request_env(),

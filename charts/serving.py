@@ -321,6 +321,9 @@ class ServingChart(cdk8s.Chart):
                         contract.READY_PATH, probes.readiness_period_s, probes.readiness_failures
                     ),
                     liveness_probe=http_probe(contract.HEALTH_PATH, probes.liveness_period_s, probes.liveness_failures),
+                    # A server that exits (its model cannot load) leaves its last log lines, the reason, in
+                    # `kubectl describe pod` as the container's termination message.
+                    termination_message_policy="FallbackToLogsOnError",
                     lifecycle=k8s.Lifecycle(
                         pre_stop=k8s.LifecycleHandler(sleep=k8s.SleepAction(seconds=settings.pre_stop_sleep_s))
                     ),

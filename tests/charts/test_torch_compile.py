@@ -95,11 +95,20 @@ def test_the_kernel_family_is_the_cheapest_nvidia_family_in_the_region(rendered:
     assert min(price, key=price.__getitem__) == KERNEL_FAMILY, price
 
 
-def test_every_serving_pod_learns_its_cpu_request(rendered: Rendered) -> None:
-    for name, (_, container) in containers(rendered, "serving", "Deployment").items():
+def test_every_serving_pod_and_compile_job_learns_its_cpu_request(rendered: Rendered) -> None:
+    """Its torch threads and TorchInductor's compile workers follow it, not the node's CPUs."""
+    pods = {**containers(rendered, "serving", "Deployment"), **containers(rendered, JOBS_CHART_ID, "Job")}
+    assert any(name.startswith("compile-") for name in pods), sorted(pods)
+    for name, (_, container) in pods.items():
         source = env(container)[contract.ENV_CPU_REQUEST]
         assert source == {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}}, name
         assert container["resources"]["requests"]["cpu"], name
+
+
+def test_a_server_that_exits_leaves_its_reason_as_the_termination_message(rendered: Rendered) -> None:
+    for name, (_, container) in containers(rendered, "serving", "Deployment").items():
+        assert env(container)[contract.ENV_EXIT_ON_FAILED_LOAD] == "1", name
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", name
 
 
 def torch_compile_warnings(**context: Any) -> list[str]:
