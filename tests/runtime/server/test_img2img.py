@@ -173,69 +173,61 @@ def test_a_batch_without_its_image_prompts_is_a_backend_error(tiny: DiffusersBac
         tiny.generate(BatchParams(2, 7.5, 64, 64, strength=0.5), [ImageSpec("a", "", 1)], lambda: False)
 
 
+class Recording(Backend):
+    """The tiny model at 64x64 with ``default_guidance``, keeping each call's parameters and image prompts."""
+
+    def __init__(self, tiny: DiffusersBackend, default_guidance: float = backends.WARMUP_GUIDANCE) -> None:
+        super().__init__()
+        self.tiny = tiny
+        self.default_width = self.default_height = 64
+        self.default_guidance = default_guidance
+        self.seen: list[tuple[BatchParams, list[tuple[int, ...] | None]]] = []
+
+    def load(self) -> None:
+        pass
+
+    def generate(
+        self,
+        params: BatchParams,
+        images: Sequence[ImageSpec],
+        should_stop: StopCheck,
+        on_step: StepReport | None = None,
+    ) -> list[np.ndarray]:
+        self.seen.append((params, [None if s.image is None else s.image.shape for s in images]))
+        return self.tiny.generate(params, images, should_stop, on_step)
+
+    def calls(self) -> list[tuple[int, float, float | None]]:
+        """(images, guidance, strength) of each call."""
+        return [(len(shapes), p.guidance_scale, p.strength) for p, shapes in self.seen]
+
+
 def test_the_warm_up_runs_an_image_prompt_too(tiny: DiffusersBackend) -> None:
-    seen: list[tuple[BatchParams, list[tuple[int, ...] | None]]] = []
-
-    class Recording(Backend):
-        def load(self) -> None:
-            pass
-
-        def generate(
-            self,
-            params: BatchParams,
-            images: Sequence[ImageSpec],
-            should_stop: StopCheck,
-            on_step: StepReport | None = None,
-        ) -> list[np.ndarray]:
-            seen.append((params, [None if s.image is None else s.image.shape for s in images]))
-            return tiny.generate(params, images, should_stop, on_step)
-
-    recording = Recording()
-    recording.default_width = recording.default_height = 64
+    recording = Recording(tiny)
     backends.warmup(recording, max_batch=2)
-    assert [(p.strength, shapes) for p, shapes in seen] == [(None, [None]), (None, [None, None]), (1.0, [(64, 64, 3)])]
+    seen = [(p.strength, shapes) for p, shapes in recording.seen]
+    assert seen == [(None, [None]), (None, [None, None]), (1.0, [(64, 64, 3)])]
+
+
+class GuidedOnly(Recording):
+    """A device that refuses unguided calls (a Neuron model compiled for guided calls only: a 422)."""
+
+    def check_guidance(self, guidance_scale: float) -> str | None:
+        return None if guidance_scale > 1 else "guided calls only"
 
 
 def test_a_model_unguided_by_default_is_warmed_unguided_too_and_measured_guided(tiny: DiffusersBackend) -> None:
     """SD-Turbo's requests run the UNet on the undoubled batch: the warm-up calls those shapes too (else
-    torch.compile compiles them on a client's request), and admission learns from the guided calls."""
-    seen: list[tuple[int, float, float | None]] = []
+    torch.compile compiles them on a client's request), and admission learns from the guided calls. A
+    device that refuses them serves guided requests: its warm-up leaves them out rather than fail."""
     recorded: list[int] = []
-
-    class Recording(Backend):
-        def load(self) -> None:
-            pass
-
-        def generate(
-            self,
-            params: BatchParams,
-            images: Sequence[ImageSpec],
-            should_stop: StopCheck,
-            on_step: StepReport | None = None,
-        ) -> list[np.ndarray]:
-            seen.append((len(images), params.guidance_scale, params.strength))
-            return tiny.generate(params, images, should_stop, on_step)
-
-    recording = Recording()
-    recording.default_width = recording.default_height = 64
-    recording.default_guidance = 0.0
+    recording = Recording(tiny, default_guidance=0.0)
     backends.warmup(recording, max_batch=4, record=lambda timing: recorded.append(timing.images))
     guided = backends.WARMUP_GUIDANCE
-    assert seen == [(1, guided, None), (4, guided, None), (1, 0.0, None), (4, 0.0, None), (1, guided, 1.0)]
+    assert recording.calls() == [(1, guided, None), (4, guided, None), (1, 0.0, None), (4, 0.0, None), (1, guided, 1.0)]
     assert recorded == [1, 4, 1]
-
-    # A device that refuses unguided calls (a Neuron model compiled for guided calls only) serves guided
-    # requests and answers the others 422: its warm-up leaves them out rather than fail.
-    class GuidedOnly(Recording):
-        def check_guidance(self, guidance_scale: float) -> str | None:
-            return None if guidance_scale > 1 else "guided calls only"
-
-    seen.clear()
-    guided_only = GuidedOnly()
-    guided_only.default_width = guided_only.default_height = 64
-    guided_only.default_guidance = 0.0
+    guided_only = GuidedOnly(tiny, default_guidance=0.0)
     backends.warmup(guided_only, max_batch=4)
-    assert seen == [(1, guided, None), (4, guided, None), (1, guided, 1.0)]
+    assert guided_only.calls() == [(1, guided, None), (4, guided, None), (1, guided, 1.0)]
 
 
 # --- the pipeline: sd21-random (the real SD 2.1 architecture) --------------------------------------
