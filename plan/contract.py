@@ -78,8 +78,8 @@ METRIC_PENDING_REQUESTS: Final = "PendingRequests"
 METRIC_INFERENCE_LATENCY_MS: Final = "InferenceLatencyMs"
 METRIC_IMAGES_GENERATED: Final = "ImagesGenerated"
 # The oldest serving.imageVersion whose runtime these charts work with: its server exits when its model
-# cannot load (ENV_EXIT_ON_FAILED_LOAD) and warms a model unguided by default unguided too, as its
-# compile job warms the TorchInductor cache; since 1.3.0 it reads the model's
+# cannot load (ENV_EXIT_ON_FAILED_LOAD) and warms a model without guidance by default (SD-Turbo) at its
+# own guidance too, as its compile job warms the TorchInductor cache; since 1.3.0 it reads the model's
 # default steps and guidance the charts set (ENV_DEFAULT_STEPS, ENV_DEFAULT_GUIDANCE), takes image
 # prompts and refuses an artifact without a VAE encoder; since 1.2.0 it answers /metrics on
 # METRICS_PORT only; since 1.1.0 its inventory publisher opens the serving pods' image scheduling

@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,7 +202,7 @@ def publish_lock(
             log.warning("s3://%s/%s: the publish lock was taken over before this publish released it", bucket, key)
 
 
-def _listed(s3: S3Client, bucket: str, key: str) -> Any:
+def _listed(s3: S3Client, bucket: str, key: str) -> Mapping[str, Any] | None:
     """``key``'s listing entry (ETag, LastModified), or None when it is gone.
 
     Listed, not HEAD: a compile role may list its prefix only (s3:ListBucket with an s3:prefix
