@@ -466,6 +466,14 @@ def _client_without_httpx() -> list[str]:
     return _run([PYTHON, "-c", script])
 
 
+def _model_that_cannot_load() -> list[str]:
+    """A pod's server (the charts set EDGE_DIFFUSION_EXIT_ON_FAILED_LOAD) whose model cannot load: it exits."""
+    server = [PYTHON, "-m", "runtime.server", "--model", "tiny", "--host", "127.0.0.1"]
+    ports = ["--port", str(_free_port()), "--metrics-port", str(_free_port())]
+    env = {"EDGE_DIFFUSION_AUTH": "none", "EDGE_DIFFUSION_EXIT_ON_FAILED_LOAD": "1"}
+    return _run([*server, *ports], **env, EDGE_DIFFUSION_MODEL_SOURCE="/nonexistent/model-dir")
+
+
 # Each quote of the troubleshooting table -> what prints it (the quote's start picks the producer).
 PRODUCERS: Final[dict[str, Callable[[Path], list[str]]]] = {
     "error: account is the example": lambda _: _require_account(),
@@ -477,6 +485,7 @@ PRODUCERS: Final[dict[str, Callable[[Path], list[str]]]] = {
     "TLS verification failed": _untrusted_certificate,
     "steps: ": _over_deadline,
     "python -m runtime.client: error:": lambda _: _client_without_httpx(),
+    "exiting (EDGE_DIFFUSION_EXIT_ON_FAILED_LOAD)": lambda _: _model_that_cannot_load(),
 }
 
 
