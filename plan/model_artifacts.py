@@ -106,6 +106,12 @@ SCHEDULER_MODEL: Final = "model"  # the checkpoint's own sampler, which a distil
 RANDOM_WEIGHTS_LICENCE: Final = "none: random weights built in code (runtime.server.models), no download"
 
 
+def runs_guidance(guidance_scale: float) -> bool:
+    """Whether a call at ``guidance_scale`` runs classifier-free guidance, the UNet on a doubled batch
+    (unconditional and conditional halves): diffusers' and optimum-neuron's pipelines run it only above 1."""
+    return guidance_scale > 1.0
+
+
 @dataclass(frozen=True)
 class ModelProfile:
     """One model as the app serves it: the size it was trained at, what a request gets when it names
@@ -123,10 +129,8 @@ class ModelProfile:
 
     @property
     def uses_guidance(self) -> bool:
-        """Whether its default request runs classifier-free guidance, the UNet on a doubled batch
-        (unconditional and conditional halves): diffusers' and optimum-neuron's pipelines run it only
-        for guidance_scale > 1."""
-        return self.guidance_scale > 1.0
+        """Whether its default request runs classifier-free guidance (:func:`runs_guidance`)."""
+        return runs_guidance(self.guidance_scale)
 
 
 SD21_BASE_PROFILE: Final = ModelProfile(

@@ -33,7 +33,7 @@ from typing import Any, Final
 import numpy as np
 
 from plan import contract
-from plan.model_artifacts import DYNAMIC_BATCH_OPTION, TINY_VAE_DIRNAME, VAE_ENCODER
+from plan.model_artifacts import DYNAMIC_BATCH_OPTION, TINY_VAE_DIRNAME, VAE_ENCODER, runs_guidance
 from runtime.artifacts.inductor_cache import CacheDecision, adopt_cache, current_key
 from runtime.server.admission import StepClock, Timing
 from runtime.server.model_source import ModelLocation, resolve_model
@@ -59,8 +59,6 @@ ENCODE_IN_THREADS_PIXELS: Final = 256 * 256
 # The noise levels Stable Diffusion is trained on (its schedulers' num_train_timesteps): no schedule is longer.
 MAX_SCHEDULE_STEPS: Final = 1000
 WARMUP_GUIDANCE: Final = 7.5  # guided: the warm-up measures the costlier step (the UNet on twice the batch)
-# diffusers' and optimum-neuron's pipelines run classifier-free guidance only above this guidance_scale.
-GUIDED_ABOVE: Final = 1.0
 # optimum-neuron's artifact layout (optimum/neuron/utils/constant.py): each compiled component in a
 # directory of its name, its graph in model.neuron. Image prompts need the VAE encoder's.
 NEURON_VAE_ENCODER_DIR: Final = VAE_ENCODER
@@ -720,7 +718,7 @@ class NeuronBackend(Backend):
         return None
 
     def check_guidance(self, guidance_scale: float) -> str | None:
-        if self.shape and not self.shape.dynamic_batch and guidance_scale <= 1:
+        if self.shape and not self.shape.dynamic_batch and not runs_guidance(guidance_scale):
             return (
                 f"{guidance_scale:g} is not allowed; allowed: more than 1 (this Neuron model is compiled for guided "
                 "calls only: recompile it with dynamic batching to run without guidance)"
@@ -837,7 +835,7 @@ def warmup_calls(max_batch: int, default_guidance: float) -> list[tuple[int, flo
     the undoubled batch, other shapes that torch.compile would otherwise compile on a client's request."""
     sizes = sorted({1, max(1, max_batch)})
     calls = [(size, WARMUP_GUIDANCE) for size in sizes]
-    if default_guidance <= GUIDED_ABOVE:
+    if not runs_guidance(default_guidance):
         calls += [(size, default_guidance) for size in sizes]
     return calls
 
@@ -878,7 +876,7 @@ def warmup(
         specs = [ImageSpec("warmup", "", i, grey) for i in range(size)]
         images = backend.generate(params, specs, lambda: False, on_step=clock)
         timing = clock.timing()
-        guided = guidance > GUIDED_ABOVE
+        guided = runs_guidance(guidance)
         if (width, height) == default and size == 1 and strength is None and guided:
             single = time.perf_counter() - clock.started
         if len(images) != size or not all(np.isfinite(img).all() for img in images):
